@@ -1,0 +1,543 @@
+// Package hdfs is a distribution v3 storage driver that keeps blobs in HDFS
+// through github.com/colinmarc/hdfs/v2.
+//
+// It registers itself as "hdfs" with distribution's driver factory, so any
+// program built on distribution selects it with `storage: hdfs: {...}`.
+// Writes stream (memory use does not grow with upload size), every call
+// borrows a pooled client of its own (one colinmarc client serves one RPC at a
+// time), and HA NameNode lists fail over. It is meant for large objects:
+// small metadata belongs in a database, not in a NameNode's heap.
+//
+// It does not do Kerberos, and it never returns redirect URLs: HDFS has no
+// HTTP endpoint that a registry client could be sent to.
+package hdfs
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	gohdfs "github.com/colinmarc/hdfs/v2"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/base"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+)
+
+const driverName = "hdfs"
+
+// stagingDir (under the root) holds PutContent's temporary files until
+// they are renamed into place. '@' cannot occur in a distribution path, so
+// no caller can name it, and List/Walk of "/" leave it out.
+const stagingDir = "@staging"
+
+func init() {
+	factory.Register(driverName, &hdfsDriverFactory{})
+}
+
+type hdfsDriverFactory struct{}
+
+func (hdfsDriverFactory) Create(ctx context.Context, parameters map[string]any) (storagedriver.StorageDriver, error) {
+	return FromParameters(parameters)
+}
+
+type driver struct {
+	root        string
+	pool        *clientPool
+	blockSize   int64
+	replication int
+	ioTimeout   time.Duration
+
+	// Cluster defaults, fetched once when blocksize or replication is unset.
+	defaultsOnce sync.Once
+	defaults     gohdfs.ServerDefaults
+	defaultsErr  error
+}
+
+type baseEmbed struct{ base.Base }
+
+// Driver is the HDFS storage driver. The real work happens in an unexported
+// driver wrapped by distribution's base (path checks, tracing) and
+// regulator (at most MaxThreads calls at once).
+type Driver struct {
+	baseEmbed
+	d *driver
+}
+
+// FromParameters builds a Driver from a registry config's parameter map.
+func FromParameters(parameters map[string]any) (*Driver, error) {
+	p, err := fromParametersImpl(parameters)
+	if err != nil {
+		return nil, err
+	}
+	return New(*p)
+}
+
+// New connects to HDFS and makes sure the root directory exists.
+func New(p DriverParameters) (*Driver, error) {
+	d := &driver{
+		root:        p.RootDirectory,
+		pool:        newClientPool(&p),
+		blockSize:   p.BlockSize,
+		replication: p.Replication,
+		ioTimeout:   p.IOTimeout,
+	}
+	if p.IOTimeout == 0 {
+		d.ioTimeout = defaultIOTimeout
+	}
+	if err := d.withClient(func(c *gohdfs.Client) error { return c.MkdirAll(d.root, 0o755) }); err != nil {
+		d.pool.close()
+		return nil, fmt.Errorf("hdfs storage driver: cannot create root directory %s on %v: %w", d.root, p.Namenodes, err)
+	}
+	return &Driver{
+		baseEmbed: baseEmbed{base.Base{StorageDriver: base.NewRegulator(d, p.MaxThreads)}},
+		d:         d,
+	}, nil
+}
+
+// Close releases the driver's HDFS connections.
+func (d *Driver) Close() error {
+	d.d.pool.close()
+	return nil
+}
+
+func (d *driver) Name() string { return driverName }
+
+func (d *driver) fullPath(p string) string { return path.Join(d.root, p) }
+
+// mapErr turns HDFS errors into distribution's typed errors.
+func (d *driver) mapErr(err error, p string) error {
+	if err == nil {
+		return nil
+	}
+	if isNotFound(err) || (errors.Is(err, os.ErrPermission) && d.belowFile(p)) {
+		return storagedriver.PathNotFoundError{Path: p, DriverName: driverName}
+	}
+	var remote gohdfs.Error
+	if errors.As(err, &remote) {
+		// colinmarc's error text names only the exception class; the first
+		// line of HDFS's own message says what went wrong.
+		msg, _, _ := strings.Cut(remote.Message(), "\n")
+		err = fmt.Errorf("%w: %s", err, msg)
+	}
+	return storagedriver.Error{DriverName: driverName, Detail: err}
+}
+
+// belowFile reports whether one of p's ancestors is a regular file or
+// missing. HDFS refuses to traverse a regular file with an
+// AccessControlException, which colinmarc's client reports as plain
+// "permission denied"; for a path below a file the truthful answer is
+// "not found". Only runs on that error path.
+func (d *driver) belowFile(p string) bool {
+	below := false
+	d.withClient(func(c *gohdfs.Client) error {
+		for dir := path.Dir(p); dir != "/" && dir != "."; dir = path.Dir(dir) {
+			fi, err := c.Stat(d.fullPath(dir))
+			if errors.Is(err, os.ErrNotExist) || (err == nil && !fi.IsDir()) {
+				below = true
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return below
+}
+
+func isNotFound(err error) bool {
+	if errors.Is(err, os.ErrNotExist) {
+		return true
+	}
+	var remote gohdfs.Error
+	// A path below a regular file: HDFS answers ParentNotDirectoryException.
+	return errors.As(err, &remote) && remote.Exception() == "org.apache.hadoop.fs.ParentNotDirectoryException"
+}
+
+func (d *driver) GetContent(ctx context.Context, p string) ([]byte, error) {
+	var out []byte
+	err := d.withClient(func(c *gohdfs.Client) error {
+		f, err := c.Open(d.fullPath(p))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if f.Stat().IsDir() {
+			return os.ErrNotExist
+		}
+		out = make([]byte, f.Stat().Size())
+		f.SetDeadline(time.Now().Add(d.ioTimeout))
+		_, err = io.ReadFull(f, out)
+		return err
+	})
+	if err != nil {
+		return nil, d.mapErr(err, p)
+	}
+	return out, nil
+}
+
+func (d *driver) PutContent(ctx context.Context, p string, contents []byte) error {
+	// Write a staging file and rename it over the target: a reader sees the
+	// old content or the new, never part of the new.
+	full := d.fullPath(p)
+	tmp := path.Join(d.root, stagingDir, randomName())
+	err := d.withClient(func(c *gohdfs.Client) error {
+		err := d.writeFile(c, tmp, contents)
+		if err == nil {
+			err = renameCreatingParent(c, tmp, full)
+		}
+		if err != nil {
+			c.Remove(tmp)
+		}
+		return err
+	})
+	return d.mapErr(err, p)
+}
+
+// writeFile writes data to a new file at full (its parent created on demand)
+// and closes it.
+func (d *driver) writeFile(c *gohdfs.Client, full string, data []byte) error {
+	fw, err := d.create(c, full)
+	if err != nil {
+		return err
+	}
+	w := &fileWriter{d: d, fw: fw}
+	if _, err := w.writeRetrying(data); err != nil {
+		fw.Close()
+		return err
+	}
+	return w.closeFile()
+}
+
+// create opens a new file for writing, creating parent directories when
+// missing and replacing an existing file.
+func (d *driver) create(c *gohdfs.Client, full string) (*gohdfs.FileWriter, error) {
+	bs, repl, err := d.fileSettings(c)
+	if err != nil {
+		return nil, err
+	}
+	fw, err := c.CreateFile(full, repl, bs, 0o644)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := c.MkdirAll(path.Dir(full), 0o755); err != nil {
+			return nil, err
+		}
+		fw, err = c.CreateFile(full, repl, bs, 0o644)
+	}
+	if errors.Is(err, os.ErrExist) {
+		if err := c.Remove(full); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		fw, err = c.CreateFile(full, repl, bs, 0o644)
+	}
+	return fw, err
+}
+
+func (d *driver) fileSettings(c *gohdfs.Client) (int64, int, error) {
+	bs, repl := d.blockSize, d.replication
+	if bs > 0 && repl > 0 {
+		return bs, repl, nil
+	}
+	d.defaultsOnce.Do(func() { d.defaults, d.defaultsErr = c.ServerDefaults() })
+	if d.defaultsErr != nil {
+		// Let a later call try again instead of caching a transient failure.
+		err := d.defaultsErr
+		d.defaultsOnce = sync.Once{}
+		return 0, 0, err
+	}
+	if bs == 0 {
+		bs = d.defaults.BlockSize
+	}
+	if repl == 0 {
+		repl = d.defaults.Replication
+	}
+	return bs, repl, nil
+}
+
+func renameCreatingParent(c *gohdfs.Client, from, to string) error {
+	err := c.Rename(from, to)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := c.Stat(from); serr != nil {
+			return serr
+		}
+		if err := c.MkdirAll(path.Dir(to), 0o755); err != nil {
+			return err
+		}
+		err = c.Rename(from, to)
+	}
+	return err
+}
+
+func randomName() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Reader streams the file at p from offset. The reader holds a pooled client
+// until it is closed.
+func (d *driver) Reader(ctx context.Context, p string, offset int64) (io.ReadCloser, error) {
+	if offset < 0 {
+		return nil, storagedriver.InvalidOffsetError{Path: p, Offset: offset, DriverName: driverName}
+	}
+	var rc io.ReadCloser
+	err := d.withClientKept(func(c *gohdfs.Client) (bool, error) {
+		f, err := c.Open(d.fullPath(p))
+		if err != nil {
+			return false, err
+		}
+		if f.Stat().IsDir() {
+			f.Close()
+			return false, os.ErrNotExist
+		}
+		if offset >= f.Stat().Size() {
+			// Past the end: a reader that returns io.EOF at once.
+			f.Close()
+			rc = io.NopCloser(bytes.NewReader(nil))
+			return false, nil
+		}
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			f.Close()
+			return false, err
+		}
+		rc = &fileReader{f: f, ioTimeout: d.ioTimeout, release: func() { d.pool.put(c) }}
+		return true, nil
+	})
+	if err != nil {
+		return nil, d.mapErr(err, p)
+	}
+	return rc, nil
+}
+
+// withClientKept is withClient for calls that hand the client on to a
+// stream: fn reports whether it kept the client (then the stream returns it
+// to the pool when closed).
+func (d *driver) withClientKept(fn func(c *gohdfs.Client) (bool, error)) error {
+	for attempt := 0; ; attempt++ {
+		c, err := d.pool.get()
+		if err != nil {
+			return err
+		}
+		kept, err := fn(c)
+		if isConnError(err) {
+			d.pool.discard(c)
+			if attempt == 0 {
+				continue
+			}
+			return err
+		}
+		if !kept {
+			d.pool.put(c)
+		}
+		return err
+	}
+}
+
+type fileReader struct {
+	f         *gohdfs.FileReader
+	ioTimeout time.Duration
+	release   func()
+	closed    bool
+}
+
+func (r *fileReader) Read(b []byte) (int, error) {
+	r.f.SetDeadline(time.Now().Add(r.ioTimeout))
+	return r.f.Read(b)
+}
+
+func (r *fileReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	err := r.f.Close()
+	r.release()
+	return err
+}
+
+// Writer returns a FileWriter for p; with append, it continues the file
+// that a previous writer (in this process or another) closed.
+func (d *driver) Writer(ctx context.Context, p string, appendMode bool) (storagedriver.FileWriter, error) {
+	full := d.fullPath(p)
+	var w *fileWriter
+	err := d.withClientKept(func(c *gohdfs.Client) (bool, error) {
+		var (
+			fw   *gohdfs.FileWriter
+			size int64
+			err  error
+		)
+		if appendMode {
+			var fi os.FileInfo
+			if fi, err = c.Stat(full); err != nil {
+				return false, err
+			}
+			if fi.IsDir() {
+				return false, os.ErrNotExist
+			}
+			size = fi.Size()
+			fw, err = c.Append(full)
+		} else {
+			fw, err = d.create(c, full)
+		}
+		if err != nil {
+			return false, err
+		}
+		w = &fileWriter{d: d, client: c, fw: fw, path: full, size: size}
+		return true, nil
+	})
+	if err != nil {
+		return nil, d.mapErr(err, p)
+	}
+	return w, nil
+}
+
+func (d *driver) Stat(ctx context.Context, p string) (storagedriver.FileInfo, error) {
+	var fi os.FileInfo
+	err := d.withClient(func(c *gohdfs.Client) (err error) {
+		fi, err = c.Stat(d.fullPath(p))
+		return err
+	})
+	if err != nil {
+		return nil, d.mapErr(err, p)
+	}
+	return toFileInfo(p, fi), nil
+}
+
+func toFileInfo(p string, fi os.FileInfo) storagedriver.FileInfo {
+	f := storagedriver.FileInfoFields{Path: p, ModTime: fi.ModTime(), IsDir: fi.IsDir()}
+	if !fi.IsDir() {
+		f.Size = fi.Size()
+	}
+	return storagedriver.FileInfoInternal{FileInfoFields: f}
+}
+
+func (d *driver) List(ctx context.Context, p string) ([]string, error) {
+	infos, err := d.readDir(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(infos))
+	for i, fi := range infos {
+		out[i] = fi.Path()
+	}
+	return out, nil
+}
+
+// readDir lists p's children with their metadata in one NameNode call per
+// page, sorted by path.
+func (d *driver) readDir(p string) ([]storagedriver.FileInfo, error) {
+	var entries []os.FileInfo
+	err := d.withClient(func(c *gohdfs.Client) (err error) {
+		entries, err = c.ReadDir(d.fullPath(p))
+		return err
+	})
+	if err != nil {
+		if !isNotFound(err) && !isConnError(err) {
+			// ReadDir of a regular file: there is no such directory.
+			var pe *os.PathError
+			if errors.As(err, &pe) && pe.Op == "readdir" {
+				return nil, storagedriver.PathNotFoundError{Path: p, DriverName: driverName}
+			}
+		}
+		return nil, d.mapErr(err, p)
+	}
+	out := make([]storagedriver.FileInfo, 0, len(entries))
+	for _, e := range entries {
+		if p == "/" && e.Name() == stagingDir {
+			continue
+		}
+		out = append(out, toFileInfo(path.Join(p, e.Name()), e))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path() < out[j].Path() })
+	return out, nil
+}
+
+func (d *driver) Move(ctx context.Context, sourcePath, destPath string) error {
+	from, to := d.fullPath(sourcePath), d.fullPath(destPath)
+	retried := false
+	err := d.withClient(func(c *gohdfs.Client) error {
+		err := renameCreatingParent(c, from, to)
+		if retried && isNotFound(err) {
+			// The first attempt may have renamed before its connection broke.
+			if _, serr := c.Stat(to); serr == nil {
+				return nil
+			}
+		}
+		retried = true
+		return err
+	})
+	return d.mapErr(err, sourcePath)
+}
+
+func (d *driver) Delete(ctx context.Context, p string) error {
+	full := d.fullPath(p)
+	err := d.withClient(func(c *gohdfs.Client) error {
+		err := c.Remove(full)
+		if err != nil && !isNotFound(err) && !isConnError(err) {
+			// Not empty: delete recursively.
+			err = c.RemoveAll(full)
+		}
+		return err
+	})
+	return d.mapErr(err, p)
+}
+
+// RedirectURL returns "": HDFS has no URL a client could fetch from.
+func (d *driver) RedirectURL(*http.Request, string) (string, error) { return "", nil }
+
+// Walk visits the tree under p in lexical order. It reuses distribution's
+// WalkFallback (start-after hints, ErrSkipDir, ErrFilledBuffer) but serves
+// each entry's Stat from the directory listing that found it, so a walk
+// costs one NameNode call per directory instead of one per entry.
+//
+// WalkFallback, given a start-after hint, goes on to the parent directories
+// after fn returned ErrFilledBuffer; the wrapper keeps the buffer filled so
+// the walk really stops.
+func (d *driver) Walk(ctx context.Context, p string, fn storagedriver.WalkFn, options ...func(*storagedriver.WalkOptions)) error {
+	filled := false
+	stopAfterFilled := func(fi storagedriver.FileInfo) error {
+		if filled {
+			return storagedriver.ErrFilledBuffer
+		}
+		err := fn(fi)
+		filled = errors.Is(err, storagedriver.ErrFilledBuffer)
+		return err
+	}
+	return storagedriver.WalkFallback(ctx, &listingWalker{driver: d, infos: map[string]storagedriver.FileInfo{}}, p, stopAfterFilled, options...)
+}
+
+type listingWalker struct {
+	*driver
+	infos map[string]storagedriver.FileInfo
+}
+
+func (w *listingWalker) List(ctx context.Context, p string) ([]string, error) {
+	infos, err := w.readDir(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(infos))
+	for i, fi := range infos {
+		w.infos[fi.Path()] = fi
+		out[i] = fi.Path()
+	}
+	return out, nil
+}
+
+func (w *listingWalker) Stat(ctx context.Context, p string) (storagedriver.FileInfo, error) {
+	if fi, ok := w.infos[p]; ok {
+		delete(w.infos, p)
+		return fi, nil
+	}
+	return w.driver.Stat(ctx, p)
+}

@@ -1,0 +1,166 @@
+package hdfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	gohdfs "github.com/colinmarc/hdfs/v2"
+)
+
+// Retry budgets for the two answers HDFS gives while a block's replicas are
+// still being reported: the NameNode refuses a new block
+// (NotReplicatedYetException) or a close (complete() returns false, which
+// colinmarc reports as ErrReplicating). The Java client retries both with
+// exponential back-off; so do we.
+const (
+	replicationRetries = 10
+	replicationBackoff = 50 * time.Millisecond
+)
+
+// fileWriter streams into one HDFS file. Data goes straight to the
+// DataNodes in packets, so memory use does not depend on the upload size.
+// Close leaves the file closed in HDFS (complete, visible, and appendable by
+// any other writer); Commit does the same and marks the write final; Cancel
+// deletes the file.
+type fileWriter struct {
+	d      *driver
+	client *gohdfs.Client // owned until the file is closed; nil afterwards
+	fw     *gohdfs.FileWriter
+	path   string
+	size   int64
+
+	closed, committed, cancelled bool
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) {
+	switch {
+	case w.closed:
+		return 0, fmt.Errorf("already closed")
+	case w.committed:
+		return 0, fmt.Errorf("already committed")
+	case w.cancelled:
+		return 0, fmt.Errorf("already cancelled")
+	}
+	n, err := w.writeRetrying(p)
+	w.size += int64(n)
+	if err != nil {
+		return n, w.d.mapErr(err, w.path)
+	}
+	return n, nil
+}
+
+func (w *fileWriter) writeRetrying(p []byte) (int, error) {
+	if len(p) == 0 {
+		// colinmarc's client would allocate an empty block, which the
+		// NameNode then never sees replicated: Close would never complete.
+		return 0, nil
+	}
+	off := 0
+	backoff := replicationBackoff
+	for attempt := 0; ; attempt++ {
+		w.fw.SetDeadline(time.Now().Add(w.d.ioTimeout))
+		n, err := w.fw.Write(p[off:])
+		off += n
+		if err == nil || !isNotReplicatedYet(err) || attempt >= replicationRetries {
+			return off, err
+		}
+		time.Sleep(backoff)
+		backoff *= 2
+	}
+}
+
+func isNotReplicatedYet(err error) bool {
+	var remote gohdfs.Error
+	return errors.As(err, &remote) && strings.HasSuffix(remote.Exception(), "NotReplicatedYetException")
+}
+
+func (w *fileWriter) Size() int64 { return w.size }
+
+// Close closes the HDFS file, so that its bytes are durable on the
+// DataNodes and visible to readers, and a later Writer(path, true) (from
+// any process) can append to it.
+func (w *fileWriter) Close() error {
+	if w.closed {
+		return fmt.Errorf("already closed")
+	}
+	w.closed = true
+	if w.committed || w.cancelled {
+		return nil
+	}
+	return w.d.mapErr(w.closeFile(), w.path)
+}
+
+// Commit makes the written data durable and visible. It closes the HDFS
+// file (a flush alone would leave the last block invisible to readers).
+func (w *fileWriter) Commit(ctx context.Context) error {
+	switch {
+	case w.closed:
+		return fmt.Errorf("already closed")
+	case w.committed:
+		return fmt.Errorf("already committed")
+	case w.cancelled:
+		return fmt.Errorf("already cancelled")
+	}
+	if err := w.closeFile(); err != nil {
+		return w.d.mapErr(err, w.path)
+	}
+	w.committed = true
+	return nil
+}
+
+// Cancel abandons the write and removes the file.
+func (w *fileWriter) Cancel(ctx context.Context) error {
+	if w.closed {
+		return fmt.Errorf("already closed")
+	} else if w.committed {
+		return fmt.Errorf("already committed")
+	}
+	w.cancelled = true
+	c := w.client
+	w.fw.Close() // releases the lease if it can; the delete below does in any case
+	err := w.d.withClient(func(pc *gohdfs.Client) error { return pc.Remove(w.path) })
+	w.release(c, err)
+	if err != nil && !isNotFound(err) {
+		return w.d.mapErr(err, w.path)
+	}
+	return nil
+}
+
+// closeFile flushes the last packets, waits for the DataNodes' acks and
+// completes the file at the NameNode. ErrReplicating means every byte is
+// on the DataNodes but the NameNode has not heard of all replicas yet;
+// Close is retried until it completes, as the Java client does, because
+// giving up would leave the file's lease held and the file unappendable.
+func (w *fileWriter) closeFile() error {
+	backoff := replicationBackoff
+	var err error
+	for attempt := 0; attempt <= replicationRetries; attempt++ {
+		w.fw.SetDeadline(time.Now().Add(w.d.ioTimeout))
+		err = w.fw.Close()
+		if !gohdfs.IsErrReplicating(err) {
+			break
+		}
+		time.Sleep(backoff)
+		backoff *= 2
+	}
+	w.release(w.client, err)
+	return err
+}
+
+// release hands the writer's client back to the pool. After a failed
+// write it closes the client instead: that client may still hold the
+// file's lease, and a pooled client would renew it forever.
+func (w *fileWriter) release(c *gohdfs.Client, err error) {
+	if c == nil {
+		return
+	}
+	w.client = nil
+	if err != nil {
+		c.Close()
+		return
+	}
+	w.d.pool.put(c)
+}

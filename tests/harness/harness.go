@@ -1,0 +1,151 @@
+// Package harness gives Go tests the real services they run against
+// (PostgreSQL, HDFS, Consul, dockerd). It starts them through
+// tests/services/svc.sh, which installs, starts and health-checks each one
+// idempotently, and reads back where they listen.
+//
+// A service that cannot start fails the test with the tail of its log: there
+// is no skip, because a skipped integration test proves nothing.
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Service names understood by svc.sh.
+const (
+	Postgres = "postgres"
+	HDFS     = "hdfs"
+	// HDFSFaults is a second HDFS cluster for tests that restart or kill
+	// its daemons, so they never disturb tests using HDFS.
+	HDFSFaults = "hdfs-faults"
+	Consul     = "consul"
+	Dockerd    = "dockerd"
+)
+
+// Env holds what svc.sh env printed: GAIA_TEST_* addresses.
+type Env map[string]string
+
+var (
+	mu      sync.Mutex
+	started = map[string]Env{}
+)
+
+// RepoRoot is the repository's top directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Script is the path of svc.sh.
+func Script() string { return filepath.Join(RepoRoot(), "tests", "services", "svc.sh") }
+
+// Start makes sure each service runs and returns their addresses. It is
+// cheap after the first call in a process (and fast when a previous
+// process already started the service).
+func Start(t testing.TB, services ...string) Env {
+	t.Helper()
+	env := Env{}
+	for _, s := range services {
+		e, err := start(s)
+		if err != nil {
+			t.Fatalf("harness: %v", err)
+		}
+		for k, v := range e {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+func start(service string) (Env, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if e, ok := started[service]; ok {
+		return e, nil
+	}
+	cmd := exec.Command("bash", Script(), "start", service)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("starting %s failed (%v):\n%s", service, err, out.String())
+	}
+	envOut, err := exec.Command("bash", Script(), "env", service).Output()
+	if err != nil {
+		return nil, fmt.Errorf("svc.sh env %s: %v", service, err)
+	}
+	e := Env{}
+	sc := bufio.NewScanner(bytes.NewReader(envOut))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			e[k] = v
+		}
+	}
+	started[service] = e
+	return e, nil
+}
+
+// Get returns a value or fails the test if svc.sh did not print it.
+func (e Env) Get(t testing.TB, key string) string {
+	t.Helper()
+	v, ok := e[key]
+	if !ok || v == "" {
+		t.Fatalf("harness: %s not set by svc.sh env", key)
+	}
+	return v
+}
+
+// Logs returns the tail of a service's logs, for failure messages.
+func Logs(service string) string {
+	out, _ := exec.Command("bash", Script(), "logs", service).CombinedOutput()
+	return string(out)
+}
+
+// HDFSControl drives the fault-test HDFS cluster's control endpoint:
+// "namenode/restart", "datanode/stop" or "datanode/start". It blocks until
+// the cluster has done it.
+func HDFSControl(t testing.TB, env Env, action string) {
+	t.Helper()
+	base := env.Get(t, "GAIA_TEST_HDFS_FAULTS_CONTROL")
+	client := &http.Client{Timeout: 3 * time.Minute}
+	resp, err := client.Post(base+"/"+action, "text/plain", nil)
+	if err != nil {
+		t.Fatalf("harness: HDFS control %s: %v\n%s", action, err, Logs(HDFSFaults))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var b bytes.Buffer
+		b.ReadFrom(resp.Body)
+		t.Fatalf("harness: HDFS control %s: %s %s\n%s", action, resp.Status, b.String(), Logs(HDFSFaults))
+	}
+}
+
+// WaitHDFSReady waits until the fault-test cluster is out of safe mode
+// with a live DataNode.
+func WaitHDFSReady(t testing.TB, env Env) {
+	t.Helper()
+	base := env.Get(t, "GAIA_TEST_HDFS_FAULTS_CONTROL")
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		resp, err := http.Get(base + "/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("harness: fault-test HDFS not ready after 2m\n%s", Logs(HDFSFaults))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

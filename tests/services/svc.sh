@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# svc.sh installs, starts, health-checks and stops the real services Gaia's
+# tests run against, each on loopback with its own data directory and port:
+#
+#   postgres  Debian's PostgreSQL binaries (initdb + pg_ctl, no system service)
+#   hdfs      a real NameNode + DataNode (Hadoop's MiniDFSCluster, jars from
+#             Maven Central, Java 17), 1 MiB blocks, with a control endpoint
+#   hdfs-faults  a second such cluster, for tests that restart or kill it
+#   consul    `consul agent -dev`, built once from the Go module proxy
+#   dockerd   Debian's docker.io on a private socket with the vfs driver
+#
+# Usage: svc.sh install|start|stop|status|env|logs SERVICE... (or "all")
+#
+# Every command is idempotent: `start` on a healthy service returns at once,
+# downloads and builds are cached under $GAIA_CACHE_DIR. When a service
+# cannot start, svc.sh exits non-zero and prints the tail of its log.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${GAIA_CACHE_DIR:-$HOME/.cache/gaia}"
+STATE="${GAIA_STATE_DIR:-/tmp/gaia-services}"
+mkdir -p "$CACHE" "$STATE"
+
+PG_PORT="${GAIA_PG_PORT:-55432}"
+HDFS_NN_PORT="${GAIA_HDFS_PORT:-58020}"
+HDFS_CONTROL_PORT="${GAIA_HDFS_CONTROL_PORT:-58021}"
+HDFS_FAULTS_NN_PORT="${GAIA_HDFS_FAULTS_PORT:-58030}"
+HDFS_FAULTS_CONTROL_PORT="${GAIA_HDFS_FAULTS_CONTROL_PORT:-58031}"
+CONSUL_HTTP_PORT="${GAIA_CONSUL_PORT:-58500}"
+CONSUL_VERSION="1.20.0"
+HADOOP_VERSION="$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' "$HERE/hdfs/pom.xml")"
+DOCKER_SOCK="$STATE/dockerd/docker.sock"
+
+ALL_SERVICES=(postgres hdfs hdfs-faults consul dockerd)
+
+log() { echo "svc: $*" >&2; }
+die() { echo "svc: ERROR: $*" >&2; exit 1; }
+
+# fail_with_log SERVICE LOGFILE MESSAGE
+fail_with_log() {
+  echo "svc: ERROR: $1: $3" >&2
+  if [ -f "$2" ]; then
+    echo "---- last 60 lines of $2 ----" >&2
+    tail -n 60 "$2" >&2
+    echo "---- end of $2 ----" >&2
+  fi
+  exit 1
+}
+
+# wait_for SECONDS COMMAND...: retry COMMAND every 0.5 s until it succeeds.
+wait_for() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.5
+  done
+}
+
+apt_updated=""
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "need Debian packages ${missing[*]} but apt-get is not available"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    $sudo apt-get update -qq >"$CACHE/apt.log" 2>&1 || fail_with_log apt "$CACHE/apt.log" "apt-get update failed"
+    apt_updated=1
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >>"$CACHE/apt.log" 2>&1 \
+    || fail_with_log apt "$CACHE/apt.log" "apt-get install ${missing[*]} failed"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# ---------------------------------------------------------------- postgres
+pg_bin() {
+  local d
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  [ -n "$d" ] || return 1
+  echo "$d"
+}
+install_postgres() {
+  pg_bin >/dev/null || apt_install postgresql
+  pg_bin >/dev/null || die "postgres: no /usr/lib/postgresql/*/bin after installing postgresql"
+}
+# PostgreSQL refuses to run as root, so as root it runs as the postgres user.
+pg_as() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+status_postgres() {
+  local bin; bin="$(pg_bin)" || return 1
+  "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
+}
+start_postgres() {
+  install_postgres
+  local bin dir logf
+  bin="$(pg_bin)"; dir="$STATE/postgres"; logf="$dir/postgres.log"
+  status_postgres && return 0
+  mkdir -p "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    log "postgres: initdb $dir/data"
+    pg_as "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >"$dir/initdb.log" 2>&1 \
+      || fail_with_log postgres "$dir/initdb.log" "initdb failed"
+  fi
+  log "postgres: starting on 127.0.0.1:$PG_PORT"
+  pg_as "$bin/pg_ctl" -D "$dir/data" -l "$logf" -w -t 60 start \
+    -o "-p $PG_PORT -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" >/dev/null 2>&1 9>&- \
+    || fail_with_log postgres "$logf" "pg_ctl start failed"
+  wait_for 30 status_postgres || fail_with_log postgres "$logf" "not ready after 30s"
+}
+stop_postgres() {
+  local bin; bin="$(pg_bin)" || return 0
+  [ -f "$STATE/postgres/data/postmaster.pid" ] || return 0
+  pg_as "$bin/pg_ctl" -D "$STATE/postgres/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+env_postgres() {
+  echo "GAIA_TEST_PG_DSN=postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+}
+
+# ---------------------------------------------------------------- hdfs
+HDFS_BUILD="$CACHE/hdfs-$HADOOP_VERSION"
+install_hdfs() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+  command -v mvn >/dev/null || apt_install maven
+  local src="$HERE/hdfs/MiniHdfs.java"
+  if [ -f "$HDFS_BUILD/classpath.txt" ] && [ -f "$HDFS_BUILD/MiniHdfs.class" ] \
+     && [ "$HDFS_BUILD/MiniHdfs.class" -nt "$src" ] && [ "$HDFS_BUILD/classpath.txt" -nt "$HERE/hdfs/pom.xml" ]; then
+    return 0
+  fi
+  mkdir -p "$HDFS_BUILD"
+  log "hdfs: resolving Hadoop $HADOOP_VERSION jars from Maven Central (first run only)"
+  mvn -B -q -f "$HERE/hdfs/pom.xml" dependency:build-classpath \
+    -Dmdep.outputFile="$HDFS_BUILD/classpath.txt" >"$HDFS_BUILD/mvn.log" 2>&1 \
+    || fail_with_log hdfs "$HDFS_BUILD/mvn.log" "maven could not resolve hadoop-minicluster"
+  javac -nowarn -d "$HDFS_BUILD" -cp "$(cat "$HDFS_BUILD/classpath.txt")" "$src" >"$HDFS_BUILD/javac.log" 2>&1 \
+    || fail_with_log hdfs "$HDFS_BUILD/javac.log" "javac MiniHdfs.java failed"
+}
+# Two clusters of the same shape: "hdfs" for ordinary tests and
+# "hdfs-faults" for tests that restart or kill its daemons.
+hdfs_nn_port() { if [ "$1" = hdfs ]; then echo "$HDFS_NN_PORT"; else echo "$HDFS_FAULTS_NN_PORT"; fi; }
+hdfs_control_port() { if [ "$1" = hdfs ]; then echo "$HDFS_CONTROL_PORT"; else echo "$HDFS_FAULTS_CONTROL_PORT"; fi; }
+hdfs_ready() { curl -fsS "http://127.0.0.1:$(hdfs_control_port "$1")/ready" >/dev/null 2>&1; }
+start_hdfs_instance() {
+  local name="$1" nn cp
+  nn="$(hdfs_nn_port "$name")"; cp="$(hdfs_control_port "$name")"
+  install_hdfs
+  local dir="$STATE/$name" logf="$STATE/$name/minihdfs.log"
+  hdfs_ready "$name" && return 0
+  stop_hdfs_instance "$name"
+  mkdir -p "$dir"
+  rm -rf "$dir/data"
+  log "$name: starting NameNode on 127.0.0.1:$nn (control $cp)"
+  # setsid, and every descriptor redirected or closed: the cluster outlives
+  # this script without holding the caller's pipes or svc.sh's lock.
+  setsid java -Xmx1g -XX:+UseSerialGC \
+    --add-opens java.base/java.lang=ALL-UNNAMED \
+    --add-opens java.base/java.util=ALL-UNNAMED \
+    --add-opens java.base/java.nio=ALL-UNNAMED \
+    --add-opens java.base/sun.nio.ch=ALL-UNNAMED \
+    -Dlog4j.configuration="file:$HERE/hdfs/log4j.properties" \
+    -cp "$HDFS_BUILD:$(cat "$HDFS_BUILD/classpath.txt")" \
+    MiniHdfs "$dir/data" "$nn" "$cp" </dev/null >"$logf" 2>&1 9>&- &
+  echo $! >"$dir/pid"
+  local deadline=$((SECONDS + 180))
+  until hdfs_ready "$name"; do
+    pid_alive "$dir/pid" || fail_with_log "$name" "$logf" "MiniDFSCluster exited during start-up"
+    [ $SECONDS -lt $deadline ] || fail_with_log "$name" "$logf" "not ready (safe mode off) after 180s"
+    sleep 1
+  done
+}
+stop_hdfs_instance() {
+  local dir="$STATE/$1"
+  pid_alive "$dir/pid" || return 0
+  curl -fsS -X POST "http://127.0.0.1:$(hdfs_control_port "$1")/shutdown" >/dev/null 2>&1 || true
+  wait_for 30 bash -c "! kill -0 $(cat "$dir/pid") 2>/dev/null" || kill -9 "$(cat "$dir/pid")" 2>/dev/null || true
+  rm -f "$dir/pid"
+}
+status_hdfs() { hdfs_ready hdfs; }
+start_hdfs() { start_hdfs_instance hdfs; }
+stop_hdfs() { stop_hdfs_instance hdfs; }
+env_hdfs() {
+  echo "GAIA_TEST_HDFS_NAMENODE=127.0.0.1:$HDFS_NN_PORT"
+  echo "GAIA_TEST_HDFS_CONTROL=http://127.0.0.1:$HDFS_CONTROL_PORT"
+}
+install_hdfs-faults() { install_hdfs; }
+status_hdfs-faults() { hdfs_ready hdfs-faults; }
+start_hdfs-faults() { start_hdfs_instance hdfs-faults; }
+stop_hdfs-faults() { stop_hdfs_instance hdfs-faults; }
+env_hdfs-faults() {
+  echo "GAIA_TEST_HDFS_FAULTS_NAMENODE=127.0.0.1:$HDFS_FAULTS_NN_PORT"
+  echo "GAIA_TEST_HDFS_FAULTS_CONTROL=http://127.0.0.1:$HDFS_FAULTS_CONTROL_PORT"
+}
+
+# ---------------------------------------------------------------- consul
+CONSUL_BIN="$CACHE/consul-$CONSUL_VERSION/consul"
+install_consul() {
+  [ -x "$CONSUL_BIN" ] && return 0
+  command -v go >/dev/null || die "consul: Go toolchain not found"
+  # `go install github.com/hashicorp/consul@v` fails (replace directives in
+  # its go.mod), so a throw-away wrapper module builds it.
+  local src="$CACHE/consul-$CONSUL_VERSION/src"
+  mkdir -p "$src"
+  # consul v1.20.0 requires consul/troubleshoot v0.7.2, which the module
+  # proxy refuses (403); v0.7.1 has the same API.
+  printf 'module gaia-consul-build\n\ngo 1.26\n\nreplace github.com/hashicorp/consul/troubleshoot => github.com/hashicorp/consul/troubleshoot v0.7.1\n' >"$src/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/hashicorp/consul"\n' >"$src/tools.go"
+  log "consul: building v$CONSUL_VERSION from the Go module proxy (first run only, ~5 min)"
+  ( cd "$src" && go get "github.com/hashicorp/consul@v$CONSUL_VERSION" && go mod tidy \
+      && go build -o "$CONSUL_BIN.tmp" github.com/hashicorp/consul && mv "$CONSUL_BIN.tmp" "$CONSUL_BIN" ) \
+    >"$src/build.log" 2>&1 || fail_with_log consul "$src/build.log" "go build of consul failed"
+}
+consul_ready() {
+  local leader
+  leader="$(curl -fsS "http://127.0.0.1:$CONSUL_HTTP_PORT/v1/status/leader" 2>/dev/null)" || return 1
+  [ -n "$leader" ] && [ "$leader" != '""' ]
+}
+status_consul() { consul_ready; }
+start_consul() {
+  install_consul
+  local dir="$STATE/consul" logf="$STATE/consul/consul.log"
+  status_consul && return 0
+  pid_alive "$dir/pid" && kill "$(cat "$dir/pid")" 2>/dev/null || true
+  mkdir -p "$dir"
+  log "consul: starting dev agent on 127.0.0.1:$CONSUL_HTTP_PORT"
+  setsid "$CONSUL_BIN" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -node gaia-test \
+    -http-port "$CONSUL_HTTP_PORT" -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
+    -server-port $((CONSUL_HTTP_PORT + 1)) -serf-lan-port $((CONSUL_HTTP_PORT + 2)) \
+    -serf-wan-port $((CONSUL_HTTP_PORT + 3)) </dev/null >"$logf" 2>&1 9>&- &
+  echo $! >"$dir/pid"
+  local deadline=$((SECONDS + 60))
+  until consul_ready; do
+    pid_alive "$dir/pid" || fail_with_log consul "$logf" "consul agent exited during start-up"
+    [ $SECONDS -lt $deadline ] || fail_with_log consul "$logf" "no leader after 60s"
+    sleep 0.5
+  done
+}
+stop_consul() {
+  local dir="$STATE/consul"
+  pid_alive "$dir/pid" || return 0
+  kill "$(cat "$dir/pid")" 2>/dev/null || true
+  wait_for 20 bash -c "! kill -0 $(cat "$dir/pid") 2>/dev/null" || kill -9 "$(cat "$dir/pid")" 2>/dev/null || true
+  rm -f "$dir/pid"
+}
+env_consul() {
+  echo "GAIA_TEST_CONSUL_ADDR=127.0.0.1:$CONSUL_HTTP_PORT"
+  echo "GAIA_TEST_CONSUL_BIN=$CONSUL_BIN"
+}
+
+# ---------------------------------------------------------------- dockerd
+install_dockerd() {
+  command -v dockerd >/dev/null && command -v containerd >/dev/null && command -v runc >/dev/null && return 0
+  apt_install docker.io
+}
+dockerd_ready() { docker -H "unix://$DOCKER_SOCK" version >/dev/null 2>&1; }
+status_dockerd() { dockerd_ready; }
+start_dockerd() {
+  install_dockerd
+  [ "$(id -u)" -eq 0 ] || die "dockerd: must run as root"
+  local dir="$STATE/dockerd" logf="$STATE/dockerd/dockerd.log"
+  status_dockerd && return 0
+  stop_dockerd
+  mkdir -p "$dir/data" "$dir/exec"
+  log "dockerd: starting on unix://$DOCKER_SOCK (vfs storage)"
+  # Loopback registries are insecure-allowed by default, so tests can push
+  # to 127.0.0.1:PORT without TLS.
+  setsid dockerd --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
+    -H "unix://$DOCKER_SOCK" --storage-driver vfs --iptables=false --ip6tables=false --bridge=none \
+    --ip-masq=false </dev/null >"$logf" 2>&1 9>&- &
+  echo $! >"$dir/pid"
+  local deadline=$((SECONDS + 60))
+  until dockerd_ready; do
+    pid_alive "$dir/pid" || fail_with_log dockerd "$logf" "dockerd exited during start-up"
+    [ $SECONDS -lt $deadline ] || fail_with_log dockerd "$logf" "not answering after 60s"
+    sleep 0.5
+  done
+}
+stop_dockerd() {
+  local dir="$STATE/dockerd"
+  pid_alive "$dir/pid" || return 0
+  kill "$(cat "$dir/pid")" 2>/dev/null || true
+  wait_for 30 bash -c "! kill -0 $(cat "$dir/pid") 2>/dev/null" || kill -9 "$(cat "$dir/pid")" 2>/dev/null || true
+  rm -f "$dir/pid"
+}
+env_dockerd() {
+  echo "GAIA_TEST_DOCKER_HOST=unix://$DOCKER_SOCK"
+}
+
+# ---------------------------------------------------------------- main
+usage() {
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+}
+
+[ $# -ge 2 ] || usage
+cmd="$1"; shift
+services=("$@")
+[ "${services[0]}" = "all" ] && services=("${ALL_SERVICES[@]}")
+for s in "${services[@]}"; do
+  case " ${ALL_SERVICES[*]} " in *" $s "*) ;; *) die "unknown service '$s' (known: ${ALL_SERVICES[*]})";; esac
+done
+
+# One svc.sh at a time per state dir: concurrent test packages may all ask
+# for the same service.
+case "$cmd" in
+  install|start|stop)
+    exec 9>"$STATE/.lock"
+    flock 9
+    ;;
+esac
+
+for s in "${services[@]}"; do
+  case "$cmd" in
+    install) "install_$s" ;;
+    start) "start_$s" ;;
+    stop) "stop_$s" ;;
+    status)
+      if "status_$s"; then echo "$s: up"; else echo "$s: down"; fi ;;
+    env) "env_$s" ;;
+    logs)
+      for f in "$STATE/$s"/*.log; do [ -f "$f" ] && { echo "== $f"; tail -n 100 "$f"; }; done ;;
+    *) usage ;;
+  esac
+done
