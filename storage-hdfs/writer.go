@@ -16,8 +16,10 @@ import (
 // colinmarc reports as ErrReplicating). The Java client retries both with
 // exponential back-off; so do we.
 const (
-	replicationRetries = 10
-	replicationBackoff = 50 * time.Millisecond
+	// 10 ms doubling 12 times: a small file usually completes on the first
+	// retry, and a slow cluster still gets ~80 s in all.
+	replicationRetries = 12
+	replicationBackoff = 10 * time.Millisecond
 )
 
 // fileWriter streams into one HDFS file. Data goes straight to the

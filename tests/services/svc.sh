@@ -258,8 +258,8 @@ env_consul() {
 
 # ---------------------------------------------------------------- dockerd
 install_dockerd() {
-  command -v dockerd >/dev/null && command -v containerd >/dev/null && command -v runc >/dev/null && return 0
-  apt_install docker.io
+  # busybox-static is the root filesystem of the test images (tests/harness).
+  apt_install docker.io busybox-static
 }
 dockerd_ready() { docker -H "unix://$DOCKER_SOCK" version >/dev/null 2>&1; }
 status_dockerd() { dockerd_ready; }

@@ -1,0 +1,49 @@
+# Gaia's entry points. Every target installs and starts what it needs
+# (tests/services/svc.sh); nothing is done by hand on a fresh machine.
+GO       ?= go
+SVC      := tests/services/svc.sh
+PKGS     := ./...
+# The whole suite; distribution's driver suite runs in its short mode here.
+TESTFLAGS ?= -count=1 -short -timeout 40m
+
+.PHONY: all build run test test-hdfs-full bench services services-stop vet clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./registry/cmd/...
+
+# A registry on 127.0.0.1:5000 with filesystem storage (configs/registry-local.yml),
+# in the foreground; Ctrl-C stops it gracefully.
+run: build
+	@mkdir -p data
+	exec bin/gaia-registry serve --config configs/registry-local.yml
+
+# Starts PostgreSQL, HDFS (two clusters), Consul and dockerd, then runs every test.
+test: services vet
+	$(GO) test $(TESTFLAGS) $(PKGS)
+
+vet:
+	$(GO) vet $(PKGS)
+
+# distribution's full driver suite against the real HDFS, including the
+# 5 GiB stream test (about 10 minutes on 2 cores).
+test-hdfs-full:
+	bash $(SVC) start hdfs
+	$(GO) test -count=1 -timeout 60m -v -run 'TestDriverSuite' ./storage-hdfs/
+
+# HDFS driver vs distribution's filesystem driver vs the raw colinmarc client,
+# in one run. Results: docs/benchmarks.md.
+bench:
+	bash $(SVC) start hdfs
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench 'BenchmarkHDFSDriver|BenchmarkFilesystemDriver' ./storage-hdfs/
+	$(GO) test -count=5 -timeout 60m -run '^$$' -bench 'BenchmarkStream' -benchtime 4x ./storage-hdfs/
+
+services:
+	bash $(SVC) start all
+
+services-stop:
+	bash $(SVC) stop all
+
+clean:
+	rm -rf bin data

@@ -1,0 +1,200 @@
+package hdfs
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"sync"
+	"testing"
+
+	gohdfs "github.com/colinmarc/hdfs/v2"
+
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+// Fault tests run against the separate "hdfs-faults" cluster, whose
+// NameNode they restart and whose DataNode they kill.
+
+func newFaultDriver(t *testing.T, namenodes []string) *Driver {
+	t.Helper()
+	d, err := FromParameters(map[string]any{
+		"namenodes":     namenodes,
+		"rootdirectory": "/gaia-faults/" + sanitize(t.Name()) + "-" + randomName()[:8],
+		"user":          "gaia",
+		"blocksize":     1 << 20,
+		"replication":   1,
+		"iotimeout":     "15s",
+		"dialtimeout":   "5s",
+	})
+	if err != nil {
+		t.Fatalf("hdfs driver: %v\n%s", err, harness.Logs(harness.HDFSFaults))
+	}
+	t.Cleanup(func() {
+		d.d.withClient(func(c *gohdfs.Client) error { return c.RemoveAll(d.d.root) })
+		d.Close()
+	})
+	return d
+}
+
+// closedPort returns a loopback address on which nothing listens.
+func closedPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// exercise runs one of each kind of driver call and fails on any error.
+func exercise(t *testing.T, d *Driver, tag string) {
+	t.Helper()
+	ctx := context.Background()
+	content := bytes.Repeat([]byte(tag), 1000)
+	if err := d.PutContent(ctx, "/"+tag+"/put", content); err != nil {
+		t.Fatalf("%s: PutContent: %v", tag, err)
+	}
+	got, err := d.GetContent(ctx, "/"+tag+"/put")
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("%s: GetContent: %v (equal %v)", tag, err, bytes.Equal(got, content))
+	}
+	w, err := d.Writer(ctx, "/"+tag+"/stream", false)
+	if err != nil {
+		t.Fatalf("%s: Writer: %v", tag, err)
+	}
+	stream := randomBytes(t, 3<<20+5)
+	if _, err := w.Write(stream); err != nil {
+		t.Fatalf("%s: Write: %v", tag, err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		t.Fatalf("%s: Commit: %v", tag, err)
+	}
+	w.Close()
+	if fi, err := d.Stat(ctx, "/"+tag+"/stream"); err != nil || fi.Size() != int64(len(stream)) {
+		t.Fatalf("%s: Stat: %v %v", tag, fi, err)
+	}
+	if keys, err := d.List(ctx, "/"+tag); err != nil || len(keys) != 2 {
+		t.Fatalf("%s: List: %v %v", tag, keys, err)
+	}
+	if err := d.Move(ctx, "/"+tag+"/put", "/"+tag+"/moved"); err != nil {
+		t.Fatalf("%s: Move: %v", tag, err)
+	}
+	if err := d.Delete(ctx, "/"+tag); err != nil {
+		t.Fatalf("%s: Delete: %v", tag, err)
+	}
+}
+
+// TestFirstNamenodeUnreachable: with an HA list whose first NameNode does
+// not answer, every operation goes to the second.
+func TestFirstNamenodeUnreachable(t *testing.T) {
+	env := harness.Start(t, harness.HDFSFaults)
+	live := env.Get(t, "GAIA_TEST_HDFS_FAULTS_NAMENODE")
+	d := newFaultDriver(t, []string{closedPort(t), live})
+	exercise(t, d, "ha")
+	// And with the live one second of three.
+	d2 := newFaultDriver(t, []string{closedPort(t), live, closedPort(t)})
+	exercise(t, d2, "ha3")
+}
+
+// TestNamenodeRestartWhileIdle: pooled clients whose NameNode connection
+// died during a restart do not fail the next operations.
+func TestNamenodeRestartWhileIdle(t *testing.T) {
+	env := harness.Start(t, harness.HDFSFaults)
+	d := newFaultDriver(t, []string{env.Get(t, "GAIA_TEST_HDFS_FAULTS_NAMENODE")})
+	ctx := context.Background()
+	exercise(t, d, "before")
+	if err := d.PutContent(ctx, "/kept", []byte("survives a restart")); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the pool with several idle clients.
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.Stat(ctx, "/kept") }()
+	}
+	wg.Wait()
+
+	harness.HDFSControl(t, env, "namenode/restart")
+	harness.WaitHDFSReady(t, env)
+
+	// The very next operation must succeed, and so must each after it.
+	got, err := d.GetContent(ctx, "/kept")
+	if err != nil || string(got) != "survives a restart" {
+		t.Fatalf("first operation after the restart: %q %v", got, err)
+	}
+	for i := 0; i < 8; i++ {
+		if _, err := d.Stat(ctx, "/kept"); err != nil {
+			t.Fatalf("Stat %d after the restart: %v", i, err)
+		}
+	}
+	exercise(t, d, "after")
+}
+
+// TestDatanodeKilledDuringWrite: a write whose DataNode dies fails with an
+// error (it is never silently cut short), and the same write succeeds once
+// the DataNode is back.
+func TestDatanodeKilledDuringWrite(t *testing.T) {
+	env := harness.Start(t, harness.HDFSFaults)
+	d := newFaultDriver(t, []string{env.Get(t, "GAIA_TEST_HDFS_FAULTS_NAMENODE")})
+	ctx := context.Background()
+	content := randomBytes(t, 12<<20)
+
+	w, err := d.Writer(ctx, "/victim", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(content[:3<<20]); err != nil {
+		t.Fatal(err)
+	}
+
+	harness.HDFSControl(t, env, "datanode/stop")
+	restarted := false
+	defer func() {
+		if !restarted {
+			harness.HDFSControl(t, env, "datanode/start")
+		}
+	}()
+
+	var writeErr error
+	for off := 3 << 20; off < len(content) && writeErr == nil; off += 1 << 20 {
+		_, writeErr = w.Write(content[off : off+1<<20])
+	}
+	if writeErr == nil {
+		writeErr = w.Commit(ctx)
+	}
+	if writeErr == nil {
+		t.Fatal("write and commit succeeded although the only DataNode was stopped mid-write")
+	}
+	t.Logf("write failed as it must: %v", writeErr)
+	if err := w.Cancel(ctx); err != nil {
+		t.Logf("cancel after the failure: %v", err)
+	}
+
+	harness.HDFSControl(t, env, "datanode/start")
+	restarted = true
+	harness.WaitHDFSReady(t, env)
+
+	// Nothing half-written is visible as a complete file of another size.
+	if fi, err := d.Stat(ctx, "/victim"); err == nil && fi.Size() == int64(len(content)) {
+		t.Fatalf("after a failed write /victim has the full size %d", fi.Size())
+	}
+
+	// The retry succeeds.
+	w, err = d.Writer(ctx, "/victim", false)
+	if err != nil {
+		t.Fatalf("retry Writer: %v", err)
+	}
+	if _, err := w.Write(content); err != nil {
+		t.Fatalf("retry Write: %v", err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		t.Fatalf("retry Commit: %v", err)
+	}
+	w.Close()
+	got, err := d.GetContent(ctx, "/victim")
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("after the retry: err %v, %d bytes, equal %v", err, len(got), bytes.Equal(got, content))
+	}
+}
+

@@ -1,0 +1,89 @@
+package harness
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Docker runs the docker CLI against the harness's dockerd and returns its
+// trimmed stdout; a failure fails the test with docker's output.
+func Docker(t testing.TB, env Env, args ...string) string {
+	t.Helper()
+	out, err := DockerErr(env, args...)
+	if err != nil {
+		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// DockerErr is Docker that returns the error instead of failing.
+func DockerErr(env Env, args ...string) (string, error) {
+	cmd := exec.Command("docker", append([]string{"-H", env["GAIA_TEST_DOCKER_HOST"]}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+// BuildImage makes a test image without pulling anything: a base layer
+// holding a static busybox (Debian's busybox-static, imported with `docker
+// import`), then one layer per entry of layerSizes, each a file of that many
+// random bytes added by `docker build`. Random content makes every build's
+// layers, and so its digests, new.
+func BuildImage(t testing.TB, env Env, ref string, layerSizes ...int) {
+	t.Helper()
+	busybox, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("harness: busybox-static is not installed (svc.sh start dockerd installs it): %v", err)
+	}
+	var rootfs bytes.Buffer
+	tw := tar.NewWriter(&rootfs)
+	for _, d := range []string{"bin/", "tmp/", "data/"} {
+		tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	tw.WriteHeader(&tar.Header{Name: "bin/busybox", Mode: 0o755, Size: int64(len(busybox))})
+	tw.Write(busybox)
+	for _, l := range []string{"sh", "echo", "cat", "ls", "sha256sum"} {
+		tw.WriteHeader(&tar.Header{Name: "bin/" + l, Typeflag: tar.TypeSymlink, Linkname: "busybox"})
+	}
+	tw.Close()
+
+	base := ref + "-base"
+	cmd := exec.Command("docker", "-H", env["GAIA_TEST_DOCKER_HOST"], "import", "-", base)
+	cmd.Stdin = &rootfs
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("docker import: %v\n%s", err, out)
+	}
+
+	dir := t.TempDir()
+	dockerfile := fmt.Sprintf("FROM %s\n", base)
+	for i, size := range layerSizes {
+		b := make([]byte, size)
+		rand.Read(b)
+		name := fmt.Sprintf("layer%d.bin", i)
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dockerfile += fmt.Sprintf("COPY %s /data/%s\n", name, name)
+	}
+	dockerfile += "CMD [\"/bin/sh\"]\n"
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command("docker", "-H", env["GAIA_TEST_DOCKER_HOST"], "build", "-q", "-t", ref, dir)
+	cmd.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("docker build: %v\n%s", err, out)
+	}
+	Docker(t, env, "rmi", base)
+}
