@@ -381,3 +381,69 @@ func randomBytes(t testing.TB, n int) []byte {
 	}
 	return b
 }
+
+// TestPutContentAtomic: while PutContent replaces a file again and again
+// with contents of different sizes, concurrent readers only ever see one
+// whole version.
+func TestPutContentAtomic(t *testing.T) {
+	ctx := context.Background()
+	d := newTestDriver(t, nil)
+	versions := [][]byte{
+		bytes.Repeat([]byte("a"), 3<<20+17), // crosses block boundaries
+		bytes.Repeat([]byte("b"), 1<<20-3),
+	}
+	if err := d.PutContent(ctx, "/atomic", versions[0]); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var reads atomic.Int64
+	errs := make(chan error, 4)
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				got, err := d.GetContent(ctx, "/atomic")
+				if err != nil {
+					errs <- fmt.Errorf("GetContent during replacement: %v", err)
+					return
+				}
+				if !bytes.Equal(got, versions[0]) && !bytes.Equal(got, versions[1]) {
+					errs <- fmt.Errorf("read %d bytes that are neither version", len(got))
+					return
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	for i := 0; i < 20; i++ {
+		if err := d.PutContent(ctx, "/atomic", versions[i%2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d whole reads during 20 replacements", reads.Load())
+	// Nothing is left in the staging directory.
+	var left []string
+	d.d.withClient(func(c *gohdfs.Client) error {
+		entries, _ := c.ReadDir(d.d.root + "/" + stagingDir)
+		for _, e := range entries {
+			left = append(left, e.Name())
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Fatalf("staging files left behind: %v", left)
+	}
+}

@@ -197,4 +197,3 @@ func TestDatanodeKilledDuringWrite(t *testing.T) {
 		t.Fatalf("after the retry: err %v, %d bytes, equal %v", err, len(got), bytes.Equal(got, content))
 	}
 }
-

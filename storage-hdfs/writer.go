@@ -33,6 +33,8 @@ type fileWriter struct {
 	fw     *gohdfs.FileWriter
 	path   string
 	size   int64
+	// Write deadline; Close always sets a fresh one.
+	deadline deadline
 
 	closed, committed, cancelled bool
 }
@@ -63,7 +65,7 @@ func (w *fileWriter) writeRetrying(p []byte) (int, error) {
 	off := 0
 	backoff := replicationBackoff
 	for attempt := 0; ; attempt++ {
-		w.fw.SetDeadline(time.Now().Add(w.d.ioTimeout))
+		w.deadline.refresh(w.fw.SetDeadline)
 		n, err := w.fw.Write(p[off:])
 		off += n
 		if err == nil || !isNotReplicatedYet(err) || attempt >= replicationRetries {

@@ -76,6 +76,14 @@ apt_install() {
     || fail_with_log apt "$CACHE/apt.log" "apt-get install ${missing[*]} failed"
 }
 
+# Tools svc.sh itself uses.
+base_tools() {
+  local missing=()
+  command -v curl >/dev/null || missing+=(curl)
+  command -v flock >/dev/null || missing+=(util-linux)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -90,6 +98,11 @@ pg_bin() {
 install_postgres() {
   pg_bin >/dev/null || apt_install postgresql
   pg_bin >/dev/null || die "postgres: no /usr/lib/postgresql/*/bin after installing postgresql"
+  # PostgreSQL will not run as root; the binaries can be present without
+  # the package's postgres user.
+  if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+  fi
 }
 # PostgreSQL refuses to run as root, so as root it runs as the postgres user.
 pg_as() {
@@ -106,6 +119,12 @@ start_postgres() {
   status_postgres && return 0
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir"
+  # A postmaster.pid left by a killed server makes postgres refuse to
+  # start when its PID now belongs to another process.
+  local pidf="$dir/data/postmaster.pid"
+  if [ -f "$pidf" ] && [ "$(ps -o comm= -p "$(head -n 1 "$pidf")" 2>/dev/null)" != "postgres" ]; then
+    rm -f "$pidf"
+  fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     log "postgres: initdb $dir/data"
     pg_as "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >"$dir/initdb.log" 2>&1 \
@@ -270,6 +289,8 @@ start_dockerd() {
   status_dockerd && return 0
   stop_dockerd
   mkdir -p "$dir/data" "$dir/exec"
+  # Not running (checked above): a pid file is a leftover of a killed dockerd.
+  rm -f "$dir/dockerd.pid"
   log "dockerd: starting on unix://$DOCKER_SOCK (vfs storage)"
   # Loopback registries are insecure-allowed by default, so tests can push
   # to 127.0.0.1:PORT without TLS.
@@ -308,6 +329,8 @@ services=("$@")
 for s in "${services[@]}"; do
   case " ${ALL_SERVICES[*]} " in *" $s "*) ;; *) die "unknown service '$s' (known: ${ALL_SERVICES[*]})";; esac
 done
+
+base_tools
 
 # One svc.sh at a time per state dir: concurrent test packages may all ask
 # for the same service.
