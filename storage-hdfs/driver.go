@@ -25,6 +25,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"syscall"
 	"sync"
 	"time"
 
@@ -58,10 +59,11 @@ type driver struct {
 	replication int
 	ioTimeout   time.Duration
 
-	// Cluster defaults, fetched once when blocksize or replication is unset.
-	defaultsOnce sync.Once
+	// Cluster defaults, fetched once when blocksize or replication is unset
+	// (again after a failure).
+	defaultsMu   sync.Mutex
+	haveDefaults bool
 	defaults     gohdfs.ServerDefaults
-	defaultsErr  error
 }
 
 type baseEmbed struct{ base.Base }
@@ -96,7 +98,7 @@ func New(p DriverParameters) (*Driver, error) {
 		d.ioTimeout = defaultIOTimeout
 	}
 	if err := d.withClient(func(c *gohdfs.Client) error { return c.MkdirAll(d.root, 0o755) }); err != nil {
-		d.pool.close()
+		d.pool.closeAll()
 		return nil, fmt.Errorf("hdfs storage driver: cannot create root directory %s on %v: %w", d.root, p.Namenodes, err)
 	}
 	return &Driver{
@@ -107,7 +109,7 @@ func New(p DriverParameters) (*Driver, error) {
 
 // Close releases the driver's HDFS connections.
 func (d *Driver) Close() error {
-	d.d.pool.close()
+	d.d.pool.closeAll()
 	return nil
 }
 
@@ -161,24 +163,28 @@ func isNotFound(err error) bool {
 		return true
 	}
 	var remote gohdfs.Error
-	// A path below a regular file: HDFS answers ParentNotDirectoryException.
-	return errors.As(err, &remote) && remote.Exception() == "org.apache.hadoop.fs.ParentNotDirectoryException"
+	if !errors.As(err, &remote) {
+		return false
+	}
+	switch remote.Exception() {
+	case "java.io.FileNotFoundException": // uninterpreted, e.g. from a read's block lookup
+		return true
+	case "org.apache.hadoop.fs.ParentNotDirectoryException": // a path below a regular file
+		return true
+	}
+	return false
 }
 
 func (d *driver) GetContent(ctx context.Context, p string) ([]byte, error) {
 	var out []byte
 	err := d.withClient(func(c *gohdfs.Client) error {
-		f, err := c.Open(d.fullPath(p))
+		r, size, err := d.openAt(c, d.fullPath(p), 0)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if f.Stat().IsDir() {
-			return os.ErrNotExist
-		}
-		out = make([]byte, f.Stat().Size())
-		f.SetDeadline(time.Now().Add(d.ioTimeout))
-		_, err = io.ReadFull(f, out)
+		defer r.f.Close()
+		out = make([]byte, size)
+		_, err = io.ReadFull(r, out)
 		return err
 	})
 	if err != nil {
@@ -193,15 +199,15 @@ func (d *driver) PutContent(ctx context.Context, p string, contents []byte) erro
 	full := d.fullPath(p)
 	tmp := path.Join(d.root, stagingDir, randomName())
 	err := d.withClient(func(c *gohdfs.Client) error {
-		err := d.writeFile(c, tmp, contents)
-		if err == nil {
-			err = renameCreatingParent(c, tmp, full)
+		if err := d.writeFile(c, tmp, contents); err != nil {
+			return err
 		}
-		if err != nil {
-			c.Remove(tmp)
-		}
-		return err
+		return renameCreatingParent(c, tmp, full)
 	})
+	if err != nil {
+		// On a client of its own: the one that failed may be broken.
+		d.withClient(func(c *gohdfs.Client) error { return c.Remove(tmp) })
+	}
 	return d.mapErr(err, p)
 }
 
@@ -213,7 +219,7 @@ func (d *driver) writeFile(c *gohdfs.Client, full string, data []byte) error {
 		return err
 	}
 	w := &fileWriter{d: d, fw: fw, deadline: deadline{timeout: d.ioTimeout}}
-	if _, err := w.writeRetrying(data); err != nil {
+	if _, err := w.writeChunk(data); err != nil {
 		fw.Close()
 		return err
 	}
@@ -248,12 +254,14 @@ func (d *driver) fileSettings(c *gohdfs.Client) (int64, int, error) {
 	if bs > 0 && repl > 0 {
 		return bs, repl, nil
 	}
-	d.defaultsOnce.Do(func() { d.defaults, d.defaultsErr = c.ServerDefaults() })
-	if d.defaultsErr != nil {
-		// Let a later call try again instead of caching a transient failure.
-		err := d.defaultsErr
-		d.defaultsOnce = sync.Once{}
-		return 0, 0, err
+	d.defaultsMu.Lock()
+	defer d.defaultsMu.Unlock()
+	if !d.haveDefaults {
+		def, err := c.ServerDefaults()
+		if err != nil {
+			return 0, 0, err
+		}
+		d.defaults, d.haveDefaults = def, true
 	}
 	if bs == 0 {
 		bs = d.defaults.BlockSize
@@ -292,25 +300,18 @@ func (d *driver) Reader(ctx context.Context, p string, offset int64) (io.ReadClo
 	}
 	var rc io.ReadCloser
 	err := d.withClientKept(func(c *gohdfs.Client) (bool, error) {
-		f, err := c.Open(d.fullPath(p))
+		r, size, err := d.openAt(c, d.fullPath(p), offset)
 		if err != nil {
 			return false, err
 		}
-		if f.Stat().IsDir() {
-			f.Close()
-			return false, os.ErrNotExist
-		}
-		if offset >= f.Stat().Size() {
+		if offset >= size {
 			// Past the end: a reader that returns io.EOF at once.
-			f.Close()
+			r.f.Close()
 			rc = io.NopCloser(bytes.NewReader(nil))
 			return false, nil
 		}
-		if _, err := f.Seek(offset, io.SeekStart); err != nil {
-			f.Close()
-			return false, err
-		}
-		rc = &fileReader{f: f, deadline: deadline{timeout: d.ioTimeout}, release: func() { d.pool.put(c) }}
+		r.release = func() { d.pool.put(c) }
+		rc = r
 		return true, nil
 	})
 	if err != nil {
@@ -319,27 +320,49 @@ func (d *driver) Reader(ctx context.Context, p string, offset int64) (io.ReadClo
 	return rc, nil
 }
 
-// withClientKept is withClient for calls that hand the client on to a
-// stream: fn reports whether it kept the client (then the stream returns it
-// to the pool when closed).
-func (d *driver) withClientKept(fn func(c *gohdfs.Client) (bool, error)) error {
+// openAt opens the regular file at full for reading from offset, pinned to
+// one inode and with its block list already fetched, and returns its size.
+//
+// colinmarc's Open reads a file's length by path, and its block list only
+// on the first Read, again by path: a PutContent renaming a new file over
+// full in between would pair the old length with the new blocks (a torn
+// read). Opening the inode itself (HDFS's /.reserved/.inodes/<id> path)
+// keeps both from one file, and reading the first byte here fetches the
+// block list at once; if the file was replaced (its inode deleted) in
+// between, openAt starts again from the path.
+func (d *driver) openAt(c *gohdfs.Client, full string, offset int64) (*fileReader, int64, error) {
 	for attempt := 0; ; attempt++ {
-		c, err := d.pool.get()
+		fi, err := c.Stat(full)
 		if err != nil {
-			return err
+			return nil, 0, err
 		}
-		kept, err := fn(c)
-		if isConnError(err) {
-			d.pool.discard(c)
-			if attempt == 0 {
-				continue
+		if fi.IsDir() {
+			return nil, 0, &os.PathError{Op: "open", Path: full, Err: os.ErrNotExist}
+		}
+		name := full
+		if st, ok := fi.Sys().(interface{ GetFileId() uint64 }); ok && st.GetFileId() != 0 {
+			name = fmt.Sprintf("/.reserved/.inodes/%d", st.GetFileId())
+		}
+		f, err := c.Open(name)
+		if err == nil && offset < f.Stat().Size() {
+			r := &fileReader{f: f, deadline: deadline{timeout: d.ioTimeout}}
+			if _, err = f.Seek(offset, io.SeekStart); err == nil {
+				r.deadline.refresh(f.SetDeadline)
+				var n int
+				n, err = f.Read(r.peek[:])
+				r.pending = r.peek[:n]
 			}
-			return err
+			if err == nil {
+				return r, f.Stat().Size(), nil
+			}
+			f.Close()
+		} else if err == nil {
+			return &fileReader{f: f}, f.Stat().Size(), nil
 		}
-		if !kept {
-			d.pool.put(c)
+		if !isNotFound(err) || attempt == 3 {
+			return nil, 0, err
 		}
-		return err
+		// Replaced or deleted since the Stat: look again.
 	}
 }
 
@@ -348,9 +371,16 @@ type fileReader struct {
 	deadline deadline
 	release  func()
 	closed   bool
+	peek     [1]byte
+	pending  []byte // read by openAt, not yet returned
 }
 
 func (r *fileReader) Read(b []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(b, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
 	r.deadline.refresh(r.f.SetDeadline)
 	return r.f.Read(b)
 }
@@ -378,7 +408,9 @@ func (r *fileReader) Close() error {
 	}
 	r.closed = true
 	err := r.f.Close()
-	r.release()
+	if r.release != nil {
+		r.release()
+	}
 	return err
 }
 
@@ -409,7 +441,7 @@ func (d *driver) Writer(ctx context.Context, p string, appendMode bool) (storage
 		if err != nil {
 			return false, err
 		}
-		w = &fileWriter{d: d, client: c, fw: fw, path: full, size: size, deadline: deadline{timeout: d.ioTimeout}}
+		w = &fileWriter{d: d, client: c, fw: fw, path: p, full: full, size: size, deadline: deadline{timeout: d.ioTimeout}}
 		return true, nil
 	})
 	if err != nil {
@@ -459,12 +491,12 @@ func (d *driver) readDir(p string) ([]storagedriver.FileInfo, error) {
 		return err
 	})
 	if err != nil {
-		if !isNotFound(err) && !isConnError(err) {
-			// ReadDir of a regular file: there is no such directory.
-			var pe *os.PathError
-			if errors.As(err, &pe) && pe.Op == "readdir" {
-				return nil, storagedriver.PathNotFoundError{Path: p, DriverName: driverName}
-			}
+		// ReadDir of a regular file: there is no such directory. (colinmarc
+		// reports any listing failure as a "readdir" PathError; only this
+		// message means "not a directory".)
+		var pe *os.PathError
+		if errors.As(err, &pe) && pe.Op == "readdir" && pe.Err.Error() == "the file is not a directory" {
+			return nil, storagedriver.PathNotFoundError{Path: p, DriverName: driverName}
 		}
 		return nil, d.mapErr(err, p)
 	}
@@ -498,12 +530,17 @@ func (d *driver) Move(ctx context.Context, sourcePath, destPath string) error {
 
 func (d *driver) Delete(ctx context.Context, p string) error {
 	full := d.fullPath(p)
+	retried := false
 	err := d.withClient(func(c *gohdfs.Client) error {
 		err := c.Remove(full)
-		if err != nil && !isNotFound(err) && !isConnError(err) {
-			// Not empty: delete recursively.
+		if errors.Is(err, syscall.ENOTEMPTY) {
 			err = c.RemoveAll(full)
 		}
+		if retried && isNotFound(err) {
+			// The first attempt may have deleted before its connection broke.
+			return nil
+		}
+		retried = true
 		return err
 	})
 	return d.mapErr(err, p)

@@ -371,7 +371,17 @@ func TestConcurrentCallsUseSeveralClients(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	t.Logf("64 concurrent Stats created %d new clients (8 idle at start)", d.d.pool.created.Load()-before)
+	// At most 16 calls run at once (maxthreads); 8 found idle clients, so
+	// at most 8 more were needed.
+	if n := d.d.pool.created.Load() - before; n > 8 {
+		t.Fatalf("64 Stats, 16 at a time, with 8 idle clients created %d new clients; want at most 8", n)
+	}
+	d.d.pool.mu.Lock()
+	idle := len(d.d.pool.idle)
+	d.d.pool.mu.Unlock()
+	if idle == 0 || idle > maxIdleClients {
+		t.Fatalf("%d idle clients after the burst; want 1..%d", idle, maxIdleClients)
+	}
 }
 
 func randomBytes(t testing.TB, n int) []byte {
@@ -436,13 +446,16 @@ func TestPutContentAtomic(t *testing.T) {
 	t.Logf("%d whole reads during 20 replacements", reads.Load())
 	// Nothing is left in the staging directory.
 	var left []string
-	d.d.withClient(func(c *gohdfs.Client) error {
-		entries, _ := c.ReadDir(d.d.root + "/" + stagingDir)
+	err := d.d.withClient(func(c *gohdfs.Client) error {
+		entries, err := c.ReadDir(d.d.root + "/" + stagingDir)
 		for _, e := range entries {
 			left = append(left, e.Name())
 		}
-		return nil
+		return err
 	})
+	if err != nil {
+		t.Fatalf("listing the staging directory: %v", err)
+	}
 	if len(left) > 0 {
 		t.Fatalf("staging files left behind: %v", left)
 	}

@@ -35,8 +35,14 @@ type clientPool struct {
 	created  atomic.Int64 // clients created, for tests and metrics
 }
 
+// maxIdleClients bounds the idle clients kept. Each one sends the NameNode
+// a lease renewal every second (colinmarc does so for every client), so a
+// pool of hundreds would cost the NameNode hundreds of RPCs a second per
+// registry server.
+const maxIdleClients = 16
+
 func newClientPool(p *DriverParameters) *clientPool {
-	cp := &clientPool{maxIdle: int(p.MaxThreads)}
+	cp := &clientPool{maxIdle: min(int(p.MaxThreads), maxIdleClients)}
 	dialer := &net.Dialer{Timeout: p.DialTimeout, KeepAlive: p.DialTimeout}
 	cp.options = gohdfs.ClientOptions{
 		Addresses:           p.Namenodes,
@@ -99,27 +105,17 @@ func (cp *clientPool) put(c *gohdfs.Client) {
 	}
 }
 
-// discard closes a client whose connection failed, and every idle client
-// with it: a connection error almost always means the NameNode went away
-// (restart, failover), and each idle client's socket is then just as dead.
-// colinmarc's client would otherwise keep the dead socket, or refuse the
-// address for a 5 s back-off, and fail the next call too.
-func (cp *clientPool) discard(c *gohdfs.Client) {
+// closeAll closes the idle clients (at driver shutdown).
+func (cp *clientPool) closeAll() {
 	cp.mu.Lock()
 	idle := cp.idle
 	cp.idle = nil
 	cp.mu.Unlock()
-	if c != nil {
+	for _, c := range idle {
 		c.Close()
-	}
-	for _, ic := range idle {
-		ic.Close()
 	}
 }
 
-func (cp *clientPool) close() {
-	cp.discard(nil)
-}
 
 // isConnError reports whether err means the client's connection is broken
 // (as opposed to an answer from HDFS, such as "file not found").
@@ -147,24 +143,39 @@ func isConnError(err error) bool {
 }
 
 // withClient runs fn with a pooled client. When fn fails because the
-// connection broke, the client (and the idle pool) is dropped and fn runs
-// once more on a fresh connection, so the first call after a NameNode
-// restart or failover succeeds. fn must be safe to repeat.
+// client's connection broke (NameNode restart or failover, a socket the
+// NameNode dropped, a DataNode that went away mid-read), that client is
+// closed and fn runs once more on a brand-new connection: the first call
+// after a restart succeeds, and colinmarc's client, which would keep the
+// dead socket or refuse the address for a 5 s back-off, is not reused.
+// Other idle clients are not touched; a dead one is found, and replaced,
+// by the next call that borrows it. fn must be safe to repeat.
 func (d *driver) withClient(fn func(c *gohdfs.Client) error) error {
-	for attempt := 0; ; attempt++ {
-		c, err := d.pool.get()
-		if err != nil {
-			return err
-		}
-		err = fn(c)
-		if isConnError(err) {
-			d.pool.discard(c)
-			if attempt == 0 {
-				continue
-			}
-			return err
-		}
-		d.pool.put(c)
+	return d.withClientKept(func(c *gohdfs.Client) (bool, error) { return false, fn(c) })
+}
+
+// withClientKept is withClient for calls that hand the client on to a
+// stream: fn reports whether it kept the client (the stream then returns
+// it to the pool when closed).
+func (d *driver) withClientKept(fn func(c *gohdfs.Client) (bool, error)) error {
+	c, err := d.pool.get()
+	if err != nil {
 		return err
 	}
+	kept, err := fn(c)
+	if isConnError(err) {
+		c.Close()
+		if c, err = d.pool.newClient(); err != nil {
+			return err
+		}
+		kept, err = fn(c)
+		if isConnError(err) {
+			c.Close()
+			return err
+		}
+	}
+	if !kept {
+		d.pool.put(c)
+	}
+	return err
 }

@@ -2,22 +2,24 @@ package hdfs
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	gohdfs "github.com/colinmarc/hdfs/v2"
 )
 
-// Retry budgets for the two answers HDFS gives while a block's replicas are
-// still being reported: the NameNode refuses a new block
-// (NotReplicatedYetException) or a close (complete() returns false, which
-// colinmarc reports as ErrReplicating). The Java client retries both with
-// exponential back-off; so do we.
+// Retry budget for closing a file while the NameNode has not yet heard
+// from the DataNodes about its last block: complete() returns false, which
+// colinmarc reports as ErrReplicating. The Java client retries with
+// exponential back-off; so do we. 10 ms doubling 12 times: a small file
+// usually completes on the first retry, and a slow cluster still gets ~40 s.
+//
+// The NameNode's other "not yet" answer, NotReplicatedYetException when a
+// new block is requested, cannot be retried through colinmarc's client (it
+// forgets the previous block before the call); it fails the write. A
+// NameNode with dfs.namenode.file.close.num-committed-allowed=1 gives it,
+// and ErrReplicating, far less room (docs/configuration.md).
 const (
-	// 10 ms doubling 12 times: a small file usually completes on the first
-	// retry, and a slow cluster still gets ~80 s in all.
 	replicationRetries = 12
 	replicationBackoff = 10 * time.Millisecond
 )
@@ -31,7 +33,8 @@ type fileWriter struct {
 	d      *driver
 	client *gohdfs.Client // owned until the file is closed; nil afterwards
 	fw     *gohdfs.FileWriter
-	path   string
+	path   string // the storage path, for errors
+	full   string // the HDFS path
 	size   int64
 	// Write deadline; Close always sets a fresh one.
 	deadline deadline
@@ -48,7 +51,7 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	case w.cancelled:
 		return 0, fmt.Errorf("already cancelled")
 	}
-	n, err := w.writeRetrying(p)
+	n, err := w.writeChunk(p)
 	w.size += int64(n)
 	if err != nil {
 		return n, w.d.mapErr(err, w.path)
@@ -56,29 +59,14 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-func (w *fileWriter) writeRetrying(p []byte) (int, error) {
+func (w *fileWriter) writeChunk(p []byte) (int, error) {
 	if len(p) == 0 {
 		// colinmarc's client would allocate an empty block, which the
 		// NameNode then never sees replicated: Close would never complete.
 		return 0, nil
 	}
-	off := 0
-	backoff := replicationBackoff
-	for attempt := 0; ; attempt++ {
-		w.deadline.refresh(w.fw.SetDeadline)
-		n, err := w.fw.Write(p[off:])
-		off += n
-		if err == nil || !isNotReplicatedYet(err) || attempt >= replicationRetries {
-			return off, err
-		}
-		time.Sleep(backoff)
-		backoff *= 2
-	}
-}
-
-func isNotReplicatedYet(err error) bool {
-	var remote gohdfs.Error
-	return errors.As(err, &remote) && strings.HasSuffix(remote.Exception(), "NotReplicatedYetException")
+	w.deadline.refresh(w.fw.SetDeadline)
+	return w.fw.Write(p)
 }
 
 func (w *fileWriter) Size() int64 { return w.size }
@@ -125,7 +113,7 @@ func (w *fileWriter) Cancel(ctx context.Context) error {
 	w.cancelled = true
 	c := w.client
 	w.fw.Close() // releases the lease if it can; the delete below does in any case
-	err := w.d.withClient(func(pc *gohdfs.Client) error { return pc.Remove(w.path) })
+	err := w.d.withClient(func(pc *gohdfs.Client) error { return pc.Remove(w.full) })
 	w.release(c, err)
 	if err != nil && !isNotFound(err) {
 		return w.d.mapErr(err, w.path)
@@ -141,10 +129,10 @@ func (w *fileWriter) Cancel(ctx context.Context) error {
 func (w *fileWriter) closeFile() error {
 	backoff := replicationBackoff
 	var err error
-	for attempt := 0; attempt <= replicationRetries; attempt++ {
+	for attempt := 0; ; attempt++ {
 		w.fw.SetDeadline(time.Now().Add(w.d.ioTimeout))
 		err = w.fw.Close()
-		if !gohdfs.IsErrReplicating(err) {
+		if !gohdfs.IsErrReplicating(err) || attempt == replicationRetries {
 			break
 		}
 		time.Sleep(backoff)

@@ -47,6 +47,12 @@ public class MiniHdfs {
     conf.set("dfs.datanode.http.address", "127.0.0.1:0");
     conf.set("dfs.datanode.ipc.address", "127.0.0.1:0");
     conf.set("dfs.namenode.http-address", "127.0.0.1:0");
+    // As recommended for clusters serving Gaia (docs/configuration.md): a
+    // file may close, and a new block may be allocated, while one committed
+    // block still waits for its DataNode report. colinmarc's client cannot
+    // retry a refused block allocation, so without this the NameNode's lag
+    // behind a busy DataNode fails writes.
+    conf.setInt("dfs.namenode.file.close.num-committed-allowed", 1);
     // A lone DataNode: never try to replace it in a write pipeline.
     conf.set("dfs.client.block.write.replace-datanode-on-failure.enable", "false");
     // Notice a stopped DataNode quickly in the fault tests.
