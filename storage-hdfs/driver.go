@@ -25,8 +25,8 @@ import (
 	"path"
 	"sort"
 	"strings"
-	"syscall"
 	"sync"
+	"syscall"
 	"time"
 
 	gohdfs "github.com/colinmarc/hdfs/v2"

@@ -116,7 +116,6 @@ func (cp *clientPool) closeAll() {
 	}
 }
 
-
 // isConnError reports whether err means the client's connection is broken
 // (as opposed to an answer from HDFS, such as "file not found").
 func isConnError(err error) bool {
