@@ -3,8 +3,9 @@
 GO       ?= go
 SVC      := tests/services/svc.sh
 PKGS     := ./...
-# The whole suite; distribution's driver suite runs in its short mode here.
-TESTFLAGS ?= -count=1 -short -timeout 40m
+# The whole suite, under the race detector; distribution's driver suite runs
+# in its short mode here.
+TESTFLAGS ?= -count=1 -short -race -timeout 40m
 
 .PHONY: all build run test test-hdfs-full bench services services-stop vet clean
 
