@@ -1,6 +1,7 @@
 // Command gaia-registry serves the OCI Distribution API.
 //
 //	gaia-registry serve --config FILE
+//	gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]
 //
 // Until Gaia's own PostgreSQL-backed handlers land, `serve` runs CNCF
 // distribution's registry application with Gaia's storage drivers
@@ -24,7 +25,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: gaia-registry serve --config FILE\n")
+	fmt.Fprintf(os.Stderr, "usage: gaia-registry serve --config FILE\n       gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]\n")
 	os.Exit(2)
 }
 
@@ -42,6 +43,11 @@ func main() {
 			os.Exit(2)
 		}
 		if err := serve(*configPath); err != nil {
+			fmt.Fprintf(os.Stderr, "gaia-registry: %v\n", err)
+			os.Exit(1)
+		}
+	case "migrate":
+		if err := migrateCmd(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "gaia-registry: %v\n", err)
 			os.Exit(1)
 		}

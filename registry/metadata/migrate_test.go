@@ -1,0 +1,213 @@
+package metadata
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+// testDB creates an empty database on the harness's PostgreSQL for one test
+// and drops it afterwards.
+func testDB(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	env := harness.Start(t, harness.Postgres)
+	dsn := env.Get(t, "GAIA_TEST_PG_DSN")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, harness.Logs(harness.Postgres))
+	}
+	defer admin.Close(ctx)
+	name := fmt.Sprintf("gaia_test_%d", time.Now().UnixNano())
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(strings.Replace(dsn, "/postgres?", "/"+name+"?", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pool.Close()
+		ctx := context.Background()
+		if admin, err := pgx.Connect(ctx, dsn); err == nil {
+			admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			admin.Close(ctx)
+		}
+	})
+	return pool
+}
+
+func tables(t *testing.T, pool *pgxpool.Pool) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(),
+		`SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+func TestMigrationsAreWellFormed(t *testing.T) {
+	ms, err := Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) == 0 || Latest() != len(ms) {
+		t.Fatalf("%d migrations, Latest() = %d", len(ms), Latest())
+	}
+}
+
+func TestMigrateUpDownUp(t *testing.T) {
+	ctx := context.Background()
+	pool := testDB(t)
+
+	if v, err := Version(ctx, pool); err != nil || v != 0 {
+		t.Fatalf("empty database: version %d, %v", v, err)
+	}
+	from, to, err := Migrate(ctx, pool)
+	if err != nil || from != 0 || to != Latest() {
+		t.Fatalf("Migrate: %d -> %d, %v", from, to, err)
+	}
+	want := "blobs manifest_blobs manifest_references manifests repositories repository_blobs schema_migrations tags upload_sessions"
+	if got := strings.Join(tables(t, pool), " "); got != want {
+		t.Fatalf("tables after migrate:\n got %s\nwant %s", got, want)
+	}
+	// Idempotent.
+	if from, to, err := Migrate(ctx, pool); err != nil || from != to || to != Latest() {
+		t.Fatalf("second Migrate: %d -> %d, %v", from, to, err)
+	}
+	// Reversible: all the way down leaves only the bookkeeping table.
+	if _, to, err := Rollback(ctx, pool, Latest()); err != nil || to != 0 {
+		t.Fatalf("Rollback: to %d, %v", to, err)
+	}
+	if got := strings.Join(tables(t, pool), " "); got != "schema_migrations" {
+		t.Fatalf("tables after rollback: %s", got)
+	}
+	if _, to, err := Migrate(ctx, pool); err != nil || to != Latest() {
+		t.Fatalf("Migrate after rollback: %d, %v", to, err)
+	}
+}
+
+// TestConcurrentMigrate: servers starting together apply each migration
+// once (the advisory lock), and none fails.
+func TestConcurrentMigrate(t *testing.T) {
+	ctx := context.Background()
+	pool := testDB(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	applied := make(chan int, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			from, to, err := Migrate(ctx, pool)
+			if err != nil {
+				errs <- err
+				return
+			}
+			applied <- to - from
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(applied)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	total := 0
+	for n := range applied {
+		total += n
+	}
+	if total != Latest() {
+		t.Fatalf("8 concurrent Migrate calls applied %d migrations in all; want %d", total, Latest())
+	}
+}
+
+func TestSchemaNewerThanBinary(t *testing.T) {
+	ctx := context.Background()
+	pool := testDB(t)
+	if _, _, err := Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, 'from_the_future')`, Latest()+1); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Migrate(ctx, pool); !errors.Is(err, ErrSchemaNewer) {
+		t.Fatalf("Migrate on a newer schema: %v; want ErrSchemaNewer", err)
+	}
+}
+
+// TestSchemaRefusesDanglingReferences: the constraints, not the handlers,
+// make dangling references impossible.
+func TestSchemaRefusesDanglingReferences(t *testing.T) {
+	ctx := context.Background()
+	pool := testDB(t)
+	if _, _, err := Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	mustExec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	violates := func(what, sql string, args ...any) {
+		t.Helper()
+		_, err := pool.Exec(ctx, sql, args...)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23503" { // foreign_key_violation
+			t.Errorf("%s: got %v; want a foreign key violation", what, err)
+		}
+	}
+	var repoA, repoB, layerManifest, index, otherRepoManifest int64
+	pool.QueryRow(ctx, `INSERT INTO repositories (name) VALUES ('a') RETURNING id`).Scan(&repoA)
+	pool.QueryRow(ctx, `INSERT INTO repositories (name) VALUES ('b') RETURNING id`).Scan(&repoB)
+	mustExec(`INSERT INTO blobs (digest, size) VALUES ('sha256:layer', 10)`)
+	violates("manifest blob not linked to the repository",
+		`WITH m AS (INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:m0', 'x', '') RETURNING id)
+		 INSERT INTO manifest_blobs (manifest_id, repository_id, digest) SELECT id, $1, 'sha256:layer' FROM m`, repoA)
+	mustExec(`INSERT INTO repository_blobs (repository_id, digest) VALUES ($1, 'sha256:layer')`, repoA)
+	pool.QueryRow(ctx, `INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:m1', 'x', '') RETURNING id`, repoA).Scan(&layerManifest)
+	mustExec(`INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES ($1, $2, 'sha256:layer')`, layerManifest, repoA)
+	violates("unlinking a blob a manifest references",
+		`DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = 'sha256:layer'`, repoA)
+
+	pool.QueryRow(ctx, `INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:i1', 'x', '') RETURNING id`, repoA).Scan(&index)
+	mustExec(`INSERT INTO manifest_references (parent_id, child_id, repository_id) VALUES ($1, $2, $3)`, index, layerManifest, repoA)
+	violates("deleting a manifest an index refers to", `DELETE FROM manifests WHERE id = $1`, layerManifest)
+
+	pool.QueryRow(ctx, `INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:mb', 'x', '') RETURNING id`, repoB).Scan(&otherRepoManifest)
+	violates("a tag pointing at another repository's manifest",
+		`INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, 'latest', $2)`, repoA, otherRepoManifest)
+	violates("an index child from another repository",
+		`INSERT INTO manifest_references (parent_id, child_id, repository_id) VALUES ($1, $2, $3)`, index, otherRepoManifest, repoA)
+
+	// Deleting a manifest deletes its tags; deleting the index frees its child.
+	mustExec(`INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, 'v1', $2)`, repoA, index)
+	mustExec(`DELETE FROM manifests WHERE id = $1`, index)
+	var tagsLeft int
+	pool.QueryRow(ctx, `SELECT count(*) FROM tags`).Scan(&tagsLeft)
+	if tagsLeft != 0 {
+		t.Errorf("%d tags left pointing at a deleted manifest", tagsLeft)
+	}
+	mustExec(`DELETE FROM manifests WHERE id = $1`, layerManifest)
+}
