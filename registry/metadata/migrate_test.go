@@ -3,11 +3,9 @@ package metadata
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -16,39 +14,14 @@ import (
 	"github.com/gaia-registry/gaia/tests/harness"
 )
 
-// testDB creates an empty database on the harness's PostgreSQL for one test
-// and drops it afterwards.
+// testDB connects to a fresh database of the test's own.
 func testDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	env := harness.Start(t, harness.Postgres)
-	dsn := env.Get(t, "GAIA_TEST_PG_DSN")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	admin, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect: %v\n%s", err, harness.Logs(harness.Postgres))
-	}
-	defer admin.Close(ctx)
-	name := fmt.Sprintf("gaia_test_%d", time.Now().UnixNano())
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := pgxpool.ParseConfig(strings.Replace(dsn, "/postgres?", "/"+name+"?", 1))
+	pool, err := pgxpool.New(context.Background(), harness.NewDatabase(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pool.Close()
-		ctx := context.Background()
-		if admin, err := pgx.Connect(ctx, dsn); err == nil {
-			admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			admin.Close(ctx)
-		}
-	})
+	t.Cleanup(pool.Close)
 	return pool
 }
 

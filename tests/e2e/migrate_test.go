@@ -1,16 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/tests/harness"
@@ -19,20 +15,7 @@ import (
 // TestMigrateCommand drives `gaia-registry migrate` against a fresh
 // database: status, up, idempotent up, down, bad input.
 func TestMigrateCommand(t *testing.T) {
-	env := harness.Start(t, harness.Postgres)
-	dsn := env.Get(t, "GAIA_TEST_PG_DSN")
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
-	name := fmt.Sprintf("gaia_e2e_%d", time.Now().UnixNano())
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	dbURL := strings.Replace(dsn, "/postgres?", "/"+name+"?", 1)
+	dbURL := harness.NewDatabase(t)
 
 	bin := buildBinary(t, "./registry/cmd/gaia-registry")
 	config := filepath.Join(t.TempDir(), "registry.yml")

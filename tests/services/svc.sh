@@ -56,6 +56,18 @@ wait_for() {
   done
 }
 
+# wait_started NAME LOGFILE PIDFILE SECONDS CHECK...: wait until CHECK
+# succeeds; fail with the log if the daemon exits or time runs out.
+wait_started() {
+  local name="$1" logf="$2" pidf="$3" secs="$4"; shift 4
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    pid_alive "$pidf" || fail_with_log "$name" "$logf" "exited during start-up"
+    [ $SECONDS -lt $deadline ] || fail_with_log "$name" "$logf" "not healthy after ${secs}s"
+    sleep 0.5
+  done
+}
+
 apt_updated=""
 apt_install() {
   local missing=()
@@ -190,12 +202,8 @@ start_hdfs_instance() {
     -cp "$HDFS_BUILD:$(cat "$HDFS_BUILD/classpath.txt")" \
     MiniHdfs "$dir/data" "$nn" "$cp" </dev/null >"$logf" 2>&1 9>&- &
   echo $! >"$dir/pid"
-  local deadline=$((SECONDS + 180))
-  until hdfs_ready "$name"; do
-    pid_alive "$dir/pid" || fail_with_log "$name" "$logf" "MiniDFSCluster exited during start-up"
-    [ $SECONDS -lt $deadline ] || fail_with_log "$name" "$logf" "not ready (safe mode off) after 180s"
-    sleep 1
-  done
+  # Ready: NameNode up, out of safe mode, a DataNode registered.
+  wait_started "$name" "$logf" "$dir/pid" 180 hdfs_ready "$name"
 }
 stop_hdfs_instance() {
   local dir="$STATE/$1"
@@ -256,12 +264,7 @@ start_consul() {
     -server-port $((CONSUL_HTTP_PORT + 1)) -serf-lan-port $((CONSUL_HTTP_PORT + 2)) \
     -serf-wan-port $((CONSUL_HTTP_PORT + 3)) </dev/null >"$logf" 2>&1 9>&- &
   echo $! >"$dir/pid"
-  local deadline=$((SECONDS + 60))
-  until consul_ready; do
-    pid_alive "$dir/pid" || fail_with_log consul "$logf" "consul agent exited during start-up"
-    [ $SECONDS -lt $deadline ] || fail_with_log consul "$logf" "no leader after 60s"
-    sleep 0.5
-  done
+  wait_started consul "$logf" "$dir/pid" 60 consul_ready
 }
 stop_consul() {
   local dir="$STATE/consul"
@@ -298,12 +301,7 @@ start_dockerd() {
     -H "unix://$DOCKER_SOCK" --storage-driver vfs --iptables=false --ip6tables=false --bridge=none \
     --ip-masq=false </dev/null >"$logf" 2>&1 9>&- &
   echo $! >"$dir/pid"
-  local deadline=$((SECONDS + 60))
-  until dockerd_ready; do
-    pid_alive "$dir/pid" || fail_with_log dockerd "$logf" "dockerd exited during start-up"
-    [ $SECONDS -lt $deadline ] || fail_with_log dockerd "$logf" "not answering after 60s"
-    sleep 0.5
-  done
+  wait_started dockerd "$logf" "$dir/pid" 60 dockerd_ready
 }
 stop_dockerd() {
   local dir="$STATE/dockerd"
