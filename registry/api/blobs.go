@@ -1,0 +1,405 @@
+// Package api serves the OCI Distribution API v1.1 over Gaia's PostgreSQL
+// metadata and a distribution storage driver. Any server can serve any
+// request: nothing lives in a server's memory between requests.
+//
+// So far it serves the base endpoint, blobs (GET/HEAD with Range, DELETE)
+// and blob uploads (monolithic, POST then PUT, chunked and streamed PATCH,
+// status, cancel, cross-repository mount). Manifests, tags, the catalog and
+// referrers come next; until then `gaia-registry serve` runs
+// distribution's application.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/uploadsession"
+)
+
+// Handler serves the API.
+type Handler struct {
+	uploads *uploadsession.Store
+	blobs   *metadata.Blobs
+	driver  storagedriver.StorageDriver
+	log     *slog.Logger
+}
+
+// New returns a Handler.
+func New(uploads *uploadsession.Store, blobs *metadata.Blobs, driver storagedriver.StorageDriver, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Handler{uploads: uploads, blobs: blobs, driver: driver, log: log}
+}
+
+// nameRegexp is the spec's repository name: lower-case path components.
+// (reference.NameRegexp would accept a host name with capitals as the
+// first component.)
+var nameRegexp = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
+
+// maxNameLength is the spec's limit on a repository name.
+const maxNameLength = 255
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte("{}"))
+		return
+	}
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	if i := strings.LastIndex(rest, "/blobs/uploads/"); i >= 0 {
+		name, id := rest[:i], rest[i+len("/blobs/uploads/"):]
+		if !h.validName(w, r, name) {
+			return
+		}
+		switch {
+		case id == "" && r.Method == http.MethodPost:
+			h.startUpload(w, r, name)
+		case id != "" && r.Method == http.MethodPatch:
+			h.patchUpload(w, r, name, id)
+		case id != "" && r.Method == http.MethodPut:
+			h.putUpload(w, r, name, id)
+		case id != "" && r.Method == http.MethodGet:
+			h.uploadStatus(w, r, name, id)
+		case id != "" && r.Method == http.MethodDelete:
+			h.cancelUpload(w, r, name, id)
+		default:
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+		}
+		return
+	}
+	if i := strings.LastIndex(rest, "/blobs/"); i >= 0 {
+		name, ref := rest[:i], rest[i+len("/blobs/"):]
+		if !h.validName(w, r, name) {
+			return
+		}
+		d, err := digest.Parse(ref)
+		if err != nil {
+			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail(err.Error()))
+			return
+		}
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			h.getBlob(w, r, name, d)
+		case http.MethodDelete:
+			h.deleteBlob(w, r, name, d)
+		default:
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+		}
+		return
+	}
+	h.fail(w, r, errcode.ErrorCodeUnsupported.WithMessage("not served yet"))
+}
+
+func (h *Handler) validName(w http.ResponseWriter, r *http.Request, name string) bool {
+	if len(name) > maxNameLength || !nameRegexp.MatchString(name) {
+		h.fail(w, r, errcode.ErrorCodeNameInvalid.WithDetail(map[string]string{"name": name}))
+		return false
+	}
+	return true
+}
+
+// fail writes the spec's JSON error body. Errors without an OCI code are
+// logged and answered as UNKNOWN, without internals.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var coder errcode.ErrorCoder
+	if !errors.As(err, &coder) {
+		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		err = errcode.ErrorCodeUnknown
+	}
+	errcode.ServeJSON(w, err)
+}
+
+func uploadLocation(name, id string) string { return "/v2/" + name + "/blobs/uploads/" + id }
+
+// uploadHeaders are the headers of every upload response, errors
+// included: where to send the next request and how much the registry has.
+func uploadHeaders(w http.ResponseWriter, name, id string, size int64) {
+	w.Header().Set("Location", uploadLocation(name, id))
+	w.Header().Set("Range", fmt.Sprintf("0-%d", max(size-1, 0)))
+	w.Header().Set("Docker-Upload-UUID", id)
+}
+
+// uploadAccepted answers a request that moved an upload forward.
+func uploadAccepted(w http.ResponseWriter, name, id string, size int64, status int) {
+	uploadHeaders(w, name, id, size)
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(status)
+}
+
+func blobCreated(w http.ResponseWriter, name string, d digest.Digest) {
+	w.Header().Set("Location", "/v2/"+name+"/blobs/"+d.String())
+	w.Header().Set("Docker-Content-Digest", d.String())
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}
+
+// uploadErr maps upload errors to the spec's codes.
+func (h *Handler) uploadErr(w http.ResponseWriter, r *http.Request, name, id string, err error) {
+	var re *uploadsession.RangeError
+	switch {
+	case errors.As(err, &re):
+		uploadHeaders(w, name, id, re.Size)
+		h.fail(w, r, errcode.ErrorCodeRangeInvalid.WithDetail(map[string]int64{"size": re.Size}))
+	case errors.Is(err, uploadsession.ErrUnknown):
+		h.fail(w, r, errcode.ErrorCodeBlobUploadUnknown)
+	case errors.Is(err, uploadsession.ErrInvalid):
+		h.fail(w, r, errcode.ErrorCodeBlobUploadInvalid.WithMessage("the upload's data does not match its state; start the upload again"))
+	case errors.Is(err, uploadsession.ErrDigestMismatch):
+		h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithMessage("provided digest did not match uploaded content"))
+	default:
+		h.fail(w, r, err)
+	}
+}
+
+func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, name string) {
+	ctx := r.Context()
+	q := r.URL.Query()
+	// Cross-repository mount: link a blob without moving bytes. Without
+	// `from`, any blob the registry holds can be mounted. When it cannot,
+	// the spec says to fall back to a new upload session.
+	if m := q.Get("mount"); m != "" {
+		if d, err := digest.Parse(m); err == nil {
+			if _, err := h.blobs.Mount(ctx, name, q.Get("from"), d); err == nil {
+				blobCreated(w, name, d)
+				return
+			} else if !errors.Is(err, metadata.ErrNotFound) {
+				h.fail(w, r, err)
+				return
+			}
+		}
+	}
+	var want digest.Digest
+	if dg := q.Get("digest"); dg != "" {
+		d, err := digest.Parse(dg)
+		if err != nil {
+			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail(err.Error()))
+			return
+		}
+		want = d
+	}
+	sess, err := h.uploads.Start(ctx, name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if want != "" { // monolithic: the whole blob in this request
+		if _, err := h.uploads.Finish(ctx, name, sess.ID, 0, r.Body, want); err != nil {
+			h.uploadErr(w, r, name, sess.ID, err)
+			return
+		}
+		blobCreated(w, name, want)
+		return
+	}
+	uploadAccepted(w, name, sess.ID, 0, http.StatusAccepted)
+}
+
+// chunkOffset reads Content-Range ("start-end") and checks it against
+// Content-Length. ok is false when the header is absent (a streamed chunk).
+func chunkOffset(r *http.Request) (start int64, ok bool, err error) {
+	cr := r.Header.Get("Content-Range")
+	if cr == "" {
+		return 0, false, nil
+	}
+	cr = strings.TrimPrefix(cr, "bytes ")
+	a, b, found := strings.Cut(cr, "-")
+	start, err1 := strconv.ParseInt(a, 10, 64)
+	end, err2 := strconv.ParseInt(b, 10, 64)
+	if !found || err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, true, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range must be start-end")
+	}
+	if r.ContentLength >= 0 && r.ContentLength != end-start+1 {
+		return 0, true, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range does not match Content-Length")
+	}
+	return start, true, nil
+}
+
+func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, name, id string) {
+	ctx := r.Context()
+	offset, ranged, err := chunkOffset(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if !ranged { // streamed: append wherever the upload stands
+		sess, err := h.uploads.Get(ctx, name, id)
+		if err != nil {
+			h.uploadErr(w, r, name, id, err)
+			return
+		}
+		offset = sess.Size
+	}
+	sess, err := h.uploads.Append(ctx, name, id, offset, r.Body)
+	if err != nil {
+		h.uploadErr(w, r, name, id, err)
+		return
+	}
+	uploadAccepted(w, name, id, sess.Size, http.StatusAccepted)
+}
+
+func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, name, id string) {
+	ctx := r.Context()
+	d, err := digest.Parse(r.URL.Query().Get("digest"))
+	if err != nil {
+		h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail("the digest query parameter is missing or invalid"))
+		return
+	}
+	offset, ranged, err := chunkOffset(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	var last io.Reader
+	if r.ContentLength != 0 { // a final chunk (or a chunked-encoding body)
+		last = r.Body
+		if !ranged {
+			sess, err := h.uploads.Get(ctx, name, id)
+			if err != nil {
+				h.uploadErr(w, r, name, id, err)
+				return
+			}
+			offset = sess.Size
+		}
+	}
+	if _, err := h.uploads.Finish(ctx, name, id, offset, last, d); err != nil {
+		h.uploadErr(w, r, name, id, err)
+		return
+	}
+	blobCreated(w, name, d)
+}
+
+func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, name, id string) {
+	sess, err := h.uploads.Get(r.Context(), name, id)
+	if err != nil {
+		h.uploadErr(w, r, name, id, err)
+		return
+	}
+	uploadAccepted(w, name, id, sess.Size, http.StatusNoContent)
+}
+
+func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, name, id string) {
+	if err := h.uploads.Cancel(r.Context(), name, id); err != nil {
+		h.uploadErr(w, r, name, id, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// byteRange parses a single "bytes=a-b", "bytes=a-" or "bytes=-n" range
+// against size.
+func byteRange(h string, size int64) (start, end int64, ok bool) {
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(spec, "-")
+	if !found {
+		return 0, 0, false
+	}
+	var err error
+	switch {
+	case a == "": // suffix: the last n bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 || size == 0 {
+			return 0, 0, false
+		}
+		return max(size-n, 0), size - 1, true
+	case b == "":
+		start, err = strconv.ParseInt(a, 10, 64)
+		end = size - 1
+	default:
+		if start, err = strconv.ParseInt(a, 10, 64); err == nil {
+			end, err = strconv.ParseInt(b, 10, 64)
+		}
+		end = min(end, size-1)
+	}
+	if err != nil || start < 0 || start >= size || end < start {
+		return 0, 0, false
+	}
+	return start, end, true
+}
+
+func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
+	ctx := r.Context()
+	size, err := h.blobs.LinkedSize(ctx, name, d)
+	if errors.Is(err, metadata.ErrNotFound) {
+		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
+		return
+	} else if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	hdr := w.Header()
+	hdr.Set("Docker-Content-Digest", d.String())
+	hdr.Set("ETag", `"`+d.String()+`"`)
+	hdr.Set("Accept-Ranges", "bytes")
+	hdr.Set("Content-Type", "application/octet-stream")
+	start, end, status := int64(0), size-1, http.StatusOK
+	if rh := r.Header.Get("Range"); rh != "" {
+		var ok bool
+		if start, end, ok = byteRange(rh, size); !ok {
+			hdr.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+			h.fail(w, r, errcode.ErrorCodeRangeInvalid.WithDetail("unsatisfiable Range"))
+			return
+		}
+		hdr.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
+		status = http.StatusPartialContent
+	}
+	hdr.Set("Content-Length", strconv.FormatInt(end-start+1, 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(status)
+		return
+	}
+	if size == 0 {
+		w.WriteHeader(status)
+		return
+	}
+	rc, err := h.driver.Reader(ctx, uploadsession.BlobPath(d), start)
+	if err != nil {
+		// Linked in the database but missing in storage: say so, loudly.
+		h.log.Error("blob bytes missing from storage", "repository", name, "digest", d, "err", err)
+		hdr.Del("Content-Range")
+		hdr.Del("Content-Length")
+		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
+		return
+	}
+	defer rc.Close()
+	w.WriteHeader(status)
+	if _, err := io.CopyN(w, rc, end-start+1); err != nil {
+		h.log.Warn("blob download cut short", "repository", name, "digest", d, "err", err)
+	}
+}
+
+func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
+	switch err := h.blobs.Unlink(r.Context(), name, d); {
+	case errors.Is(err, metadata.ErrNotFound):
+		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
+	case errors.Is(err, metadata.ErrReferenced):
+		h.fail(w, r, errcode.ErrorCodeDenied.WithMessage("the blob is referenced by a manifest in this repository"))
+	case err != nil:
+		h.fail(w, r, err)
+	default:
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusAccepted)
+	}
+}

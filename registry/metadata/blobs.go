@@ -1,0 +1,84 @@
+package metadata
+
+import (
+	"context"
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/opencontainers/go-digest"
+)
+
+var (
+	// ErrNotFound: the repository does not hold the object.
+	ErrNotFound = errors.New("not found")
+	// ErrReferenced: a manifest still refers to the blob.
+	ErrReferenced = errors.New("still referenced by a manifest")
+)
+
+// Blobs answers questions about blobs and their repository links.
+type Blobs struct{ db *pgxpool.Pool }
+
+// NewBlobs returns the blob queries over db.
+func NewBlobs(db *pgxpool.Pool) *Blobs { return &Blobs{db: db} }
+
+// LinkedSize returns the size of a blob the repository may serve.
+func (b *Blobs) LinkedSize(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	var size int64
+	err := b.db.QueryRow(ctx, `
+		SELECT bl.size FROM repository_blobs rb
+		JOIN repositories r ON r.id = rb.repository_id
+		JOIN blobs bl ON bl.digest = rb.digest
+		WHERE r.name = $1 AND rb.digest = $2`, repo, d.String()).Scan(&size)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, ErrNotFound
+	}
+	return size, err
+}
+
+// Mount links a blob into repository to (created if new) without any
+// bytes moving. With from set, the blob must be linked in from; with from
+// empty, any blob the registry holds can be mounted. It returns the blob's
+// size, or ErrNotFound.
+func (b *Blobs) Mount(ctx context.Context, to, from string, d digest.Digest) (int64, error) {
+	var size int64
+	err := b.db.QueryRow(ctx, `
+		WITH src AS (
+			SELECT bl.digest, bl.size FROM blobs bl
+			WHERE bl.digest = $3 AND ($2 = '' OR EXISTS (
+				SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+				WHERE r.name = $2 AND rb.digest = bl.digest))),
+		repo AS (
+			INSERT INTO repositories (name) SELECT $1 WHERE EXISTS (SELECT 1 FROM src)
+			ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+			RETURNING id),
+		link AS (
+			INSERT INTO repository_blobs (repository_id, digest)
+			SELECT repo.id, src.digest FROM repo, src
+			ON CONFLICT DO NOTHING)
+		SELECT size FROM src`, to, from, d.String()).Scan(&size)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, ErrNotFound
+	}
+	return size, err
+}
+
+// Unlink removes a blob from a repository. The bytes stay (other
+// repositories may link them); garbage collection reclaims unlinked blobs.
+func (b *Blobs) Unlink(ctx context.Context, repo string, d digest.Digest) error {
+	tag, err := b.db.Exec(ctx, `
+		DELETE FROM repository_blobs rb USING repositories r
+		WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, d.String())
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23503" {
+		return ErrReferenced
+	}
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
