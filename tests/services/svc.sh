@@ -100,6 +100,15 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# stop_pid PIDFILE SECONDS: SIGTERM, then SIGKILL if it has not exited in time.
+stop_pid() {
+  pid_alive "$1" || { rm -f "$1"; return 0; }
+  local pid; pid="$(cat "$1")"
+  kill "$pid" 2>/dev/null || true
+  wait_for "$2" bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+  rm -f "$1"
+}
+
 # ---------------------------------------------------------------- postgres
 pg_bin() {
   local d
@@ -266,13 +275,7 @@ start_consul() {
   echo $! >"$dir/pid"
   wait_started consul "$logf" "$dir/pid" 60 consul_ready
 }
-stop_consul() {
-  local dir="$STATE/consul"
-  pid_alive "$dir/pid" || return 0
-  kill "$(cat "$dir/pid")" 2>/dev/null || true
-  wait_for 20 bash -c "! kill -0 $(cat "$dir/pid") 2>/dev/null" || kill -9 "$(cat "$dir/pid")" 2>/dev/null || true
-  rm -f "$dir/pid"
-}
+stop_consul() { stop_pid "$STATE/consul/pid" 20; }
 env_consul() {
   echo "GAIA_TEST_CONSUL_ADDR=127.0.0.1:$CONSUL_HTTP_PORT"
   echo "GAIA_TEST_CONSUL_BIN=$CONSUL_BIN"
@@ -303,13 +306,7 @@ start_dockerd() {
   echo $! >"$dir/pid"
   wait_started dockerd "$logf" "$dir/pid" 60 dockerd_ready
 }
-stop_dockerd() {
-  local dir="$STATE/dockerd"
-  pid_alive "$dir/pid" || return 0
-  kill "$(cat "$dir/pid")" 2>/dev/null || true
-  wait_for 30 bash -c "! kill -0 $(cat "$dir/pid") 2>/dev/null" || kill -9 "$(cat "$dir/pid")" 2>/dev/null || true
-  rm -f "$dir/pid"
-}
+stop_dockerd() { stop_pid "$STATE/dockerd/pid" 30; }
 env_dockerd() {
   echo "GAIA_TEST_DOCKER_HOST=unix://$DOCKER_SOCK"
 }
