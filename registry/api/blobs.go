@@ -215,41 +215,33 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, name strin
 }
 
 // chunkOffset reads Content-Range ("start-end") and checks it against
-// Content-Length. ok is false when the header is absent (a streamed chunk).
-func chunkOffset(r *http.Request) (start int64, ok bool, err error) {
+// Content-Length. Without the header (a streamed chunk) the chunk goes
+// wherever the upload stands: uploadsession.AtEnd.
+func chunkOffset(r *http.Request) (int64, error) {
 	cr := r.Header.Get("Content-Range")
 	if cr == "" {
-		return 0, false, nil
+		return uploadsession.AtEnd, nil
 	}
 	cr = strings.TrimPrefix(cr, "bytes ")
 	a, b, found := strings.Cut(cr, "-")
 	start, err1 := strconv.ParseInt(a, 10, 64)
 	end, err2 := strconv.ParseInt(b, 10, 64)
 	if !found || err1 != nil || err2 != nil || start < 0 || end < start {
-		return 0, true, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range must be start-end")
+		return 0, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range must be start-end")
 	}
 	if r.ContentLength >= 0 && r.ContentLength != end-start+1 {
-		return 0, true, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range does not match Content-Length")
+		return 0, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range does not match Content-Length")
 	}
-	return start, true, nil
+	return start, nil
 }
 
 func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, name, id string) {
-	ctx := r.Context()
-	offset, ranged, err := chunkOffset(r)
+	offset, err := chunkOffset(r)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	if !ranged { // streamed: append wherever the upload stands
-		sess, err := h.uploads.Get(ctx, name, id)
-		if err != nil {
-			h.uploadErr(w, r, name, id, err)
-			return
-		}
-		offset = sess.Size
-	}
-	sess, err := h.uploads.Append(ctx, name, id, offset, r.Body)
+	sess, err := h.uploads.Append(r.Context(), name, id, offset, r.Body)
 	if err != nil {
 		h.uploadErr(w, r, name, id, err)
 		return
@@ -264,7 +256,7 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, name, id str
 		h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail("the digest query parameter is missing or invalid"))
 		return
 	}
-	offset, ranged, err := chunkOffset(r)
+	offset, err := chunkOffset(r)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -272,14 +264,6 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, name, id str
 	var last io.Reader
 	if r.ContentLength != 0 { // a final chunk (or a chunked-encoding body)
 		last = r.Body
-		if !ranged {
-			sess, err := h.uploads.Get(ctx, name, id)
-			if err != nil {
-				h.uploadErr(w, r, name, id, err)
-				return
-			}
-			offset = sess.Size
-		}
 	}
 	if _, err := h.uploads.Finish(ctx, name, id, offset, last, d); err != nil {
 		h.uploadErr(w, r, name, id, err)

@@ -74,8 +74,16 @@ func New(db *pgxpool.Pool, driver storagedriver.StorageDriver) *Store {
 	return &Store{db: db, driver: driver}
 }
 
+// uploadDir holds a session's data in storage; removing it removes all.
+func uploadDir(id string) string { return "/uploads/" + id }
+
 // UploadPath is where a session's partial data lives in storage.
-func UploadPath(id string) string { return "/uploads/" + id + "/data" }
+func UploadPath(id string) string { return uploadDir(id) + "/data" }
+
+// AtEnd is the offset of a chunk that goes wherever the upload stands (a
+// streamed chunk, sent without Content-Range). It is resolved under the
+// session's row lock, so it cannot race another server's chunk.
+const AtEnd int64 = -1
 
 // BlobPath is the content-addressed path of a blob's bytes.
 func BlobPath(d digest.Digest) string {
@@ -154,6 +162,14 @@ func (s *Store) lock(ctx context.Context, repo, id string) (*locked, error) {
 	return l, nil
 }
 
+// at checks that a chunk starting at offset continues the upload.
+func (l *locked) at(offset int64) error {
+	if offset != AtEnd && offset != l.size {
+		return &RangeError{Size: l.size}
+	}
+	return nil
+}
+
 // appendChunk appends r at the session's offset, feeding the hash.
 func (s *Store) appendChunk(ctx context.Context, l *locked, r io.Reader) error {
 	w, err := s.driver.Writer(ctx, l.path, l.size > 0)
@@ -181,15 +197,16 @@ func (s *Store) appendChunk(ctx context.Context, l *locked, r io.Reader) error {
 	return nil
 }
 
-// Append adds one chunk that must start at offset (the session's size).
+// Append adds one chunk that must start at offset (the session's size), or
+// at AtEnd.
 func (s *Store) Append(ctx context.Context, repo, id string, offset int64, r io.Reader) (Session, error) {
 	l, err := s.lock(ctx, repo, id)
 	if err != nil {
 		return Session{}, err
 	}
 	defer l.tx.Rollback(ctx)
-	if offset != l.size {
-		return Session{}, &RangeError{Size: l.size}
+	if err := l.at(offset); err != nil {
+		return Session{}, err
 	}
 	if err := s.appendChunk(ctx, l, r); err != nil {
 		return Session{}, err
@@ -207,7 +224,7 @@ func (s *Store) Append(ctx context.Context, repo, id string, offset int64, r io.
 	return sess, l.tx.Commit(ctx)
 }
 
-// Finish appends an optional last chunk (at offset), checks the content
+// Finish appends an optional last chunk (at offset, or AtEnd), checks the content
 // against want, stores the blob at its content-addressed path and links it
 // to the repository. The session ends, whatever the outcome, except on a
 // RangeError, ErrUnknown or a database failure.
@@ -221,8 +238,8 @@ func (s *Store) Finish(ctx context.Context, repo, id string, offset int64, last 
 	}
 	defer l.tx.Rollback(ctx)
 	if last != nil {
-		if offset != l.size {
-			return Blob{}, &RangeError{Size: l.size}
+		if err := l.at(offset); err != nil {
+			return Blob{}, err
 		}
 		if err := s.appendChunk(ctx, l, last); err != nil {
 			return Blob{}, err
@@ -243,11 +260,11 @@ func (s *Store) Finish(ctx context.Context, repo, id string, offset int64, last 
 		return Blob{}, ErrDigestMismatch
 	}
 	// One object per blob, written once: if another upload already stored
-	// this digest, keep that object and drop ours.
-	if _, err := s.driver.Stat(ctx, BlobPath(want)); err == nil {
-		s.driver.Delete(ctx, "/uploads/"+id)
-	} else if err := s.driver.Move(ctx, l.path, BlobPath(want)); err != nil {
-		return Blob{}, err
+	// this digest, keep that object; ours goes with the directory below.
+	if _, err := s.driver.Stat(ctx, BlobPath(want)); err != nil {
+		if err := s.driver.Move(ctx, l.path, BlobPath(want)); err != nil {
+			return Blob{}, err
+		}
 	}
 	if _, err := l.tx.Exec(ctx, `
 		WITH b AS (INSERT INTO blobs (digest, size) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING)
@@ -261,7 +278,9 @@ func (s *Store) Finish(ctx context.Context, repo, id string, offset int64, last 
 	if err := l.tx.Commit(ctx); err != nil {
 		return Blob{}, err
 	}
-	s.driver.Delete(ctx, "/uploads/"+id) // the directory left after the move
+	// Only now, so a failed commit leaves the session's data intact: what
+	// is left is our unused copy or the empty directory after the move.
+	s.driver.Delete(ctx, uploadDir(id))
 	return Blob{Digest: want, Size: l.size}, nil
 }
 
@@ -286,7 +305,7 @@ func (s *Store) digestOf(ctx context.Context, l *locked, alg digest.Algorithm) (
 func (s *Store) end(ctx context.Context, l *locked) {
 	l.tx.Exec(ctx, `DELETE FROM upload_sessions WHERE id = $1`, l.id)
 	if l.tx.Commit(ctx) == nil {
-		s.driver.Delete(ctx, "/uploads/"+l.id)
+		s.driver.Delete(ctx, uploadDir(l.id))
 	}
 }
 
@@ -326,7 +345,7 @@ func (s *Store) Expire(ctx context.Context, maxIdle time.Duration) (int, error) 
 		return 0, err
 	}
 	for _, id := range ids {
-		if err := s.driver.Delete(ctx, "/uploads/"+id); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		if err := s.driver.Delete(ctx, uploadDir(id)); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
 			return len(ids), err
 		}
 	}

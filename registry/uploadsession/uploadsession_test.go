@@ -159,6 +159,10 @@ func TestOutOfOrderAndUnknown(t *testing.T) {
 	if s, _ := srvB.Get(ctx, "r", sess.ID); s.Size != 6 {
 		t.Fatalf("size after a refused chunk: %d", s.Size)
 	}
+	// A streamed chunk goes wherever the upload stands.
+	if s, err := srvB.Append(ctx, "r", sess.ID, AtEnd, bytes.NewReader([]byte("world"))); err != nil || s.Size != 11 {
+		t.Fatalf("streamed chunk: %+v %v; want size 11", s, err)
+	}
 	for _, id := range []string{"not-a-uuid", newID()} {
 		if _, err := srvA.Append(ctx, "r", id, 0, bytes.NewReader(nil)); !errors.Is(err, ErrUnknown) {
 			t.Fatalf("Append to %q: %v; want ErrUnknown", id, err)
