@@ -120,7 +120,7 @@ func Version(ctx context.Context, pool *pgxpool.Pool) (int, error) {
 // Migrate applies every pending migration, each in its own transaction,
 // and returns the versions before and after.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) (from, to int, err error) {
-	return migrateTo(ctx, pool, func(int) int { return Latest() })
+	return migrateTo(ctx, pool, func(current, latest int) int { return latest })
 }
 
 // Rollback reverts the newest `steps` applied migrations.
@@ -128,10 +128,10 @@ func Rollback(ctx context.Context, pool *pgxpool.Pool, steps int) (from, to int,
 	if steps < 1 {
 		return 0, 0, fmt.Errorf("rollback needs at least one step, got %d", steps)
 	}
-	return migrateTo(ctx, pool, func(current int) int { return max(current-steps, 0) })
+	return migrateTo(ctx, pool, func(current, latest int) int { return max(current-steps, 0) })
 }
 
-func migrateTo(ctx context.Context, pool *pgxpool.Pool, target func(current int) int) (from, to int, err error) {
+func migrateTo(ctx context.Context, pool *pgxpool.Pool, target func(current, latest int) int) (from, to int, err error) {
 	ms, err := Migrations()
 	if err != nil {
 		return 0, 0, err
@@ -155,7 +155,7 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, target func(current int)
 	if from > len(ms) {
 		return from, from, fmt.Errorf("%w: database at version %d, binary knows up to %d", ErrSchemaNewer, from, len(ms))
 	}
-	want := target(from)
+	want := target(from, len(ms))
 	to = from
 	for to < want {
 		m := ms[to]
