@@ -30,19 +30,31 @@ import (
 func newTestDriver(t testing.TB, extra map[string]any) *Driver {
 	t.Helper()
 	env := harness.Start(t, harness.HDFS)
-	params := map[string]any{
-		"namenodes":     env.Get(t, "GAIA_TEST_HDFS_NAMENODE"),
-		"rootdirectory": fmt.Sprintf("/gaia-test/%s-%s", sanitize(t.Name()), randomName()[:8]),
+	params := map[string]any{"namenodes": env.Get(t, "GAIA_TEST_HDFS_NAMENODE")}
+	for k, v := range extra {
+		params[k] = v
+	}
+	return openDriver(t, harness.HDFS, "/gaia-test", params)
+}
+
+// openDriver makes a driver with 1 MiB blocks and replication 1 under a
+// root of the test's own below parent (params override), and removes that
+// root when the test ends. cluster names the harness service whose logs a
+// failure shows.
+func openDriver(t testing.TB, cluster, parent string, params map[string]any) *Driver {
+	t.Helper()
+	all := map[string]any{
+		"rootdirectory": fmt.Sprintf("%s/%s-%s", parent, sanitize(t.Name()), randomName()[:8]),
 		"user":          "gaia",
 		"blocksize":     1 << 20,
 		"replication":   1,
 	}
-	for k, v := range extra {
-		params[k] = v
+	for k, v := range params {
+		all[k] = v
 	}
-	d, err := FromParameters(params)
+	d, err := FromParameters(all)
 	if err != nil {
-		t.Fatalf("hdfs driver: %v\n%s", err, harness.Logs(harness.HDFS))
+		t.Fatalf("hdfs driver: %v\n%s", err, harness.Logs(cluster))
 	}
 	t.Cleanup(func() {
 		d.d.withClient(func(c *gohdfs.Client) error { return c.RemoveAll(d.d.root) })

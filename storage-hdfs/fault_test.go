@@ -8,7 +8,6 @@ import (
 	"sync"
 	"testing"
 
-	gohdfs "github.com/colinmarc/hdfs/v2"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 
 	"github.com/gaia-registry/gaia/tests/harness"
@@ -19,23 +18,11 @@ import (
 
 func newFaultDriver(t *testing.T, namenodes []string) *Driver {
 	t.Helper()
-	d, err := FromParameters(map[string]any{
-		"namenodes":     namenodes,
-		"rootdirectory": "/gaia-faults/" + sanitize(t.Name()) + "-" + randomName()[:8],
-		"user":          "gaia",
-		"blocksize":     1 << 20,
-		"replication":   1,
-		"iotimeout":     "15s",
-		"dialtimeout":   "5s",
+	return openDriver(t, harness.HDFSFaults, "/gaia-faults", map[string]any{
+		"namenodes":   namenodes,
+		"iotimeout":   "15s",
+		"dialtimeout": "5s",
 	})
-	if err != nil {
-		t.Fatalf("hdfs driver: %v\n%s", err, harness.Logs(harness.HDFSFaults))
-	}
-	t.Cleanup(func() {
-		d.d.withClient(func(c *gohdfs.Client) error { return c.RemoveAll(d.d.root) })
-		d.Close()
-	})
-	return d
 }
 
 // closedPort returns a loopback address on which nothing listens.
