@@ -21,12 +21,15 @@ CACHE="${GAIA_CACHE_DIR:-$HOME/.cache/gaia}"
 STATE="${GAIA_STATE_DIR:-/tmp/gaia-services}"
 mkdir -p "$CACHE" "$STATE"
 
-PG_PORT="${GAIA_PG_PORT:-55432}"
-HDFS_NN_PORT="${GAIA_HDFS_PORT:-58020}"
-HDFS_CONTROL_PORT="${GAIA_HDFS_CONTROL_PORT:-58021}"
-HDFS_FAULTS_NN_PORT="${GAIA_HDFS_FAULTS_PORT:-58030}"
-HDFS_FAULTS_CONTROL_PORT="${GAIA_HDFS_FAULTS_CONTROL_PORT:-58031}"
-CONSUL_HTTP_PORT="${GAIA_CONSUL_PORT:-58500}"
+# Fixed ports sit below the kernel's ephemeral range (32768-60999 by
+# default): a port in that range can be held by any client connection, or
+# its TIME-WAIT, and a server binding it then fails at random.
+PG_PORT="${GAIA_PG_PORT:-25432}"
+HDFS_NN_PORT="${GAIA_HDFS_PORT:-25020}"
+HDFS_CONTROL_PORT="${GAIA_HDFS_CONTROL_PORT:-25021}"
+HDFS_FAULTS_NN_PORT="${GAIA_HDFS_FAULTS_PORT:-25030}"
+HDFS_FAULTS_CONTROL_PORT="${GAIA_HDFS_FAULTS_CONTROL_PORT:-25031}"
+CONSUL_HTTP_PORT="${GAIA_CONSUL_PORT:-25500}"
 CONSUL_VERSION="1.20.0"
 HADOOP_VERSION="$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' "$HERE/hdfs/pom.xml")"
 DOCKER_SOCK="$STATE/dockerd/docker.sock"
