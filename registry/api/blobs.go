@@ -1,134 +1,19 @@
-// Package api serves the OCI Distribution API v1.1 over Gaia's PostgreSQL
-// metadata and a distribution storage driver. Any server can serve any
-// request: nothing lives in a server's memory between requests.
-//
-// So far it serves the base endpoint, blobs (GET/HEAD with Range, DELETE)
-// and blob uploads (monolithic, POST then PUT, chunked and streamed PATCH,
-// status, cancel, cross-repository mount). Manifests, tags, the catalog and
-// referrers come next; until then `gaia-registry serve` runs
-// distribution's application.
 package api
 
 import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
-	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 )
-
-// Handler serves the API.
-type Handler struct {
-	uploads *uploadsession.Store
-	blobs   *metadata.Blobs
-	driver  storagedriver.StorageDriver
-	log     *slog.Logger
-}
-
-// New returns a Handler.
-func New(uploads *uploadsession.Store, blobs *metadata.Blobs, driver storagedriver.StorageDriver, log *slog.Logger) *Handler {
-	if log == nil {
-		log = slog.Default()
-	}
-	return &Handler{uploads: uploads, blobs: blobs, driver: driver, log: log}
-}
-
-// nameRegexp is the spec's repository name: lower-case path components.
-// (reference.NameRegexp would accept a host name with capitals as the
-// first component.)
-var nameRegexp = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
-
-// maxNameLength is the spec's limit on a repository name.
-const maxNameLength = 255
-
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			h.fail(w, r, errcode.ErrorCodeUnsupported)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte("{}"))
-		return
-	}
-	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
-	if !ok {
-		http.NotFound(w, r)
-		return
-	}
-	if i := strings.LastIndex(rest, "/blobs/uploads/"); i >= 0 {
-		name, id := rest[:i], rest[i+len("/blobs/uploads/"):]
-		if !h.validName(w, r, name) {
-			return
-		}
-		switch {
-		case id == "" && r.Method == http.MethodPost:
-			h.startUpload(w, r, name)
-		case id != "" && r.Method == http.MethodPatch:
-			h.patchUpload(w, r, name, id)
-		case id != "" && r.Method == http.MethodPut:
-			h.putUpload(w, r, name, id)
-		case id != "" && r.Method == http.MethodGet:
-			h.uploadStatus(w, r, name, id)
-		case id != "" && r.Method == http.MethodDelete:
-			h.cancelUpload(w, r, name, id)
-		default:
-			h.fail(w, r, errcode.ErrorCodeUnsupported)
-		}
-		return
-	}
-	if i := strings.LastIndex(rest, "/blobs/"); i >= 0 {
-		name, ref := rest[:i], rest[i+len("/blobs/"):]
-		if !h.validName(w, r, name) {
-			return
-		}
-		d, err := digest.Parse(ref)
-		if err != nil {
-			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail(err.Error()))
-			return
-		}
-		switch r.Method {
-		case http.MethodGet, http.MethodHead:
-			h.getBlob(w, r, name, d)
-		case http.MethodDelete:
-			h.deleteBlob(w, r, name, d)
-		default:
-			h.fail(w, r, errcode.ErrorCodeUnsupported)
-		}
-		return
-	}
-	h.fail(w, r, errcode.ErrorCodeUnsupported.WithMessage("not served yet"))
-}
-
-func (h *Handler) validName(w http.ResponseWriter, r *http.Request, name string) bool {
-	if len(name) > maxNameLength || !nameRegexp.MatchString(name) {
-		h.fail(w, r, errcode.ErrorCodeNameInvalid.WithDetail(map[string]string{"name": name}))
-		return false
-	}
-	return true
-}
-
-// fail writes the spec's JSON error body. Errors without an OCI code are
-// logged and answered as UNKNOWN, without internals.
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	var coder errcode.ErrorCoder
-	if !errors.As(err, &coder) {
-		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		err = errcode.ErrorCodeUnknown
-	}
-	errcode.ServeJSON(w, err)
-}
 
 func uploadLocation(name, id string) string { return "/v2/" + name + "/blobs/uploads/" + id }
 
@@ -180,7 +65,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, name strin
 	// the spec says to fall back to a new upload session.
 	if m := q.Get("mount"); m != "" {
 		if d, err := digest.Parse(m); err == nil {
-			if _, err := h.blobs.Mount(ctx, name, q.Get("from"), d); err == nil {
+			if _, err := h.Blobs.Mount(ctx, name, q.Get("from"), d); err == nil {
 				blobCreated(w, name, d)
 				return
 			} else if !errors.Is(err, metadata.ErrNotFound) {
@@ -198,13 +83,13 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, name strin
 		}
 		want = d
 	}
-	sess, err := h.uploads.Start(ctx, name)
+	sess, err := h.Uploads.Start(ctx, name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	if want != "" { // monolithic: the whole blob in this request
-		if _, err := h.uploads.Finish(ctx, name, sess.ID, 0, r.Body, want); err != nil {
+		if _, err := h.Uploads.Finish(ctx, name, sess.ID, 0, r.Body, want); err != nil {
 			h.uploadErr(w, r, name, sess.ID, err)
 			return
 		}
@@ -241,7 +126,7 @@ func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, name, id s
 		h.fail(w, r, err)
 		return
 	}
-	sess, err := h.uploads.Append(r.Context(), name, id, offset, r.Body)
+	sess, err := h.Uploads.Append(r.Context(), name, id, offset, r.Body)
 	if err != nil {
 		h.uploadErr(w, r, name, id, err)
 		return
@@ -265,7 +150,7 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, name, id str
 	if r.ContentLength != 0 { // a final chunk (or a chunked-encoding body)
 		last = r.Body
 	}
-	if _, err := h.uploads.Finish(ctx, name, id, offset, last, d); err != nil {
+	if _, err := h.Uploads.Finish(ctx, name, id, offset, last, d); err != nil {
 		h.uploadErr(w, r, name, id, err)
 		return
 	}
@@ -273,7 +158,7 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, name, id str
 }
 
 func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, name, id string) {
-	sess, err := h.uploads.Get(r.Context(), name, id)
+	sess, err := h.Uploads.Get(r.Context(), name, id)
 	if err != nil {
 		h.uploadErr(w, r, name, id, err)
 		return
@@ -282,7 +167,7 @@ func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, name, id 
 }
 
 func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, name, id string) {
-	if err := h.uploads.Cancel(r.Context(), name, id); err != nil {
+	if err := h.Uploads.Cancel(r.Context(), name, id); err != nil {
 		h.uploadErr(w, r, name, id, err)
 		return
 	}
@@ -325,7 +210,7 @@ func byteRange(h string, size int64) (start, end int64, ok bool) {
 
 func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
 	ctx := r.Context()
-	size, err := h.blobs.LinkedSize(ctx, name, d)
+	size, err := h.Blobs.LinkedSize(ctx, name, d)
 	if errors.Is(err, metadata.ErrNotFound) {
 		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
 		return
@@ -358,10 +243,10 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 		w.WriteHeader(status)
 		return
 	}
-	rc, err := h.driver.Reader(ctx, uploadsession.BlobPath(d), start)
+	rc, err := h.Driver.Reader(ctx, uploadsession.BlobPath(d), start)
 	if err != nil {
 		// Linked in the database but missing in storage: say so, loudly.
-		h.log.Error("blob bytes missing from storage", "repository", name, "digest", d, "err", err)
+		h.Log.Error("blob bytes missing from storage", "repository", name, "digest", d, "err", err)
 		hdr.Del("Content-Range")
 		hdr.Del("Content-Length")
 		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
@@ -370,12 +255,12 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 	defer rc.Close()
 	w.WriteHeader(status)
 	if _, err := io.CopyN(w, rc, end-start+1); err != nil {
-		h.log.Warn("blob download cut short", "repository", name, "digest", d, "err", err)
+		h.Log.Warn("blob download cut short", "repository", name, "digest", d, "err", err)
 	}
 }
 
 func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
-	switch err := h.blobs.Unlink(r.Context(), name, d); {
+	switch err := h.Blobs.Unlink(r.Context(), name, d); {
 	case errors.Is(err, metadata.ErrNotFound):
 		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
 	case errors.Is(err, metadata.ErrReferenced):

@@ -38,7 +38,7 @@ func twoServers(t *testing.T) (a, b string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv := httptest.NewServer(New(uploadsession.New(pool, drv), metadata.NewBlobs(pool), drv, nil))
+		srv := httptest.NewServer(New(Options{Uploads: uploadsession.New(pool, drv), Blobs: metadata.NewBlobs(pool), Manifests: metadata.NewManifests(pool), Driver: drv, Delete: true}))
 		t.Cleanup(srv.Close)
 		return srv.URL
 	}

@@ -3,11 +3,10 @@
 //	gaia-registry serve --config FILE
 //	gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]
 //
-// Until Gaia's own PostgreSQL-backed handlers land, `serve` runs CNCF
-// distribution's registry application with Gaia's storage drivers
-// registered, so `storage: hdfs: {...}` works in its config. The config is
-// distribution's YAML; REGISTRY_* environment variables override its keys
-// (for example REGISTRY_HTTP_ADDR=127.0.0.1:5001).
+// `serve` runs one stateless registry server (registry/server): metadata in
+// PostgreSQL, blob bytes in the configured storage driver. GAIA_* variables
+// override config keys (GAIA_HTTP_ADDR=127.0.0.1:5001, GAIA_DATABASE_URL=...).
+// SIGINT or SIGTERM drain in-flight requests and exit 0.
 package main
 
 import (
@@ -15,13 +14,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
-	"github.com/distribution/distribution/v3/configuration"
-	"github.com/distribution/distribution/v3/registry"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
-
-	_ "github.com/gaia-registry/gaia/storage-hdfs"
+	"github.com/gaia-registry/gaia/registry/server"
 )
 
 func usage() {
@@ -60,19 +56,16 @@ func main() {
 }
 
 func serve(configPath string) error {
-	f, err := os.Open(configPath)
+	cfg, err := server.LoadConfig(configPath, os.Environ())
 	if err != nil {
 		return err
 	}
-	config, err := configuration.Parse(f)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("config %s: %w", configPath, err)
-	}
-	reg, err := registry.NewRegistry(context.Background(), config)
+	log := server.NewLogger(cfg.Log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	srv, err := server.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	// Drains in-flight requests on SIGINT/SIGTERM (http.draintimeout).
-	return reg.ListenAndServe()
+	return srv.Serve(ctx)
 }

@@ -1,0 +1,207 @@
+// Package api serves the OCI Distribution API v1.1 over Gaia's PostgreSQL
+// metadata and a distribution storage driver. Any server can serve any
+// request: nothing lives in a server's memory between requests.
+//
+// Routes: the base endpoint; manifests (GET/HEAD/PUT/DELETE by tag or
+// digest); blobs (GET/HEAD with Range, DELETE); blob uploads (monolithic,
+// POST then PUT, chunked and streamed PATCH, status, cancel, cross-repository
+// mount); tags/list and _catalog with n/last pagination; referrers. Every
+// error is the spec's JSON body. Authentication, metrics and logging wrap
+// this handler (registry/server); they are not here.
+package api
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/uploadsession"
+)
+
+// Handler serves the API.
+type Handler struct {
+	Options
+}
+
+// Options are what a Handler serves from.
+type Options struct {
+	Uploads   *uploadsession.Store
+	Blobs     *metadata.Blobs
+	Manifests *metadata.Manifests
+	Driver    storagedriver.StorageDriver
+	Log       *slog.Logger // slog.Default() when nil
+	// Delete allows DELETE of manifests, tags and blobs (storage.delete.enabled);
+	// without it they are refused with UNSUPPORTED, as in distribution.
+	Delete bool
+}
+
+// New returns a Handler.
+func New(o Options) *Handler {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	return &Handler{Options: o}
+}
+
+// nameRegexp is the spec's repository name: lower-case path components.
+// (reference.NameRegexp would accept a host name with capitals as the
+// first component.)
+var nameRegexp = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
+
+// maxNameLength is the spec's limit on a repository name.
+const maxNameLength = 255
+
+// Route is what a request path names; the auth middleware and the metrics
+// use it too.
+type Route struct {
+	Kind string // "base", "catalog", "manifest", "blob", "upload", "tags", "referrer" or "" (unknown)
+	Name string // repository
+	Ref  string // tag or digest, blob digest, upload id ("" for a new upload)
+}
+
+// Parse splits an API path into its route.
+func Parse(path string) Route {
+	if path == "/v2/" || path == "/v2" {
+		return Route{Kind: "base"}
+	}
+	rest, ok := strings.CutPrefix(path, "/v2/")
+	if !ok {
+		return Route{}
+	}
+	if rest == "_catalog" {
+		return Route{Kind: "catalog"}
+	}
+	// name/<kind>/<ref>: ref never holds a slash, names may hold "blobs".
+	i := strings.LastIndex(rest, "/")
+	if i < 0 {
+		return Route{}
+	}
+	prefix, ref := rest[:i], rest[i+1:]
+	if name, ok := strings.CutSuffix(prefix, "/blobs/uploads"); ok {
+		return Route{Kind: "upload", Name: name, Ref: ref}
+	}
+	if name, ok := strings.CutSuffix(prefix, "/blobs"); ok && ref == "uploads" {
+		return Route{Kind: "upload", Name: name}
+	}
+	if name, ok := strings.CutSuffix(prefix, "/tags"); ok && ref == "list" {
+		return Route{Kind: "tags", Name: name}
+	}
+	for _, kind := range []string{"blobs", "manifests", "referrers"} {
+		if name, ok := strings.CutSuffix(prefix, "/"+kind); ok {
+			return Route{Kind: strings.TrimSuffix(kind, "s"), Name: name, Ref: ref}
+		}
+	}
+	return Route{}
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	rt := Parse(r.URL.Path)
+	if rt.Kind == "" {
+		h.fail(w, r, errcode.ErrorCodeUnsupported.WithMessage("no such API route"))
+		return
+	}
+	if rt.Kind == "base" || rt.Kind == "catalog" {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+			return
+		}
+		if rt.Kind == "catalog" {
+			h.catalog(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte("{}"))
+		return
+	}
+	if len(rt.Name) > maxNameLength || !nameRegexp.MatchString(rt.Name) {
+		h.fail(w, r, errcode.ErrorCodeNameInvalid.WithDetail(map[string]string{"name": rt.Name}))
+		return
+	}
+	name, ref := rt.Name, rt.Ref
+	if r.Method == http.MethodDelete && !h.Delete && rt.Kind != "upload" {
+		h.fail(w, r, errcode.ErrorCodeUnsupported.WithMessage("deletes are disabled (storage.delete.enabled)"))
+		return
+	}
+	switch rt.Kind {
+	case "upload":
+		switch {
+		case ref == "" && r.Method == http.MethodPost:
+			h.startUpload(w, r, name)
+		case ref != "" && r.Method == http.MethodPatch:
+			h.patchUpload(w, r, name, ref)
+		case ref != "" && r.Method == http.MethodPut:
+			h.putUpload(w, r, name, ref)
+		case ref != "" && r.Method == http.MethodGet:
+			h.uploadStatus(w, r, name, ref)
+		case ref != "" && r.Method == http.MethodDelete:
+			h.cancelUpload(w, r, name, ref)
+		default:
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+		}
+	case "blob":
+		d, err := digest.Parse(ref)
+		if err != nil {
+			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail(err.Error()))
+			return
+		}
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			h.getBlob(w, r, name, d)
+		case http.MethodDelete:
+			h.deleteBlob(w, r, name, d)
+		default:
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+		}
+	case "manifest":
+		mref, ok := h.parseReference(w, r, ref)
+		if !ok {
+			return
+		}
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			h.getManifest(w, r, name, mref)
+		case http.MethodPut:
+			h.putManifest(w, r, name, mref)
+		case http.MethodDelete:
+			h.deleteManifest(w, r, name, mref)
+		default:
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+		}
+	case "tags":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+			return
+		}
+		h.listTags(w, r, name)
+	case "referrer":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			h.fail(w, r, errcode.ErrorCodeUnsupported)
+			return
+		}
+		d, err := digest.Parse(ref)
+		if err != nil {
+			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail(err.Error()))
+			return
+		}
+		h.referrers(w, r, name, d)
+	}
+}
+
+// fail writes the spec's JSON error body. Errors without an OCI code are
+// logged and answered as UNKNOWN, without internals.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var coder errcode.ErrorCoder
+	if !errors.As(err, &coder) {
+		h.Log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		err = errcode.ErrorCodeUnknown
+	}
+	errcode.ServeJSON(w, err)
+}

@@ -1,0 +1,312 @@
+package api
+
+import (
+	_ "crypto/sha512" // sha512 digests, end to end
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/gaia-registry/gaia/registry/manifest"
+	"github.com/gaia-registry/gaia/registry/metadata"
+)
+
+// Page sizes of tags/list and _catalog: the default when the client gives
+// no n, and the most one page returns (more are reached through Link).
+const (
+	defaultTagsPage    = 10000
+	defaultCatalogPage = 1000
+	maxPage            = 10000
+)
+
+// reference is a manifest reference from the URL: a tag or a digest.
+type reference struct {
+	tag    string
+	digest digest.Digest
+}
+
+func (h *Handler) parseReference(w http.ResponseWriter, r *http.Request, ref string) (reference, bool) {
+	if strings.Contains(ref, ":") {
+		d, err := digest.Parse(ref)
+		if err != nil {
+			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail(err.Error()))
+			return reference{}, false
+		}
+		return reference{digest: d}, true
+	}
+	if !metadata.ValidTagName(ref) {
+		h.fail(w, r, errcode.ErrorCodeTagInvalid.WithDetail(map[string]string{"tag": ref}))
+		return reference{}, false
+	}
+	return reference{tag: ref}, true
+}
+
+// accepts reports whether the request's Accept headers allow mediaType. No
+// Accept header, or a wildcard, accepts anything.
+func accepts(r *http.Request, mediaType string) bool {
+	values := r.Header.Values("Accept")
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			t, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err != nil {
+				continue
+			}
+			if t == mediaType || t == "*/*" || t == "application/*" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, name string, ref reference) {
+	var m *metadata.Manifest
+	var err error
+	if ref.tag != "" {
+		m, err = h.Manifests.ByTag(r.Context(), name, ref.tag)
+	} else {
+		m, err = h.Manifests.ByDigest(r.Context(), name, ref.digest)
+	}
+	if errors.Is(err, metadata.ErrNotFound) {
+		h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithDetail(map[string]string{"name": name, "reference": ref.String()}))
+		return
+	} else if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if !accepts(r, m.MediaType) {
+		h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithMessage(
+			fmt.Sprintf("the manifest is a %s, which the request's Accept header does not list", m.MediaType)))
+		return
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Type", m.MediaType)
+	hdr.Set("Content-Length", strconv.Itoa(len(m.Content)))
+	hdr.Set("Docker-Content-Digest", m.Digest.String())
+	hdr.Set("ETag", `"`+m.Digest.String()+`"`)
+	if r.Method == http.MethodHead {
+		return
+	}
+	w.Write(m.Content)
+}
+
+func (r reference) String() string {
+	if r.tag != "" {
+		return r.tag
+	}
+	return r.digest.String()
+}
+
+// tooLarge answers an oversized manifest: 413 with the spec's error body.
+func tooLarge(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusRequestEntityTooLarge)
+	json.NewEncoder(w).Encode(errcode.Errors{errcode.ErrorCodeSizeInvalid.WithMessage(
+		fmt.Sprintf("manifest larger than the %d-byte limit", manifest.MaxSize)).WithDetail(map[string]int{"limit": manifest.MaxSize})})
+}
+
+func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, name string, ref reference) {
+	if r.ContentLength > manifest.MaxSize {
+		tooLarge(w)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, manifest.MaxSize+1))
+	if err != nil {
+		h.fail(w, r, errcode.ErrorCodeManifestInvalid.WithDetail("reading the body: "+err.Error()))
+		return
+	}
+	if len(body) > manifest.MaxSize {
+		tooLarge(w)
+		return
+	}
+	// A push by digest keeps that digest's algorithm; a push by tag gets
+	// the canonical one (sha256).
+	var d digest.Digest
+	if ref.digest != "" {
+		if !ref.digest.Algorithm().Available() {
+			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail("unsupported digest algorithm"))
+			return
+		}
+		if d = ref.digest.Algorithm().FromBytes(body); d != ref.digest {
+			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithMessage("the manifest's digest does not match the reference").
+				WithDetail(map[string]string{"reference": ref.digest.String(), "content": d.String()}))
+			return
+		}
+	} else {
+		d = digest.Canonical.FromBytes(body)
+	}
+	var tags []string
+	if ref.tag != "" {
+		tags = append(tags, ref.tag)
+	}
+	for _, t := range r.URL.Query()["tag"] { // OCI 1.1.1: push by digest with tags
+		if !metadata.ValidTagName(t) {
+			h.fail(w, r, errcode.ErrorCodeTagInvalid.WithDetail(map[string]string{"tag": t}))
+			return
+		}
+		tags = append(tags, t)
+	}
+	parsed, err := manifest.Parse(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		h.fail(w, r, errcode.ErrorCodeManifestInvalid.WithDetail(err.Error()))
+		return
+	}
+	nm := metadata.NewManifest{
+		Manifest: metadata.Manifest{
+			Digest: d, MediaType: parsed.MediaType, ArtifactType: parsed.ArtifactType,
+			Annotations: parsed.Annotations, Content: body,
+		},
+		Blobs: parsed.Blobs, Children: parsed.Children, Tags: tags,
+	}
+	if parsed.Subject != nil {
+		nm.Subject = parsed.Subject.Digest
+	}
+	err = h.Manifests.Put(r.Context(), name, nm)
+	var missing *metadata.MissingError
+	if errors.As(err, &missing) {
+		var errs errcode.Errors
+		for _, b := range missing.Blobs {
+			errs = append(errs, errcode.ErrorCodeManifestBlobUnknown.WithDetail(map[string]string{"digest": b.String()}))
+		}
+		for _, c := range missing.Manifests {
+			errs = append(errs, errcode.ErrorCodeManifestBlobUnknown.WithMessage("manifest references a manifest unknown to the repository").
+				WithDetail(map[string]string{"digest": c.String()}))
+		}
+		errcode.ServeJSON(w, errs)
+		return
+	} else if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	hdr := w.Header()
+	hdr.Set("Location", "/v2/"+name+"/manifests/"+d.String())
+	hdr.Set("Docker-Content-Digest", d.String())
+	if parsed.Subject != nil {
+		hdr.Set("OCI-Subject", parsed.Subject.Digest.String())
+	}
+	if ref.digest != "" && len(tags) > 0 {
+		hdr.Set("OCI-Tag", strings.Join(tags, ", "))
+	}
+	hdr.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}
+
+func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, name string, ref reference) {
+	var err error
+	if ref.tag != "" {
+		err = h.Manifests.DeleteTag(r.Context(), name, ref.tag)
+	} else {
+		err = h.Manifests.Delete(r.Context(), name, ref.digest)
+	}
+	switch {
+	case errors.Is(err, metadata.ErrNotFound):
+		h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithDetail(map[string]string{"name": name, "reference": ref.String()}))
+	case errors.Is(err, metadata.ErrReferenced):
+		h.fail(w, r, errcode.ErrorCodeDenied.WithMessage("an index in this repository lists the manifest; delete the index first"))
+	case err != nil:
+		h.fail(w, r, err)
+	default:
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusAccepted)
+	}
+}
+
+// pageParams reads n and last. A missing n means def; n above maxPage is
+// served as maxPage (the Link header leads to the rest).
+func (h *Handler) pageParams(w http.ResponseWriter, r *http.Request, def int) (n int, last string, ok bool) {
+	q := r.URL.Query()
+	n = def
+	if s := q.Get("n"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 0 {
+			h.fail(w, r, errcode.ErrorCodePaginationNumberInvalid.WithDetail(map[string]string{"n": s}))
+			return 0, "", false
+		}
+		n = min(v, maxPage)
+	}
+	return n, q.Get("last"), true
+}
+
+// writeList answers a list page, with a Link to the next when there is one.
+func writeList(w http.ResponseWriter, path string, n int, names []string, more bool, body any) {
+	if more && len(names) > 0 {
+		q := url.Values{"n": {strconv.Itoa(n)}, "last": {names[len(names)-1]}}
+		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, path, q.Encode()))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(body)
+}
+
+func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, name string) {
+	n, last, ok := h.pageParams(w, r, defaultTagsPage)
+	if !ok {
+		return
+	}
+	tags, more, err := h.Manifests.Tags(r.Context(), name, last, n)
+	if errors.Is(err, metadata.ErrNotFound) {
+		h.fail(w, r, errcode.ErrorCodeNameUnknown.WithDetail(map[string]string{"name": name}))
+		return
+	} else if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	writeList(w, "/v2/"+name+"/tags/list", n, tags, more, struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{name, tags})
+}
+
+func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
+	n, last, ok := h.pageParams(w, r, defaultCatalogPage)
+	if !ok {
+		return
+	}
+	repos, more, err := h.Manifests.Repositories(r.Context(), last, n)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if repos == nil {
+		repos = []string{}
+	}
+	writeList(w, "/v2/_catalog", n, repos, more, struct {
+		Repositories []string `json:"repositories"`
+	}{repos})
+}
+
+func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
+	artifactType := r.URL.Query().Get("artifactType")
+	refs, err := h.Manifests.Referrers(r.Context(), name, d, artifactType)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	index := v1.Index{MediaType: v1.MediaTypeImageIndex, Manifests: []v1.Descriptor{}}
+	index.SchemaVersion = 2
+	for _, ref := range refs {
+		index.Manifests = append(index.Manifests, v1.Descriptor{
+			MediaType: ref.MediaType, Digest: ref.Digest, Size: ref.Size,
+			ArtifactType: ref.ArtifactType, Annotations: ref.Annotations,
+		})
+	}
+	if artifactType != "" {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	w.Header().Set("Content-Type", v1.MediaTypeImageIndex)
+	json.NewEncoder(w).Encode(index)
+}

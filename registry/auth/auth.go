@@ -1,0 +1,188 @@
+// Package auth is gaia-registry's authentication and authorization
+// middleware for the OCI Distribution API.
+//
+// It works out which access a request needs from its method and path
+// (pull, push or delete on a repository, or the catalog) and asks one of
+// CNCF distribution's access controllers whether the request has it:
+// htpasswd (HTTP Basic against a bcrypt htpasswd file) or token (Bearer
+// JWTs from an external token server, as in distribution's token auth
+// spec). Refusals are answered with the spec's error JSON and the
+// controller's WWW-Authenticate challenge.
+package auth
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	dauth "github.com/distribution/distribution/v3/registry/auth"
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // registers "htpasswd"
+	_ "github.com/distribution/distribution/v3/registry/auth/token"    // registers "token"
+)
+
+// Config is the `auth:` section of gaia-registry's YAML config.
+type Config struct {
+	// AnonymousPull lets requests without credentials pull (GET/HEAD of
+	// manifests, blobs, tags/list, referrers). Pushes, deletes and the
+	// catalog still need credentials. The /v2/ check still challenges
+	// anonymous requests: the docker CLI sends credentials only after a
+	// 401 there, so answering 200 would break `docker login` and push.
+	// (With token auth, anonymous docker pulls fetch an anonymous token;
+	// with htpasswd, the docker CLI cannot pull anonymously, while
+	// containerd, skopeo and crane can.)
+	AnonymousPull bool            `yaml:"anonymouspull"`
+	Htpasswd      *HtpasswdConfig `yaml:"htpasswd"`
+	Token         *TokenConfig    `yaml:"token"`
+}
+
+// HtpasswdConfig configures HTTP Basic auth against an htpasswd file whose
+// entries are bcrypt hashes (`htpasswd -nbB user pass`).
+type HtpasswdConfig struct {
+	Realm string `yaml:"realm"`
+	Path  string `yaml:"path"`
+}
+
+// TokenConfig configures Bearer token auth. Tokens are JWTs whose signing
+// key is either certified by a certificate in RootCertBundle (x5c header,
+// or kid equal to the certificate key's JWK thumbprint) or listed by kid
+// in the JWKS file. At least one of RootCertBundle and JWKS is required.
+type TokenConfig struct {
+	Realm          string `yaml:"realm"`   // the token server's URL, sent in challenges
+	Service        string `yaml:"service"` // this registry's name: the tokens' audience
+	Issuer         string `yaml:"issuer"`  // the tokens' issuer
+	RootCertBundle string `yaml:"rootcertbundle"`
+	JWKS           string `yaml:"jwks"`
+}
+
+// Authenticator authorizes requests; see Wrap.
+type Authenticator struct {
+	ac            dauth.AccessController // nil: every request is allowed
+	anonymousPull bool
+}
+
+// New validates cfg (at most one of htpasswd and token, required fields
+// set, files readable) and returns an Authenticator. With neither
+// configured every request is allowed.
+func New(cfg Config) (*Authenticator, error) {
+	a := &Authenticator{anonymousPull: cfg.AnonymousPull}
+	var err error
+	switch {
+	case cfg.Htpasswd != nil && cfg.Token != nil:
+		return nil, errors.New("auth: configure at most one of htpasswd and token")
+	case cfg.Htpasswd != nil:
+		a.ac, err = newHtpasswd(*cfg.Htpasswd)
+	case cfg.Token != nil:
+		a.ac, err = newToken(*cfg.Token)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+type userKey struct{}
+
+// UserFromContext returns the authenticated user name ("" when anonymous),
+// for logs.
+func UserFromContext(ctx context.Context) string {
+	user, _ := ctx.Value(userKey{}).(string)
+	return user
+}
+
+// Wrap returns middleware that authorizes each request before next sees
+// it, putting the user's name in the request context (UserFromContext).
+func (a *Authenticator) Wrap(next http.Handler) http.Handler {
+	if a.ac == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		access := requiredAccess(r.Method, r.URL)
+		if a.anonymousPull && r.Header.Get("Authorization") == "" && pullOnly(r.Method, access) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		grant, err := a.ac.Authorized(r, access...)
+		var challenge dauth.Challenge
+		switch {
+		case errors.As(err, &challenge):
+			challenge.SetHeaders(r, w)
+			if access == nil {
+				access = []dauth.Access{} // "detail": [] rather than null
+			}
+			errcode.ServeJSON(w, errcode.ErrorCodeUnauthorized.WithDetail(access))
+		case err != nil || grant == nil:
+			slog.ErrorContext(r.Context(), "auth: checking authorization", "method", r.Method, "path", r.URL.Path, "err", err)
+			errcode.ServeJSON(w, errcode.ErrorCodeUnknown)
+		default:
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, grant.User.Name)))
+		}
+	})
+}
+
+// pullOnly reports whether a request needing access only reads, which
+// AnonymousPull lets through without credentials.
+func pullOnly(method string, access []dauth.Access) bool {
+	if method != http.MethodGet && method != http.MethodHead || len(access) == 0 {
+		return false
+	}
+	for _, a := range access {
+		if a.Type != "repository" || a.Action != "pull" {
+			return false
+		}
+	}
+	return true
+}
+
+// requiredAccess is the access a request needs, from its method and path:
+// none for /v2/ (authentication only), registry:catalog:* for the catalog,
+// otherwise repository:<name>:<actions> with <name> the path between /v2/
+// and the route suffix (the whole rest for unknown routes). A blob mount
+// (POST with from=) also needs pull on the source repository.
+func requiredAccess(method string, u *url.URL) []dauth.Access {
+	rest, ok := strings.CutPrefix(path.Clean("/"+u.Path), "/v2/")
+	if !ok {
+		return nil // /v2 itself, or not the distribution API
+	}
+	if rest == "_catalog" {
+		return []dauth.Access{{Resource: dauth.Resource{Type: "registry", Name: "catalog"}, Action: "*"}}
+	}
+	access := repositoryAccess(method, repositoryName(rest))
+	if from := u.Query().Get("from"); method == http.MethodPost && from != "" {
+		access = append(access, repositoryAccess(http.MethodGet, from)...)
+	}
+	return access
+}
+
+// repositoryName strips the route suffix from a path after /v2/: the
+// name may contain slashes, references, digests and upload ids may not.
+func repositoryName(rest string) string {
+	s := strings.Split(rest, "/")
+	n := len(s)
+	switch {
+	case n >= 4 && s[n-3] == "blobs" && s[n-2] == "uploads": // blobs/uploads/<id>
+		n -= 3
+	case n >= 3 && (s[n-2] == "manifests" || s[n-2] == "blobs" || s[n-2] == "referrers" ||
+		s[n-2] == "tags" && s[n-1] == "list"): // also blobs/uploads/, cleaned to blobs/uploads
+		n -= 2
+	default:
+		return rest
+	}
+	return strings.Join(s[:n], "/")
+}
+
+func repositoryAccess(method, name string) []dauth.Access {
+	res := dauth.Resource{Type: "repository", Name: name}
+	switch method {
+	case http.MethodGet, http.MethodHead:
+		return []dauth.Access{{Resource: res, Action: "pull"}}
+	case http.MethodDelete:
+		return []dauth.Access{{Resource: res, Action: "delete"}}
+	default: // POST, PUT, PATCH, and anything unexpected
+		return []dauth.Access{{Resource: res, Action: "pull"}, {Resource: res, Action: "push"}}
+	}
+}

@@ -1,0 +1,296 @@
+package metadata
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/opencontainers/go-digest"
+)
+
+// Manifest is a stored manifest.
+type Manifest struct {
+	Digest       digest.Digest
+	MediaType    string
+	ArtifactType string
+	Subject      digest.Digest // "" when the manifest has none
+	Annotations  map[string]string
+	Content      []byte // the exact bytes pushed
+}
+
+// NewManifest is a manifest to store, with what it refers to.
+type NewManifest struct {
+	Manifest
+	Blobs    []digest.Digest // must be linked in the repository
+	Children []digest.Digest // must be manifests of the repository
+	Tags     []string        // point these tags at it, in the same transaction
+}
+
+// MissingError: a manifest refers to blobs or manifests the repository
+// does not have.
+type MissingError struct {
+	Blobs     []digest.Digest
+	Manifests []digest.Digest
+}
+
+func (e *MissingError) Error() string {
+	return fmt.Sprintf("manifest refers to %d unknown blobs and %d unknown manifests", len(e.Blobs), len(e.Manifests))
+}
+
+// Manifests stores manifests and tags.
+type Manifests struct{ db *pgxpool.Pool }
+
+// NewManifests returns the manifest queries over db.
+func NewManifests(db *pgxpool.Pool) *Manifests { return &Manifests{db: db} }
+
+func isFKViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23503"
+}
+
+func digestStrings(ds []digest.Digest) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.String()
+	}
+	return out
+}
+
+// Put stores a manifest (a no-op if the repository already has it) and
+// points its tags at it, all in one transaction: a tag is never visible
+// before its manifest, and never points at a manifest whose blobs or
+// children are missing. It returns a *MissingError when references are
+// unknown.
+func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error {
+	return pgx.BeginFunc(ctx, m.db, func(tx pgx.Tx) error {
+		var repoID int64
+		if err := tx.QueryRow(ctx, `
+			INSERT INTO repositories (name) VALUES ($1)
+			ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id`, repo).Scan(&repoID); err != nil {
+			return err
+		}
+		missing := &MissingError{}
+		if len(nm.Blobs) > 0 {
+			rows, _ := tx.Query(ctx, `
+				SELECT d FROM unnest($2::text[]) AS d
+				WHERE NOT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = d)`,
+				repoID, digestStrings(nm.Blobs))
+			ds, err := pgx.CollectRows(rows, pgx.RowTo[digest.Digest])
+			if err != nil {
+				return err
+			}
+			missing.Blobs = ds
+		}
+		if len(nm.Children) > 0 {
+			rows, _ := tx.Query(ctx, `
+				SELECT d FROM unnest($2::text[]) AS d
+				WHERE NOT EXISTS (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = d)`,
+				repoID, digestStrings(nm.Children))
+			ds, err := pgx.CollectRows(rows, pgx.RowTo[digest.Digest])
+			if err != nil {
+				return err
+			}
+			missing.Manifests = ds
+		}
+		if len(missing.Blobs)+len(missing.Manifests) > 0 {
+			return missing
+		}
+
+		var subject *string
+		if nm.Subject != "" {
+			s := nm.Subject.String()
+			subject = &s
+		}
+		var artifactType *string
+		if nm.ArtifactType != "" {
+			artifactType = &nm.ArtifactType
+		}
+		var id int64
+		err := tx.QueryRow(ctx, `
+			INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject_digest, annotations, content)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			ON CONFLICT (repository_id, digest) DO NOTHING RETURNING id`,
+			repoID, nm.Digest.String(), nm.MediaType, artifactType, subject, nm.Annotations, nm.Content).Scan(&id)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows): // already there (perhaps pushed concurrently): same digest, same bytes
+			if err := tx.QueryRow(ctx, `SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2`,
+				repoID, nm.Digest.String()).Scan(&id); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		default:
+			// Blob links and children vanishing since the check above
+			// (a concurrent delete) fail these inserts on their foreign keys.
+			if _, err := tx.Exec(ctx, `
+				INSERT INTO manifest_blobs (manifest_id, repository_id, digest)
+				SELECT $1, $2, d FROM unnest($3::text[]) AS d ON CONFLICT DO NOTHING`,
+				id, repoID, digestStrings(nm.Blobs)); err != nil {
+				if isFKViolation(err) {
+					return &MissingError{Blobs: nm.Blobs}
+				}
+				return err
+			}
+			if _, err := tx.Exec(ctx, `
+				INSERT INTO manifest_references (parent_id, child_id, repository_id)
+				SELECT $1, m.id, $2 FROM manifests m
+				WHERE m.repository_id = $2 AND m.digest = ANY($3::text[]) ON CONFLICT DO NOTHING`,
+				id, repoID, digestStrings(nm.Children)); err != nil {
+				return err
+			}
+		}
+		for _, tag := range nm.Tags {
+			if _, err := tx.Exec(ctx, `
+				INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, $2, $3)
+				ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = EXCLUDED.manifest_id, updated_at = now()`,
+				repoID, tag, id); err != nil {
+				if isFKViolation(err) { // the manifest was deleted under us
+					return &MissingError{Manifests: []digest.Digest{nm.Digest}}
+				}
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+const manifestColumns = `m.digest, m.media_type, coalesce(m.artifact_type, ''), coalesce(m.subject_digest, ''), m.annotations, m.content`
+
+func scanManifest(row pgx.Row) (*Manifest, error) {
+	var mf Manifest
+	err := row.Scan(&mf.Digest, &mf.MediaType, &mf.ArtifactType, &mf.Subject, &mf.Annotations, &mf.Content)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &mf, nil
+}
+
+// ByDigest returns a manifest of the repository.
+func (m *Manifests) ByDigest(ctx context.Context, repo string, d digest.Digest) (*Manifest, error) {
+	return scanManifest(m.db.QueryRow(ctx, `
+		SELECT `+manifestColumns+` FROM manifests m JOIN repositories r ON r.id = m.repository_id
+		WHERE r.name = $1 AND m.digest = $2`, repo, d.String()))
+}
+
+// ByTag returns the manifest a tag points at.
+func (m *Manifests) ByTag(ctx context.Context, repo, tag string) (*Manifest, error) {
+	return scanManifest(m.db.QueryRow(ctx, `
+		SELECT `+manifestColumns+` FROM tags t
+		JOIN repositories r ON r.id = t.repository_id
+		JOIN manifests m ON m.id = t.manifest_id
+		WHERE r.name = $1 AND t.name = $2`, repo, tag))
+}
+
+// Delete removes a manifest and the tags pointing at it. It returns
+// ErrNotFound, or ErrReferenced while an index of the repository lists it.
+func (m *Manifests) Delete(ctx context.Context, repo string, d digest.Digest) error {
+	tag, err := m.db.Exec(ctx, `
+		DELETE FROM manifests m USING repositories r
+		WHERE r.id = m.repository_id AND r.name = $1 AND m.digest = $2`, repo, d.String())
+	if isFKViolation(err) {
+		return ErrReferenced
+	}
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// DeleteTag removes a tag; the manifest stays.
+func (m *Manifests) DeleteTag(ctx context.Context, repo, name string) error {
+	tag, err := m.db.Exec(ctx, `
+		DELETE FROM tags t USING repositories r
+		WHERE r.id = t.repository_id AND r.name = $1 AND t.name = $2`, repo, name)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// Tags returns up to n tag names after last, in lexical order, and whether
+// more follow. A repository that does not exist is ErrNotFound.
+func (m *Manifests) Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error) {
+	var repoID int64
+	err := m.db.QueryRow(ctx, `SELECT id FROM repositories WHERE name = $1`, repo).Scan(&repoID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, false, ErrNotFound
+	} else if err != nil {
+		return nil, false, err
+	}
+	rows, _ := m.db.Query(ctx, `
+		SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3`,
+		repoID, last, n+1)
+	return page(rows, n)
+}
+
+// Repositories returns up to n names of repositories holding at least one
+// manifest after last, in lexical order, and whether more follow.
+func (m *Manifests) Repositories(ctx context.Context, last string, n int) ([]string, bool, error) {
+	rows, _ := m.db.Query(ctx, `
+		SELECT name FROM repositories r
+		WHERE name > $1 AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
+		ORDER BY name LIMIT $2`, last, n+1)
+	return page(rows, n)
+}
+
+func page(rows pgx.Rows, n int) ([]string, bool, error) {
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, false, err
+	}
+	if len(names) > n {
+		return names[:n], true, nil
+	}
+	return names, false, nil
+}
+
+// Referrer is a manifest whose subject is a given digest.
+type Referrer struct {
+	Digest       digest.Digest
+	MediaType    string
+	ArtifactType string
+	Size         int64
+	Annotations  map[string]string
+}
+
+// Referrers lists the repository's manifests whose subject is d, those of
+// artifactType only when it is not empty, oldest first.
+func (m *Manifests) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]Referrer, error) {
+	rows, _ := m.db.Query(ctx, `
+		SELECT m.digest, m.media_type, coalesce(m.artifact_type, ''), length(m.content), m.annotations
+		FROM manifests m JOIN repositories r ON r.id = m.repository_id
+		WHERE r.name = $1 AND m.subject_digest = $2 AND ($3 = '' OR m.artifact_type = $3)
+		ORDER BY m.id`, repo, d.String(), artifactType)
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Referrer, error) {
+		var r Referrer
+		err := row.Scan(&r.Digest, &r.MediaType, &r.ArtifactType, &r.Size, &r.Annotations)
+		return r, err
+	})
+}
+
+// ValidTagName is the spec's tag grammar.
+func ValidTagName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' ||
+			i > 0 && (c == '.' || c == '-')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,260 @@
+// Package server runs one stateless Gaia registry server: it reads the
+// configuration, connects the PostgreSQL metadata store and the storage
+// driver, and serves the OCI API (registry/api) behind authentication,
+// metrics and request logs, with /healthz (liveness), /readyz (PostgreSQL
+// and storage reachable) and /metrics (Prometheus) beside it. Shutdown is
+// graceful: readiness fails at once, in-flight requests get the drain
+// timeout to finish.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gaia-registry/gaia/registry/api"
+	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/uploadsession"
+
+	// Storage drivers selectable in `storage:`.
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+	_ "github.com/gaia-registry/gaia/storage-hdfs"
+)
+
+// Server is one registry server, ready to Serve.
+type Server struct {
+	cfg     *Config
+	log     *slog.Logger
+	pool    *pgxpool.Pool
+	driver  storagedriver.StorageDriver
+	uploads *uploadsession.Store
+	storage *StorageConfig
+	metrics *metrics
+	handler http.Handler
+	tls     *tls.Config
+	ready   atomic.Bool
+}
+
+// NewLogger makes the structured logger the config asks for.
+func NewLogger(cfg LogConfig) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Formatter == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// New connects to PostgreSQL (migrating when database.migrate is set, and
+// otherwise refusing a schema it does not match) and to storage.
+func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
+	sc, err := cfg.StorageConfig()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, storage: sc}
+	if cfg.HTTP.TLS.Certificate != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.HTTP.TLS.Certificate, cfg.HTTP.TLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("http.tls: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	pc, err := pgxpool.ParseConfig(cfg.Database.URL)
+	if err != nil {
+		return nil, fmt.Errorf("database.url: %w", err)
+	}
+	pc.MaxConns = max(4, int32(4*runtime.GOMAXPROCS(0)))
+	if cfg.Database.MaxConns > 0 {
+		pc.MaxConns = cfg.Database.MaxConns
+	}
+	if s.pool, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
+		return nil, fmt.Errorf("database.url: %w", err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.pool.Ping(pingCtx); err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("database.url: cannot reach PostgreSQL at %s:%d: %w", pc.ConnConfig.Host, pc.ConnConfig.Port, err)
+	}
+	if err := s.checkSchema(ctx); err != nil {
+		s.pool.Close()
+		return nil, err
+	}
+
+	drv, err := factory.Create(ctx, sc.Driver, sc.Parameters)
+	if err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("storage.%s: %w", sc.Driver, err)
+	}
+	reg := prometheus.NewRegistry()
+	s.metrics = newMetrics(reg, s.pool)
+	s.driver = timedDriver{StorageDriver: drv, m: s.metrics}
+	s.uploads = uploadsession.New(s.pool, s.driver)
+
+	authn, err := auth.New(cfg.Auth)
+	if err != nil {
+		s.pool.Close()
+		return nil, err
+	}
+	apiHandler := api.New(api.Options{
+		Uploads:   s.uploads,
+		Blobs:     metadata.NewBlobs(s.pool),
+		Manifests: metadata.NewManifests(s.pool),
+		Driver:    s.driver,
+		Log:       log,
+		Delete:    sc.Delete,
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/v2/", instrument(authn.Wrap(apiHandler), s.metrics, log))
+	mux.Handle("/v2", instrument(authn.Wrap(apiHandler), s.metrics, log))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", s.readyz)
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s.handler = mux
+	return s, nil
+}
+
+func (s *Server) checkSchema(ctx context.Context) error {
+	if s.cfg.Database.Migrate {
+		from, to, err := metadata.Migrate(ctx, s.pool)
+		if err != nil {
+			return fmt.Errorf("database: migrating: %w", err)
+		}
+		if from != to {
+			s.log.Info("database migrated", "from", from, "to", to)
+		}
+		return nil
+	}
+	v, err := metadata.Version(ctx, s.pool)
+	if err != nil {
+		return fmt.Errorf("database: reading the schema version: %w", err)
+	}
+	if v != metadata.Latest() {
+		return fmt.Errorf("database: schema is at version %d, this binary needs %d: run `gaia-registry migrate up --config FILE` or set database.migrate: true", v, metadata.Latest())
+	}
+	return nil
+}
+
+// Handler is everything the server serves (for tests that want no listener).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// readyz answers 200 only when PostgreSQL and storage answer and the
+// server is not shutting down.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	fail := func(what string, err error) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: %s: %v\n", what, err)
+	}
+	if !s.ready.Load() {
+		fail("server", errors.New("not serving (starting or shutting down)"))
+		return
+	}
+	if err := s.pool.Ping(ctx); err != nil {
+		fail("database", err)
+		return
+	}
+	if _, err := s.driver.Stat(ctx, "/"); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		fail("storage", err)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}
+
+// purgeUploads expires abandoned upload sessions and their data, on every
+// server (sessions being written are skipped; each is ended once).
+func (s *Server) purgeUploads(ctx context.Context) {
+	if s.storage.UploadScan == 0 {
+		return
+	}
+	t := time.NewTicker(s.storage.UploadScan)
+	defer t.Stop()
+	for {
+		n, err := s.uploads.Expire(ctx, s.storage.UploadAge)
+		if n > 0 {
+			s.metrics.uploadsPurged.Add(float64(n))
+			s.log.Info("expired abandoned uploads", "count", n, "older_than", s.storage.UploadAge)
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("expiring uploads", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Serve listens on http.addr until ctx ends, then shuts down gracefully:
+// /readyz fails at once, the listener closes, and in-flight requests get
+// http.draintimeout to finish. It closes the database pool on return.
+func (s *Server) Serve(ctx context.Context) error {
+	defer s.pool.Close()
+	ln, err := net.Listen("tcp", s.cfg.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("http.addr: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	go s.purgeUploads(bg)
+
+	errc := make(chan error, 1)
+	go func() {
+		if s.tls != nil {
+			srv.TLSConfig = s.tls
+			errc <- srv.ServeTLS(ln, "", "")
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
+	s.ready.Store(true)
+	scheme := "http"
+	if s.tls != nil {
+		scheme = "https"
+	}
+	s.log.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "storage", s.storage.Driver, "delete", s.storage.Delete)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.ready.Store(false)
+	s.log.Info("shutting down: draining in-flight requests", "timeout", s.cfg.HTTP.DrainTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+		return fmt.Errorf("shutdown: requests still running after %s: %w", s.cfg.HTTP.DrainTimeout, err)
+	}
+	s.log.Info("stopped")
+	return nil
+}

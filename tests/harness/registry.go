@@ -1,0 +1,202 @@
+package harness
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildMu sync.Mutex
+	built   = map[string]string{}
+	binDir  string
+)
+
+// Binary builds a command of this repository once per test process
+// (`go build`) and returns its path.
+func Binary(t testing.TB, pkg string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := built[pkg]; ok {
+		return p
+	}
+	if binDir == "" {
+		d, err := os.MkdirTemp("", "gaia-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		binDir = d
+	}
+	out := filepath.Join(binDir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = RepoRoot()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	built[pkg] = out
+	return out
+}
+
+// FreeAddr returns a loopback address nothing listens on right now.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Registry is a gaia-registry serve process.
+type Registry struct {
+	Addr    string // host:port
+	LogPath string
+	cmd     *exec.Cmd
+	exited  chan error
+}
+
+// URL is the registry's base URL.
+func (r *Registry) URL() string { return "http://" + r.Addr }
+
+// Log returns what the server has logged so far.
+func (r *Registry) Log() string {
+	b, _ := os.ReadFile(r.LogPath)
+	return string(b)
+}
+
+// RegistryConfig is the usual test config: filesystem storage at root
+// (or the storage YAML given), deletes on, the database migrated at start.
+func RegistryConfig(addr, dbURL, storage string) string {
+	if !strings.Contains(storage, ":") {
+		storage = fmt.Sprintf("filesystem: {rootdirectory: %q}", storage)
+	}
+	return fmt.Sprintf(`log: {level: warn, formatter: json}
+http: {addr: %s, draintimeout: 10s}
+storage:
+  %s
+  delete: {enabled: true}
+database: {url: %q, migrate: true}
+`, addr, storage, dbURL)
+}
+
+// StartRegistry runs `gaia-registry serve` with the config text (whose
+// http.addr must be addr) and waits until /readyz answers. The process is
+// stopped gracefully at the end of the test; a non-zero exit fails it.
+func StartRegistry(t testing.TB, addr, config string) *Registry {
+	t.Helper()
+	bin := Binary(t, "./registry/cmd/gaia-registry")
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "registry.yml")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &Registry{Addr: addr, LogPath: filepath.Join(dir, "registry.log"), exited: make(chan error, 1)}
+	logFile, err := os.Create(r.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmd = exec.Command(bin, "serve", "--config", cfgPath)
+	r.cmd.Stdout, r.cmd.Stderr = logFile, logFile
+	r.cmd.Env = os.Environ()
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.exited <- r.cmd.Wait(); logFile.Close() }()
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Errorf("registry %s: %v\n%s", addr, err, r.Log())
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(r.URL() + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return r
+			}
+		}
+		select {
+		case err := <-r.exited:
+			r.exited <- err
+			t.Fatalf("gaia-registry exited at start (%v); log:\n%s", err, r.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gaia-registry on %s not ready after 60s; log:\n%s", addr, r.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Stop sends SIGTERM and waits for a clean exit (idempotent).
+func (r *Registry) Stop() error {
+	if r.cmd.ProcessState != nil {
+		return nil
+	}
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-r.exited:
+		r.exited <- err
+		if err != nil {
+			return fmt.Errorf("exit after SIGTERM: %w", err)
+		}
+		return nil
+	case <-time.After(30 * time.Second):
+		r.cmd.Process.Kill()
+		return fmt.Errorf("did not stop within 30s of SIGTERM")
+	}
+}
+
+// Kill stops the process with SIGKILL (a crash).
+func (r *Registry) Kill() {
+	if r.cmd.ProcessState == nil {
+		r.cmd.Process.Kill()
+		<-r.exited
+		r.exited <- nil
+	}
+}
+
+// GoTool installs a Go command at an exact module version (for example the
+// OCI conformance suite) into the harness cache, once, and returns its
+// path. It comes from the Go module proxy, like every other dependency.
+func GoTool(t testing.TB, pkg, version string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	cache := os.Getenv("GAIA_CACHE_DIR")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "gaia")
+	}
+	out := filepath.Join(cache, "bin", filepath.Base(pkg)+"-"+version)
+	if _, err := os.Stat(out); err == nil {
+		return out
+	}
+	tmp, err := os.MkdirTemp("", "gaia-gotool-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.Command("go", "install", pkg+"@"+version)
+	cmd.Env = append(os.Environ(), "GOBIN="+tmp)
+	cmd.Dir = tmp // outside this module: its go.mod must not interfere
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go install %s@%s: %v\n%s", pkg, version, err, b)
+	}
+	os.MkdirAll(filepath.Dir(out), 0o755)
+	if err := os.Rename(filepath.Join(tmp, filepath.Base(pkg)), out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
