@@ -14,9 +14,11 @@ all: build
 build:
 	$(GO) build -o bin/ ./registry/cmd/...
 
-# A registry on 127.0.0.1:5000 with filesystem storage (configs/registry-local.yml),
-# in the foreground; Ctrl-C stops it gracefully.
+# A registry on 127.0.0.1:5000 with filesystem storage (configs/registry-local.yml)
+# and the local PostgreSQL (installed and started here if needed), in the
+# foreground; Ctrl-C stops it gracefully.
 run: build
+	bash $(SVC) start postgres
 	@mkdir -p data
 	exec bin/gaia-registry serve --config configs/registry-local.yml
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -73,25 +74,28 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	var tree map[string]any
-	if err := yaml.Unmarshal(raw, &tree); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if tree == nil {
-		tree = map[string]any{}
-	}
-	if err := applyEnv(tree, environ); err != nil {
-		return nil, err
-	}
-	merged, err := yaml.Marshal(tree)
-	if err != nil {
-		return nil, err
-	}
+	// Decode the file as written first, so errors carry its line numbers.
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(merged))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
+	if err := decodeStrict(raw, &cfg); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if hasOverrides(environ) {
+		var tree map[string]any
+		if err := yaml.Unmarshal(raw, &tree); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if tree == nil {
+			tree = map[string]any{}
+		}
+		applyEnv(tree, environ)
+		merged, err := yaml.Marshal(tree)
+		if err != nil {
+			return nil, err
+		}
+		cfg = Config{}
+		if err := decodeStrict(merged, &cfg); err != nil {
+			return nil, fmt.Errorf("%s with GAIA_* overrides: %w", path, err)
+		}
 	}
 	cfg.applyDefaults()
 	if err := cfg.validate(); err != nil {
@@ -100,9 +104,32 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 	return &cfg, nil
 }
 
+func decodeStrict(doc []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(doc))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// hasOverrides reports whether environ holds a GAIA_<section>_... variable.
+func hasOverrides(environ []string) bool {
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if rest, ok := strings.CutPrefix(k, envPrefix); ok {
+			section, _, found := strings.Cut(strings.ToLower(rest), "_")
+			if found && sections[section] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // applyEnv sets GAIA_A_B_C=v as tree[a][b][c] = v (v read as a YAML
 // scalar). Variables of other programs (GAIA_TEST_*, ...) are ignored.
-func applyEnv(tree map[string]any, environ []string) error {
+func applyEnv(tree map[string]any, environ []string) {
 	sort.Strings(environ) // deterministic when two variables touch one key
 	for _, kv := range environ {
 		k, v, ok := strings.Cut(kv, "=")
@@ -128,7 +155,6 @@ func applyEnv(tree map[string]any, environ []string) error {
 		}
 		node[path[len(path)-1]] = val
 	}
-	return nil
 }
 
 func (c *Config) applyDefaults() {

@@ -1,22 +1,17 @@
 // Package conformance runs the OCI distribution-spec conformance suite
 // against two gaia-registry processes sharing one PostgreSQL and one
-// storage, with a proxy in front that sends each request to the other
-// server than the one before: every multi-request flow (chunked uploads,
-// push then pull, delete then check) crosses servers.
+// storage, through a proxy that sends each request to the other server
+// than the one before (harness.Alternate): every multi-request flow
+// (chunked uploads, push then pull, delete then check) crosses servers.
 package conformance
 
 import (
 	"encoding/xml"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,33 +23,6 @@ const (
 	suite        = "github.com/opencontainers/distribution-spec/conformance"
 	suiteVersion = "v0.0.0-20260831232431-97274622c111"
 )
-
-// alternator sends request i to backend i mod 2.
-type alternator struct {
-	proxies []*httputil.ReverseProxy
-	next    atomic.Int64
-	served  []atomic.Int64
-}
-
-func newAlternator(t *testing.T, backends ...string) *alternator {
-	a := &alternator{served: make([]atomic.Int64, len(backends))}
-	for _, b := range backends {
-		u, err := url.Parse(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := httputil.NewSingleHostReverseProxy(u)
-		p.FlushInterval = -1 // stream bodies as they come
-		a.proxies = append(a.proxies, p)
-	}
-	return a
-}
-
-func (a *alternator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	i := int(a.next.Add(1)) % len(a.proxies)
-	a.served[i].Add(1)
-	a.proxies[i].ServeHTTP(w, r)
-}
 
 type junitSuites struct {
 	Suites []struct {
@@ -80,15 +48,13 @@ func runSuite(t *testing.T, storage string) {
 	a, b := harness.FreeAddr(t), harness.FreeAddr(t)
 	ra := harness.StartRegistry(t, a, harness.RegistryConfig(a, db, storage))
 	rb := harness.StartRegistry(t, b, harness.RegistryConfig(b, db, storage))
-	alt := newAlternator(t, ra.URL(), rb.URL())
-	proxy := httptest.NewServer(alt)
-	defer proxy.Close()
+	alt := harness.Alternate(t, ra.URL(), rb.URL())
 
 	results := t.TempDir()
 	cmd := exec.Command(conformance)
 	cmd.Dir = results
 	cmd.Env = append(os.Environ(),
-		"OCI_REGISTRY="+strings.TrimPrefix(proxy.URL, "http://"),
+		"OCI_REGISTRY="+alt.Host(),
 		"OCI_TLS=disabled",
 		"OCI_REPO1=conformance/repo1",
 		"OCI_REPO2=conformance/repo2",
@@ -98,8 +64,8 @@ func runSuite(t *testing.T, storage string) {
 	)
 	start := time.Now()
 	out, runErr := cmd.CombinedOutput()
-	t.Logf("conformance suite ran in %s; requests served: A %d, B %d", time.Since(start).Round(time.Millisecond),
-		alt.served[0].Load(), alt.served[1].Load())
+	served := alt.Served()
+	t.Logf("conformance suite ran in %s; requests served: A %d, B %d", time.Since(start).Round(time.Millisecond), served[0], served[1])
 
 	raw, err := os.ReadFile(filepath.Join(results, "junit.xml"))
 	if err != nil {
@@ -129,8 +95,8 @@ func runSuite(t *testing.T, storage string) {
 		t.Fatalf("conformance: %d of %d failed (exit %v):\n%s\noutput tail:\n%s", failures, tests, runErr,
 			strings.Join(failed, "\n"), tail(string(out), 4000))
 	}
-	if alt.served[0].Load() == 0 || alt.served[1].Load() == 0 {
-		t.Fatalf("requests did not reach both servers: %d and %d", alt.served[0].Load(), alt.served[1].Load())
+	if served[0] == 0 || served[1] == 0 {
+		t.Fatalf("requests did not reach both servers: %v", served)
 	}
 }
 
@@ -144,4 +110,11 @@ func tail(s string, n int) string {
 // TestConformanceTwoServers: filesystem storage shared by both servers.
 func TestConformanceTwoServers(t *testing.T) {
 	runSuite(t, t.TempDir())
+}
+
+// TestConformanceTwoServersHDFS: the same run with blobs in the real HDFS.
+func TestConformanceTwoServersHDFS(t *testing.T) {
+	nn := harness.Start(t, harness.HDFS).Get(t, "GAIA_TEST_HDFS_NAMENODE")
+	root := fmt.Sprintf("/gaia-conformance/run-%d", time.Now().UnixNano())
+	runSuite(t, fmt.Sprintf("hdfs: {namenodes: [%q], rootdirectory: %s, user: gaia, replication: 1}", nn, root))
 }

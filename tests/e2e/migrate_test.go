@@ -17,7 +17,7 @@ import (
 func TestMigrateCommand(t *testing.T) {
 	dbURL := harness.NewDatabase(t)
 
-	bin := buildBinary(t, "./registry/cmd/gaia-registry")
+	bin := harness.Binary(t, "./registry/cmd/gaia-registry")
 	config := filepath.Join(t.TempDir(), "registry.yml")
 	os.WriteFile(config, []byte("database:\n  url: "+dbURL+"\n"), 0o644)
 	run := func(args ...string) (string, error) {

@@ -4,11 +4,15 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -200,3 +204,50 @@ func GoTool(t testing.TB, pkg, version string) string {
 	}
 	return out
 }
+
+// Alternator is a reverse proxy that sends request i to backend i mod n,
+// so every multi-request flow (a chunked upload, push then pull) crosses
+// servers. Bodies stream through.
+type Alternator struct {
+	URL     string // http://127.0.0.1:port
+	proxies []*httputil.ReverseProxy
+	next    atomic.Int64
+	served  []atomic.Int64
+}
+
+// Alternate starts an Alternator over the backends' base URLs.
+func Alternate(t testing.TB, backends ...string) *Alternator {
+	t.Helper()
+	a := &Alternator{served: make([]atomic.Int64, len(backends))}
+	for _, b := range backends {
+		u, err := url.Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := httputil.NewSingleHostReverseProxy(u)
+		p.FlushInterval = -1
+		a.proxies = append(a.proxies, p)
+	}
+	srv := httptest.NewServer(a)
+	t.Cleanup(srv.Close)
+	a.URL = srv.URL
+	return a
+}
+
+func (a *Alternator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	i := int(a.next.Add(1)) % len(a.proxies)
+	a.served[i].Add(1)
+	a.proxies[i].ServeHTTP(w, r)
+}
+
+// Served is how many requests each backend got.
+func (a *Alternator) Served() []int64 {
+	out := make([]int64, len(a.served))
+	for i := range a.served {
+		out[i] = a.served[i].Load()
+	}
+	return out
+}
+
+// Host is the proxy's host:port (what docker and skopeo are given).
+func (a *Alternator) Host() string { return strings.TrimPrefix(a.URL, "http://") }

@@ -284,8 +284,9 @@ env_consul() {
 
 # ---------------------------------------------------------------- dockerd
 install_dockerd() {
-  # busybox-static is the root filesystem of the test images (tests/harness).
-  apt_install docker.io busybox-static
+  # busybox-static is the root filesystem of the test images (tests/harness);
+  # skopeo is the second real client the e2e tests drive.
+  apt_install docker.io busybox-static skopeo
 }
 dockerd_ready() { docker -H "unix://$DOCKER_SOCK" version >/dev/null 2>&1; }
 status_dockerd() { dockerd_ready; }
