@@ -102,7 +102,7 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		access := requiredAccess(r.Method, r.URL)
-		if a.anonymousPull && r.Header.Get("Authorization") == "" && pullOnly(r.Method, access) {
+		if a.anonymousPull && anonymous(r) && pullOnly(r.Method, access) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -122,6 +122,18 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, grant.User.Name)))
 		}
 	})
+}
+
+// anonymous reports whether a request carries no credentials: no
+// Authorization header, or (as skopeo and containers/image send after a
+// Basic challenge when they have none) Basic auth with an empty user and
+// password.
+func anonymous(r *http.Request) bool {
+	if r.Header.Get("Authorization") == "" {
+		return true
+	}
+	user, pass, ok := r.BasicAuth()
+	return ok && user == "" && pass == ""
 }
 
 // pullOnly reports whether a request needing access only reads, which

@@ -217,6 +217,8 @@ func TestHtpasswd(t *testing.T) {
 				{"bearer", "GET", "/v2/team/app/manifests/latest", "Bearer abc", 401, "", challenge},
 				{"no creds login", "GET", "/v2/", "", 401, "", challenge}, // always challenged: docker sends credentials only after a 401 here
 				{"no creds pull", "GET", "/v2/team/app/manifests/latest", "", anon(200), "", challenge},
+				{"empty basic creds pull", "GET", "/v2/team/app/manifests/latest", basic("", ""), anon(200), "", challenge}, // skopeo --no-creds
+				{"empty basic creds push", "POST", "/v2/team/app/blobs/uploads/", basic("", ""), 401, "", challenge},
 				{"no creds head blob", "HEAD", "/v2/team/app/blobs/" + digest, "", anon(200), "", challenge},
 				{"no creds tags", "GET", "/v2/team/app/tags/list", "", anon(200), "", challenge},
 				{"no creds referrers", "GET", "/v2/team/app/referrers/" + digest, "", anon(200), "", challenge},

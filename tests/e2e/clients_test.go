@@ -13,11 +13,17 @@ import (
 
 func skopeo(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("skopeo", args...).CombinedOutput()
+	out, err := run("skopeo", args...)
 	if err != nil {
 		t.Fatalf("skopeo %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	return strings.TrimSpace(string(out))
+	return out
+}
+
+// run runs a command and returns its trimmed combined output.
+func run(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
 }
 
 // TestDockerAndSkopeoAcrossTwoServers: two gaia-registry processes share a
