@@ -220,7 +220,7 @@ func (c *Config) StorageConfig() (*StorageConfig, error) {
 		}
 	}
 	if sc.Driver == "" {
-		return nil, errors.New("storage: no driver configured (filesystem, hdfs, s3aws or inmemory)")
+		return nil, errors.New("storage: no driver configured (filesystem, hdfs, s3 or inmemory)")
 	}
 	if d, ok := c.Storage["delete"].(map[string]any); ok {
 		sc.Delete, _ = d["enabled"].(bool)
