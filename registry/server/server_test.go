@@ -52,7 +52,7 @@ func TestLoadConfigEnvOverrides(t *testing.T) {
 		"GAIA_STORAGE_FILESYSTEM_ROOTDIRECTORY=/srv/blobs",
 		"GAIA_STORAGE_DELETE_ENABLED=true",
 		"GAIA_LOG_FORMATTER=json",
-		"GAIA_TEST_PG_DSN=ignored",  // another program's variable
+		"GAIA_TEST_PG_DSN=ignored",    // another program's variable
 		"GAIA_MIRROR_WORKERS=ignored", // likewise
 		"HOME=/root",
 	})

@@ -298,3 +298,48 @@ func TestCancelAndExpire(t *testing.T) {
 	}
 
 }
+
+// TestSameBlobConcurrently: many clients push the same blob at once through
+// two servers; every push succeeds, the blob is one row and one object with
+// the right bytes, every repository is linked, and no upload data is left.
+func TestSameBlobConcurrently(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		srvA, srvB, drv := servers(t, b)
+		data := random(t, 300_000)
+		want := digest.FromBytes(data)
+		const clients = 8
+		errs := make(chan error, clients)
+		for i := range clients {
+			s := []*Store{srvA, srvB}[i%2]
+			repo := fmt.Sprintf("same/blob%d", i%3)
+			go func() {
+				sess, err := s.Start(ctx, repo)
+				if err == nil {
+					_, err = s.Append(ctx, repo, sess.ID, 0, bytes.NewReader(data[:100_000]))
+				}
+				if err == nil {
+					_, err = s.Finish(ctx, repo, sess.ID, 100_000, bytes.NewReader(data[100_000:]), want)
+				}
+				errs <- err
+			}()
+		}
+		for range clients {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		var blobs, links int
+		srvA.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM blobs), (SELECT count(*) FROM repository_blobs)`).Scan(&blobs, &links)
+		if blobs != 1 || links != 3 {
+			t.Fatalf("%d blob rows, %d links; want 1 and 3", blobs, links)
+		}
+		got, err := drv.GetContent(ctx, BlobPath(want))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("stored blob: %d bytes, err %v", len(got), err)
+		}
+		if keys, _ := drv.List(ctx, "/uploads"); len(keys) != 0 {
+			t.Fatalf("upload data left: %v", keys)
+		}
+	})
+}
