@@ -239,14 +239,41 @@ func (h *Handler) pageParams(w http.ResponseWriter, r *http.Request, def int) (n
 	return n, q.Get("last"), true
 }
 
-// writeList answers a list page, with a Link to the next when there is one.
-func writeList(w http.ResponseWriter, path string, n int, names []string, more bool, body any) {
+// writeList answers a list page as {"<key>":[names]} (after the optional
+// name member), with a Link to the next page when there is one. Tag and
+// repository names are from grammars without characters JSON escapes, so
+// they are written as they are.
+func writeList(w http.ResponseWriter, path string, n int, nameField, key string, names []string, more bool) {
 	if more && len(names) > 0 {
 		q := url.Values{"n": {strconv.Itoa(n)}, "last": {names[len(names)-1]}}
 		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, path, q.Encode()))
 	}
+	size := 32 + len(nameField)
+	for _, s := range names {
+		size += len(s) + 3
+	}
+	b := make([]byte, 0, size)
+	b = append(b, '{')
+	if nameField != "" {
+		b = append(b, `"name":"`...)
+		b = append(b, nameField...)
+		b = append(b, `",`...)
+	}
+	b = append(b, '"')
+	b = append(b, key...)
+	b = append(b, `":[`...)
+	for i, s := range names {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, s...)
+		b = append(b, '"')
+	}
+	b = append(b, "]}\n"...)
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(body)
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.Write(b)
 }
 
 func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, name string) {
@@ -262,13 +289,7 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, name string) 
 		h.fail(w, r, err)
 		return
 	}
-	if tags == nil {
-		tags = []string{}
-	}
-	writeList(w, "/v2/"+name+"/tags/list", n, tags, more, struct {
-		Name string   `json:"name"`
-		Tags []string `json:"tags"`
-	}{name, tags})
+	writeList(w, "/v2/"+name+"/tags/list", n, name, "tags", tags, more)
 }
 
 func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
@@ -281,12 +302,7 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	if repos == nil {
-		repos = []string{}
-	}
-	writeList(w, "/v2/_catalog", n, repos, more, struct {
-		Repositories []string `json:"repositories"`
-	}{repos})
+	writeList(w, "/v2/_catalog", n, "", "repositories", repos, more)
 }
 
 func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {

@@ -59,6 +59,28 @@ func digestStrings(ds []digest.Digest) []string {
 	return out
 }
 
+// repositoryID returns a repository's id, creating the repository if new.
+// It never locks an existing row (an upsert's DO UPDATE would, for the
+// rest of the transaction, serialising every push to the repository);
+// repositories are never deleted, so the lookup cannot go stale.
+func repositoryID(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, name string) (int64, error) {
+	var id int64
+	for range 2 {
+		err := q.QueryRow(ctx, `SELECT id FROM repositories WHERE name = $1`, name).Scan(&id)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return id, err
+		}
+		err = q.QueryRow(ctx, `INSERT INTO repositories (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id`, name).Scan(&id)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return id, err
+		}
+		// Created concurrently by another transaction: look again.
+	}
+	return 0, fmt.Errorf("repository %q: neither found nor created", name)
+}
+
 // Put stores a manifest (a no-op if the repository already has it) and
 // points its tags at it, all in one transaction: a tag is never visible
 // before its manifest, and never points at a manifest whose blobs or
@@ -66,10 +88,8 @@ func digestStrings(ds []digest.Digest) []string {
 // unknown.
 func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error {
 	return pgx.BeginFunc(ctx, m.db, func(tx pgx.Tx) error {
-		var repoID int64
-		if err := tx.QueryRow(ctx, `
-			INSERT INTO repositories (name) VALUES ($1)
-			ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id`, repo).Scan(&repoID); err != nil {
+		repoID, err := repositoryID(ctx, tx, repo)
+		if err != nil {
 			return err
 		}
 		missing := &MissingError{}
@@ -85,9 +105,11 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 			missing.Blobs = ds
 		}
 		if len(nm.Children) > 0 {
+			// FOR KEY SHARE: a child found here cannot be deleted before
+			// this transaction records the index's reference to it.
 			rows, _ := tx.Query(ctx, `
 				SELECT d FROM unnest($2::text[]) AS d
-				WHERE NOT EXISTS (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = d)`,
+				WHERE NOT EXISTS (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = d FOR KEY SHARE)`,
 				repoID, digestStrings(nm.Children))
 			ds, err := pgx.CollectRows(rows, pgx.RowTo[digest.Digest])
 			if err != nil {
@@ -109,22 +131,27 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 			artifactType = &nm.ArtifactType
 		}
 		var id int64
-		err := tx.QueryRow(ctx, `
+		err = tx.QueryRow(ctx, `
 			INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject_digest, annotations, content)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)
 			ON CONFLICT (repository_id, digest) DO NOTHING RETURNING id`,
 			repoID, nm.Digest.String(), nm.MediaType, artifactType, subject, nm.Annotations, nm.Content).Scan(&id)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows): // already there (perhaps pushed concurrently): same digest, same bytes
-			if err := tx.QueryRow(ctx, `SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2`,
-				repoID, nm.Digest.String()).Scan(&id); err != nil {
+			err := tx.QueryRow(ctx, `SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2`,
+				repoID, nm.Digest.String()).Scan(&id)
+			if errors.Is(err, pgx.ErrNoRows) { // deleted concurrently between the two statements
+				return &MissingError{Manifests: []digest.Digest{nm.Digest}}
+			}
+			if err != nil {
 				return err
 			}
 		case err != nil:
 			return err
 		default:
-			// Blob links and children vanishing since the check above
-			// (a concurrent delete) fail these inserts on their foreign keys.
+			// Blob links vanishing since the check above (a concurrent
+			// unlink) fail this insert on its foreign key; children are
+			// locked by the check.
 			if _, err := tx.Exec(ctx, `
 				INSERT INTO manifest_blobs (manifest_id, repository_id, digest)
 				SELECT $1, $2, d FROM unnest($3::text[]) AS d ON CONFLICT DO NOTHING`,
@@ -222,17 +249,22 @@ func (m *Manifests) DeleteTag(ctx context.Context, repo, name string) error {
 // Tags returns up to n tag names after last, in lexical order, and whether
 // more follow. A repository that does not exist is ErrNotFound.
 func (m *Manifests) Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error) {
-	var repoID int64
-	err := m.db.QueryRow(ctx, `SELECT id FROM repositories WHERE name = $1`, repo).Scan(&repoID)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, false, ErrNotFound
-	} else if err != nil {
+	rows, _ := m.db.Query(ctx, `
+		SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
+		WHERE r.name = $1 AND t.name > $2 ORDER BY t.name LIMIT $3`, repo, last, n+1)
+	names, more, err := page(rows, n)
+	if err != nil || len(names) > 0 {
+		return names, more, err
+	}
+	// An empty page: an empty (or exhausted) repository, or none at all.
+	var exists bool
+	if err := m.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM repositories WHERE name = $1)`, repo).Scan(&exists); err != nil {
 		return nil, false, err
 	}
-	rows, _ := m.db.Query(ctx, `
-		SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3`,
-		repoID, last, n+1)
-	return page(rows, n)
+	if !exists {
+		return nil, false, ErrNotFound
+	}
+	return names, false, nil
 }
 
 // Repositories returns up to n names of repositories holding at least one
@@ -246,8 +278,13 @@ func (m *Manifests) Repositories(ctx context.Context, last string, n int) ([]str
 }
 
 func page(rows pgx.Rows, n int) ([]string, bool, error) {
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
+	defer rows.Close()
+	names := make([]string, 0, min(n+1, 1024))
+	for rows.Next() {
+		// The raw text: no per-row scan plan (a 10,000-tag page is hot).
+		names = append(names, string(rows.RawValues()[0]))
+	}
+	if err := rows.Err(); err != nil {
 		return nil, false, err
 	}
 	if len(names) > n {

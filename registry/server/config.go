@@ -43,6 +43,11 @@ type HTTPConfig struct {
 		Certificate string `yaml:"certificate"`
 		Key         string `yaml:"key"`
 	} `yaml:"tls"`
+	// Debug.Addr, when set, serves Go's pprof profiles (/debug/pprof/) on a
+	// separate listener: keep it on loopback.
+	Debug struct {
+		Addr string `yaml:"addr"`
+	} `yaml:"debug"`
 }
 
 // DatabaseConfig is the PostgreSQL holding all metadata.

@@ -156,6 +156,8 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger) http.Handler {
 		if route == "" {
 			route = "other"
 		}
+		// On every /v2 answer, auth refusals included: clients look for it.
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 		rec := &recorder{ResponseWriter: w}
 		body := &countingBody{ReadCloser: r.Body}
 		r.Body = body

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -226,6 +227,21 @@ func (s *Server) Serve(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go s.purgeUploads(bg)
+	if s.cfg.HTTP.Debug.Addr != "" {
+		dbg := http.NewServeMux()
+		dbg.HandleFunc("/debug/pprof/", pprof.Index)
+		dbg.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		dbg.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		dbg.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		dl, err := net.Listen("tcp", s.cfg.HTTP.Debug.Addr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("http.debug.addr: %w", err)
+		}
+		dsrv := &http.Server{Handler: dbg, ReadHeaderTimeout: 10 * time.Second}
+		go dsrv.Serve(dl)
+		defer dsrv.Close()
+	}
 
 	errc := make(chan error, 1)
 	go func() {
