@@ -79,4 +79,3 @@ func TestDockerPushPullOnHDFS(t *testing.T) {
 		t.Fatalf("graceful stop: %v\n%s", err, reg.Log())
 	}
 }
-
