@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/gaia-registry/gaia/registry/coalesce"
 )
 
 var (
@@ -18,23 +20,27 @@ var (
 )
 
 // Blobs answers questions about blobs and their repository links.
-type Blobs struct{ db *pgxpool.Pool }
+type Blobs struct {
+	db    *pgxpool.Pool
+	sizes coalesce.Group[[2]string, int64] // concurrent pulls of one layer share the lookup
+}
 
 // NewBlobs returns the blob queries over db.
 func NewBlobs(db *pgxpool.Pool) *Blobs { return &Blobs{db: db} }
 
 // LinkedSize returns the size of a blob the repository may serve.
 func (b *Blobs) LinkedSize(ctx context.Context, repo string, d digest.Digest) (int64, error) {
-	var size int64
-	err := b.db.QueryRow(ctx, `
-		SELECT bl.size FROM repository_blobs rb
-		JOIN repositories r ON r.id = rb.repository_id
-		JOIN blobs bl ON bl.digest = rb.digest
-		WHERE r.name = $1 AND rb.digest = $2`, repo, d.String()).Scan(&size)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, ErrNotFound
-	}
-	return size, err
+	return b.sizes.Do(ctx, [2]string{repo, d.String()}, func(ctx context.Context) (int64, error) {
+		var size int64
+		err := b.db.QueryRow(ctx, `
+			SELECT bl.size FROM repository_blobs rb JOIN blobs bl ON bl.digest = rb.digest
+			WHERE rb.repository_id = (SELECT id FROM repositories WHERE name = $1) AND rb.digest = $2`,
+			repo, d.String()).Scan(&size)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return 0, ErrNotFound
+		}
+		return size, err
+	})
 }
 
 // Mount links a blob into repository to (created if new) without any

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/gaia-registry/gaia/registry/coalesce"
 )
 
 // Manifest is a stored manifest.
@@ -41,7 +45,15 @@ func (e *MissingError) Error() string {
 }
 
 // Manifests stores manifests and tags.
-type Manifests struct{ db *pgxpool.Pool }
+type Manifests struct {
+	db *pgxpool.Pool
+	// Concurrent lookups of one tag or digest share a query (never one
+	// that began before them: see registry/coalesce). Results are shared:
+	// callers must not modify them.
+	reads coalesce.Group[manifestKey, *Manifest]
+}
+
+type manifestKey struct{ repo, tag, digest string }
 
 // NewManifests returns the manifest queries over db.
 func NewManifests(db *pgxpool.Pool) *Manifests { return &Manifests{db: db} }
@@ -200,18 +212,20 @@ func scanManifest(row pgx.Row) (*Manifest, error) {
 
 // ByDigest returns a manifest of the repository.
 func (m *Manifests) ByDigest(ctx context.Context, repo string, d digest.Digest) (*Manifest, error) {
-	return scanManifest(m.db.QueryRow(ctx, `
-		SELECT `+manifestColumns+` FROM manifests m JOIN repositories r ON r.id = m.repository_id
-		WHERE r.name = $1 AND m.digest = $2`, repo, d.String()))
+	return m.reads.Do(ctx, manifestKey{repo: repo, digest: d.String()}, func(ctx context.Context) (*Manifest, error) {
+		return scanManifest(m.db.QueryRow(ctx, `
+			SELECT `+manifestColumns+` FROM manifests m
+			WHERE m.repository_id = (SELECT id FROM repositories WHERE name = $1) AND m.digest = $2`, repo, d.String()))
+	})
 }
 
 // ByTag returns the manifest a tag points at.
 func (m *Manifests) ByTag(ctx context.Context, repo, tag string) (*Manifest, error) {
-	return scanManifest(m.db.QueryRow(ctx, `
-		SELECT `+manifestColumns+` FROM tags t
-		JOIN repositories r ON r.id = t.repository_id
-		JOIN manifests m ON m.id = t.manifest_id
-		WHERE r.name = $1 AND t.name = $2`, repo, tag))
+	return m.reads.Do(ctx, manifestKey{repo: repo, tag: tag}, func(ctx context.Context) (*Manifest, error) {
+		return scanManifest(m.db.QueryRow(ctx, `
+			SELECT `+manifestColumns+` FROM tags t JOIN manifests m ON m.id = t.manifest_id
+			WHERE t.repository_id = (SELECT id FROM repositories WHERE name = $1) AND t.name = $2`, repo, tag))
+	})
 }
 
 // Delete removes a manifest and the tags pointing at it. It returns
@@ -249,48 +263,59 @@ func (m *Manifests) DeleteTag(ctx context.Context, repo, name string) error {
 // Tags returns up to n tag names after last, in lexical order, and whether
 // more follow. A repository that does not exist is ErrNotFound.
 func (m *Manifests) Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error) {
-	rows, _ := m.db.Query(ctx, `
-		SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
-		WHERE r.name = $1 AND t.name > $2 ORDER BY t.name LIMIT $3`, repo, last, n+1)
-	names, more, err := page(rows, n)
-	if err != nil || len(names) > 0 {
-		return names, more, err
-	}
-	// An empty page: an empty (or exhausted) repository, or none at all.
-	var exists bool
-	if err := m.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM repositories WHERE name = $1)`, repo).Scan(&exists); err != nil {
+	// The repository id as a scalar subquery (not a join) lets PostgreSQL
+	// walk the (repository_id, name) primary key in order: an index-only
+	// range scan, no sort, whatever the statistics say. The page comes
+	// back as one comma-joined value (tag names hold no commas) instead of
+	// a row per tag.
+	var repoID *int64
+	var joined *string
+	err := m.db.QueryRow(ctx, `
+		SELECT (SELECT id FROM repositories WHERE name = $1), string_agg(name, ',')
+		FROM (SELECT t.name FROM tags t
+		      WHERE t.repository_id = (SELECT id FROM repositories WHERE name = $1) AND t.name > $2
+		      ORDER BY t.name LIMIT $3) page`, repo, last, n+1).Scan(&repoID, &joined)
+	if err != nil {
 		return nil, false, err
 	}
-	if !exists {
+	if repoID == nil {
 		return nil, false, ErrNotFound
 	}
-	return names, false, nil
+	names, more := split(joined, n)
+	return names, more, nil
 }
 
 // Repositories returns up to n names of repositories holding at least one
 // manifest after last, in lexical order, and whether more follow.
 func (m *Manifests) Repositories(ctx context.Context, last string, n int) ([]string, bool, error) {
-	rows, _ := m.db.Query(ctx, `
-		SELECT name FROM repositories r
-		WHERE name > $1 AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
-		ORDER BY name LIMIT $2`, last, n+1)
-	return page(rows, n)
-}
-
-func page(rows pgx.Rows, n int) ([]string, bool, error) {
-	defer rows.Close()
-	names := make([]string, 0, min(n+1, 1024))
-	for rows.Next() {
-		// The raw text: no per-row scan plan (a 10,000-tag page is hot).
-		names = append(names, string(rows.RawValues()[0]))
-	}
-	if err := rows.Err(); err != nil {
+	var joined *string
+	err := m.db.QueryRow(ctx, `
+		SELECT string_agg(name, ',') FROM (
+			SELECT name FROM repositories r
+			WHERE name > $1 AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
+			ORDER BY name LIMIT $2) page`, last, n+1).Scan(&joined)
+	if err != nil {
 		return nil, false, err
 	}
-	if len(names) > n {
-		return names[:n], true, nil
+	names, more := split(joined, n)
+	return names, more, nil
+}
+
+// split turns a page of up to n+1 comma-joined names into at most n, and
+// whether there were more. The aggregate keeps its ordered subquery's
+// order; a sort check guards that assumption.
+func split(joined *string, n int) ([]string, bool) {
+	if joined == nil || *joined == "" {
+		return []string{}, false
 	}
-	return names, false, nil
+	names := strings.Split(*joined, ",")
+	if !slices.IsSorted(names) {
+		slices.Sort(names)
+	}
+	if len(names) > n {
+		return names[:n], true
+	}
+	return names, false
 }
 
 // Referrer is a manifest whose subject is a given digest.

@@ -84,6 +84,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database.url: %w", err)
 	}
+	// Registry queries are short index lookups: JIT compilation (which
+	// PostgreSQL may pick for a large catalog page) would cost far more.
+	pc.ConnConfig.RuntimeParams["jit"] = "off"
 	pc.MaxConns = max(4, int32(4*runtime.GOMAXPROCS(0)))
 	if cfg.Database.MaxConns > 0 {
 		pc.MaxConns = cfg.Database.MaxConns
