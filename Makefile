@@ -7,7 +7,7 @@ PKGS     := ./...
 # in its short mode here.
 TESTFLAGS ?= -count=1 -short -race -timeout 40m
 
-.PHONY: all build run test test-hdfs-full bench services services-stop vet clean
+.PHONY: all build run test test-hdfs-full bench bench-registry bench-hdfs services services-stop vet clean
 
 all: build
 
@@ -35,9 +35,17 @@ test-hdfs-full:
 	bash $(SVC) start hdfs
 	$(GO) test -count=1 -timeout 60m -v -run 'TestDriverSuite' ./storage-hdfs/
 
-# HDFS driver vs distribution's filesystem driver vs the raw colinmarc client,
-# in one run. Results: docs/benchmarks.md.
-bench:
+# Gaia vs the stock distribution registry (v3.1.2, built from the Go module
+# proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
+# colinmarc client. Results: docs/benchmarks.md.
+bench: bench-registry bench-hdfs
+
+# 1 GiB push/pull, manifest GETs at 32 clients, tags/list of 10,000 tags,
+# _catalog of 100,000 repositories (about 15 minutes; --quick for a smoke run).
+bench-registry:
+	bash tests/bench/compare.sh
+
+bench-hdfs:
 	bash $(SVC) start hdfs
 	$(GO) test -count=1 -timeout 60m -run '^$$' -bench 'BenchmarkHDFSDriver|BenchmarkFilesystemDriver' ./storage-hdfs/
 	$(GO) test -count=5 -timeout 60m -run '^$$' -bench 'BenchmarkStream' -benchtime 4x ./storage-hdfs/
