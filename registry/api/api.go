@@ -22,6 +22,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 )
 
@@ -37,6 +38,9 @@ type Options struct {
 	Manifests *metadata.Manifests
 	Driver    storagedriver.StorageDriver
 	Log       *slog.Logger // slog.Default() when nil
+	// Replicator, in a multi-IDC cluster, fills blobs this IDC lacks and
+	// queues eager replication; nil: one IDC, every blob is local.
+	Replicator *replication.Replicator
 	// Delete allows DELETE of manifests, tags and blobs (storage.delete.enabled);
 	// without it they are refused with UNSUPPORTED, as in distribution.
 	Delete bool

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 )
 
@@ -30,6 +31,18 @@ func uploadAccepted(w http.ResponseWriter, name, id string, size int64, status i
 	uploadHeaders(w, name, id, size)
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(status)
+}
+
+// stored follows a finished upload: eager replication to the other IDCs
+// when the repository asks for it. A failure to queue is logged, not the
+// client's problem: the first pull elsewhere fills the blob anyway.
+func (h *Handler) stored(r *http.Request, name string, d digest.Digest) {
+	if h.Replicator == nil {
+		return
+	}
+	if err := h.Replicator.Enqueue(r.Context(), name, d); err != nil {
+		h.Log.Warn("queueing replication", "repository", name, "digest", d, "err", err)
+	}
 }
 
 func blobCreated(w http.ResponseWriter, name string, d digest.Digest) {
@@ -93,6 +106,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, name strin
 			h.uploadErr(w, r, name, sess.ID, err)
 			return
 		}
+		h.stored(r, name, want)
 		blobCreated(w, name, want)
 		return
 	}
@@ -154,6 +168,7 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, name, id str
 		h.uploadErr(w, r, name, id, err)
 		return
 	}
+	h.stored(r, name, d)
 	blobCreated(w, name, d)
 }
 
@@ -210,13 +225,32 @@ func byteRange(h string, size int64) (start, end int64, ok bool) {
 
 func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
 	ctx := r.Context()
-	size, err := h.Blobs.LinkedSize(ctx, name, d)
+	idc := uploadsession.DefaultIDC
+	if h.Replicator != nil {
+		idc = h.Replicator.IDC()
+	}
+	info, err := h.Blobs.Lookup(ctx, name, d, idc)
 	if errors.Is(err, metadata.ErrNotFound) {
 		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
 		return
 	} else if err != nil {
 		h.fail(w, r, err)
 		return
+	}
+	size := info.Size
+	// A blob this IDC's storage lacks is copied from an IDC that has it,
+	// once, before the first byte goes out. A peer's own fill request
+	// (NoFillHeader, honoured only with the internal token) never chains.
+	if !info.Local && h.Replicator != nil && r.Method == http.MethodGet {
+		if r.Header.Get(replication.NoFillHeader) != "" {
+			h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithMessage("blob not held in this IDC").WithDetail(d))
+			return
+		}
+		if err := h.Replicator.Fill(ctx, name, d); err != nil {
+			h.Log.Error("cross-IDC fill failed", "repository", name, "digest", d, "err", err)
+			h.fail(w, r, errcode.ErrorCodeUnavailable.WithMessage("the blob is held in another IDC and could not be copied here; retry later"))
+			return
+		}
 	}
 	hdr := w.Header()
 	hdr.Set("Docker-Content-Digest", d.String())

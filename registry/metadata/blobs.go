@@ -21,8 +21,14 @@ var (
 
 // Blobs answers questions about blobs and their repository links.
 type Blobs struct {
-	db    *pgxpool.Pool
-	sizes coalesce.Group[[2]string, int64] // concurrent pulls of one layer share the lookup
+	db      *pgxpool.Pool
+	lookups coalesce.Group[[3]string, BlobInfo] // concurrent pulls of one layer share the lookup
+}
+
+// BlobInfo is what a pull needs to know about a linked blob.
+type BlobInfo struct {
+	Size  int64
+	Local bool // the asking IDC's storage holds it
 }
 
 // NewBlobs returns the blob queries over db.
@@ -30,16 +36,24 @@ func NewBlobs(db *pgxpool.Pool) *Blobs { return &Blobs{db: db} }
 
 // LinkedSize returns the size of a blob the repository may serve.
 func (b *Blobs) LinkedSize(ctx context.Context, repo string, d digest.Digest) (int64, error) {
-	return b.sizes.Do(ctx, [2]string{repo, d.String()}, func(ctx context.Context) (int64, error) {
-		var size int64
+	info, err := b.Lookup(ctx, repo, d, "")
+	return info.Size, err
+}
+
+// Lookup returns the size of a blob the repository may serve and whether
+// IDC idc's storage holds it.
+func (b *Blobs) Lookup(ctx context.Context, repo string, d digest.Digest, idc string) (BlobInfo, error) {
+	return b.lookups.Do(ctx, [3]string{repo, d.String(), idc}, func(ctx context.Context) (BlobInfo, error) {
+		var info BlobInfo
 		err := b.db.QueryRow(ctx, `
-			SELECT bl.size FROM repository_blobs rb JOIN blobs bl ON bl.digest = rb.digest
+			SELECT bl.size, EXISTS (SELECT 1 FROM blob_placements p WHERE p.digest = bl.digest AND p.idc = $3)
+			FROM repository_blobs rb JOIN blobs bl ON bl.digest = rb.digest
 			WHERE rb.repository_id = (SELECT id FROM repositories WHERE name = $1) AND rb.digest = $2`,
-			repo, d.String()).Scan(&size)
+			repo, d.String(), idc).Scan(&info.Size, &info.Local)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return 0, ErrNotFound
+			return BlobInfo{}, ErrNotFound
 		}
-		return size, err
+		return info, err
 	})
 }
 

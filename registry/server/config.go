@@ -1,18 +1,15 @@
 package server
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"sort"
-	"strings"
+	"net"
+	"net/url"
+	"regexp"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
 
 // Config is gaia-registry's YAML configuration. Keys follow distribution's
@@ -23,6 +20,7 @@ type Config struct {
 	Storage  map[string]any `yaml:"storage"`
 	Database DatabaseConfig `yaml:"database"`
 	Auth     auth.Config    `yaml:"auth"`
+	Cluster  ClusterConfig  `yaml:"cluster"`
 	// Version is accepted (and ignored) so distribution-style files load.
 	Version string `yaml:"version"`
 }
@@ -57,6 +55,30 @@ type DatabaseConfig struct {
 	MaxConns int32  `yaml:"maxconns"` // pool size; default max(4, 4×CPUs)
 }
 
+// ClusterConfig places the server in a multi-IDC cluster. Without it the
+// server is alone in IDC "default" and registers nowhere.
+type ClusterConfig struct {
+	IDC string `yaml:"idc"` // this server's IDC (data center); its storage is that IDC's own
+	// Advertise is the host:port other machines reach this server at
+	// (registered in Consul); default http.addr.
+	Advertise string `yaml:"advertise"`
+	Consul    struct {
+		Addr            string        `yaml:"addr"`            // the local Consul agent, host:port; empty: no registration
+		Service         string        `yaml:"service"`         // default gaia-registry
+		Token           string        `yaml:"token"`           // ACL token, if the agent needs one
+		CheckInterval   time.Duration `yaml:"checkinterval"`   // readiness check period; default 2s
+		DeregisterAfter time.Duration `yaml:"deregisterafter"` // critical this long: removed; default 1m
+	} `yaml:"consul"`
+	// InternalToken is shared by the servers of all IDCs: it lets a peer
+	// IDC read blobs (fills, replication) whatever the auth configuration.
+	InternalToken string `yaml:"internaltoken"`
+	// Peers are the other IDCs' gateways: IDC name → base URL.
+	Peers map[string]string `yaml:"peers"`
+	// Replicate lists repository prefixes whose new blobs are copied to
+	// every peer IDC right after the push ("" matches everything).
+	Replicate []string `yaml:"replicate"`
+}
+
 // StorageConfig is what the storage section says once parsed.
 type StorageConfig struct {
 	Driver     string
@@ -70,96 +92,20 @@ type StorageConfig struct {
 // GAIA_HTTP_ADDR=0.0.0.0:5000 or GAIA_DATABASE_URL=postgres://...
 const envPrefix = "GAIA_"
 
-var sections = map[string]bool{"log": true, "http": true, "storage": true, "database": true, "auth": true}
+var sections = []string{"log", "http", "storage", "database", "auth", "cluster"}
 
 // LoadConfig reads a config file, applies GAIA_* environment overrides,
 // fills defaults and validates. Errors name the key at fault.
 func LoadConfig(path string, environ []string) (*Config, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	// Decode the file as written first, so errors carry its line numbers.
 	var cfg Config
-	if err := decodeStrict(raw, &cfg); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if hasOverrides(environ) {
-		var tree map[string]any
-		if err := yaml.Unmarshal(raw, &tree); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		if tree == nil {
-			tree = map[string]any{}
-		}
-		applyEnv(tree, environ)
-		merged, err := yaml.Marshal(tree)
-		if err != nil {
-			return nil, err
-		}
-		cfg = Config{}
-		if err := decodeStrict(merged, &cfg); err != nil {
-			return nil, fmt.Errorf("%s with GAIA_* overrides: %w", path, err)
-		}
+	if err := yamlconfig.Load(path, environ, envPrefix, sections, &cfg); err != nil {
+		return nil, err
 	}
 	cfg.applyDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &cfg, nil
-}
-
-func decodeStrict(doc []byte, cfg *Config) error {
-	dec := yaml.NewDecoder(bytes.NewReader(doc))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return err
-	}
-	return nil
-}
-
-// hasOverrides reports whether environ holds a GAIA_<section>_... variable.
-func hasOverrides(environ []string) bool {
-	for _, kv := range environ {
-		k, _, _ := strings.Cut(kv, "=")
-		if rest, ok := strings.CutPrefix(k, envPrefix); ok {
-			section, _, found := strings.Cut(strings.ToLower(rest), "_")
-			if found && sections[section] {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// applyEnv sets GAIA_A_B_C=v as tree[a][b][c] = v (v read as a YAML
-// scalar). Variables of other programs (GAIA_TEST_*, ...) are ignored.
-func applyEnv(tree map[string]any, environ []string) {
-	sort.Strings(environ) // deterministic when two variables touch one key
-	for _, kv := range environ {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || !strings.HasPrefix(k, envPrefix) {
-			continue
-		}
-		path := strings.Split(strings.ToLower(strings.TrimPrefix(k, envPrefix)), "_")
-		if !sections[path[0]] || len(path) < 2 {
-			continue
-		}
-		var val any
-		if err := yaml.Unmarshal([]byte(v), &val); err != nil || val == nil {
-			val = v
-		}
-		node := tree
-		for _, p := range path[:len(path)-1] {
-			next, ok := node[p].(map[string]any)
-			if !ok {
-				next = map[string]any{}
-				node[p] = next
-			}
-			node = next
-		}
-		node[path[len(path)-1]] = val
-	}
 }
 
 func (c *Config) applyDefaults() {
@@ -174,6 +120,22 @@ func (c *Config) applyDefaults() {
 	}
 	if c.HTTP.DrainTimeout == 0 {
 		c.HTTP.DrainTimeout = 30 * time.Second
+	}
+	cl := &c.Cluster
+	if cl.IDC == "" {
+		cl.IDC = "default"
+	}
+	if cl.Advertise == "" {
+		cl.Advertise = c.HTTP.Addr
+	}
+	if cl.Consul.Service == "" {
+		cl.Consul.Service = "gaia-registry"
+	}
+	if cl.Consul.CheckInterval == 0 {
+		cl.Consul.CheckInterval = 2 * time.Second
+	}
+	if cl.Consul.DeregisterAfter == 0 {
+		cl.Consul.DeregisterAfter = time.Minute
 	}
 }
 
@@ -197,8 +159,41 @@ func (c *Config) validate() error {
 	if c.Database.MaxConns < 0 {
 		return errors.New("database.maxconns: must be positive")
 	}
+	if err := c.Cluster.validate(); err != nil {
+		return err
+	}
 	_, err := c.StorageConfig()
 	return err
+}
+
+var idcName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+func (cl *ClusterConfig) validate() error {
+	if !idcName.MatchString(cl.IDC) {
+		return fmt.Errorf("cluster.idc: %q is not a name of letters, digits, '.', '_' and '-'", cl.IDC)
+	}
+	host, port, err := net.SplitHostPort(cl.Advertise)
+	if err != nil {
+		return fmt.Errorf("cluster.advertise: %q: %w", cl.Advertise, err)
+	}
+	if cl.Consul.Addr != "" && (host == "" || host == "0.0.0.0" || host == "::" || port == "0") {
+		return fmt.Errorf("cluster.advertise: %q cannot be registered in Consul: give the address other machines reach this server at", cl.Advertise)
+	}
+	for idc, u := range cl.Peers {
+		if idc == cl.IDC {
+			return fmt.Errorf("cluster.peers.%s: a server's own IDC is not its peer", idc)
+		}
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return fmt.Errorf("cluster.peers.%s: %q is not an http(s) URL", idc, u)
+		}
+	}
+	if len(cl.Peers) > 0 && cl.InternalToken == "" {
+		return errors.New("cluster.internaltoken: required with cluster.peers (the other IDCs' servers check it)")
+	}
+	if len(cl.Replicate) > 0 && len(cl.Peers) == 0 {
+		return errors.New("cluster.replicate: needs cluster.peers to replicate to")
+	}
+	return nil
 }
 
 // storageSettings are storage keys that are not a driver.

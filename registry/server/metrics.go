@@ -27,6 +27,7 @@ type metrics struct {
 	storage       *prometheus.HistogramVec
 	storageErrors *prometheus.CounterVec
 	uploadsPurged prometheus.Counter
+	crossIDCBytes *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
@@ -57,8 +58,12 @@ func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
 		uploadsPurged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gaia_registry_uploads_purged_total", Help: "Abandoned upload sessions expired and removed.",
 		}),
+		crossIDCBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gaia_registry_cross_idc_bytes_total",
+			Help: "Blob bytes moved between IDCs: direction in (copied here) or out (served to a peer IDC), cause fill or replication, peer IDC.",
+		}, []string{"direction", "cause", "peer"}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.storage, m.storageErrors, m.uploadsPurged,
+	reg.MustRegister(m.crossIDCBytes, m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.storage, m.storageErrors, m.uploadsPurged,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
 		poolCollector{pool})
 	return m

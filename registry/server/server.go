@@ -9,6 +9,7 @@ package server
 
 import (
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -18,11 +19,13 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	consul "github.com/hashicorp/consul/api"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -30,6 +33,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/api"
 	"github.com/gaia-registry/gaia/registry/auth"
 	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 
 	// Storage drivers selectable in `storage:`.
@@ -50,6 +54,8 @@ type Server struct {
 	metrics *metrics
 	handler http.Handler
 	tls     *tls.Config
+	repl    *replication.Replicator // nil without cluster.peers
+	consul  *consul.Client          // nil without cluster.consul.addr
 	ready   atomic.Bool
 }
 
@@ -113,7 +119,23 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	reg := prometheus.NewRegistry()
 	s.metrics = newMetrics(reg, s.pool)
 	s.driver = timedDriver{StorageDriver: drv, m: s.metrics}
-	s.uploads = uploadsession.New(s.pool, s.driver)
+	s.uploads = uploadsession.New(s.pool, s.driver).InIDC(cfg.Cluster.IDC)
+	if len(cfg.Cluster.Peers) > 0 {
+		s.repl = replication.New(replication.Options{
+			IDC: cfg.Cluster.IDC, Peers: cfg.Cluster.Peers, Token: cfg.Cluster.InternalToken,
+			Prefixes: cfg.Cluster.Replicate, DB: s.pool, Driver: s.driver, Log: log,
+			Bytes: s.metrics.crossIDCBytes,
+		})
+	}
+	if cfg.Cluster.Consul.Addr != "" {
+		cc := consul.DefaultConfig()
+		cc.Address = cfg.Cluster.Consul.Addr
+		cc.Token = cfg.Cluster.Consul.Token
+		if s.consul, err = consul.NewClient(cc); err != nil {
+			s.pool.Close()
+			return nil, fmt.Errorf("cluster.consul.addr: %w", err)
+		}
+	}
 
 	authn, err := auth.New(cfg.Auth)
 	if err != nil {
@@ -124,18 +146,48 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		Uploads:   s.uploads,
 		Blobs:     metadata.NewBlobs(s.pool),
 		Manifests: metadata.NewManifests(s.pool),
-		Driver:    s.driver,
-		Log:       log,
-		Delete:    sc.Delete,
+		Driver:     s.driver,
+		Log:        log,
+		Delete:     sc.Delete,
+		Replicator: s.repl,
 	})
+	v2 := instrument(s.internal(apiHandler, authn.Wrap(apiHandler)), s.metrics, log)
 	mux := http.NewServeMux()
-	mux.Handle("/v2/", instrument(authn.Wrap(apiHandler), s.metrics, log))
-	mux.Handle("/v2", instrument(authn.Wrap(apiHandler), s.metrics, log))
+	mux.Handle("/v2/", v2)
+	mux.Handle("/v2", v2)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", s.readyz)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.handler = mux
 	return s, nil
+}
+
+// internal lets a peer IDC's server read blobs with the cluster's internal
+// token, past auth, and counts the bytes it takes; every other request
+// goes through auth, stripped of the internal headers.
+func (s *Server) internal(api, authed http.Handler) http.Handler {
+	token := s.cfg.Cluster.InternalToken
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := r.Header.Get(replication.TokenHeader)
+		if token != "" && got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 &&
+			(r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			rec := &recorder{ResponseWriter: w}
+			api.ServeHTTP(rec, r)
+			cause := r.Header.Get(replication.CauseHeader)
+			if cause != replication.CauseReplication {
+				cause = replication.CauseFill
+			}
+			peer := r.Header.Get(replication.IDCHeader)
+			if _, ok := s.cfg.Cluster.Peers[peer]; !ok {
+				peer = "unknown"
+			}
+			s.metrics.crossIDCBytes.WithLabelValues("out", cause, peer).Add(float64(rec.bytes))
+			return
+		}
+		r.Header.Del(replication.TokenHeader)
+		r.Header.Del(replication.NoFillHeader)
+		authed.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) checkSchema(ctx context.Context) error {
@@ -212,6 +264,47 @@ func (s *Server) purgeUploads(ctx context.Context) {
 	}
 }
 
+func (s *Server) serviceID() string {
+	return s.cfg.Cluster.Consul.Service + "-" + s.cfg.Cluster.IDC + "-" + s.cfg.Cluster.Advertise
+}
+
+// register puts this server in Consul's catalog with its IDC and a check
+// of its readiness endpoint.
+func (s *Server) register(scheme string) error {
+	cl := s.cfg.Cluster
+	host, portStr, _ := net.SplitHostPort(cl.Advertise)
+	port, _ := strconv.Atoi(portStr)
+	reg := &consul.AgentServiceRegistration{
+		ID:      s.serviceID(),
+		Name:    cl.Consul.Service,
+		Address: host,
+		Port:    port,
+		Tags:    []string{"idc-" + cl.IDC},
+		Meta:    map[string]string{"idc": cl.IDC, "scheme": scheme},
+		Check: &consul.AgentServiceCheck{
+			HTTP:                           scheme + "://" + cl.Advertise + "/readyz",
+			Interval:                       cl.Consul.CheckInterval.String(),
+			Timeout:                        cl.Consul.CheckInterval.String(),
+			TLSSkipVerify:                  scheme == "https",
+			DeregisterCriticalServiceAfter: cl.Consul.DeregisterAfter.String(),
+		},
+	}
+	if err := s.consul.Agent().ServiceRegister(reg); err != nil {
+		return fmt.Errorf("cluster.consul: registering in Consul at %s: %w", cl.Consul.Addr, err)
+	}
+	s.log.Info("registered in Consul", "service", cl.Consul.Service, "id", reg.ID, "idc", cl.IDC)
+	return nil
+}
+
+func (s *Server) deregister() {
+	if s.consul == nil {
+		return
+	}
+	if err := s.consul.Agent().ServiceDeregister(s.serviceID()); err != nil {
+		s.log.Warn("deregistering from Consul", "err", err)
+	}
+}
+
 // Serve listens on http.addr until ctx ends, then shuts down gracefully:
 // /readyz fails at once, the listener closes, and in-flight requests get
 // http.draintimeout to finish. It closes the database pool on return.
@@ -260,13 +353,25 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.tls != nil {
 		scheme = "https"
 	}
-	s.log.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "storage", s.storage.Driver, "delete", s.storage.Delete)
+	if s.repl != nil {
+		go s.repl.Run(bg, 2*time.Second)
+	}
+	if s.consul != nil {
+		if err := s.register(scheme); err != nil {
+			srv.Close()
+			return err
+		}
+	}
+	s.log.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "storage", s.storage.Driver,
+		"delete", s.storage.Delete, "idc", s.cfg.Cluster.IDC)
 	select {
 	case err := <-errc:
+		s.deregister()
 		return err
 	case <-ctx.Done():
 	}
 	s.ready.Store(false)
+	s.deregister() // gateways stop sending before the listener closes
 	s.log.Info("shutting down: draining in-flight requests", "timeout", s.cfg.HTTP.DrainTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.DrainTimeout)
 	defer cancel()

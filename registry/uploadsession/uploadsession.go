@@ -67,12 +67,23 @@ type Blob struct {
 type Store struct {
 	db     *pgxpool.Pool
 	driver storagedriver.StorageDriver
+	idc    string
 }
 
+// DefaultIDC is the IDC of a server that configures none.
+const DefaultIDC = "default"
+
 // New returns a Store. The database must have the metadata schema
-// (registry/metadata).
+// (registry/metadata). Finished blobs are recorded as held by DefaultIDC's
+// storage unless InIDC says otherwise.
 func New(db *pgxpool.Pool, driver storagedriver.StorageDriver) *Store {
-	return &Store{db: db, driver: driver}
+	return &Store{db: db, driver: driver, idc: DefaultIDC}
+}
+
+// InIDC names the IDC whose storage the driver is.
+func (s *Store) InIDC(idc string) *Store {
+	s.idc = idc
+	return s
 }
 
 // uploadDir holds a session's data in storage; removing it removes all.
@@ -277,6 +288,11 @@ func (s *Store) Finish(ctx context.Context, repo, id string, offset int64, last 
 		WITH b AS (INSERT INTO blobs (digest, size) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING)
 		INSERT INTO repository_blobs (repository_id, digest) VALUES ($3, $1) ON CONFLICT DO NOTHING`,
 		want.String(), l.size, l.repoID); err != nil {
+		return Blob{}, err
+	}
+	// This IDC's storage holds it now (other IDCs fill from here).
+	if _, err := l.tx.Exec(ctx, `INSERT INTO blob_placements (digest, idc) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+		want.String(), s.idc); err != nil {
 		return Blob{}, err
 	}
 	if _, err := l.tx.Exec(ctx, `DELETE FROM upload_sessions WHERE id = $1`, id); err != nil {

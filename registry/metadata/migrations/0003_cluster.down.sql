@@ -1,0 +1,2 @@
+DROP TABLE replication_jobs;
+DROP TABLE blob_placements;

@@ -1,0 +1,311 @@
+// Package replication moves blob bytes between the IDCs of a Gaia
+// cluster. Each IDC keeps blobs in its own storage; PostgreSQL (shared)
+// records which IDCs hold each blob (blob_placements). A pull of a blob
+// its IDC lacks is filled once from an IDC that has it, through that IDC's
+// gateway, then served locally; eager replication queues the same copy
+// right after a push (replication_jobs) so even the first pull stays local.
+//
+// Exactly one transfer per blob and IDC: a fill takes a PostgreSQL
+// advisory lock named after the blob and the IDC, so concurrent pulls on
+// every server of the IDC wait for one copy, then find it placed.
+package replication
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gaia-registry/gaia/registry/coalesce"
+	"github.com/gaia-registry/gaia/registry/uploadsession"
+)
+
+// Headers of requests between IDCs.
+const (
+	// TokenHeader carries the cluster's internal token: it lets a peer
+	// IDC read blobs whatever the auth configuration.
+	TokenHeader = "X-Gaia-Internal-Token"
+	// NoFillHeader asks a server to answer from its own storage only, so
+	// two IDCs lacking a blob never ask each other in a loop.
+	NoFillHeader = "X-Gaia-No-Fill"
+	// IDCHeader and CauseHeader say who asks and why (for the metrics).
+	IDCHeader   = "X-Gaia-IDC"
+	CauseHeader = "X-Gaia-Cause"
+)
+
+// Causes of cross-IDC transfers.
+const (
+	CauseFill        = "fill"
+	CauseReplication = "replication"
+)
+
+// ErrUnavailable: no other IDC could provide the blob.
+var ErrUnavailable = errors.New("blob not available from any other IDC")
+
+// Options configure a Replicator.
+type Options struct {
+	IDC      string            // this server's IDC
+	Peers    map[string]string // other IDCs: name → gateway base URL
+	Token    string            // the cluster's internal token
+	Prefixes []string          // repositories pushed eagerly to every peer IDC (prefix match)
+	DB       *pgxpool.Pool
+	Driver   storagedriver.StorageDriver // this IDC's storage
+	Log      *slog.Logger
+	Client   *http.Client // default: no overall timeout (blobs are large), 30 s to response headers
+	// Bytes counts bytes crossing IDCs by direction ("in"), cause and peer.
+	Bytes *prometheus.CounterVec
+	// RetryDelay is the first back-off of a failed job (doubling, at most 10 min).
+	RetryDelay time.Duration
+}
+
+// Replicator fills and replicates blobs for one server.
+type Replicator struct {
+	o     Options
+	fills coalesce.Group[string, struct{}]
+}
+
+// New returns a Replicator.
+func New(o Options) *Replicator {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Client == nil {
+		o.Client = &http.Client{Transport: &http.Transport{
+			Proxy:                 nil,
+			ResponseHeaderTimeout: 30 * time.Second,
+			MaxIdleConnsPerHost:   16,
+		}}
+	}
+	if o.RetryDelay == 0 {
+		o.RetryDelay = time.Second
+	}
+	return &Replicator{o: o}
+}
+
+// IDC is the server's IDC.
+func (r *Replicator) IDC() string { return r.o.IDC }
+
+// Fill makes this IDC's storage hold blob d (linked in repo), copying it
+// from another IDC once. Concurrent fills of one blob, on any server of
+// the IDC, share that one copy.
+func (r *Replicator) Fill(ctx context.Context, repo string, d digest.Digest) error {
+	_, err := r.fills.Do(ctx, d.String(), func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, r.copyOnce(ctx, repo, d, CauseFill)
+	})
+	return err
+}
+
+// copyOnce copies d into this IDC unless it is already placed here, under
+// the IDC-wide lock for d.
+func (r *Replicator) copyOnce(ctx context.Context, repo string, d digest.Digest, cause string) error {
+	conn, err := r.o.DB.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	lock := "gaia-fill:" + r.o.IDC + ":" + d.String()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended($1, 0))`, lock); err != nil {
+		return err
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, lock)
+
+	var placed bool
+	var size int64
+	var sources []string
+	err = conn.QueryRow(ctx, `
+		SELECT bl.size,
+		       EXISTS (SELECT 1 FROM blob_placements WHERE digest = bl.digest AND idc = $2),
+		       coalesce(array_agg(p.idc ORDER BY p.created_at) FILTER (WHERE p.idc IS NOT NULL AND p.idc <> $2), '{}')
+		FROM blobs bl LEFT JOIN blob_placements p ON p.digest = bl.digest
+		WHERE bl.digest = $1 GROUP BY bl.digest, bl.size`, d.String(), r.o.IDC).Scan(&size, &placed, &sources)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("blob %s: %w", d, ErrUnavailable)
+	}
+	if err != nil || placed {
+		return err
+	}
+	var errs []error
+	for _, src := range sources {
+		base, ok := r.o.Peers[src]
+		if !ok {
+			continue
+		}
+		err := r.copyFrom(ctx, src, base, repo, d, size, cause)
+		if err == nil {
+			_, err = conn.Exec(ctx, `INSERT INTO blob_placements (digest, idc) VALUES ($1, $2) ON CONFLICT DO NOTHING`, d.String(), r.o.IDC)
+			return err
+		}
+		r.o.Log.Warn("cross-IDC copy failed", "digest", d, "from", src, "cause", cause, "err", err)
+		errs = append(errs, fmt.Errorf("from %s: %w", src, err))
+	}
+	if len(errs) == 0 {
+		return fmt.Errorf("blob %s is held by IDCs %v, none of them a configured peer: %w", d, sources, ErrUnavailable)
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(errs...))
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// copyFrom streams the blob from a peer IDC's gateway into this IDC's
+// storage, checking size and digest before it becomes visible.
+func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d digest.Digest, size int64, cause string) error {
+	u := strings.TrimRight(base, "/") + "/v2/" + repo + "/blobs/" + url.PathEscape(d.String())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(TokenHeader, r.o.Token)
+	req.Header.Set(NoFillHeader, "1")
+	req.Header.Set(IDCHeader, r.o.IDC)
+	req.Header.Set(CauseHeader, cause)
+	resp, err := r.o.Client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("GET %s: %s: %s", u, resp.Status, strings.TrimSpace(string(b)))
+	}
+	var id [8]byte
+	rand.Read(id[:])
+	dir := "/uploads/fill-" + hex.EncodeToString(id[:])
+	w, err := r.o.Driver.Writer(ctx, dir+"/data", false)
+	if err != nil {
+		return err
+	}
+	verifier := d.Verifier()
+	buf := copyBuffers.Get().(*[]byte)
+	n, err := io.CopyBuffer(io.MultiWriter(w, verifier), resp.Body, *buf)
+	copyBuffers.Put(buf)
+	if r.o.Bytes != nil {
+		r.o.Bytes.WithLabelValues("in", cause, peer).Add(float64(n))
+	}
+	switch {
+	case err != nil:
+	case n != size:
+		err = fmt.Errorf("got %d bytes, want %d", n, size)
+	case !verifier.Verified():
+		err = fmt.Errorf("content does not match %s", d)
+	}
+	if err != nil {
+		w.Cancel(context.WithoutCancel(ctx))
+		r.o.Driver.Delete(context.WithoutCancel(ctx), dir)
+		return err
+	}
+	if err := w.Commit(ctx); err != nil {
+		w.Cancel(context.WithoutCancel(ctx))
+		r.o.Driver.Delete(context.WithoutCancel(ctx), dir)
+		return err
+	}
+	w.Close()
+	target := uploadsession.BlobPath(d)
+	if _, err := r.o.Driver.Stat(ctx, target); err != nil {
+		if err := r.o.Driver.Move(ctx, dir+"/data", target); err != nil {
+			r.o.Driver.Delete(context.WithoutCancel(ctx), dir)
+			return err
+		}
+	}
+	r.o.Driver.Delete(context.WithoutCancel(ctx), dir)
+	return nil
+}
+
+// Enqueue queues eager copies of a blob just pushed to repo into every
+// peer IDC, when repo matches a configured prefix.
+func (r *Replicator) Enqueue(ctx context.Context, repo string, d digest.Digest) error {
+	if len(r.o.Peers) == 0 || !r.matches(repo) {
+		return nil
+	}
+	idcs := make([]string, 0, len(r.o.Peers))
+	for idc := range r.o.Peers {
+		idcs = append(idcs, idc)
+	}
+	_, err := r.o.DB.Exec(ctx, `
+		INSERT INTO replication_jobs (digest, repository, to_idc)
+		SELECT $1, $2, idc FROM unnest($3::text[]) AS idc
+		WHERE NOT EXISTS (SELECT 1 FROM blob_placements p WHERE p.digest = $1 AND p.idc = idc)
+		ON CONFLICT (digest, to_idc) DO NOTHING`, d.String(), repo, idcs)
+	return err
+}
+
+func (r *Replicator) matches(repo string) bool {
+	for _, p := range r.o.Prefixes {
+		if strings.HasPrefix(repo, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Run works this IDC's replication queue until ctx ends: every server of
+// the IDC runs it; jobs are claimed with FOR UPDATE SKIP LOCKED, so each
+// is done once. Failed jobs back off and are retried.
+func (r *Replicator) Run(ctx context.Context, idle time.Duration) {
+	for ctx.Err() == nil {
+		worked, err := r.RunOne(ctx)
+		if err != nil && ctx.Err() == nil {
+			r.o.Log.Warn("replication job", "err", err)
+		}
+		if !worked {
+			select {
+			case <-ctx.Done():
+			case <-time.After(idle):
+			}
+		}
+	}
+}
+
+// RunOne does the oldest due job of this IDC, if any, and reports whether
+// there was one.
+func (r *Replicator) RunOne(ctx context.Context) (bool, error) {
+	tx, err := r.o.DB.Begin(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var id int64
+	var dg, repo string
+	var attempts int
+	err = tx.QueryRow(ctx, `
+		SELECT id, digest, repository, attempts FROM replication_jobs
+		WHERE to_idc = $1 AND not_before <= now()
+		ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`, r.o.IDC).Scan(&id, &dg, &repo, &attempts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	d, err := digest.Parse(dg)
+	if err == nil {
+		err = r.copyOnce(ctx, repo, d, CauseReplication)
+	}
+	if err != nil {
+		delay := min(r.o.RetryDelay<<min(attempts, 20), 10*time.Minute)
+		if _, uerr := tx.Exec(ctx, `
+			UPDATE replication_jobs SET attempts = attempts + 1, last_error = $2,
+			       not_before = now() + make_interval(secs => $3) WHERE id = $1`,
+			id, err.Error(), delay.Seconds()); uerr != nil {
+			return true, uerr
+		}
+		return true, errors.Join(fmt.Errorf("job %d (%s to %s): %w", id, d, r.o.IDC, err), tx.Commit(ctx))
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM replication_jobs WHERE id = $1`, id); err != nil {
+		return true, err
+	}
+	return true, tx.Commit(ctx)
+}
