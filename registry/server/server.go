@@ -143,9 +143,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	apiHandler := api.New(api.Options{
-		Uploads:   s.uploads,
-		Blobs:     metadata.NewBlobs(s.pool),
-		Manifests: metadata.NewManifests(s.pool),
+		Uploads:    s.uploads,
+		Blobs:      metadata.NewBlobs(s.pool),
+		Manifests:  metadata.NewManifests(s.pool),
 		Driver:     s.driver,
 		Log:        log,
 		Delete:     sc.Delete,
