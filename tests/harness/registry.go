@@ -2,6 +2,7 @@ package harness
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +69,7 @@ type Registry struct {
 	LogPath string
 	cmd     *exec.Cmd
 	exited  chan error
+	killed  bool
 }
 
 // URL is the registry's base URL.
@@ -98,18 +101,30 @@ database: {url: %q, migrate: true}
 // stopped gracefully at the end of the test; a non-zero exit fails it.
 func StartRegistry(t testing.TB, addr, config string) *Registry {
 	t.Helper()
-	bin := Binary(t, "./registry/cmd/gaia-registry")
+	return startDaemon(t, "./registry/cmd/gaia-registry", []string{"serve"}, addr, config)
+}
+
+// StartGateway runs `gaia-gateway` likewise (ready: it has heard from
+// Consul and, with failover local, knows a server of its IDC).
+func StartGateway(t testing.TB, addr, config string) *Registry {
+	t.Helper()
+	return startDaemon(t, "./registry/cmd/gaia-gateway", nil, addr, config)
+}
+
+func startDaemon(t testing.TB, pkg string, args []string, addr, config string) *Registry {
+	t.Helper()
+	bin := Binary(t, pkg)
 	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "registry.yml")
+	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := &Registry{Addr: addr, LogPath: filepath.Join(dir, "registry.log"), exited: make(chan error, 1)}
+	r := &Registry{Addr: addr, LogPath: filepath.Join(dir, "daemon.log"), exited: make(chan error, 1)}
 	logFile, err := os.Create(r.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.cmd = exec.Command(bin, "serve", "--config", cfgPath)
+	r.cmd = exec.Command(bin, append(args, "--config", cfgPath)...)
 	r.cmd.Stdout, r.cmd.Stderr = logFile, logFile
 	r.cmd.Env = os.Environ()
 	if err := r.cmd.Start(); err != nil {
@@ -118,7 +133,7 @@ func StartRegistry(t testing.TB, addr, config string) *Registry {
 	go func() { r.exited <- r.cmd.Wait(); logFile.Close() }()
 	t.Cleanup(func() {
 		if err := r.Stop(); err != nil {
-			t.Errorf("registry %s: %v\n%s", addr, err, r.Log())
+			t.Errorf("%s on %s: %v\n%s", filepath.Base(pkg), addr, err, r.Log())
 		}
 	})
 	deadline := time.Now().Add(60 * time.Second)
@@ -133,19 +148,20 @@ func StartRegistry(t testing.TB, addr, config string) *Registry {
 		select {
 		case err := <-r.exited:
 			r.exited <- err
-			t.Fatalf("gaia-registry exited at start (%v); log:\n%s", err, r.Log())
+			t.Fatalf("%s exited at start (%v); log:\n%s", filepath.Base(pkg), err, r.Log())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("gaia-registry on %s not ready after 60s; log:\n%s", addr, r.Log())
+			t.Fatalf("%s on %s not ready after 60s; log:\n%s", filepath.Base(pkg), addr, r.Log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// Stop sends SIGTERM and waits for a clean exit (idempotent).
+// Stop sends SIGTERM and waits for a clean exit (idempotent; a killed
+// process counts as stopped).
 func (r *Registry) Stop() error {
-	if r.cmd.ProcessState != nil {
+	if r.killed || r.cmd.ProcessState != nil {
 		return nil
 	}
 	r.cmd.Process.Signal(syscall.SIGTERM)
@@ -164,11 +180,13 @@ func (r *Registry) Stop() error {
 
 // Kill stops the process with SIGKILL (a crash).
 func (r *Registry) Kill() {
-	if r.cmd.ProcessState == nil {
-		r.cmd.Process.Kill()
-		<-r.exited
-		r.exited <- nil
+	if r.killed || r.cmd.ProcessState != nil {
+		return
 	}
+	r.killed = true
+	r.cmd.Process.Kill()
+	<-r.exited
+	r.exited <- nil
 }
 
 // GoTool installs a Go command at an exact module version (for example the
@@ -251,3 +269,39 @@ func (a *Alternator) Served() []int64 {
 
 // Host is the proxy's host:port (what docker and skopeo are given).
 func (a *Alternator) Host() string { return strings.TrimPrefix(a.URL, "http://") }
+
+// Metric scrapes base+"/metrics" and sums the samples of the named metric
+// whose labels include every `key="value"` given.
+func Metric(t testing.TB, base, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", base, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(string(raw), "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		series, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		metric, labelText, _ := strings.Cut(series, "{")
+		if metric != name {
+			continue
+		}
+		match := true
+		for _, l := range labels {
+			if !strings.Contains(labelText, l) {
+				match = false
+			}
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil && match {
+			sum += v
+		}
+	}
+	return sum
+}

@@ -1,0 +1,108 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gaia-registry/gaia/registry/yamlconfig"
+)
+
+// Config is gaia-gateway's YAML configuration.
+type Config struct {
+	Log struct {
+		Level     string `yaml:"level"`     // debug, info (default), warn, error
+		Formatter string `yaml:"formatter"` // text (default) or json
+	} `yaml:"log"`
+	HTTP struct {
+		Addr         string        `yaml:"addr"`         // default 127.0.0.1:6000
+		DrainTimeout time.Duration `yaml:"draintimeout"` // default 30s
+	} `yaml:"http"`
+	// IDC is the data center this gateway serves: it sends requests to
+	// that IDC's registry servers only (unless Failover says otherwise).
+	IDC    string `yaml:"idc"`
+	Consul struct {
+		Addr    string `yaml:"addr"`    // the local Consul agent; required
+		Service string `yaml:"service"` // default gaia-registry
+		Token   string `yaml:"token"`
+	} `yaml:"consul"`
+	// Failover: "local" (default) answers 503 when the IDC has no healthy
+	// server; "any" then uses the other IDCs' servers.
+	Failover string `yaml:"failover"`
+	// Retries: how many other servers a request is retried on when it
+	// failed before any response byte came back and its body was never
+	// sent (default 2).
+	Retries *int `yaml:"retries"`
+	Eject   struct {
+		Failures int           `yaml:"failures"` // consecutive failures that eject a server (default 3)
+		Duration time.Duration `yaml:"duration"` // for this long (default 10s)
+	} `yaml:"eject"`
+}
+
+const envPrefix = "GAIA_GATEWAY_"
+
+// LoadConfig reads the file, applies GAIA_GATEWAY_* overrides
+// (GAIA_GATEWAY_HTTP_ADDR, GAIA_GATEWAY_IDC, ...), fills defaults and
+// validates.
+func LoadConfig(path string, environ []string) (*Config, error) {
+	var c Config
+	if err := yamlconfig.Load(path, environ, envPrefix,
+		[]string{"log", "http", "idc", "consul", "failover", "retries", "eject"}, &c); err != nil {
+		return nil, err
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Formatter == "" {
+		c.Log.Formatter = "text"
+	}
+	if c.HTTP.Addr == "" {
+		c.HTTP.Addr = "127.0.0.1:6000"
+	}
+	if c.HTTP.DrainTimeout == 0 {
+		c.HTTP.DrainTimeout = 30 * time.Second
+	}
+	if c.Consul.Service == "" {
+		c.Consul.Service = "gaia-registry"
+	}
+	if c.Failover == "" {
+		c.Failover = "local"
+	}
+	if c.Retries == nil {
+		two := 2
+		c.Retries = &two
+	}
+	if c.Eject.Failures == 0 {
+		c.Eject.Failures = 3
+	}
+	if c.Eject.Duration == 0 {
+		c.Eject.Duration = 10 * time.Second
+	}
+	err := func() error {
+		switch {
+		case c.IDC == "":
+			return errors.New("idc: required (the IDC whose registry servers this gateway uses)")
+		case c.Consul.Addr == "":
+			return errors.New("consul.addr: required (the Consul agent to discover registry servers from)")
+		case c.Failover != "local" && c.Failover != "any":
+			return fmt.Errorf("failover: %q is not local or any", c.Failover)
+		case *c.Retries < 0:
+			return errors.New("retries: must not be negative")
+		case c.Eject.Failures < 0 || c.Eject.Duration < 0:
+			return errors.New("eject: failures and duration must not be negative")
+		}
+		switch c.Log.Level {
+		case "debug", "info", "warn", "error":
+		default:
+			return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+		}
+		if c.Log.Formatter != "text" && c.Log.Formatter != "json" {
+			return fmt.Errorf("log.formatter: %q is not text or json", c.Log.Formatter)
+		}
+		return nil
+	}()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &c, nil
+}

@@ -1,0 +1,415 @@
+// Package gateway is the entry point of one IDC: a stateless reverse proxy
+// over the healthy gaia-registry servers of its own IDC, found in Consul.
+//
+// It balances with the power of two choices on in-flight requests, ejects
+// a server after consecutive connection failures (passively, until its
+// ejection ends or Consul drops it), and retries a request on another
+// server when it failed before any response byte came back and its body
+// was never sent. Bodies stream both ways through fixed buffers. Servers of
+// other IDCs are used only when the IDC has none and failover is "any";
+// otherwise the answer is 503 with the spec's error body. Registry
+// servers answer with relative Location headers, so a client's chunked
+// upload keeps coming through the gateway whichever server took the last
+// chunk.
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	consul "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Upstream is one registry server.
+type Upstream struct {
+	ID, Addr, IDC, Scheme string
+
+	inflight     atomic.Int64
+	failures     atomic.Int32 // consecutive
+	ejectedUntil atomic.Int64 // unix nanoseconds
+}
+
+func (u *Upstream) ejected(now time.Time) bool { return u.ejectedUntil.Load() > now.UnixNano() }
+
+// Gateway proxies to its IDC's registry servers.
+type Gateway struct {
+	cfg       *Config
+	log       *slog.Logger
+	transport *http.Transport
+	reg       *prometheus.Registry
+	m         *metrics
+
+	mu        sync.RWMutex
+	upstreams map[string]*Upstream // by ID
+	local     []*Upstream          // this IDC's
+	remote    []*Upstream          // other IDCs'
+	synced    atomic.Bool          // a first discovery answer arrived
+}
+
+// New returns a Gateway; Watch (or SetUpstreams) gives it servers.
+func New(cfg *Config, log *slog.Logger) *Gateway {
+	g := &Gateway{
+		cfg: cfg, log: log, upstreams: map[string]*Upstream{},
+		transport: &http.Transport{
+			Proxy:                 nil,
+			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:          1024,
+			MaxIdleConnsPerHost:   256,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: 5 * time.Minute, // a PUT that finishes a large upload answers late
+			DisableCompression:    true,
+		},
+		reg: prometheus.NewRegistry(),
+	}
+	g.m = newMetrics(g.reg, g)
+	return g
+}
+
+// SetUpstreams replaces the set of healthy servers (Watch calls it with
+// what Consul says). Servers keep their counters across updates.
+func (g *Gateway) SetUpstreams(list []*Upstream) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	next := map[string]*Upstream{}
+	var local, remote []*Upstream
+	for _, u := range list {
+		if old, ok := g.upstreams[u.ID]; ok && old.Addr == u.Addr {
+			u = old
+		}
+		next[u.ID] = u
+		if u.IDC == g.cfg.IDC {
+			local = append(local, u)
+		} else {
+			remote = append(remote, u)
+		}
+	}
+	if len(local) != len(g.local) || len(remote) != len(g.remote) {
+		g.log.Info("registry servers", "idc", g.cfg.IDC, "local", len(local), "other_idcs", len(remote))
+	}
+	g.upstreams, g.local, g.remote = next, local, remote
+	g.synced.Store(true)
+}
+
+// Watch follows Consul's healthy registry servers with blocking queries
+// until ctx ends.
+func (g *Gateway) Watch(ctx context.Context, client *consul.Client) {
+	var index uint64
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		q := (&consul.QueryOptions{WaitIndex: index, WaitTime: 30 * time.Second}).WithContext(ctx)
+		entries, meta, err := client.Health().Service(g.cfg.Consul.Service, "", true, q)
+		if err != nil {
+			if ctx.Err() == nil {
+				g.log.Warn("consul: watching registry servers", "err", err)
+				g.m.discoveryErrors.Inc()
+				select {
+				case <-ctx.Done():
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 5*time.Second)
+			}
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if meta.LastIndex < index { // Consul's index went backwards: start over
+			index = 0
+		} else {
+			index = meta.LastIndex
+		}
+		var list []*Upstream
+		for _, e := range entries {
+			s := e.Service
+			addr := s.Address
+			if addr == "" {
+				addr = e.Node.Address
+			}
+			scheme := s.Meta["scheme"]
+			if scheme == "" {
+				scheme = "http"
+			}
+			list = append(list, &Upstream{ID: s.ID, Addr: net.JoinHostPort(addr, strconv.Itoa(s.Port)), IDC: s.Meta["idc"], Scheme: scheme})
+		}
+		g.SetUpstreams(list)
+	}
+}
+
+// pick chooses a server not in tried: two random candidates, the one with
+// fewer requests in flight. Ejected servers are used only when every
+// candidate is ejected. The bool says whether the server is of another IDC.
+func (g *Gateway) pick(tried map[*Upstream]bool) (*Upstream, bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	now := time.Now()
+	choose := func(pool []*Upstream) *Upstream {
+		var live, ejected []*Upstream
+		for _, u := range pool {
+			switch {
+			case tried[u]:
+			case u.ejected(now):
+				ejected = append(ejected, u)
+			default:
+				live = append(live, u)
+			}
+		}
+		if len(live) == 0 {
+			live = ejected // all ejected: passive ejection may be wrong, try them anyway
+		}
+		switch len(live) {
+		case 0:
+			return nil
+		case 1:
+			return live[0]
+		}
+		i := rand.IntN(len(live))
+		j := rand.IntN(len(live) - 1)
+		if j >= i {
+			j++
+		}
+		a, b := live[i], live[j]
+		if b.inflight.Load() < a.inflight.Load() {
+			return b
+		}
+		return a
+	}
+	if u := choose(g.local); u != nil {
+		return u, false
+	}
+	if g.cfg.Failover == "any" {
+		if u := choose(g.remote); u != nil {
+			return u, true
+		}
+	}
+	return nil, false
+}
+
+// Handler serves the gateway: /healthz, /readyz and /metrics of its own,
+// everything else proxied.
+func (g *Gateway) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		g.mu.RLock()
+		n := len(g.local)
+		g.mu.RUnlock()
+		if !g.synced.Load() || (n == 0 && g.cfg.Failover == "local") {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: %d registry servers in IDC %s\n", n, g.cfg.IDC)
+			return
+		}
+		fmt.Fprintf(w, "ok: %d registry servers in IDC %s\n", n, g.cfg.IDC)
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
+	mux.Handle("/", http.HandlerFunc(g.proxy))
+	return mux
+}
+
+// body tracks whether the client's request body was touched: a request
+// whose body was never read can go to another server.
+type body struct {
+	io.ReadCloser
+	read atomic.Int64
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read.Add(int64(n))
+	return n, err
+}
+
+// hopHeaders are not forwarded (RFC 9110 §7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+func (g *Gateway) unavailable(w http.ResponseWriter, msg string) {
+	errcode.ServeJSON(w, errcode.ErrorCodeUnavailable.WithMessage(msg).WithDetail(map[string]string{"idc": g.cfg.IDC}))
+}
+
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	in := &body{ReadCloser: r.Body}
+	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	tried := map[*Upstream]bool{}
+	var lastErr error
+	for attempt := 0; attempt <= *g.cfg.Retries; attempt++ {
+		u, remote := g.pick(tried)
+		if u == nil {
+			break
+		}
+		tried[u] = true
+		if attempt > 0 {
+			g.m.retries.WithLabelValues(g.cfg.IDC).Inc()
+		}
+		if remote {
+			g.m.failovers.WithLabelValues(u.IDC).Inc()
+		}
+		out := r.Clone(r.Context())
+		out.RequestURI = ""
+		out.URL.Scheme, out.URL.Host = u.Scheme, u.Addr
+		out.Host = r.Host // the client's view: servers build nothing absolute from it, but logs and auth realms may
+		if hasBody {
+			out.Body = in
+		} else {
+			out.Body = nil
+		}
+		for _, h := range hopHeaders {
+			out.Header.Del(h)
+		}
+		if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+			if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
+				ip = prior + ", " + ip
+			}
+			out.Header.Set("X-Forwarded-For", ip)
+		}
+		out.Header.Set("X-Forwarded-Host", r.Host)
+		if r.TLS != nil {
+			out.Header.Set("X-Forwarded-Proto", "https")
+		} else {
+			out.Header.Set("X-Forwarded-Proto", "http")
+		}
+		u.inflight.Add(1)
+		resp, err := g.transport.RoundTrip(out)
+		if err != nil {
+			u.inflight.Add(-1)
+			lastErr = err
+			g.failed(u, err)
+			if r.Context().Err() != nil {
+				return // the client went away
+			}
+			if in.read.Load() == 0 { // nothing of the body left the gateway: safe anywhere
+				continue
+			}
+			g.m.requests.WithLabelValues(u.ID, u.IDC, "502").Inc()
+			errcode.ServeJSON(w, errcode.ErrorCodeUnavailable.WithMessage(
+				"the registry server failed after the request body was sent; retry the request"))
+			return
+		}
+		g.succeeded(u)
+		g.respond(w, r, u, resp, in, start)
+		u.inflight.Add(-1)
+		return
+	}
+	if lastErr != nil {
+		g.m.noUpstream.WithLabelValues(g.cfg.IDC).Inc()
+		g.unavailable(w, fmt.Sprintf("no registry server in IDC %s answered: %v", g.cfg.IDC, lastErr))
+		return
+	}
+	g.m.noUpstream.WithLabelValues(g.cfg.IDC).Inc()
+	g.unavailable(w, "no registry server is available in IDC "+g.cfg.IDC)
+}
+
+// respond streams the server's answer to the client.
+func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, resp *http.Response, in *body, start time.Time) {
+	defer resp.Body.Close()
+	hdr := w.Header()
+	for k, vs := range resp.Header {
+		hdr[k] = vs
+	}
+	for _, h := range hopHeaders {
+		hdr.Del(h)
+	}
+	// An absolute Location naming the server would take the client off
+	// the gateway: make it relative.
+	if loc := hdr.Get("Location"); loc != "" {
+		if lu, err := url.Parse(loc); err == nil && lu.Host == u.Addr {
+			hdr.Set("Location", lu.RequestURI())
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	buf := copyBuffers.Get().(*[]byte)
+	n, err := io.CopyBuffer(w, resp.Body, *buf)
+	copyBuffers.Put(buf)
+	code := strconv.Itoa(resp.StatusCode)
+	if err != nil && r.Context().Err() == nil {
+		g.log.Warn("response cut short", "upstream", u.ID, "path", r.URL.Path, "after_bytes", n, "err", err)
+		g.failed(u, err)
+		code = "cut"
+	}
+	g.m.requests.WithLabelValues(u.ID, u.IDC, code).Inc()
+	g.m.bytes.WithLabelValues("in", u.ID, u.IDC).Add(float64(in.read.Load()))
+	g.m.bytes.WithLabelValues("out", u.ID, u.IDC).Add(float64(n))
+	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
+	if g.log.Enabled(r.Context(), slog.LevelDebug) {
+		g.log.Debug("request", "method", r.Method, "path", r.URL.Path, "upstream", u.ID, "status", resp.StatusCode,
+			"bytes_in", in.read.Load(), "bytes_out", n, "duration", time.Since(start))
+	}
+}
+
+func (g *Gateway) failed(u *Upstream, err error) {
+	g.m.errors.WithLabelValues(u.ID, u.IDC).Inc()
+	if n := u.failures.Add(1); g.cfg.Eject.Failures > 0 && int(n) >= g.cfg.Eject.Failures {
+		if u.ejectedUntil.Swap(time.Now().Add(g.cfg.Eject.Duration).UnixNano()) < time.Now().UnixNano() {
+			g.log.Warn("ejecting registry server", "upstream", u.ID, "addr", u.Addr, "for", g.cfg.Eject.Duration, "err", err)
+			g.m.ejections.WithLabelValues(u.ID, u.IDC).Inc()
+		}
+	}
+}
+
+func (g *Gateway) succeeded(u *Upstream) {
+	u.failures.Store(0)
+}
+
+// Upstreams lists the servers known now (for status output and tests).
+func (g *Gateway) Upstreams() []*Upstream {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return append(append([]*Upstream(nil), g.local...), g.remote...)
+}
+
+// MarshalJSON describes an upstream for status output.
+func (u *Upstream) MarshalJSON() ([]byte, error) {
+	return json.Marshal(map[string]any{
+		"id": u.ID, "addr": u.Addr, "idc": u.IDC, "inflight": u.inflight.Load(),
+		"ejected": u.ejected(time.Now()),
+	})
+}
+
+// Serve listens on http.addr until ctx ends, then drains in-flight
+// requests for up to http.draintimeout.
+func (g *Gateway) Serve(ctx context.Context) error {
+	ln, err := net.Listen("tcp", g.cfg.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("http.addr: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           g.Handler(),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	g.log.Info("gateway serving", "addr", ln.Addr().String(), "idc", g.cfg.IDC, "failover", g.cfg.Failover)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.HTTP.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	} else if err != nil {
+		srv.Close()
+		return fmt.Errorf("shutdown: requests still running after %s", g.cfg.HTTP.DrainTimeout)
+	}
+	g.log.Info("gateway stopped")
+	return nil
+}
+
