@@ -412,4 +412,3 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.log.Info("gateway stopped")
 	return nil
 }
-
