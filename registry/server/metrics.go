@@ -23,7 +23,7 @@ type metrics struct {
 	duration      *prometheus.HistogramVec
 	bytesIn       *prometheus.CounterVec
 	bytesOut      *prometheus.CounterVec
-	inFlight      prometheus.Gauge
+	inFlight      *prometheus.GaugeVec
 	storage       *prometheus.HistogramVec
 	storageErrors *prometheus.CounterVec
 	uploadsPurged prometheus.Counter
@@ -45,9 +45,9 @@ func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
 		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gaia_registry_http_response_bytes_total", Help: "Response body bytes sent, by route.",
 		}, []string{"route"}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "gaia_registry_http_requests_in_flight", Help: "API requests being served.",
-		}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gaia_registry_http_requests_in_flight", Help: "API requests being served, by route and method.",
+		}, []string{"route", "method"}),
 		storage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "gaia_registry_storage_action_seconds", Help: "Storage driver call latency by driver and action (streams: until opened).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
@@ -166,9 +166,10 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger) http.Handler {
 		rec := &recorder{ResponseWriter: w}
 		body := &countingBody{ReadCloser: r.Body}
 		r.Body = body
-		m.inFlight.Inc()
+		inFlight := m.inFlight.WithLabelValues(route, r.Method)
+		inFlight.Inc()
 		defer func() {
-			m.inFlight.Dec()
+			inFlight.Dec()
 			if rec.status == 0 {
 				rec.status = http.StatusOK
 			}

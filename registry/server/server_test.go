@@ -195,7 +195,7 @@ func TestServeLifecycle(t *testing.T) {
 	}()
 	pw.Write([]byte("first half "))
 	for { // until the server is inside the handler (the /metrics scrape itself is not an API request)
-		if _, body := get(t, base+"/metrics"); strings.Contains(body, "gaia_registry_http_requests_in_flight 1") {
+		if _, body := get(t, base+"/metrics"); strings.Contains(body, `gaia_registry_http_requests_in_flight{method="PATCH",route="upload"} 1`) {
 			break
 		}
 		if time.Now().After(deadline0) {

@@ -1,13 +1,19 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/gaia-registry/gaia/tests/harness"
 )
@@ -204,4 +210,126 @@ func get(t *testing.T, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// TestClusterKillDuringPushAndPull: a server of the IDC is killed (-9) in
+// the middle of a large push through the gateway, and another in the
+// middle of a large pull. Both docker commands complete (docker's own
+// retries plus the gateway's), the image is intact, and PostgreSQL holds
+// nothing half-written: every blob it records is whole in storage, every
+// manifest's blobs are linked.
+func TestClusterKillDuringPushAndPull(t *testing.T) {
+	env := harness.Start(t, harness.Dockerd)
+	c := startCluster(t, "idc-a")
+	// A third server, so one is left after two are killed.
+	addr := harness.FreeAddr(t)
+	c.servers["idc-a"] = append(c.servers["idc-a"], harness.StartRegistry(t, addr, serverConfig(c, "idc-a", addr)))
+	gw := c.gwAddr["idc-a"]
+	waitUntil(t, "gateway sees 3 servers", func() bool {
+		return harness.Metric(t, "http://"+gw, "gaia_gateway_upstreams", `state="live"`) == 3
+	})
+
+	// killWhen kills the first server whose metric passes threshold: with
+	// the in-flight gauge, a server in the middle of a request.
+	killWhen := func(name, label string, threshold float64) <-chan *harness.Registry {
+		done := make(chan *harness.Registry, 1)
+		go func() {
+			deadline := time.Now().Add(2 * time.Minute)
+			for time.Now().Before(deadline) {
+				for _, r := range c.servers["idc-a"] {
+					if r.Killed() {
+						continue
+					}
+					if harness.Metric(t, r.URL(), name, label) > threshold {
+						r.Kill()
+						done <- r
+						return
+					}
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			done <- nil
+		}()
+		return done
+	}
+
+	ref := gw + "/crash/big:v1"
+	harness.BuildImage(t, env, ref, 48<<20, 1<<20)
+	killed := killWhen("gaia_registry_http_requests_in_flight", `method="PATCH",route="upload"`, 0)
+	harness.Docker(t, env, "push", ref)
+	if r := <-killed; r == nil {
+		t.Fatal("no server was killed during the push (no PATCH seen in flight)")
+	}
+	// The gateway saw the PATCH fail mid-body (it cannot retry that one:
+	// docker did, with a new upload).
+	if n := harness.Metric(t, "http://"+gw, "gaia_gateway_upstream_errors_total"); n < 1 {
+		t.Fatalf("gateway upstream errors after a kill mid-push: %v", n)
+	}
+	pushed := harness.Docker(t, env, "image", "inspect", "-f", "{{index .RepoDigests 0}}", ref)
+	harness.Docker(t, env, "rmi", ref)
+
+	killed = killWhen("gaia_registry_http_requests_in_flight", `method="GET",route="blob"`, 0)
+	harness.Docker(t, env, "pull", ref)
+	if r := <-killed; r == nil {
+		t.Fatal("no server was killed during the pull")
+	}
+	if n := harness.Metric(t, "http://"+gw, "gaia_gateway_requests_total", `code="cut"`); n < 1 {
+		t.Fatalf("no blob download was cut by the kill mid-pull (%v)", n)
+	}
+	pulled := harness.Docker(t, env, "image", "inspect", "-f", "{{index .RepoDigests 0}}", ref)
+	if pushed != pulled {
+		t.Fatalf("pushed %s, pulled %s", pushed, pulled)
+	}
+	if out := harness.Docker(t, env, "run", "--rm", "--network", "none", ref, "/bin/sh", "-c", "ls -l /data | wc -l"); out != "3" {
+		t.Fatalf("pulled image: %q", out)
+	}
+	harness.Docker(t, env, "rmi", ref)
+
+	// Nothing half-written: each recorded blob is whole in storage.
+	verifyStorage(t, c.db, c.storage["idc-a"])
+}
+
+// verifyStorage checks every blob PostgreSQL records: its bytes are in the
+// storage root, whole, and hash to its digest; and every tag points at a
+// manifest whose blobs are all recorded.
+func verifyStorage(t *testing.T, dbURL, root string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, `SELECT digest, size FROM blobs`)
+	type blob struct {
+		d    digest.Digest
+		size int64
+	}
+	blobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (blob, error) {
+		var b blob
+		return b, r.Scan(&b.d, &b.size)
+	})
+	if err != nil || len(blobs) == 0 {
+		t.Fatalf("blobs in PostgreSQL: %d, %v", len(blobs), err)
+	}
+	for _, b := range blobs {
+		f, err := os.Open(filepath.Join(root, "blobs", string(b.d.Algorithm()), b.d.Encoded()[:2], b.d.Encoded(), "data"))
+		if err != nil {
+			t.Errorf("blob %s recorded but not in storage: %v", b.d, err)
+			continue
+		}
+		got, err := b.d.Algorithm().FromReader(f)
+		fi, _ := f.Stat()
+		f.Close()
+		if err != nil || got != b.d || fi.Size() != b.size {
+			t.Errorf("blob %s in storage: %d bytes (recorded %d), digest %s", b.d, fi.Size(), b.size, got)
+		}
+	}
+	var dangling int
+	if err := conn.QueryRow(ctx, `
+		SELECT count(*) FROM tags t JOIN manifests m ON m.id = t.manifest_id
+		WHERE m.media_type NOT LIKE '%index%' AND m.media_type NOT LIKE '%list%'
+		  AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.manifest_id = m.id)`).Scan(&dangling); err != nil || dangling != 0 {
+		t.Fatalf("tagged image manifests without recorded blobs: %d (%v)", dangling, err)
+	}
 }

@@ -69,6 +69,7 @@ type Registry struct {
 	LogPath string
 	cmd     *exec.Cmd
 	exited  chan error
+	mu      sync.Mutex
 	killed  bool
 }
 
@@ -161,7 +162,7 @@ func startDaemon(t testing.TB, pkg string, args []string, addr, config string) *
 // Stop sends SIGTERM and waits for a clean exit (idempotent; a killed
 // process counts as stopped).
 func (r *Registry) Stop() error {
-	if r.killed || r.cmd.ProcessState != nil {
+	if r.Killed() || r.cmd.ProcessState != nil {
 		return nil
 	}
 	r.cmd.Process.Signal(syscall.SIGTERM)
@@ -178,8 +179,17 @@ func (r *Registry) Stop() error {
 	}
 }
 
+// Killed reports whether Kill was called.
+func (r *Registry) Killed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.killed
+}
+
 // Kill stops the process with SIGKILL (a crash).
 func (r *Registry) Kill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.killed || r.cmd.ProcessState != nil {
 		return
 	}
