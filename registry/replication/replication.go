@@ -236,8 +236,8 @@ func (r *Replicator) Enqueue(ctx context.Context, repo string, d digest.Digest) 
 	}
 	_, err := r.o.DB.Exec(ctx, `
 		INSERT INTO replication_jobs (digest, repository, to_idc)
-		SELECT $1, $2, idc FROM unnest($3::text[]) AS idc
-		WHERE NOT EXISTS (SELECT 1 FROM blob_placements p WHERE p.digest = $1 AND p.idc = idc)
+		SELECT $1, $2, t.idc FROM unnest($3::text[]) AS t (idc)
+		WHERE NOT EXISTS (SELECT 1 FROM blob_placements p WHERE p.digest = $1 AND p.idc = t.idc)
 		ON CONFLICT (digest, to_idc) DO NOTHING`, d.String(), repo, idcs)
 	return err
 }

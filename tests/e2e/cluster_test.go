@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -331,5 +333,99 @@ func verifyStorage(t *testing.T, dbURL, root string) {
 		WHERE m.media_type NOT LIKE '%index%' AND m.media_type NOT LIKE '%list%'
 		  AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.manifest_id = m.id)`).Scan(&dangling); err != nil || dangling != 0 {
 		t.Fatalf("tagged image manifests without recorded blobs: %d (%v)", dangling, err)
+	}
+}
+
+// pushBlob uploads a blob monolithically and returns its digest.
+func pushBlob(t *testing.T, base, repo string, data []byte) digest.Digest {
+	t.Helper()
+	d := digest.FromBytes(data)
+	resp, err := http.Post(base+"/v2/"+repo+"/blobs/uploads/?digest="+d.String(), "application/octet-stream", bytes.NewReader(data))
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push blob: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	return d
+}
+
+// TestClusterConcurrentFillIsOnce: 24 clients pull a blob that only IDC A
+// holds, through IDC B's gateway (so on both of B's servers) at once. All
+// get the right bytes; exactly one copy crossed from A to B.
+func TestClusterConcurrentFillIsOnce(t *testing.T) {
+	c := startCluster(t, "idc-a", "idc-b")
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	d := pushBlob(t, "http://"+c.gwAddr["idc-a"], "fill/once", data)
+
+	errs := make(chan error, 24)
+	for range 24 {
+		go func() {
+			resp, err := http.Get("http://" + c.gwAddr["idc-b"] + "/v2/fill/once/blobs/" + d.String())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			got, err := io.ReadAll(resp.Body)
+			if err == nil && (resp.StatusCode != 200 || !bytes.Equal(got, data)) {
+				err = fmt.Errorf("status %d, %d bytes", resp.StatusCode, len(got))
+			}
+			errs <- err
+		}()
+	}
+	for range 24 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if in := c.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`); in != float64(len(data)) {
+		t.Fatalf("%.0f bytes crossed into B for one %d-byte blob", in, len(data))
+	}
+	if n := c.sum(t, "idc-b", "gaia_registry_http_requests_total", `route="blob"`, `code="200"`); n != 24 {
+		t.Fatalf("B's servers answered %v blob GETs with 200, want 24", n)
+	}
+}
+
+// TestClusterEagerReplication: with cluster.replicate covering the
+// repository, a blob pushed in A is copied to B by B's servers right away,
+// so the first pull in B crosses no IDC.
+func TestClusterEagerReplication(t *testing.T) {
+	env := harness.Start(t, harness.Consul)
+	c := &cluster{
+		service: fmt.Sprintf("gaia-registry-e2e-%d", time.Now().UnixNano()),
+		consul:  env.Get(t, "GAIA_TEST_CONSUL_ADDR"), db: harness.NewDatabase(t), token: "e2e-token",
+		gateways: map[string]*harness.Registry{}, gwAddr: map[string]string{},
+		servers: map[string][]*harness.Registry{}, storage: map[string]string{},
+	}
+	for _, idc := range []string{"idc-a", "idc-b"} {
+		c.gwAddr[idc] = harness.FreeAddr(t)
+		c.storage[idc] = t.TempDir()
+	}
+	for _, idc := range []string{"idc-a", "idc-b"} {
+		addr := harness.FreeAddr(t)
+		c.servers[idc] = append(c.servers[idc], harness.StartRegistry(t, addr,
+			serverConfig(c, idc, addr)+"  replicate: [\"base/\"]\n"))
+		c.gateways[idc] = harness.StartGateway(t, c.gwAddr[idc], gatewayConfig(c, idc, c.gwAddr[idc], "local"))
+	}
+	data := make([]byte, 2<<20)
+	rand.Read(data)
+	d := pushBlob(t, "http://"+c.gwAddr["idc-a"], "base/image", data)
+	other := pushBlob(t, "http://"+c.gwAddr["idc-a"], "scratch/image", []byte("not replicated"))
+
+	waitUntil(t, "replication into B", func() bool {
+		return c.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="replication"`) == float64(len(data))
+	})
+	if _, err := os.Stat(filepath.Join(c.storage["idc-b"], "blobs", "sha256", d.Encoded()[:2], d.Encoded(), "data")); err != nil {
+		t.Fatalf("replicated blob not in B's storage: %v", err)
+	}
+	code, body := get(t, "http://"+c.gwAddr["idc-b"]+"/v2/base/image/blobs/"+d.String())
+	if code != 200 || body != string(data) {
+		t.Fatalf("pull in B: %d, %d bytes", code, len(body))
+	}
+	if fill := c.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `cause="fill"`); fill != 0 {
+		t.Fatalf("the first pull in B filled %.0f bytes across IDCs", fill)
+	}
+	if _, err := os.Stat(filepath.Join(c.storage["idc-b"], "blobs", "sha256", other.Encoded()[:2], other.Encoded(), "data")); err == nil {
+		t.Fatal("a blob outside the replicate prefixes was replicated")
 	}
 }
