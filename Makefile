@@ -7,7 +7,7 @@ PKGS     := ./...
 # in its short mode here.
 TESTFLAGS ?= -count=1 -short -race -timeout 40m
 
-.PHONY: all build run test test-hdfs-full bench bench-registry bench-hdfs services services-stop vet clean
+.PHONY: all build run cluster test test-hdfs-full bench bench-registry bench-hdfs services services-stop vet clean
 
 all: build
 
@@ -21,6 +21,12 @@ run: build
 	bash $(SVC) start postgres
 	@mkdir -p data
 	exec bin/gaia-registry serve --config configs/registry-local.yml
+
+# A two-IDC cluster on this machine: two servers and a gateway per IDC
+# (configs/cluster/), gateways on 127.0.0.1:6000 (idc-a) and :6001 (idc-b).
+# STORAGE=hdfs for HDFS storage. Ctrl-C stops it.
+cluster: build
+	exec bash tests/cluster/cluster.sh
 
 # Starts PostgreSQL, HDFS (two clusters), Consul and dockerd, then runs every test.
 test: services vet
