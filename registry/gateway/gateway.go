@@ -231,6 +231,33 @@ func (b *body) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// attemptBody is the client's body as one attempt sees it. The transport
+// closes it when the attempt fails (which must not close the client's
+// body, a retry needs it) and may still be reading from a goroutine: once
+// revoked, it reads nothing more, so the retry owns the body alone.
+type attemptBody struct {
+	mu      sync.Mutex
+	in      *body
+	revoked bool
+}
+
+func (a *attemptBody) Read(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.revoked {
+		return 0, errors.New("gateway: attempt abandoned")
+	}
+	return a.in.Read(p)
+}
+
+func (a *attemptBody) Close() error { return nil }
+
+func (a *attemptBody) revoke() {
+	a.mu.Lock()
+	a.revoked = true
+	a.mu.Unlock()
+}
+
 // hopHeaders are not forwarded (RFC 9110 §7.6.1).
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
@@ -247,13 +274,13 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	tried := map[*Upstream]bool{}
 	var lastErr error
-	for attempt := 0; attempt <= *g.cfg.Retries; attempt++ {
+	for try := 0; try <= *g.cfg.Retries; try++ {
 		u, remote := g.pick(tried)
 		if u == nil {
 			break
 		}
 		tried[u] = true
-		if attempt > 0 {
+		if try > 0 {
 			g.m.retries.WithLabelValues(g.cfg.IDC).Inc()
 		}
 		if remote {
@@ -263,8 +290,10 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		out.RequestURI = ""
 		out.URL.Scheme, out.URL.Host = u.Scheme, u.Addr
 		out.Host = r.Host // the client's view: servers build nothing absolute from it, but logs and auth realms may
+		var attempt *attemptBody
 		if hasBody {
-			out.Body = in
+			attempt = &attemptBody{in: in}
+			out.Body = attempt
 		} else {
 			out.Body = nil
 		}
@@ -286,6 +315,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		u.inflight.Add(1)
 		resp, err := g.transport.RoundTrip(out)
 		if err != nil {
+			if attempt != nil {
+				attempt.revoke()
+			}
 			u.inflight.Add(-1)
 			lastErr = err
 			g.failed(u, err)

@@ -1,0 +1,305 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func testConfig(failover string) *Config {
+	two := 2
+	c := &Config{IDC: "idc-a", Failover: failover, Retries: &two}
+	c.Eject.Failures, c.Eject.Duration = 2, time.Minute
+	return c
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func upstreamOf(t *testing.T, id, idc string, h http.Handler) *Upstream {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return &Upstream{ID: id, Addr: strings.TrimPrefix(srv.URL, "http://"), IDC: idc, Scheme: "http"}
+}
+
+// deadUpstream is an address nothing listens on.
+func deadUpstream(t *testing.T, id string) *Upstream {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return &Upstream{ID: id, Addr: addr, IDC: "idc-a", Scheme: "http"}
+}
+
+func serve(t *testing.T, g *Gateway) string {
+	srv := httptest.NewServer(g.Handler())
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// A request that fails to connect goes to another server; the dead one is
+// ejected after its consecutive failures; bodies that were never sent
+// retry too.
+func TestRetryAndEjection(t *testing.T) {
+	var served atomic.Int64
+	live := upstreamOf(t, "live", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Got", string(b))
+		w.Write([]byte("ok"))
+	}))
+	dead := deadUpstream(t, "dead")
+	g := New(testConfig("local"), quiet())
+	g.SetUpstreams([]*Upstream{dead, live})
+	base := serve(t, g)
+	for i := range 20 {
+		var resp *http.Response
+		var err error
+		if i%2 == 0 {
+			resp, err = http.Get(base + "/v2/x/manifests/latest")
+		} else {
+			resp, err = http.Post(base+"/v2/x/blobs/uploads/", "application/octet-stream", strings.NewReader("payload"))
+		}
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("request %d: %v %v", i, resp, err)
+		}
+		if i%2 == 1 && resp.Header.Get("X-Got") != "payload" {
+			t.Fatalf("retried POST body: %q", resp.Header.Get("X-Got"))
+		}
+		resp.Body.Close()
+	}
+	if served.Load() != 20 {
+		t.Fatalf("live server served %d of 20", served.Load())
+	}
+	if !dead.ejected(time.Now()) {
+		t.Fatal("the dead server is not ejected")
+	}
+	if n := dead.failures.Load(); n > 3 {
+		t.Fatalf("the ejected server was still tried: %d failures", n)
+	}
+}
+
+// A request whose body already went to a server that then failed is not
+// retried (the body is gone): the client gets 503 with an OCI error.
+func TestNoRetryAfterBodySent(t *testing.T) {
+	var calls atomic.Int64
+	breaker := upstreamOf(t, "breaker", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		io.CopyN(io.Discard, r.Body, 1<<20) // read part of the body, then die
+		hj, _ := w.(http.Hijacker)
+		c, _, _ := hj.Hijack()
+		c.Close()
+	}))
+	g := New(testConfig("local"), quiet())
+	other := upstreamOf(t, "other", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(202)
+	}))
+	g.SetUpstreams([]*Upstream{breaker})
+	base := serve(t, g)
+	g.SetUpstreams([]*Upstream{breaker, other})
+	breaker.inflight.Store(-100) // P2C picks it first
+	big := make([]byte, 8<<20)
+	req, _ := http.NewRequest(http.MethodPatch, base+"/v2/x/blobs/uploads/abc", bytes.NewReader(big))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `"code":"UNAVAILABLE"`) {
+		t.Fatalf("PATCH after the server died mid-body: %d %s", resp.StatusCode, body)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("%d servers saw the PATCH; a partly sent body must not be replayed", calls.Load())
+	}
+}
+
+// No server in the IDC: 503 with the spec's error body naming the IDC;
+// with failover "any", another IDC's server answers.
+func TestNoLocalServer(t *testing.T) {
+	remote := upstreamOf(t, "b1", "idc-b", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("from b")) }))
+	for _, tc := range []struct {
+		failover string
+		code     int
+		body     string
+	}{{"local", 503, `no registry server is available in IDC idc-a`}, {"any", 200, "from b"}} {
+		g := New(testConfig(tc.failover), quiet())
+		g.SetUpstreams([]*Upstream{remote})
+		resp, err := http.Get(serve(t, g) + "/v2/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || !strings.Contains(string(b), tc.body) {
+			t.Fatalf("failover %s: %d %s", tc.failover, resp.StatusCode, b)
+		}
+		if tc.code == 503 && resp.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("503 content type %q", resp.Header.Get("Content-Type"))
+		}
+		code := 0
+		if r, err := http.Get(serve(t, g) + "/readyz"); err == nil {
+			code = r.StatusCode
+			r.Body.Close()
+		}
+		if want := map[string]int{"local": 503, "any": 200}[tc.failover]; code != want {
+			t.Fatalf("failover %s: /readyz %d, want %d", tc.failover, code, want)
+		}
+	}
+}
+
+// Locations stay on the gateway: relative ones pass unchanged, absolute
+// ones naming the server become relative.
+func TestLocationStaysOnGateway(t *testing.T) {
+	var self string
+	u := upstreamOf(t, "a1", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("abs") != "" {
+			w.Header().Set("Location", "http://"+self+"/v2/x/blobs/uploads/1?state=s")
+		} else {
+			w.Header().Set("Location", "/v2/x/blobs/uploads/2")
+		}
+		w.WriteHeader(202)
+	}))
+	self = u.Addr
+	g := New(testConfig("local"), quiet())
+	g.SetUpstreams([]*Upstream{u})
+	base := serve(t, g)
+	for q, want := range map[string]string{"?abs=1": "/v2/x/blobs/uploads/1?state=s", "": "/v2/x/blobs/uploads/2"} {
+		resp, err := http.Post(base+"/v2/x/blobs/uploads/"+q, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("Location"); got != want {
+			t.Fatalf("Location %q, want %q", got, want)
+		}
+	}
+}
+
+// The two choices prefer the server with fewer requests in flight.
+func TestPicksLessLoaded(t *testing.T) {
+	g := New(testConfig("local"), quiet())
+	a := &Upstream{ID: "a", IDC: "idc-a"}
+	b := &Upstream{ID: "b", IDC: "idc-a"}
+	a.inflight.Store(10)
+	g.SetUpstreams([]*Upstream{a, b})
+	for range 100 {
+		if u, _ := g.pick(nil); u != b {
+			t.Fatalf("picked %s with %d in flight over b with 0", u.ID, u.inflight.Load())
+		}
+	}
+	// Updates keep each server's counters.
+	g.SetUpstreams([]*Upstream{{ID: "a", IDC: "idc-a"}, {ID: "b", IDC: "idc-a"}})
+	if got := g.Upstreams(); got[0].inflight.Load()+got[1].inflight.Load() != 10 {
+		t.Fatal("in-flight counters lost across a discovery update")
+	}
+}
+
+// A 256 MiB download and upload stream through without the gateway's
+// memory growing with them.
+func TestStreamsWithoutBuffering(t *testing.T) {
+	const size = 256 << 20
+	chunk := make([]byte, 1<<20)
+	rand.Read(chunk)
+	u := upstreamOf(t, "a1", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			n, _ := io.Copy(io.Discard, r.Body)
+			w.Header().Set("X-Received", itoa(n))
+			w.WriteHeader(201)
+			return
+		}
+		for range size / len(chunk) {
+			w.Write(chunk)
+		}
+	}))
+	g := New(testConfig("local"), quiet())
+	g.SetUpstreams([]*Upstream{u})
+	base := serve(t, g)
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	resp, err := http.Get(base + "/v2/x/blobs/sha256:abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	req, _ := http.NewRequest(http.MethodPut, base+"/v2/x/blobs/uploads/1", io.LimitReader(zeros{}, size))
+	req.ContentLength = size
+	resp2, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp2.Body.Close()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if n != size || resp2.Header.Get("X-Received") != itoa(size) {
+		t.Fatalf("streamed %d down, %s up; want %d", n, resp2.Header.Get("X-Received"), size)
+	}
+	// Both directions share this process (client, gateway and server):
+	// cumulative allocation far below the 512 MiB that passed through.
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
+		t.Fatalf("allocated %d MiB while streaming 512 MiB", grew>>20)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, "gw.yml")
+		os.WriteFile(p, []byte(s), 0o644)
+		return p
+	}
+	cfg, err := LoadConfig(write("idc: idc-a\nconsul: {addr: 127.0.0.1:8500}\n"),
+		[]string{"GAIA_GATEWAY_HTTP_ADDR=0.0.0.0:7000", "GAIA_GATEWAY_FAILOVER=any", "GAIA_HTTP_ADDR=ignored:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTP.Addr != "0.0.0.0:7000" || cfg.Failover != "any" || *cfg.Retries != 2 || cfg.Eject.Failures != 3 || cfg.Consul.Service != "gaia-registry" {
+		t.Fatalf("%+v", cfg)
+	}
+	for text, want := range map[string]string{
+		"consul: {addr: x}\n":                      "idc: required",
+		"idc: a\n":                                 "consul.addr: required",
+		"idc: a\nconsul: {addr: x}\nfailover: b\n": "failover",
+		"idc: a\nconsul: {addr: x}\nretries: -1\n": "retries",
+		"idc: a\nconsul: {addr: x}\nidk: 1\n":      "field idk not found",
+	} {
+		if _, err := LoadConfig(write(text), nil); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", text, err, want)
+		}
+	}
+	// The example configs load.
+	files, _ := filepath.Glob("../../configs/cluster/gateway-*.yml")
+	if len(files) != 2 {
+		t.Fatalf("example gateway configs: %v", files)
+	}
+	for _, f := range files {
+		if _, err := LoadConfig(f, nil); err != nil {
+			t.Error(err)
+		}
+	}
+}
