@@ -282,8 +282,8 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatalf("%+v", cfg)
 	}
 	for text, want := range map[string]string{
-		"consul: {addr: x}\n":                      "idc: required",
-		"idc: a\n":                                 "consul.addr: required",
+		"consul: {addr: x}\n": "idc: required",
+		"idc: a\n":            "consul.addr: required",
 		"idc: a\nconsul: {addr: x}\nfailover: b\n": "failover",
 		"idc: a\nconsul: {addr: x}\nretries: -1\n": "retries",
 		"idc: a\nconsul: {addr: x}\nidk: 1\n":      "field idk not found",
