@@ -39,7 +39,8 @@ func DockerErr(env Env, args ...string) (string, error) {
 // holding a static busybox (Debian's busybox-static, imported with `docker
 // import`), then one layer per entry of layerSizes, each a file of that many
 // random bytes added by `docker build`. Random content makes every build's
-// layers, and so its digests, new.
+// layers, and so its digests, new; the base layer carries a random marker
+// file for the same reason.
 func BuildImage(t testing.TB, env Env, ref string, layerSizes ...int) {
 	t.Helper()
 	busybox, err := os.ReadFile("/bin/busybox")
@@ -56,6 +57,13 @@ func BuildImage(t testing.TB, env Env, ref string, layerSizes ...int) {
 	for _, l := range []string{"sh", "echo", "cat", "ls", "sha256sum"} {
 		tw.WriteHeader(&tar.Header{Name: "bin/" + l, Typeflag: tar.TypeSymlink, Linkname: "busybox"})
 	}
+	// A random marker makes the base layer new too, so no image left in
+	// dockerd by another test shares a layer with this one (a shared layer
+	// would not be pulled again).
+	marker := make([]byte, 16)
+	rand.Read(marker)
+	tw.WriteHeader(&tar.Header{Name: "tmp/.gaia-test-image", Mode: 0o644, Size: int64(len(marker))})
+	tw.Write(marker)
 	tw.Close()
 
 	base := ref + "-base"
