@@ -59,6 +59,7 @@ type Gateway struct {
 	local     []*Upstream          // this IDC's
 	remote    []*Upstream          // other IDCs'
 	synced    atomic.Bool          // a first discovery answer arrived
+	spliced   sync.WaitGroup       // hijacked blob downloads (Shutdown does not see them)
 }
 
 // New returns a Gateway; Watch (or SetUpstreams) gives it servers.
@@ -312,6 +313,25 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		} else {
 			out.Header.Set("X-Forwarded-Proto", "http")
 		}
+		if spliceable(r, u) || uploadSpliceable(r, u) {
+			u.inflight.Add(1)
+			var err error
+			if r.Method == http.MethodGet {
+				err = g.splice(w, r, out, u, start)
+			} else {
+				err = g.spliceUpload(w, r, out, u, start)
+			}
+			u.inflight.Add(-1)
+			if err == nil {
+				return
+			}
+			lastErr = err
+			g.failed(u, err)
+			if r.Context().Err() != nil {
+				return
+			}
+			continue // nothing of the request was consumed: safe anywhere
+		}
 		u.inflight.Add(1)
 		resp, err := g.transport.RoundTrip(out)
 		if err != nil {
@@ -440,6 +460,13 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	} else if err != nil {
 		srv.Close()
 		return fmt.Errorf("shutdown: requests still running after %s", g.cfg.HTTP.DrainTimeout)
+	}
+	done := make(chan struct{})
+	go func() { g.spliced.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-sctx.Done():
+		return fmt.Errorf("shutdown: blob downloads still running after %s", g.cfg.HTTP.DrainTimeout)
 	}
 	g.log.Info("gateway stopped")
 	return nil

@@ -1,0 +1,195 @@
+package gateway
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Blob downloads are most of a registry's bytes. For a large plain GET of
+// a blob, the gateway talks to the server over a connection of its own and
+// hands the body from one socket to the other in the kernel (Go's
+// TCPConn.ReadFrom uses splice(2) on Linux), instead of copying every byte
+// through user space. The client's connection is hijacked for it and
+// closed after the body (docker opens a connection per layer anyway).
+
+// spliceMin is the smallest body worth a connection of its own.
+const spliceMin = 1 << 20
+
+// spliceable: a GET of a blob (not an upload), over HTTP/1.x, to a plain
+// HTTP server, without a Range.
+func spliceable(r *http.Request, u *Upstream) bool {
+	if r.Method != http.MethodGet || u.Scheme != "http" || r.ProtoMajor != 1 || r.Header.Get("Range") != "" {
+		return false
+	}
+	i := strings.LastIndex(r.URL.Path, "/blobs/")
+	return i > 0 && !strings.HasSuffix(r.URL.Path[:i+len("/blobs/")], "/uploads/") &&
+		!strings.Contains(r.URL.Path[i:], "/uploads")
+}
+
+// splice serves r from u as described above. It returns a non-nil error
+// only when nothing reached the client (the caller may retry elsewhere).
+func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Request, u *Upstream, start time.Time) error {
+	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	conn, err := d.DialContext(r.Context(), "tcp", u.Addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	out.Header.Set("Connection", "close")
+	if err := out.Write(conn); err != nil {
+		return err
+	}
+	br := bufio.NewReaderSize(conn, 64<<10)
+	resp, err := http.ReadResponse(br, out)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	g.succeeded(u)
+	hj, ok := w.(http.Hijacker)
+	if resp.StatusCode != http.StatusOK || resp.ContentLength < spliceMin || !ok {
+		g.respond(w, r, u, resp, &body{ReadCloser: http.NoBody}, start)
+		return nil
+	}
+	client, bufrw, err := hj.Hijack()
+	if err != nil {
+		g.respond(w, r, u, resp, &body{ReadCloser: http.NoBody}, start)
+		return nil
+	}
+	g.spliced.Add(1)
+	defer g.spliced.Done()
+	defer client.Close()
+	hdr := resp.Header.Clone()
+	for _, h := range hopHeaders {
+		hdr.Del(h)
+	}
+	hdr.Set("Connection", "close")
+	hdr.Set("Content-Length", fmt.Sprint(resp.ContentLength))
+	fmt.Fprintf(bufrw, "HTTP/1.1 %s\r\n", resp.Status)
+	hdr.Write(bufrw)
+	bufrw.WriteString("\r\n")
+	var n int64
+	err = bufrw.Flush()
+	if err == nil {
+		// What the header read buffered, then the rest socket to socket.
+		var k int64
+		k, err = io.CopyN(client, br, int64(br.Buffered()))
+		n += k
+		if err == nil {
+			rest := io.LimitReader(conn, resp.ContentLength-n)
+			if tc, ok := client.(*net.TCPConn); ok {
+				k, err = tc.ReadFrom(rest)
+			} else {
+				k, err = io.Copy(client, rest)
+			}
+			n += k
+		}
+	}
+	code := "200"
+	if err != nil || n != resp.ContentLength {
+		g.log.Warn("blob download cut short", "upstream", u.ID, "path", r.URL.Path, "after_bytes", n, "of", resp.ContentLength, "err", err)
+		g.failed(u, fmt.Errorf("after %d of %d bytes: %v", n, resp.ContentLength, err))
+		code = "cut"
+	}
+	g.m.requests.WithLabelValues(u.ID, u.IDC, code).Inc()
+	g.m.bytes.WithLabelValues("out", u.ID, u.IDC).Add(float64(n))
+	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// uploadSpliceable: a chunk or final PUT of a blob upload with a known,
+// large body, over HTTP/1.x, to a plain HTTP server. (Chunked request
+// bodies, which docker sends, take the ordinary path.)
+func uploadSpliceable(r *http.Request, u *Upstream) bool {
+	return (r.Method == http.MethodPatch || r.Method == http.MethodPut) && u.Scheme == "http" && r.ProtoMajor == 1 &&
+		r.ContentLength >= spliceMin && strings.Contains(r.URL.Path, "/blobs/uploads/")
+}
+
+// spliceUpload forwards a large upload body socket to socket. It returns
+// a non-nil error only when nothing of the body was consumed (the caller
+// may retry elsewhere); later failures are answered here.
+func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http.Request, u *Upstream, start time.Time) error {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		return fmt.Errorf("not hijackable")
+	}
+	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	conn, err := d.DialContext(r.Context(), "tcp", u.Addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client, bufrw, err := hj.Hijack()
+	if err != nil {
+		return err
+	}
+	g.spliced.Add(1)
+	defer g.spliced.Done()
+	defer client.Close()
+
+	hdr := out.Header.Clone()
+	for _, h := range hopHeaders {
+		hdr.Del(h)
+	}
+	hdr.Set("Connection", "close")
+	hdr.Set("Content-Length", fmt.Sprint(r.ContentLength))
+	bw := bufio.NewWriterSize(conn, 4<<10)
+	fmt.Fprintf(bw, "%s %s HTTP/1.1\r\nHost: %s\r\n", r.Method, out.URL.RequestURI(), r.Host)
+	hdr.Write(bw)
+	bw.WriteString("\r\n")
+	var sent int64
+	err = bw.Flush()
+	if err == nil {
+		// What the server's reader buffered of the body, then the rest
+		// socket to socket.
+		var k int64
+		k, err = io.CopyN(conn, bufrw.Reader, min(int64(bufrw.Reader.Buffered()), r.ContentLength))
+		sent += k
+		if err == nil && sent < r.ContentLength {
+			k, err = conn.(*net.TCPConn).ReadFrom(io.LimitReader(client, r.ContentLength-sent))
+			sent += k
+		}
+	}
+	var resp *http.Response
+	if err == nil && sent == r.ContentLength {
+		resp, err = http.ReadResponse(bufio.NewReader(conn), out)
+	} else if err == nil {
+		err = fmt.Errorf("client sent %d of %d body bytes", sent, r.ContentLength)
+	}
+	g.m.bytes.WithLabelValues("in", u.ID, u.IDC).Add(float64(sent))
+	if err != nil {
+		g.failed(u, err)
+		g.m.requests.WithLabelValues(u.ID, u.IDC, "502").Inc()
+		body := `{"errors":[{"code":"UNAVAILABLE","message":"the registry server failed after the request body was sent; retry the request"}]}`
+		fmt.Fprintf(client, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+		return nil
+	}
+	defer resp.Body.Close()
+	g.succeeded(u)
+	rh := resp.Header.Clone()
+	for _, h := range hopHeaders {
+		rh.Del(h)
+	}
+	rh.Set("Connection", "close")
+	if loc := rh.Get("Location"); loc != "" {
+		if lu, perr := url.Parse(loc); perr == nil && lu.Host == u.Addr {
+			rh.Set("Location", lu.RequestURI())
+		}
+	}
+	respBody, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20)) // upload answers are tiny
+	rh.Set("Content-Length", fmt.Sprint(len(respBody)))
+	fmt.Fprintf(client, "HTTP/1.1 %s\r\n", resp.Status)
+	rh.Write(client)
+	io.WriteString(client, "\r\n")
+	client.Write(respBody)
+	g.m.requests.WithLabelValues(u.ID, u.IDC, fmt.Sprint(resp.StatusCode)).Inc()
+	g.m.bytes.WithLabelValues("out", u.ID, u.IDC).Add(float64(len(respBody)))
+	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
+	return nil
+}
