@@ -7,12 +7,12 @@ PKGS     := ./...
 # in its short mode here.
 TESTFLAGS ?= -count=1 -short -race -timeout 40m
 
-.PHONY: all build run cluster test test-hdfs-full bench bench-registry bench-hdfs services services-stop vet clean
+.PHONY: all build run cluster test test-hdfs-full bench bench-registry bench-gateway bench-hdfs services services-stop vet clean
 
 all: build
 
 build:
-	$(GO) build -o bin/ ./registry/cmd/...
+	$(GO) build -o bin/ ./registry/cmd/...   # gaia-registry, gaia-gateway
 
 # A registry on 127.0.0.1:5000 with filesystem storage (configs/registry-local.yml)
 # and the local PostgreSQL (installed and started here if needed), in the
@@ -44,12 +44,16 @@ test-hdfs-full:
 # Gaia vs the stock distribution registry (v3.1.2, built from the Go module
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
 # colinmarc client. Results: docs/benchmarks.md.
-bench: bench-registry bench-hdfs
+bench: bench-registry bench-gateway bench-hdfs
 
 # 1 GiB push/pull, manifest GETs at 32 clients, tags/list of 10,000 tags,
 # _catalog of 100,000 repositories (about 15 minutes; --quick for a smoke run).
 bench-registry:
 	bash tests/bench/compare.sh
+
+# gaia-gateway vs direct access to one server: 1 GiB push/pull, manifest GETs.
+bench-gateway:
+	bash tests/bench/gateway.sh
 
 bench-hdfs:
 	bash $(SVC) start hdfs

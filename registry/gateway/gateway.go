@@ -14,6 +14,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -263,6 +264,12 @@ func (a *attemptBody) revoke() {
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
+// idempotent methods may be replayed; maxReplay bounds the bodies kept
+// for it (the registry's manifest limit).
+var idempotent = map[string]bool{http.MethodGet: true, http.MethodHead: true, http.MethodPut: true, http.MethodDelete: true}
+
+const maxReplay = 4 << 20
+
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 func (g *Gateway) unavailable(w http.ResponseWriter, msg string) {
@@ -273,6 +280,18 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	in := &body{ReadCloser: r.Body}
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	// A small body of an idempotent request (a manifest PUT) is read first,
+	// so a failed attempt can be replayed on another server even after its
+	// body was sent.
+	var replay []byte
+	if hasBody && idempotent[r.Method] && r.ContentLength > 0 && r.ContentLength <= maxReplay {
+		b, err := io.ReadAll(io.LimitReader(in, r.ContentLength))
+		if err != nil || int64(len(b)) != r.ContentLength {
+			errcode.ServeJSON(w, errcode.ErrorCodeUnknown.WithMessage("reading the request body"))
+			return
+		}
+		replay = b
+	}
 	tried := map[*Upstream]bool{}
 	var lastErr error
 	for try := 0; try <= *g.cfg.Retries; try++ {
@@ -292,10 +311,13 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		out.URL.Scheme, out.URL.Host = u.Scheme, u.Addr
 		out.Host = r.Host // the client's view: servers build nothing absolute from it, but logs and auth realms may
 		var attempt *attemptBody
-		if hasBody {
+		switch {
+		case replay != nil:
+			out.Body = io.NopCloser(bytes.NewReader(replay))
+		case hasBody:
 			attempt = &attemptBody{in: in}
 			out.Body = attempt
-		} else {
+		default:
 			out.Body = nil
 		}
 		for _, h := range hopHeaders {
@@ -313,7 +335,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		} else {
 			out.Header.Set("X-Forwarded-Proto", "http")
 		}
-		if spliceable(r, u) || uploadSpliceable(r, u) {
+		if replay == nil && (spliceable(r, u) || uploadSpliceable(r, u)) {
 			u.inflight.Add(1)
 			var err error
 			if r.Method == http.MethodGet {
@@ -344,7 +366,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 			if r.Context().Err() != nil {
 				return // the client went away
 			}
-			if in.read.Load() == 0 { // nothing of the body left the gateway: safe anywhere
+			if replay != nil || in.read.Load() == 0 { // replayable, or nothing of the body left the gateway
 				continue
 			}
 			g.m.requests.WithLabelValues(u.ID, u.IDC, "502").Inc()

@@ -303,3 +303,32 @@ func TestLoadConfig(t *testing.T) {
 		}
 	}
 }
+
+// An idempotent request with a small body (a manifest PUT) is replayed on
+// another server even though the first one had read its body.
+func TestIdempotentReplay(t *testing.T) {
+	var breakerCalls atomic.Int64
+	breaker := upstreamOf(t, "breaker", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		breakerCalls.Add(1)
+		io.ReadAll(r.Body)
+		c, _, _ := w.(http.Hijacker).Hijack()
+		c.Close()
+	}))
+	good := upstreamOf(t, "good", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Got", string(b))
+		w.WriteHeader(201)
+	}))
+	g := New(testConfig("local"), quiet())
+	g.SetUpstreams([]*Upstream{breaker, good})
+	breaker.inflight.Store(-100) // P2C picks it first
+	req, _ := http.NewRequest(http.MethodPut, serve(t, g)+"/v2/x/manifests/v1", strings.NewReader(`{"schemaVersion":2}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 || resp.Header.Get("X-Got") != `{"schemaVersion":2}` || breakerCalls.Load() != 1 {
+		t.Fatalf("replayed PUT: %d %q, breaker saw %d", resp.StatusCode, resp.Header.Get("X-Got"), breakerCalls.Load())
+	}
+}
