@@ -1,0 +1,187 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/uploadsession"
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+// env: a database where IDC "a" holds one blob linked in repo "r", a peer
+// gateway for "a" that serves it (failing the first `failures` requests),
+// and a Replicator of IDC "b" with its own storage.
+func env(t *testing.T, failures int64, prefixes ...string) (*Replicator, *pgxpool.Pool, []byte, digest.Digest, *atomic.Int64) {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, harness.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, _, err := metadata.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 300_000)
+	rand.Read(data)
+	d := digest.FromBytes(data)
+	for _, q := range []string{
+		`INSERT INTO repositories (name) VALUES ('r')`,
+		`INSERT INTO blobs (digest, size) VALUES ('` + d.String() + `', 300000)`,
+		`INSERT INTO repository_blobs (repository_id, digest) SELECT id, '` + d.String() + `' FROM repositories`,
+		`INSERT INTO blob_placements (digest, idc) VALUES ('` + d.String() + `', 'a')`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var calls atomic.Int64
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		if r.Header.Get(TokenHeader) != "tok" || r.Header.Get(NoFillHeader) == "" || r.Header.Get(IDCHeader) != "b" ||
+			r.URL.Path != "/v2/r/blobs/"+d.String() {
+			http.Error(w, "bad fill request", 400)
+			return
+		}
+		if n <= failures {
+			http.Error(w, "down", 503)
+			return
+		}
+		w.Write(data)
+	}))
+	t.Cleanup(peer.Close)
+	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(Options{
+		IDC: "b", Peers: map[string]string{"a": peer.URL}, Token: "tok", Prefixes: prefixes,
+		DB: pool, Driver: drv, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Bytes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"direction", "cause", "peer"}),
+		RetryDelay: time.Millisecond,
+	})
+	return r, pool, data, d, &calls
+}
+
+// Concurrent fills copy once, verify, store in this IDC's storage and
+// record the placement.
+func TestFillOnce(t *testing.T) {
+	r, pool, data, d, calls := env(t, 0)
+	ctx := context.Background()
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() { errs <- r.Fill(ctx, "r", d) }()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("%d transfers for 8 concurrent fills", calls.Load())
+	}
+	got, err := r.o.Driver.GetContent(ctx, uploadsession.BlobPath(d))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("filled blob: %d bytes, %v", len(got), err)
+	}
+	var placed bool
+	pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM blob_placements WHERE digest = $1 AND idc = 'b')`, d.String()).Scan(&placed)
+	if !placed {
+		t.Fatal("placement not recorded")
+	}
+	if n := testutil.ToFloat64(r.o.Bytes.WithLabelValues("in", CauseFill, "a")); n != float64(len(data)) {
+		t.Fatalf("cross-IDC bytes counted: %v", n)
+	}
+	if keys, _ := r.o.Driver.List(ctx, "/uploads"); len(keys) != 0 {
+		t.Fatalf("fill staging left: %v", keys)
+	}
+	if err := r.Fill(ctx, "r", d); err != nil || calls.Load() != 1 {
+		t.Fatalf("a fill of a placed blob transferred again: %v, %d", err, calls.Load())
+	}
+}
+
+// A corrupt transfer is refused and leaves nothing; an unknown source
+// IDC is an error naming it.
+func TestFillRefusesBadBytes(t *testing.T) {
+	r, _, _, d, _ := env(t, 0)
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Write(make([]byte, 300_000)) // right size, wrong content
+	}))
+	defer bad.Close()
+	r.o.Peers["a"] = bad.URL
+	ctx := context.Background()
+	if err := r.Fill(ctx, "r", d); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Fatalf("corrupt fill: %v", err)
+	}
+	if _, err := r.o.Driver.Stat(ctx, uploadsession.BlobPath(d)); err == nil {
+		t.Fatal("corrupt bytes stored")
+	}
+	delete(r.o.Peers, "a")
+	if err := r.Fill(ctx, "r", d); err == nil || !strings.Contains(err.Error(), "none of them a configured peer") {
+		t.Fatalf("no peer: %v", err)
+	}
+}
+
+// Eager replication: only matching repositories queue jobs; a job that
+// fails backs off and is retried until the copy succeeds, then leaves.
+func TestReplicationJobs(t *testing.T) {
+	r, pool, _, d, calls := env(t, 2, "base/")
+	ctx := context.Background()
+	if err := r.Enqueue(ctx, "other/repo", d); err != nil {
+		t.Fatal(err)
+	}
+	jobs := func() (n int, attempts int) {
+		pool.QueryRow(ctx, `SELECT count(*), coalesce(max(attempts), 0) FROM replication_jobs`).Scan(&n, &attempts)
+		return
+	}
+	if n, _ := jobs(); n != 0 {
+		t.Fatal("a repository outside the prefixes queued a job")
+	}
+	// Jobs are for peer IDCs; this Replicator is IDC b, its peer is a,
+	// so a job for b is queued by a server of a. Queue it as one would.
+	if _, err := pool.Exec(ctx, `INSERT INTO replication_jobs (digest, repository, to_idc) VALUES ($1, 'r', 'b')`, d.String()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		worked, err := r.RunOne(ctx)
+		if n, _ := jobs(); n == 0 {
+			break
+		}
+		if i > 200 {
+			t.Fatalf("job never completed (last: %v, %v)", worked, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if calls.Load() != 3 {
+		t.Fatalf("%d transfer attempts, want 2 failures then 1 success", calls.Load())
+	}
+	if n := testutil.ToFloat64(r.o.Bytes.WithLabelValues("in", CauseReplication, "a")); n != 300_000 {
+		t.Fatalf("replicated bytes counted: %v", n)
+	}
+	// Enqueue for a matching repository queues jobs only for peers
+	// lacking the blob: IDC a holds it.
+	if err := r.Enqueue(ctx, "base/image", d); err != nil {
+		t.Fatal(err)
+	}
+	var queued int
+	pool.QueryRow(ctx, `SELECT count(*) FROM replication_jobs WHERE to_idc = 'a'`).Scan(&queued)
+	if queued != 0 {
+		t.Fatalf("a job queued for IDC a, which already holds the blob: %d", queued)
+	}
+}
