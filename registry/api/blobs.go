@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gaia-registry/gaia/registry/metadata"
@@ -278,6 +279,17 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 		return
 	}
 	rc, err := h.Driver.Reader(ctx, uploadsession.BlobPath(d), start)
+	if errors.As(err, new(storagedriver.PathNotFoundError)) && h.Replicator != nil && r.Method == http.MethodGet &&
+		r.Header.Get(replication.NoFillHeader) == "" {
+		// Recorded as held here, yet gone (storage lost or replaced):
+		// forget the placement and copy it back from another IDC.
+		h.Log.Warn("blob recorded in this IDC is missing from its storage; refilling", "repository", name, "digest", d)
+		if ferr := h.Replicator.Refill(ctx, name, d); ferr == nil {
+			rc, err = h.Driver.Reader(ctx, uploadsession.BlobPath(d), start)
+		} else {
+			h.Log.Error("refill failed", "digest", d, "err", ferr)
+		}
+	}
 	if err != nil {
 		// Linked in the database but missing in storage: say so, loudly.
 		h.Log.Error("blob bytes missing from storage", "repository", name, "digest", d, "err", err)

@@ -109,6 +109,23 @@ func (r *Replicator) Fill(ctx context.Context, repo string, d digest.Digest) err
 	return err
 }
 
+// Refill is Fill for a blob recorded as held by this IDC whose bytes its
+// storage no longer has: the stale placement goes first.
+func (r *Replicator) Refill(ctx context.Context, repo string, d digest.Digest) error {
+	// Only when another IDC holds it: otherwise the record is all that
+	// is left to say where the blob was.
+	tag, err := r.o.DB.Exec(ctx, `
+		DELETE FROM blob_placements WHERE digest = $1 AND idc = $2
+		AND EXISTS (SELECT 1 FROM blob_placements WHERE digest = $1 AND idc <> $2)`, d.String(), r.o.IDC)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("blob %s: no other IDC holds it: %w", d, ErrUnavailable)
+	}
+	return r.Fill(ctx, repo, d)
+}
+
 // copyOnce copies d into this IDC unless it is already placed here, under
 // the IDC-wide lock for d.
 func (r *Replicator) copyOnce(ctx context.Context, repo string, d digest.Digest, cause string) error {

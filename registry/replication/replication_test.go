@@ -185,3 +185,32 @@ func TestReplicationJobs(t *testing.T) {
 		t.Fatalf("a job queued for IDC a, which already holds the blob: %d", queued)
 	}
 }
+
+// Refill: a blob recorded as held here but gone from storage is copied
+// back when another IDC holds it; when none does, the record stays.
+func TestRefill(t *testing.T) {
+	r, pool, data, d, calls := env(t, 0)
+	ctx := context.Background()
+	if err := r.Fill(ctx, "r", d); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.o.Driver.Delete(ctx, uploadsession.BlobPath(d)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Refill(ctx, "r", d); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.o.Driver.GetContent(ctx, uploadsession.BlobPath(d)); err != nil || !bytes.Equal(got, data) || calls.Load() != 2 {
+		t.Fatalf("refilled: %d bytes, %v, %d transfers", len(got), err, calls.Load())
+	}
+	// Only this IDC holds it now: a refill cannot help and keeps the record.
+	pool.Exec(ctx, `DELETE FROM blob_placements WHERE idc = 'a'`)
+	if err := r.Refill(ctx, "r", d); err == nil || !strings.Contains(err.Error(), "no other IDC") {
+		t.Fatalf("refill with no other holder: %v", err)
+	}
+	var n int
+	pool.QueryRow(ctx, `SELECT count(*) FROM blob_placements WHERE idc = 'b'`).Scan(&n)
+	if n != 1 {
+		t.Fatalf("placement records of b: %d", n)
+	}
+}

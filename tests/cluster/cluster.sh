@@ -25,8 +25,16 @@ services=(postgres consul)
 bash "$SVC" start "${services[@]}"
 dsn="$(bash "$SVC" env postgres | sed -n 's/^GAIA_TEST_PG_DSN=//p')"
 [ -n "$dsn" ] || die "svc.sh env postgres printed no GAIA_TEST_PG_DSN"
-if ! psql "$dsn" -Atc "SELECT 1 FROM pg_database WHERE datname = 'gaia_cluster'" | grep -q 1; then
-  psql "$dsn" -qc "CREATE DATABASE gaia_cluster" || die "cannot create database gaia_cluster"
+# One database per storage mode: the metadata must match the storage. The
+# test HDFS is formatted afresh whenever it starts, so its cluster starts
+# empty too.
+db=gaia_cluster
+if [ "$STORAGE" = hdfs ]; then
+  db=gaia_cluster_hdfs
+  psql "$dsn" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || die "cannot reset database $db"
+fi
+if ! psql "$dsn" -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+  psql "$dsn" -qc "CREATE DATABASE $db" || die "cannot create database $db"
 fi
 make -s build
 mkdir -p "$LOGS" data/cluster/idc-a data/cluster/idc-b
