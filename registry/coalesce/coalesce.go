@@ -19,12 +19,13 @@ import (
 	"time"
 )
 
-// Timeout bounds a shared query: it runs detached from the cancellation of
-// the request that started it, since others wait on it too.
-const Timeout = 30 * time.Second
-
 // Group coalesces reads by key. The zero value is ready to use.
 type Group[K comparable, V any] struct {
+	// Timeout bounds a shared call, which runs detached from the
+	// cancellation of the request that started it (others wait on it
+	// too); zero: no bound beyond what fn imposes itself.
+	Timeout time.Duration
+
 	mu   sync.Mutex
 	keys map[K]*state[V]
 }
@@ -83,7 +84,10 @@ func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V
 // run answers batch b, then hands the batch that gathered meanwhile to a
 // goroutine of its own, so no request waits for queries after its own.
 func (g *Group[K, V]) run(key K, st *state[V], b *batch[V]) {
-	ctx, cancel := context.WithTimeout(b.ctx, Timeout)
+	ctx, cancel := b.ctx, context.CancelFunc(func() {})
+	if g.Timeout > 0 {
+		ctx, cancel = context.WithTimeout(b.ctx, g.Timeout)
+	}
 	b.v, b.err = b.fn(ctx)
 	cancel()
 	close(b.done)

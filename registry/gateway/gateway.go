@@ -260,6 +260,21 @@ func (a *attemptBody) revoke() {
 	a.mu.Unlock()
 }
 
+// readErr remembers a read failure, to tell a broken server from a
+// client that went away during a copy.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErr) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
+}
+
 // hopHeaders are not forwarded (RFC 9110 §7.6.1).
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
@@ -348,10 +363,10 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			lastErr = err
-			g.failed(u, err)
 			if r.Context().Err() != nil {
 				return
 			}
+			g.failed(u, err)
 			continue // nothing of the request was consumed: safe anywhere
 		}
 		u.inflight.Add(1)
@@ -362,10 +377,10 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 			}
 			u.inflight.Add(-1)
 			lastErr = err
-			g.failed(u, err)
 			if r.Context().Err() != nil {
-				return // the client went away
+				return // the client went away: not the server's failure
 			}
+			g.failed(u, err)
 			if replay != nil || in.read.Load() == 0 { // replayable, or nothing of the body left the gateway
 				continue
 			}
@@ -407,12 +422,15 @@ func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, r
 	}
 	w.WriteHeader(resp.StatusCode)
 	buf := copyBuffers.Get().(*[]byte)
-	n, err := io.CopyBuffer(w, resp.Body, *buf)
+	src := &readErr{r: resp.Body}
+	n, err := io.CopyBuffer(w, src, *buf)
 	copyBuffers.Put(buf)
 	code := strconv.Itoa(resp.StatusCode)
 	if err != nil && r.Context().Err() == nil {
 		g.log.Warn("response cut short", "upstream", u.ID, "path", r.URL.Path, "after_bytes", n, "err", err)
-		g.failed(u, err)
+		if src.err != nil { // the server's side broke, not the client's
+			g.failed(u, err)
+		}
 		code = "cut"
 	}
 	g.m.requests.WithLabelValues(u.ID, u.IDC, code).Inc()

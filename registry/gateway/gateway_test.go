@@ -332,3 +332,43 @@ func TestIdempotentReplay(t *testing.T) {
 		t.Fatalf("replayed PUT: %d %q, breaker saw %d", resp.StatusCode, resp.Header.Get("X-Got"), breakerCalls.Load())
 	}
 }
+
+// A server that answers a large upload early, without reading its body
+// (an expired token: 401), gets its answer to the client, and is not
+// counted as failing; Expect: 100-continue does not leak a 100 as the
+// final answer.
+func TestEarlyAnswerToLargeUpload(t *testing.T) {
+	u := upstreamOf(t, "a1", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		n, _ := io.Copy(io.Discard, r.Body)
+		w.Header().Set("X-Received", itoa(n))
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	g := New(testConfig("local"), quiet())
+	g.SetUpstreams([]*Upstream{u})
+	base := serve(t, g)
+	for _, auth := range []string{"", "Bearer t"} {
+		req, _ := http.NewRequest(http.MethodPatch, base+"/v2/x/blobs/uploads/1", io.LimitReader(zeros{}, 32<<20))
+		req.ContentLength = 32 << 20
+		req.Header.Set("Expect", "100-continue")
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("auth %q: %v", auth, err)
+		}
+		resp.Body.Close()
+		want := map[string]int{"": 401, "Bearer t": 202}[auth]
+		if resp.StatusCode != want || (want == 202 && resp.Header.Get("X-Received") != itoa(32<<20)) {
+			t.Fatalf("auth %q: %d %q", auth, resp.StatusCode, resp.Header.Get("X-Received"))
+		}
+	}
+	if u.failures.Load() != 0 || u.ejected(time.Now()) {
+		t.Fatalf("an early answer counted as a failure: %d", u.failures.Load())
+	}
+}

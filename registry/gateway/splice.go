@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -57,13 +58,13 @@ func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Reque
 		g.respond(w, r, u, resp, &body{ReadCloser: http.NoBody}, start)
 		return nil
 	}
+	g.spliced.Add(1) // before the hijack: Shutdown stops seeing the connection then
+	defer g.spliced.Done()
 	client, bufrw, err := hj.Hijack()
 	if err != nil {
 		g.respond(w, r, u, resp, &body{ReadCloser: http.NoBody}, start)
 		return nil
 	}
-	g.spliced.Add(1)
-	defer g.spliced.Done()
 	defer client.Close()
 	hdr := resp.Header.Clone()
 	for _, h := range hopHeaders {
@@ -125,49 +126,78 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 		return err
 	}
 	defer conn.Close()
+	g.spliced.Add(1) // before the hijack: Shutdown stops seeing the connection then
+	defer g.spliced.Done()
 	client, bufrw, err := hj.Hijack()
 	if err != nil {
 		return err
 	}
-	g.spliced.Add(1)
-	defer g.spliced.Done()
-	defer client.Close()
+	defer lingerClose(client)
 
 	hdr := out.Header.Clone()
 	for _, h := range hopHeaders {
 		hdr.Del(h)
 	}
+	// The client already sent its body or will: no 100-continue dance
+	// through a hijacked connection.
+	hdr.Del("Expect")
 	hdr.Set("Connection", "close")
 	hdr.Set("Content-Length", fmt.Sprint(r.ContentLength))
 	bw := bufio.NewWriterSize(conn, 4<<10)
 	fmt.Fprintf(bw, "%s %s HTTP/1.1\r\nHost: %s\r\n", r.Method, out.URL.RequestURI(), r.Host)
 	hdr.Write(bw)
 	bw.WriteString("\r\n")
-	var sent int64
-	err = bw.Flush()
-	if err == nil {
-		// What the server's reader buffered of the body, then the rest
-		// socket to socket.
-		var k int64
-		k, err = io.CopyN(conn, bufrw.Reader, min(int64(bufrw.Reader.Buffered()), r.ContentLength))
-		sent += k
-		if err == nil && sent < r.ContentLength {
-			k, err = conn.(*net.TCPConn).ReadFrom(io.LimitReader(client, r.ContentLength-sent))
-			sent += k
-		}
-	}
-	var resp *http.Response
-	if err == nil && sent == r.ContentLength {
-		resp, err = http.ReadResponse(bufio.NewReader(conn), out)
-	} else if err == nil {
-		err = fmt.Errorf("client sent %d of %d body bytes", sent, r.ContentLength)
-	}
-	g.m.bytes.WithLabelValues("in", u.ID, u.IDC).Add(float64(sent))
-	if err != nil {
+	if err := bw.Flush(); err != nil {
+		rawUnavailable(client, "the registry server could not be reached; retry the request")
 		g.failed(u, err)
+		return nil
+	}
+
+	// The body goes socket to socket while the answer is awaited: a server
+	// may answer early (401, 404, 416) without reading the body.
+	type sent struct {
+		n   int64
+		err error
+	}
+	bodyDone := make(chan sent, 1)
+	go func() {
+		// What the server's reader buffered of the body, then the rest.
+		n, err := io.CopyN(conn, bufrw.Reader, min(int64(bufrw.Reader.Buffered()), r.ContentLength))
+		if err == nil && n < r.ContentLength {
+			var k int64
+			k, err = conn.(*net.TCPConn).ReadFrom(io.LimitReader(client, r.ContentLength-n))
+			n += k
+		}
+		if err == nil && n < r.ContentLength {
+			err = fmt.Errorf("client sent %d of %d body bytes", n, r.ContentLength)
+		}
+		bodyDone <- sent{n, err}
+	}()
+	br := bufio.NewReader(conn)
+	var resp *http.Response
+	for {
+		resp, err = http.ReadResponse(br, out)
+		if err != nil || resp.StatusCode >= 200 {
+			break
+		}
+		resp.Body.Close() // 1xx: informational, the real answer follows
+	}
+	var body sent
+	select {
+	case body = <-bodyDone:
+	default:
+		// Answered before the body was through: stop sending.
+		client.SetReadDeadline(time.Now())
+		conn.(*net.TCPConn).CloseWrite()
+		body = <-bodyDone
+	}
+	g.m.bytes.WithLabelValues("in", u.ID, u.IDC).Add(float64(body.n))
+	if err != nil {
+		if body.err == nil || errors.Is(body.err, net.ErrClosed) || isUpstreamErr(body.err) {
+			g.failed(u, err)
+		}
 		g.m.requests.WithLabelValues(u.ID, u.IDC, "502").Inc()
-		body := `{"errors":[{"code":"UNAVAILABLE","message":"the registry server failed after the request body was sent; retry the request"}]}`
-		fmt.Fprintf(client, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+		rawUnavailable(client, "the registry server failed after the request body was sent; retry the request")
 		return nil
 	}
 	defer resp.Body.Close()
@@ -184,6 +214,7 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 	}
 	respBody, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20)) // upload answers are tiny
 	rh.Set("Content-Length", fmt.Sprint(len(respBody)))
+	client.SetWriteDeadline(time.Now().Add(time.Minute))
 	fmt.Fprintf(client, "HTTP/1.1 %s\r\n", resp.Status)
 	rh.Write(client)
 	io.WriteString(client, "\r\n")
@@ -192,4 +223,31 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 	g.m.bytes.WithLabelValues("out", u.ID, u.IDC).Add(float64(len(respBody)))
 	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// rawUnavailable answers 503 with the spec's error body on a hijacked
+// connection.
+func rawUnavailable(c net.Conn, msg string) {
+	body := `{"errors":[{"code":"UNAVAILABLE","message":"` + msg + `"}]}`
+	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+}
+
+// isUpstreamErr: a failure on the server's side of a copy, as far as the
+// error says (a client that went away is not the server's fault).
+func isUpstreamErr(err error) bool {
+	return !strings.Contains(err.Error(), "client sent")
+}
+
+// lingerClose ends a hijacked connection whose client may still be sending
+// a body we stopped reading: FIN first, then discard what still arrives
+// for a moment, so the kernel does not answer with a reset that destroys
+// the response before the client reads it.
+func lingerClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+		tc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		io.Copy(io.Discard, io.LimitReader(tc, 256<<20))
+	}
+	c.Close()
 }

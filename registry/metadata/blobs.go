@@ -3,6 +3,7 @@ package metadata
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -32,7 +33,11 @@ type BlobInfo struct {
 }
 
 // NewBlobs returns the blob queries over db.
-func NewBlobs(db *pgxpool.Pool) *Blobs { return &Blobs{db: db} }
+func NewBlobs(db *pgxpool.Pool) *Blobs {
+	b := &Blobs{db: db}
+	b.lookups.Timeout = 30 * time.Second
+	return b
+}
 
 // LinkedSize returns the size of a blob the repository may serve.
 func (b *Blobs) LinkedSize(ctx context.Context, repo string, d digest.Digest) (int64, error) {

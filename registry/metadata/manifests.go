@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -56,7 +57,11 @@ type Manifests struct {
 type manifestKey struct{ repo, tag, digest string }
 
 // NewManifests returns the manifest queries over db.
-func NewManifests(db *pgxpool.Pool) *Manifests { return &Manifests{db: db} }
+func NewManifests(db *pgxpool.Pool) *Manifests {
+	m := &Manifests{db: db}
+	m.reads.Timeout = 30 * time.Second
+	return m
+}
 
 func isFKViolation(err error) bool {
 	var pgErr *pgconn.PgError

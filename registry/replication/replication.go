@@ -63,7 +63,11 @@ type Options struct {
 	Token    string            // the cluster's internal token
 	Prefixes []string          // repositories pushed eagerly to every peer IDC (prefix match)
 	DB       *pgxpool.Pool
-	Driver   storagedriver.StorageDriver // this IDC's storage
+	// LockDB holds the connections of copies in progress (each keeps one
+	// for its advisory lock while it transfers), apart from DB so a burst
+	// of fills cannot starve the API's queries; nil: DB.
+	LockDB *pgxpool.Pool
+	Driver storagedriver.StorageDriver // this IDC's storage
 	Log      *slog.Logger
 	Client   *http.Client // default: no overall timeout (blobs are large), 30 s to response headers
 	// Bytes counts bytes crossing IDCs by direction ("in"), cause and peer.
@@ -93,6 +97,9 @@ func New(o Options) *Replicator {
 	if o.RetryDelay == 0 {
 		o.RetryDelay = time.Second
 	}
+	if o.LockDB == nil {
+		o.LockDB = o.DB
+	}
 	return &Replicator{o: o}
 }
 
@@ -101,49 +108,94 @@ func (r *Replicator) IDC() string { return r.o.IDC }
 
 // Fill makes this IDC's storage hold blob d (linked in repo), copying it
 // from another IDC once. Concurrent fills of one blob, on any server of
-// the IDC, share that one copy.
+// the IDC, share that one copy. No overall timeout: a large layer takes
+// as long as it takes (the transfer fails on a stalled peer instead).
 func (r *Replicator) Fill(ctx context.Context, repo string, d digest.Digest) error {
-	_, err := r.fills.Do(ctx, d.String(), func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, r.copyOnce(ctx, repo, d, CauseFill)
+	_, err := r.fills.Do(ctx, repo+"@"+d.String(), func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, r.copyOnce(ctx, repo, d, CauseFill, false)
 	})
 	return err
 }
 
 // Refill is Fill for a blob recorded as held by this IDC whose bytes its
-// storage no longer has: the stale placement goes first.
+// storage no longer has: under the IDC's lock for the blob, the stale
+// record is dropped (only if another IDC holds the blob: otherwise the
+// record is all that says where it was) and the blob copied back.
 func (r *Replicator) Refill(ctx context.Context, repo string, d digest.Digest) error {
-	// Only when another IDC holds it: otherwise the record is all that
-	// is left to say where the blob was.
-	tag, err := r.o.DB.Exec(ctx, `
-		DELETE FROM blob_placements WHERE digest = $1 AND idc = $2
-		AND EXISTS (SELECT 1 FROM blob_placements WHERE digest = $1 AND idc <> $2)`, d.String(), r.o.IDC)
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("blob %s: no other IDC holds it: %w", d, ErrUnavailable)
-	}
-	return r.Fill(ctx, repo, d)
+	_, err := r.fills.Do(ctx, repo+"@"+d.String()+"#refill", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, r.copyOnce(ctx, repo, d, CauseFill, true)
+	})
+	return err
 }
 
-// copyOnce copies d into this IDC unless it is already placed here, under
-// the IDC-wide lock for d.
-func (r *Replicator) copyOnce(ctx context.Context, repo string, d digest.Digest, cause string) error {
-	conn, err := r.o.DB.Acquire(ctx)
-	if err != nil {
+// lock takes the IDC-wide lock for copying d, polling a try-lock so a
+// waiter holds no connection (and leaves no backend queued in PostgreSQL
+// if it gives up). It returns done=true, without the lock, when another
+// server finished the copy meanwhile.
+func (r *Replicator) lock(ctx context.Context, d digest.Digest, refill bool) (unlock func(), done bool, err error) {
+	key := "gaia-fill:" + r.o.IDC + ":" + d.String()
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		conn, err := r.o.LockDB.Acquire(ctx)
+		if err != nil {
+			return nil, false, err
+		}
+		var got bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got); err != nil {
+			conn.Release()
+			return nil, false, err
+		}
+		if got {
+			return func() {
+				conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
+				conn.Release()
+			}, false, nil
+		}
+		conn.Release()
+		if !refill {
+			var placed bool
+			if err := r.o.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM blob_placements WHERE digest = $1 AND idc = $2)`,
+				d.String(), r.o.IDC).Scan(&placed); err != nil {
+				return nil, false, err
+			}
+			if placed {
+				return nil, true, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// copyOnce copies d into this IDC unless it is already placed here (for
+// a refill: unless its bytes are back), under the IDC-wide lock for d.
+func (r *Replicator) copyOnce(ctx context.Context, repo string, d digest.Digest, cause string, refill bool) error {
+	unlock, done, err := r.lock(ctx, d, refill)
+	if err != nil || done {
 		return err
 	}
-	defer conn.Release()
-	lock := "gaia-fill:" + r.o.IDC + ":" + d.String()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended($1, 0))`, lock); err != nil {
-		return err
+	defer unlock()
+	if refill {
+		if _, err := r.o.Driver.Stat(ctx, uploadsession.BlobPath(d)); err == nil {
+			return nil // another server of the IDC refilled it first
+		}
+		tag, err := r.o.DB.Exec(ctx, `
+			DELETE FROM blob_placements WHERE digest = $1 AND idc = $2
+			AND EXISTS (SELECT 1 FROM blob_placements WHERE digest = $1 AND idc <> $2)`, d.String(), r.o.IDC)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("blob %s: no other IDC holds it: %w", d, ErrUnavailable)
+		}
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, lock)
 
 	var placed bool
 	var size int64
 	var sources []string
-	err = conn.QueryRow(ctx, `
+	err = r.o.DB.QueryRow(ctx, `
 		SELECT bl.size,
 		       EXISTS (SELECT 1 FROM blob_placements WHERE digest = bl.digest AND idc = $2),
 		       coalesce(array_agg(p.idc ORDER BY p.created_at) FILTER (WHERE p.idc IS NOT NULL AND p.idc <> $2), '{}')
@@ -163,7 +215,7 @@ func (r *Replicator) copyOnce(ctx context.Context, repo string, d digest.Digest,
 		}
 		err := r.copyFrom(ctx, src, base, repo, d, size, cause)
 		if err == nil {
-			_, err = conn.Exec(ctx, `INSERT INTO blob_placements (digest, idc) VALUES ($1, $2) ON CONFLICT DO NOTHING`, d.String(), r.o.IDC)
+			_, err = r.o.DB.Exec(ctx, `INSERT INTO blob_placements (digest, idc) VALUES ($1, $2) ON CONFLICT DO NOTHING`, d.String(), r.o.IDC)
 			return err
 		}
 		r.o.Log.Warn("cross-IDC copy failed", "digest", d, "from", src, "cause", cause, "err", err)
@@ -286,21 +338,22 @@ func (r *Replicator) Run(ctx context.Context, idle time.Duration) {
 	}
 }
 
+// jobLease is how long a claimed job is hidden from other servers: if the
+// claiming server dies mid-copy, another takes the job after it.
+const jobLease = 15 * time.Minute
+
 // RunOne does the oldest due job of this IDC, if any, and reports whether
-// there was one.
+// there was one. The job is claimed in a short transaction (a lease), not
+// held in one for the length of the copy.
 func (r *Replicator) RunOne(ctx context.Context) (bool, error) {
-	tx, err := r.o.DB.Begin(ctx)
-	if err != nil {
-		return false, err
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
 	var id int64
 	var dg, repo string
 	var attempts int
-	err = tx.QueryRow(ctx, `
-		SELECT id, digest, repository, attempts FROM replication_jobs
-		WHERE to_idc = $1 AND not_before <= now()
-		ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`, r.o.IDC).Scan(&id, &dg, &repo, &attempts)
+	err := r.o.DB.QueryRow(ctx, `
+		UPDATE replication_jobs SET not_before = now() + make_interval(secs => $2)
+		WHERE id = (SELECT id FROM replication_jobs WHERE to_idc = $1 AND not_before <= now()
+		            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+		RETURNING id, digest, repository, attempts`, r.o.IDC, jobLease.Seconds()).Scan(&id, &dg, &repo, &attempts)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
@@ -309,20 +362,19 @@ func (r *Replicator) RunOne(ctx context.Context) (bool, error) {
 	}
 	d, err := digest.Parse(dg)
 	if err == nil {
-		err = r.copyOnce(ctx, repo, d, CauseReplication)
+		err = r.copyOnce(ctx, repo, d, CauseReplication, false)
 	}
+	bg := context.WithoutCancel(ctx)
 	if err != nil {
 		delay := min(r.o.RetryDelay<<min(attempts, 20), 10*time.Minute)
-		if _, uerr := tx.Exec(ctx, `
+		if _, uerr := r.o.DB.Exec(bg, `
 			UPDATE replication_jobs SET attempts = attempts + 1, last_error = $2,
 			       not_before = now() + make_interval(secs => $3) WHERE id = $1`,
 			id, err.Error(), delay.Seconds()); uerr != nil {
 			return true, uerr
 		}
-		return true, errors.Join(fmt.Errorf("job %d (%s to %s): %w", id, d, r.o.IDC, err), tx.Commit(ctx))
+		return true, fmt.Errorf("job %d (%s to %s): %w", id, d, r.o.IDC, err)
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM replication_jobs WHERE id = $1`, id); err != nil {
-		return true, err
-	}
-	return true, tx.Commit(ctx)
+	_, err = r.o.DB.Exec(bg, `DELETE FROM replication_jobs WHERE id = $1`, id)
+	return true, err
 }

@@ -203,8 +203,14 @@ func TestRefill(t *testing.T) {
 	if got, err := r.o.Driver.GetContent(ctx, uploadsession.BlobPath(d)); err != nil || !bytes.Equal(got, data) || calls.Load() != 2 {
 		t.Fatalf("refilled: %d bytes, %v, %d transfers", len(got), err, calls.Load())
 	}
-	// Only this IDC holds it now: a refill cannot help and keeps the record.
+	// A refill of bytes that are back is a no-op.
+	if err := r.Refill(ctx, "r", d); err != nil || calls.Load() != 2 {
+		t.Fatalf("refill of a present blob: %v, %d transfers", err, calls.Load())
+	}
+	// Only this IDC holds it now, and its bytes are gone: a refill cannot
+	// help and keeps the record.
 	pool.Exec(ctx, `DELETE FROM blob_placements WHERE idc = 'a'`)
+	r.o.Driver.Delete(ctx, uploadsession.BlobPath(d))
 	if err := r.Refill(ctx, "r", d); err == nil || !strings.Contains(err.Error(), "no other IDC") {
 		t.Fatalf("refill with no other holder: %v", err)
 	}

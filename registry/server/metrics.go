@@ -158,6 +158,12 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		route := api.Parse(r.URL.Path).Kind
+		method := r.Method
+		switch method { // a client's made-up method must not mint series
+		case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		default:
+			method = "OTHER"
+		}
 		if route == "" {
 			route = "other"
 		}
@@ -166,7 +172,7 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger) http.Handler {
 		rec := &recorder{ResponseWriter: w}
 		body := &countingBody{ReadCloser: r.Body}
 		r.Body = body
-		inFlight := m.inFlight.WithLabelValues(route, r.Method)
+		inFlight := m.inFlight.WithLabelValues(route, method)
 		inFlight.Inc()
 		defer func() {
 			inFlight.Dec()
@@ -174,8 +180,8 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger) http.Handler {
 				rec.status = http.StatusOK
 			}
 			elapsed := time.Since(start)
-			m.requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.status)).Inc()
-			m.duration.WithLabelValues(route, r.Method).Observe(elapsed.Seconds())
+			m.requests.WithLabelValues(route, method, strconv.Itoa(rec.status)).Inc()
+			m.duration.WithLabelValues(route, method).Observe(elapsed.Seconds())
 			m.bytesIn.WithLabelValues(route).Add(float64(body.n))
 			m.bytesOut.WithLabelValues(route).Add(float64(rec.bytes))
 			level := slog.LevelInfo

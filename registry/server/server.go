@@ -54,7 +54,8 @@ type Server struct {
 	metrics *metrics
 	handler http.Handler
 	tls     *tls.Config
-	repl    *replication.Replicator // nil without cluster.peers
+	repl     *replication.Replicator // nil without cluster.peers
+	lockPool *pgxpool.Pool           // the replicator's lock connections
 	consul  *consul.Client          // nil without cluster.consul.addr
 	ready   atomic.Bool
 }
@@ -121,9 +122,17 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	s.driver = timedDriver{StorageDriver: drv, m: s.metrics}
 	s.uploads = uploadsession.New(s.pool, s.driver).InIDC(cfg.Cluster.IDC)
 	if len(cfg.Cluster.Peers) > 0 {
+		// Copies in progress hold a connection each (their advisory lock)
+		// in a pool of their own, so a burst of fills cannot starve the API.
+		lc := pc.Copy()
+		lc.MaxConns, lc.MinConns = 16, 0
+		if s.lockPool, err = pgxpool.NewWithConfig(ctx, lc); err != nil {
+			s.pool.Close()
+			return nil, fmt.Errorf("database.url: %w", err)
+		}
 		s.repl = replication.New(replication.Options{
 			IDC: cfg.Cluster.IDC, Peers: cfg.Cluster.Peers, Token: cfg.Cluster.InternalToken,
-			Prefixes: cfg.Cluster.Replicate, DB: s.pool, Driver: s.driver, Log: log,
+			Prefixes: cfg.Cluster.Replicate, DB: s.pool, LockDB: s.lockPool, Driver: s.driver, Log: log,
 			Bytes: s.metrics.crossIDCBytes,
 		})
 	}
@@ -310,6 +319,9 @@ func (s *Server) deregister() {
 // http.draintimeout to finish. It closes the database pool on return.
 func (s *Server) Serve(ctx context.Context) error {
 	defer s.pool.Close()
+	if s.lockPool != nil {
+		defer s.lockPool.Close()
+	}
 	ln, err := net.Listen("tcp", s.cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
@@ -371,7 +383,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.ready.Store(false)
-	s.deregister() // gateways stop sending before the listener closes
+	if s.consul != nil {
+		// Gateways stop sending before the listener closes: Consul tells
+		// them through blocking queries, which takes a moment.
+		s.deregister()
+		select {
+		case <-time.After(min(time.Second, s.cfg.HTTP.DrainTimeout/4)):
+		case err := <-errc:
+			return err
+		}
+	}
 	s.log.Info("shutting down: draining in-flight requests", "timeout", s.cfg.HTTP.DrainTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.DrainTimeout)
 	defer cancel()
