@@ -68,8 +68,8 @@ type Options struct {
 	// of fills cannot starve the API's queries; nil: DB.
 	LockDB *pgxpool.Pool
 	Driver storagedriver.StorageDriver // this IDC's storage
-	Log      *slog.Logger
-	Client   *http.Client // default: no overall timeout (blobs are large), 30 s to response headers
+	Log    *slog.Logger
+	Client *http.Client // default: no overall timeout (blobs are large), 30 s to response headers
 	// Bytes counts bytes crossing IDCs by direction ("in"), cause and peer.
 	Bytes *prometheus.CounterVec
 	// RetryDelay is the first back-off of a failed job (doubling, at most 10 min).

@@ -45,19 +45,19 @@ import (
 
 // Server is one registry server, ready to Serve.
 type Server struct {
-	cfg     *Config
-	log     *slog.Logger
-	pool    *pgxpool.Pool
-	driver  storagedriver.StorageDriver
-	uploads *uploadsession.Store
-	storage *StorageConfig
-	metrics *metrics
-	handler http.Handler
-	tls     *tls.Config
+	cfg      *Config
+	log      *slog.Logger
+	pool     *pgxpool.Pool
+	driver   storagedriver.StorageDriver
+	uploads  *uploadsession.Store
+	storage  *StorageConfig
+	metrics  *metrics
+	handler  http.Handler
+	tls      *tls.Config
 	repl     *replication.Replicator // nil without cluster.peers
 	lockPool *pgxpool.Pool           // the replicator's lock connections
-	consul  *consul.Client          // nil without cluster.consul.addr
-	ready   atomic.Bool
+	consul   *consul.Client          // nil without cluster.consul.addr
+	ready    atomic.Bool
 }
 
 // NewLogger makes the structured logger the config asks for.
