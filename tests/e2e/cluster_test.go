@@ -231,11 +231,13 @@ func TestClusterKillDuringPushAndPull(t *testing.T) {
 		return harness.Metric(t, "http://"+gw, "gaia_gateway_upstreams", `state="live"`) == 3
 	})
 
-	// killWhen kills the first server whose metric passes threshold: with
-	// the in-flight gauge, a server in the middle of a request.
+	// killWhen kills the first server whose metric stays above threshold
+	// for three polls in a row: with the in-flight gauge, a server in the
+	// middle of a long request (a layer, not a config blob).
 	killWhen := func(name, label string, threshold float64) <-chan *harness.Registry {
 		done := make(chan *harness.Registry, 1)
 		go func() {
+			seen := map[*harness.Registry]int{}
 			deadline := time.Now().Add(2 * time.Minute)
 			for time.Now().Before(deadline) {
 				for _, r := range c.servers["idc-a"] {
@@ -243,9 +245,13 @@ func TestClusterKillDuringPushAndPull(t *testing.T) {
 						continue
 					}
 					if harness.Metric(t, r.URL(), name, label) > threshold {
-						r.Kill()
-						done <- r
-						return
+						if seen[r]++; seen[r] >= 3 {
+							r.Kill()
+							done <- r
+							return
+						}
+					} else {
+						seen[r] = 0
 					}
 				}
 				time.Sleep(5 * time.Millisecond)
