@@ -5,15 +5,13 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
 
 // Config is gaia-gateway's YAML configuration.
 type Config struct {
-	Log struct {
-		Level     string `yaml:"level"`     // debug, info (default), warn, error
-		Formatter string `yaml:"formatter"` // text (default) or json
-	} `yaml:"log"`
+	Log  logconfig.Config `yaml:"log"`
 	HTTP struct {
 		Addr         string        `yaml:"addr"`         // default 127.0.0.1:6000
 		DrainTimeout time.Duration `yaml:"draintimeout"` // default 30s
@@ -50,12 +48,6 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 		[]string{"log", "http", "idc", "consul", "failover", "retries", "eject"}, &c); err != nil {
 		return nil, err
 	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
-	if c.Log.Formatter == "" {
-		c.Log.Formatter = "text"
-	}
 	if c.HTTP.Addr == "" {
 		c.HTTP.Addr = "127.0.0.1:6000"
 	}
@@ -91,15 +83,7 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 		case c.Eject.Failures < 0 || c.Eject.Duration < 0:
 			return errors.New("eject: failures and duration must not be negative")
 		}
-		switch c.Log.Level {
-		case "debug", "info", "warn", "error":
-		default:
-			return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
-		}
-		if c.Log.Formatter != "text" && c.Log.Formatter != "json" {
-			return fmt.Errorf("log.formatter: %q is not text or json", c.Log.Formatter)
-		}
-		return nil
+		return c.Log.Check()
 	}()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

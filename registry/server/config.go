@@ -9,26 +9,21 @@ import (
 	"time"
 
 	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
 
 // Config is gaia-registry's YAML configuration. Keys follow distribution's
 // where the meaning is the same (http, storage, auth, log), plus database.
 type Config struct {
-	Log      LogConfig      `yaml:"log"`
-	HTTP     HTTPConfig     `yaml:"http"`
-	Storage  map[string]any `yaml:"storage"`
-	Database DatabaseConfig `yaml:"database"`
-	Auth     auth.Config    `yaml:"auth"`
-	Cluster  ClusterConfig  `yaml:"cluster"`
+	Log      logconfig.Config `yaml:"log"`
+	HTTP     HTTPConfig       `yaml:"http"`
+	Storage  map[string]any   `yaml:"storage"`
+	Database DatabaseConfig   `yaml:"database"`
+	Auth     auth.Config      `yaml:"auth"`
+	Cluster  ClusterConfig    `yaml:"cluster"`
 	// Version is accepted (and ignored) so distribution-style files load.
 	Version string `yaml:"version"`
-}
-
-// LogConfig: structured logs on stderr.
-type LogConfig struct {
-	Level     string `yaml:"level"`     // debug, info (default), warn, error
-	Formatter string `yaml:"formatter"` // text (default) or json
 }
 
 // HTTPConfig is the listener.
@@ -109,12 +104,6 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 }
 
 func (c *Config) applyDefaults() {
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
-	if c.Log.Formatter == "" {
-		c.Log.Formatter = "text"
-	}
 	if c.HTTP.Addr == "" {
 		c.HTTP.Addr = "127.0.0.1:5000"
 	}
@@ -140,15 +129,8 @@ func (c *Config) applyDefaults() {
 }
 
 func (c *Config) validate() error {
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
-	}
-	switch c.Log.Formatter {
-	case "text", "json":
-	default:
-		return fmt.Errorf("log.formatter: %q is not text or json", c.Log.Formatter)
+	if err := c.Log.Check(); err != nil {
+		return err
 	}
 	if (c.HTTP.TLS.Certificate == "") != (c.HTTP.TLS.Key == "") {
 		return errors.New("http.tls: certificate and key go together")

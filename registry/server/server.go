@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"runtime"
 	"strconv"
 	"sync/atomic"
@@ -58,17 +57,6 @@ type Server struct {
 	lockPool *pgxpool.Pool           // the replicator's lock connections
 	consul   *consul.Client          // nil without cluster.consul.addr
 	ready    atomic.Bool
-}
-
-// NewLogger makes the structured logger the config asks for.
-func NewLogger(cfg LogConfig) *slog.Logger {
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.Formatter == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
 // New connects to PostgreSQL (migrating when database.migrate is set, and

@@ -13,7 +13,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -41,13 +40,7 @@ func run(configPath string) error {
 	if err != nil {
 		return err
 	}
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.Log.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	log := slog.New(slog.NewTextHandler(os.Stderr, opts))
-	if cfg.Log.Formatter == "json" {
-		log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	}
+	log := cfg.Log.New()
 	cc := consul.DefaultConfig()
 	cc.Address = cfg.Consul.Addr
 	cc.Token = cfg.Consul.Token

@@ -60,7 +60,7 @@ func serve(configPath string) error {
 	if err != nil {
 		return err
 	}
-	log := server.NewLogger(cfg.Log)
+	log := cfg.Log.New()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	srv, err := server.New(ctx, cfg, log)
