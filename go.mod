@@ -3,6 +3,7 @@ module github.com/gaia-registry/gaia
 go 1.26.0
 
 require (
+	github.com/Masterminds/semver/v3 v3.5.0
 	github.com/colinmarc/hdfs/v2 v2.4.0
 	github.com/distribution/distribution/v3 v3.1.2
 	github.com/hashicorp/consul/api v1.33.0
@@ -10,6 +11,7 @@ require (
 	github.com/opencontainers/go-digest v1.0.0
 	github.com/opencontainers/image-spec v1.1.1
 	github.com/prometheus/client_golang v1.23.2
+	github.com/robfig/cron/v3 v3.0.1
 	go.yaml.in/yaml/v3 v3.0.5
 	golang.org/x/crypto v0.57.0
 )
