@@ -157,10 +157,13 @@ func (r *Rule) Validate() error {
 	return nil
 }
 
+// Redacted stands for a password in what the API shows.
+const Redacted = "********"
+
 // Redacted is the rule as the API shows it: no password.
 func (r Rule) Redacted() Rule {
 	if r.Upstream.Password != "" {
-		r.Upstream.Password = "********"
+		r.Upstream.Password = Redacted
 	}
 	return r
 }

@@ -1,0 +1,141 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/gaia-registry/gaia/mirror-sync/store"
+	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+func setup(t *testing.T) (base string, st *store.Store) {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, harness.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, _, err := metadata.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	st = store.New(pool)
+	srv := httptest.NewServer(&Handler{Store: st, Token: "adm1n"})
+	t.Cleanup(srv.Close)
+	return srv.URL + Prefix, st
+}
+
+func call(t *testing.T, method, url, token, body string) (int, map[string]any, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	json.Unmarshal(raw, &m)
+	return resp.StatusCode, m, string(raw)
+}
+
+const ruleJSON = `{"name":"hub","upstream":{"url":"%s","username":"bot","password":"s3cret"},
+	"repositories":["library/nginx"],"tags":{"regex":"^1\\."},"schedule":"1h","enabled":true}`
+
+func errField(m map[string]any) string {
+	e, _ := m["error"].(map[string]any)
+	f, _ := e["field"].(string)
+	return f
+}
+
+func TestRulesAPI(t *testing.T) {
+	base, st := setup(t)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized) // a registry asking for a token
+	}))
+	defer upstream.Close()
+	body := strings.Replace(ruleJSON, "%s", upstream.URL, 1)
+
+	if code, _, _ := call(t, "GET", base, "", ""); code != 401 {
+		t.Fatalf("no token: %d", code)
+	}
+	if code, _, _ := call(t, "GET", base, "wrong", ""); code != 401 {
+		t.Fatalf("wrong token: %d", code)
+	}
+	code, m, raw := call(t, "POST", base+"?check=1", "adm1n", body)
+	if code != 201 || strings.Contains(raw, "s3cret") || !strings.Contains(raw, `"password": "********"`) || m["next_run_at"] == nil {
+		t.Fatalf("create: %d %s", code, raw)
+	}
+	if code, m, _ := call(t, "POST", base, "adm1n", body); code != 409 || errField(m) != "name" {
+		t.Fatalf("duplicate: %d %v", code, m)
+	}
+	for bad, field := range map[string]string{
+		strings.Replace(body, `"1h"`, `"every hour"`, 1):          "schedule",
+		strings.Replace(body, `"^1\\."`, `"("`, 1):                "tags.regex",
+		strings.Replace(body, `"enabled":true`, `"colour":1`, 1):  "colour",
+		strings.Replace(body, `"name":"hub"`, `"name":"Hub!"`, 1): "name",
+	} {
+		if code, m, _ := call(t, "POST", base, "adm1n", bad); code != 400 || errField(m) != field {
+			t.Errorf("invalid rule (%s): %d %v", field, code, m)
+		}
+	}
+	unreachable := strings.Replace(strings.Replace(body, upstream.URL, "http://127.0.0.1:1", 1), `"hub"`, `"hub2"`, 1)
+	if code, m, _ := call(t, "POST", base+"?check=1", "adm1n", unreachable); code != 400 || errField(m) != "upstream.url" {
+		t.Fatalf("unreachable upstream with check: %d %v", code, m)
+	}
+
+	// Update without the password keeps the stored one.
+	upd := strings.Replace(strings.Replace(body, `,"password":"s3cret"`, ``, 1), `"1h"`, `"0 3 * * *"`, 1)
+	if code, _, raw := call(t, "PUT", base+"/hub", "adm1n", upd); code != 200 || !strings.Contains(raw, `"0 3 * * *"`) {
+		t.Fatalf("update: %d %s", code, raw)
+	}
+	e, err := st.Get(context.Background(), "hub")
+	if err != nil || e.Rule.Upstream.Password != "s3cret" || e.Rule.Schedule != "0 3 * * *" {
+		t.Fatalf("stored after update: %+v %v", e, err)
+	}
+	if code, m, _ := call(t, "PUT", base+"/other", "adm1n", upd); code != 400 || errField(m) != "name" {
+		t.Fatalf("rename through PUT: %d %v", code, m)
+	}
+
+	// Run now: queued once; asking again returns the same run.
+	code, m, _ = call(t, "POST", base+"/hub/run", "adm1n", "")
+	if code != 202 || m["state"] != "queued" || m["trigger"] != "manual" {
+		t.Fatalf("run: %d %v", code, m)
+	}
+	id := m["id"]
+	if code, m, _ := call(t, "POST", base+"/hub/run", "adm1n", ""); code != 200 || m["id"] != id {
+		t.Fatalf("run again: %d %v", code, m)
+	}
+	code, _, raw = call(t, "GET", base+"/hub/runs", "adm1n", "")
+	var runs []store.Run
+	json.Unmarshal([]byte(raw), &runs)
+	if code != 200 || len(runs) != 1 || runs[0].State != "queued" {
+		t.Fatalf("history: %d %s", code, raw)
+	}
+	if code, _, raw := call(t, "GET", base+"/hub", "adm1n", ""); code != 200 || !strings.Contains(raw, `"runs": [`) || strings.Contains(raw, "s3cret") {
+		t.Fatalf("show: %d %s", code, raw)
+	}
+	if code, _, raw := call(t, "GET", base, "adm1n", ""); code != 200 || !strings.Contains(raw, `"name": "hub"`) || strings.Contains(raw, "s3cret") {
+		t.Fatalf("list: %d %s", code, raw)
+	}
+	if code, _, _ := call(t, "DELETE", base+"/hub", "adm1n", ""); code != 204 {
+		t.Fatalf("delete: %d", code)
+	}
+	if code, m, _ := call(t, "GET", base+"/hub", "adm1n", ""); code != 404 || errField(m) != "name" {
+		t.Fatalf("after delete: %d %v", code, m)
+	}
+	if code, _, _ := call(t, "POST", base+"/hub/run", "adm1n", ""); code != 404 {
+		t.Fatalf("run of a deleted rule: %d", code)
+	}
+}

@@ -1,0 +1,2 @@
+DROP TABLE mirror_runs;
+DROP TABLE mirror_rules;
