@@ -12,7 +12,7 @@ TESTFLAGS ?= -count=1 -short -race -timeout 40m
 all: build
 
 build:
-	$(GO) build -o bin/ ./registry/cmd/...   # gaia-registry, gaia-gateway
+	$(GO) build -o bin/ ./registry/cmd/... ./mirror-sync/cmd/... ./cmd/...   # gaia-registry, gaia-gateway, gaia-mirror, gaiactl
 
 # A registry on 127.0.0.1:5000 with filesystem storage (configs/registry-local.yml)
 # and the local PostgreSQL (installed and started here if needed), in the

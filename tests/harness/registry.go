@@ -102,17 +102,19 @@ database: {url: %q, migrate: true}
 // stopped gracefully at the end of the test; a non-zero exit fails it.
 func StartRegistry(t testing.TB, addr, config string) *Registry {
 	t.Helper()
-	return startDaemon(t, "./registry/cmd/gaia-registry", []string{"serve"}, addr, config)
+	return StartDaemon(t, "./registry/cmd/gaia-registry", []string{"serve"}, addr, config)
 }
 
 // StartGateway runs `gaia-gateway` likewise (ready: it has heard from
 // Consul and, with failover local, knows a server of its IDC).
 func StartGateway(t testing.TB, addr, config string) *Registry {
 	t.Helper()
-	return startDaemon(t, "./registry/cmd/gaia-gateway", nil, addr, config)
+	return StartDaemon(t, "./registry/cmd/gaia-gateway", nil, addr, config)
 }
 
-func startDaemon(t testing.TB, pkg string, args []string, addr, config string) *Registry {
+// StartDaemon runs a daemon of this repository (`go build` of pkg) with
+// args and --config, and waits until addr answers /readyz.
+func StartDaemon(t testing.TB, pkg string, args []string, addr, config string) *Registry {
 	t.Helper()
 	bin := Binary(t, pkg)
 	dir := t.TempDir()
