@@ -2,10 +2,13 @@ package rule
 
 import (
 	"encoding/json"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 func valid() *Rule {
@@ -135,5 +138,25 @@ func TestPlatformsAndSchedule(t *testing.T) {
 	c, err := ParseSchedule("0 */6 * * *")
 	if err != nil || c.Next(at) != time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC) {
 		t.Errorf("cron: %v %v", err, c)
+	}
+}
+
+// The example rule in configs/ is valid.
+func TestExampleRule(t *testing.T) {
+	raw, err := os.ReadFile("../../configs/mirror-rule-example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := yaml.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := json.Marshal(v)
+	r, err := Decode(j)
+	if err == nil {
+		err = r.Validate()
+	}
+	if err != nil || !r.MatchRepository("library/redis") || r.MatchRepository("library/redis-sentinel") {
+		t.Fatalf("example rule: %v %+v", err, r)
 	}
 }
