@@ -173,3 +173,108 @@ func (s *Store) Runs(ctx context.Context, name string, limit int) ([]Run, error)
 	rows, _ := s.db.Query(ctx, `SELECT `+runColumns+` FROM mirror_runs WHERE rule = $1 ORDER BY id DESC LIMIT $2`, name, limit)
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Run, error) { return scanRun(row) })
 }
+
+// Schedule queues a run for every enabled rule whose next run is due (and
+// has none queued or running) and moves its next run on; it returns how
+// many runs it queued. Every worker may call it: each rule row is updated
+// once per due time.
+func (s *Store) Schedule(ctx context.Context, now time.Time) (int, error) {
+	rows, _ := s.db.Query(ctx, `
+		SELECT name, spec FROM mirror_rules
+		WHERE enabled AND next_run_at <= $1 ORDER BY next_run_at FOR UPDATE SKIP LOCKED`, now)
+	type due struct {
+		name string
+		r    rule.Rule
+	}
+	dues, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (due, error) {
+		var d due
+		return d, row.Scan(&d.name, &d.r)
+	})
+	if err != nil {
+		return 0, err
+	}
+	queued := 0
+	for _, d := range dues {
+		err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+			// Re-check under the row lock: another worker may have moved it on.
+			var next *time.Time
+			if err := tx.QueryRow(ctx, `SELECT next_run_at FROM mirror_rules WHERE name = $1 FOR UPDATE`, d.name).Scan(&next); err != nil {
+				return err
+			}
+			if next == nil || next.After(now) {
+				return nil
+			}
+			tag, err := tx.Exec(ctx, `
+				INSERT INTO mirror_runs (rule, trigger) VALUES ($1, 'schedule')
+				ON CONFLICT (rule) WHERE state IN ('queued', 'running') DO NOTHING`, d.name)
+			if err != nil {
+				return err
+			}
+			queued += int(tag.RowsAffected())
+			_, err = tx.Exec(ctx, `UPDATE mirror_rules SET next_run_at = $2 WHERE name = $1`, d.name, nextRun(&d.r, now))
+			return err
+		})
+		if err != nil {
+			return queued, err
+		}
+	}
+	return queued, nil
+}
+
+// Claim gives worker the oldest queued run, or a running one whose lease
+// ran out (its worker died: the new one resumes it), leased until
+// now+lease. ok is false when there is nothing to do.
+func (s *Store) Claim(ctx context.Context, worker string, lease time.Duration) (run Run, ok bool, err error) {
+	run, err = scanRun(s.db.QueryRow(ctx, `
+		UPDATE mirror_runs SET state = 'running', worker = $1, lease_until = now() + make_interval(secs => $2),
+		       started_at = coalesce(started_at, now())
+		WHERE id = (SELECT id FROM mirror_runs
+		            WHERE state = 'queued' OR (state = 'running' AND lease_until < now())
+		            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+		RETURNING `+runColumns, worker, lease.Seconds()))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Run{}, false, nil
+	}
+	return run, err == nil, err
+}
+
+// ErrLeaseLost: the run is no longer this worker's (its lease ran out and
+// another worker took it, or it ended).
+var ErrLeaseLost = errors.New("mirror run lease lost")
+
+// Progress adds to a run's counters and extends its lease; it fails with
+// ErrLeaseLost when the run is no longer worker's.
+func (s *Store) Progress(ctx context.Context, id int64, worker string, lease time.Duration, images, tags, blobs int, bytes int64) error {
+	tag, err := s.db.Exec(ctx, `
+		UPDATE mirror_runs SET images = images + $3, tags = tags + $4, blobs = blobs + $5, bytes = bytes + $6,
+		       lease_until = now() + make_interval(secs => $7)
+		WHERE id = $1 AND worker = $2 AND state = 'running'`, id, worker, images, tags, blobs, bytes, lease.Seconds())
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+// Finish ends a run as succeeded or failed, with its errors.
+func (s *Store) Finish(ctx context.Context, id int64, worker string, failed bool, errs []string) error {
+	state := "succeeded"
+	if failed {
+		state = "failed"
+	}
+	if errs == nil {
+		errs = []string{}
+	}
+	tag, err := s.db.Exec(ctx, `
+		UPDATE mirror_runs SET state = $3, errors = $4, finished_at = now(), lease_until = NULL
+		WHERE id = $1 AND worker = $2 AND state = 'running'`, id, worker, state, errs)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrLeaseLost
+	}
+	return nil
+}
