@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,17 @@ import (
 // TCPConn.ReadFrom uses splice(2) on Linux), instead of copying every byte
 // through user space. The client's connection is hijacked for it and
 // closed after the body (docker opens a connection per layer anyway).
+
+// transferDeadline bounds a spliced transfer, whose bytes the gateway
+// never sees (so it cannot watch progress): ten minutes plus a second per
+// MiB, i.e. it fails only below about 1 MiB/s. A stalled peer then frees
+// both connections instead of holding them, and shutdown, forever.
+func transferDeadline(size int64, conns ...net.Conn) {
+	d := time.Now().Add(10*time.Minute + time.Duration(size>>20)*time.Second)
+	for _, c := range conns {
+		c.SetDeadline(d)
+	}
+}
 
 // spliceMin is the smallest body worth a connection of its own.
 const spliceMin = 1 << 20
@@ -42,6 +54,10 @@ func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Reque
 		return err
 	}
 	defer conn.Close()
+	// Until the hijack, the client going away ends the upstream exchange.
+	stop := context.AfterFunc(r.Context(), func() { conn.Close() })
+	defer stop()
+	conn.SetDeadline(time.Now().Add(5 * time.Minute)) // to the response headers
 	out.Header.Set("Connection", "close")
 	if err := out.Write(conn); err != nil {
 		return err
@@ -66,6 +82,7 @@ func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Reque
 		return nil
 	}
 	defer client.Close()
+	transferDeadline(resp.ContentLength, conn, client)
 	hdr := resp.Header.Clone()
 	for _, h := range hopHeaders {
 		hdr.Del(h)
@@ -133,6 +150,7 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 		return err
 	}
 	defer lingerClose(client)
+	transferDeadline(r.ContentLength, conn, client)
 
 	hdr := out.Header.Clone()
 	for _, h := range hopHeaders {
