@@ -9,25 +9,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/gaia-registry/gaia/mirror-sync/store"
-	"github.com/gaia-registry/gaia/registry/metadata"
-	"github.com/gaia-registry/gaia/tests/harness"
+	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
 )
 
 func setup(t *testing.T) (base string, st *store.Store) {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, harness.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, _, err := metadata.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	st = store.New(pool)
+	st = store.New(metadatatest.Pool(t))
 	srv := httptest.NewServer(&Handler{Store: st, Token: "adm1n"})
 	t.Cleanup(srv.Close)
 	return srv.URL + Prefix, st

@@ -10,21 +10,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/gaia-registry/gaia/mirror-sync/rule"
-	"github.com/gaia-registry/gaia/registry/metadata"
-	"github.com/gaia-registry/gaia/tests/harness"
+	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
 )
 
 func newStore(t *testing.T) (*Store, *pgxpool.Pool) {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, harness.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, _, err := metadata.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := metadatatest.Pool(t)
 	return New(pool), pool
 }
 

@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -13,27 +12,21 @@ import (
 	"testing"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
-	"github.com/gaia-registry/gaia/tests/harness"
 )
 
 // twoServers starts two API servers sharing one database and one storage
 // directory, and nothing else.
 func twoServers(t *testing.T) (a, b string) {
 	t.Helper()
-	url := harness.NewDatabase(t)
+	url := metadatatest.Database(t)
 	root := t.TempDir()
-	ctx := context.Background()
 	start := func() string {
-		pool, err := pgxpool.New(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
+		pool := metadatatest.Open(t, url)
 		drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": root})
 		if err != nil {
 			t.Fatal(err)
@@ -43,11 +36,6 @@ func twoServers(t *testing.T) (a, b string) {
 		return srv.URL
 	}
 	a, b = start(), start()
-	pool, _ := pgxpool.New(ctx, url)
-	defer pool.Close()
-	if _, _, err := metadata.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
 	return a, b
 }
 

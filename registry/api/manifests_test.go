@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,14 +14,13 @@ import (
 	"testing"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/gaia-registry/gaia/registry/manifest"
 	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
-	"github.com/gaia-registry/gaia/tests/harness"
 )
 
 const (
@@ -583,15 +581,7 @@ func TestManifestDelete(t *testing.T) {
 // TestDeletesDisabled: without Options.Delete, DELETE of manifests, tags
 // and blobs is UNSUPPORTED and changes nothing; cancelling an upload still works.
 func TestDeletesDisabled(t *testing.T) {
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, harness.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, _, err := metadata.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := metadatatest.Pool(t)
 	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

@@ -19,9 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
-	"github.com/gaia-registry/gaia/tests/harness"
 )
 
 // env: a database where IDC "a" holds one blob linked in repo "r", a peer
@@ -30,14 +29,7 @@ import (
 func env(t *testing.T, failures int64, prefixes ...string) (*Replicator, *pgxpool.Pool, []byte, digest.Digest, *atomic.Int64) {
 	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, harness.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, _, err := metadata.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := metadatatest.Pool(t)
 	data := make([]byte, 300_000)
 	rand.Read(data)
 	d := digest.FromBytes(data)

@@ -12,10 +12,9 @@ import (
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
 	hdfsdriver "github.com/gaia-registry/gaia/storage-hdfs"
 	"github.com/gaia-registry/gaia/tests/harness"
 )
@@ -70,21 +69,10 @@ var backends = []backend{
 // nothing else (own pools, own driver instances): two registry servers.
 func servers(t *testing.T, b backend) (a, bb *Store, drv storagedriver.StorageDriver) {
 	t.Helper()
-	url := harness.NewDatabase(t)
+	url := metadatatest.Database(t)
 	newDriver := b.newDriver(t)
-	ctx := context.Background()
-	mk := func() *Store {
-		pool, err := pgxpool.New(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
-		return New(pool, newDriver())
-	}
+	mk := func() *Store { return New(metadatatest.Open(t, url), newDriver()) }
 	a, bb = mk(), mk()
-	if _, _, err := metadata.Migrate(ctx, a.db); err != nil {
-		t.Fatal(err)
-	}
 	return a, bb, a.driver
 }
 
