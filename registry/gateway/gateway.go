@@ -16,7 +16,6 @@ package gateway
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -462,14 +461,6 @@ func (g *Gateway) Upstreams() []*Upstream {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	return append(append([]*Upstream(nil), g.local...), g.remote...)
-}
-
-// MarshalJSON describes an upstream for status output.
-func (u *Upstream) MarshalJSON() ([]byte, error) {
-	return json.Marshal(map[string]any{
-		"id": u.ID, "addr": u.Addr, "idc": u.IDC, "inflight": u.inflight.Load(),
-		"ejected": u.ejected(time.Now()),
-	})
 }
 
 // Serve listens on http.addr until ctx ends, then drains in-flight

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
 
@@ -37,12 +36,6 @@ func NewBlobs(db *pgxpool.Pool) *Blobs {
 	b := &Blobs{db: db}
 	b.lookups.Timeout = 30 * time.Second
 	return b
-}
-
-// LinkedSize returns the size of a blob the repository may serve.
-func (b *Blobs) LinkedSize(ctx context.Context, repo string, d digest.Digest) (int64, error) {
-	info, err := b.Lookup(ctx, repo, d, "")
-	return info.Size, err
 }
 
 // Lookup returns the size of a blob the repository may serve and whether
@@ -95,8 +88,7 @@ func (b *Blobs) Unlink(ctx context.Context, repo string, d digest.Digest) error 
 	tag, err := b.db.Exec(ctx, `
 		DELETE FROM repository_blobs rb USING repositories r
 		WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, d.String())
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23503" {
+	if isFKViolation(err) {
 		return ErrReferenced
 	}
 	if err != nil {

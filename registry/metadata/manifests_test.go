@@ -401,8 +401,8 @@ func TestDeleteTagsAndUnlink(t *testing.T) {
 	if err := s.blobs.Unlink(ctx, "team/app", layerA); !errors.Is(err, ErrReferenced) {
 		t.Fatalf("Unlink of a layer in use: %v; want ErrReferenced", err)
 	}
-	if size, err := s.blobs.LinkedSize(ctx, "team/app", layerA); err != nil || size != 7 {
-		t.Fatalf("layer after a refused Unlink: %d, %v", size, err)
+	if info, err := s.blobs.Lookup(ctx, "team/app", layerA, ""); err != nil || info.Size != 7 {
+		t.Fatalf("layer after a refused Unlink: %d, %v", info.Size, err)
 	}
 
 	// DeleteTag leaves the manifest and the other tags.

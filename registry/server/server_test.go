@@ -126,17 +126,6 @@ database: {url: %q, migrate: %v}
 	return cfg
 }
 
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // A server refuses a database whose schema it does not match, unless told
 // to migrate; it serves health, readiness and metrics; on shutdown it
 // stops being ready at once and lets an in-flight upload finish.
@@ -161,13 +150,13 @@ func TestServeLifecycle(t *testing.T) {
 	go func() { done <- srv.Serve(serveCtx) }()
 	base := "http://" + cfg.HTTP.Addr
 	waitReady(t, base)
-	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
+	if code, body := harness.Get(t, base+"/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
-	if code, body := get(t, base+"/v2/"); code != 200 || body != "{}" {
+	if code, body := harness.Get(t, base+"/v2/"); code != 200 || body != "{}" {
 		t.Fatalf("/v2/: %d %q", code, body)
 	}
-	if code, body := get(t, base+"/metrics"); code != 200 ||
+	if code, body := harness.Get(t, base+"/metrics"); code != 200 ||
 		!strings.Contains(body, `gaia_registry_http_requests_total{code="200",method="GET",route="base"} 1`) ||
 		!strings.Contains(body, "gaia_registry_db_pool_connections") {
 		t.Fatalf("/metrics: %d\n%s", code, body)
@@ -195,7 +184,7 @@ func TestServeLifecycle(t *testing.T) {
 	}()
 	pw.Write([]byte("first half "))
 	for { // until the server is inside the handler (the /metrics scrape itself is not an API request)
-		if _, body := get(t, base+"/metrics"); strings.Contains(body, `gaia_registry_http_requests_in_flight{method="PATCH",route="upload"} 1`) {
+		if _, body := harness.Get(t, base+"/metrics"); strings.Contains(body, `gaia_registry_http_requests_in_flight{method="PATCH",route="upload"} 1`) {
 			break
 		}
 		if time.Now().After(deadline0) {

@@ -179,7 +179,7 @@ func TestClusterPushInAPullInB(t *testing.T) {
 	}
 	waitUntil(t, "the stopped server leaves gateway A", func() bool { return upstreams(gwA, "live") == 1 })
 	for range 10 {
-		if code, _ := get(t, "http://"+gwA+"/v2/cluster/app/manifests/v1"); code != 200 {
+		if code, _ := harness.Get(t, "http://"+gwA+"/v2/cluster/app/manifests/v1"); code != 200 {
 			t.Fatalf("manifest GET through A with one server left: %d", code)
 		}
 	}
@@ -191,27 +191,16 @@ func TestClusterPushInAPullInB(t *testing.T) {
 	// The last server of A crashes: Consul's check drops it within its interval.
 	c.servers["idc-a"][1].Kill()
 	waitUntil(t, "a crashed server leaves gateway A", func() bool { return upstreams(gwA, "live")+upstreams(gwA, "ejected") == 0 })
-	code, body := get(t, "http://"+gwA+"/v2/cluster/app/manifests/v1")
+	code, body := harness.Get(t, "http://"+gwA+"/v2/cluster/app/manifests/v1")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"code":"UNAVAILABLE"`) || !strings.Contains(body, "idc-a") {
 		t.Fatalf("gateway A with no server, local policy: %d %s", code, body)
 	}
-	if code, body := get(t, "http://"+gwFail+"/v2/cluster/app/manifests/v1"); code != 200 {
+	if code, body := harness.Get(t, "http://"+gwFail+"/v2/cluster/app/manifests/v1"); code != 200 {
 		t.Fatalf("failover gateway of A with no server in A: %d %s", code, body)
 	}
 	if n := harness.Metric(t, "http://"+gwFail, "gaia_gateway_failover_requests_total", `idc="idc-b"`); n < 1 {
 		t.Fatalf("failover requests to B counted: %v", n)
 	}
-}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 // TestClusterKillDuringPushAndPull: a server of the IDC is killed (-9) in
@@ -435,7 +424,7 @@ func TestClusterEagerReplication(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.storage["idc-b"], "blobs", "sha256", d.Encoded()[:2], d.Encoded(), "data")); err != nil {
 		t.Fatalf("replicated blob not in B's storage: %v", err)
 	}
-	code, body := get(t, "http://"+c.gwAddr["idc-b"]+"/v2/base/image/blobs/"+d.String())
+	code, body := harness.Get(t, "http://"+c.gwAddr["idc-b"]+"/v2/base/image/blobs/"+d.String())
 	if code != 200 || body != string(data) {
 		t.Fatalf("pull in B: %d, %d bytes", code, len(body))
 	}

@@ -282,6 +282,18 @@ func (a *Alternator) Served() []int64 {
 // Host is the proxy's host:port (what docker and skopeo are given).
 func (a *Alternator) Host() string { return strings.TrimPrefix(a.URL, "http://") }
 
+// Get fetches url and returns the status code and body.
+func Get(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // Metric scrapes base+"/metrics" and sums the samples of the named metric
 // whose labels include every `key="value"` given.
 func Metric(t testing.TB, base, name string, labels ...string) float64 {
