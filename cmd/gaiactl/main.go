@@ -29,6 +29,9 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/gaia-registry/gaia/mirror-sync/admin"
+	"github.com/gaia-registry/gaia/mirror-sync/store"
 )
 
 type cli struct {
@@ -99,7 +102,7 @@ func (c *cli) mirror(cmd string, args []string) error {
 		pos = append(pos, sub.Arg(0))
 		args = sub.Args()[1:]
 	}
-	base := strings.TrimRight(c.server, "/") + "/admin/v1/mirror/rules"
+	base := strings.TrimRight(c.server, "/") + admin.Prefix
 	q := ""
 	if *check {
 		q = "?check=1"
@@ -115,13 +118,13 @@ func (c *cli) mirror(cmd string, args []string) error {
 		if err := need(0); err != nil {
 			return err
 		}
-		var rules []status
+		var rules []admin.Status
 		return c.do("GET", base, nil, &rules, func() { c.printRules(rules) })
 	case "show", "status":
 		if err := need(1); err != nil {
 			return err
 		}
-		var s status
+		var s admin.Status
 		return c.do("GET", base+"/"+pos[0], nil, &s, func() { c.printStatus(s) })
 	case "create", "update":
 		if *file == "" {
@@ -140,7 +143,7 @@ func (c *cli) mirror(cmd string, args []string) error {
 		} else if err := need(0); err != nil {
 			return err
 		}
-		var s status
+		var s admin.Status
 		return c.do(method, url, body, &s, func() { c.printStatus(s) })
 	case "delete":
 		if err := need(1); err != nil {
@@ -151,13 +154,13 @@ func (c *cli) mirror(cmd string, args []string) error {
 		if err := need(1); err != nil {
 			return err
 		}
-		var r runInfo
-		return c.do("POST", base+"/"+pos[0]+"/run", nil, &r, func() { c.printRuns([]runInfo{r}) })
+		var r store.Run
+		return c.do("POST", base+"/"+pos[0]+"/run", nil, &r, func() { c.printRuns([]store.Run{r}) })
 	case "history":
 		if err := need(1); err != nil {
 			return err
 		}
-		var runs []runInfo
+		var runs []store.Run
 		return c.do("GET", fmt.Sprintf("%s/%s/runs?limit=%d", base, pos[0], *limit), nil, &runs, func() { c.printRuns(runs) })
 	}
 	return errUsage
@@ -178,35 +181,6 @@ func readRule(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return json.Marshal(v)
-}
-
-type status struct {
-	Rule struct {
-		Name     string `json:"name"`
-		Upstream struct {
-			URL string `json:"url"`
-		} `json:"upstream"`
-		Repositories []string `json:"repositories"`
-		Destination  string   `json:"destination"`
-		Schedule     string   `json:"schedule"`
-		Enabled      bool     `json:"enabled"`
-		OnDemand     bool     `json:"on_demand"`
-	} `json:"rule"`
-	NextRunAt *time.Time `json:"next_run_at"`
-	Runs      []runInfo  `json:"runs"`
-}
-
-type runInfo struct {
-	ID         int64      `json:"id"`
-	Trigger    string     `json:"trigger"`
-	State      string     `json:"state"`
-	StartedAt  *time.Time `json:"started_at"`
-	FinishedAt *time.Time `json:"finished_at"`
-	Images     int        `json:"images"`
-	Tags       int        `json:"tags"`
-	Blobs      int        `json:"blobs"`
-	Bytes      int64      `json:"bytes"`
-	Errors     []string   `json:"errors"`
 }
 
 // do calls the API; with -o json it prints the body as it came, else it
@@ -256,7 +230,7 @@ func when(t *time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-func (c *cli) printRules(rules []status) {
+func (c *cli) printRules(rules []admin.Status) {
 	tw := tabwriter.NewWriter(c.out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tUPSTREAM\tREPOSITORIES\tDESTINATION\tSCHEDULE\tENABLED\tNEXT RUN")
 	for _, s := range rules {
@@ -267,15 +241,15 @@ func (c *cli) printRules(rules []status) {
 	tw.Flush()
 }
 
-func (c *cli) printStatus(s status) {
-	c.printRules([]status{s})
+func (c *cli) printStatus(s admin.Status) {
+	c.printRules([]admin.Status{s})
 	if len(s.Runs) > 0 {
 		fmt.Fprintln(c.out)
 		c.printRuns(s.Runs)
 	}
 }
 
-func (c *cli) printRuns(runs []runInfo) {
+func (c *cli) printRuns(runs []store.Run) {
 	tw := tabwriter.NewWriter(c.out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUN\tTRIGGER\tSTATE\tSTARTED\tFINISHED\tIMAGES\tTAGS\tBLOBS\tBYTES\tERRORS")
 	for _, r := range runs {
