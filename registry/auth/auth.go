@@ -23,6 +23,8 @@ import (
 	dauth "github.com/distribution/distribution/v3/registry/auth"
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // registers "htpasswd"
 	_ "github.com/distribution/distribution/v3/registry/auth/token"    // registers "token"
+
+	"github.com/gaia-registry/gaia/registry/api"
 )
 
 // Config is the `auth:` section of gaia-registry's YAML config.
@@ -152,8 +154,8 @@ func pullOnly(method string, access []dauth.Access) bool {
 
 // requiredAccess is the access a request needs, from its method and path:
 // none for /v2/ (authentication only), registry:catalog:* for the catalog,
-// otherwise repository:<name>:<actions> with <name> the path between /v2/
-// and the route suffix (the whole rest for unknown routes). A blob mount
+// otherwise repository:<name>:<actions> with <name> as the API routes it
+// (api.Parse; the whole rest for unknown routes). A blob mount
 // (POST with from=) also needs pull on the source repository.
 func requiredAccess(method string, u *url.URL) []dauth.Access {
 	rest, ok := strings.CutPrefix(path.Clean("/"+u.Path), "/v2/")
@@ -163,28 +165,15 @@ func requiredAccess(method string, u *url.URL) []dauth.Access {
 	if rest == "_catalog" {
 		return []dauth.Access{{Resource: dauth.Resource{Type: "registry", Name: "catalog"}, Action: "*"}}
 	}
-	access := repositoryAccess(method, repositoryName(rest))
+	name := rest // unknown routes: everything after /v2/
+	if rt := api.Parse("/v2/" + rest); rt.Name != "" {
+		name = rt.Name
+	}
+	access := repositoryAccess(method, name)
 	if from := u.Query().Get("from"); method == http.MethodPost && from != "" {
 		access = append(access, repositoryAccess(http.MethodGet, from)...)
 	}
 	return access
-}
-
-// repositoryName strips the route suffix from a path after /v2/: the
-// name may contain slashes, references, digests and upload ids may not.
-func repositoryName(rest string) string {
-	s := strings.Split(rest, "/")
-	n := len(s)
-	switch {
-	case n >= 4 && s[n-3] == "blobs" && s[n-2] == "uploads": // blobs/uploads/<id>
-		n -= 3
-	case n >= 3 && (s[n-2] == "manifests" || s[n-2] == "blobs" || s[n-2] == "referrers" ||
-		s[n-2] == "tags" && s[n-1] == "list"): // also blobs/uploads/, cleaned to blobs/uploads
-		n -= 2
-	default:
-		return rest
-	}
-	return strings.Join(s[:n], "/")
 }
 
 func repositoryAccess(method, name string) []dauth.Access {
