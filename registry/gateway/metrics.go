@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 type metrics struct {
@@ -50,8 +51,8 @@ func newMetrics(reg *prometheus.Registry, g *Gateway) *metrics {
 		}),
 	}
 	reg.MustRegister(m.requests, m.errors, m.ejections, m.retries, m.failovers, m.noUpstream, m.bytes, m.duration,
-		m.discoveryErrors, upstreamCollector{g}, prometheus.NewGoCollector(),
-		prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		m.discoveryErrors, upstreamCollector{g}, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
