@@ -402,22 +402,28 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	g.unavailable(w, "no registry server is available in IDC "+g.cfg.IDC)
 }
 
+// clientHeader is a server's response header as the client gets it:
+// without hop-by-hop headers, and with an absolute Location naming the
+// server made relative (it would take the client off the gateway).
+func clientHeader(h http.Header, u *Upstream) http.Header {
+	out := h.Clone()
+	for _, k := range hopHeaders {
+		out.Del(k)
+	}
+	if loc := out.Get("Location"); loc != "" {
+		if lu, err := url.Parse(loc); err == nil && lu.Host == u.Addr {
+			out.Set("Location", lu.RequestURI())
+		}
+	}
+	return out
+}
+
 // respond streams the server's answer to the client.
 func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, resp *http.Response, in *body, start time.Time) {
 	defer resp.Body.Close()
 	hdr := w.Header()
-	for k, vs := range resp.Header {
+	for k, vs := range clientHeader(resp.Header, u) {
 		hdr[k] = vs
-	}
-	for _, h := range hopHeaders {
-		hdr.Del(h)
-	}
-	// An absolute Location naming the server would take the client off
-	// the gateway: make it relative.
-	if loc := hdr.Get("Location"); loc != "" {
-		if lu, err := url.Parse(loc); err == nil && lu.Host == u.Addr {
-			hdr.Set("Location", lu.RequestURI())
-		}
 	}
 	w.WriteHeader(resp.StatusCode)
 	buf := copyBuffers.Get().(*[]byte)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 )
@@ -83,10 +82,7 @@ func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Reque
 	}
 	defer client.Close()
 	transferDeadline(resp.ContentLength, conn, client)
-	hdr := resp.Header.Clone()
-	for _, h := range hopHeaders {
-		hdr.Del(h)
-	}
+	hdr := clientHeader(resp.Header, u)
 	hdr.Set("Connection", "close")
 	hdr.Set("Content-Length", fmt.Sprint(resp.ContentLength))
 	fmt.Fprintf(bufrw, "HTTP/1.1 %s\r\n", resp.Status)
@@ -152,10 +148,7 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 	defer lingerClose(client)
 	transferDeadline(r.ContentLength, conn, client)
 
-	hdr := out.Header.Clone()
-	for _, h := range hopHeaders {
-		hdr.Del(h)
-	}
+	hdr := out.Header.Clone() // hop-by-hop headers already gone (proxy)
 	// The client already sent its body or will: no 100-continue dance
 	// through a hijacked connection.
 	hdr.Del("Expect")
@@ -220,16 +213,8 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 	}
 	defer resp.Body.Close()
 	g.succeeded(u)
-	rh := resp.Header.Clone()
-	for _, h := range hopHeaders {
-		rh.Del(h)
-	}
+	rh := clientHeader(resp.Header, u)
 	rh.Set("Connection", "close")
-	if loc := rh.Get("Location"); loc != "" {
-		if lu, perr := url.Parse(loc); perr == nil && lu.Host == u.Addr {
-			rh.Set("Location", lu.RequestURI())
-		}
-	}
 	respBody, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20)) // upload answers are tiny
 	rh.Set("Content-Length", fmt.Sprint(len(respBody)))
 	client.SetWriteDeadline(time.Now().Add(time.Minute))
