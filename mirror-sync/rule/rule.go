@@ -306,15 +306,15 @@ type every time.Duration
 
 func (e every) Next(after time.Time) time.Time { return after.Add(time.Duration(e)) }
 
-// ParseSchedule reads "30m"-style intervals (at least a minute) and
+// ParseSchedule reads "30m"-style intervals (at least ten seconds) and
 // five-field cron expressions.
 func ParseSchedule(s string) (Schedule, error) {
 	if s == "" {
 		return nil, errors.New("required: an interval (30m, 6h) or a cron expression (0 */6 * * *)")
 	}
 	if d, err := time.ParseDuration(s); err == nil {
-		if d < time.Minute {
-			return nil, fmt.Errorf("interval %s is shorter than a minute", s)
+		if d < 10*time.Second {
+			return nil, fmt.Errorf("interval %s is shorter than ten seconds", s)
 		}
 		return every(d), nil
 	}

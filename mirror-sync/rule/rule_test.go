@@ -55,9 +55,9 @@ func TestValidateNamesTheField(t *testing.T) {
 		}
 	}
 	r := valid()
-	r.Schedule = "10s"
-	if err := r.Validate(); err == nil || !strings.Contains(err.Error(), "shorter than a minute") {
-		t.Errorf("10s schedule: %v", err)
+	r.Schedule = "9s"
+	if err := r.Validate(); err == nil || !strings.Contains(err.Error(), "shorter than ten seconds") {
+		t.Errorf("9s schedule: %v", err)
 	}
 }
 

@@ -278,3 +278,12 @@ func (s *Store) Finish(ctx context.Context, id int64, worker string, failed bool
 	}
 	return nil
 }
+
+// Release hands a run this worker is leaving (it is shutting down) back
+// to the queue, so another worker resumes it at once.
+func (s *Store) Release(ctx context.Context, id int64, worker string) error {
+	_, err := s.db.Exec(ctx, `
+		UPDATE mirror_runs SET state = 'queued', worker = NULL, lease_until = NULL
+		WHERE id = $1 AND worker = $2 AND state = 'running'`, id, worker)
+	return err
+}

@@ -107,6 +107,26 @@ func IsNotFound(err error) bool {
 // caller closes its body) or an error. The concurrency slot is held until
 // the body is closed.
 func (c *Client) do(ctx context.Context, method, path, scope string, header http.Header) (*http.Response, error) {
+	return c.send(ctx, method, path, scope, header, nil)
+}
+
+// body is a request body: bytes, which a retry sends again, or a stream
+// of a known length, sent once (a request that would need a retry fails;
+// the caller starts over).
+type body struct {
+	bytes  []byte
+	stream io.Reader
+	size   int64
+}
+
+func (b *body) reader() (io.ReadCloser, int64) {
+	if b.stream != nil {
+		return io.NopCloser(b.stream), b.size
+	}
+	return io.NopCloser(strings.NewReader(string(b.bytes))), int64(len(b.bytes))
+}
+
+func (c *Client) send(ctx context.Context, method, path, scope string, header http.Header, b *body) (*http.Response, error) {
 	select {
 	case c.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -115,11 +135,23 @@ func (c *Client) do(ctx context.Context, method, path, scope string, header http
 	release := sync.OnceFunc(func() { <-c.sem })
 	authRetried := false
 	backoff := 500 * time.Millisecond
+	var lastErr error
 	for attempt := 0; ; attempt++ {
-		req, err := http.NewRequestWithContext(ctx, method, c.o.URL+path, nil)
+		target := path
+		if !strings.HasPrefix(target, "http://") && !strings.HasPrefix(target, "https://") {
+			target = c.o.URL + path
+		}
+		req, err := http.NewRequestWithContext(ctx, method, target, nil)
 		if err != nil {
 			release()
 			return nil, err
+		}
+		if b != nil {
+			if b.stream != nil && attempt > 0 {
+				release()
+				return nil, fmt.Errorf("%s %s: a streamed body cannot be sent twice (last answer: %w)", method, path, lastErr)
+			}
+			req.Body, req.ContentLength = b.reader()
 		}
 		for k, vs := range header {
 			req.Header[k] = vs
@@ -127,6 +159,10 @@ func (c *Client) do(ctx context.Context, method, path, scope string, header http
 		c.authorize(req, scope)
 		c.Requests.Add(1)
 		resp, err := c.o.HTTP.Do(req)
+		lastErr = err
+		if err == nil {
+			lastErr = fmt.Errorf("%s", resp.Status)
+		}
 		var wait time.Duration
 		switch {
 		case err != nil:

@@ -11,6 +11,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -41,9 +42,19 @@ type Options struct {
 	// Replicator, in a multi-IDC cluster, fills blobs this IDC lacks and
 	// queues eager replication; nil: one IDC, every blob is local.
 	Replicator *replication.Replicator
+	// PullThrough, when set, is asked for manifests and blobs a repository
+	// lacks (mirror-sync/pullthrough: on-demand mirror rules).
+	PullThrough PullThrough
 	// Delete allows DELETE of manifests, tags and blobs (storage.delete.enabled);
 	// without it they are refused with UNSUPPORTED, as in distribution.
 	Delete bool
+}
+
+// PullThrough fetches missing content from an upstream registry. false:
+// it has nothing for that repository and reference.
+type PullThrough interface {
+	Manifest(ctx context.Context, repo, ref string) (bool, error)
+	Blob(ctx context.Context, repo string, d digest.Digest) (bool, error)
 }
 
 // New returns a Handler.

@@ -231,6 +231,19 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 		idc = h.Replicator.IDC()
 	}
 	info, err := h.Blobs.Lookup(ctx, name, d, idc)
+	// Pull-through on GET only: a HEAD is how pushers ask what to upload.
+	if errors.Is(err, metadata.ErrNotFound) && h.PullThrough != nil && r.Method == http.MethodGet &&
+		r.Header.Get(replication.NoFillHeader) == "" {
+		ok, perr := h.PullThrough.Blob(ctx, name, d)
+		switch {
+		case perr != nil:
+			h.Log.Error("pull-through failed", "repository", name, "digest", d, "err", perr)
+			h.fail(w, r, errcode.ErrorCodeUnavailable.WithMessage("the blob is not here yet and fetching it from the mirror's upstream failed; retry later"))
+			return
+		case ok:
+			info, err = h.Blobs.Lookup(ctx, name, d, idc)
+		}
+	}
 	if errors.Is(err, metadata.ErrNotFound) {
 		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
 		return

@@ -28,6 +28,14 @@ const (
 	maxPage            = 10000
 )
 
+// SparseIndexHeader, "true" on an index PUT, accepts an index whose
+// children are not all in the repository (as distribution's
+// validation.manifests.indexes.platforms: none does, but asked for per
+// request): mirrors copy the platforms they are told to and keep the
+// upstream's index, so its digest, unchanged. A pull of a missing child
+// is a MANIFEST_UNKNOWN.
+const SparseIndexHeader = "X-Gaia-Sparse-Index"
+
 // reference is a manifest reference from the URL: a tag or a digest.
 type reference struct {
 	tag    string
@@ -74,10 +82,24 @@ func accepts(r *http.Request, mediaType string) bool {
 func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, name string, ref reference) {
 	var m *metadata.Manifest
 	var err error
-	if ref.tag != "" {
-		m, err = h.Manifests.ByTag(r.Context(), name, ref.tag)
-	} else {
-		m, err = h.Manifests.ByDigest(r.Context(), name, ref.digest)
+	lookup := func() {
+		if ref.tag != "" {
+			m, err = h.Manifests.ByTag(r.Context(), name, ref.tag)
+		} else {
+			m, err = h.Manifests.ByDigest(r.Context(), name, ref.digest)
+		}
+	}
+	lookup()
+	if errors.Is(err, metadata.ErrNotFound) && h.PullThrough != nil {
+		ok, perr := h.PullThrough.Manifest(r.Context(), name, ref.String())
+		switch {
+		case perr != nil:
+			h.Log.Error("pull-through failed", "repository", name, "reference", ref.String(), "err", perr)
+			h.fail(w, r, errcode.ErrorCodeUnavailable.WithMessage("the manifest is not here yet and fetching it from the mirror's upstream failed; retry later"))
+			return
+		case ok:
+			lookup()
+		}
 	}
 	if errors.Is(err, metadata.ErrNotFound) {
 		h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithDetail(map[string]string{"name": name, "reference": ref.String()}))
@@ -169,6 +191,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, name strin
 			Annotations: parsed.Annotations, Content: body,
 		},
 		Blobs: parsed.Blobs, Children: parsed.Children, Tags: tags,
+		Sparse: r.Header.Get(SparseIndexHeader) == "true",
 	}
 	if parsed.Subject != nil {
 		nm.Subject = parsed.Subject.Digest

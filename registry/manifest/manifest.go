@@ -49,6 +49,9 @@ type Manifest struct {
 	Annotations  map[string]string // top-level annotations
 	Blobs        []digest.Digest   // config and layers that must be in the repository
 	Children     []digest.Digest   // manifests an index refers to
+	// The same, as descriptors (sizes, platforms), for copying.
+	BlobDescriptors  []v1.Descriptor
+	ChildDescriptors []v1.Descriptor
 }
 
 // InvalidError says why a manifest was refused.
@@ -124,6 +127,7 @@ func Parse(contentType string, body []byte) (*Manifest, error) {
 				return nil, err
 			}
 			out.Children = append(out.Children, d.Digest)
+			out.ChildDescriptors = append(out.ChildDescriptors, d)
 		}
 		return out, nil
 	}
@@ -137,6 +141,7 @@ func Parse(contentType string, body []byte) (*Manifest, error) {
 		return nil, err
 	}
 	out.Blobs = append(out.Blobs, m.Config.Digest)
+	out.BlobDescriptors = append(out.BlobDescriptors, *m.Config)
 	if out.ArtifactType == "" {
 		out.ArtifactType = m.Config.MediaType
 	}
@@ -150,6 +155,7 @@ func Parse(contentType string, body []byte) (*Manifest, error) {
 			continue
 		}
 		out.Blobs = append(out.Blobs, d.Digest)
+		out.BlobDescriptors = append(out.BlobDescriptors, d)
 	}
 	return out, nil
 }

@@ -244,6 +244,22 @@ func TestParseAccepted(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
+			// The descriptors are the digests' own, with sizes (and
+			// platforms): the mirror copies from them.
+			var blobs, children []digest.Digest
+			for _, d := range got.BlobDescriptors {
+				blobs = append(blobs, d.Digest)
+				if d.Size <= 0 {
+					t.Errorf("blob descriptor %s without its size", d.Digest)
+				}
+			}
+			for _, d := range got.ChildDescriptors {
+				children = append(children, d.Digest)
+			}
+			if !reflect.DeepEqual(blobs, got.Blobs) || !reflect.DeepEqual(children, got.Children) {
+				t.Errorf("descriptors %v %v do not match digests %v %v", blobs, children, got.Blobs, got.Children)
+			}
+			got.BlobDescriptors, got.ChildDescriptors = nil, nil
 			if !reflect.DeepEqual(*got, c.want) {
 				t.Fatalf("Parse:\n got %+v\nwant %+v", *got, c.want)
 			}

@@ -30,8 +30,13 @@ type Manifest struct {
 type NewManifest struct {
 	Manifest
 	Blobs    []digest.Digest // must be linked in the repository
-	Children []digest.Digest // must be manifests of the repository
+	Children []digest.Digest // must be manifests of the repository (unless Sparse)
 	Tags     []string        // point these tags at it, in the same transaction
+	// Sparse lets an index list children the repository does not have: a
+	// mirror that copies some platforms of a multi-arch image keeps the
+	// upstream's index, and so its digest, unchanged. References are
+	// recorded for the children present.
+	Sparse bool
 }
 
 // MissingError: a manifest refers to blobs or manifests the repository
@@ -121,7 +126,7 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 			}
 			missing.Blobs = ds
 		}
-		if len(nm.Children) > 0 {
+		if len(nm.Children) > 0 && !nm.Sparse {
 			// FOR KEY SHARE: a child found here cannot be deleted before
 			// this transaction records the index's reference to it.
 			rows, _ := tx.Query(ctx, `

@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/gaia-registry/gaia/mirror-sync/pullthrough"
 	"github.com/gaia-registry/gaia/registry/api"
 	"github.com/gaia-registry/gaia/registry/auth"
 	"github.com/gaia-registry/gaia/registry/metadata"
@@ -109,15 +110,16 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	s.metrics = newMetrics(reg, s.pool)
 	s.driver = timedDriver{StorageDriver: drv, m: s.metrics}
 	s.uploads = uploadsession.New(s.pool, s.driver).InIDC(cfg.Cluster.IDC)
+	// Copies in progress (cross-IDC fills, pull-through fetches) hold a
+	// connection each (their advisory lock) in a pool of their own, so a
+	// burst of them cannot starve the API.
+	lc := pc.Copy()
+	lc.MaxConns, lc.MinConns = 16, 0
+	if s.lockPool, err = pgxpool.NewWithConfig(ctx, lc); err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("database.url: %w", err)
+	}
 	if len(cfg.Cluster.Peers) > 0 {
-		// Copies in progress hold a connection each (their advisory lock)
-		// in a pool of their own, so a burst of fills cannot starve the API.
-		lc := pc.Copy()
-		lc.MaxConns, lc.MinConns = 16, 0
-		if s.lockPool, err = pgxpool.NewWithConfig(ctx, lc); err != nil {
-			s.pool.Close()
-			return nil, fmt.Errorf("database.url: %w", err)
-		}
 		s.repl = replication.New(replication.Options{
 			IDC: cfg.Cluster.IDC, Peers: cfg.Cluster.Peers, Token: cfg.Cluster.InternalToken,
 			Prefixes: cfg.Cluster.Replicate, DB: s.pool, LockDB: s.lockPool, Driver: s.driver, Log: log,
@@ -139,14 +141,21 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		s.pool.Close()
 		return nil, err
 	}
+	blobs, manifests := metadata.NewBlobs(s.pool), metadata.NewManifests(s.pool)
 	apiHandler := api.New(api.Options{
 		Uploads:    s.uploads,
-		Blobs:      metadata.NewBlobs(s.pool),
-		Manifests:  metadata.NewManifests(s.pool),
+		Blobs:      blobs,
+		Manifests:  manifests,
 		Driver:     s.driver,
 		Log:        log,
 		Delete:     sc.Delete,
 		Replicator: s.repl,
+		// On-demand mirror rules (stored in the same database by
+		// gaia-mirror's admin API) make their namespaces pull-through.
+		PullThrough: pullthrough.New(pullthrough.Options{
+			DB: s.pool, LockDB: s.lockPool, Manifests: manifests, Blobs: blobs, Uploads: s.uploads,
+			Log: log, Metrics: reg,
+		}),
 	})
 	v2 := instrument(s.internal(apiHandler, authn.Wrap(apiHandler)), s.metrics, log)
 	mux := http.NewServeMux()

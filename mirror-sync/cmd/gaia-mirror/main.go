@@ -1,6 +1,8 @@
-// Command gaia-mirror runs the mirror service: today the admin REST API for
-// mirror rules (mirror-sync/admin) over PostgreSQL; the worker that runs
-// the rules is the next step (queued runs wait for it).
+// Command gaia-mirror runs the mirror service: the admin REST API for
+// mirror rules (mirror-sync/admin) over PostgreSQL, and a worker that runs
+// the rules (mirror-sync/worker), writing into Gaia through its API with
+// the robot credential of the registry section. Run as many as you like:
+// runs are leased through PostgreSQL.
 //
 //	gaia-mirror --config FILE
 //
@@ -15,15 +17,21 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gaia-registry/gaia/mirror-sync/admin"
 	"github.com/gaia-registry/gaia/mirror-sync/store"
+	"github.com/gaia-registry/gaia/mirror-sync/upstream"
+	"github.com/gaia-registry/gaia/mirror-sync/worker"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
@@ -42,6 +50,19 @@ type config struct {
 	Admin struct {
 		Token string `yaml:"token"` // bearer token of the admin API
 	} `yaml:"admin"`
+	// Registry is the Gaia the worker writes into (a gateway or a server).
+	Registry struct {
+		URL      string `yaml:"url"`
+		Username string `yaml:"username"` // the robot credential (htpasswd or token auth)
+		Password string `yaml:"password"`
+	} `yaml:"registry"`
+	Worker struct {
+		Disabled bool          `yaml:"disabled"` // serve the admin API only
+		ID       string        `yaml:"id"`       // default hostname:pid
+		Parallel int           `yaml:"parallel"` // tags copied at once per run (default 8)
+		Lease    time.Duration `yaml:"lease"`    // default 30s
+		Poll     time.Duration `yaml:"poll"`     // default 2s
+	} `yaml:"worker"`
 }
 
 func main() {
@@ -59,7 +80,7 @@ func main() {
 
 func load(path string) (*config, error) {
 	var c config
-	if err := yamlconfig.Load(path, os.Environ(), "GAIA_MIRROR_", []string{"log", "http", "database", "admin"}, &c); err != nil {
+	if err := yamlconfig.Load(path, os.Environ(), "GAIA_MIRROR_", []string{"log", "http", "database", "admin", "registry", "worker"}, &c); err != nil {
 		return nil, err
 	}
 	if c.HTTP.Addr == "" {
@@ -73,6 +94,17 @@ func load(path string) (*config, error) {
 		return nil, fmt.Errorf("%s: database.url: required", path)
 	case len(c.Admin.Token) < 16:
 		return nil, fmt.Errorf("%s: admin.token: required, at least 16 characters", path)
+	case !c.Worker.Disabled && c.Registry.URL == "":
+		return nil, fmt.Errorf("%s: registry.url: required (the Gaia the worker writes into), or set worker.disabled", path)
+	case (c.Registry.Username == "") != (c.Registry.Password == ""):
+		return nil, fmt.Errorf("%s: registry.password: username and password go together", path)
+	case c.Worker.Lease != 0 && c.Worker.Lease < 3*time.Second:
+		return nil, fmt.Errorf("%s: worker.lease: %s is too short (at least 3s)", path, c.Worker.Lease)
+	}
+	if c.Registry.URL != "" {
+		if u, err := url.Parse(c.Registry.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%s: registry.url: %q must be http(s)://host[:port]", path, c.Registry.URL)
+		}
 	}
 	if err := c.Log.Check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -100,9 +132,13 @@ func run(path string) error {
 	} else if v, err := metadata.Version(ctx, pool); err != nil || v != metadata.Latest() {
 		return fmt.Errorf("database: schema version %d (%v), this binary needs %d: run gaia-registry migrate", v, err, metadata.Latest())
 	}
+	st := store.New(pool)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
-	mux.Handle(admin.Prefix, &admin.Handler{Store: store.New(pool), Token: cfg.Admin.Token, Log: log})
-	mux.Handle(admin.Prefix+"/", &admin.Handler{Store: store.New(pool), Token: cfg.Admin.Token, Log: log})
+	mux.Handle(admin.Prefix, &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log})
+	mux.Handle(admin.Prefix+"/", &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := pool.Ping(r.Context()); err != nil {
@@ -118,13 +154,29 @@ func run(path string) error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String(),
-		"note", "the worker that runs rules is not part of this build yet: runs stay queued")
+	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String())
+	workerDone := make(chan struct{})
+	if cfg.Worker.Disabled {
+		close(workerDone)
+	} else {
+		w := worker.New(worker.Options{
+			Store: st,
+			Registry: upstream.New(upstream.Options{
+				URL: cfg.Registry.URL, Username: cfg.Registry.Username, Password: cfg.Registry.Password,
+				Concurrency: 64, Timeout: 5 * time.Minute,
+			}),
+			ID: cfg.Worker.ID, Parallel: cfg.Worker.Parallel, Lease: cfg.Worker.Lease, Poll: cfg.Worker.Poll,
+			Log: log, Metrics: worker.NewMetrics(reg),
+		})
+		log.Info("mirror worker started", "id", w.ID(), "registry", cfg.Registry.URL)
+		go func() { defer close(workerDone); w.Run(ctx) }()
+	}
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
+	<-workerDone // a run in progress stops where it is; its lease lets another worker resume it
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.DrainTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {

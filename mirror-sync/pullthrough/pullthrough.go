@@ -1,0 +1,306 @@
+// Package pullthrough fetches content the registry lacks from the upstream
+// of an on-demand mirror rule, during the request that asked for it. The
+// registry calls it on a miss (a manifest or blob GET/HEAD that found
+// nothing) in a repository under such a rule (the rule's destination
+// namespace, its repository and tag selection).
+//
+// One upstream fetch per missing thing, however many pulls ask: concurrent
+// requests on one server share a fetch, and servers share a PostgreSQL
+// advisory lock per manifest and per blob, re-checking the metadata once
+// they hold it. A manifest is stored after every blob it refers to (each
+// verified against its digest), in one transaction with its tag, so a
+// pull never sees a half-fetched image; an index is stored as it is (its
+// digest is the upstream's) and its children are fetched when asked for.
+package pullthrough
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/gaia-registry/gaia/mirror-sync/rule"
+	"github.com/gaia-registry/gaia/mirror-sync/store"
+	"github.com/gaia-registry/gaia/mirror-sync/upstream"
+	"github.com/gaia-registry/gaia/registry/manifest"
+	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/uploadsession"
+)
+
+// Options configure a Fetcher.
+type Options struct {
+	DB        *pgxpool.Pool // rules and metadata
+	LockDB    *pgxpool.Pool // advisory locks (a pool of its own: fetches hold a connection)
+	Manifests *metadata.Manifests
+	Blobs     *metadata.Blobs
+	Uploads   *uploadsession.Store
+	Log       *slog.Logger
+	// RulesTTL is how long the on-demand rules are cached (default 5s).
+	RulesTTL time.Duration
+	// Timeout bounds one fetch, all of an image's blobs included (default 30m).
+	Timeout  time.Duration
+	Upstream func(rule.Upstream) *upstream.Client // default upstream.New
+	Metrics  prometheus.Registerer                // nil: no metrics
+}
+
+// Fetcher is the registry's pull-through.
+type Fetcher struct {
+	o     Options
+	store *store.Store
+	group singleflight.Group
+
+	mu      sync.Mutex
+	rules   []rule.Rule
+	loaded  time.Time
+	clients map[rule.Upstream]*upstream.Client
+
+	fetches *prometheus.CounterVec
+	bytes   prometheus.Counter
+}
+
+// New returns a Fetcher.
+func New(o Options) *Fetcher {
+	if o.RulesTTL == 0 {
+		o.RulesTTL = 5 * time.Second
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Minute
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Upstream == nil {
+		o.Upstream = func(u rule.Upstream) *upstream.Client {
+			return upstream.New(upstream.Options{URL: u.URL, Username: u.Username, Password: u.Password, Concurrency: u.Concurrency})
+		}
+	}
+	f := &Fetcher{o: o, store: store.New(o.DB), clients: map[rule.Upstream]*upstream.Client{}}
+	f.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gaia_registry_pullthrough_fetches_total",
+		Help: "Pull-through fetches from upstream registries, by kind (manifest, blob) and result (fetched, absent, error).",
+	}, []string{"kind", "result"})
+	f.bytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gaia_registry_pullthrough_bytes_total", Help: "Blob bytes fetched from upstream registries by pull-through.",
+	})
+	if o.Metrics != nil {
+		o.Metrics.MustRegister(f.fetches, f.bytes)
+	}
+	return f
+}
+
+// match finds the on-demand rule whose namespace holds repo and returns
+// it with the upstream repository's name.
+func (f *Fetcher) match(ctx context.Context) func(repo string) (*rule.Rule, string) {
+	f.mu.Lock()
+	if time.Since(f.loaded) > f.o.RulesTTL {
+		entries, err := f.store.List(ctx)
+		if err == nil {
+			f.rules = f.rules[:0]
+			for _, e := range entries {
+				if e.Rule.OnDemand && e.Rule.Enabled && e.Rule.Validate() == nil {
+					f.rules = append(f.rules, e.Rule)
+				}
+			}
+			f.loaded = time.Now()
+		} else {
+			f.o.Log.Warn("pull-through: reading mirror rules", "err", err)
+		}
+	}
+	rules := f.rules
+	f.mu.Unlock()
+	return func(repo string) (*rule.Rule, string) {
+		for i := range rules {
+			r := &rules[i]
+			up := repo
+			if r.Destination != "" {
+				var ok bool
+				if up, ok = strings.CutPrefix(repo, r.Destination+"/"); !ok {
+					continue
+				}
+			}
+			if r.MatchRepository(up) {
+				return r, up
+			}
+		}
+		return nil, ""
+	}
+}
+
+func (f *Fetcher) client(u rule.Upstream) *upstream.Client {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.clients[u]
+	if !ok {
+		c = f.o.Upstream(u)
+		f.clients[u] = c
+	}
+	return c
+}
+
+// once runs fn once for key across this server's concurrent callers and,
+// under a PostgreSQL advisory lock, across servers. The fetch runs on its
+// own context (bounded by the timeout): a client that gives up does not
+// cancel it for the others.
+func (f *Fetcher) once(ctx context.Context, key string, fn func(ctx context.Context) (bool, error)) (bool, error) {
+	ch := f.group.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.o.Timeout)
+		defer cancel()
+		conn, err := f.o.LockDB.Acquire(fctx)
+		if err != nil {
+			return false, err
+		}
+		defer conn.Release()
+		if _, err := conn.Exec(fctx, `SELECT pg_advisory_lock(hashtextextended($1, 0))`, key); err != nil {
+			return false, err
+		}
+		defer conn.Exec(context.WithoutCancel(fctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
+		return fn(fctx)
+	})
+	select {
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			return false, res.Err
+		}
+		return res.Val.(bool), nil
+	}
+}
+
+// Manifest fetches manifest ref (a tag or digest) of repo from its rule's
+// upstream and stores it. false: repo is under no on-demand rule, the tag
+// is not selected, or the upstream has no such manifest.
+func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) {
+	r, upRepo := f.match(ctx)(repo)
+	if r == nil {
+		return false, nil
+	}
+	d, byDigest := digest.Parse(ref)
+	if byDigest != nil && len(r.SelectTags([]string{ref})) == 0 {
+		return false, nil
+	}
+	ok, err := f.once(ctx, "gaia-pullthrough:manifest:"+repo+"@"+ref, func(ctx context.Context) (bool, error) {
+		var err error
+		if byDigest == nil {
+			_, err = f.o.Manifests.ByDigest(ctx, repo, d)
+		} else {
+			_, err = f.o.Manifests.ByTag(ctx, repo, ref)
+		}
+		if err == nil {
+			return true, nil // another server fetched it while this one waited
+		}
+		if !errors.Is(err, metadata.ErrNotFound) {
+			return false, err
+		}
+		up := f.client(r.Upstream)
+		body, mt, md, err := up.Manifest(ctx, upRepo, ref)
+		if upstream.IsNotFound(err) {
+			f.fetches.WithLabelValues("manifest", "absent").Inc()
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		m, err := manifest.Parse(mt, body)
+		if err != nil {
+			return false, fmt.Errorf("upstream manifest %s:%s: %w", upRepo, ref, err)
+		}
+		for _, b := range m.BlobDescriptors {
+			if err := f.blob(ctx, up, upRepo, repo, b); err != nil {
+				return false, err
+			}
+		}
+		nm := metadata.NewManifest{
+			Manifest: metadata.Manifest{Digest: md, MediaType: m.MediaType, ArtifactType: m.ArtifactType,
+				Annotations: m.Annotations, Content: body},
+			Blobs: m.Blobs, Children: m.Children, Sparse: true,
+		}
+		if m.Subject != nil {
+			nm.Subject = m.Subject.Digest
+		}
+		if byDigest != nil {
+			nm.Tags = []string{ref}
+		}
+		if err := f.o.Manifests.Put(ctx, repo, nm); err != nil {
+			return false, err
+		}
+		f.fetches.WithLabelValues("manifest", "fetched").Inc()
+		f.o.Log.Info("pull-through: manifest fetched", "repository", repo, "reference", ref, "digest", md, "upstream", up.URL())
+		return true, nil
+	})
+	if err != nil {
+		f.fetches.WithLabelValues("manifest", "error").Inc()
+	}
+	return ok, err
+}
+
+// Blob fetches blob d of repo from its rule's upstream; false when repo
+// is under no on-demand rule or the upstream has no such blob.
+func (f *Fetcher) Blob(ctx context.Context, repo string, d digest.Digest) (bool, error) {
+	r, upRepo := f.match(ctx)(repo)
+	if r == nil {
+		return false, nil
+	}
+	up := f.client(r.Upstream)
+	err := f.blob(ctx, up, upRepo, repo, v1.Descriptor{Digest: d, Size: -1})
+	if upstream.IsNotFound(err) {
+		f.fetches.WithLabelValues("blob", "absent").Inc()
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// blob makes repo hold blob b: linked if the registry has it anywhere,
+// otherwise copied from the upstream (once across servers) into storage
+// through an upload session, which checks the digest before the blob
+// becomes visible.
+func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo string, b v1.Descriptor) error {
+	if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
+		return nil
+	} else if !errors.Is(err, metadata.ErrNotFound) {
+		return err
+	}
+	_, err := f.once(ctx, "gaia-pullthrough:blob:"+b.Digest.String(), func(ctx context.Context) (bool, error) {
+		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
+			return true, nil
+		} else if !errors.Is(err, metadata.ErrNotFound) {
+			return false, err
+		}
+		rc, err := up.Blob(ctx, upRepo, b.Digest, b.Size)
+		if err != nil {
+			return false, err
+		}
+		defer rc.Close()
+		sess, err := f.o.Uploads.Start(ctx, repo)
+		if err != nil {
+			return false, err
+		}
+		blob, err := f.o.Uploads.Finish(ctx, repo, sess.ID, 0, rc, b.Digest)
+		if err != nil {
+			f.o.Uploads.Cancel(context.WithoutCancel(ctx), repo, sess.ID)
+			return false, fmt.Errorf("pull-through of blob %s from %s: %w", b.Digest, up.URL(), err)
+		}
+		f.bytes.Add(float64(blob.Size))
+		f.fetches.WithLabelValues("blob", "fetched").Inc()
+		return true, nil
+	})
+	if err != nil && !upstream.IsNotFound(err) {
+		f.fetches.WithLabelValues("blob", "error").Inc()
+	}
+	if err == nil {
+		// The blob may have been fetched under another repository's name.
+		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err != nil {
+			return err
+		}
+	}
+	return err
+}

@@ -1,0 +1,684 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/gaia-registry/gaia/mirror-sync/admin"
+	"github.com/gaia-registry/gaia/mirror-sync/store"
+	"github.com/gaia-registry/gaia/mirror-sync/upstream"
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+// upstreamProxy stands between Gaia's mirror and the stock upstream
+// registry: it counts what is fetched and injects faults (429s with
+// Retry-After, blob transfers cut mid-body, a bandwidth limit).
+type upstreamProxy struct {
+	URL    string
+	target string
+
+	mu     sync.Mutex
+	events []proxyEvent
+
+	throttleUntil atomic.Int64 // unix nanos: answer 429 (Retry-After: 1) until then
+	throttled     atomic.Int64
+	cut           atomic.Int64 // cut this many more blob GETs after half their body
+	cuts          atomic.Int64
+	rate          atomic.Int64 // blob body bytes per second (0: unlimited)
+}
+
+type proxyEvent struct {
+	at   time.Time
+	kind string // "blob-start", "blob" (sent whole), "manifest" (GET answered)
+	ref  string // blob digest or manifest reference
+}
+
+func newUpstreamProxy(t *testing.T, target string) *upstreamProxy {
+	p := &upstreamProxy{target: target}
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	p.URL = srv.URL
+	return p
+}
+
+func (p *upstreamProxy) record(kind, ref string) {
+	p.mu.Lock()
+	p.events = append(p.events, proxyEvent{time.Now(), kind, ref})
+	p.mu.Unlock()
+}
+
+// count returns how many events of kind happened (for ref, if not empty)
+// after since.
+func (p *upstreamProxy) count(kind, ref string, since time.Time) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, e := range p.events {
+		if e.kind == kind && (ref == "" || e.ref == ref) && !e.at.Before(since) {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *upstreamProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if until := p.throttleUntil.Load(); until > 0 && time.Now().UnixNano() < until {
+		p.throttled.Add(1)
+		w.Header().Set("Retry-After", "1")
+		w.WriteHeader(http.StatusTooManyRequests)
+		return
+	}
+	req, _ := http.NewRequestWithContext(r.Context(), r.Method, p.target+r.URL.RequestURI(), r.Body)
+	req.Header = r.Header.Clone()
+	req.ContentLength = r.ContentLength
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	blob := r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") && resp.StatusCode == http.StatusOK
+	ref := path.Base(r.URL.Path)
+	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") && resp.StatusCode == http.StatusOK {
+		p.record("manifest", ref)
+	}
+	if blob {
+		p.record("blob-start", ref)
+	}
+	w.WriteHeader(resp.StatusCode)
+	if blob && p.cut.Add(-1) >= 0 {
+		io.CopyN(w, resp.Body, resp.ContentLength/2)
+		w.(http.Flusher).Flush()
+		p.cuts.Add(1)
+		panic(http.ErrAbortHandler) // the connection drops mid-blob
+	}
+	var src io.Reader = resp.Body
+	if rate := p.rate.Load(); blob && rate > 0 {
+		src = &slowReader{r: resp.Body, rate: rate}
+	}
+	if _, err := io.Copy(w, src); err == nil && blob {
+		p.record("blob", ref)
+	}
+}
+
+type slowReader struct {
+	r    io.Reader
+	rate int64
+}
+
+func (s *slowReader) Read(b []byte) (int, error) {
+	if len(b) > 32<<10 {
+		b = b[:32<<10]
+	}
+	n, err := s.r.Read(b)
+	time.Sleep(time.Duration(int64(n) * int64(time.Second) / s.rate))
+	return n, err
+}
+
+// mirrorSetup: a stock distribution registry with token auth as the
+// upstream (behind upstreamProxy), a Gaia registry that takes writes from
+// the mirror's robot credential (htpasswd), and its PostgreSQL.
+type mirrorSetup struct {
+	ts        *harness.TokenServer
+	proxy     *upstreamProxy
+	pusher    *upstream.Client // writes test images into the upstream
+	db        string
+	gaia      string // base URL
+	gaiaRobot *upstream.Client
+	token     string
+}
+
+const robotPassword = "robot-secret-pw"
+
+func newMirrorSetup(t *testing.T) *mirrorSetup {
+	s := &mirrorSetup{token: "mirror-e2e-admin-token-0123"}
+	s.ts = harness.StartTokenServer(t, "upstream-registry", map[string][2]string{
+		"pusher": {"push-pw", "pull,push"}, "bot": {"bot-pw", "pull"},
+	})
+	upAddr := harness.FreeAddr(t)
+	harness.StartStockRegistry(t, upAddr, s.ts)
+	s.proxy = newUpstreamProxy(t, "http://"+upAddr)
+	s.pusher = upstream.New(upstream.Options{URL: "http://" + upAddr, Username: "pusher", Password: "push-pw"})
+	s.db = harness.NewDatabase(t)
+	return s
+}
+
+// startGaia starts n Gaia servers sharing the database and storage; with
+// auth, htpasswd holds the mirror's robot and pulls are anonymous.
+func (s *mirrorSetup) startGaia(t *testing.T, n int, auth bool) []string {
+	extra := ""
+	if auth {
+		hash, _ := bcrypt.GenerateFromPassword([]byte(robotPassword), bcrypt.MinCost)
+		htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+		os.WriteFile(htpasswd, []byte("mirror-robot:"+string(hash)+"\n"), 0o600)
+		extra = fmt.Sprintf("auth: {anonymouspull: true, htpasswd: {realm: gaia, path: %q}}\n", htpasswd)
+	}
+	storage := t.TempDir()
+	var urls []string
+	for range n {
+		addr := harness.FreeAddr(t)
+		harness.StartRegistry(t, addr, harness.RegistryConfig(addr, s.db, storage)+extra)
+		urls = append(urls, "http://"+addr)
+	}
+	s.gaia = urls[0]
+	s.gaiaRobot = upstream.New(upstream.Options{URL: s.gaia, Username: "mirror-robot", Password: robotPassword})
+	if !auth {
+		s.gaiaRobot = upstream.New(upstream.Options{URL: s.gaia})
+	}
+	return urls
+}
+
+// startMirror runs a gaia-mirror (admin API, and a worker unless disabled).
+func (s *mirrorSetup) startMirror(t *testing.T, id string, worker bool) *harness.Registry {
+	addr := harness.FreeAddr(t)
+	return harness.StartDaemon(t, "./mirror-sync/cmd/gaia-mirror", nil, addr, fmt.Sprintf(`log: {level: info, formatter: json}
+http: {addr: %s}
+database: {url: %q, migrate: true}
+admin: {token: %q}
+registry: {url: %q, username: mirror-robot, password: %q}
+worker: {id: %q, lease: 6s, poll: 300ms, disabled: %v}
+`, addr, s.db, s.token, s.gaia, robotPassword, id, !worker))
+}
+
+func (s *mirrorSetup) admin(t *testing.T, m *harness.Registry, method, p string, body any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, m.URL()+admin.Prefix+p, rd)
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+func (s *mirrorSetup) createRule(t *testing.T, m *harness.Registry, rule map[string]any) {
+	t.Helper()
+	if code, body := s.admin(t, m, http.MethodPost, "", rule); code != http.StatusCreated {
+		t.Fatalf("creating rule: %d %s", code, body)
+	}
+}
+
+func (s *mirrorSetup) runNow(t *testing.T, m *harness.Registry, rule string) int64 {
+	t.Helper()
+	code, body := s.admin(t, m, http.MethodPost, "/"+rule+"/run", nil)
+	var run store.Run
+	if code != http.StatusAccepted || json.Unmarshal(body, &run) != nil {
+		t.Fatalf("run now: %d %s", code, body)
+	}
+	return run.ID
+}
+
+func (s *mirrorSetup) runs(t *testing.T, m *harness.Registry, rule string) []store.Run {
+	t.Helper()
+	code, body := s.admin(t, m, http.MethodGet, "/"+rule+"/runs?limit=50", nil)
+	var runs []store.Run
+	if code != http.StatusOK || json.Unmarshal(body, &runs) != nil {
+		t.Fatalf("runs: %d %s", code, body)
+	}
+	return runs
+}
+
+// waitRun waits for run id to end and returns it.
+func (s *mirrorSetup) waitRun(t *testing.T, m *harness.Registry, rule string, id int64, limit time.Duration) store.Run {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		for _, r := range s.runs(t, m, rule) {
+			if r.ID == id && (r.State == "succeeded" || r.State == "failed") {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %d of %s not over after %s: %+v", id, rule, limit, s.runs(t, m, rule))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// sameImage checks Gaia's dst:ref against the upstream's repo:ref: same
+// digest, and every blob of the image in Gaia whole and verified.
+func (s *mirrorSetup) sameImage(t *testing.T, ctx context.Context, repo, dst, ref string, img harness.TestImage) {
+	t.Helper()
+	want, err := s.pusher.ManifestDigest(ctx, repo, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.gaiaRobot.ManifestDigest(ctx, dst, ref)
+	if err != nil || got != want {
+		t.Fatalf("%s:%s in Gaia: %s (%v), upstream %s:%s is %s", dst, ref, got, err, repo, ref, want)
+	}
+	for _, b := range img.Blobs {
+		rc, err := s.gaiaRobot.Blob(ctx, dst, b.Digest, b.Size)
+		if err != nil {
+			t.Fatalf("blob %s of %s: %v", b.Digest, dst, err)
+		}
+		if _, err := io.Copy(io.Discard, rc); err != nil { // the reader checks size and digest
+			t.Fatalf("blob %s of %s: %v", b.Digest, dst, err)
+		}
+		rc.Close()
+	}
+}
+
+func image(platform string, seeds ...uint64) harness.TestImage {
+	var layers [][]byte
+	for _, s := range seeds {
+		layers = append(layers, harness.Layer(s, 200<<10+int(s%7)*1024))
+	}
+	return harness.NewTestImage(platform, layers...)
+}
+
+// TestMirrorRuleFromStockRegistry: a rule with repository, tag and
+// platform filters mirrors exactly what it selects from a stock
+// distribution registry behind token auth, digests unchanged; a second
+// run copies nothing; a tag pushed upstream later is picked up by the
+// next scheduled run.
+func TestMirrorRuleFromStockRegistry(t *testing.T) {
+	ctx := context.Background()
+	s := newMirrorSetup(t)
+	s.startGaia(t, 1, true)
+
+	const base = 1 // a base layer every image shares
+	alpine := map[string]harness.TestImage{}
+	for i, tag := range []string{"3.18", "3.19", "3.20", "edge"} {
+		alpine[tag] = image("linux/amd64", base, uint64(100+i))
+		if err := alpine[tag].Push(ctx, s.pusher, "library/alpine", tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	multi := []harness.TestImage{image("linux/amd64", base, 200), image("linux/arm64/v8", base, 201), image("linux/s390x", base, 202)}
+	if _, err := harness.PushIndex(ctx, s.pusher, "library/multi", "1.0", multi...); err != nil {
+		t.Fatal(err)
+	}
+	if err := image("linux/amd64", 300).Push(ctx, s.pusher, "library/excluded", "1.0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := image("linux/amd64", 301).Push(ctx, s.pusher, "other/thing", "1.0"); err != nil {
+		t.Fatal(err)
+	}
+
+	m := s.startMirror(t, "worker-a", true)
+	s.createRule(t, m, map[string]any{
+		"name":         "hub",
+		"upstream":     map[string]any{"url": s.proxy.URL, "username": "bot", "password": "bot-pw", "concurrency": 4},
+		"repositories": []string{"library/*"},
+		"exclude":      []string{"library/excluded"},
+		"tags":         map[string]any{"semver": ">=1.0", "latest": 2},
+		"platforms":    []string{"linux/amd64", "linux/arm64"},
+		"destination":  "mirror",
+		"schedule":     "10s",
+		"enabled":      true,
+	})
+	start := time.Now()
+	run := s.waitRun(t, m, "hub", s.runNow(t, m, "hub"), 2*time.Minute)
+	if run.State != "succeeded" {
+		t.Fatalf("first run: %+v\n%s", run, m.Log())
+	}
+
+	// Exactly the selection: two repositories, the two highest versions
+	// of alpine (edge is no version), two of multi's three platforms.
+	repos, err := s.gaiaRobot.Catalog(ctx)
+	if err != nil || !slices.Equal(repos, []string{"mirror/library/alpine", "mirror/library/multi"}) {
+		t.Fatalf("Gaia's catalog: %v %v", repos, err)
+	}
+	tags, _ := s.gaiaRobot.Tags(ctx, "mirror/library/alpine")
+	sort.Strings(tags)
+	if !slices.Equal(tags, []string{"3.19", "3.20"}) {
+		t.Fatalf("alpine tags in Gaia: %v", tags)
+	}
+	for _, tag := range tags {
+		s.sameImage(t, ctx, "library/alpine", "mirror/library/alpine", tag, alpine[tag])
+	}
+	s.sameImage(t, ctx, "library/multi", "mirror/library/multi", "1.0", harness.TestImage{}) // the index: upstream's digest
+	for _, img := range multi[:2] {
+		s.sameImage(t, ctx, "library/multi", "mirror/library/multi", img.Digest.String(), img)
+	}
+	if _, ok, err := s.gaiaRobot.HasManifest(ctx, "mirror/library/multi", multi[2].Digest.String()); ok || err != nil {
+		t.Fatalf("the s390x image, which the rule's platforms leave out, is in Gaia (%v)", err)
+	}
+	if ok, _ := s.gaiaRobot.BlobExists(ctx, "mirror/library/multi", multi[2].Blobs[2].Digest); ok {
+		t.Fatal("the s390x image's layer is in Gaia")
+	}
+
+	// Each distinct blob crossed once; shared ones were mounted.
+	distinct := map[digest.Digest]bool{}
+	for _, img := range []harness.TestImage{alpine["3.19"], alpine["3.20"], multi[0], multi[1]} {
+		for _, b := range img.Blobs {
+			distinct[b.Digest] = true
+		}
+	}
+	for d := range distinct {
+		if n := s.proxy.count("blob", d.String(), start); n != 1 {
+			t.Errorf("blob %s fetched from the upstream %d times, want once", d, n)
+		}
+	}
+	if run.Tags != 3 || run.Images != 4 || run.Blobs != len(distinct) || run.Bytes == 0 || len(run.Errors) != 0 {
+		t.Errorf("first run's record: %+v (want 3 tags, 4 images, %d blobs)", run, len(distinct))
+	}
+
+	// A second run compares digests and copies nothing.
+	second := time.Now()
+	run2 := s.waitRun(t, m, "hub", s.runNow(t, m, "hub"), time.Minute)
+	if run2.State != "succeeded" || run2.Tags != 0 || run2.Images != 0 || run2.Blobs != 0 || run2.Bytes != 0 {
+		t.Errorf("second run copied something: %+v", run2)
+	}
+	if n, b := s.proxy.count("manifest", "", second), s.proxy.count("blob-start", "", second); n+b != 0 {
+		t.Errorf("second run fetched %d manifests and %d blobs from the upstream", n, b)
+	}
+
+	// A new upstream tag: the next scheduled run brings it.
+	pushed := time.Now()
+	newer := image("linux/amd64", base, 104)
+	if err := newer.Push(ctx, s.pusher, "library/alpine", "3.21"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	var scheduled *store.Run
+	for scheduled == nil {
+		for _, r := range s.runs(t, m, "hub") {
+			if r.Trigger == "schedule" && r.State == "succeeded" && r.StartedAt != nil && r.StartedAt.After(pushed) {
+				scheduled = &r
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no scheduled run after the push: %+v", s.runs(t, m, "hub"))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if scheduled.Tags != 1 {
+		t.Errorf("scheduled run: %+v, want the one new tag", *scheduled)
+	}
+	s.sameImage(t, ctx, "library/alpine", "mirror/library/alpine", "3.21", newer)
+
+	// Metrics of the worker.
+	if v := harness.Metric(t, m.URL(), "gaia_mirror_runs_total", `rule="hub"`, `result="succeeded"`); v < 3 {
+		t.Errorf("gaia_mirror_runs_total{hub,succeeded} = %v", v)
+	}
+	if v := harness.Metric(t, m.URL(), "gaia_mirror_upstream_requests_total"); v == 0 {
+		t.Error("no upstream requests counted")
+	}
+}
+
+// TestMirrorFaults: an upstream answering 429 for a while, connections
+// dropped mid-blob, and a worker killed mid-run.
+func TestMirrorFaults(t *testing.T) {
+	ctx := context.Background()
+	s := newMirrorSetup(t)
+	s.startGaia(t, 1, true)
+	m := s.startMirror(t, "worker-a", true)
+	rule := func(name, repo string) map[string]any {
+		return map[string]any{
+			"name": name, "upstream": map[string]any{"url": s.proxy.URL, "username": "bot", "password": "bot-pw"},
+			"repositories": []string{repo}, "destination": "m", "schedule": "1h", "enabled": true,
+		}
+	}
+
+	t.Run("429 with Retry-After", func(t *testing.T) {
+		img := image("linux/amd64", 400, 401)
+		if err := img.Push(ctx, s.pusher, "faults/throttle", "1.0"); err != nil {
+			t.Fatal(err)
+		}
+		s.createRule(t, m, rule("throttle", "faults/throttle"))
+		s.proxy.throttleUntil.Store(time.Now().Add(2500 * time.Millisecond).UnixNano())
+		run := s.waitRun(t, m, "throttle", s.runNow(t, m, "throttle"), time.Minute)
+		if run.State != "succeeded" {
+			t.Fatalf("run: %+v", run)
+		}
+		if s.proxy.throttled.Load() == 0 {
+			t.Fatal("the upstream never throttled: the test proves nothing")
+		}
+		if v := harness.Metric(t, m.URL(), "gaia_mirror_upstream_throttled_total"); v == 0 {
+			t.Error("gaia_mirror_upstream_throttled_total is 0")
+		}
+		s.sameImage(t, ctx, "faults/throttle", "m/faults/throttle", "1.0", img)
+	})
+
+	t.Run("connection dropped mid-blob", func(t *testing.T) {
+		img := harness.NewTestImage("linux/amd64", harness.Layer(500, 1<<20), harness.Layer(501, 1<<20), harness.Layer(502, 1<<20))
+		if err := img.Push(ctx, s.pusher, "faults/cut", "1.0"); err != nil {
+			t.Fatal(err)
+		}
+		s.createRule(t, m, rule("cut", "faults/cut"))
+		s.proxy.cut.Store(2)
+		run := s.waitRun(t, m, "cut", s.runNow(t, m, "cut"), time.Minute)
+		s.proxy.cut.Store(0)
+		if run.State != "succeeded" {
+			t.Fatalf("run: %+v", run)
+		}
+		if s.proxy.cuts.Load() != 2 {
+			t.Fatalf("%d transfers cut, want 2", s.proxy.cuts.Load())
+		}
+		if v := harness.Metric(t, m.URL(), "gaia_mirror_blob_retries_total", `rule="cut"`); v != 2 {
+			t.Errorf("gaia_mirror_blob_retries_total{cut} = %v, want 2", v)
+		}
+		s.sameImage(t, ctx, "faults/cut", "m/faults/cut", "1.0", img)
+		// Nothing torn anywhere: every blob Gaia knows hashes to its digest.
+		s.checkAllBlobs(t, ctx)
+	})
+
+	t.Run("worker killed mid-run", func(t *testing.T) {
+		var imgs []harness.TestImage
+		for i := range 6 {
+			img := harness.NewTestImage("linux/amd64", harness.Layer(uint64(600+2*i), 1<<20), harness.Layer(uint64(601+2*i), 1<<20))
+			if err := img.Push(ctx, s.pusher, "faults/kill", fmt.Sprintf("1.%d", i)); err != nil {
+				t.Fatal(err)
+			}
+			imgs = append(imgs, img)
+		}
+		victim := s.startMirror(t, "worker-victim", true)
+		m.Stop() // the victim alone takes the run
+		s.createRule(t, victim, rule("kill", "faults/kill"))
+		// 12 MiB, four transfers at a time (the rule's upstream
+		// concurrency) at 512 KiB/s each: the run takes about six seconds.
+		s.proxy.rate.Store(512 << 10)
+		defer s.proxy.rate.Store(0)
+		id := s.runNow(t, victim, "kill")
+		deadline := time.Now().Add(time.Minute)
+		for {
+			var cur store.Run
+			for _, r := range s.runs(t, victim, "kill") {
+				if r.ID == id {
+					cur = r
+				}
+			}
+			if cur.State == "running" && cur.Bytes >= 1<<20 { // a layer or more recorded
+				break
+			}
+			if cur.State == "succeeded" || cur.State == "failed" || time.Now().After(deadline) {
+				t.Fatalf("the run ended or never progressed before the kill: %+v", cur)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		before := s.storedBlobs(t, ctx)
+		killed := time.Now()
+		victim.Kill()
+		heir := s.startMirror(t, "worker-heir", true)
+		run := s.waitRun(t, heir, "kill", id, 2*time.Minute)
+		if run.State != "succeeded" || run.Worker != "worker-heir" {
+			t.Fatalf("run after the kill: %+v\n%s", run, heir.Log())
+		}
+		for i, img := range imgs {
+			s.sameImage(t, ctx, "faults/kill", "m/faults/kill", fmt.Sprintf("1.%d", i), img)
+		}
+		// Resumed, not restarted: what Gaia held at the kill was not fetched again.
+		for d := range before {
+			if n := s.proxy.count("blob-start", d, killed); n != 0 {
+				t.Errorf("blob %s, stored before the kill, fetched %d more times", d, n)
+			}
+		}
+		if len(before) == 0 {
+			t.Fatal("nothing was stored before the kill")
+		}
+		t.Logf("killed with %d blobs stored; the heir fetched %d more (run: %d blobs, %d bytes)",
+			len(before), s.proxy.count("blob", "", killed), run.Blobs, run.Bytes)
+		s.checkAllBlobs(t, ctx)
+	})
+}
+
+// storedBlobs is every blob Gaia's database records.
+func (s *mirrorSetup) storedBlobs(t *testing.T, ctx context.Context) map[string]bool {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, s.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, `SELECT digest FROM blobs`)
+	ds, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, d := range ds {
+		out[d] = true
+	}
+	return out
+}
+
+// checkAllBlobs reads every blob Gaia records, through the API, and
+// checks it against its digest and size.
+func (s *mirrorSetup) checkAllBlobs(t *testing.T, ctx context.Context) {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, s.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, `
+		SELECT DISTINCT ON (b.digest) b.digest, b.size, r.name FROM blobs b
+		JOIN repository_blobs rb ON rb.digest = b.digest JOIN repositories r ON r.id = rb.repository_id`)
+	type blob struct {
+		d    digest.Digest
+		size int64
+		repo string
+	}
+	all, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (blob, error) {
+		var b blob
+		return b, row.Scan(&b.d, &b.size, &b.repo)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range all {
+		rc, err := s.gaiaRobot.Blob(ctx, b.repo, b.d, b.size)
+		if err == nil {
+			_, err = io.Copy(io.Discard, rc)
+			rc.Close()
+		}
+		if err != nil {
+			t.Errorf("blob %s in %s: %v", b.d, b.repo, err)
+		}
+	}
+}
+
+// TestPullThroughOneFetchPerBlob: twenty clients pull an image Gaia does
+// not have, under an on-demand rule, through two servers: every pull gets
+// the upstream's image, and each manifest and blob crossed once.
+func TestPullThroughOneFetchPerBlob(t *testing.T) {
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Fatalf("skopeo is needed (tests/services/svc.sh installs it): %v", err)
+	}
+	ctx := context.Background()
+	s := newMirrorSetup(t)
+	servers := s.startGaia(t, 2, false)
+	alt := harness.Alternate(t, servers...)
+	m := s.startMirror(t, "unused", false)
+
+	amd := harness.NewTestImage("linux/amd64", harness.Layer(700, 1<<20), harness.Layer(701, 1<<20), harness.Layer(702, 512<<10))
+	arm := harness.NewTestImage("linux/arm64/v8", harness.Layer(710, 1<<20))
+	index, err := harness.PushIndex(ctx, s.pusher, "library/app", "2.1", amd, arm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.createRule(t, m, map[string]any{
+		"name": "cache", "upstream": map[string]any{"url": s.proxy.URL, "username": "bot", "password": "bot-pw"},
+		"repositories": []string{"library/*"}, "destination": "hub", "schedule": "24h", "enabled": true, "on_demand": true,
+	})
+	start := time.Now()
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := exec.Command("skopeo", "copy", "--src-tls-verify=false", "--override-arch", "amd64", "--override-os", "linux",
+				"docker://"+alt.Host()+"/hub/library/app:2.1", fmt.Sprintf("dir:%s/%d", dir, i)).CombinedOutput()
+			if err != nil {
+				errs[i] = fmt.Errorf("%v: %s", err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("pull %d: %v", i, err)
+		}
+		got, _ := os.ReadFile(filepath.Join(dir, fmt.Sprint(i), "manifest.json"))
+		if !bytes.Equal(got, amd.Manifest) {
+			t.Fatalf("pull %d got manifest %s, want the upstream's amd64 image %s", i, digest.FromBytes(got), amd.Digest)
+		}
+	}
+	for _, b := range amd.Blobs {
+		if n := s.proxy.count("blob-start", b.Digest.String(), start); n != 1 {
+			t.Errorf("blob %s fetched from the upstream %d times for 20 pulls, want once", b.Digest, n)
+		}
+	}
+	for _, b := range arm.Blobs {
+		if n := s.proxy.count("blob-start", b.Digest.String(), start); n != 0 {
+			t.Errorf("arm64 blob %s fetched though nobody pulled it", b.Digest)
+		}
+	}
+	if n := s.proxy.count("manifest", "2.1", start); n != 1 {
+		t.Errorf("the index fetched %d times, want once", n)
+	}
+	if n := s.proxy.count("manifest", amd.Digest.String(), start); n != 1 {
+		t.Errorf("the amd64 manifest fetched %d times, want once", n)
+	}
+	got, err := s.gaiaRobot.ManifestDigest(ctx, "hub/library/app", "2.1")
+	if err != nil || got != index {
+		t.Errorf("hub/library/app:2.1 in Gaia is %s (%v), upstream %s", got, err, index)
+	}
+	fetched := 0.0
+	for _, u := range servers {
+		fetched += harness.Metric(t, u, "gaia_registry_pullthrough_fetches_total", `kind="blob"`, `result="fetched"`)
+	}
+	if int(fetched) != len(amd.Blobs) {
+		t.Errorf("servers fetched %v blobs, want %d", fetched, len(amd.Blobs))
+	}
+	// A repository outside the rule is not fetched: a plain 404.
+	if code, _ := harness.Get(t, servers[0]+"/v2/other/library/app/manifests/2.1"); code != http.StatusNotFound {
+		t.Errorf("outside the rule: %d", code)
+	}
+	s.checkAllBlobs(t, ctx)
+}
