@@ -70,10 +70,10 @@ type Registry struct {
 	// SignalExitOK: a process that dies of SIGTERM instead of exiting 0
 	// (the stock registry) counts as stopped cleanly.
 	SignalExitOK bool
-	cmd     *exec.Cmd
-	exited  chan error
-	mu      sync.Mutex
-	killed  bool
+	cmd          *exec.Cmd
+	exited       chan error
+	mu           sync.Mutex
+	killed       bool
 }
 
 // URL is the registry's base URL.
