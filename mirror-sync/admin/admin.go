@@ -39,6 +39,9 @@ type Handler struct {
 	Token  string       // the admin bearer token
 	Client *http.Client // for ?check=1 (default: 5 s timeout)
 	Log    *slog.Logger
+	// Queued, when set, is told of each run queued through the API (the
+	// process's own worker wakes instead of waiting for its next poll).
+	Queued func()
 }
 
 // Status is a rule as `show` returns it.
@@ -117,6 +120,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status := http.StatusAccepted
 		if !created {
 			status = http.StatusOK // already queued or running: that one
+		} else if h.Queued != nil {
+			h.Queued()
 		}
 		writeJSON(w, status, run)
 	case len(parts) == 2 && parts[1] == "runs" && r.Method == http.MethodGet:

@@ -79,6 +79,9 @@ func New(o Options) *Client {
 			TLSHandshakeTimeout:   10 * time.Second,
 			IdleConnTimeout:       90 * time.Second,
 			MaxIdleConnsPerHost:   o.Concurrency,
+			// Blobs stream through: large buffers save system calls.
+			WriteBufferSize: 256 << 10,
+			ReadBufferSize:  256 << 10,
 		}}
 	}
 	o.URL = strings.TrimRight(o.URL, "/")

@@ -74,28 +74,34 @@ func (c *Client) BlobExists(ctx context.Context, repo string, d digest.Digest) (
 }
 
 // MountBlob links blob d into repo from repository from (empty: Gaia
-// mounts any blob it holds) without moving bytes; false when the registry
-// does not have it to mount.
-func (c *Client) MountBlob(ctx context.Context, repo, from string, d digest.Digest) (bool, error) {
+// mounts any blob it holds) without moving bytes. When the registry
+// cannot, it opens an upload session instead: its URL comes back for
+// PushBlobTo (the caller must use it or Cancel it).
+func (c *Client) MountBlob(ctx context.Context, repo, from string, d digest.Digest) (mounted bool, session string, err error) {
 	q := url.Values{"mount": {d.String()}}
 	if from != "" {
 		q.Set("from", from)
 	}
 	resp, err := c.send(ctx, http.MethodPost, "/v2/"+repo+"/blobs/uploads/?"+q.Encode(), pushScope(repo), nil, &body{})
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	drain(resp)
 	if resp.StatusCode == http.StatusCreated {
-		return true, nil
+		return true, "", nil
 	}
-	// The registry opened an upload session instead: close it.
-	if loc := resp.Header.Get("Location"); loc != "" {
-		if r, err := c.do(ctx, http.MethodDelete, c.resolve(resp, loc), pushScope(repo), nil); err == nil {
-			drain(r)
-		}
+	loc := resp.Header.Get("Location")
+	if loc == "" {
+		return false, "", fmt.Errorf("POST /v2/%s/blobs/uploads/: %s without a Location", repo, resp.Status)
 	}
-	return false, nil
+	return false, c.resolve(resp, loc), nil
+}
+
+// Cancel ends an upload session PushBlobTo will not use.
+func (c *Client) Cancel(ctx context.Context, repo, session string) {
+	if r, err := c.do(ctx, http.MethodDelete, session, pushScope(repo), nil); err == nil {
+		drain(r)
+	}
 }
 
 // resolve makes a Location absolute against the request that returned it.
@@ -108,9 +114,7 @@ func (c *Client) resolve(resp *http.Response, loc string) string {
 }
 
 // PushBlob uploads size bytes from r as blob d of repo: a POST for the
-// session, then one PUT with the whole body. The body streams: when r
-// fails (a torn upstream transfer), the request fails and the registry
-// stores nothing under d.
+// session, then PushBlobTo.
 func (c *Client) PushBlob(ctx context.Context, repo string, d digest.Digest, size int64, r io.Reader) error {
 	resp, err := c.send(ctx, http.MethodPost, "/v2/"+repo+"/blobs/uploads/", pushScope(repo), nil, &body{})
 	if err != nil {
@@ -121,7 +125,14 @@ func (c *Client) PushBlob(ctx context.Context, repo string, d digest.Digest, siz
 	if loc == "" {
 		return fmt.Errorf("POST /v2/%s/blobs/uploads/: no Location in the answer", repo)
 	}
-	u, err := url.Parse(c.resolve(resp, loc))
+	return c.PushBlobTo(ctx, repo, c.resolve(resp, loc), d, size, r)
+}
+
+// PushBlobTo sends the whole blob to an open upload session in one PUT.
+// The body streams: when r fails (a torn upstream transfer), the request
+// fails and the registry stores nothing under d.
+func (c *Client) PushBlobTo(ctx context.Context, repo, session string, d digest.Digest, size int64, r io.Reader) error {
+	u, err := url.Parse(session)
 	if err != nil {
 		return err
 	}
@@ -129,7 +140,7 @@ func (c *Client) PushBlob(ctx context.Context, repo string, d digest.Digest, siz
 	q.Set("digest", d.String())
 	u.RawQuery = q.Encode()
 	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
-	resp, err = c.send(ctx, http.MethodPut, u.String(), pushScope(repo), hdr, &body{stream: r, size: size})
+	resp, err := c.send(ctx, http.MethodPut, u.String(), pushScope(repo), hdr, &body{stream: r, size: size})
 	if err != nil {
 		return fmt.Errorf("pushing blob %s to %s: %w", d, repo, err)
 	}

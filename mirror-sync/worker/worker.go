@@ -60,6 +60,15 @@ type Worker struct {
 
 	mu      sync.Mutex
 	clients map[rule.Upstream]*upstream.Client // one per upstream: its limit holds across runs
+	wake    chan struct{}
+}
+
+// Wake makes the worker look for runs now rather than at its next poll.
+func (w *Worker) Wake() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
 // New returns a Worker.
@@ -88,7 +97,7 @@ func New(o Options) *Worker {
 			return upstream.New(upstream.Options{URL: u.URL, Username: u.Username, Password: u.Password, Concurrency: u.Concurrency})
 		}
 	}
-	return &Worker{o: o, clients: map[rule.Upstream]*upstream.Client{}}
+	return &Worker{o: o, clients: map[rule.Upstream]*upstream.Client{}, wake: make(chan struct{}, 1)}
 }
 
 // ID is the worker's name in the runs it claims.
@@ -125,6 +134,7 @@ func (w *Worker) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
+		case <-w.wake:
 		case <-time.After(w.o.Poll):
 		}
 	}
@@ -396,50 +406,58 @@ func (j *job) copyManifest(ctx context.Context, repo, dst string, body []byte, m
 	return nil
 }
 
-// copyBlob makes dst hold blob b: already there, mounted from another
-// repository of Gaia, or copied from the upstream (once per run, however
-// many tags share it; a torn or corrupt transfer is retried).
+// copyBlob makes dst hold blob b: mounted (Gaia links a blob it holds in
+// any repository, or already has in dst), or copied from the upstream
+// into the upload session the refused mount opened: once per run,
+// however many tags share it; a torn or corrupt transfer is retried.
 func (j *job) copyBlob(ctx context.Context, repo, dst string, b v1.Descriptor) error {
-	if ok, err := j.gaia.BlobExists(ctx, dst, b.Digest); err != nil {
-		return fmt.Errorf("asking Gaia: %w", err)
-	} else if ok {
-		return nil
-	}
-	if ok, err := j.gaia.MountBlob(ctx, dst, "", b.Digest); err != nil {
-		return fmt.Errorf("mounting %s: %w", b.Digest, err)
-	} else if ok {
-		j.c.mounted.Add(1)
-		j.w.o.Metrics.blob(j.run.Rule, "mounted", 0)
-		return nil
-	}
-	v, err, _ := j.blobs.Do(b.Digest.String(), func() (any, error) {
-		// A copy that ended between the mount above and this flight
-		// brought it in: mount again rather than fetch twice.
-		if ok, err := j.gaia.MountBlob(ctx, dst, "", b.Digest); err == nil && ok {
-			j.c.mounted.Add(1)
-			j.w.o.Metrics.blob(j.run.Rule, "mounted", 0)
-			return dst, nil
+	_, err, _ := j.blobs.Do(b.Digest.String()+" "+dst, func() (any, error) {
+		// Tags of other repositories sharing the blob wait for one copy:
+		// the first to ask for it (below) fetches it, the others mount it.
+		into, err, _ := j.blobs.Do(b.Digest.String(), func() (any, error) {
+			return dst, j.transfer(ctx, repo, dst, b)
+		})
+		if err != nil || into.(string) == dst {
+			return nil, err
 		}
-		return dst, j.transfer(ctx, repo, dst, b)
+		return nil, j.mount(ctx, dst, b)
 	})
+	return err
+}
+
+// mount links b into dst, which must work: the blob is in Gaia.
+func (j *job) mount(ctx context.Context, dst string, b v1.Descriptor) error {
+	ok, session, err := j.gaia.MountBlob(ctx, dst, "", b.Digest)
 	if err != nil {
-		return err
+		return fmt.Errorf("mounting %s: %w", b.Digest, err)
 	}
-	if v.(string) != dst { // another tag's copy brought it in: mount it here
-		if ok, err := j.gaia.MountBlob(ctx, dst, v.(string), b.Digest); err != nil || !ok {
-			return fmt.Errorf("mounting %s from %s: %v", b.Digest, v, err)
-		}
-		j.c.mounted.Add(1)
-		j.w.o.Metrics.blob(j.run.Rule, "mounted", 0)
+	if !ok {
+		j.gaia.Cancel(ctx, dst, session)
+		return fmt.Errorf("blob %s: copied, yet Gaia cannot mount it into %s", b.Digest, dst)
 	}
 	return nil
 }
 
+// transfer brings b into dst: a mount if Gaia holds it (or got it since
+// this run began), otherwise a copy from the upstream, retried on failure.
 func (j *job) transfer(ctx context.Context, repo, dst string, b v1.Descriptor) error {
 	var err error
 	for attempt := 1; attempt <= j.w.o.Retries; attempt++ {
-		err = j.transferOnce(ctx, repo, dst, b)
-		if err == nil || ctx.Err() != nil {
+		var mounted bool
+		var session string
+		mounted, session, err = j.gaia.MountBlob(ctx, dst, "", b.Digest)
+		if err == nil && mounted {
+			j.c.mounted.Add(1)
+			j.w.o.Metrics.blob(j.run.Rule, "mounted", 0)
+			return nil
+		}
+		if err == nil {
+			if err = j.copyInto(ctx, repo, dst, session, b); err == nil {
+				return nil
+			}
+			j.gaia.Cancel(context.WithoutCancel(ctx), dst, session)
+		}
+		if ctx.Err() != nil {
 			break
 		}
 		j.log.Warn("blob copy failed; retrying", "digest", b.Digest, "attempt", attempt, "err", err)
@@ -454,13 +472,13 @@ func (j *job) transfer(ctx context.Context, repo, dst string, b v1.Descriptor) e
 	return err
 }
 
-func (j *job) transferOnce(ctx context.Context, repo, dst string, b v1.Descriptor) error {
+func (j *job) copyInto(ctx context.Context, repo, dst, session string, b v1.Descriptor) error {
 	rc, err := j.up.Blob(ctx, repo, b.Digest, b.Size)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	if err := j.gaia.PushBlob(ctx, dst, b.Digest, b.Size, rc); err != nil {
+	if err := j.gaia.PushBlobTo(ctx, dst, session, b.Digest, b.Size, rc); err != nil {
 		return err
 	}
 	j.c.blobs.Add(1)

@@ -21,6 +21,7 @@ func TestGaiactlMirrorRules(t *testing.T) {
 http: {addr: %s}
 database: {url: %q, migrate: true}
 admin: {token: %q}
+worker: {disabled: true}   # runs stay queued: this test reads them back as such
 `, addr, harness.NewDatabase(t), token))
 	gaiactl := harness.Binary(t, "./cmd/gaiactl")
 	run := func(args ...string) (string, error) {

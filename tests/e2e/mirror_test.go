@@ -519,6 +519,13 @@ func TestMirrorFaults(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		// The progress shows in gaiactl while the run is on.
+		out, err := exec.Command(harness.Binary(t, "./cmd/gaiactl"), "--server", victim.URL(), "--token", s.token,
+			"mirror", "status", "kill").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "running") {
+			t.Errorf("gaiactl mirror status during the run: %v\n%s", err, out)
+		}
+		t.Logf("gaiactl mirror status kill:\n%s", out)
 		before := s.storedBlobs(t, ctx)
 		killed := time.Now()
 		victim.Kill()

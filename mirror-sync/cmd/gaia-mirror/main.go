@@ -136,8 +136,9 @@ func run(path string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
-	mux.Handle(admin.Prefix, &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log})
-	mux.Handle(admin.Prefix+"/", &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log})
+	api := &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log}
+	mux.Handle(admin.Prefix, api)
+	mux.Handle(admin.Prefix+"/", api)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -168,6 +169,7 @@ func run(path string) error {
 			ID: cfg.Worker.ID, Parallel: cfg.Worker.Parallel, Lease: cfg.Worker.Lease, Poll: cfg.Worker.Poll,
 			Log: log, Metrics: worker.NewMetrics(reg),
 		})
+		api.Queued = w.Wake
 		log.Info("mirror worker started", "id", w.ID(), "registry", cfg.Registry.URL)
 		go func() { defer close(workerDone); w.Run(ctx) }()
 	}

@@ -1,0 +1,236 @@
+// Package mirror benchmarks gaia-mirror against `skopeo sync` (Debian's
+// package): the same image set, from the same local upstream (the stock
+// distribution registry with token auth, like Docker Hub), into a fresh
+// Gaia each (own PostgreSQL database and storage), rounds alternating.
+//
+//	make bench-mirror
+//	go test -run '^$' -bench BenchmarkMirrorVsSkopeo -benchtime 1x -timeout 30m ./tests/bench/mirror/
+//
+// MIRROR_BENCH_ROUNDS (default 3) sets the rounds; the medians and their
+// ratio are printed as a markdown table for docs/benchmarks.md.
+package mirror
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/gaia-registry/gaia/mirror-sync/admin"
+	"github.com/gaia-registry/gaia/mirror-sync/store"
+	"github.com/gaia-registry/gaia/mirror-sync/upstream"
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+// The image set: repositories × tags of single-platform images, each a
+// base layer all share, a layer its repository's tags share, and its own
+// layer; and a multi-arch index repository. Like a team's set of
+// official images: shared bases, a few versions each.
+const (
+	repos     = 6
+	tags      = 4
+	baseSize  = 8 << 20
+	repoSize  = 4 << 20
+	ownSize   = 2 << 20
+	multiTags = 2
+)
+
+func BenchmarkMirrorVsSkopeo(b *testing.B) {
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		b.Fatalf("skopeo is needed (tests/services/svc.sh installs it): %v", err)
+	}
+	harness.Start(b, "postgres")
+	rounds := 3
+	if s := os.Getenv("MIRROR_BENCH_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	ctx := context.Background()
+	ts := harness.StartTokenServer(b, "upstream", map[string][2]string{"pusher": {"push-pw", "pull,push"}})
+	upAddr := harness.FreeAddr(b)
+	harness.StartStockRegistry(b, upAddr, ts)
+	pusher := upstream.New(upstream.Options{URL: "http://" + upAddr, Username: "pusher", Password: "push-pw", Concurrency: 8})
+	base := harness.Layer(1, baseSize)
+	var names []string
+	total, images := int64(len(base)), 0
+	for r := range repos {
+		repoLayer := harness.Layer(uint64(100+r), repoSize)
+		total += int64(len(repoLayer))
+		name := fmt.Sprintf("library/app%d", r)
+		names = append(names, name)
+		for t := range tags {
+			own := harness.Layer(uint64(1000+10*r+t), ownSize)
+			total += int64(len(own))
+			if err := harness.NewTestImage("linux/amd64", base, repoLayer, own).Push(ctx, pusher, name, fmt.Sprintf("1.%d", t)); err != nil {
+				b.Fatal(err)
+			}
+			images++
+		}
+	}
+	names = append(names, "library/multi")
+	for t := range multiTags {
+		var imgs []harness.TestImage
+		for i, p := range []string{"linux/amd64", "linux/arm64/v8", "linux/s390x"} {
+			own := harness.Layer(uint64(5000+10*t+i), ownSize)
+			total += int64(len(own))
+			imgs = append(imgs, harness.NewTestImage(p, base, own))
+			images++
+		}
+		if _, err := harness.PushIndex(ctx, pusher, "library/multi", fmt.Sprintf("2.%d", t), imgs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Logf("upstream: %d repositories, %d images, %.0f MiB of distinct blobs", len(names), images, float64(total)/(1<<20))
+
+	srcYAML := filepath.Join(b.TempDir(), "sync.yml")
+	y := fmt.Sprintf("%s:\n  tls-verify: false\n  images:\n", upAddr)
+	for _, n := range names {
+		y += fmt.Sprintf("    %s: []\n", n)
+	}
+	os.WriteFile(srcYAML, []byte(y), 0o644)
+
+	var skopeoTimes, gaiaTimes []time.Duration
+	for round := range rounds {
+		// skopeo sync into a fresh Gaia.
+		gaia := freshGaia(b)
+		start := time.Now()
+		out, err := exec.Command("skopeo", "sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker",
+			"--dest-tls-verify=false", srcYAML, gaia.Addr+"/mirror").CombinedOutput()
+		d := time.Since(start)
+		if err != nil {
+			b.Fatalf("skopeo sync: %v\n%s", err, out)
+		}
+		// skopeo sync names a copy by the source's last path component.
+		checkMirrored(b, ctx, gaia.URL(), names, pusher, func(n string) string { return "mirror/" + path.Base(n) })
+		skopeoTimes = append(skopeoTimes, d)
+
+		// gaia-mirror into another fresh Gaia.
+		gaia = freshGaia(b)
+		db := gaia.db
+		maddr := harness.FreeAddr(b)
+		token := "bench-admin-token-0123456789"
+		m := harness.StartDaemon(b, "./mirror-sync/cmd/gaia-mirror", nil, maddr, fmt.Sprintf(`log: {level: warn}
+http: {addr: %s}
+database: {url: %q, migrate: true}
+admin: {token: %q}
+registry: {url: %q}
+worker: {poll: 100ms}
+`, maddr, db, token, gaia.URL()))
+		call := func(method, path string, body any) []byte {
+			var rd io.Reader
+			if body != nil {
+				j, _ := json.Marshal(body)
+				rd = bytes.NewReader(j)
+			}
+			req, _ := http.NewRequest(method, m.URL()+admin.Prefix+path, rd)
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer resp.Body.Close()
+			out, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode >= 300 {
+				b.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, out)
+			}
+			return out
+		}
+		call(http.MethodPost, "", map[string]any{
+			"name": "bench", "upstream": map[string]any{"url": "http://" + upAddr, "concurrency": 8},
+			"repositories": names, "destination": "mirror", "schedule": "24h", "enabled": true,
+		})
+		start = time.Now()
+		call(http.MethodPost, "/bench/run", nil)
+		for {
+			var runs []store.Run
+			json.Unmarshal(call(http.MethodGet, "/bench/runs", nil), &runs)
+			if len(runs) > 0 && runs[0].State == "failed" {
+				b.Fatalf("gaia-mirror run failed: %+v", runs[0])
+			}
+			if len(runs) > 0 && runs[0].State == "succeeded" {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		d = time.Since(start)
+		checkMirrored(b, ctx, gaia.URL(), names, pusher, func(n string) string { return "mirror/" + n })
+		gaiaTimes = append(gaiaTimes, d)
+		m.Stop()
+		b.Logf("round %d: skopeo sync %s, gaia-mirror %s", round+1, skopeoTimes[round].Round(time.Millisecond), d.Round(time.Millisecond))
+	}
+	ms, mg := median(skopeoTimes), median(gaiaTimes)
+	b.ReportMetric(ms.Seconds(), "skopeo-s")
+	b.ReportMetric(mg.Seconds(), "gaia-mirror-s")
+	b.ReportMetric(mg.Seconds()/ms.Seconds(), "ratio")
+	fmt.Printf("\n| mirror %d images (%d repositories, %.0f MiB distinct) | median of %d | runs |\n|---|---|---|\n",
+		images, len(names), float64(total)/(1<<20), rounds)
+	fmt.Printf("| skopeo sync --all (v1.9.3, Debian) | %.2f s | %s |\n", ms.Seconds(), fmtTimes(skopeoTimes))
+	fmt.Printf("| gaia-mirror | %.2f s | %s |\n", mg.Seconds(), fmtTimes(gaiaTimes))
+	fmt.Printf("| **gaia-mirror / skopeo wall time** | **%.2f×** | |\n\n", mg.Seconds()/ms.Seconds())
+}
+
+type gaiaTarget struct {
+	*harness.Registry
+	db string
+}
+
+func freshGaia(b *testing.B) gaiaTarget {
+	db := harness.NewDatabase(b)
+	addr := harness.FreeAddr(b)
+	r := harness.StartRegistry(b, addr, harness.RegistryConfig(addr, db, b.TempDir()))
+	return gaiaTarget{r, db}
+}
+
+// checkMirrored: every upstream tag is in Gaia under mirror/, same digest.
+func checkMirrored(b *testing.B, ctx context.Context, gaia string, names []string, up *upstream.Client, dst func(string) string) {
+	b.Helper()
+	g := upstream.New(upstream.Options{URL: gaia})
+	for _, n := range names {
+		want, err := up.Tags(ctx, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got, err := g.Tags(ctx, dst(n))
+		if err != nil {
+			b.Fatalf("%s: %v", dst(n), err)
+		}
+		sort.Strings(want)
+		sort.Strings(got)
+		if !slices.Equal(want, got) {
+			b.Fatalf("%s has tags %v, upstream %v", dst(n), got, want)
+		}
+		for _, tag := range want {
+			w, _ := up.ManifestDigest(ctx, n, tag)
+			if d, err := g.ManifestDigest(ctx, dst(n), tag); err != nil || d != w {
+				b.Fatalf("%s:%s is %s (%v), upstream %s", dst(n), tag, d, err, w)
+			}
+		}
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func fmtTimes(ds []time.Duration) string {
+	out := ""
+	for i, d := range ds {
+		if i > 0 {
+			out += ", "
+		}
+		out += fmt.Sprintf("%.2f", d.Seconds())
+	}
+	return out
+}
