@@ -7,7 +7,7 @@ PKGS     := ./...
 # in its short mode here.
 TESTFLAGS ?= -count=1 -short -race -timeout 40m
 
-.PHONY: all build run cluster test test-hdfs-full bench bench-registry bench-gateway bench-hdfs services services-stop vet clean
+.PHONY: all build run cluster test test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror services services-stop vet clean
 
 all: build
 
@@ -43,8 +43,8 @@ test-hdfs-full:
 
 # Gaia vs the stock distribution registry (v3.1.2, built from the Go module
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
-# colinmarc client. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs
+# colinmarc client, then gaia-mirror vs skopeo sync. Results: docs/benchmarks.md.
+bench: bench-registry bench-gateway bench-hdfs bench-mirror
 
 # 1 GiB push/pull, manifest GETs at 32 clients, tags/list of 10,000 tags,
 # _catalog of 100,000 repositories (about 15 minutes; --quick for a smoke run).
@@ -54,6 +54,12 @@ bench-registry:
 # gaia-gateway vs direct access to one server: 1 GiB push/pull, manifest GETs.
 bench-gateway:
 	bash tests/bench/gateway.sh
+
+# gaia-mirror vs `skopeo sync --all` (Debian's skopeo): 30 images, 92 MiB,
+# from a stock registry with token auth into fresh Gaias, 5 rounds alternating.
+bench-mirror:
+	bash $(SVC) start postgres dockerd   # dockerd's install step brings skopeo
+	MIRROR_BENCH_ROUNDS=$${MIRROR_BENCH_ROUNDS:-5} $(GO) test -count=1 -timeout 30m -run '^$$' -bench BenchmarkMirrorVsSkopeo -benchtime 1x ./tests/bench/mirror/
 
 bench-hdfs:
 	bash $(SVC) start hdfs

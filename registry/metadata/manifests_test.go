@@ -998,3 +998,41 @@ func TestValidTagName(t *testing.T) {
 		}
 	}
 }
+
+// A sparse index (a mirror's platform filter) may list children the
+// repository lacks; those it has are referenced, so they cannot be deleted
+// from under it, and the index keeps its digest.
+func TestSparseIndex(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	s.link(t, "mirror/app", cfgA, layerA)
+	present := image("amd64", cfgA, layerA)
+	absent := image("s390x", cfgA, layerB)
+	if err := s.manifests.Put(ctx, "mirror/app", present); err != nil {
+		t.Fatal(err)
+	}
+	idx := withTags(index("sparse", present.Digest, absent.Digest), "1.0")
+	idx.Sparse = true
+	if err := s.manifests.Put(ctx, "mirror/app", idx); err != nil {
+		t.Fatalf("sparse index: %v", err)
+	}
+	got, err := s.manifests.ByTag(ctx, "mirror/app", "1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameManifest(t, "sparse index", got, idx)
+	if n := s.count(t, `SELECT count(*) FROM manifest_references`); n != 1 {
+		t.Fatalf("%d manifest_references; want 1 (the child present)", n)
+	}
+	if err := s.manifests.Delete(ctx, "mirror/app", present.Digest); !errors.Is(err, ErrReferenced) {
+		t.Fatalf("Delete of a child the sparse index lists: %v; want ErrReferenced", err)
+	}
+	if _, err := s.manifests.ByDigest(ctx, "mirror/app", absent.Digest); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the absent child: %v", err)
+	}
+	// Without Sparse the same index is refused (the default for pushes).
+	idx.Sparse = false
+	if err := s.manifests.Put(ctx, "other/app", idx); !errors.As(err, new(*MissingError)) {
+		t.Fatalf("non-sparse index with missing children: %v", err)
+	}
+}

@@ -612,6 +612,7 @@ func (s *mirrorSetup) checkAllBlobs(t *testing.T, ctx context.Context) {
 // not have, under an on-demand rule, through two servers: every pull gets
 // the upstream's image, and each manifest and blob crossed once.
 func TestPullThroughOneFetchPerBlob(t *testing.T) {
+	harness.Start(t, harness.Dockerd) // its install step brings skopeo
 	if _, err := exec.LookPath("skopeo"); err != nil {
 		t.Fatalf("skopeo is needed (tests/services/svc.sh installs it): %v", err)
 	}
@@ -682,6 +683,15 @@ func TestPullThroughOneFetchPerBlob(t *testing.T) {
 	}
 	if int(fetched) != len(amd.Blobs) {
 		t.Errorf("servers fetched %v blobs, want %d", fetched, len(amd.Blobs))
+	}
+	// A blob asked for by digest alone (no manifest pulled) is fetched too.
+	armLayer := arm.Blobs[1]
+	code, body := harness.Get(t, servers[1]+"/v2/hub/library/app/blobs/"+armLayer.Digest.String())
+	if code != http.StatusOK || digest.FromString(body) != armLayer.Digest {
+		t.Errorf("blob pull-through: %d, %d bytes", code, len(body))
+	}
+	if n := s.proxy.count("blob-start", armLayer.Digest.String(), start); n != 1 {
+		t.Errorf("the arm64 layer fetched %d times, want once", n)
 	}
 	// A repository outside the rule is not fetched: a plain 404.
 	if code, _ := harness.Get(t, servers[0]+"/v2/other/library/app/manifests/2.1"); code != http.StatusNotFound {
