@@ -30,6 +30,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/gaia-registry/gaia/mirror-sync/rule"
@@ -158,6 +159,7 @@ type counts struct {
 }
 
 type job struct {
+	ctx    context.Context // the run's: shared transfers outlive the image that started them
 	w      *Worker
 	run    store.Run
 	r      *rule.Rule
@@ -197,7 +199,7 @@ func (w *Worker) execute(ctx context.Context, run store.Run) {
 		w.o.Store.Finish(context.WithoutCancel(ctx), run.ID, w.o.ID, true, []string{err.Error()})
 		return
 	}
-	j := &job{w: w, run: run, r: &entry.Rule, up: w.client(entry.Rule.Upstream), gaia: w.o.Registry, log: log}
+	j := &job{ctx: ctx, w: w, run: run, r: &entry.Rule, up: w.client(entry.Rule.Upstream), gaia: w.o.Registry, log: log}
 
 	// The lease keeper records progress every third of the lease; a lost
 	// lease (this worker stalled, another took the run) stops the run.
@@ -389,10 +391,15 @@ func (j *job) copyManifest(ctx context.Context, repo, dst string, body []byte, m
 			return err
 		}
 	}
+	// An image's blobs go at once (the upstream client's limit bounds
+	// the requests): a tag waiting for a base layer another tag is
+	// fetching copies its own layers meanwhile.
+	g, gctx := errgroup.WithContext(ctx)
 	for _, b := range m.BlobDescriptors {
-		if err := j.copyBlob(ctx, repo, dst, b); err != nil {
-			return err
-		}
+		g.Go(func() error { return j.copyBlob(gctx, repo, dst, b) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	if err := j.gaia.PutManifest(ctx, dst, ref, m.MediaType, body, sparse); err != nil {
 		return fmt.Errorf("storing manifest %s in Gaia: %w", d, err)
@@ -415,7 +422,7 @@ func (j *job) copyBlob(ctx context.Context, repo, dst string, b v1.Descriptor) e
 		// Tags of other repositories sharing the blob wait for one copy:
 		// the first to ask for it (below) fetches it, the others mount it.
 		into, err, _ := j.blobs.Do(b.Digest.String(), func() (any, error) {
-			return dst, j.transfer(ctx, repo, dst, b)
+			return dst, j.transfer(j.ctx, repo, dst, b)
 		})
 		if err != nil || into.(string) == dst {
 			return nil, err
