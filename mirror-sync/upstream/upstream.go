@@ -41,6 +41,10 @@ type Options struct {
 	MaxRetries         int           // retries of 429/503/transport errors (default 5)
 	MaxWait            time.Duration // longest single wait (default 60s; a longer Retry-After fails the request)
 	Timeout            time.Duration // to response headers (default 30s)
+	// IdleTimeout ends a transfer that makes no progress for this long:
+	// a response body that stops arriving, or a streamed request body
+	// the server stops taking (default 60s).
+	IdleTimeout time.Duration
 	HTTP               *http.Client
 }
 
@@ -71,6 +75,9 @@ func New(o Options) *Client {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 30 * time.Second
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = time.Minute
 	}
 	if o.HTTP == nil {
 		o.HTTP = &http.Client{Transport: &http.Transport{
@@ -144,17 +151,31 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 		if !strings.HasPrefix(target, "http://") && !strings.HasPrefix(target, "https://") {
 			target = c.o.URL + path
 		}
-		req, err := http.NewRequestWithContext(ctx, method, target, nil)
+		// The watchdog cancels a transfer that stalls: armed while a
+		// streamed request body is sent and while the response body is
+		// read (waiting for headers is Timeout's).
+		rctx, cancel := context.WithCancelCause(ctx)
+		stalled := fmt.Errorf("%s %s: no progress for %s", method, path, c.o.IdleTimeout)
+		wd := time.AfterFunc(time.Hour, func() { cancel(stalled) })
+		wd.Stop()
+		done := func() { wd.Stop(); cancel(nil) }
+		req, err := http.NewRequestWithContext(rctx, method, target, nil)
 		if err != nil {
+			done()
 			release()
 			return nil, err
 		}
 		if b != nil {
 			if b.stream != nil && attempt > 0 {
+				done()
 				release()
 				return nil, fmt.Errorf("%s %s: a streamed body cannot be sent twice (last answer: %w)", method, path, lastErr)
 			}
 			req.Body, req.ContentLength = b.reader()
+			if b.stream != nil {
+				req.Body = &watched{ReadCloser: req.Body, wd: wd, idle: c.o.IdleTimeout, stopAtEOF: true}
+				wd.Reset(c.o.IdleTimeout)
+			}
 		}
 		for k, vs := range header {
 			req.Header[k] = vs
@@ -162,13 +183,21 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 		c.authorize(req, scope)
 		c.Requests.Add(1)
 		resp, err := c.o.HTTP.Do(req)
+		wd.Stop()
+		if err != nil && context.Cause(rctx) == stalled {
+			err = stalled
+		}
 		lastErr = err
 		if err == nil {
 			lastErr = fmt.Errorf("%s", resp.Status)
+			if resp.StatusCode < 200 || resp.StatusCode >= 300 {
+				wd.Reset(c.o.IdleTimeout) // reading an error body is bounded too
+			}
 		}
 		var wait time.Duration
 		switch {
 		case err != nil:
+			done()
 			if ctx.Err() != nil || attempt >= c.o.MaxRetries {
 				release()
 				return nil, err
@@ -177,6 +206,7 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 		case resp.StatusCode == http.StatusUnauthorized && !authRetried:
 			challenge := resp.Header.Get("WWW-Authenticate")
 			drain(resp)
+			done()
 			authRetried = true
 			if err := c.login(ctx, challenge, scope); err != nil {
 				release()
@@ -188,18 +218,23 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 			drain(resp)
 			c.Throttled.Add(1)
 			if attempt >= c.o.MaxRetries || wait > c.o.MaxWait {
+				done()
 				release()
 				return nil, &StatusError{method, c.o.URL + path, resp.StatusCode, fmt.Sprintf("throttled; Retry-After %s", wait)}
 			}
 		case resp.StatusCode >= 300:
 			b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 			resp.Body.Close()
+			done()
 			release()
 			return nil, &StatusError{method, c.o.URL + path, resp.StatusCode, string(b)}
 		default:
-			resp.Body = &releasingBody{ReadCloser: resp.Body, release: release}
+			wd.Reset(c.o.IdleTimeout)
+			body := &watched{ReadCloser: resp.Body, wd: wd, idle: c.o.IdleTimeout, ctx: rctx, stalled: stalled}
+			resp.Body = &releasingBody{ReadCloser: body, release: func() { done(); release() }}
 			return resp, nil
 		}
+		done()
 		backoff = min(2*backoff, 30*time.Second)
 		select {
 		case <-ctx.Done():
@@ -208,6 +243,30 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 		case <-time.After(wait):
 		}
 	}
+}
+
+// watched kicks a watchdog on every read; a read cut by it reports the
+// stall rather than a bare "context canceled".
+type watched struct {
+	io.ReadCloser
+	wd        *time.Timer
+	idle      time.Duration
+	stopAtEOF bool // a request body: the watchdog's job ends when it is sent
+	ctx       context.Context
+	stalled   error
+}
+
+func (w *watched) Read(p []byte) (int, error) {
+	n, err := w.ReadCloser.Read(p)
+	if err == io.EOF && w.stopAtEOF {
+		w.wd.Stop()
+	} else {
+		w.wd.Reset(w.idle)
+	}
+	if err != nil && err != io.EOF && w.ctx != nil && context.Cause(w.ctx) == w.stalled {
+		err = w.stalled
+	}
+	return n, err
 }
 
 type releasingBody struct {
@@ -284,6 +343,8 @@ func (c *Client) login(ctx context.Context, challenge, scope string) error {
 		q.Set("scope", s)
 	}
 	u.RawQuery = q.Encode()
+	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return err

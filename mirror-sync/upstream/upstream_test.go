@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -162,5 +163,60 @@ func TestParseChallenge(t *testing.T) {
 	}
 	if nextLink(`</v2/x/tags/list?last=b&n=2>; rel="next"`) != "/v2/x/tags/list?last=b&n=2" || nextLink("") != "" {
 		t.Fatal("nextLink")
+	}
+}
+
+// A transfer that stops making progress ends after IdleTimeout, both a
+// response body that stops arriving and a request body the server stops
+// taking; a slow but moving transfer does not.
+func TestIdleTimeout(t *testing.T) {
+	stall := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/a/b/blobs/" + digest.FromString("xxxx").String(): // half the body, then nothing
+			w.Header().Set("Content-Length", "4")
+			w.Write([]byte("xx"))
+			w.(http.Flusher).Flush()
+			<-stall
+		case "/v2/a/b/blobs/" + digest.FromString("slow").String(): // a byte every 50ms
+			w.Header().Set("Content-Length", "4")
+			for _, c := range "slow" {
+				w.Write([]byte{byte(c)})
+				w.(http.Flusher).Flush()
+				time.Sleep(50 * time.Millisecond)
+			}
+		default: // an upload the server never reads
+			<-stall
+		}
+	}))
+	defer srv.Close()
+	defer close(stall) // before Close, which waits for the handlers
+	c := New(Options{URL: srv.URL, IdleTimeout: 150 * time.Millisecond, MaxRetries: -1})
+	ctx := context.Background()
+
+	rc, err := c.Blob(ctx, "a/b", digest.FromString("xxxx"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = io.ReadAll(rc)
+	rc.Close()
+	if err == nil || !strings.Contains(err.Error(), "no progress") {
+		t.Fatalf("stalled download: %v after %s", err, time.Since(start))
+	}
+
+	rc, err = c.Blob(ctx, "a/b", digest.FromString("slow"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(rc); err != nil || string(b) != "slow" {
+		t.Fatalf("slow download: %q %v", b, err)
+	}
+	rc.Close()
+
+	big := strings.NewReader(strings.Repeat("z", 64<<20)) // more than the socket buffers hold
+	err = c.PushBlobTo(ctx, "a/b", srv.URL+"/v2/a/b/blobs/uploads/x", digest.FromString("z"), int64(big.Len()), big)
+	if err == nil || !strings.Contains(err.Error(), "no progress") {
+		t.Fatalf("stalled upload: %v", err)
 	}
 }
