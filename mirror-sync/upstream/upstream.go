@@ -46,6 +46,7 @@ type Options struct {
 	// the server stops taking (default 60s).
 	IdleTimeout time.Duration
 	HTTP               *http.Client
+	Header             http.Header // sent with every request
 }
 
 // Client talks to one upstream registry.
@@ -176,6 +177,9 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 				req.Body = &watched{ReadCloser: req.Body, wd: wd, idle: c.o.IdleTimeout, stopAtEOF: true}
 				wd.Reset(c.o.IdleTimeout)
 			}
+		}
+		for k, vs := range c.o.Header {
+			req.Header[k] = vs
 		}
 		for k, vs := range header {
 			req.Header[k] = vs

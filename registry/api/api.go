@@ -50,6 +50,11 @@ type Options struct {
 	Delete bool
 }
 
+// NoPullThroughHeader, on a GET or HEAD, asks for what the registry holds
+// only: the mirror worker sends it, so its "is it there yet?" questions do
+// not fetch from the upstream under it.
+const NoPullThroughHeader = "X-Gaia-No-Pull-Through"
+
 // PullThrough fetches missing content from an upstream registry. false:
 // it has nothing for that repository and reference.
 type PullThrough interface {

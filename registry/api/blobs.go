@@ -233,7 +233,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 	info, err := h.Blobs.Lookup(ctx, name, d, idc)
 	// Pull-through on GET only: a HEAD is how pushers ask what to upload.
 	if errors.Is(err, metadata.ErrNotFound) && h.PullThrough != nil && r.Method == http.MethodGet &&
-		r.Header.Get(replication.NoFillHeader) == "" {
+		r.Header.Get(replication.NoFillHeader) == "" && r.Header.Get(NoPullThroughHeader) == "" {
 		ok, perr := h.PullThrough.Blob(ctx, name, d)
 		switch {
 		case perr != nil:

@@ -90,7 +90,7 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, name strin
 		}
 	}
 	lookup()
-	if errors.Is(err, metadata.ErrNotFound) && h.PullThrough != nil {
+	if errors.Is(err, metadata.ErrNotFound) && h.PullThrough != nil && r.Header.Get(NoPullThroughHeader) == "" {
 		ok, perr := h.PullThrough.Manifest(r.Context(), name, ref.String())
 		switch {
 		case perr != nil:

@@ -633,6 +633,15 @@ func TestPullThroughOneFetchPerBlob(t *testing.T) {
 		"repositories": []string{"library/*"}, "destination": "hub", "schedule": "24h", "enabled": true, "on_demand": true,
 	})
 	start := time.Now()
+	// The mirror worker's questions carry X-Gaia-No-Pull-Through: they fetch nothing.
+	req, _ := http.NewRequest(http.MethodHead, servers[0]+"/v2/hub/library/app/manifests/2.1", nil)
+	req.Header.Set("X-Gaia-No-Pull-Through", "1")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("HEAD with X-Gaia-No-Pull-Through: %v %v", resp, err)
+	}
+	if n := s.proxy.count("manifest", "", start); n != 0 {
+		t.Fatalf("a HEAD with X-Gaia-No-Pull-Through fetched %d manifests", n)
+	}
 	dir := t.TempDir()
 	var wg sync.WaitGroup
 	errs := make([]error, 20)

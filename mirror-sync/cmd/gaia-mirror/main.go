@@ -165,6 +165,9 @@ func run(path string) error {
 			Registry: upstream.New(upstream.Options{
 				URL: cfg.Registry.URL, Username: cfg.Registry.Username, Password: cfg.Registry.Password,
 				Concurrency: 64, Timeout: 5 * time.Minute,
+				// Its questions ("is this there yet?") must not set off
+				// the registry's pull-through for on-demand rules.
+				Header: http.Header{"X-Gaia-No-Pull-Through": {"1"}},
 			}),
 			ID: cfg.Worker.ID, Parallel: cfg.Worker.Parallel, Lease: cfg.Worker.Lease, Poll: cfg.Worker.Poll,
 			Log: log, Metrics: worker.NewMetrics(reg),
