@@ -97,42 +97,52 @@ func New(o Options) *Fetcher {
 	return f
 }
 
-// match finds the on-demand rule whose namespace holds repo and returns
-// it with the upstream repository's name.
-func (f *Fetcher) match(ctx context.Context) func(repo string) (*rule.Rule, string) {
+// rulesNow returns the enabled on-demand rules, read again from the
+// database when the cached ones are older than RulesTTL (outside the
+// mutex; on a failure the old ones serve until the next TTL).
+func (f *Fetcher) rulesNow(ctx context.Context) []rule.Rule {
 	f.mu.Lock()
-	if time.Since(f.loaded) > f.o.RulesTTL {
-		entries, err := f.store.List(ctx)
-		if err == nil {
-			f.rules = f.rules[:0]
-			for _, e := range entries {
-				if e.Rule.OnDemand && e.Rule.Enabled && e.Rule.Validate() == nil {
-					f.rules = append(f.rules, e.Rule)
-				}
-			}
-			f.loaded = time.Now()
-		} else {
-			f.o.Log.Warn("pull-through: reading mirror rules", "err", err)
-		}
+	rules, stale := f.rules, time.Since(f.loaded) > f.o.RulesTTL
+	if stale {
+		f.loaded = time.Now() // one reload per TTL, whoever comes first
 	}
-	rules := f.rules
 	f.mu.Unlock()
-	return func(repo string) (*rule.Rule, string) {
-		for i := range rules {
-			r := &rules[i]
-			up := repo
-			if r.Destination != "" {
-				var ok bool
-				if up, ok = strings.CutPrefix(repo, r.Destination+"/"); !ok {
-					continue
-				}
-			}
-			if r.MatchRepository(up) {
-				return r, up
+	if !stale {
+		return rules
+	}
+	entries, err := f.store.List(ctx)
+	if err != nil {
+		f.o.Log.Warn("pull-through: reading mirror rules", "err", err)
+		return rules
+	}
+	fresh := make([]rule.Rule, 0, len(entries))
+	for _, e := range entries {
+		if e.Rule.OnDemand && e.Rule.Enabled && e.Rule.Validate() == nil {
+			fresh = append(fresh, e.Rule)
+		}
+	}
+	f.mu.Lock()
+	f.rules = fresh
+	f.mu.Unlock()
+	return fresh
+}
+
+// match finds the on-demand rule whose namespace holds repo and returns a
+// copy of it with the upstream repository's name.
+func (f *Fetcher) match(ctx context.Context, repo string) (rule.Rule, string, bool) {
+	for _, r := range f.rulesNow(ctx) {
+		up := repo
+		if r.Destination != "" {
+			var ok bool
+			if up, ok = strings.CutPrefix(repo, r.Destination+"/"); !ok {
+				continue
 			}
 		}
-		return nil, ""
+		if r.MatchRepository(up) {
+			return r, up, true
+		}
 	}
+	return rule.Rule{}, "", false
 }
 
 func (f *Fetcher) client(u rule.Upstream) *upstream.Client {
@@ -146,24 +156,36 @@ func (f *Fetcher) client(u rule.Upstream) *upstream.Client {
 	return c
 }
 
+type lockConnKey struct{}
+
 // once runs fn once for key across this server's concurrent callers and,
-// under a PostgreSQL advisory lock, across servers. The fetch runs on its
-// own context (bounded by the timeout): a client that gives up does not
+// under a PostgreSQL advisory lock, across servers. The lock is polled
+// with a try-lock, so a waiter holds no connection; a fetch nested in
+// another (a manifest's blobs) takes its lock on the outer fetch's
+// connection, so a fetch never needs two connections of the pool (two
+// would let a burst of fetches deadlock it). The fetch runs on its own
+// context (bounded by the timeout): a client that gives up does not
 // cancel it for the others.
 func (f *Fetcher) once(ctx context.Context, key string, fn func(ctx context.Context) (bool, error)) (bool, error) {
-	ch := f.group.DoChan(key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.o.Timeout)
-		defer cancel()
-		conn, err := f.o.LockDB.Acquire(fctx)
+	if ctx.Value(lockConnKey{}) != nil {
+		// Nested in a fetch whose goroutine owns the connection: stay on
+		// this goroutine (the lock, not a single flight, keeps it to one).
+		lctx, unlock, err := f.lock(ctx, key)
 		if err != nil {
 			return false, err
 		}
-		defer conn.Release()
-		if _, err := conn.Exec(fctx, `SELECT pg_advisory_lock(hashtextextended($1, 0))`, key); err != nil {
+		defer unlock()
+		return fn(lctx)
+	}
+	ch := f.group.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.o.Timeout)
+		defer cancel()
+		lctx, unlock, err := f.lock(fctx, key)
+		if err != nil {
 			return false, err
 		}
-		defer conn.Exec(context.WithoutCancel(fctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
-		return fn(fctx)
+		defer unlock()
+		return fn(lctx)
 	})
 	select {
 	case <-ctx.Done():
@@ -176,12 +198,52 @@ func (f *Fetcher) once(ctx context.Context, key string, fn func(ctx context.Cont
 	}
 }
 
+// lock takes the advisory lock named key. The context then carries the
+// connection holding it, for nested locks.
+func (f *Fetcher) lock(ctx context.Context, key string) (lctx context.Context, unlock func(), err error) {
+	outer, _ := ctx.Value(lockConnKey{}).(*pgxpool.Conn)
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		conn := outer
+		if conn == nil {
+			if conn, err = f.o.LockDB.Acquire(ctx); err != nil {
+				return nil, nil, err
+			}
+		}
+		var got bool
+		err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got)
+		if err == nil && got {
+			return context.WithValue(ctx, lockConnKey{}, conn), func() {
+				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer cancel()
+				if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key); err != nil {
+					// The session would keep the lock: end it.
+					conn.Conn().Close(uctx)
+				}
+				if outer == nil {
+					conn.Release()
+				}
+			}, nil
+		}
+		if outer == nil {
+			conn.Release()
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
 // Manifest fetches manifest ref (a tag or digest) of repo from its rule's
 // upstream and stores it. false: repo is under no on-demand rule, the tag
 // is not selected, or the upstream has no such manifest.
 func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) {
-	r, upRepo := f.match(ctx)(repo)
-	if r == nil {
+	r, upRepo, ok := f.match(ctx, repo)
+	if !ok {
 		return false, nil
 	}
 	d, byDigest := digest.Parse(ref)
@@ -244,19 +306,27 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 }
 
 // Blob fetches blob d of repo from its rule's upstream; false when repo
-// is under no on-demand rule or the upstream has no such blob.
+// is under no on-demand rule or the upstream's repository has no such
+// blob. The upstream is asked first even when Gaia holds the blob
+// elsewhere: linking it otherwise would let anyone who may pull from the
+// rule's namespace read any blob of the registry by digest.
 func (f *Fetcher) Blob(ctx context.Context, repo string, d digest.Digest) (bool, error) {
-	r, upRepo := f.match(ctx)(repo)
-	if r == nil {
+	r, upRepo, ok := f.match(ctx, repo)
+	if !ok {
 		return false, nil
 	}
 	up := f.client(r.Upstream)
-	err := f.blob(ctx, up, upRepo, repo, v1.Descriptor{Digest: d, Size: -1})
-	if upstream.IsNotFound(err) {
+	if ok, err := up.BlobExists(ctx, upRepo, d); err != nil {
+		f.fetches.WithLabelValues("blob", "error").Inc()
+		return false, err
+	} else if !ok {
 		f.fetches.WithLabelValues("blob", "absent").Inc()
 		return false, nil
 	}
-	return err == nil, err
+	if err := f.blob(ctx, up, upRepo, repo, v1.Descriptor{Digest: d, Size: -1}); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // blob makes repo hold blob b: linked if the registry has it anywhere,
@@ -269,7 +339,9 @@ func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo st
 	} else if !errors.Is(err, metadata.ErrNotFound) {
 		return err
 	}
-	_, err := f.once(ctx, "gaia-pullthrough:blob:"+b.Digest.String(), func(ctx context.Context) (bool, error) {
+	// Keyed by where it comes from too: a fetch that another rule's
+	// upstream refused must not answer for this one.
+	_, err := f.once(ctx, "gaia-pullthrough:blob:"+up.URL()+"/"+upRepo+"@"+b.Digest.String(), func(ctx context.Context) (bool, error) {
 		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
 			return true, nil
 		} else if !errors.Is(err, metadata.ErrNotFound) {
@@ -293,7 +365,7 @@ func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo st
 		f.fetches.WithLabelValues("blob", "fetched").Inc()
 		return true, nil
 	})
-	if err != nil && !upstream.IsNotFound(err) {
+	if err != nil {
 		f.fetches.WithLabelValues("blob", "error").Inc()
 	}
 	if err == nil {

@@ -106,7 +106,10 @@ func (r *Rule) Validate() error {
 	}
 	u, err := url.Parse(r.Upstream.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		return bad("upstream.url", "%q must be http(s)://host[:port]", r.Upstream.URL)
+		return bad("upstream.url", "%q must be http(s)://host[:port]", u.Redacted())
+	}
+	if u.User != nil {
+		return bad("upstream.url", "credentials go in upstream.username and upstream.password, not in the URL")
 	}
 	if (r.Upstream.Username == "") != (r.Upstream.Password == "") {
 		return bad("upstream.password", "username and password go together")

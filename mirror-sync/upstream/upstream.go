@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -83,6 +84,7 @@ func New(o Options) *Client {
 	if o.HTTP == nil {
 		o.HTTP = &http.Client{Transport: &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			ResponseHeaderTimeout: o.Timeout,
 			TLSHandshakeTimeout:   10 * time.Second,
 			IdleConnTimeout:       90 * time.Second,
@@ -336,6 +338,9 @@ func (c *Client) login(ctx context.Context, challenge, scope string) error {
 	u, err := url.Parse(realm)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
 		return fmt.Errorf("token realm %q", realm)
+	}
+	if u.Scheme == "http" && strings.HasPrefix(c.o.URL, "https:") && c.o.Username != "" {
+		return fmt.Errorf("token realm %q is plain http for an https upstream: the credentials are not sent there", realm)
 	}
 	q := u.Query()
 	if s := params["service"]; s != "" {

@@ -60,9 +60,9 @@ func (c *Client) ManifestDigest(ctx context.Context, repo, ref string) (digest.D
 	return d, err
 }
 
-// BlobExists reports whether repo has blob d.
+// BlobExists reports whether repo has blob d (a HEAD, with pull rights).
 func (c *Client) BlobExists(ctx context.Context, repo string, d digest.Digest) (bool, error) {
-	resp, err := c.do(ctx, http.MethodHead, "/v2/"+repo+"/blobs/"+d.String(), pushScope(repo), nil)
+	resp, err := c.do(ctx, http.MethodHead, "/v2/"+repo+"/blobs/"+d.String(), pullScope(repo), nil)
 	if IsNotFound(err) {
 		return false, nil
 	}
@@ -165,17 +165,24 @@ func (c *Client) PutManifest(ctx context.Context, repo, ref, mediaType string, c
 
 // HasManifest reports whether repo has the manifest ref and its digest.
 func (c *Client) HasManifest(ctx context.Context, repo, ref string) (digest.Digest, bool, error) {
+	d, _, ok, err := c.ManifestInfo(ctx, repo, ref)
+	return d, ok, err
+}
+
+// ManifestInfo is HasManifest with the manifest's media type.
+func (c *Client) ManifestInfo(ctx context.Context, repo, ref string) (digest.Digest, string, bool, error) {
 	hdr := http.Header{"Accept": {strings.Join(ManifestTypes, ", ")}}
 	resp, err := c.do(ctx, http.MethodHead, "/v2/"+repo+"/manifests/"+ref, pushScope(repo), hdr)
 	if IsNotFound(err) {
-		return "", false, nil
+		return "", "", false, nil
 	}
 	if err != nil {
-		return "", false, err
+		return "", "", false, err
 	}
 	drain(resp)
 	d, _ := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
-	return d, true, nil
+	mt, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
+	return d, strings.TrimSpace(mt), true, nil
 }
 
 // URL is the registry's base URL.

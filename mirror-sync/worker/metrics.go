@@ -79,7 +79,7 @@ var (
 	upstreamRequests = prometheus.NewDesc("gaia_mirror_upstream_requests_total",
 		"Requests sent to an upstream registry (token requests and retries included).", []string{"upstream"}, nil)
 	upstreamThrottled = prometheus.NewDesc("gaia_mirror_upstream_throttled_total",
-		"429 and 503 answers from an upstream, waited out before retrying.", []string{"upstream"}, nil)
+		"429 and 503 answers from an upstream (retried after their Retry-After while retries last).", []string{"upstream"}, nil)
 )
 
 // upstreamCollector reports each upstream client's request counters.

@@ -195,8 +195,14 @@ func (w *Worker) execute(ctx context.Context, run store.Run) {
 
 	entry, err := w.o.Store.Get(ctx, run.Rule)
 	if err != nil {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer rcancel()
+		if ctx.Err() != nil { // shutting down right after the claim
+			w.o.Store.Release(rctx, run.ID, w.o.ID)
+			return
+		}
 		log.Error("mirror run: rule unreadable", "err", err)
-		w.o.Store.Finish(context.WithoutCancel(ctx), run.ID, w.o.ID, true, []string{err.Error()})
+		w.o.Store.Finish(rctx, run.ID, w.o.ID, true, []string{err.Error()})
 		return
 	}
 	j := &job{ctx: ctx, w: w, run: run, r: &entry.Rule, up: w.client(entry.Rule.Upstream), gaia: w.o.Registry, log: log}
@@ -213,13 +219,15 @@ func (w *Worker) execute(ctx context.Context, run store.Run) {
 		}
 		return err
 	}
-	keeperDone := make(chan struct{})
+	keeperDone, stopKeeper := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(keeperDone)
 		t := time.NewTicker(w.o.Lease / 3)
 		defer t.Stop()
 		for {
 			select {
+			case <-stopKeeper:
+				return
 			case <-ctx.Done():
 				return
 			case <-t.C:
@@ -236,9 +244,13 @@ func (w *Worker) execute(ctx context.Context, run store.Run) {
 
 	j.mirror(ctx)
 
+	// Stop the keeper before the last flush (not by cancelling the
+	// context its flush may be using: a cancelled flush that committed
+	// would be counted twice).
+	close(stopKeeper)
+	<-keeperDone
 	stop := context.Cause(ctx)
 	cancel(nil)
-	<-keeperDone
 	if errors.Is(stop, store.ErrLeaseLost) {
 		return
 	}
@@ -347,9 +359,21 @@ func (j *job) copyTag(ctx context.Context, repo, tag string) error {
 	if err != nil {
 		return err
 	}
-	if have, ok, err := j.gaia.HasManifest(ctx, dst, tag); err != nil {
+	if have, mt, ok, err := j.gaia.ManifestInfo(ctx, dst, tag); err != nil {
 		return fmt.Errorf("asking Gaia: %w", err)
 	} else if ok && have == want {
+		// Up to date, unless it is an index whose wanted children are not
+		// all there (pull-through stores an index alone; a rule's
+		// platforms may have grown): copy those.
+		if manifest.IsIndex(mt) {
+			body, mt, _, err := j.gaia.Manifest(ctx, dst, want.String())
+			if err != nil {
+				return fmt.Errorf("reading %s@%s from Gaia: %w", dst, want, err)
+			}
+			if err := j.copyManifest(ctx, repo, dst, body, mt, want, want.String()); err != nil {
+				return err
+			}
+		}
 		j.c.skipped.Add(1)
 		return nil
 	}
@@ -427,7 +451,7 @@ func (j *job) copyBlob(ctx context.Context, repo, dst string, b v1.Descriptor) e
 		if err != nil || into.(string) == dst {
 			return nil, err
 		}
-		return nil, j.mount(ctx, dst, b)
+		return nil, j.mount(j.ctx, dst, b) // shared: not on the context of the image that asked first
 	})
 	return err
 }
@@ -442,6 +466,8 @@ func (j *job) mount(ctx context.Context, dst string, b v1.Descriptor) error {
 		j.gaia.Cancel(ctx, dst, session)
 		return fmt.Errorf("blob %s: copied, yet Gaia cannot mount it into %s", b.Digest, dst)
 	}
+	j.c.mounted.Add(1)
+	j.w.o.Metrics.blob(j.run.Rule, "mounted", 0)
 	return nil
 }
 

@@ -190,6 +190,25 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 				id, repoID, digestStrings(nm.Children)); err != nil {
 				return err
 			}
+			if nm.Sparse && len(nm.Children) > 0 {
+				if _, err := tx.Exec(ctx, `
+					INSERT INTO manifest_pending_references (parent_id, repository_id, child_digest)
+					SELECT $1, $2, d FROM unnest($3::text[]) AS d
+					WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = $2 AND m.digest = d)
+					ON CONFLICT DO NOTHING`, id, repoID, digestStrings(nm.Children)); err != nil {
+					return err
+				}
+			}
+			// A child that sparse indexes of the repository were waiting for.
+			if _, err := tx.Exec(ctx, `
+				WITH pending AS (
+					DELETE FROM manifest_pending_references WHERE repository_id = $2 AND child_digest = $3
+					RETURNING parent_id)
+				INSERT INTO manifest_references (parent_id, child_id, repository_id)
+				SELECT parent_id, $1, $2 FROM pending ON CONFLICT DO NOTHING`,
+				id, repoID, nm.Digest.String()); err != nil {
+				return err
+			}
 		}
 		for _, tag := range nm.Tags {
 			if _, err := tx.Exec(ctx, `

@@ -1030,6 +1030,20 @@ func TestSparseIndex(t *testing.T) {
 	if _, err := s.manifests.ByDigest(ctx, "mirror/app", absent.Digest); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("the absent child: %v", err)
 	}
+	// The absent child arriving later is referenced from then on.
+	s.link(t, "mirror/app", layerB)
+	if err := s.manifests.Put(ctx, "mirror/app", absent); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.count(t, `SELECT count(*) FROM manifest_references`); n != 2 {
+		t.Fatalf("%d manifest_references after the child arrived; want 2", n)
+	}
+	if n := s.count(t, `SELECT count(*) FROM manifest_pending_references`); n != 0 {
+		t.Fatalf("%d pending references left", n)
+	}
+	if err := s.manifests.Delete(ctx, "mirror/app", absent.Digest); !errors.Is(err, ErrReferenced) {
+		t.Fatalf("Delete of the late child: %v; want ErrReferenced", err)
+	}
 	// Without Sparse the same index is refused (the default for pushes).
 	idx.Sparse = false
 	if err := s.manifests.Put(ctx, "other/app", idx); !errors.As(err, new(*MissingError)) {

@@ -146,7 +146,11 @@ func (r *Replicator) lock(ctx context.Context, d digest.Digest, refill bool) (un
 		}
 		if got {
 			return func() {
-				conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
+				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer cancel()
+				if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key); err != nil {
+					conn.Conn().Close(uctx) // the session would keep the lock: end it
+				}
 				conn.Release()
 			}, false, nil
 		}

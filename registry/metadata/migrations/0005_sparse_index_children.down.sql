@@ -1,0 +1,1 @@
+DROP TABLE manifest_pending_references;
