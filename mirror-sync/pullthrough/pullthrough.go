@@ -98,33 +98,35 @@ func New(o Options) *Fetcher {
 }
 
 // rulesNow returns the enabled on-demand rules, read again from the
-// database when the cached ones are older than RulesTTL (outside the
-// mutex; on a failure the old ones serve until the next TTL).
+// database when the cached ones are older than RulesTTL: one reload at a
+// time (the callers wait for it), outside the mutex; on a failure the
+// old ones serve until the next TTL.
 func (f *Fetcher) rulesNow(ctx context.Context) []rule.Rule {
 	f.mu.Lock()
 	rules, stale := f.rules, time.Since(f.loaded) > f.o.RulesTTL
-	if stale {
-		f.loaded = time.Now() // one reload per TTL, whoever comes first
-	}
 	f.mu.Unlock()
 	if !stale {
 		return rules
 	}
-	entries, err := f.store.List(ctx)
-	if err != nil {
-		f.o.Log.Warn("pull-through: reading mirror rules", "err", err)
-		return rules
-	}
-	fresh := make([]rule.Rule, 0, len(entries))
-	for _, e := range entries {
-		if e.Rule.OnDemand && e.Rule.Enabled && e.Rule.Validate() == nil {
-			fresh = append(fresh, e.Rule)
+	v, _, _ := f.group.Do("\x00rules", func() (any, error) {
+		entries, err := f.store.List(ctx)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.loaded = time.Now()
+		if err != nil {
+			f.o.Log.Warn("pull-through: reading mirror rules", "err", err)
+			return f.rules, nil
 		}
-	}
-	f.mu.Lock()
-	f.rules = fresh
-	f.mu.Unlock()
-	return fresh
+		fresh := make([]rule.Rule, 0, len(entries))
+		for _, e := range entries {
+			if e.Rule.OnDemand && e.Rule.Enabled && e.Rule.Validate() == nil {
+				fresh = append(fresh, e.Rule)
+			}
+		}
+		f.rules = fresh
+		return fresh, nil
+	})
+	return v.([]rule.Rule)
 }
 
 // match finds the on-demand rule whose namespace holds repo and returns a

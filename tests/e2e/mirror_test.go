@@ -702,6 +702,18 @@ func TestPullThroughOneFetchPerBlob(t *testing.T) {
 	if n := s.proxy.count("blob-start", armLayer.Digest.String(), start); n != 1 {
 		t.Errorf("the arm64 layer fetched %d times, want once", n)
 	}
+	// A run of the rule finds the tag up to date but the index stored
+	// alone: it copies the child pull-through left for later.
+	holds := upstream.New(upstream.Options{URL: servers[0], Header: http.Header{"X-Gaia-No-Pull-Through": {"1"}}})
+	if _, ok, _ := holds.HasManifest(ctx, "hub/library/app", arm.Digest.String()); ok {
+		t.Fatal("the arm64 image is in Gaia though nobody pulled it")
+	}
+	worker := s.startMirror(t, "worker", true)
+	run := s.waitRun(t, worker, "cache", s.runNow(t, worker, "cache"), time.Minute)
+	if run.State != "succeeded" || run.Tags != 0 || run.Images != 1 {
+		t.Errorf("run over the pulled-through index: %+v", run)
+	}
+	s.sameImage(t, ctx, "library/app", "hub/library/app", arm.Digest.String(), arm)
 	// A repository outside the rule is not fetched: a plain 404.
 	if code, _ := harness.Get(t, servers[0]+"/v2/other/library/app/manifests/2.1"); code != http.StatusNotFound {
 		t.Errorf("outside the rule: %d", code)
