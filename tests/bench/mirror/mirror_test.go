@@ -6,7 +6,9 @@
 //	make bench-mirror
 //	go test -run '^$' -bench BenchmarkMirrorVsSkopeo -benchtime 1x -timeout 30m ./tests/bench/mirror/
 //
-// MIRROR_BENCH_ROUNDS (default 3) sets the rounds; the medians and their
+// MIRROR_BENCH_ROUNDS (default 3) sets the rounds; MIRROR_BENCH_SHARED=0
+// gives every image layers of its own (no shared base or repository
+// layer, so cross-repository mounts cannot help). The medians and their
 // ratio are printed as a markdown table for docs/benchmarks.md.
 package mirror
 
@@ -60,6 +62,7 @@ func BenchmarkMirrorVsSkopeo(b *testing.B) {
 	upAddr := harness.FreeAddr(b)
 	harness.StartStockRegistry(b, upAddr, ts)
 	pusher := upstream.New(upstream.Options{URL: "http://" + upAddr, Username: "pusher", Password: "push-pw", Concurrency: 8})
+	shared := os.Getenv("MIRROR_BENCH_SHARED") != "0"
 	base := harness.Layer(1, baseSize)
 	var names []string
 	total, images := int64(len(base)), 0
@@ -71,6 +74,10 @@ func BenchmarkMirrorVsSkopeo(b *testing.B) {
 		for t := range tags {
 			own := harness.Layer(uint64(1000+10*r+t), ownSize)
 			total += int64(len(own))
+			if !shared && t > 0 { // every image its own base and repository layer
+				base, repoLayer = harness.Layer(uint64(20000+10*r+t), baseSize), harness.Layer(uint64(30000+10*r+t), repoSize)
+				total += int64(len(base) + len(repoLayer))
+			}
 			if err := harness.NewTestImage("linux/amd64", base, repoLayer, own).Push(ctx, pusher, name, fmt.Sprintf("1.%d", t)); err != nil {
 				b.Fatal(err)
 			}
@@ -83,6 +90,10 @@ func BenchmarkMirrorVsSkopeo(b *testing.B) {
 		for i, p := range []string{"linux/amd64", "linux/arm64/v8", "linux/s390x"} {
 			own := harness.Layer(uint64(5000+10*t+i), ownSize)
 			total += int64(len(own))
+			if !shared {
+				base = harness.Layer(uint64(40000+10*t+i), baseSize)
+				total += int64(len(base))
+			}
 			imgs = append(imgs, harness.NewTestImage(p, base, own))
 			images++
 		}
@@ -172,8 +183,12 @@ worker: {poll: 100ms}
 	b.ReportMetric(ms.Seconds(), "skopeo-s")
 	b.ReportMetric(mg.Seconds(), "gaia-mirror-s")
 	b.ReportMetric(mg.Seconds()/ms.Seconds(), "ratio")
-	fmt.Printf("\n| mirror %d images (%d repositories, %.0f MiB distinct) | median of %d | runs |\n|---|---|---|\n",
-		images, len(names), float64(total)/(1<<20), rounds)
+	kind := "shared base layers"
+	if !shared {
+		kind = "no layer shared"
+	}
+	fmt.Printf("\n| mirror %d images (%d repositories, %.0f MiB distinct, %s) | median of %d | runs |\n|---|---|---|\n",
+		images, len(names), float64(total)/(1<<20), kind, rounds)
 	fmt.Printf("| skopeo sync --all (v1.9.3, Debian) | %.2f s | %s |\n", ms.Seconds(), fmtTimes(skopeoTimes))
 	fmt.Printf("| gaia-mirror | %.2f s | %s |\n", mg.Seconds(), fmtTimes(gaiaTimes))
 	fmt.Printf("| **gaia-mirror / skopeo wall time** | **%.2f×** | |\n\n", mg.Seconds()/ms.Seconds())
