@@ -220,3 +220,33 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("stalled upload: %v", err)
 	}
 }
+
+// An upstream with Basic auth (a vendor registry behind htpasswd): the
+// client answers the challenge with the rule's credentials, and says so
+// clearly when it has none. An upstream without auth needs nothing.
+func TestBasicAndAnonymous(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v2/open/") {
+			json.NewEncoder(w).Encode(map[string]any{"tags": []string{"free"}})
+			return
+		}
+		if u, p, ok := r.BasicAuth(); !ok || u != "vendor" || p != "secret" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="vendor registry"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"tags": []string{"1.0"}})
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	tags, err := New(Options{URL: srv.URL, Username: "vendor", Password: "secret"}).Tags(ctx, "team/app")
+	if err != nil || len(tags) != 1 || tags[0] != "1.0" {
+		t.Fatalf("Basic: %v %v", tags, err)
+	}
+	if _, err := New(Options{URL: srv.URL}).Tags(ctx, "team/app"); err == nil || !strings.Contains(err.Error(), "the rule has none") {
+		t.Fatalf("Basic without credentials: %v", err)
+	}
+	if tags, err := New(Options{URL: srv.URL}).Tags(ctx, "open/app"); err != nil || len(tags) != 1 {
+		t.Fatalf("anonymous: %v %v", tags, err)
+	}
+}

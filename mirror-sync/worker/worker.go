@@ -206,6 +206,7 @@ func (w *Worker) execute(ctx context.Context, run store.Run) {
 		return
 	}
 	j := &job{ctx: ctx, w: w, run: run, r: &entry.Rule, up: w.client(entry.Rule.Upstream), gaia: w.o.Registry, log: log}
+	requests0, throttled0 := j.up.Requests.Load(), j.up.Throttled.Load()
 
 	// The lease keeper records progress every third of the lease; a lost
 	// lease (this worker stalled, another took the run) stops the run.
@@ -279,6 +280,8 @@ func (w *Worker) execute(ctx context.Context, run store.Run) {
 	log.Info("mirror run finished", "failed", failed, "errors", j.failed,
 		"images", j.c.images.Load(), "tags", j.c.tags.Load(), "blobs", j.c.blobs.Load(),
 		"mounted", j.c.mounted.Load(), "bytes", j.c.bytes.Load(), "up_to_date_tags", j.c.skipped.Load(),
+		// the upstream client is shared by the worker's runs of the rule's upstream: approximate when they overlap
+		"upstream_requests", j.up.Requests.Load()-requests0, "upstream_throttled", j.up.Throttled.Load()-throttled0,
 		"duration", time.Since(start).Round(time.Millisecond))
 }
 
