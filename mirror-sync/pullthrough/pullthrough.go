@@ -26,6 +26,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/gaia-registry/gaia/mirror-sync/rule"
@@ -39,7 +40,11 @@ import (
 // Options configure a Fetcher.
 type Options struct {
 	DB        *pgxpool.Pool // rules and metadata
-	LockDB    *pgxpool.Pool // advisory locks (a pool of its own: fetches hold a connection)
+	LockDB    *pgxpool.Pool // manifest fetches' advisory locks (a pool of its own: fetches hold a connection)
+	// BlobLockDB holds blob fetches' locks (required): another pool than
+	// LockDB, so manifest fetches waiting for their blobs can never take
+	// every connection the blob fetches need.
+	BlobLockDB *pgxpool.Pool
 	Manifests *metadata.Manifests
 	Blobs     *metadata.Blobs
 	Uploads   *uploadsession.Store
@@ -158,36 +163,24 @@ func (f *Fetcher) client(u rule.Upstream) *upstream.Client {
 	return c
 }
 
-type lockConnKey struct{}
-
 // once runs fn once for key across this server's concurrent callers and,
-// under a PostgreSQL advisory lock, across servers. The lock is polled
-// with a try-lock, so a waiter holds no connection; a fetch nested in
-// another (a manifest's blobs) takes its lock on the outer fetch's
-// connection, so a fetch never needs two connections of the pool (two
-// would let a burst of fetches deadlock it). The fetch runs on its own
-// context (bounded by the timeout): a client that gives up does not
+// under a PostgreSQL advisory lock taken on a connection of pool, across
+// servers. The lock is polled with a try-lock, so a waiter holds no
+// connection. Manifest fetches lock on LockDB and, holding that, wait for
+// their blobs, which lock on BlobLockDB and wait for nothing: no cycle,
+// so no burst of fetches can deadlock the pools. The fetch runs on its
+// own context (bounded by the timeout): a client that gives up does not
 // cancel it for the others.
-func (f *Fetcher) once(ctx context.Context, key string, fn func(ctx context.Context) (bool, error)) (bool, error) {
-	if ctx.Value(lockConnKey{}) != nil {
-		// Nested in a fetch whose goroutine owns the connection: stay on
-		// this goroutine (the lock, not a single flight, keeps it to one).
-		lctx, unlock, err := f.lock(ctx, key)
-		if err != nil {
-			return false, err
-		}
-		defer unlock()
-		return fn(lctx)
-	}
+func (f *Fetcher) once(ctx context.Context, pool *pgxpool.Pool, key string, fn func(ctx context.Context) (bool, error)) (bool, error) {
 	ch := f.group.DoChan(key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.o.Timeout)
 		defer cancel()
-		lctx, unlock, err := f.lock(fctx, key)
+		unlock, err := lock(fctx, pool, key)
 		if err != nil {
 			return false, err
 		}
 		defer unlock()
-		return fn(lctx)
+		return fn(fctx)
 	})
 	select {
 	case <-ctx.Done():
@@ -200,41 +193,32 @@ func (f *Fetcher) once(ctx context.Context, key string, fn func(ctx context.Cont
 	}
 }
 
-// lock takes the advisory lock named key. The context then carries the
-// connection holding it, for nested locks.
-func (f *Fetcher) lock(ctx context.Context, key string) (lctx context.Context, unlock func(), err error) {
-	outer, _ := ctx.Value(lockConnKey{}).(*pgxpool.Conn)
+// lock takes the advisory lock named key on a connection of pool.
+func lock(ctx context.Context, pool *pgxpool.Pool, key string) (unlock func(), err error) {
 	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
-		conn := outer
-		if conn == nil {
-			if conn, err = f.o.LockDB.Acquire(ctx); err != nil {
-				return nil, nil, err
-			}
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			return nil, err
 		}
 		var got bool
-		err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got)
+		err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got)
 		if err == nil && got {
-			return context.WithValue(ctx, lockConnKey{}, conn), func() {
+			return func() {
 				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 				defer cancel()
 				if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key); err != nil {
-					// The session would keep the lock: end it.
-					conn.Conn().Close(uctx)
+					conn.Conn().Close(uctx) // the session would keep the lock: end it
 				}
-				if outer == nil {
-					conn.Release()
-				}
+				conn.Release()
 			}, nil
 		}
-		if outer == nil {
-			conn.Release()
-		}
+		conn.Release()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(wait):
 		}
 	}
@@ -252,7 +236,7 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 	if byDigest != nil && len(r.SelectTags([]string{ref})) == 0 {
 		return false, nil
 	}
-	ok, err := f.once(ctx, "gaia-pullthrough:manifest:"+repo+"@"+ref, func(ctx context.Context) (bool, error) {
+	ok, err := f.once(ctx, f.o.LockDB, "gaia-pullthrough:manifest:"+repo+"@"+ref, func(ctx context.Context) (bool, error) {
 		var err error
 		if byDigest == nil {
 			_, err = f.o.Manifests.ByDigest(ctx, repo, d)
@@ -278,10 +262,14 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 		if err != nil {
 			return false, fmt.Errorf("upstream manifest %s:%s: %w", upRepo, ref, err)
 		}
+		// The image's blobs at once (the upstream client bounds the
+		// requests): the first pull waits for the slowest, not the sum.
+		g, gctx := errgroup.WithContext(ctx)
 		for _, b := range m.BlobDescriptors {
-			if err := f.blob(ctx, up, upRepo, repo, b); err != nil {
-				return false, err
-			}
+			g.Go(func() error { return f.blob(gctx, up, upRepo, repo, b) })
+		}
+		if err := g.Wait(); err != nil {
+			return false, err
 		}
 		nm := metadata.NewManifest{
 			Manifest: metadata.Manifest{Digest: md, MediaType: m.MediaType, ArtifactType: m.ArtifactType,
@@ -343,7 +331,7 @@ func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo st
 	}
 	// Keyed by where it comes from too: a fetch that another rule's
 	// upstream refused must not answer for this one.
-	_, err := f.once(ctx, "gaia-pullthrough:blob:"+up.URL()+"/"+upRepo+"@"+b.Digest.String(), func(ctx context.Context) (bool, error) {
+	_, err := f.once(ctx, f.o.BlobLockDB, "gaia-pullthrough:blob:"+up.URL()+"/"+upRepo+"@"+b.Digest.String(), func(ctx context.Context) (bool, error) {
 		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
 			return true, nil
 		} else if !errors.Is(err, metadata.ErrNotFound) {

@@ -45,19 +45,20 @@ import (
 
 // Server is one registry server, ready to Serve.
 type Server struct {
-	cfg      *Config
-	log      *slog.Logger
-	pool     *pgxpool.Pool
-	driver   storagedriver.StorageDriver
-	uploads  *uploadsession.Store
-	storage  *StorageConfig
-	metrics  *metrics
-	handler  http.Handler
-	tls      *tls.Config
-	repl     *replication.Replicator // nil without cluster.peers
-	lockPool *pgxpool.Pool           // the replicator's lock connections
-	consul   *consul.Client          // nil without cluster.consul.addr
-	ready    atomic.Bool
+	cfg          *Config
+	log          *slog.Logger
+	pool         *pgxpool.Pool
+	driver       storagedriver.StorageDriver
+	uploads      *uploadsession.Store
+	storage      *StorageConfig
+	metrics      *metrics
+	handler      http.Handler
+	tls          *tls.Config
+	repl         *replication.Replicator // nil without cluster.peers
+	lockPool     *pgxpool.Pool           // lock connections: cross-IDC fills, pull-through manifest fetches
+	blobLockPool *pgxpool.Pool           // pull-through blob fetches' lock connections
+	consul       *consul.Client          // nil without cluster.consul.addr
+	ready        atomic.Bool
 }
 
 // New connects to PostgreSQL (migrating when database.migrate is set, and
@@ -119,6 +120,12 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		s.pool.Close()
 		return nil, fmt.Errorf("database.url: %w", err)
 	}
+	// Pull-through's blob fetches lock on a pool of their own (its manifest
+	// fetches, on lockPool, wait for them: one pool could deadlock).
+	if s.blobLockPool, err = pgxpool.NewWithConfig(ctx, lc.Copy()); err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("database.url: %w", err)
+	}
 	if len(cfg.Cluster.Peers) > 0 {
 		s.repl = replication.New(replication.Options{
 			IDC: cfg.Cluster.IDC, Peers: cfg.Cluster.Peers, Token: cfg.Cluster.InternalToken,
@@ -153,7 +160,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		// On-demand mirror rules (stored in the same database by
 		// gaia-mirror's admin API) make their namespaces pull-through.
 		PullThrough: pullthrough.New(pullthrough.Options{
-			DB: s.pool, LockDB: s.lockPool, Manifests: manifests, Blobs: blobs, Uploads: s.uploads,
+			DB: s.pool, LockDB: s.lockPool, BlobLockDB: s.blobLockPool, Manifests: manifests, Blobs: blobs, Uploads: s.uploads,
 			Log: log, Metrics: reg,
 		}),
 	})
@@ -316,6 +323,9 @@ func (s *Server) deregister() {
 // http.draintimeout to finish. It closes the database pool on return.
 func (s *Server) Serve(ctx context.Context) error {
 	defer s.pool.Close()
+	if s.blobLockPool != nil {
+		defer s.blobLockPool.Close()
+	}
 	if s.lockPool != nil {
 		defer s.lockPool.Close()
 	}
