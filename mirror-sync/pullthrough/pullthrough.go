@@ -266,7 +266,10 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 		// requests): the first pull waits for the slowest, not the sum.
 		g, gctx := errgroup.WithContext(ctx)
 		for _, b := range m.BlobDescriptors {
-			g.Go(func() error { return f.blob(gctx, up, upRepo, repo, b) })
+			g.Go(func() error {
+				_, err := f.blob(gctx, up, upRepo, repo, b, false)
+				return err
+			})
 		}
 		if err := g.Wait(); err != nil {
 			return false, err
@@ -305,33 +308,37 @@ func (f *Fetcher) Blob(ctx context.Context, repo string, d digest.Digest) (bool,
 	if !ok {
 		return false, nil
 	}
-	up := f.client(r.Upstream)
-	if ok, err := up.BlobExists(ctx, upRepo, d); err != nil {
-		f.fetches.WithLabelValues("blob", "error").Inc()
-		return false, err
-	} else if !ok {
-		f.fetches.WithLabelValues("blob", "absent").Inc()
-		return false, nil
-	}
-	if err := f.blob(ctx, up, upRepo, repo, v1.Descriptor{Digest: d, Size: -1}); err != nil {
-		return false, err
-	}
-	return true, nil
+	return f.blob(ctx, f.client(r.Upstream), upRepo, repo, v1.Descriptor{Digest: d, Size: -1}, true)
 }
 
 // blob makes repo hold blob b: linked if the registry has it anywhere,
 // otherwise copied from the upstream (once across servers) into storage
 // through an upload session, which checks the digest before the blob
-// becomes visible.
-func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo string, b v1.Descriptor) error {
-	if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
-		return nil
-	} else if !errors.Is(err, metadata.ErrNotFound) {
-		return err
+// becomes visible. askFirst: only if the upstream repository has it (a
+// HEAD, once for all who ask; false when it has not).
+func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo string, b v1.Descriptor, askFirst bool) (bool, error) {
+	if !askFirst {
+		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
+			return true, nil
+		} else if !errors.Is(err, metadata.ErrNotFound) {
+			return false, err
+		}
 	}
 	// Keyed by where it comes from too: a fetch that another rule's
 	// upstream refused must not answer for this one.
-	_, err := f.once(ctx, f.o.BlobLockDB, "gaia-pullthrough:blob:"+up.URL()+"/"+upRepo+"@"+b.Digest.String(), func(ctx context.Context) (bool, error) {
+	key := "gaia-pullthrough:blob:" + up.URL() + "/" + upRepo + "@" + b.Digest.String()
+	if askFirst {
+		key += "?ask"
+	}
+	found, err := f.once(ctx, f.o.BlobLockDB, key, func(ctx context.Context) (bool, error) {
+		if askFirst {
+			if ok, err := up.BlobExists(ctx, upRepo, b.Digest); err != nil || !ok {
+				if err == nil {
+					f.fetches.WithLabelValues("blob", "absent").Inc()
+				}
+				return false, err
+			}
+		}
 		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
 			return true, nil
 		} else if !errors.Is(err, metadata.ErrNotFound) {
@@ -357,12 +364,14 @@ func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo st
 	})
 	if err != nil {
 		f.fetches.WithLabelValues("blob", "error").Inc()
+		return false, err
 	}
-	if err == nil {
-		// The blob may have been fetched under another repository's name.
-		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err != nil {
-			return err
-		}
+	if !found {
+		return false, nil
 	}
-	return err
+	// The blob may have been fetched under another repository's name.
+	if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err != nil {
+		return false, err
+	}
+	return true, nil
 }

@@ -714,6 +714,16 @@ func TestPullThroughOneFetchPerBlob(t *testing.T) {
 		t.Errorf("run over the pulled-through index: %+v", run)
 	}
 	s.sameImage(t, ctx, "library/app", "hub/library/app", arm.Digest.String(), arm)
+	// A blob Gaia holds elsewhere but the upstream repository lacks is not
+	// linked on the strength of its digest: a 404, as without pull-through.
+	secret := []byte("a private layer of another team")
+	sd := digest.FromBytes(secret)
+	if err := s.gaiaRobot.PushBlob(ctx, "private/team", sd, int64(len(secret)), bytes.NewReader(secret)); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := harness.Get(t, servers[0]+"/v2/hub/library/app/blobs/"+sd.String()); code != http.StatusNotFound {
+		t.Errorf("a private blob read through the pull-through namespace: %d", code)
+	}
 	// A repository outside the rule is not fetched: a plain 404.
 	if code, _ := harness.Get(t, servers[0]+"/v2/other/library/app/manifests/2.1"); code != http.StatusNotFound {
 		t.Errorf("outside the rule: %d", code)
