@@ -389,11 +389,18 @@ func TestPurgeUploads(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// The row goes first (committed), then the data: wait for both.
+	for {
+		if _, err := os.Stat(data); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("purged session's data still on disk")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	cancel()
 	if _, err := srv.uploads.Get(ctx, "purge/me", fresh.ID); err != nil {
 		t.Fatalf("fresh session purged: %v", err)
-	}
-	if _, err := os.Stat(data); err == nil {
-		t.Fatal("purged session's data still on disk")
 	}
 }
