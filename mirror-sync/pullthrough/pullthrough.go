@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -67,6 +68,7 @@ type Fetcher struct {
 	rules   []rule.Rule
 	loaded  time.Time
 	clients map[rule.Upstream]*upstream.Client
+	tags    map[string]tagList // upstream URL + repository → its tags, for tags.latest
 
 	fetches *prometheus.CounterVec
 	bytes   prometheus.Counter
@@ -88,7 +90,7 @@ func New(o Options) *Fetcher {
 			return upstream.New(upstream.Options{URL: u.URL, Username: u.Username, Password: u.Password, Concurrency: u.Concurrency})
 		}
 	}
-	f := &Fetcher{o: o, store: store.New(o.DB), clients: map[rule.Upstream]*upstream.Client{}}
+	f := &Fetcher{o: o, store: store.New(o.DB), clients: map[rule.Upstream]*upstream.Client{}, tags: map[string]tagList{}}
 	f.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gaia_registry_pullthrough_fetches_total",
 		Help: "Pull-through fetches from upstream registries, by kind (manifest, blob) and result (fetched, absent, error).",
@@ -233,8 +235,11 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 		return false, nil
 	}
 	d, byDigest := digest.Parse(ref)
-	if byDigest != nil && len(r.SelectTags([]string{ref})) == 0 {
-		return false, nil
+	if byDigest != nil {
+		ok, err := f.selected(ctx, &r, upRepo, ref)
+		if err != nil || !ok {
+			return false, err
+		}
 	}
 	ok, err := f.once(ctx, f.o.LockDB, "gaia-pullthrough:manifest:"+repo+"@"+ref, func(ctx context.Context) (bool, error) {
 		var err error
@@ -296,6 +301,52 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 		f.fetches.WithLabelValues("manifest", "error").Inc()
 	}
 	return ok, err
+}
+
+type tagList struct {
+	tags []string
+	at   time.Time
+}
+
+// selected reports whether the rule's tag selection takes tag. With
+// tags.latest, that depends on the upstream's other tags: their list is
+// asked for (once per RulesTTL and repository, shared by the callers).
+func (f *Fetcher) selected(ctx context.Context, r *rule.Rule, upRepo, tag string) (bool, error) {
+	if r.Tags.Latest == 0 {
+		return len(r.SelectTags([]string{tag})) == 1, nil
+	}
+	up := f.client(r.Upstream)
+	key := up.URL() + "/" + upRepo
+	f.mu.Lock()
+	tl, ok := f.tags[key]
+	f.mu.Unlock()
+	if !ok || time.Since(tl.at) > f.o.RulesTTL {
+		v, err, _ := f.group.Do("\x00tags "+key, func() (any, error) {
+			tags, err := up.Tags(ctx, upRepo)
+			if err != nil {
+				return nil, err
+			}
+			f.mu.Lock()
+			if len(f.tags) > 10000 { // forget what is stale
+				for k, v := range f.tags {
+					if time.Since(v.at) > f.o.RulesTTL {
+						delete(f.tags, k)
+					}
+				}
+			}
+			f.tags[key] = tagList{tags, time.Now()}
+			f.mu.Unlock()
+			return tags, nil
+		})
+		if upstream.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		tl.tags = v.([]string)
+	}
+	return slices.Contains(r.SelectTags(tl.tags), tag), nil
 }
 
 // Blob fetches blob d of repo from its rule's upstream; false when repo

@@ -724,6 +724,28 @@ func TestPullThroughOneFetchPerBlob(t *testing.T) {
 	if code, _ := harness.Get(t, servers[0]+"/v2/hub/library/app/blobs/"+sd.String()); code != http.StatusNotFound {
 		t.Errorf("a private blob read through the pull-through namespace: %d", code)
 	}
+	// A rule's tags.latest holds for pull-through too.
+	for _, tag := range []string{"1.0", "2.0"} {
+		if err := image("linux/amd64", 800).Push(ctx, s.pusher, "library/old", tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.createRule(t, m, map[string]any{
+		"name": "newest", "upstream": map[string]any{"url": s.proxy.URL, "username": "bot", "password": "bot-pw"},
+		"repositories": []string{"library/old"}, "destination": "newest", "tags": map[string]any{"latest": 1},
+		"schedule": "24h", "enabled": true, "on_demand": true,
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) { // servers cache rules for 5 s
+		if code, _ := harness.Get(t, servers[1]+"/v2/newest/library/old/manifests/2.0"); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("newest/library/old:2.0 never pulled through")
+		}
+	}
+	if code, _ := harness.Get(t, servers[1]+"/v2/newest/library/old/manifests/1.0"); code != http.StatusNotFound {
+		t.Errorf("a tag the rule's latest: 1 leaves out was pulled through: %d", code)
+	}
 	// A repository outside the rule is not fetched: a plain 404.
 	if code, _ := harness.Get(t, servers[0]+"/v2/other/library/app/manifests/2.1"); code != http.StatusNotFound {
 		t.Errorf("outside the rule: %d", code)
