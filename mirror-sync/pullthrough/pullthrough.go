@@ -40,22 +40,27 @@ import (
 
 // Options configure a Fetcher.
 type Options struct {
-	DB        *pgxpool.Pool // rules and metadata
-	LockDB    *pgxpool.Pool // manifest fetches' advisory locks (a pool of its own: fetches hold a connection)
-	// BlobLockDB holds blob fetches' locks (required): another pool than
-	// LockDB, so manifest fetches waiting for their blobs can never take
-	// every connection the blob fetches need.
-	BlobLockDB *pgxpool.Pool
-	Manifests *metadata.Manifests
-	Blobs     *metadata.Blobs
-	Uploads   *uploadsession.Store
-	Log       *slog.Logger
-	// RulesTTL is how long the on-demand rules are cached (default 5s).
-	RulesTTL time.Duration
+	DB *pgxpool.Pool // rules and metadata
+	// LockDB holds manifest fetches' advisory locks, BlobLockDB blob
+	// fetches' (both required, pools of their own: a fetch holds its
+	// lock's connection, and manifest fetches wait for blob fetches, so
+	// sharing one pool could deadlock it).
+	LockDB, BlobLockDB *pgxpool.Pool
+	Manifests          *metadata.Manifests
+	Blobs              *metadata.Blobs
+	Uploads            *uploadsession.Store
+	Log                *slog.Logger
+	// RulesTTL is how long the on-demand rules are cached (default 5s),
+	// TagsTTL an upstream repository's tag list for tags.latest (default 1m).
+	RulesTTL, TagsTTL time.Duration
 	// Timeout bounds one fetch, all of an image's blobs included (default 30m).
-	Timeout  time.Duration
-	Upstream func(rule.Upstream) *upstream.Client // default upstream.New
-	Metrics  prometheus.Registerer                // nil: no metrics
+	Timeout time.Duration
+	// MaxDownloads bounds the blob downloads a server runs at once
+	// (default 4): each holds a database connection of the registry's
+	// pool while it streams (the upload session's row lock).
+	MaxDownloads int
+	Upstream     func(rule.Upstream) *upstream.Client // default upstream.New
+	Metrics      prometheus.Registerer                // nil: no metrics
 }
 
 // Fetcher is the registry's pull-through.
@@ -70,6 +75,8 @@ type Fetcher struct {
 	clients map[rule.Upstream]*upstream.Client
 	tags    map[string]tagList // upstream URL + repository → its tags, for tags.latest
 
+	downloads chan struct{}
+
 	fetches *prometheus.CounterVec
 	bytes   prometheus.Counter
 }
@@ -82,6 +89,12 @@ func New(o Options) *Fetcher {
 	if o.Timeout == 0 {
 		o.Timeout = 30 * time.Minute
 	}
+	if o.TagsTTL == 0 {
+		o.TagsTTL = time.Minute
+	}
+	if o.MaxDownloads <= 0 {
+		o.MaxDownloads = 4
+	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -90,7 +103,8 @@ func New(o Options) *Fetcher {
 			return upstream.New(upstream.Options{URL: u.URL, Username: u.Username, Password: u.Password, Concurrency: u.Concurrency})
 		}
 	}
-	f := &Fetcher{o: o, store: store.New(o.DB), clients: map[rule.Upstream]*upstream.Client{}, tags: map[string]tagList{}}
+	f := &Fetcher{o: o, store: store.New(o.DB), clients: map[rule.Upstream]*upstream.Client{}, tags: map[string]tagList{},
+		downloads: make(chan struct{}, o.MaxDownloads)}
 	f.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gaia_registry_pullthrough_fetches_total",
 		Help: "Pull-through fetches from upstream registries, by kind (manifest, blob) and result (fetched, absent, error).",
@@ -106,22 +120,28 @@ func New(o Options) *Fetcher {
 
 // rulesNow returns the enabled on-demand rules, read again from the
 // database when the cached ones are older than RulesTTL: one reload at a
-// time (the callers wait for it), outside the mutex; on a failure the
-// old ones serve until the next TTL.
-func (f *Fetcher) rulesNow(ctx context.Context) []rule.Rule {
+// time (the callers wait for it), on a context of its own (a caller
+// giving up does not fail it for the others). On a failure the old rules
+// serve until the next TTL; with none read yet, it is an error.
+func (f *Fetcher) rulesNow(ctx context.Context) ([]rule.Rule, error) {
 	f.mu.Lock()
-	rules, stale := f.rules, time.Since(f.loaded) > f.o.RulesTTL
+	rules, loaded := f.rules, f.loaded
 	f.mu.Unlock()
-	if !stale {
-		return rules
+	if time.Since(loaded) <= f.o.RulesTTL {
+		return rules, nil
 	}
-	v, _, _ := f.group.Do("\x00rules", func() (any, error) {
-		entries, err := f.store.List(ctx)
+	v, err, _ := f.group.Do("\x00rules", func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		entries, err := f.store.List(lctx)
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		f.loaded = time.Now()
 		if err != nil {
 			f.o.Log.Warn("pull-through: reading mirror rules", "err", err)
+			if f.loaded.IsZero() {
+				return nil, fmt.Errorf("reading mirror rules: %w", err)
+			}
+			f.loaded = time.Now()
 			return f.rules, nil
 		}
 		fresh := make([]rule.Rule, 0, len(entries))
@@ -130,16 +150,23 @@ func (f *Fetcher) rulesNow(ctx context.Context) []rule.Rule {
 				fresh = append(fresh, e.Rule)
 			}
 		}
-		f.rules = fresh
+		f.rules, f.loaded = fresh, time.Now()
 		return fresh, nil
 	})
-	return v.([]rule.Rule)
+	if err != nil {
+		return nil, err
+	}
+	return v.([]rule.Rule), nil
 }
 
 // match finds the on-demand rule whose namespace holds repo and returns a
 // copy of it with the upstream repository's name.
-func (f *Fetcher) match(ctx context.Context, repo string) (rule.Rule, string, bool) {
-	for _, r := range f.rulesNow(ctx) {
+func (f *Fetcher) match(ctx context.Context, repo string) (rule.Rule, string, bool, error) {
+	rules, err := f.rulesNow(ctx)
+	if err != nil {
+		return rule.Rule{}, "", false, err
+	}
+	for _, r := range rules {
 		up := repo
 		if r.Destination != "" {
 			var ok bool
@@ -148,10 +175,10 @@ func (f *Fetcher) match(ctx context.Context, repo string) (rule.Rule, string, bo
 			}
 		}
 		if r.MatchRepository(up) {
-			return r, up, true
+			return r, up, true, nil
 		}
 	}
-	return rule.Rule{}, "", false
+	return rule.Rule{}, "", false, nil
 }
 
 func (f *Fetcher) client(u rule.Upstream) *upstream.Client {
@@ -230,9 +257,9 @@ func lock(ctx context.Context, pool *pgxpool.Pool, key string) (unlock func(), e
 // upstream and stores it. false: repo is under no on-demand rule, the tag
 // is not selected, or the upstream has no such manifest.
 func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) {
-	r, upRepo, ok := f.match(ctx, repo)
-	if !ok {
-		return false, nil
+	r, upRepo, ok, err := f.match(ctx, repo)
+	if err != nil || !ok {
+		return false, err
 	}
 	d, byDigest := digest.Parse(ref)
 	if byDigest != nil {
@@ -241,7 +268,7 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 			return false, err
 		}
 	}
-	ok, err := f.once(ctx, f.o.LockDB, "gaia-pullthrough:manifest:"+repo+"@"+ref, func(ctx context.Context) (bool, error) {
+	ok, err = f.once(ctx, f.o.LockDB, "gaia-pullthrough:manifest:"+repo+"@"+ref, func(ctx context.Context) (bool, error) {
 		var err error
 		if byDigest == nil {
 			_, err = f.o.Manifests.ByDigest(ctx, repo, d)
@@ -267,14 +294,13 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 		if err != nil {
 			return false, fmt.Errorf("upstream manifest %s:%s: %w", upRepo, ref, err)
 		}
-		// The image's blobs at once (the upstream client bounds the
-		// requests): the first pull waits for the slowest, not the sum.
+		// The image's blobs together (up to MaxDownloads, and the
+		// upstream client's limit): the first pull waits for the slowest
+		// rather than for each in turn.
 		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(f.o.MaxDownloads)
 		for _, b := range m.BlobDescriptors {
-			g.Go(func() error {
-				_, err := f.blob(gctx, up, upRepo, repo, b, false)
-				return err
-			})
+			g.Go(func() error { return f.blob(gctx, up, upRepo, repo, b) })
 		}
 		if err := g.Wait(); err != nil {
 			return false, err
@@ -305,46 +331,44 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 
 type tagList struct {
 	tags []string
+	err  error
 	at   time.Time
 }
 
 // selected reports whether the rule's tag selection takes tag. With
 // tags.latest, that depends on the upstream's other tags: their list is
-// asked for (once per RulesTTL and repository, shared by the callers).
+// asked for once per TagsTTL and repository (a failure, once per five
+// seconds), shared by the callers.
 func (f *Fetcher) selected(ctx context.Context, r *rule.Rule, upRepo, tag string) (bool, error) {
 	if r.Tags.Latest == 0 {
 		return len(r.SelectTags([]string{tag})) == 1, nil
 	}
 	up := f.client(r.Upstream)
-	key := up.URL() + "/" + upRepo
+	key := fmt.Sprintf("%p/%s", up, upRepo) // per client: per upstream and credentials
 	f.mu.Lock()
 	tl, ok := f.tags[key]
 	f.mu.Unlock()
-	if !ok || time.Since(tl.at) > f.o.RulesTTL {
-		v, err, _ := f.group.Do("\x00tags "+key, func() (any, error) {
-			tags, err := up.Tags(ctx, upRepo)
-			if err != nil {
-				return nil, err
-			}
+	if !ok || (tl.err == nil && time.Since(tl.at) > f.o.TagsTTL) || (tl.err != nil && time.Since(tl.at) > 5*time.Second) {
+		v, _, _ := f.group.Do("\x00tags "+key, func() (any, error) {
+			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			tags, err := up.Tags(tctx, upRepo)
+			fresh := tagList{tags, err, time.Now()}
 			f.mu.Lock()
-			if len(f.tags) > 10000 { // forget what is stale
-				for k, v := range f.tags {
-					if time.Since(v.at) > f.o.RulesTTL {
-						delete(f.tags, k)
-					}
-				}
+			if len(f.tags) >= 10000 { // a bound: start over
+				clear(f.tags)
 			}
-			f.tags[key] = tagList{tags, time.Now()}
+			f.tags[key] = fresh
 			f.mu.Unlock()
-			return tags, nil
+			return fresh, nil
 		})
-		if upstream.IsNotFound(err) {
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
-		tl.tags = v.([]string)
+		tl = v.(tagList)
+	}
+	if upstream.IsNotFound(tl.err) {
+		return false, nil
+	}
+	if tl.err != nil {
+		return false, tl.err
 	}
 	return slices.Contains(r.SelectTags(tl.tags), tag), nil
 }
@@ -355,55 +379,66 @@ func (f *Fetcher) selected(ctx context.Context, r *rule.Rule, upRepo, tag string
 // elsewhere: linking it otherwise would let anyone who may pull from the
 // rule's namespace read any blob of the registry by digest.
 func (f *Fetcher) Blob(ctx context.Context, repo string, d digest.Digest) (bool, error) {
-	r, upRepo, ok := f.match(ctx, repo)
-	if !ok {
-		return false, nil
+	r, upRepo, ok, err := f.match(ctx, repo)
+	if err != nil || !ok {
+		return false, err
 	}
-	return f.blob(ctx, f.client(r.Upstream), upRepo, repo, v1.Descriptor{Digest: d, Size: -1}, true)
+	up := f.client(r.Upstream)
+	// One HEAD for all who ask at once (per client: upstream and credentials).
+	ch := f.group.DoChan(fmt.Sprintf("\x00ask %p/%s@%s", up, upRepo, d), func() (any, error) {
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		return up.BlobExists(hctx, upRepo, d)
+	})
+	select {
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			f.fetches.WithLabelValues("blob", "error").Inc()
+			return false, res.Err
+		}
+		if !res.Val.(bool) {
+			f.fetches.WithLabelValues("blob", "absent").Inc()
+			return false, nil
+		}
+	}
+	return true, f.blob(ctx, up, upRepo, repo, v1.Descriptor{Digest: d, Size: -1})
 }
 
 // blob makes repo hold blob b: linked if the registry has it anywhere,
-// otherwise copied from the upstream (once across servers) into storage
-// through an upload session, which checks the digest before the blob
-// becomes visible. askFirst: only if the upstream repository has it (a
-// HEAD, once for all who ask; false when it has not).
-func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo string, b v1.Descriptor, askFirst bool) (bool, error) {
-	if !askFirst {
+// otherwise copied from the upstream into storage through an upload
+// session, which checks the digest before the blob becomes visible. One
+// copy per digest across servers (the lock is the digest's, whichever
+// rule asks), at most MaxDownloads at once per server.
+func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo string, b v1.Descriptor) error {
+	if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
+		return nil
+	} else if !errors.Is(err, metadata.ErrNotFound) {
+		return err
+	}
+	_, err := f.once(ctx, f.o.BlobLockDB, "gaia-pullthrough:blob:"+b.Digest.String(), func(ctx context.Context) (bool, error) {
 		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
 			return true, nil
 		} else if !errors.Is(err, metadata.ErrNotFound) {
 			return false, err
 		}
-	}
-	// Keyed by where it comes from too: a fetch that another rule's
-	// upstream refused must not answer for this one.
-	key := "gaia-pullthrough:blob:" + up.URL() + "/" + upRepo + "@" + b.Digest.String()
-	if askFirst {
-		key += "?ask"
-	}
-	found, err := f.once(ctx, f.o.BlobLockDB, key, func(ctx context.Context) (bool, error) {
-		if askFirst {
-			if ok, err := up.BlobExists(ctx, upRepo, b.Digest); err != nil || !ok {
-				if err == nil {
-					f.fetches.WithLabelValues("blob", "absent").Inc()
-				}
-				return false, err
-			}
+		select {
+		case f.downloads <- struct{}{}:
+			defer func() { <-f.downloads }()
+		case <-ctx.Done():
+			return false, ctx.Err()
 		}
-		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
-			return true, nil
-		} else if !errors.Is(err, metadata.ErrNotFound) {
-			return false, err
-		}
-		rc, err := up.Blob(ctx, upRepo, b.Digest, b.Size)
-		if err != nil {
-			return false, err
-		}
-		defer rc.Close()
 		sess, err := f.o.Uploads.Start(ctx, repo)
 		if err != nil {
 			return false, err
 		}
+		rc, err := up.Blob(ctx, upRepo, b.Digest, b.Size)
+		if err != nil {
+			f.o.Uploads.Cancel(context.WithoutCancel(ctx), repo, sess.ID)
+			return false, err
+		}
+		defer rc.Close()
 		blob, err := f.o.Uploads.Finish(ctx, repo, sess.ID, 0, rc, b.Digest)
 		if err != nil {
 			f.o.Uploads.Cancel(context.WithoutCancel(ctx), repo, sess.ID)
@@ -415,14 +450,9 @@ func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo st
 	})
 	if err != nil {
 		f.fetches.WithLabelValues("blob", "error").Inc()
-		return false, err
-	}
-	if !found {
-		return false, nil
+		return err
 	}
 	// The blob may have been fetched under another repository's name.
-	if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err != nil {
-		return false, err
-	}
-	return true, nil
+	_, err = f.o.Blobs.Mount(ctx, repo, "", b.Digest)
+	return err
 }

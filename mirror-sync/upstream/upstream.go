@@ -235,7 +235,8 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 			release()
 			return nil, &StatusError{method, c.o.URL + path, resp.StatusCode, string(b)}
 		default:
-			wd.Reset(c.o.IdleTimeout)
+			// Armed at the first read: a consumer that opens the body and
+			// is slow to start (waiting for a slot of its own) is not a stall.
 			body := &watched{ReadCloser: resp.Body, wd: wd, idle: c.o.IdleTimeout, ctx: rctx, stalled: stalled}
 			resp.Body = &releasingBody{ReadCloser: body, release: func() { done(); release() }}
 			return resp, nil
@@ -263,6 +264,7 @@ type watched struct {
 }
 
 func (w *watched) Read(p []byte) (int, error) {
+	w.wd.Reset(w.idle) // a read that blocks is bounded too
 	n, err := w.ReadCloser.Read(p)
 	if err == io.EOF && w.stopAtEOF {
 		w.wd.Stop()
@@ -339,7 +341,7 @@ func (c *Client) login(ctx context.Context, challenge, scope string) error {
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
 		return fmt.Errorf("token realm %q", realm)
 	}
-	if u.Scheme == "http" && strings.HasPrefix(c.o.URL, "https:") && c.o.Username != "" {
+	if u.Scheme == "http" && strings.HasPrefix(strings.ToLower(c.o.URL), "https:") && c.o.Username != "" {
 		return fmt.Errorf("token realm %q is plain http for an https upstream: the credentials are not sent there", realm)
 	}
 	q := u.Query()

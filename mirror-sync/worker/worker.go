@@ -232,7 +232,12 @@ func (w *Worker) execute(ctx context.Context, run store.Run) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := flush(ctx); errors.Is(err, store.ErrLeaseLost) {
+				// Not on the run's context: a flush cut by cancellation
+				// after it committed would be counted again by the last one.
+				fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				err := flush(fctx)
+				fcancel()
+				if errors.Is(err, store.ErrLeaseLost) {
 					log.Warn("mirror run lease lost: another worker has the run; stopping")
 					cancel(store.ErrLeaseLost)
 					return
@@ -373,7 +378,11 @@ func (j *job) copyTag(ctx context.Context, repo, tag string) error {
 			if err != nil {
 				return fmt.Errorf("reading %s@%s from Gaia: %w", dst, want, err)
 			}
-			if err := j.copyManifest(ctx, repo, dst, body, mt, want, want.String()); err != nil {
+			m, err := manifest.Parse(mt, body)
+			if err != nil {
+				return fmt.Errorf("manifest %s in Gaia: %w", want, err)
+			}
+			if _, err := j.copyChildren(ctx, repo, dst, m); err != nil {
 				return err
 			}
 		}
@@ -399,24 +408,9 @@ func (j *job) copyManifest(ctx context.Context, repo, dst string, body []byte, m
 	if err != nil {
 		return fmt.Errorf("manifest %s: %w", d, err)
 	}
-	sparse := false
-	for _, c := range m.ChildDescriptors {
-		if c.Platform != nil && !j.r.WantPlatform(c.Platform.OS, c.Platform.Architecture, c.Platform.Variant) {
-			sparse = true
-			continue
-		}
-		if have, ok, err := j.gaia.HasManifest(ctx, dst, c.Digest.String()); err != nil {
-			return fmt.Errorf("asking Gaia: %w", err)
-		} else if ok && have == c.Digest {
-			continue
-		}
-		cb, cmt, _, err := j.up.Manifest(ctx, repo, c.Digest.String())
-		if err != nil {
-			return err
-		}
-		if err := j.copyManifest(ctx, repo, dst, cb, cmt, c.Digest, c.Digest.String()); err != nil {
-			return err
-		}
+	sparse, err := j.copyChildren(ctx, repo, dst, m)
+	if err != nil {
+		return err
 	}
 	// An image's blobs go at once (the upstream client's limit bounds
 	// the requests): a tag waiting for a base layer another tag is
@@ -438,6 +432,30 @@ func (j *job) copyManifest(ctx context.Context, repo, dst string, body []byte, m
 		}
 	}
 	return nil
+}
+
+// copyChildren copies the children of index m that the rule's platforms
+// want and dst lacks; sparse: some are left out.
+func (j *job) copyChildren(ctx context.Context, repo, dst string, m *manifest.Manifest) (sparse bool, err error) {
+	for _, c := range m.ChildDescriptors {
+		if c.Platform != nil && !j.r.WantPlatform(c.Platform.OS, c.Platform.Architecture, c.Platform.Variant) {
+			sparse = true
+			continue
+		}
+		if have, ok, err := j.gaia.HasManifest(ctx, dst, c.Digest.String()); err != nil {
+			return sparse, fmt.Errorf("asking Gaia: %w", err)
+		} else if ok && have == c.Digest {
+			continue
+		}
+		cb, cmt, _, err := j.up.Manifest(ctx, repo, c.Digest.String())
+		if err != nil {
+			return sparse, err
+		}
+		if err := j.copyManifest(ctx, repo, dst, cb, cmt, c.Digest, c.Digest.String()); err != nil {
+			return sparse, err
+		}
+	}
+	return sparse, nil
 }
 
 // copyBlob makes dst hold blob b: mounted (Gaia links a blob it holds in

@@ -114,6 +114,19 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 		if err != nil {
 			return err
 		}
+		// A child stored while a sparse index that lists it is being stored
+		// must see the index's pending reference, or the index see the
+		// child: both take the child digest's lock (in digest order).
+		locks := []string{nm.Digest.String()}
+		if nm.Sparse {
+			locks = append(locks, digestStrings(nm.Children)...)
+		}
+		slices.Sort(locks)
+		for _, d := range slices.Compact(locks) {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, $2))`, d, repoID); err != nil {
+				return err
+			}
+		}
 		missing := &MissingError{}
 		if len(nm.Blobs) > 0 {
 			rows, _ := tx.Query(ctx, `

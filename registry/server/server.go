@@ -55,7 +55,8 @@ type Server struct {
 	handler      http.Handler
 	tls          *tls.Config
 	repl         *replication.Replicator // nil without cluster.peers
-	lockPool     *pgxpool.Pool           // lock connections: cross-IDC fills, pull-through manifest fetches
+	lockPool     *pgxpool.Pool           // cross-IDC fills' lock connections
+	ptLockPool   *pgxpool.Pool           // pull-through manifest fetches' lock connections
 	blobLockPool *pgxpool.Pool           // pull-through blob fetches' lock connections
 	consul       *consul.Client          // nil without cluster.consul.addr
 	ready        atomic.Bool
@@ -120,9 +121,16 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		s.pool.Close()
 		return nil, fmt.Errorf("database.url: %w", err)
 	}
-	// Pull-through's blob fetches lock on a pool of their own (its manifest
-	// fetches, on lockPool, wait for them: one pool could deadlock).
-	if s.blobLockPool, err = pgxpool.NewWithConfig(ctx, lc.Copy()); err != nil {
+	// Pull-through's manifest and blob fetches lock on pools of their own
+	// (manifest fetches wait for blob fetches: one pool could deadlock;
+	// neither may starve the fills).
+	pl := pc.Copy()
+	pl.MaxConns, pl.MinConns = 8, 0
+	if s.ptLockPool, err = pgxpool.NewWithConfig(ctx, pl); err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("database.url: %w", err)
+	}
+	if s.blobLockPool, err = pgxpool.NewWithConfig(ctx, pl.Copy()); err != nil {
 		s.pool.Close()
 		return nil, fmt.Errorf("database.url: %w", err)
 	}
@@ -160,7 +168,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		// On-demand mirror rules (stored in the same database by
 		// gaia-mirror's admin API) make their namespaces pull-through.
 		PullThrough: pullthrough.New(pullthrough.Options{
-			DB: s.pool, LockDB: s.lockPool, BlobLockDB: s.blobLockPool, Manifests: manifests, Blobs: blobs, Uploads: s.uploads,
+			DB: s.pool, LockDB: s.ptLockPool, BlobLockDB: s.blobLockPool, Manifests: manifests, Blobs: blobs, Uploads: s.uploads,
 			Log: log, Metrics: reg,
 		}),
 	})
@@ -325,6 +333,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer s.pool.Close()
 	if s.blobLockPool != nil {
 		defer s.blobLockPool.Close()
+		defer s.ptLockPool.Close()
 	}
 	if s.lockPool != nil {
 		defer s.lockPool.Close()
