@@ -26,6 +26,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -114,6 +115,7 @@ func BenchmarkMirrorVsSkopeo(b *testing.B) {
 	for round := range rounds {
 		// skopeo sync into a fresh Gaia.
 		gaia := freshGaia(b)
+		syscall.Sync() // each measurement starts with no earlier writes pending
 		start := time.Now()
 		out, err := exec.Command("skopeo", "sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker",
 			"--dest-tls-verify=false", srcYAML, gaia.Addr+"/mirror").CombinedOutput()
@@ -124,6 +126,7 @@ func BenchmarkMirrorVsSkopeo(b *testing.B) {
 		// skopeo sync names a copy by the source's last path component.
 		checkMirrored(b, ctx, gaia.URL(), names, pusher, func(n string) string { return "mirror/" + path.Base(n) })
 		skopeoTimes = append(skopeoTimes, d)
+		gaia.done()
 
 		// gaia-mirror into another fresh Gaia.
 		gaia = freshGaia(b)
@@ -160,6 +163,7 @@ worker: {poll: 100ms}
 			"name": "bench", "upstream": map[string]any{"url": "http://" + upAddr, "concurrency": 8},
 			"repositories": names, "destination": "mirror", "schedule": "24h", "enabled": true,
 		})
+		syscall.Sync()
 		start = time.Now()
 		call(http.MethodPost, "/bench/run", nil)
 		for {
@@ -177,6 +181,7 @@ worker: {poll: 100ms}
 		checkMirrored(b, ctx, gaia.URL(), names, pusher, func(n string) string { return "mirror/" + n })
 		gaiaTimes = append(gaiaTimes, d)
 		m.Stop()
+		gaia.done()
 		b.Logf("round %d: skopeo sync %s, gaia-mirror %s", round+1, skopeoTimes[round].Round(time.Millisecond), d.Round(time.Millisecond))
 	}
 	ms, mg := median(skopeoTimes), median(gaiaTimes)
@@ -196,14 +201,26 @@ worker: {poll: 100ms}
 
 type gaiaTarget struct {
 	*harness.Registry
-	db string
+	db, storage string
 }
 
+// freshGaia starts a Gaia with its own database and storage directory.
 func freshGaia(b *testing.B) gaiaTarget {
 	db := harness.NewDatabase(b)
 	addr := harness.FreeAddr(b)
-	r := harness.StartRegistry(b, addr, harness.RegistryConfig(addr, db, b.TempDir()))
-	return gaiaTarget{r, db}
+	storage, err := os.MkdirTemp("", "gaia-mirror-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := harness.StartRegistry(b, addr, harness.RegistryConfig(addr, db, storage))
+	return gaiaTarget{r, db, storage}
+}
+
+// done stops the Gaia and removes its storage, so rounds do not pile up
+// writes on the disk for the next ones.
+func (g gaiaTarget) done() {
+	g.Stop()
+	os.RemoveAll(g.storage)
 }
 
 // checkMirrored: every upstream tag is in Gaia under mirror/, same digest.
