@@ -204,7 +204,7 @@ func (f *Fetcher) once(ctx context.Context, pool *pgxpool.Pool, key string, fn f
 	ch := f.group.DoChan(key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.o.Timeout)
 		defer cancel()
-		unlock, err := lock(fctx, pool, key)
+		unlock, _, err := metadata.AdvisoryLock(fctx, pool, key, nil)
 		if err != nil {
 			return false, err
 		}
@@ -219,37 +219,6 @@ func (f *Fetcher) once(ctx context.Context, pool *pgxpool.Pool, key string, fn f
 			return false, res.Err
 		}
 		return res.Val.(bool), nil
-	}
-}
-
-// lock takes the advisory lock named key on a connection of pool.
-func lock(ctx context.Context, pool *pgxpool.Pool, key string) (unlock func(), err error) {
-	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
-		conn, err := pool.Acquire(ctx)
-		if err != nil {
-			return nil, err
-		}
-		var got bool
-		err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got)
-		if err == nil && got {
-			return func() {
-				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-				defer cancel()
-				if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key); err != nil {
-					conn.Conn().Close(uctx) // the session would keep the lock: end it
-				}
-				conn.Release()
-			}, nil
-		}
-		conn.Release()
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
-		}
 	}
 }
 

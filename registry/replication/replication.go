@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gaia-registry/gaia/registry/coalesce"
+	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 )
 
@@ -128,49 +129,20 @@ func (r *Replicator) Refill(ctx context.Context, repo string, d digest.Digest) e
 	return err
 }
 
-// lock takes the IDC-wide lock for copying d, polling a try-lock so a
-// waiter holds no connection (and leaves no backend queued in PostgreSQL
-// if it gives up). It returns done=true, without the lock, when another
-// server finished the copy meanwhile.
+// lock takes the IDC-wide lock for copying d (metadata.AdvisoryLock:
+// waiters hold no connection). It returns done=true, without the lock,
+// when another server finished the copy meanwhile.
 func (r *Replicator) lock(ctx context.Context, d digest.Digest, refill bool) (unlock func(), done bool, err error) {
-	key := "gaia-fill:" + r.o.IDC + ":" + d.String()
-	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
-		conn, err := r.o.LockDB.Acquire(ctx)
-		if err != nil {
-			return nil, false, err
-		}
-		var got bool
-		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got); err != nil {
-			conn.Release()
-			return nil, false, err
-		}
-		if got {
-			return func() {
-				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-				defer cancel()
-				if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key); err != nil {
-					conn.Conn().Close(uctx) // the session would keep the lock: end it
-				}
-				conn.Release()
-			}, false, nil
-		}
-		conn.Release()
-		if !refill {
-			var placed bool
-			if err := r.o.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM blob_placements WHERE digest = $1 AND idc = $2)`,
-				d.String(), r.o.IDC).Scan(&placed); err != nil {
-				return nil, false, err
-			}
-			if placed {
-				return nil, true, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil, false, ctx.Err()
-		case <-time.After(wait):
+	var placed func(context.Context) (bool, error)
+	if !refill {
+		placed = func(ctx context.Context) (bool, error) {
+			var ok bool
+			err := r.o.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM blob_placements WHERE digest = $1 AND idc = $2)`,
+				d.String(), r.o.IDC).Scan(&ok)
+			return ok, err
 		}
 	}
+	return metadata.AdvisoryLock(ctx, r.o.LockDB, "gaia-fill:"+r.o.IDC+":"+d.String(), placed)
 }
 
 // copyOnce copies d into this IDC unless it is already placed here (for
