@@ -59,8 +59,7 @@ type Options struct {
 	// (default 4): each holds a database connection of the registry's
 	// pool while it streams (the upload session's row lock).
 	MaxDownloads int
-	Upstream     func(rule.Upstream) *upstream.Client // default upstream.New
-	Metrics      prometheus.Registerer                // nil: no metrics
+	Metrics      prometheus.Registerer // nil: no metrics
 }
 
 // Fetcher is the registry's pull-through.
@@ -72,7 +71,7 @@ type Fetcher struct {
 	mu      sync.Mutex
 	rules   []rule.Rule
 	loaded  time.Time
-	clients map[rule.Upstream]*upstream.Client
+	clients upstream.Clients
 	tags    map[string]tagList // upstream URL + repository → its tags, for tags.latest
 
 	downloads chan struct{}
@@ -98,12 +97,7 @@ func New(o Options) *Fetcher {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	if o.Upstream == nil {
-		o.Upstream = func(u rule.Upstream) *upstream.Client {
-			return upstream.New(upstream.Options{URL: u.URL, Username: u.Username, Password: u.Password, Concurrency: u.Concurrency})
-		}
-	}
-	f := &Fetcher{o: o, store: store.New(o.DB), clients: map[rule.Upstream]*upstream.Client{}, tags: map[string]tagList{},
+	f := &Fetcher{o: o, store: store.New(o.DB), tags: map[string]tagList{},
 		downloads: make(chan struct{}, o.MaxDownloads)}
 	f.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gaia_registry_pullthrough_fetches_total",
@@ -181,17 +175,6 @@ func (f *Fetcher) match(ctx context.Context, repo string) (rule.Rule, string, bo
 	return rule.Rule{}, "", false, nil
 }
 
-func (f *Fetcher) client(u rule.Upstream) *upstream.Client {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	c, ok := f.clients[u]
-	if !ok {
-		c = f.o.Upstream(u)
-		f.clients[u] = c
-	}
-	return c
-}
-
 // once runs fn once for key across this server's concurrent callers and,
 // under a PostgreSQL advisory lock taken on a connection of pool, across
 // servers. The lock is polled with a try-lock, so a waiter holds no
@@ -250,7 +233,7 @@ func (f *Fetcher) Manifest(ctx context.Context, repo, ref string) (bool, error) 
 		if !errors.Is(err, metadata.ErrNotFound) {
 			return false, err
 		}
-		up := f.client(r.Upstream)
+		up := f.clients.For(r.Upstream)
 		body, mt, md, err := up.Manifest(ctx, upRepo, ref)
 		if upstream.IsNotFound(err) {
 			f.fetches.WithLabelValues("manifest", "absent").Inc()
@@ -312,7 +295,7 @@ func (f *Fetcher) selected(ctx context.Context, r *rule.Rule, upRepo, tag string
 	if r.Tags.Latest == 0 {
 		return len(r.SelectTags([]string{tag})) == 1, nil
 	}
-	up := f.client(r.Upstream)
+	up := f.clients.For(r.Upstream)
 	key := fmt.Sprintf("%p/%s", up, upRepo) // per client: per upstream and credentials
 	f.mu.Lock()
 	tl, ok := f.tags[key]
@@ -352,7 +335,7 @@ func (f *Fetcher) Blob(ctx context.Context, repo string, d digest.Digest) (bool,
 	if err != nil || !ok {
 		return false, err
 	}
-	up := f.client(r.Upstream)
+	up := f.clients.For(r.Upstream)
 	// One HEAD for all who ask at once (per client: upstream and credentials).
 	ch := f.group.DoChan(fmt.Sprintf("\x00ask %p/%s@%s", up, upRepo, d), func() (any, error) {
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)

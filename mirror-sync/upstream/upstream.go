@@ -46,8 +46,8 @@ type Options struct {
 	// a response body that stops arriving, or a streamed request body
 	// the server stops taking (default 60s).
 	IdleTimeout time.Duration
-	HTTP               *http.Client
-	Header             http.Header // sent with every request
+	HTTP        *http.Client
+	Header      http.Header // sent with every request
 }
 
 // Client talks to one upstream registry.

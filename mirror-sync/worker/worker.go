@@ -50,17 +50,13 @@ type Options struct {
 	Retries  int              // attempts at copying one blob (default 4)
 	Log      *slog.Logger
 	Metrics  *Metrics // nil: none
-	// Upstream builds the client of a rule's upstream (tests; default
-	// upstream.New with the rule's URL, credentials and concurrency).
-	Upstream func(rule.Upstream) *upstream.Client
 }
 
 // Worker runs mirror rules.
 type Worker struct {
 	o Options
 
-	mu      sync.Mutex
-	clients map[rule.Upstream]*upstream.Client // one per upstream: its limit holds across runs
+	clients upstream.Clients // one per upstream: its limit holds across runs
 	wake    chan struct{}
 }
 
@@ -93,30 +89,15 @@ func New(o Options) *Worker {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	if o.Upstream == nil {
-		o.Upstream = func(u rule.Upstream) *upstream.Client {
-			return upstream.New(upstream.Options{URL: u.URL, Username: u.Username, Password: u.Password, Concurrency: u.Concurrency})
-		}
+	w := &Worker{o: o, wake: make(chan struct{}, 1)}
+	if o.Metrics != nil {
+		w.clients.Added = o.Metrics.watch
 	}
-	return &Worker{o: o, clients: map[rule.Upstream]*upstream.Client{}, wake: make(chan struct{}, 1)}
+	return w
 }
 
 // ID is the worker's name in the runs it claims.
 func (w *Worker) ID() string { return w.o.ID }
-
-func (w *Worker) client(u rule.Upstream) *upstream.Client {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	c, ok := w.clients[u]
-	if !ok {
-		c = w.o.Upstream(u)
-		w.clients[u] = c
-		if w.o.Metrics != nil {
-			w.o.Metrics.watch(c)
-		}
-	}
-	return c
-}
 
 // Run queues due runs and works through queued ones until ctx ends.
 func (w *Worker) Run(ctx context.Context) {
@@ -205,7 +186,7 @@ func (w *Worker) execute(ctx context.Context, run store.Run) {
 		w.o.Store.Finish(rctx, run.ID, w.o.ID, true, []string{err.Error()})
 		return
 	}
-	j := &job{ctx: ctx, w: w, run: run, r: &entry.Rule, up: w.client(entry.Rule.Upstream), gaia: w.o.Registry, log: log}
+	j := &job{ctx: ctx, w: w, run: run, r: &entry.Rule, up: w.clients.For(entry.Rule.Upstream), gaia: w.o.Registry, log: log}
 	requests0, throttled0 := j.up.Requests.Load(), j.up.Throttled.Load()
 
 	// The lease keeper records progress every third of the lease; a lost
