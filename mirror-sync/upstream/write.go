@@ -187,6 +187,3 @@ func (c *Client) ManifestInfo(ctx context.Context, repo, ref string) (digest.Dig
 
 // URL is the registry's base URL.
 func (c *Client) URL() string { return c.o.URL }
-
-// Concurrency is the client's limit on requests in flight.
-func (c *Client) Concurrency() int { return cap(c.sem) }

@@ -85,17 +85,7 @@ func (b *Blobs) Mount(ctx context.Context, to, from string, d digest.Digest) (in
 // Unlink removes a blob from a repository. The bytes stay (other
 // repositories may link them); garbage collection reclaims unlinked blobs.
 func (b *Blobs) Unlink(ctx context.Context, repo string, d digest.Digest) error {
-	tag, err := b.db.Exec(ctx, `
+	return deleted(b.db.Exec(ctx, `
 		DELETE FROM repository_blobs rb USING repositories r
-		WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, d.String())
-	if isFKViolation(err) {
-		return ErrReferenced
-	}
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
-		return ErrNotFound
-	}
-	return nil
+		WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, d.String()))
 }

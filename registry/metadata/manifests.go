@@ -273,9 +273,14 @@ func (m *Manifests) ByTag(ctx context.Context, repo, tag string) (*Manifest, err
 // Delete removes a manifest and the tags pointing at it. It returns
 // ErrNotFound, or ErrReferenced while an index of the repository lists it.
 func (m *Manifests) Delete(ctx context.Context, repo string, d digest.Digest) error {
-	tag, err := m.db.Exec(ctx, `
+	return deleted(m.db.Exec(ctx, `
 		DELETE FROM manifests m USING repositories r
-		WHERE r.id = m.repository_id AND r.name = $1 AND m.digest = $2`, repo, d.String())
+		WHERE r.id = m.repository_id AND r.name = $1 AND m.digest = $2`, repo, d.String()))
+}
+
+// deleted maps a DELETE's outcome: ErrReferenced when a foreign key
+// still points at the row, ErrNotFound when there was none.
+func deleted(tag pgconn.CommandTag, err error) error {
 	if isFKViolation(err) {
 		return ErrReferenced
 	}
@@ -290,16 +295,9 @@ func (m *Manifests) Delete(ctx context.Context, repo string, d digest.Digest) er
 
 // DeleteTag removes a tag; the manifest stays.
 func (m *Manifests) DeleteTag(ctx context.Context, repo, name string) error {
-	tag, err := m.db.Exec(ctx, `
+	return deleted(m.db.Exec(ctx, `
 		DELETE FROM tags t USING repositories r
-		WHERE r.id = t.repository_id AND r.name = $1 AND t.name = $2`, repo, name)
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
-		return ErrNotFound
-	}
-	return nil
+		WHERE r.id = t.repository_id AND r.name = $1 AND t.name = $2`, repo, name))
 }
 
 // Tags returns up to n tag names after last, in lexical order, and whether

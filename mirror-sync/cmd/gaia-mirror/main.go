@@ -32,6 +32,7 @@ import (
 	"github.com/gaia-registry/gaia/mirror-sync/store"
 	"github.com/gaia-registry/gaia/mirror-sync/upstream"
 	"github.com/gaia-registry/gaia/mirror-sync/worker"
+	"github.com/gaia-registry/gaia/registry/api"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
@@ -136,9 +137,9 @@ func run(path string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
-	api := &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log}
-	mux.Handle(admin.Prefix, api)
-	mux.Handle(admin.Prefix+"/", api)
+	adminAPI := &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log}
+	mux.Handle(admin.Prefix, adminAPI)
+	mux.Handle(admin.Prefix+"/", adminAPI)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -167,12 +168,12 @@ func run(path string) error {
 				Concurrency: 64, Timeout: 5 * time.Minute,
 				// Its questions ("is this there yet?") must not set off
 				// the registry's pull-through for on-demand rules.
-				Header: http.Header{"X-Gaia-No-Pull-Through": {"1"}},
+				Header: http.Header{api.NoPullThroughHeader: {"1"}},
 			}),
 			ID: cfg.Worker.ID, Parallel: cfg.Worker.Parallel, Lease: cfg.Worker.Lease, Poll: cfg.Worker.Poll,
 			Log: log, Metrics: worker.NewMetrics(reg),
 		})
-		api.Queued = w.Wake
+		adminAPI.Queued = w.Wake
 		log.Info("mirror worker started", "id", w.ID(), "registry", cfg.Registry.URL)
 		go func() { defer close(workerDone); w.Run(ctx) }()
 	}
