@@ -58,8 +58,10 @@ func (h *Handler) uploadErr(w http.ResponseWriter, r *http.Request, name, id str
 	var re *uploadsession.RangeError
 	switch {
 	case errors.As(err, &re):
+		// An out-of-order chunk, or one racing another request on the same
+		// session: either way the spec's 416 with where the upload stands.
 		uploadHeaders(w, name, id, re.Size)
-		h.fail(w, r, errcode.ErrorCodeRangeInvalid.WithDetail(map[string]int64{"size": re.Size}))
+		h.fail(w, r, errcode.ErrorCodeRangeInvalid.WithMessage(re.Error()).WithDetail(map[string]int64{"size": re.Size}))
 	case errors.Is(err, uploadsession.ErrUnknown):
 		h.fail(w, r, errcode.ErrorCodeBlobUploadUnknown)
 	case errors.Is(err, uploadsession.ErrInvalid):

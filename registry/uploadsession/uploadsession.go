@@ -7,6 +7,14 @@
 // object per blob, written once) and records the blob and its link to the
 // repository.
 //
+// No database connection or transaction is held while a body streams: a
+// chunk claims its session in one short statement (a writer token and a
+// lease), streams to storage, and records the new offset and hash state in
+// a second statement that checks the claim. While the body streams the
+// lease is renewed; a server that dies mid-chunk leaves a claim that lapses
+// on its own. A second writer on a claimed session is refused (RangeError
+// with Busy set), so bytes of two requests never interleave.
+//
 // It does not parse HTTP or validate repository names: the API handlers do.
 package uploadsession
 
@@ -36,16 +44,22 @@ var (
 	// ErrDigestMismatch: the bytes do not hash to the digest the client gave.
 	ErrDigestMismatch = errors.New("digest does not match the uploaded content")
 	// ErrInvalid: the session's data no longer matches its recorded state (a
-	// chunk failed half-way); the client has to start the upload again.
+	// chunk failed half-way, or its claim lapsed while it wrote); the client
+	// has to start the upload again.
 	ErrInvalid = errors.New("blob upload invalid")
 )
 
-// RangeError: a chunk did not start where the upload stands.
+// RangeError: a chunk did not start where the upload stands, or (Busy)
+// another request is writing the session right now.
 type RangeError struct {
-	Size int64 // bytes received so far: the offset the next chunk must start at
+	Size int64 // bytes recorded so far: the offset the next chunk must start at
+	Busy bool
 }
 
 func (e *RangeError) Error() string {
+	if e.Busy {
+		return fmt.Sprintf("the upload is being written by another request; it stands at offset %d", e.Size)
+	}
 	return fmt.Sprintf("chunk must start at offset %d", e.Size)
 }
 
@@ -63,11 +77,20 @@ type Blob struct {
 	Size   int64
 }
 
+// DefaultLease is how long a chunk's claim lasts without renewal. A writer
+// renews it every third of the lease while its body streams, so only a
+// writer whose server died (or lost PostgreSQL for a whole lease) loses it.
+const DefaultLease = 30 * time.Second
+
 // Store runs uploads against one database and one storage driver.
 type Store struct {
 	db     *pgxpool.Pool
 	driver storagedriver.StorageDriver
 	idc    string
+	lease  time.Duration
+	// parked, when set, is called at named steps of a request (tests park
+	// a request there to crash or cut it at that exact point).
+	parked func(step string)
 }
 
 // DefaultIDC is the IDC of a server that configures none.
@@ -77,13 +100,41 @@ const DefaultIDC = "default"
 // (registry/metadata). Finished blobs are recorded as held by DefaultIDC's
 // storage unless InIDC says otherwise.
 func New(db *pgxpool.Pool, driver storagedriver.StorageDriver) *Store {
-	return &Store{db: db, driver: driver, idc: DefaultIDC}
+	return &Store{db: db, driver: driver, idc: DefaultIDC, lease: DefaultLease}
 }
 
 // InIDC names the IDC whose storage the driver is.
 func (s *Store) InIDC(idc string) *Store {
 	s.idc = idc
 	return s
+}
+
+// WithLease sets how long a chunk's claim lasts without renewal.
+func (s *Store) WithLease(d time.Duration) *Store {
+	if d > 0 {
+		s.lease = d
+	}
+	return s
+}
+
+// Steps at which a test hook may park a request (see Hook).
+const (
+	StepStreamed = "streamed" // a chunk's bytes are in storage, its offset not yet recorded
+	StepMoved    = "moved"    // a finished blob is at its content-addressed path, not yet recorded
+	StepLost     = "lost"     // a renewal found the claim gone; the writer stops at its next read
+)
+
+// Hook sets a function called at each named step; tests use it to crash or
+// cut a request at that point. Nil (the default) costs nothing.
+func (s *Store) Hook(f func(step string)) *Store {
+	s.parked = f
+	return s
+}
+
+func (s *Store) step(name string) {
+	if s.parked != nil {
+		s.parked(name)
+	}
 }
 
 // uploadDir holds a session's data in storage; removing it removes all.
@@ -93,8 +144,7 @@ func uploadDir(id string) string { return "/uploads/" + id }
 func UploadPath(id string) string { return uploadDir(id) + "/data" }
 
 // AtEnd is the offset of a chunk that goes wherever the upload stands (a
-// streamed chunk, sent without Content-Range). It is resolved under the
-// session's row lock, so it cannot race another server's chunk.
+// streamed chunk, sent without Content-Range).
 const AtEnd int64 = -1
 
 // BlobPath is the content-addressed path of a blob's bytes.
@@ -123,7 +173,7 @@ func (s *Store) Start(ctx context.Context, repo string) (Session, error) {
 	return sess, err
 }
 
-// Get returns a session's state.
+// Get returns a session's state (the bytes recorded so far).
 func (s *Store) Get(ctx context.Context, repo, id string) (Session, error) {
 	sess := Session{Repository: repo}
 	err := s.db.QueryRow(ctx, `
@@ -136,48 +186,128 @@ func (s *Store) Get(ctx context.Context, repo, id string) (Session, error) {
 	return sess, err
 }
 
-// locked is a session row held FOR UPDATE for the length of one chunk:
-// chunks of one upload are serialised across all servers.
-type locked struct {
-	tx     pgx.Tx
-	id     string
-	repoID int64
-	path   string
-	size   int64
-	hash   hash.Hash
+// claim is a session taken by one request. Every identifier comes from the
+// row, never from the client's spelling of the session id (PostgreSQL reads
+// "{A0...}" and "a0..." as the same uuid; storage paths do not).
+type claim struct {
+	token   string
+	id      string
+	repoID  int64
+	path    string
+	size    int64
+	hash    hash.Hash
+	created time.Time
+	lost    chan struct{} // closed when a renewal finds the claim gone
+	stop    func()        // ends the renewals; idempotent
 }
 
-func (s *Store) lock(ctx context.Context, repo, id string) (*locked, error) {
-	tx, err := s.db.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	l := &locked{tx: tx, id: id}
+// claim takes the session for one request, or says why it cannot: ErrUnknown,
+// or a Busy RangeError while another request holds an unexpired claim.
+func (s *Store) claim(ctx context.Context, repo, id string) (*claim, error) {
+	c := &claim{token: newID(), lost: make(chan struct{})}
 	var state []byte
-	err = tx.QueryRow(ctx, `
-		SELECT u.repository_id, u.storage_path, u.size, u.hash_state FROM upload_sessions u
-		JOIN repositories r ON r.id = u.repository_id
-		WHERE u.id = $1 AND r.name = $2
-		FOR UPDATE OF u`, id, repo).Scan(&l.repoID, &l.path, &l.size, &state)
+	err := s.db.QueryRow(ctx, `
+		UPDATE upload_sessions u SET writer = $3, claimed_until = now() + make_interval(secs => $4)
+		FROM repositories r
+		WHERE u.id = $1 AND r.id = u.repository_id AND r.name = $2
+		  AND (u.writer IS NULL OR u.claimed_until < now())
+		RETURNING u.id::text, u.repository_id, u.storage_path, u.size, u.hash_state, u.created_at`,
+		id, repo, c.token, s.lease.Seconds()).Scan(&c.id, &c.repoID, &c.path, &c.size, &state, &c.created)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Unknown, or claimed by a live writer: one more look says which.
+		sess, gerr := s.Get(ctx, repo, id)
+		if gerr != nil {
+			return nil, gerr
+		}
+		return nil, &RangeError{Size: sess.Size, Busy: true}
+	}
 	if err != nil {
-		tx.Rollback(ctx)
-		if errors.Is(err, pgx.ErrNoRows) || isInvalidUUID(err) {
+		if isInvalidUUID(err) {
 			return nil, ErrUnknown
 		}
 		return nil, err
 	}
-	l.hash = sha256.New()
-	if err := l.hash.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
-		tx.Rollback(ctx)
-		return nil, fmt.Errorf("upload %s: stored hash state: %w", id, err)
+	c.hash = sha256.New()
+	if err := c.hash.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		s.release(c)
+		return nil, fmt.Errorf("upload %s: stored hash state: %w", c.id, err)
 	}
-	return l, nil
+	c.stop = s.renew(c)
+	return c, nil
+}
+
+// renew extends c's lease every third of it until stop is called. A renewal
+// that finds the claim gone (the lease lapsed and another writer took it, or
+// the session ended) closes c.lost; one that cannot reach PostgreSQL retries
+// until the lease would have lapsed, then gives the claim up too.
+func (s *Store) renew(c *claim) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(s.lease / 3)
+		defer t.Stop()
+		held := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), s.lease/3)
+			tag, err := s.db.Exec(ctx, `UPDATE upload_sessions SET claimed_until = now() + make_interval(secs => $3)
+				WHERE id = $1 AND writer = $2`, c.id, c.token, s.lease.Seconds())
+			cancel()
+			switch {
+			case err == nil && tag.RowsAffected() == 1:
+				held = time.Now()
+			case err == nil || time.Since(held) >= s.lease:
+				close(c.lost)
+				s.step(StepLost)
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
+}
+
+// release gives a claim up without recording anything (the offset stays
+// where it was).
+func (s *Store) release(c *claim) {
+	if c.stop != nil {
+		c.stop()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.db.Exec(ctx, `UPDATE upload_sessions SET writer = NULL, claimed_until = NULL
+		WHERE id = $1 AND writer = $2`, c.id, c.token)
+}
+
+// record stores the offset and hash state a chunk reached and releases the
+// claim, in one statement that checks the claim is still ours.
+func (s *Store) record(ctx context.Context, c *claim) error {
+	state, err := marshalHash(c.hash)
+	if err != nil {
+		return err
+	}
+	tag, err := s.db.Exec(ctx, `UPDATE upload_sessions
+		SET size = $3, hash_state = $4, writer = NULL, claimed_until = NULL, updated_at = now()
+		WHERE id = $1 AND writer = $2`, c.id, c.token, c.size, state)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() != 1 {
+		return ErrInvalid // the claim lapsed while we wrote: our bytes are not the session's
+	}
+	return nil
 }
 
 // at checks that a chunk starting at offset continues the upload.
-func (l *locked) at(offset int64) error {
-	if offset != AtEnd && offset != l.size {
-		return &RangeError{Size: l.size}
+func (c *claim) at(offset int64) error {
+	if offset != AtEnd && offset != c.size {
+		return &RangeError{Size: c.size}
 	}
 	return nil
 }
@@ -186,9 +316,39 @@ func (l *locked) at(offset int64) error {
 // which cuts the read and write system calls of a large push 32-fold.
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
-// appendChunk appends r at the session's offset, feeding the hash.
-func (s *Store) appendChunk(ctx context.Context, l *locked, r io.Reader) error {
-	w, err := s.driver.Writer(ctx, l.path, l.size > 0)
+// body reads a request body for a claim: it stops once the claim is lost,
+// and remembers whether the failure was the client's (a read error).
+type body struct {
+	r       io.Reader
+	lost    <-chan struct{}
+	readErr error
+}
+
+var errClaimLost = errors.New("upload claim lapsed while writing")
+
+func (b *body) Read(p []byte) (int, error) {
+	select {
+	case <-b.lost:
+		return 0, errClaimLost
+	default:
+	}
+	n, err := b.r.Read(p)
+	select {
+	case <-b.lost: // lost while the read waited: these bytes are not ours to write
+		return 0, errClaimLost
+	default:
+	}
+	if err != nil && err != io.EOF {
+		b.readErr = err
+	}
+	return n, err
+}
+
+// appendChunk appends r at the session's offset, feeding the hash. When the
+// client's body fails part-way (it went away), the bytes that did arrive
+// are kept and c.size covers them, so the client may resume from there.
+func (s *Store) appendChunk(ctx context.Context, c *claim, r io.Reader) error {
+	w, err := s.driver.Writer(ctx, c.path, c.size > 0)
 	if err != nil {
 		var nf storagedriver.PathNotFoundError
 		if errors.As(err, &nf) {
@@ -196,127 +356,177 @@ func (s *Store) appendChunk(ctx context.Context, l *locked, r io.Reader) error {
 		}
 		return err
 	}
-	if w.Size() != l.size {
+	if w.Size() != c.size {
 		// A chunk failed half-way: the data has bytes the session never
 		// recorded, and the driver API cannot truncate them.
 		w.Close()
 		return ErrInvalid
 	}
+	b := &body{r: r, lost: c.lost}
 	buf := copyBuffers.Get().(*[]byte)
-	n, err := io.CopyBuffer(io.MultiWriter(w, l.hash), r, *buf)
+	n, err := io.CopyBuffer(io.MultiWriter(w, c.hash), b, *buf)
 	copyBuffers.Put(buf)
-	if cerr := w.Close(); err == nil {
+	cerr := w.Close()
+	if err == nil {
 		err = cerr
 	}
 	if err != nil {
+		if b.readErr != nil && cerr == nil && w.Size() == c.size+n {
+			// Every byte read was written and hashed: keep them.
+			c.size += n
+		}
+		if errors.Is(err, errClaimLost) {
+			return ErrInvalid
+		}
 		return err
 	}
-	l.size += n
+	c.size += n
 	return nil
 }
 
 // Append adds one chunk that must start at offset (the session's size), or
 // at AtEnd.
 func (s *Store) Append(ctx context.Context, repo, id string, offset int64, r io.Reader) (Session, error) {
-	l, err := s.lock(ctx, repo, id)
+	c, err := s.claim(ctx, repo, id)
 	if err != nil {
 		return Session{}, err
 	}
-	defer l.tx.Rollback(ctx)
-	if err := l.at(offset); err != nil {
+	if err := c.at(offset); err != nil {
+		s.release(c)
 		return Session{}, err
 	}
-	if err := s.appendChunk(ctx, l, r); err != nil {
-		return Session{}, err
+	was := c.size
+	err = s.appendChunk(ctx, c, r)
+	c.stop()
+	if err == nil {
+		s.step(StepStreamed)
+		err = s.record(ctx, c)
 	}
-	state, err := marshalHash(l.hash)
 	if err != nil {
+		s.settle(c, was, err)
 		return Session{}, err
 	}
-	sess := Session{ID: id, Repository: repo, Size: l.size}
-	err = l.tx.QueryRow(ctx, `UPDATE upload_sessions SET size = $2, hash_state = $3, updated_at = now()
-		WHERE id = $1 RETURNING created_at`, id, l.size, state).Scan(&sess.StartedAt)
-	if err != nil {
-		return Session{}, err
-	}
-	return sess, l.tx.Commit(ctx)
+	return Session{ID: c.id, Repository: repo, Size: c.size, StartedAt: c.created}, nil
 }
 
-// Finish appends an optional last chunk (at offset, or AtEnd), checks the content
-// against want, stores the blob at its content-addressed path and links it
-// to the repository. The session ends, whatever the outcome, except on a
-// RangeError, ErrUnknown or a database failure.
+// Finish appends an optional last chunk (at offset, or AtEnd), checks the
+// content against want, stores the blob at its content-addressed path and
+// links it to the repository. The session ends, whatever the outcome, except
+// on a RangeError, ErrUnknown, a storage or a database failure.
 func (s *Store) Finish(ctx context.Context, repo, id string, offset int64, last io.Reader, want digest.Digest) (Blob, error) {
 	if err := want.Validate(); err != nil {
 		return Blob{}, err
 	}
-	l, err := s.lock(ctx, repo, id)
+	c, err := s.claim(ctx, repo, id)
 	if err != nil {
 		return Blob{}, err
 	}
-	defer l.tx.Rollback(ctx)
+	was := c.size
+	b, err := s.finish(ctx, c, offset, last, want)
+	c.stop()
+	if err != nil {
+		s.settle(c, was, err)
+	}
+	return b, err
+}
+
+// settle leaves a claimed session after a request failed with err: a
+// session whose data cannot be finished ends; one that took bytes before a
+// failure (the client went away part-way, a later storage step failed)
+// records them, so the client can resume from there; otherwise the claim is
+// released and the offset stays. It runs on a context of its own, since the
+// request's may be gone.
+func (s *Store) settle(c *claim, was int64, err error) {
+	switch {
+	case errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrInvalid):
+		s.end(c)
+	case c.size != was:
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if s.record(ctx, c) == nil {
+			return
+		}
+		s.release(c)
+	default:
+		s.release(c)
+	}
+}
+
+func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Reader, want digest.Digest) (Blob, error) {
 	if last != nil {
-		if err := l.at(offset); err != nil {
+		if err := c.at(offset); err != nil {
 			return Blob{}, err
 		}
-		if err := s.appendChunk(ctx, l, last); err != nil {
+		if err := s.appendChunk(ctx, c, last); err != nil {
 			return Blob{}, err
 		}
 	}
-	if l.size == 0 {
+	if c.size == 0 {
 		// Nothing was written: make the empty object the blob path needs.
-		if err := s.driver.PutContent(ctx, l.path, nil); err != nil {
+		if err := s.driver.PutContent(ctx, c.path, nil); err != nil {
 			return Blob{}, err
 		}
 	}
-	got, err := s.digestOf(ctx, l, want.Algorithm())
+	// The object must hold exactly the bytes the session recorded: a chunk
+	// that failed half-way may have left more.
+	fi, err := s.driver.Stat(ctx, c.path)
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return Blob{}, ErrInvalid
+	}
+	if err != nil {
+		return Blob{}, err
+	}
+	if fi.Size() != c.size {
+		return Blob{}, fmt.Errorf("%w: %d bytes stored, %d recorded", ErrInvalid, fi.Size(), c.size)
+	}
+	got, err := s.digestOf(ctx, c, want.Algorithm())
 	if err != nil {
 		return Blob{}, err
 	}
 	if got != want {
-		s.end(ctx, l)
 		return Blob{}, ErrDigestMismatch
 	}
 	// One object per blob, written once: if another upload already stored
 	// this digest, keep that object; ours goes with the directory below.
 	if _, err := s.driver.Stat(ctx, BlobPath(want)); err != nil {
-		if err := s.driver.Move(ctx, l.path, BlobPath(want)); err != nil {
+		if err := s.driver.Move(ctx, c.path, BlobPath(want)); err != nil {
 			return Blob{}, err
 		}
 	}
-	if _, err := l.tx.Exec(ctx, `
-		WITH b AS (INSERT INTO blobs (digest, size) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING)
-		INSERT INTO repository_blobs (repository_id, digest) VALUES ($3, $1) ON CONFLICT DO NOTHING`,
-		want.String(), l.size, l.repoID); err != nil {
+	s.step(StepMoved)
+	// One statement: end the session if the claim is still ours, record the
+	// blob, its link to the repository and this IDC's copy. A crash before
+	// it leaves bytes without a row (harmless; garbage collection's), never
+	// a row without bytes.
+	var ended int
+	err = s.db.QueryRow(ctx, `
+		WITH s AS (DELETE FROM upload_sessions WHERE id = $1 AND writer = $2 RETURNING repository_id),
+		b AS (INSERT INTO blobs (digest, size) SELECT $3, $4 FROM s ON CONFLICT (digest) DO NOTHING),
+		l AS (INSERT INTO repository_blobs (repository_id, digest) SELECT repository_id, $3 FROM s ON CONFLICT DO NOTHING),
+		p AS (INSERT INTO blob_placements (digest, idc) SELECT $3, $5 FROM s ON CONFLICT DO NOTHING)
+		SELECT count(*) FROM s`, c.id, c.token, want.String(), c.size, s.idc).Scan(&ended)
+	if err != nil {
 		return Blob{}, err
 	}
-	// This IDC's storage holds it now (other IDCs fill from here).
-	if _, err := l.tx.Exec(ctx, `INSERT INTO blob_placements (digest, idc) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
-		want.String(), s.idc); err != nil {
-		return Blob{}, err
+	if ended != 1 {
+		return Blob{}, ErrInvalid // the claim lapsed meanwhile
 	}
-	if _, err := l.tx.Exec(ctx, `DELETE FROM upload_sessions WHERE id = $1`, id); err != nil {
-		return Blob{}, err
-	}
-	if err := l.tx.Commit(ctx); err != nil {
-		return Blob{}, err
-	}
-	// Only now, so a failed commit leaves the session's data intact: what
+	// Only now, so a failed statement leaves the session's data intact: what
 	// is left is our unused copy or the empty directory after the move.
-	s.driver.Delete(ctx, uploadDir(id))
-	return Blob{Digest: want, Size: l.size}, nil
+	s.driver.Delete(ctx, uploadDir(c.id))
+	return Blob{Digest: want, Size: c.size}, nil
 }
 
 // digestOf returns the content's digest in algorithm alg. SHA-256 comes from
 // the running hash; any other algorithm re-reads the data once.
-func (s *Store) digestOf(ctx context.Context, l *locked, alg digest.Algorithm) (digest.Digest, error) {
+func (s *Store) digestOf(ctx context.Context, c *claim, alg digest.Algorithm) (digest.Digest, error) {
 	if alg == digest.SHA256 {
-		return digest.NewDigestFromBytes(digest.SHA256, l.hash.Sum(nil)), nil
+		return digest.NewDigestFromBytes(digest.SHA256, c.hash.Sum(nil)), nil
 	}
 	if !alg.Available() {
 		return "", fmt.Errorf("digest algorithm %q is not supported", alg)
 	}
-	rc, err := s.driver.Reader(ctx, l.path, 0)
+	rc, err := s.driver.Reader(ctx, c.path, 0)
 	if err != nil {
 		return "", err
 	}
@@ -324,38 +534,38 @@ func (s *Store) digestOf(ctx context.Context, l *locked, alg digest.Algorithm) (
 	return alg.FromReader(rc)
 }
 
-// end removes a session and its data.
-func (s *Store) end(ctx context.Context, l *locked) {
-	l.tx.Exec(ctx, `DELETE FROM upload_sessions WHERE id = $1`, l.id)
-	if l.tx.Commit(ctx) == nil {
-		s.driver.Delete(ctx, uploadDir(l.id))
+// end removes a claimed session and its data. It runs on a context of its
+// own: it also cleans up after requests whose client went away.
+func (s *Store) end(c *claim) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tag, err := s.db.Exec(ctx, `DELETE FROM upload_sessions WHERE id = $1 AND writer = $2`, c.id, c.token)
+	if err == nil && tag.RowsAffected() == 1 {
+		s.driver.Delete(ctx, uploadDir(c.id))
 	}
 }
 
-// Cancel ends a session and removes its data.
+// Cancel ends a session and removes its data. A session another request is
+// writing is not cancelled (Busy RangeError).
 func (s *Store) Cancel(ctx context.Context, repo, id string) error {
-	l, err := s.lock(ctx, repo, id)
+	c, err := s.claim(ctx, repo, id)
 	if err != nil {
 		return err
 	}
-	defer l.tx.Rollback(ctx)
-	s.end(ctx, l)
+	c.stop()
+	s.end(c)
 	return nil
 }
 
 // Expire ends the sessions untouched for longer than maxIdle and removes
-// their data; it returns how many it ended. Sessions whose chunk is being
-// written right now are locked and skipped.
+// their data; it returns how many it ended. Sessions under a live claim are
+// skipped. A storage error on one session's data does not stop the others;
+// all are reported together.
 func (s *Store) Expire(ctx context.Context, maxIdle time.Duration) (int, error) {
-	tx, err := s.db.Begin(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer tx.Rollback(ctx)
-	rows, err := tx.Query(ctx, `
-		DELETE FROM upload_sessions WHERE id IN (
-			SELECT id FROM upload_sessions WHERE updated_at < now() - make_interval(secs => $1)
-			FOR UPDATE SKIP LOCKED)
+	rows, err := s.db.Query(ctx, `
+		DELETE FROM upload_sessions
+		WHERE updated_at < now() - make_interval(secs => $1)
+		  AND (claimed_until IS NULL OR claimed_until < now())
 		RETURNING id::text`, maxIdle.Seconds())
 	if err != nil {
 		return 0, err
@@ -364,15 +574,13 @@ func (s *Store) Expire(ctx context.Context, maxIdle time.Duration) (int, error) 
 	if err != nil {
 		return 0, err
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, err
-	}
+	var errs []error
 	for _, id := range ids {
 		if err := s.driver.Delete(ctx, uploadDir(id)); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
-			return len(ids), err
+			errs = append(errs, fmt.Errorf("upload %s: %w", id, err))
 		}
 	}
-	return len(ids), nil
+	return len(ids), errors.Join(errs...)
 }
 
 func marshalHash(h hash.Hash) ([]byte, error) {

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -199,33 +198,6 @@ func TestSHA512AndEmptyAndMonolithic(t *testing.T) {
 		if err != nil || !bytes.Equal(got, tc.data) {
 			t.Fatalf("%s: stored content: %v", tc.name, err)
 		}
-	}
-}
-
-// TestConcurrentChunksSerialised: two servers sending the same chunk at
-// once: one is appended, the other is told where the upload stands.
-func TestConcurrentChunksSerialised(t *testing.T) {
-	ctx := context.Background()
-	srvA, srvB, drv := servers(t, backends[0])
-	sess, _ := srvA.Start(ctx, "r")
-	chunk := random(t, 1<<20)
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i, s := range []*Store{srvA, srvB} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = s.Append(ctx, "r", sess.ID, 0, bytes.NewReader(chunk))
-		}()
-	}
-	wg.Wait()
-	var re *RangeError
-	ok := (errs[0] == nil) != (errs[1] == nil) && (errors.As(errs[0], &re) || errors.As(errs[1], &re)) && re.Size == int64(len(chunk))
-	if !ok {
-		t.Fatalf("concurrent chunks: %v, %v; want one success and one RangeError", errs[0], errs[1])
-	}
-	if fi, err := drv.Stat(ctx, UploadPath(sess.ID)); err != nil || fi.Size() != int64(len(chunk)) {
-		t.Fatalf("data after concurrent chunks: %v %v", fi, err)
 	}
 }
 

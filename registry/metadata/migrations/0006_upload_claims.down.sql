@@ -1,0 +1,3 @@
+ALTER TABLE upload_sessions
+    DROP COLUMN claimed_until,
+    DROP COLUMN writer;
