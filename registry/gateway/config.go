@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
@@ -13,8 +14,9 @@ import (
 type Config struct {
 	Log  logconfig.Config `yaml:"log"`
 	HTTP struct {
-		Addr         string        `yaml:"addr"`         // default 127.0.0.1:6000
-		DrainTimeout time.Duration `yaml:"draintimeout"` // default 30s
+		Addr         string              `yaml:"addr"`         // default 127.0.0.1:6000
+		DrainTimeout time.Duration       `yaml:"draintimeout"` // default 30s
+		Timeouts     httptimeouts.Config `yaml:",inline"`      // readheadertimeout, bodyidletimeout, idletimeout
 	} `yaml:"http"`
 	// IDC is the data center this gateway serves: it sends requests to
 	// that IDC's registry servers only (unless Failover says otherwise).
@@ -54,6 +56,7 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 	if c.HTTP.DrainTimeout == 0 {
 		c.HTTP.DrainTimeout = 30 * time.Second
 	}
+	c.HTTP.Timeouts.ApplyDefaults()
 	if c.Consul.Service == "" {
 		c.Consul.Service = "gaia-registry"
 	}
@@ -82,6 +85,9 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 			return errors.New("retries: must not be negative")
 		case c.Eject.Failures < 0 || c.Eject.Duration < 0:
 			return errors.New("eject: failures and duration must not be negative")
+		}
+		if err := c.HTTP.Timeouts.Validate("http"); err != nil {
+			return err
 		}
 		return c.Log.Check()
 	}()

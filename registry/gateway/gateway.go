@@ -476,12 +476,8 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           g.Handler(),
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
-	}
+	srv := g.cfg.HTTP.Timeouts.Server(g.Handler())
+	srv.ErrorLog = slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	g.log.Info("gateway serving", "addr", ln.Addr().String(), "idc", g.cfg.IDC, "failover", g.cfg.Failover)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
@@ -32,7 +33,9 @@ type HTTPConfig struct {
 	// DrainTimeout bounds graceful shutdown: in-flight requests get this
 	// long to finish after SIGINT/SIGTERM. Default 30s.
 	DrainTimeout time.Duration `yaml:"draintimeout"`
-	TLS          struct {
+	// Timeouts: readheadertimeout, bodyidletimeout, idletimeout.
+	Timeouts httptimeouts.Config `yaml:",inline"`
+	TLS      struct {
 		Certificate string `yaml:"certificate"`
 		Key         string `yaml:"key"`
 	} `yaml:"tls"`
@@ -110,6 +113,7 @@ func (c *Config) applyDefaults() {
 	if c.HTTP.DrainTimeout == 0 {
 		c.HTTP.DrainTimeout = 30 * time.Second
 	}
+	c.HTTP.Timeouts.ApplyDefaults()
 	cl := &c.Cluster
 	if cl.IDC == "" {
 		cl.IDC = "default"
@@ -130,6 +134,9 @@ func (c *Config) applyDefaults() {
 
 func (c *Config) validate() error {
 	if err := c.Log.Check(); err != nil {
+		return err
+	}
+	if err := c.HTTP.Timeouts.Validate("http"); err != nil {
 		return err
 	}
 	if (c.HTTP.TLS.Certificate == "") != (c.HTTP.TLS.Key == "") {

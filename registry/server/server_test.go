@@ -46,6 +46,7 @@ func TestLoadConfigEnvOverrides(t *testing.T) {
 	cfg, err := LoadConfig(p, []string{
 		"GAIA_HTTP_ADDR=0.0.0.0:5999",
 		"GAIA_HTTP_DRAINTIMEOUT=3s",
+		"GAIA_HTTP_BODYIDLETIMEOUT=7s",
 		"GAIA_DATABASE_URL=postgres://other@host/db",
 		"GAIA_DATABASE_MIGRATE=true",
 		"GAIA_DATABASE_MAXCONNS=7",
@@ -64,6 +65,7 @@ func TestLoadConfigEnvOverrides(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.HTTP.Addr != "0.0.0.0:5999" || cfg.HTTP.DrainTimeout != 3*time.Second ||
+		cfg.HTTP.Timeouts.BodyIdleTimeout != 7*time.Second || cfg.HTTP.Timeouts.ReadHeaderTimeout != 30*time.Second ||
 		cfg.Database.URL != "postgres://other@host/db" || !cfg.Database.Migrate || cfg.Database.MaxConns != 7 ||
 		cfg.Log.Formatter != "json" || cfg.Log.Level != "info" ||
 		sc.Driver != "filesystem" || sc.Parameters["rootdirectory"] != "/srv/blobs" || !sc.Delete {
@@ -85,6 +87,7 @@ func TestLoadConfigErrorsNameTheKey(t *testing.T) {
 		{minimal + "log: {level: loud}\n", "log.level"},
 		{minimal + "log: {formatter: xml}\n", "log.formatter"},
 		{minimal + "http: {tls: {certificate: a.pem}}\n", "http.tls"},
+		{minimal + "http: {bodyidletimeout: -1s}\n", "http.bodyidletimeout: must not be negative"},
 		{minimal + "http: {draintimeout: soon}\n", "line 5: cannot unmarshal !!str `soon` into time.Duration"},
 		{"database: {url: x}\nstorage: {filesystem: {}, maintenance: {uploadpurging: {age: never}}}\n", "storage.maintenance.uploadpurging.age"},
 	} {

@@ -33,6 +33,7 @@ import (
 	"github.com/gaia-registry/gaia/mirror-sync/upstream"
 	"github.com/gaia-registry/gaia/mirror-sync/worker"
 	"github.com/gaia-registry/gaia/registry/api"
+	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
@@ -41,8 +42,9 @@ import (
 type config struct {
 	Log  logconfig.Config `yaml:"log"`
 	HTTP struct {
-		Addr         string        `yaml:"addr"`         // default 127.0.0.1:5100
-		DrainTimeout time.Duration `yaml:"draintimeout"` // default 10s
+		Addr         string              `yaml:"addr"`         // default 127.0.0.1:5100
+		DrainTimeout time.Duration       `yaml:"draintimeout"` // default 10s
+		Timeouts     httptimeouts.Config `yaml:",inline"`      // readheadertimeout, bodyidletimeout, idletimeout
 	} `yaml:"http"`
 	Database struct {
 		URL     string `yaml:"url"`
@@ -89,6 +91,10 @@ func load(path string) (*config, error) {
 	}
 	if c.HTTP.DrainTimeout == 0 {
 		c.HTTP.DrainTimeout = 10 * time.Second
+	}
+	c.HTTP.Timeouts.ApplyDefaults()
+	if err := c.HTTP.Timeouts.Validate("http"); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	switch {
 	case c.Database.URL == "":
@@ -153,7 +159,7 @@ func run(path string) error {
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := cfg.HTTP.Timeouts.Server(mux)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String())
