@@ -60,6 +60,12 @@ eject: {failures: 2, duration: 5s}
 }
 
 func startCluster(t *testing.T, idcs ...string) *cluster {
+	return startClusterWith(t, nil, idcs...)
+}
+
+// startClusterWith is startCluster with each server's config text passed
+// through tweak first.
+func startClusterWith(t *testing.T, tweak func(config string) string, idcs ...string) *cluster {
 	env := harness.Start(t, harness.Consul)
 	c := &cluster{
 		service:  fmt.Sprintf("gaia-registry-e2e-%d", time.Now().UnixNano()),
@@ -76,7 +82,11 @@ func startCluster(t *testing.T, idcs ...string) *cluster {
 	for _, idc := range idcs {
 		for range 2 {
 			addr := harness.FreeAddr(t)
-			c.servers[idc] = append(c.servers[idc], harness.StartRegistry(t, addr, serverConfig(c, idc, addr)))
+			cfg := serverConfig(c, idc, addr)
+			if tweak != nil {
+				cfg = tweak(cfg)
+			}
+			c.servers[idc] = append(c.servers[idc], harness.StartRegistry(t, addr, cfg))
 		}
 		c.gateways[idc] = harness.StartGateway(t, c.gwAddr[idc], gatewayConfig(c, idc, c.gwAddr[idc], "local"))
 	}
