@@ -364,13 +364,13 @@ func (f *Fetcher) Blob(ctx context.Context, repo string, d digest.Digest) (bool,
 // copy per digest across servers (the lock is the digest's, whichever
 // rule asks), at most MaxDownloads at once per server.
 func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo string, b v1.Descriptor) error {
-	if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
+	if _, err := f.o.Blobs.MountAny(ctx, repo, b.Digest); err == nil {
 		return nil
 	} else if !errors.Is(err, metadata.ErrNotFound) {
 		return err
 	}
 	_, err := f.once(ctx, f.o.BlobLockDB, "gaia-pullthrough:blob:"+b.Digest.String(), func(ctx context.Context) (bool, error) {
-		if _, err := f.o.Blobs.Mount(ctx, repo, "", b.Digest); err == nil {
+		if _, err := f.o.Blobs.MountAny(ctx, repo, b.Digest); err == nil {
 			return true, nil
 		} else if !errors.Is(err, metadata.ErrNotFound) {
 			return false, err
@@ -405,6 +405,6 @@ func (f *Fetcher) blob(ctx context.Context, up *upstream.Client, upRepo, repo st
 		return err
 	}
 	// The blob may have been fetched under another repository's name.
-	_, err = f.o.Blobs.Mount(ctx, repo, "", b.Digest)
+	_, err = f.o.Blobs.MountAny(ctx, repo, b.Digest)
 	return err
 }

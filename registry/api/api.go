@@ -55,6 +55,26 @@ type Options struct {
 // not fetch from the upstream under it.
 const NoPullThroughHeader = "X-Gaia-No-Pull-Through"
 
+type pullableKey struct{}
+
+// WithPullable records that a request's credentials may pull only from
+// the repositories repos returns (called when needed: for a blob mount
+// without `from`). The auth middleware sets it for scoped credentials
+// (tokens); without it a request may pull from every repository (no
+// auth, htpasswd users).
+func WithPullable(ctx context.Context, repos func() []string) context.Context {
+	return context.WithValue(ctx, pullableKey{}, repos)
+}
+
+// Pullable returns the repositories a request may pull from; all: every one.
+func Pullable(ctx context.Context) (repos []string, all bool) {
+	f, ok := ctx.Value(pullableKey{}).(func() []string)
+	if !ok {
+		return nil, true
+	}
+	return f(), false
+}
+
 // PullThrough fetches missing content from an upstream registry. false:
 // it has nothing for that repository and reference.
 type PullThrough interface {
