@@ -149,6 +149,7 @@ type mirrorSetup struct {
 	gaia      string // base URL
 	gaiaRobot *upstream.Client
 	token     string
+	gaiaExtra string // more of Gaia's config
 }
 
 const robotPassword = "robot-secret-pw"
@@ -180,7 +181,7 @@ func (s *mirrorSetup) startGaia(t *testing.T, n int, auth bool) []string {
 	var urls []string
 	for range n {
 		addr := harness.FreeAddr(t)
-		harness.StartRegistry(t, addr, harness.RegistryConfig(addr, s.db, storage)+extra)
+		harness.StartRegistry(t, addr, harness.RegistryConfig(addr, s.db, storage)+extra+s.gaiaExtra)
 		urls = append(urls, "http://"+addr)
 	}
 	s.gaia = urls[0]
@@ -759,4 +760,42 @@ func TestPullThroughOneFetchPerBlob(t *testing.T) {
 		t.Errorf("outside the rule: %d", code)
 	}
 	s.checkAllBlobs(t, ctx)
+}
+
+// TestMirrorIntoTokenAuthGaia: a worker writes into a Gaia behind token
+// auth, where a mount without `from` covers only what the robot's token
+// may pull: two repositories sharing a layer (fetched slowly, so both
+// images wait for the one copy) get it by a mount from the repository
+// it was copied into.
+func TestMirrorIntoTokenAuthGaia(t *testing.T) {
+	ctx := context.Background()
+	s := newMirrorSetup(t)
+	gts := harness.StartTokenServer(t, "gaia", map[string][2]string{"mirror-robot": {robotPassword, "pull,push"}})
+	s.gaiaExtra = fmt.Sprintf("auth: {token: {realm: %q, service: %q, issuer: %q, rootcertbundle: %q}}\n",
+		gts.Realm(), gts.Service, gts.Issuer, gts.CertFile)
+	s.startGaia(t, 1, false)
+	s.gaiaRobot = upstream.New(upstream.Options{URL: s.gaia, Username: "mirror-robot", Password: robotPassword})
+
+	shared := harness.Layer(950, 1<<20)
+	a := harness.NewTestImage("linux/amd64", shared, harness.Layer(951, 4<<10))
+	b := harness.NewTestImage("linux/amd64", shared, harness.Layer(952, 4<<10))
+	if err := a.Push(ctx, s.pusher, "library/a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Push(ctx, s.pusher, "library/b", "1"); err != nil {
+		t.Fatal(err)
+	}
+	m := s.startMirror(t, "worker", true)
+	s.createRule(t, m, map[string]any{
+		"name": "two", "upstream": map[string]any{"url": s.proxy.URL, "username": "bot", "password": "bot-pw"},
+		"repositories": []string{"library/a", "library/b"}, "destination": "tok", "schedule": "24h", "enabled": true,
+	})
+	s.proxy.rate.Store(1 << 20) // the shared layer takes about a second
+	run := s.waitRun(t, m, "two", s.runNow(t, m, "two"), 2*time.Minute)
+	if run.State != "succeeded" {
+		t.Fatalf("run into token-auth Gaia: %+v\n%s", run, m.Log())
+	}
+	s.sameImage(t, ctx, "library/a", "tok/library/a", "1", a)
+	s.sameImage(t, ctx, "library/b", "tok/library/b", "1", b)
+	t.Logf("run: %+v, mounted %v", run, harness.Metric(t, m.URL(), "gaia_mirror_blobs_total", `how="mounted"`))
 }
