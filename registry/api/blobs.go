@@ -255,8 +255,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 		ok, perr := h.PullThrough.Blob(ctx, name, d)
 		switch {
 		case perr != nil:
-			h.Log.Error("pull-through failed", "repository", name, "digest", d, "err", perr)
-			h.fail(w, r, errcode.ErrorCodeUnavailable.WithMessage("the blob is not here yet and fetching it from the mirror's upstream failed; retry later"))
+			h.pullThroughFailed(w, r, "blob", name, d.String(), perr)
 			return
 		case ok:
 			info, err = h.Blobs.Lookup(ctx, name, d, idc)
