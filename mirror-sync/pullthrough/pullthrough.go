@@ -161,7 +161,7 @@ func New(o Options) *Fetcher {
 		Help: "Pull-through requests refused (429) because the rule's fetches and waiting requests in a lane (known, blind) were at their bounds.",
 	}, []string{"rule", "lane"})
 	f.inflight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "gaia_registry_pullthrough_fetches_in_flight", Help: "Pull-through fetches under way, by rule and lane (known, blind).",
+		Name: "gaia_registry_pullthrough_fetches_in_flight", Help: "Pull-through fetches holding a slot of their rule's budget, by rule and lane (known, blind).",
 	}, []string{"rule", "lane"})
 	f.hits = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gaia_registry_pullthrough_negative_hits_total",
