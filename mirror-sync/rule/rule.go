@@ -27,7 +27,8 @@ type Rule struct {
 	Upstream Upstream `json:"upstream"`
 	// Repositories selects upstream repositories: each entry an exact name
 	// ("library/nginx"), a glob ("library/*", path.Match syntax) or a
-	// regular expression between slashes ("/^library/(redis|nginx)$/").
+	// regular expression between slashes ("/library/(redis|nginx)/"),
+	// which must match the whole name.
 	Repositories []string `json:"repositories"`
 	Exclude      []string `json:"exclude,omitempty"` // same syntax; wins over Repositories
 	Tags         Tags     `json:"tags"`
@@ -36,7 +37,8 @@ type Rule struct {
 	// so a tag's digest is the upstream's whatever the filter.
 	Platforms []string `json:"platforms,omitempty"`
 	// Destination is the namespace in Gaia: upstream "library/nginx" lands
-	// at Destination + "/library/nginx" (empty: the same name).
+	// at Destination + "/library/nginx" (empty: the same name; an
+	// on-demand rule then names its repositories exactly).
 	Destination string `json:"destination,omitempty"`
 	// Schedule is an interval ("30m") or a cron expression ("0 */6 * * *").
 	Schedule string `json:"schedule"`
@@ -154,6 +156,18 @@ func (r *Rule) Validate() error {
 	if r.Destination != "" && !namespaceRe.MatchString(r.Destination) {
 		return bad("destination", "%q is not a repository namespace", r.Destination)
 	}
+	// Pull-through into the upstream's own names fills whatever a pull
+	// misses there: with a pattern, a tag missing from a local repository
+	// would be taken from the public upstream's repository of that name
+	// (dependency confusion). Without a namespace, only named repositories.
+	if r.OnDemand && r.Destination == "" {
+		for i, p := range r.Repositories {
+			if !exact(p) {
+				return bad(fmt.Sprintf("repositories[%d]", i),
+					"%q is a pattern: an on-demand rule without a destination must name its repositories exactly (or set destination)", p)
+			}
+		}
+	}
 	if _, err := ParseSchedule(r.Schedule); err != nil {
 		return bad("schedule", "%v", err)
 	}
@@ -178,12 +192,14 @@ func compilePattern(p string) (pattern, error) {
 	switch {
 	case p == "":
 		return nil, errors.New("empty pattern")
-	case len(p) >= 2 && strings.HasPrefix(p, "/") && strings.HasSuffix(p, "/"):
-		re, err := regexp.Compile(p[1 : len(p)-1])
-		if err != nil {
+	case isRegex(p):
+		body := p[1 : len(p)-1]
+		if _, err := regexp.Compile(body); err != nil {
 			return nil, fmt.Errorf("regex %s: %v", p, err)
 		}
-		return re.MatchString, nil
+		// Anchored, as globs and names are: "/library/nginx/" must not
+		// select "evil/library/nginx-x".
+		return regexp.MustCompile(`^(?:` + body + `)$`).MatchString, nil
 	case strings.ContainsAny(p, "*?["):
 		if _, err := path.Match(p, ""); err != nil {
 			return nil, fmt.Errorf("glob %q: %v", p, err)
@@ -210,12 +226,19 @@ func (r *Rule) MatchRepository(name string) bool {
 	return false
 }
 
+func isRegex(p string) bool {
+	return len(p) >= 2 && strings.HasPrefix(p, "/") && strings.HasSuffix(p, "/")
+}
+
+// exact reports whether pattern p is a name, not a glob or a regex.
+func exact(p string) bool { return !strings.ContainsAny(p, "*?[") && !isRegex(p) }
+
 // Exact lists the repositories named exactly (no glob, no regex): those a
 // worker can mirror without listing the upstream's catalog.
 func (r *Rule) Exact() []string {
 	var out []string
 	for _, p := range r.Repositories {
-		if !strings.ContainsAny(p, "*?[") && !(strings.HasPrefix(p, "/") && strings.HasSuffix(p, "/")) {
+		if exact(p) {
 			out = append(out, p)
 		}
 	}

@@ -96,6 +96,60 @@ func TestMatchRepository(t *testing.T) {
 	}
 }
 
+// A regex selects whole names, as globs and exact names do.
+func TestRegexIsAnchored(t *testing.T) {
+	r := valid()
+	r.Repositories = []string{"/library/(nginx|redis)/"}
+	r.Exclude = []string{"/.*-rc/"}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{
+		"library/nginx": true, "library/redis": true,
+		"evil/library/nginx": false, "library/nginx-x": false, "library/redis2": false,
+		"library/nginx-rc": false,
+	} {
+		if got := r.MatchRepository(name); got != want {
+			t.Errorf("%s: %v, want %v", name, got, want)
+		}
+	}
+	r.Exclude = []string{"/rc/"} // anchored too: excludes only "rc"
+	if !r.MatchRepository("library/nginx") {
+		t.Error("an exclude matching part of a name excluded it")
+	}
+}
+
+// An on-demand rule without a destination fills missing tags of local
+// repositories of the upstream's names: it must name them exactly.
+func TestOnDemandWithoutDestinationNamesRepositories(t *testing.T) {
+	for _, tc := range []struct {
+		repos       []string
+		destination string
+		onDemand    bool
+		field       string // "" when valid
+	}{
+		{[]string{"library/nginx", "library/re*"}, "", true, "repositories[1]"},
+		{[]string{"/library/.*/"}, "", true, "repositories[0]"},
+		{[]string{"library/nginx", "library/[ab]pp"}, "", true, "repositories[1]"},
+		{[]string{"library/nginx", "library/redis"}, "", true, ""},
+		{[]string{"library/*", "/team/.*/"}, "hub", true, ""},
+		{[]string{"library/*"}, "", false, ""}, // scheduled only: what runs copy is the admin's choice
+	} {
+		r := valid()
+		r.Repositories, r.Destination, r.OnDemand = tc.repos, tc.destination, tc.onDemand
+		err := r.Validate()
+		if tc.field == "" {
+			if err != nil {
+				t.Errorf("%+v: %v", tc, err)
+			}
+			continue
+		}
+		if fe, ok := err.(*FieldError); !ok || fe.Field != tc.field || !strings.Contains(fe.Reason, "destination") {
+			t.Errorf("%+v: got %v, want an error on %s", tc, err, tc.field)
+		}
+	}
+}
+
 func TestSelectTags(t *testing.T) {
 	tags := []string{"1.19.0", "1.20.1", "1.21.0", "1.25.3", "2.0.0", "latest", "1.25.3-alpine", "stable"}
 	r := valid()

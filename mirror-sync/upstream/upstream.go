@@ -349,7 +349,9 @@ func (c *Client) login(ctx context.Context, challenge, scope string) error {
 		q.Set("service", s)
 	}
 	if scope != "" {
-		q.Set("scope", scope)
+		for _, s := range strings.Fields(scope) { // "a b": one token for both, as a scope parameter each
+			q.Add("scope", s)
+		}
 	} else if s := params["scope"]; s != "" {
 		q.Set("scope", s)
 	}

@@ -73,16 +73,20 @@ func (c *Client) BlobExists(ctx context.Context, repo string, d digest.Digest) (
 	return true, nil
 }
 
-// MountBlob links blob d into repo from repository from (empty: Gaia
-// mounts any blob it holds) without moving bytes. When the registry
-// cannot, it opens an upload session instead: its URL comes back for
-// PushBlobTo (the caller must use it or Cancel it).
+// MountBlob links blob d into repo from repository from (which needs pull
+// there) without moving bytes; with from empty, Gaia mounts from any
+// repository the credential may pull (every one for an htpasswd user,
+// those in its scopes for a token). When the registry cannot, it opens an
+// upload session instead: its URL comes back for PushBlobTo (the caller
+// must use it or Cancel it).
 func (c *Client) MountBlob(ctx context.Context, repo, from string, d digest.Digest) (mounted bool, session string, err error) {
 	q := url.Values{"mount": {d.String()}}
+	scope := pushScope(repo)
 	if from != "" {
 		q.Set("from", from)
+		scope += " " + pullScope(from)
 	}
-	resp, err := c.send(ctx, http.MethodPost, "/v2/"+repo+"/blobs/uploads/?"+q.Encode(), pushScope(repo), nil, &body{})
+	resp, err := c.send(ctx, http.MethodPost, "/v2/"+repo+"/blobs/uploads/?"+q.Encode(), scope, nil, &body{})
 	if err != nil {
 		return false, "", err
 	}

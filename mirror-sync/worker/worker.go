@@ -440,7 +440,7 @@ func (j *job) copyChildren(ctx context.Context, repo, dst string, m *manifest.Ma
 }
 
 // copyBlob makes dst hold blob b: mounted (Gaia links a blob it holds in
-// any repository, or already has in dst), or copied from the upstream
+// any repository the robot may pull, or already has in dst), or copied from the upstream
 // into the upload session the refused mount opened: once per run,
 // however many tags share it; a torn or corrupt transfer is retried.
 func (j *job) copyBlob(ctx context.Context, repo, dst string, b v1.Descriptor) error {
@@ -453,14 +453,16 @@ func (j *job) copyBlob(ctx context.Context, repo, dst string, b v1.Descriptor) e
 		if err != nil || into.(string) == dst {
 			return nil, err
 		}
-		return nil, j.mount(j.ctx, dst, b) // shared: not on the context of the image that asked first
+		return nil, j.mount(j.ctx, dst, into.(string), b) // shared: not on the context of the image that asked first
 	})
 	return err
 }
 
-// mount links b into dst, which must work: the blob is in Gaia.
-func (j *job) mount(ctx context.Context, dst string, b v1.Descriptor) error {
-	ok, session, err := j.gaia.MountBlob(ctx, dst, "", b.Digest)
+// mount links b into dst from repository from, which must work: the blob
+// was just copied there. (Naming it matters with token auth: Gaia mounts
+// without `from` only from repositories the robot's token covers.)
+func (j *job) mount(ctx context.Context, dst, from string, b v1.Descriptor) error {
+	ok, session, err := j.gaia.MountBlob(ctx, dst, from, b.Digest)
 	if err != nil {
 		return fmt.Errorf("mounting %s: %w", b.Digest, err)
 	}

@@ -55,8 +55,46 @@ type Options struct {
 // not fetch from the upstream under it.
 const NoPullThroughHeader = "X-Gaia-No-Pull-Through"
 
+// ErrPullThroughBusy refuses a fetch beyond a mirror rule's bounds: the
+// client gets 429 TOOMANYREQUESTS and should retry later.
+var ErrPullThroughBusy = errors.New("pull-through: too many fetches under way for this mirror rule")
+
+// pullThroughFailed answers a request whose pull-through of a manifest or
+// blob (what) failed. A refusal for being busy is counted by the fetcher's
+// metrics, not logged: a flood would fill the log.
+func (h *Handler) pullThroughFailed(w http.ResponseWriter, r *http.Request, what, name, ref string, err error) {
+	if errors.Is(err, ErrPullThroughBusy) {
+		w.Header().Set("Retry-After", "1")
+		h.fail(w, r, errcode.ErrorCodeTooManyRequests.WithMessage("the "+what+" is not here yet and too many fetches from the mirror's upstream are under way; retry later"))
+		return
+	}
+	h.Log.Error("pull-through failed", "repository", name, "reference", ref, "err", err)
+	h.fail(w, r, errcode.ErrorCodeUnavailable.WithMessage("the "+what+" is not here yet and fetching it from the mirror's upstream failed; retry later"))
+}
+
+type pullableKey struct{}
+
+// WithPullable records that a request's credentials may pull only from
+// the repositories repos returns (called when needed: for a blob mount
+// without `from`). The auth middleware sets it for scoped credentials
+// (tokens); without it a request may pull from every repository (no
+// auth, htpasswd users).
+func WithPullable(ctx context.Context, repos func() []string) context.Context {
+	return context.WithValue(ctx, pullableKey{}, repos)
+}
+
+// Pullable returns the repositories a request may pull from; all: every one.
+func Pullable(ctx context.Context) (repos []string, all bool) {
+	f, ok := ctx.Value(pullableKey{}).(func() []string)
+	if !ok {
+		return nil, true
+	}
+	return f(), false
+}
+
 // PullThrough fetches missing content from an upstream registry. false:
-// it has nothing for that repository and reference.
+// it has nothing for that repository and reference. ErrPullThroughBusy:
+// it has too much under way to start another fetch.
 type PullThrough interface {
 	Manifest(ctx context.Context, repo, ref string) (bool, error)
 	Blob(ctx context.Context, repo string, d digest.Digest) (bool, error)

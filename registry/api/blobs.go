@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -76,12 +77,14 @@ func (h *Handler) uploadErr(w http.ResponseWriter, r *http.Request, name, id str
 func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, name string) {
 	ctx := r.Context()
 	q := r.URL.Query()
-	// Cross-repository mount: link a blob without moving bytes. Without
-	// `from`, any blob the registry holds can be mounted. When it cannot,
-	// the spec says to fall back to a new upload session.
+	// Cross-repository mount: link a blob without moving bytes, from
+	// `from` (auth checked pull there) or, without it, from a repository
+	// the caller may pull: mounting by digest alone from anywhere would
+	// let a pusher read any blob and learn which digests exist. When it
+	// cannot, the spec says to fall back to a new upload session.
 	if m := q.Get("mount"); m != "" {
 		if d, err := digest.Parse(m); err == nil {
-			if _, err := h.Blobs.Mount(ctx, name, q.Get("from"), d); err == nil {
+			if _, err := h.mount(ctx, name, q.Get("from"), d); err == nil {
 				blobCreated(w, name, d)
 				return
 			} else if !errors.Is(err, metadata.ErrNotFound) {
@@ -114,6 +117,19 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, name strin
 		return
 	}
 	uploadAccepted(w, name, sess.ID, 0, http.StatusAccepted)
+}
+
+// mount links blob d into name from repository from or, with from
+// empty, from any repository the request may pull.
+func (h *Handler) mount(ctx context.Context, name, from string, d digest.Digest) (int64, error) {
+	if from != "" {
+		return h.Blobs.Mount(ctx, name, []string{from}, d)
+	}
+	repos, all := Pullable(ctx)
+	if all {
+		return h.Blobs.MountAny(ctx, name, d)
+	}
+	return h.Blobs.Mount(ctx, name, repos, d)
 }
 
 // chunkOffset reads Content-Range ("start-end") and checks it against
@@ -239,8 +255,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 		ok, perr := h.PullThrough.Blob(ctx, name, d)
 		switch {
 		case perr != nil:
-			h.Log.Error("pull-through failed", "repository", name, "digest", d, "err", perr)
-			h.fail(w, r, errcode.ErrorCodeUnavailable.WithMessage("the blob is not here yet and fetching it from the mirror's upstream failed; retry later"))
+			h.pullThroughFailed(w, r, "blob", name, d.String(), perr)
 			return
 		case ok:
 			info, err = h.Blobs.Lookup(ctx, name, d, idc)

@@ -215,3 +215,43 @@ func TestMountCancelDelete(t *testing.T) {
 	expect(t, "still in src", do(t, "HEAD", b+"/v2/src/app/blobs/"+d.String(), nil), 200, "")
 	expect(t, "delete again", do(t, "DELETE", a+"/v2/dst/app/blobs/"+d.String(), nil), 404, "BLOB_UNKNOWN")
 }
+
+// A mount without `from` links only from repositories the caller may pull
+// (a token's pull scopes, set by the auth middleware through
+// WithPullable); otherwise it opens an upload, revealing nothing.
+func TestMountWithoutFromNeedsPull(t *testing.T) {
+	url := metadatatest.Database(t)
+	pool := metadatatest.Open(t, url)
+	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(Options{Uploads: uploadsession.New(pool, drv), Blobs: metadata.NewBlobs(pool), Manifests: metadata.NewManifests(pool), Driver: drv})
+	// What a token granting pull,push on team/app and pull on team/base
+	// (but only push on team/other) leaves in the context.
+	scoped := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(WithPullable(r.Context(), func() []string { return []string{"team/app", "team/base"} })))
+	}))
+	t.Cleanup(scoped.Close)
+	open := httptest.NewServer(h) // no auth (or htpasswd): every repository
+	t.Cleanup(open.Close)
+
+	secret, sd := randomBlob(1000)
+	expect(t, "push the private blob", do(t, "POST", open.URL+"/v2/private/team/blobs/uploads/?digest="+sd.String(), secret), 201, "")
+	base, bd := randomBlob(1000)
+	expect(t, "push the base blob", do(t, "POST", open.URL+"/v2/team/base/blobs/uploads/?digest="+bd.String(), base), 201, "")
+	expect(t, "push it elsewhere too", do(t, "POST", open.URL+"/v2/team/other/blobs/uploads/?digest="+sd.String(), secret), 201, "")
+
+	r := do(t, "POST", scoped.URL+"/v2/team/app/blobs/uploads/?mount="+sd.String(), nil)
+	expect(t, "mount of a blob only in repositories the token may not pull", r, 202, "")
+	if r.header.Get("Location") == "" || r.header.Get("Docker-Upload-UUID") == "" {
+		t.Fatalf("the refused mount opened no upload: %v", r.header)
+	}
+	expect(t, "not linked", do(t, "HEAD", open.URL+"/v2/team/app/blobs/"+sd.String(), nil), 404, "")
+	expect(t, "mount from a pullable repository", do(t, "POST", scoped.URL+"/v2/team/app/blobs/uploads/?mount="+bd.String(), nil), 201, "")
+	expect(t, "linked", do(t, "HEAD", open.URL+"/v2/team/app/blobs/"+bd.String(), nil), 200, "")
+	// With `from` (auth checked pull there), as before.
+	expect(t, "mount with from", do(t, "POST", scoped.URL+"/v2/team/app/blobs/uploads/?mount="+sd.String()+"&from=private/team", nil), 201, "")
+	// Without a grant in the context, every repository.
+	expect(t, "open mount", do(t, "POST", open.URL+"/v2/y/app/blobs/uploads/?mount="+sd.String(), nil), 201, "")
+}

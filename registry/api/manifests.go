@@ -94,8 +94,7 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, name strin
 		ok, perr := h.PullThrough.Manifest(r.Context(), name, ref.String())
 		switch {
 		case perr != nil:
-			h.Log.Error("pull-through failed", "repository", name, "reference", ref.String(), "err", perr)
-			h.fail(w, r, errcode.ErrorCodeUnavailable.WithMessage("the manifest is not here yet and fetching it from the mirror's upstream failed; retry later"))
+			h.pullThroughFailed(w, r, "manifest", name, ref.String(), perr)
 			return
 		case ok:
 			lookup()

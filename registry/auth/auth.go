@@ -65,6 +65,9 @@ type TokenConfig struct {
 type Authenticator struct {
 	ac            dauth.AccessController // nil: every request is allowed
 	anonymousPull bool
+	// scoped: grants name the repositories they cover (tokens); an
+	// htpasswd user may pull every repository.
+	scoped bool
 }
 
 // New validates cfg (at most one of htpasswd and token, required fields
@@ -80,6 +83,7 @@ func New(cfg Config) (*Authenticator, error) {
 		a.ac, err = newHtpasswd(*cfg.Htpasswd)
 	case cfg.Token != nil:
 		a.ac, err = newToken(*cfg.Token)
+		a.scoped = true
 	}
 	if err != nil {
 		return nil, err
@@ -97,7 +101,8 @@ func UserFromContext(ctx context.Context) string {
 }
 
 // Wrap returns middleware that authorizes each request before next sees
-// it, putting the user's name in the request context (UserFromContext).
+// it, putting the user's name in the request context (UserFromContext)
+// and, for a token, the repositories it may pull (api.WithPullable).
 func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 	if a.ac == nil {
 		return next
@@ -121,9 +126,29 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 			slog.ErrorContext(r.Context(), "auth: checking authorization", "method", r.Method, "path", r.URL.Path, "err", err)
 			errcode.ServeJSON(w, errcode.ErrorCodeUnknown)
 		default:
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, grant.User.Name)))
+			ctx := context.WithValue(r.Context(), userKey{}, grant.User.Name)
+			if a.scoped {
+				ctx = api.WithPullable(ctx, func() []string { return a.pullable(r, grant) })
+			}
+			next.ServeHTTP(w, r.WithContext(ctx))
 		}
 	})
+}
+
+// pullable lists the repositories of a grant that r's credentials may
+// pull, asking the controller about each (a grant names resources, not
+// their actions).
+func (a *Authenticator) pullable(r *http.Request, grant *dauth.Grant) []string {
+	var repos []string
+	for _, res := range grant.Resources {
+		if res.Type != "repository" {
+			continue
+		}
+		if g, err := a.ac.Authorized(r, dauth.Access{Resource: res, Action: "pull"}); err == nil && g != nil {
+			repos = append(repos, res.Name)
+		}
+	}
+	return repos
 }
 
 // anonymous reports whether a request carries no credentials: no

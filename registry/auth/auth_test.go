@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +27,8 @@ import (
 	"github.com/distribution/distribution/v3/registry/auth/token"
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/gaia-registry/gaia/registry/api"
 )
 
 const digest = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
@@ -421,6 +424,51 @@ func TestToken(t *testing.T) {
 				{"no token push", "PUT", manifest, "", 401, "", bearer + `,scope="repository:team/app:`},
 				{"no token catalog", "GET", "/v2/_catalog", "", 401, "", bearer + `,scope="registry:catalog:*"`},
 			})
+		})
+	}
+}
+
+// Wrap tells the handler which repositories the credentials may pull (a
+// mount without `from` links only from those): a token's repositories
+// with pull, every repository for an htpasswd user.
+func TestPullableRepositories(t *testing.T) {
+	s := newSigner(t)
+	tokenCfg := Config{Token: &TokenConfig{Realm: "https://auth.example.test/token", Service: "gaia", Issuer: "test-issuer",
+		RootCertBundle: writeFile(t, "bundle.pem", s.pem())}}
+	htpasswdCfg := Config{Htpasswd: &HtpasswdConfig{Realm: "r", Path: writeHtpasswd(t, "alice", "wonderland")}}
+	mount := "/v2/team/app/blobs/uploads/?mount=" + digest
+	for _, tc := range []struct {
+		name, authorization string
+		cfg                 Config
+		want                []string
+		all                 bool
+	}{
+		{"token", s.sign(t, s.kid(), claims("repository:team/app:pull,push", "repository:team/base:pull",
+			"repository:team/other:push", "repository:team/wild:*", "registry:catalog:*")), tokenCfg,
+			[]string{"team/app", "team/base", "team/wild"}, false},
+		{"token for the target only", s.sign(t, s.kid(), claims("repository:team/app:pull,push")), tokenCfg, []string{"team/app"}, false},
+		{"htpasswd", basic("alice", "wonderland"), htpasswdCfg, nil, true},
+		{"no auth", "", Config{}, nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := New(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			var all, served bool
+			h := a.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got, all = api.Pullable(r.Context())
+				served = true
+			}))
+			w := serve(h, "POST", mount, tc.authorization)
+			if !served {
+				t.Fatalf("refused: %d %s", w.Code, w.Body)
+			}
+			slices.Sort(got)
+			if all != tc.all || !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("pullable %v (all %v), want %v (all %v)", got, all, tc.want, tc.all)
+			}
 		})
 	}
 }

@@ -56,17 +56,34 @@ func (b *Blobs) Lookup(ctx context.Context, repo string, d digest.Digest, idc st
 }
 
 // Mount links a blob into repository to (created if new) without any
-// bytes moving. With from set, the blob must be linked in from; with from
-// empty, any blob the registry holds can be mounted. It returns the blob's
-// size, or ErrNotFound.
-func (b *Blobs) Mount(ctx context.Context, to, from string, d digest.Digest) (int64, error) {
+// bytes moving, from one of the repositories in from: the blob must be
+// linked in one of them. It returns the blob's size, or ErrNotFound (also
+// when from is empty).
+func (b *Blobs) Mount(ctx context.Context, to string, from []string, d digest.Digest) (int64, error) {
+	if len(from) == 0 {
+		return 0, ErrNotFound
+	}
+	return b.mount(ctx, to, from, d)
+}
+
+// MountAny links a blob the registry holds in any repository into to.
+// Only for callers that proved the right to the bytes some other way
+// (pull-through, after the upstream said it has them; a client whose
+// grant covers every repository): linking by digest alone would let
+// anyone read any blob whose digest they know.
+func (b *Blobs) MountAny(ctx context.Context, to string, d digest.Digest) (int64, error) {
+	return b.mount(ctx, to, nil, d)
+}
+
+// mount: from nil, any repository.
+func (b *Blobs) mount(ctx context.Context, to string, from []string, d digest.Digest) (int64, error) {
 	var size int64
 	err := b.db.QueryRow(ctx, `
 		WITH src AS (
 			SELECT bl.digest, bl.size FROM blobs bl
-			WHERE bl.digest = $3 AND ($2 = '' OR EXISTS (
+			WHERE bl.digest = $3 AND ($2::text[] IS NULL OR EXISTS (
 				SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
-				WHERE r.name = $2 AND rb.digest = bl.digest))),
+				WHERE r.name = ANY($2::text[]) AND rb.digest = bl.digest))),
 		repo AS (
 			INSERT INTO repositories (name) SELECT $1 WHERE EXISTS (SELECT 1 FROM src)
 			ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name

@@ -270,6 +270,17 @@ func (m *Manifests) ByTag(ctx context.Context, repo, tag string) (*Manifest, err
 	})
 }
 
+// Pending reports whether an index of the repository lists d as a child
+// the repository does not have yet (a sparse index's).
+func (m *Manifests) Pending(ctx context.Context, repo string, d digest.Digest) (bool, error) {
+	var ok bool
+	err := m.db.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM manifest_pending_references
+			WHERE repository_id = (SELECT id FROM repositories WHERE name = $1) AND child_digest = $2)`,
+		repo, d.String()).Scan(&ok)
+	return ok, err
+}
+
 // Delete removes a manifest and the tags pointing at it. It returns
 // ErrNotFound, or ErrReferenced while an index of the repository lists it.
 func (m *Manifests) Delete(ctx context.Context, repo string, d digest.Digest) error {

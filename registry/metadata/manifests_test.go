@@ -98,7 +98,7 @@ func (s store) link(t *testing.T, repo string, ds ...digest.Digest) {
 		if _, err := s.pool.Exec(ctx, `INSERT INTO blobs (digest, size) VALUES ($1, 7) ON CONFLICT DO NOTHING`, d.String()); err != nil {
 			t.Fatal(err)
 		}
-		if size, err := s.blobs.Mount(ctx, repo, "", d); err != nil || size != 7 {
+		if size, err := s.blobs.MountAny(ctx, repo, d); err != nil || size != 7 {
 			t.Fatalf("Mount %s into %s: %d, %v", d, repo, size, err)
 		}
 	}
@@ -1030,6 +1030,15 @@ func TestSparseIndex(t *testing.T) {
 	if _, err := s.manifests.ByDigest(ctx, "mirror/app", absent.Digest); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("the absent child: %v", err)
 	}
+	for _, c := range []struct {
+		repo string
+		d    digest.Digest
+		want bool
+	}{{"mirror/app", absent.Digest, true}, {"mirror/app", present.Digest, false}, {"other/app", absent.Digest, false}} {
+		if got, err := s.manifests.Pending(ctx, c.repo, c.d); err != nil || got != c.want {
+			t.Errorf("Pending(%s, %s): %v %v, want %v", c.repo, c.d, got, err, c.want)
+		}
+	}
 	// The absent child arriving later is referenced from then on.
 	s.link(t, "mirror/app", layerB)
 	if err := s.manifests.Put(ctx, "mirror/app", absent); err != nil {
@@ -1040,6 +1049,9 @@ func TestSparseIndex(t *testing.T) {
 	}
 	if n := s.count(t, `SELECT count(*) FROM manifest_pending_references`); n != 0 {
 		t.Fatalf("%d pending references left", n)
+	}
+	if got, err := s.manifests.Pending(ctx, "mirror/app", absent.Digest); err != nil || got {
+		t.Errorf("Pending once the child arrived: %v %v", got, err)
 	}
 	if err := s.manifests.Delete(ctx, "mirror/app", absent.Digest); !errors.Is(err, ErrReferenced) {
 		t.Fatalf("Delete of the late child: %v; want ErrReferenced", err)

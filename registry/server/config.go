@@ -23,6 +23,9 @@ type Config struct {
 	Database DatabaseConfig   `yaml:"database"`
 	Auth     auth.Config      `yaml:"auth"`
 	Cluster  ClusterConfig    `yaml:"cluster"`
+	// PullThrough bounds what pulls under on-demand mirror rules may
+	// start (mirror-sync/pullthrough).
+	PullThrough PullThroughConfig `yaml:"pullthrough"`
 	// Version is accepted (and ignored) so distribution-style files load.
 	Version string `yaml:"version"`
 }
@@ -77,6 +80,16 @@ type ClusterConfig struct {
 	Replicate []string `yaml:"replicate"`
 }
 
+// PullThroughConfig bounds pull-through per server: anyone who may pull
+// from an on-demand rule's namespace can make the server ask its upstream.
+type PullThroughConfig struct {
+	MaxFetches      int           `yaml:"maxfetches"`      // fetches by tag or of a known digest under way per rule; default 32
+	MaxBlindFetches int           `yaml:"maxblindfetches"` // fetches of digests nothing refers to, per rule; default 8
+	MaxWaiting      int           `yaml:"maxwaiting"`      // requests waiting per rule and lane (more: 429); default 128
+	NegativeTTL     time.Duration `yaml:"negativettl"`     // an upstream's "not found" is believed this long; default 30s
+	NegativeMax     int           `yaml:"negativemax"`     // such answers kept; default 10000
+}
+
 // StorageConfig is what the storage section says once parsed.
 type StorageConfig struct {
 	Driver     string
@@ -90,7 +103,7 @@ type StorageConfig struct {
 // GAIA_HTTP_ADDR=0.0.0.0:5000 or GAIA_DATABASE_URL=postgres://...
 const envPrefix = "GAIA_"
 
-var sections = []string{"log", "http", "storage", "database", "auth", "cluster"}
+var sections = []string{"log", "http", "storage", "database", "auth", "cluster", "pullthrough"}
 
 // LoadConfig reads a config file, applies GAIA_* environment overrides,
 // fills defaults and validates. Errors name the key at fault.
@@ -130,6 +143,22 @@ func (c *Config) applyDefaults() {
 	if cl.Consul.DeregisterAfter == 0 {
 		cl.Consul.DeregisterAfter = time.Minute
 	}
+	pt := &c.PullThrough
+	if pt.MaxFetches == 0 {
+		pt.MaxFetches = 32
+	}
+	if pt.MaxBlindFetches == 0 {
+		pt.MaxBlindFetches = 8
+	}
+	if pt.MaxWaiting == 0 {
+		pt.MaxWaiting = 128
+	}
+	if pt.NegativeTTL == 0 {
+		pt.NegativeTTL = 30 * time.Second
+	}
+	if pt.NegativeMax == 0 {
+		pt.NegativeMax = 10000
+	}
 }
 
 func (c *Config) validate() error {
@@ -150,6 +179,14 @@ func (c *Config) validate() error {
 	}
 	if err := c.Cluster.validate(); err != nil {
 		return err
+	}
+	for key, v := range map[string]int{"maxfetches": c.PullThrough.MaxFetches, "maxblindfetches": c.PullThrough.MaxBlindFetches, "maxwaiting": c.PullThrough.MaxWaiting, "negativemax": c.PullThrough.NegativeMax} {
+		if v < 1 {
+			return fmt.Errorf("pullthrough.%s: must be at least 1", key)
+		}
+	}
+	if c.PullThrough.NegativeTTL < 0 {
+		return errors.New("pullthrough.negativettl: must not be negative")
 	}
 	_, err := c.StorageConfig()
 	return err

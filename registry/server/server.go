@@ -170,6 +170,8 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		PullThrough: pullthrough.New(pullthrough.Options{
 			DB: s.pool, LockDB: s.ptLockPool, BlobLockDB: s.blobLockPool, Manifests: manifests, Blobs: blobs, Uploads: s.uploads,
 			Log: log, Metrics: reg,
+			MaxFetches: cfg.PullThrough.MaxFetches, MaxBlindFetches: cfg.PullThrough.MaxBlindFetches, MaxWaiting: cfg.PullThrough.MaxWaiting,
+			NegativeTTL: cfg.PullThrough.NegativeTTL, NegativeMax: cfg.PullThrough.NegativeMax,
 		}),
 	})
 	v2 := instrument(s.internal(apiHandler, authn.Wrap(apiHandler)), s.metrics, log)

@@ -90,6 +90,8 @@ func TestLoadConfigErrorsNameTheKey(t *testing.T) {
 		{minimal + "http: {bodyidletimeout: -1s}\n", "http.bodyidletimeout: must not be negative"},
 		{minimal + "http: {draintimeout: soon}\n", "line 5: cannot unmarshal !!str `soon` into time.Duration"},
 		{"database: {url: x}\nstorage: {filesystem: {}, maintenance: {uploadpurging: {age: never}}}\n", "storage.maintenance.uploadpurging.age"},
+		{minimal + "pullthrough: {maxwaiting: -1}\n", "pullthrough.maxwaiting"},
+		{minimal + "pullthrough: {negativettl: -1s}\n", "pullthrough.negativettl"},
 	} {
 		_, err := LoadConfig(writeConfig(t, tc.text), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -22,17 +22,20 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/gaia-registry/gaia/mirror-sync/admin"
 	"github.com/gaia-registry/gaia/mirror-sync/store"
 	"github.com/gaia-registry/gaia/mirror-sync/upstream"
+	"github.com/gaia-registry/gaia/registry/api"
 	"github.com/gaia-registry/gaia/tests/harness"
 )
 
 // upstreamProxy stands between Gaia's mirror and the stock upstream
 // registry: it counts what is fetched and injects faults (429s with
-// Retry-After, blob transfers cut mid-body, a bandwidth limit).
+// Retry-After, blob transfers cut mid-body, a bandwidth limit, a remote
+// upstream's latency on "not found") and lies (forged manifests).
 type upstreamProxy struct {
 	URL    string
 	target string
@@ -45,11 +48,13 @@ type upstreamProxy struct {
 	cut           atomic.Int64 // cut this many more blob GETs after half their body
 	cuts          atomic.Int64
 	rate          atomic.Int64 // blob body bytes per second (0: unlimited)
+	absentDelay   atomic.Int64 // nanoseconds before a 404 to a blob HEAD or manifest GET
+	forged        sync.Map     // path → manifest bytes served instead of the upstream's
 }
 
 type proxyEvent struct {
 	at   time.Time
-	kind string // "blob-start", "blob" (sent whole), "manifest" (GET answered)
+	kind string // "blob-start", "blob" (sent whole), "manifest" (GET answered), "blob-head" (any answer), "manifest-absent" (a GET's 404)
 	ref  string // blob digest or manifest reference
 }
 
@@ -88,6 +93,12 @@ func (p *upstreamProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusTooManyRequests)
 		return
 	}
+	if body, ok := p.forged.Load(r.URL.Path); ok {
+		w.Header().Set("Content-Type", v1.MediaTypeImageManifest)
+		w.Header().Set("Docker-Content-Digest", digest.FromBytes(body.([]byte)).String())
+		w.Write(body.([]byte))
+		return
+	}
 	req, _ := http.NewRequestWithContext(r.Context(), r.Method, p.target+r.URL.RequestURI(), r.Body)
 	req.Header = r.Header.Clone()
 	req.ContentLength = r.ContentLength
@@ -107,6 +118,15 @@ func (p *upstreamProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if blob {
 		p.record("blob-start", ref)
+	}
+	if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/sha256:") {
+		p.record("blob-head", ref)
+	}
+	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") && resp.StatusCode == http.StatusNotFound {
+		p.record("manifest-absent", ref)
+	}
+	if d := p.absentDelay.Load(); d > 0 && resp.StatusCode == http.StatusNotFound {
+		time.Sleep(time.Duration(d)) // a remote upstream's round trip
 	}
 	w.WriteHeader(resp.StatusCode)
 	if blob && p.cut.Add(-1) >= 0 {
@@ -149,6 +169,7 @@ type mirrorSetup struct {
 	gaia      string // base URL
 	gaiaRobot *upstream.Client
 	token     string
+	gaiaExtra string // more of Gaia's config
 }
 
 const robotPassword = "robot-secret-pw"
@@ -180,7 +201,7 @@ func (s *mirrorSetup) startGaia(t *testing.T, n int, auth bool) []string {
 	var urls []string
 	for range n {
 		addr := harness.FreeAddr(t)
-		harness.StartRegistry(t, addr, harness.RegistryConfig(addr, s.db, storage)+extra)
+		harness.StartRegistry(t, addr, harness.RegistryConfig(addr, s.db, storage)+extra+s.gaiaExtra)
 		urls = append(urls, "http://"+addr)
 	}
 	s.gaia = urls[0]
@@ -759,4 +780,209 @@ func TestPullThroughOneFetchPerBlob(t *testing.T) {
 		t.Errorf("outside the rule: %d", code)
 	}
 	s.checkAllBlobs(t, ctx)
+}
+
+// TestPullThroughAbuse: pull-through cannot be turned against Gaia. An
+// upstream manifest naming a blob the upstream repository does not hold
+// (the digest of another team's private layer) does not get that blob
+// linked. A flood of random digests under the rule's namespace, from
+// clients that give up after 100 ms, is bounded (429 beyond the rule's
+// blind lane, each digest asked upstream at most once, no pile-up of
+// goroutines), and a real first pull during it completes.
+func TestPullThroughAbuse(t *testing.T) {
+	harness.Start(t, harness.Dockerd) // its install step brings skopeo
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Fatalf("skopeo is needed (tests/services/svc.sh installs it): %v", err)
+	}
+	ctx := context.Background()
+	s := newMirrorSetup(t)
+	const blindFetches, waiting = 4, 8
+	s.gaiaExtra = fmt.Sprintf("pullthrough: {maxblindfetches: %d, maxwaiting: %d, negativettl: 10m}\n", blindFetches, waiting)
+	gaia := s.startGaia(t, 1, false)[0]
+	m := s.startMirror(t, "unused", false)
+
+	amd := harness.NewTestImage("linux/amd64", harness.Layer(900, 512<<10), harness.Layer(901, 256<<10))
+	arm := harness.NewTestImage("linux/arm64/v8", harness.Layer(910, 256<<10))
+	if _, err := harness.PushIndex(ctx, s.pusher, "library/real", "1", amd, arm); err != nil {
+		t.Fatal(err)
+	}
+	s.createRule(t, m, map[string]any{
+		"name": "cache", "upstream": map[string]any{"url": s.proxy.URL, "username": "bot", "password": "bot-pw"},
+		"repositories": []string{"library/*"}, "destination": "hub", "schedule": "24h", "enabled": true, "on_demand": true,
+	})
+
+	// A manifest naming a private layer of Gaia's, which the upstream
+	// repository does not have: the fetch fails, nothing is linked.
+	secret := []byte("a private layer of another team")
+	sd := digest.FromBytes(secret)
+	if err := s.gaiaRobot.PushBlob(ctx, "private/team", sd, int64(len(secret)), bytes.NewReader(secret)); err != nil {
+		t.Fatal(err)
+	}
+	forged, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": v1.MediaTypeImageManifest, "config": amd.Blobs[0],
+		"layers": []v1.Descriptor{{MediaType: v1.MediaTypeImageLayerGzip, Digest: sd, Size: int64(len(secret))}}})
+	s.proxy.forged.Store("/v2/library/real/manifests/evil", forged)
+	if code, body := harness.Get(t, gaia+"/v2/hub/library/real/manifests/evil"); code != http.StatusServiceUnavailable {
+		t.Errorf("a manifest naming a blob its upstream lacks: %d %s", code, body)
+	}
+	req, _ := http.NewRequest(http.MethodHead, gaia+"/v2/hub/library/real/blobs/"+sd.String(), nil)
+	req.Header.Set(api.NoPullThroughHeader, "1")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the private layer after the forged manifest: %v %v", resp, err)
+	}
+	if code, _ := harness.Get(t, gaia+"/v2/hub/library/real/blobs/"+sd.String()); code != http.StatusNotFound {
+		t.Errorf("the private layer read through the namespace: %d", code)
+	}
+
+	// The flood: 5,000 random digests, each asked for twice, by 64
+	// clients, against an upstream 20 ms away; a real first pull starts
+	// after 1,000 requests, and the flood lasts until it is over.
+	s.proxy.absentDelay.Store(int64(20 * time.Millisecond))
+	const clients, distinct, total = 64, 5000, 10000
+	random := make([]digest.Digest, distinct)
+	isRandom := map[string]bool{}
+	for i := range random {
+		random[i] = digest.FromString(fmt.Sprintf("random %d %d", i, time.Now().UnixNano()))
+		isRandom[random[i].String()] = true
+	}
+	base := harness.Metric(t, gaia, "go_goroutines")
+	floodStart := time.Now()
+	var next, refused atomic.Int64
+	var pulled atomic.Bool
+	started := make(chan struct{})
+	unexpected := make(chan string, clients)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Timeout: 100 * time.Millisecond} // an attacker does not wait
+			for {
+				i := next.Add(1) - 1
+				if i == 1000 {
+					close(started)
+				}
+				if i >= total && pulled.Load() {
+					return
+				}
+				resp, err := c.Get(gaia + "/v2/hub/library/real/blobs/" + random[i%distinct].String())
+				if err != nil {
+					continue // gave up
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				switch {
+				case resp.StatusCode == http.StatusTooManyRequests && strings.Contains(string(body), `"TOOMANYREQUESTS"`) &&
+					resp.Header.Get("Retry-After") != "":
+					refused.Add(1)
+				case resp.StatusCode == http.StatusNotFound:
+				default:
+					select {
+					case unexpected <- fmt.Sprintf("%d %s", resp.StatusCode, body):
+					default:
+					}
+				}
+			}
+		}()
+	}
+	pullErr := make(chan error, 1)
+	dir := t.TempDir()
+	go func() {
+		<-started
+		out, err := exec.Command("skopeo", "copy", "--src-tls-verify=false", "--override-arch", "amd64", "--override-os", "linux",
+			"docker://"+strings.TrimPrefix(gaia, "http://")+"/hub/library/real:1", "dir:"+dir).CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("%v: %s", err, out)
+		}
+		pulled.Store(true)
+		pullErr <- err
+	}()
+	floodOver := make(chan struct{})
+	go func() { wg.Wait(); close(floodOver) }()
+	peak := base
+	for sampling := true; sampling; {
+		select {
+		case <-floodOver:
+			sampling = false
+		case <-time.After(50 * time.Millisecond):
+		}
+		peak = max(peak, harness.Metric(t, gaia, "go_goroutines"))
+	}
+	if err := <-pullErr; err != nil {
+		t.Fatalf("the real pull during the flood: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "manifest.json")); !bytes.Equal(got, amd.Manifest) {
+		t.Errorf("the real pull got manifest %s, want the upstream's amd64 image %s", digest.FromBytes(got), amd.Digest)
+	}
+	close(unexpected)
+	for u := range unexpected {
+		t.Errorf("a flood request answered %s", u)
+	}
+	// Waiting is bounded: beyond the blind lane and its queue, 429.
+	busy := harness.Metric(t, gaia, "gaia_registry_pullthrough_busy_total", `rule="cache"`, `lane="blind"`)
+	if refused.Load() == 0 || busy < float64(refused.Load()) {
+		t.Errorf("%d flood requests refused with 429, the server counted %v: waiting is not bounded", refused.Load(), busy)
+	}
+	// Fetches are bounded: requests that gave up leave no fetch behind.
+	if limit := base + 10*clients; peak > limit {
+		t.Errorf("goroutines peaked at %v during the flood (%v before): more than %v, fetches pile up", peak, base, limit)
+	}
+	// Each random digest was asked for upstream at most once: the
+	// upstream's answers are remembered.
+	heads := map[string]int{}
+	s.proxy.mu.Lock()
+	for _, e := range s.proxy.events {
+		if e.kind == "blob-head" && isRandom[e.ref] && !e.at.Before(floodStart) {
+			heads[e.ref]++
+		}
+	}
+	s.proxy.mu.Unlock()
+	for d, n := range heads {
+		if n > 1 {
+			t.Errorf("random digest %s asked upstream %d times", d, n)
+			break
+		}
+	}
+	if hits := harness.Metric(t, gaia, "gaia_registry_pullthrough_negative_hits_total"); hits == 0 {
+		t.Error("no flood request was answered from the negative cache")
+	}
+	t.Logf("flood: %d requests, %d refused, %d digests asked upstream, goroutines %v → peak %v",
+		next.Load(), refused.Load(), len(heads), base, peak)
+}
+
+// TestMirrorIntoTokenAuthGaia: a worker writes into a Gaia behind token
+// auth, where a mount without `from` covers only what the robot's token
+// may pull: two repositories sharing a layer (fetched slowly, so both
+// images wait for the one copy) get it by a mount from the repository
+// it was copied into.
+func TestMirrorIntoTokenAuthGaia(t *testing.T) {
+	ctx := context.Background()
+	s := newMirrorSetup(t)
+	gts := harness.StartTokenServer(t, "gaia", map[string][2]string{"mirror-robot": {robotPassword, "pull,push"}})
+	s.gaiaExtra = fmt.Sprintf("auth: {token: {realm: %q, service: %q, issuer: %q, rootcertbundle: %q}}\n",
+		gts.Realm(), gts.Service, gts.Issuer, gts.CertFile)
+	s.startGaia(t, 1, false)
+	s.gaiaRobot = upstream.New(upstream.Options{URL: s.gaia, Username: "mirror-robot", Password: robotPassword})
+
+	shared := harness.Layer(950, 1<<20)
+	a := harness.NewTestImage("linux/amd64", shared, harness.Layer(951, 4<<10))
+	b := harness.NewTestImage("linux/amd64", shared, harness.Layer(952, 4<<10))
+	if err := a.Push(ctx, s.pusher, "library/a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Push(ctx, s.pusher, "library/b", "1"); err != nil {
+		t.Fatal(err)
+	}
+	m := s.startMirror(t, "worker", true)
+	s.createRule(t, m, map[string]any{
+		"name": "two", "upstream": map[string]any{"url": s.proxy.URL, "username": "bot", "password": "bot-pw"},
+		"repositories": []string{"library/a", "library/b"}, "destination": "tok", "schedule": "24h", "enabled": true,
+	})
+	s.proxy.rate.Store(1 << 20) // the shared layer takes about a second
+	run := s.waitRun(t, m, "two", s.runNow(t, m, "two"), 2*time.Minute)
+	if run.State != "succeeded" {
+		t.Fatalf("run into token-auth Gaia: %+v\n%s", run, m.Log())
+	}
+	s.sameImage(t, ctx, "library/a", "tok/library/a", "1", a)
+	s.sameImage(t, ctx, "library/b", "tok/library/b", "1", b)
+	t.Logf("run: %+v, mounted %v", run, harness.Metric(t, m.URL(), "gaia_mirror_blobs_total", `how="mounted"`))
 }
