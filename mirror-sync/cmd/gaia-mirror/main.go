@@ -36,6 +36,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/tlsfiles"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
 
@@ -45,6 +46,7 @@ type config struct {
 		Addr         string              `yaml:"addr"`         // default 127.0.0.1:5100
 		DrainTimeout time.Duration       `yaml:"draintimeout"` // default 10s
 		Timeouts     httptimeouts.Config `yaml:",inline"`      // readheadertimeout, bodyidletimeout, idletimeout
+		TLS          tlsfiles.Config     `yaml:"tls"`          // HTTPS only (the admin token crosses it); replaced files are picked up
 	} `yaml:"http"`
 	Database struct {
 		URL     string `yaml:"url"`
@@ -113,6 +115,9 @@ func load(path string) (*config, error) {
 			return nil, fmt.Errorf("%s: registry.url: %q must be http(s)://host[:port]", path, c.Registry.URL)
 		}
 	}
+	if err := c.HTTP.TLS.Check("http.tls"); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	if err := c.Log.Check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -125,6 +130,12 @@ func run(path string) error {
 		return err
 	}
 	log := cfg.Log.New()
+	var certs *tlsfiles.Reloader
+	if cfg.HTTP.TLS.Enabled() {
+		if certs, err = tlsfiles.Load(cfg.HTTP.TLS, "http.tls", "gaia_mirror", log); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	pool, err := pgxpool.New(ctx, cfg.Database.URL)
@@ -142,6 +153,9 @@ func run(path string) error {
 	st := store.New(pool)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if certs != nil {
+		reg.MustRegister(certs)
+	}
 	mux := http.NewServeMux()
 	adminAPI := &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log}
 	mux.Handle(admin.Prefix, adminAPI)
@@ -161,8 +175,15 @@ func run(path string) error {
 	}
 	srv := cfg.HTTP.Timeouts.Server(mux)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String())
+	scheme := "http"
+	if certs != nil {
+		scheme = "https"
+		srv.TLSConfig = certs.ServerConfig()
+		go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String(), "scheme", scheme)
 	workerDone := make(chan struct{})
 	if cfg.Worker.Disabled {
 		close(workerDone)
