@@ -206,3 +206,16 @@ func TestRequestLogNamesClient(t *testing.T) {
 		t.Errorf("from an untrusted peer: remote %v, proxy %v", lines[1]["remote"], lines[1]["proxy"])
 	}
 }
+
+// The cluster example configs (make cluster) load.
+func TestClusterExampleConfigsLoad(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(harness.RepoRoot(), "configs", "cluster", "registry-*.yml"))
+	if len(files) != 4 {
+		t.Fatalf("cluster example configs: %v", files)
+	}
+	for _, f := range files {
+		if _, err := LoadConfig(f, nil); err != nil {
+			t.Errorf("%s: %v", filepath.Base(f), err)
+		}
+	}
+}
