@@ -21,40 +21,40 @@ import (
 	"github.com/gaia-registry/gaia/tests/harness"
 )
 
-// seen is what a test server was sent.
-type seen struct {
+// sentReq is what a test server was sent.
+type sentReq struct {
 	method, path, xff, token string
 	tls, close               bool
 	body                     int64
 }
 
-type recorder struct {
+type sentLog struct {
 	mu   sync.Mutex
-	reqs []seen
+	reqs []sentReq
 }
 
-func (rc *recorder) count() int {
+func (rc *sentLog) count() int {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	return len(rc.reqs)
 }
 
-func (rc *recorder) last() seen {
+func (rc *sentLog) last() sentReq {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	if len(rc.reqs) == 0 {
-		return seen{}
+		return sentReq{}
 	}
 	return rc.reqs[len(rc.reqs)-1]
 }
 
-// registryLike answers blob GETs with blob, upload PATCHes with 202 and
+// fakeRegistry answers blob GETs with blob, upload PATCHes with 202 and
 // everything else with a small 200, recording each request.
-func registryLike(rc *recorder, blob []byte) http.Handler {
+func fakeRegistry(rc *sentLog, blob []byte) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
 		rc.mu.Lock()
-		rc.reqs = append(rc.reqs, seen{method: r.Method, path: r.URL.Path, xff: r.Header.Get("X-Forwarded-For"),
+		rc.reqs = append(rc.reqs, sentReq{method: r.Method, path: r.URL.Path, xff: r.Header.Get("X-Forwarded-For"),
 			token: r.Header.Get(internaltoken.Header), tls: r.TLS != nil, close: r.Close, body: n})
 		rc.mu.Unlock()
 		switch {
@@ -87,7 +87,7 @@ func httpsUpstream(t *testing.T, ca *harness.CA, id string, h http.Handler) *Ups
 	return &Upstream{ID: id, Addr: ln.Addr().String(), IDC: "idc-a", Scheme: "https"}
 }
 
-func loadConfig(t *testing.T, text string) *Config {
+func configFrom(t *testing.T, text string) *Config {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "gw.yml")
 	os.WriteFile(p, []byte("idc: idc-a\nconsul: {addr: 127.0.0.1:1}\n"+text), 0o644)
@@ -130,7 +130,7 @@ func serveTLS(t *testing.T, g *Gateway, client *http.Client) string {
 	}
 }
 
-func peerName(t *testing.T, ca *harness.CA, url string) string {
+func servedName(t *testing.T, ca *harness.CA, url string) string {
 	t.Helper()
 	client := ca.Client()
 	client.Transport.(*http.Transport).DisableKeepAlives = true
@@ -151,18 +151,18 @@ func TestTLSEndToEnd(t *testing.T) {
 	ca := harness.NewCA(t)
 	blob := make([]byte, 3<<20)
 	rand.Read(blob)
-	var rc recorder
-	u := httpsUpstream(t, ca, "s1", registryLike(&rc, blob))
+	var rc sentLog
+	u := httpsUpstream(t, ca, "s1", fakeRegistry(&rc, blob))
 	cert, key := ca.LeafFiles(t, "gateway-1")
 	addr := harness.FreeAddr(t)
-	cfg := loadConfig(t, fmt.Sprintf("http: {addr: %s, draintimeout: 5s, tls: {certificate: %s, key: %s}}\nservers: {tls: {ca: %s}}\n",
+	cfg := configFrom(t, fmt.Sprintf("http: {addr: %s, draintimeout: 5s, tls: {certificate: %s, key: %s}}\nservers: {tls: {ca: %s}}\n",
 		addr, cert, key, ca.CertFile))
 	g := New(cfg, quiet())
 	g.SetUpstreams([]*Upstream{u})
 	client := ca.Client() // HTTP/1.1, as docker speaks to registries
 	base := serveTLS(t, g, client)
 
-	if cn := peerName(t, ca, base+"/healthz"); cn != "gateway-1" {
+	if cn := servedName(t, ca, base+"/healthz"); cn != "gateway-1" {
 		t.Fatalf("gateway serves %q", cn)
 	}
 	if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
@@ -204,9 +204,30 @@ func TestTLSEndToEnd(t *testing.T) {
 		t.Fatalf("manifest GET: %d, reached the server as %+v", resp.StatusCode, s)
 	}
 
+	// HTTP/2 clients (which the TLS listener offers) are proxied too.
+	h2 := ca.Client()
+	h2.Transport.(*http.Transport).ForceAttemptHTTP2 = true
+	resp, err = h2.Get(base + "/v2/x/blobs/sha256:abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.ProtoMajor != 2 || resp.StatusCode != 200 || !bytes.Equal(got, blob) || !rc.last().tls {
+		t.Fatalf("blob GET over HTTP/2: %s %d, %d bytes, %v", resp.Proto, resp.StatusCode, len(got), err)
+	}
+	req, _ = http.NewRequest(http.MethodPatch, base+"/v2/x/blobs/uploads/1", bytes.NewReader(blob))
+	if resp, err = h2.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if s := rc.last(); resp.ProtoMajor != 2 || resp.StatusCode != 202 || !s.tls || s.body != int64(len(blob)) {
+		t.Fatalf("upload PATCH over HTTP/2: %s %d, reached the server as %+v", resp.Proto, resp.StatusCode, s)
+	}
+
 	// A renewed certificate: the next connection gets it.
 	ca.Leaf(t, cert, key, "gateway-2")
-	if cn := peerName(t, ca, base+"/healthz"); cn != "gateway-2" {
+	if cn := servedName(t, ca, base+"/healthz"); cn != "gateway-2" {
 		t.Fatalf("after replacing the files the gateway serves %q", cn)
 	}
 	if v := harness.MetricVia(t, client, base, "gaia_gateway_tls_certificate_expiry_timestamp_seconds"); v < float64(time.Now().Unix()) {
@@ -233,7 +254,7 @@ func TestTLSEndToEnd(t *testing.T) {
 	}
 
 	// Bad certificate files stop the start, naming the key.
-	bad := loadConfig(t, fmt.Sprintf("http: {addr: %s, tls: {certificate: %s, key: %s}}\n", harness.FreeAddr(t), key, cert))
+	bad := configFrom(t, fmt.Sprintf("http: {addr: %s, tls: {certificate: %s, key: %s}}\n", harness.FreeAddr(t), key, cert))
 	if err := New(bad, quiet()).Serve(context.Background()); err == nil || !strings.HasPrefix(err.Error(), "http.tls: ") {
 		t.Fatalf("swapped certificate and key: %v", err)
 	}
@@ -253,13 +274,13 @@ func TestTLSEndToEnd(t *testing.T) {
 // Servers are told the client's address: X-Forwarded-For as sent by a
 // trusted proxy is kept and extended; anybody else's is replaced.
 func TestForwardedFor(t *testing.T) {
-	var rc recorder
-	u := upstreamOf(t, "a1", "idc-a", registryLike(&rc, nil))
+	var rc sentLog
+	u := upstreamOf(t, "a1", "idc-a", fakeRegistry(&rc, nil))
 	for _, tc := range []struct{ trusted, want string }{
 		{"", "127.0.0.1"},
 		{"http: {trustedproxies: [127.0.0.0/8]}\n", "203.0.113.9, 127.0.0.1"},
 	} {
-		g := New(loadConfig(t, tc.trusted), quiet())
+		g := New(configFrom(t, tc.trusted), quiet())
 		g.SetUpstreams([]*Upstream{u})
 		req, _ := http.NewRequest(http.MethodGet, serve(t, g)+"/v2/x/manifests/latest", nil)
 		req.Header.Set("X-Forwarded-For", "203.0.113.9")
@@ -277,8 +298,8 @@ func TestForwardedFor(t *testing.T) {
 // The internal token is forwarded to a server over https or on loopback,
 // never to a plain-http server elsewhere.
 func TestInternalTokenStaysOffPlainNetworks(t *testing.T) {
-	var rc recorder
-	local := upstreamOf(t, "local", "idc-a", registryLike(&rc, nil))
+	var rc sentLog
+	local := upstreamOf(t, "local", "idc-a", fakeRegistry(&rc, nil))
 	// A server registered at a routable address, reached (by this test's
 	// dialer) at the test server.
 	remote := &Upstream{ID: "remote", Addr: "192.0.2.10:5000", IDC: "idc-a", Scheme: "http"}

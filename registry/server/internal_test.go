@@ -108,7 +108,7 @@ cluster: {idc: a, peers: {b: "https://gw-b.example"}, internaltoken: %s}
 	return srv.Handler()
 }
 
-func do(t *testing.T, h http.Handler, method, path string, hdr map[string]string, body []byte) *httptest.ResponseRecorder {
+func serveReq(t *testing.T, h http.Handler, method, path string, hdr map[string]string, body []byte) *httptest.ResponseRecorder {
 	t.Helper()
 	req := httptest.NewRequest(method, path, bytes.NewReader(body))
 	for k, v := range hdr {
@@ -133,7 +133,7 @@ func TestInternalTokenOnlyReadsBlobs(t *testing.T) {
 	basic := map[string]string{"Authorization": "Basic YnVpbGRlcjpzM2NyZXQ="} // builder:s3cret
 	push := func(data []byte) digest.Digest {
 		d := digest.FromBytes(data)
-		if rec := do(t, h, http.MethodPost, "/v2/team/app/blobs/uploads/?digest="+d.String(), basic, data); rec.Code != http.StatusCreated {
+		if rec := serveReq(t, h, http.MethodPost, "/v2/team/app/blobs/uploads/?digest="+d.String(), basic, data); rec.Code != http.StatusCreated {
 			t.Fatalf("push blob: %d %s", rec.Code, rec.Body)
 		}
 		return d
@@ -144,7 +144,7 @@ func TestInternalTokenOnlyReadsBlobs(t *testing.T) {
 		"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},
 		"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":%q,"size":%d}]}`, cd, len(config), ld, len(layer))
 	hdr := map[string]string{"Authorization": basic["Authorization"], "Content-Type": "application/vnd.oci.image.manifest.v1+json"}
-	if rec := do(t, h, http.MethodPut, "/v2/team/app/manifests/v1", hdr, []byte(manifest)); rec.Code != http.StatusCreated {
+	if rec := serveReq(t, h, http.MethodPut, "/v2/team/app/manifests/v1", hdr, []byte(manifest)); rec.Code != http.StatusCreated {
 		t.Fatalf("push manifest: %d %s", rec.Code, rec.Body)
 	}
 
@@ -167,18 +167,18 @@ func TestInternalTokenOnlyReadsBlobs(t *testing.T) {
 		{"DELETE", "/v2/team/app/blobs/" + ld.String(), "new-token", 401},
 		{"POST", "/v2/team/app/blobs/uploads/", "new-token", 401},
 	} {
-		rec := do(t, h, tc.method, tc.path, tok(tc.token), nil)
+		rec := serveReq(t, h, tc.method, tc.path, tok(tc.token), nil)
 		if rec.Code != tc.want {
 			t.Errorf("%s %s with %s: %d, want %d", tc.method, tc.path, tc.token, rec.Code, tc.want)
 		}
 	}
-	rec := do(t, h, http.MethodGet, "/metrics", nil, nil)
+	rec := serveReq(t, h, http.MethodGet, "/metrics", nil, nil)
 	if !strings.Contains(rec.Body.String(), "gaia_registry_internal_token_refused_total 10\n") {
-		t.Errorf("refusals not counted:\n%s", grep(rec.Body.String(), "internal_token"))
+		t.Errorf("refusals not counted:\n%s", linesWith(rec.Body.String(), "internal_token"))
 	}
 }
 
-func grep(text, word string) string {
+func linesWith(text, word string) string {
 	var out []string
 	for _, l := range strings.Split(text, "\n") {
 		if strings.Contains(l, word) {
@@ -193,8 +193,8 @@ func grep(text, word string) string {
 func TestRequestLogNamesClient(t *testing.T) {
 	var logs logBuffer
 	h := authedServer(t, "tok", []string{"10.0.0.0/24"}, &logs)
-	do(t, h, http.MethodGet, "/v2/", map[string]string{"remote": "10.0.0.7:40000", "X-Forwarded-For": "6.6.6.6, 198.51.100.7"}, nil)
-	do(t, h, http.MethodGet, "/v2/", map[string]string{"remote": "203.0.113.1:40000", "X-Forwarded-For": "198.51.100.7"}, nil)
+	serveReq(t, h, http.MethodGet, "/v2/", map[string]string{"remote": "10.0.0.7:40000", "X-Forwarded-For": "6.6.6.6, 198.51.100.7"}, nil)
+	serveReq(t, h, http.MethodGet, "/v2/", map[string]string{"remote": "203.0.113.1:40000", "X-Forwarded-For": "198.51.100.7"}, nil)
 	lines := logs.requests(t)
 	if len(lines) != 2 {
 		t.Fatalf("request lines: %v", lines)
