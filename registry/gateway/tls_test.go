@@ -19,6 +19,7 @@ import (
 
 	"github.com/gaia-registry/gaia/registry/internaltoken"
 	"github.com/gaia-registry/gaia/tests/harness"
+	"github.com/gaia-registry/gaia/tests/testca"
 )
 
 // sentReq is what a test server was sent.
@@ -71,7 +72,7 @@ func fakeRegistry(rc *sentLog, blob []byte) http.Handler {
 }
 
 // httpsUpstream serves h over TLS with a certificate of ca.
-func httpsUpstream(t *testing.T, ca *harness.CA, id string, h http.Handler) *Upstream {
+func httpsUpstream(t *testing.T, ca *testca.CA, id string, h http.Handler) *Upstream {
 	certFile, keyFile := ca.LeafFiles(t, id)
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
@@ -130,7 +131,7 @@ func serveTLS(t *testing.T, g *Gateway, client *http.Client) string {
 	}
 }
 
-func servedName(t *testing.T, ca *harness.CA, url string) string {
+func servedName(t *testing.T, ca *testca.CA, url string) string {
 	t.Helper()
 	client := ca.Client()
 	client.Transport.(*http.Transport).DisableKeepAlives = true
@@ -148,7 +149,7 @@ func servedName(t *testing.T, ca *harness.CA, url string) string {
 // with servers.tls.ca, on every path: large blob downloads and uploads
 // (spliced, on connections of their own) as well as ordinary requests.
 func TestTLSEndToEnd(t *testing.T) {
-	ca := harness.NewCA(t)
+	ca := testca.New(t)
 	blob := make([]byte, 3<<20)
 	rand.Read(blob)
 	var rc sentLog

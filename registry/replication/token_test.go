@@ -17,7 +17,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/internaltoken"
 	"github.com/gaia-registry/gaia/registry/tlsfiles"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
-	"github.com/gaia-registry/gaia/tests/harness"
+	"github.com/gaia-registry/gaia/tests/testca"
 )
 
 // The internal token goes to peers over https (verified with the
@@ -61,7 +61,7 @@ func TestTokenOnlyToSafePeers(t *testing.T) {
 	}
 
 	// Over https, verified with cluster.tls.ca.
-	ca := harness.NewCA(t)
+	ca := testca.New(t)
 	certFile, keyFile := ca.LeafFiles(t, "gw-a")
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {

@@ -13,12 +13,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/gaia-registry/gaia/tests/harness"
+	"github.com/gaia-registry/gaia/tests/testca"
 )
 
 // served is the common name of the certificate a new connection to url
 // is shown.
-func served(t *testing.T, ca *harness.CA, url string) string {
+func served(t *testing.T, ca *testca.CA, url string) string {
 	t.Helper()
 	client := ca.Client()
 	client.Transport.(*http.Transport).DisableKeepAlives = true
@@ -54,7 +54,7 @@ func gauge(t *testing.T, r *Reloader, name string) float64 {
 // A replaced certificate is served from the next handshake on; a pair
 // that does not load keeps the previous one in use, and is counted.
 func TestReload(t *testing.T) {
-	ca := harness.NewCA(t)
+	ca := testca.New(t)
 	cert, key := ca.LeafFiles(t, "first")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	r, err := Load(Config{Certificate: cert, Key: key}, "http.tls", "test", log)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gaia-registry/gaia/registry/internaltoken"
 	"github.com/gaia-registry/gaia/tests/harness"
+	"github.com/gaia-registry/gaia/tests/testca"
 )
 
 // TestClusterTLS: two IDCs with TLS on every hop and htpasswd auth on the
@@ -29,7 +30,7 @@ import (
 // never a client's own X-Forwarded-For claim nor the gateway's address.
 func TestClusterTLS(t *testing.T) {
 	env := harness.Start(t, harness.Consul)
-	ca := harness.NewCA(t)
+	ca := testca.New(t)
 	hash, _ := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
 	os.WriteFile(htpasswd, []byte("builder:"+string(hash)+"\n"), 0o600)
@@ -142,7 +143,7 @@ consul: {addr: %q, service: %q}
 // TestMirrorAdminTLS: with http.tls, gaia-mirror's admin API speaks HTTPS
 // only, and gaiactl reaches it trusting the CA through SSL_CERT_FILE.
 func TestMirrorAdminTLS(t *testing.T) {
-	ca := harness.NewCA(t)
+	ca := testca.New(t)
 	cert, key := ca.LeafFiles(t, "mirror")
 	addr := harness.FreeAddr(t)
 	token := "e2e-admin-token-0123456789"

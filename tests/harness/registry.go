@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gaia-registry/gaia/tests/testca"
 )
 
 var (
@@ -74,9 +76,9 @@ type Registry struct {
 	Client *http.Client
 	scheme string
 	cmd    *exec.Cmd
-	exited       chan error
-	mu           sync.Mutex
-	killed       bool
+	exited chan error
+	mu     sync.Mutex
+	killed bool
 }
 
 // URL is the registry's base URL.
@@ -133,7 +135,7 @@ func StartDaemon(t testing.TB, pkg string, args []string, addr, config string) *
 
 // StartTLSDaemon is StartDaemon for a daemon serving HTTPS with a
 // certificate of ca (its URL is https://, its Client trusts ca).
-func StartTLSDaemon(t testing.TB, pkg string, args []string, addr, config string, ca *CA) *Registry {
+func StartTLSDaemon(t testing.TB, pkg string, args []string, addr, config string, ca *testca.CA) *Registry {
 	t.Helper()
 	return startDaemon(t, pkg, args, addr, config, "https", ca.Client())
 }

@@ -60,6 +60,9 @@ type config struct {
 		URL      string `yaml:"url"`
 		Username string `yaml:"username"` // the robot credential (htpasswd or token auth)
 		Password string `yaml:"password"`
+		TLS      struct {
+			CA string `yaml:"ca"` // verifies an https registry.url (default: the system's roots)
+		} `yaml:"tls"`
 	} `yaml:"registry"`
 	Worker struct {
 		Disabled bool          `yaml:"disabled"` // serve the admin API only
@@ -116,6 +119,9 @@ func load(path string) (*config, error) {
 		}
 	}
 	if err := c.HTTP.TLS.Check("http.tls"); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if _, err := tlsfiles.ClientConfig(c.Registry.TLS.CA, "registry.tls.ca"); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := c.Log.Check(); err != nil {
@@ -185,13 +191,17 @@ func run(path string) error {
 	}
 	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String(), "scheme", scheme)
 	workerDone := make(chan struct{})
+	registryTLS, err := tlsfiles.ClientConfig(cfg.Registry.TLS.CA, "registry.tls.ca")
+	if err != nil {
+		return err
+	}
 	if cfg.Worker.Disabled {
 		close(workerDone)
 	} else {
 		w := worker.New(worker.Options{
 			Store: st,
 			Registry: upstream.New(upstream.Options{
-				URL: cfg.Registry.URL, Username: cfg.Registry.Username, Password: cfg.Registry.Password,
+				URL: cfg.Registry.URL, Username: cfg.Registry.Username, Password: cfg.Registry.Password, TLS: registryTLS,
 				Concurrency: 64, Timeout: 5 * time.Minute,
 				// Its questions ("is this there yet?") must not set off
 				// the registry's pull-through for on-demand rules.

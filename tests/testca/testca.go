@@ -1,4 +1,6 @@
-package harness
+// Package testca is a throwaway certificate authority for TLS tests: it
+// signs server certificates for 127.0.0.1 and localhost.
+package testca
 
 import (
 	"crypto/ecdsa"
@@ -28,8 +30,8 @@ type CA struct {
 	serial   atomic.Int64
 }
 
-// NewCA makes a CA valid for the test's day.
-func NewCA(t testing.TB) *CA {
+// New makes a CA valid for the test's day.
+func New(t testing.TB) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
