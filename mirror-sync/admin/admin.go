@@ -150,7 +150,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) storeErr(w http.ResponseWriter, err error) {
+	var fe *rule.FieldError
 	switch {
+	case errors.As(err, &fe): // the rule changed under the update (its upstream moved)
+		fail(w, http.StatusBadRequest, fe.Field, fe.Reason)
 	case errors.Is(err, store.ErrNotFound):
 		fail(w, http.StatusNotFound, "name", err.Error())
 	case errors.Is(err, store.ErrExists):
@@ -207,14 +210,16 @@ func (h *Handler) put(w http.ResponseWriter, r *http.Request, name string, creat
 			fail(w, http.StatusBadRequest, "name", fmt.Sprintf("the body names %q, the URL %q: rename by delete and create", ru.Name, name))
 			return
 		}
-		if !create && (ru.Upstream.Password == "" || ru.Upstream.Password == rule.Redacted) {
+		if !create {
 			// The API never shows the password: an update without it keeps
-			// the stored one (for the same user).
-			if old, gerr := h.Store.Get(r.Context(), name); gerr == nil && old.Rule.Upstream.Username == ru.Upstream.Username {
-				ru.Upstream.Password = old.Rule.Upstream.Password
+			// the stored one (for the same user and upstream host).
+			if old, gerr := h.Store.Get(r.Context(), name); gerr == nil {
+				err = ru.CarryPassword(&old.Rule)
 			}
 		}
-		err = ru.Validate()
+		if err == nil {
+			err = ru.Validate()
+		}
 	}
 	if errors.As(err, &fe) {
 		fail(w, http.StatusBadRequest, fe.Field, fe.Reason)

@@ -127,3 +127,28 @@ func TestRulesAPI(t *testing.T) {
 		t.Fatalf("run of a deleted rule: %d", code)
 	}
 }
+
+// An update that moves the upstream to another host must give the
+// password again: the stored one is not sent to the new host.
+func TestUpdateMovingUpstreamNeedsPassword(t *testing.T) {
+	base, st := setup(t)
+	body := strings.Replace(ruleJSON, "%s", "https://registry.corp.example", 1)
+	if code, _, raw := call(t, "POST", base, "adm1n", body); code != 201 {
+		t.Fatalf("create: %d %s", code, raw)
+	}
+	moved := strings.Replace(strings.Replace(body, "registry.corp.example", "attacker.example", 1), `"s3cret"`, `"********"`, 1)
+	code, m, raw := call(t, "PUT", base+"/hub", "adm1n", moved)
+	if code != 400 || errField(m) != "upstream.password" || !strings.Contains(raw, "give the password again") {
+		t.Fatalf("moved upstream, password left out: %d %s", code, raw)
+	}
+	if e, err := st.Get(context.Background(), "hub"); err != nil || e.Rule.Upstream.URL != "https://registry.corp.example" {
+		t.Fatalf("stored after the refused update: %+v %v", e, err)
+	}
+	moved = strings.Replace(moved, `"********"`, `"other-pass"`, 1)
+	if code, _, raw := call(t, "PUT", base+"/hub", "adm1n", moved); code != 200 {
+		t.Fatalf("moved upstream with a password: %d %s", code, raw)
+	}
+	if e, err := st.Get(context.Background(), "hub"); err != nil || e.Rule.Upstream.Password != "other-pass" || e.Rule.Upstream.URL != "https://attacker.example" {
+		t.Fatalf("stored after the update: %+v %v", e, err)
+	}
+}

@@ -185,6 +185,38 @@ func (r Rule) Redacted() Rule {
 	return r
 }
 
+// CarryPassword gives r, an update of the stored rule old that leaves the
+// password out (the API never shows it, so clients cannot send it back),
+// old's password: for the same username at the same upstream (scheme,
+// host and port) only. A stored password is never sent to another host:
+// an update that moves the upstream must give it again.
+func (r *Rule) CarryPassword(old *Rule) error {
+	if (r.Upstream.Password != "" && r.Upstream.Password != Redacted) || r.Upstream.Username != old.Upstream.Username {
+		return nil
+	}
+	if r.Upstream.Username != "" && !sameOrigin(r.Upstream.URL, old.Upstream.URL) {
+		return bad("upstream.password", "the upstream moved from %s to %s: give the password again (a stored password is not sent to another host)",
+			origin(old.Upstream.URL), origin(r.Upstream.URL))
+	}
+	r.Upstream.Password = old.Upstream.Password
+	return nil
+}
+
+// origin is a URL's scheme://host:port, the port explicit.
+func origin(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[strings.ToLower(u.Scheme)]
+	}
+	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(u.Hostname()) + ":" + port
+}
+
+func sameOrigin(a, b string) bool { o := origin(a); return o != "" && o == origin(b) }
+
 // pattern matches repository names.
 type pattern func(string) bool
 

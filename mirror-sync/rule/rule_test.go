@@ -2,6 +2,7 @@ package rule
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"reflect"
 	"strings"
@@ -212,5 +213,37 @@ func TestExampleRule(t *testing.T) {
 	}
 	if err != nil || !r.MatchRepository("library/redis") || r.MatchRepository("library/redis-sentinel") {
 		t.Fatalf("example rule: %v %+v", err, r)
+	}
+}
+
+// A stored password goes with an update that leaves it out only for the
+// same user at the same upstream (scheme, host and port).
+func TestCarryPassword(t *testing.T) {
+	old := &Rule{Upstream: Upstream{URL: "https://hub.example", Username: "bot", Password: "s3cret"}}
+	for _, tc := range []struct {
+		url, user, password string
+		want                string // the password after, or "error"
+	}{
+		{"https://hub.example", "bot", "", "s3cret"},
+		{"https://HUB.example:443/", "bot", Redacted, "s3cret"},
+		{"https://other.example", "bot", "", "error"},
+		{"https://hub.example.evil.example", "bot", Redacted, "error"},
+		{"http://hub.example", "bot", "", "error"},
+		{"https://hub.example:5000", "bot", "", "error"},
+		{"https://other.example", "bot", "new", "new"},
+		{"https://other.example", "robot", "pw", "pw"},
+		{"https://other.example", "", "", ""},
+	} {
+		r := &Rule{Upstream: Upstream{URL: tc.url, Username: tc.user, Password: tc.password}}
+		err := r.CarryPassword(old)
+		var fe *FieldError
+		switch {
+		case tc.want == "error":
+			if !errors.As(err, &fe) || fe.Field != "upstream.password" || !strings.Contains(fe.Reason, "give the password again") {
+				t.Errorf("%s: %v, want an upstream.password error", tc.url, err)
+			}
+		case err != nil || r.Upstream.Password != tc.want:
+			t.Errorf("%s %s %q: password %q, %v; want %q", tc.url, tc.user, tc.password, r.Upstream.Password, err, tc.want)
+		}
 	}
 }

@@ -81,7 +81,9 @@ func (s *Store) Create(ctx context.Context, r *rule.Rule) error {
 }
 
 // Update replaces a rule. A password left empty or redacted keeps the
-// stored one (the API never shows it, so clients cannot send it back).
+// stored one (the API never shows it, so clients cannot send it back),
+// unless the upstream moved to another host (rule.CarryPassword: a
+// *rule.FieldError then).
 func (s *Store) Update(ctx context.Context, r *rule.Rule) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		var old rule.Rule
@@ -91,8 +93,8 @@ func (s *Store) Update(ctx context.Context, r *rule.Rule) error {
 			}
 			return err
 		}
-		if (r.Upstream.Password == "" || r.Upstream.Password == rule.Redacted) && r.Upstream.Username == old.Upstream.Username {
-			r.Upstream.Password = old.Upstream.Password
+		if err := r.CarryPassword(&old); err != nil {
+			return err
 		}
 		spec, err := json.Marshal(r)
 		if err != nil {

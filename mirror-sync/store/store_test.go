@@ -132,3 +132,40 @@ func TestClaimLeaseFinish(t *testing.T) {
 		t.Fatal("the new run cannot be claimed")
 	}
 }
+
+// An update that leaves the password out keeps the stored one only while
+// the upstream stays on the same host: moved, the update is refused and
+// the stored rule (and password) stay as they were.
+func TestUpdateKeepsPasswordForTheSameHostOnly(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	r := mkRule("private", true)
+	r.Upstream.URL, r.Upstream.Username, r.Upstream.Password = "https://registry.corp.example", "bot", "s3cret"
+	if err := st.Create(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	same := *r
+	same.Upstream.Password, same.Schedule = rule.Redacted, "2h"
+	if err := st.Update(ctx, &same); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := st.Get(ctx, "private"); e.Rule.Upstream.Password != "s3cret" || e.Rule.Schedule != "2h" {
+		t.Fatalf("same host: stored %+v", e.Rule)
+	}
+	moved := *r
+	moved.Upstream.URL, moved.Upstream.Password = "https://attacker.example", ""
+	var fe *rule.FieldError
+	if err := st.Update(ctx, &moved); !errors.As(err, &fe) || fe.Field != "upstream.password" {
+		t.Fatalf("moved host without the password: %v", err)
+	}
+	if e, _ := st.Get(ctx, "private"); e.Rule.Upstream.URL != "https://registry.corp.example" || e.Rule.Upstream.Password != "s3cret" {
+		t.Fatalf("after the refused update: %+v", e.Rule.Upstream)
+	}
+	moved.Upstream.Password = "new-pass"
+	if err := st.Update(ctx, &moved); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := st.Get(ctx, "private"); e.Rule.Upstream.Password != "new-pass" {
+		t.Fatalf("moved with a password: %+v", e.Rule.Upstream)
+	}
+}

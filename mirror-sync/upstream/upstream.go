@@ -10,6 +10,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,6 +48,7 @@ type Options struct {
 	// the server stops taking (default 60s).
 	IdleTimeout time.Duration
 	HTTP        *http.Client
+	TLS         *tls.Config // the default client's (e.g. a private CA of the Gaia gateway); nil: the system's roots
 	Header      http.Header // sent with every request
 }
 
@@ -87,6 +89,7 @@ func New(o Options) *Client {
 			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			ResponseHeaderTimeout: o.Timeout,
 			TLSHandshakeTimeout:   10 * time.Second,
+			TLSClientConfig:       o.TLS,
 			IdleConnTimeout:       90 * time.Second,
 			MaxIdleConnsPerHost:   o.Concurrency,
 			// Blobs stream through: large buffers save system calls.

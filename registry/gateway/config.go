@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/logconfig"
+	"github.com/gaia-registry/gaia/registry/tlsfiles"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
 
@@ -17,7 +20,20 @@ type Config struct {
 		Addr         string              `yaml:"addr"`         // default 127.0.0.1:6000
 		DrainTimeout time.Duration       `yaml:"draintimeout"` // default 30s
 		Timeouts     httptimeouts.Config `yaml:",inline"`      // readheadertimeout, bodyidletimeout, idletimeout
+		// TLS: clients get HTTPS only; replaced files are picked up.
+		TLS tlsfiles.Config `yaml:"tls"`
+		// TrustedProxies (a load balancer in front: addresses or CIDR
+		// ranges) may say whom they forward for; from anyone else an
+		// X-Forwarded-For is replaced by the client's own address.
+		TrustedProxies []string `yaml:"trustedproxies"`
 	} `yaml:"http"`
+	// Servers: how the gateway talks to the registry servers, which say
+	// in Consul (Meta.scheme) whether they speak https.
+	Servers struct {
+		TLS struct {
+			CA string `yaml:"ca"` // verifies their certificates (default: the system's roots)
+		} `yaml:"tls"`
+	} `yaml:"servers"`
 	// IDC is the data center this gateway serves: it sends requests to
 	// that IDC's registry servers only (unless Failover says otherwise).
 	IDC    string `yaml:"idc"`
@@ -37,6 +53,9 @@ type Config struct {
 		Failures int           `yaml:"failures"` // consecutive failures that eject a server (default 3)
 		Duration time.Duration `yaml:"duration"` // for this long (default 10s)
 	} `yaml:"eject"`
+
+	trusted   forwarded.Trusted // http.trustedproxies, parsed
+	serverTLS *tls.Config       // servers.tls, loaded
 }
 
 const envPrefix = "GAIA_GATEWAY_"
@@ -47,7 +66,7 @@ const envPrefix = "GAIA_GATEWAY_"
 func LoadConfig(path string, environ []string) (*Config, error) {
 	var c Config
 	if err := yamlconfig.Load(path, environ, envPrefix,
-		[]string{"log", "http", "idc", "consul", "failover", "retries", "eject"}, &c); err != nil {
+		[]string{"log", "http", "servers", "idc", "consul", "failover", "retries", "eject"}, &c); err != nil {
 		return nil, err
 	}
 	if c.HTTP.Addr == "" {
@@ -87,6 +106,16 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 			return errors.New("eject: failures and duration must not be negative")
 		}
 		if err := c.HTTP.Timeouts.Validate("http"); err != nil {
+			return err
+		}
+		if err := c.HTTP.TLS.Check("http.tls"); err != nil {
+			return err
+		}
+		var err error
+		if c.trusted, err = forwarded.Parse(c.HTTP.TrustedProxies, "http.trustedproxies"); err != nil {
+			return err
+		}
+		if c.serverTLS, err = tlsfiles.ClientConfig(c.Servers.TLS.CA, "servers.tls.ca"); err != nil {
 			return err
 		}
 		return c.Log.Check()

@@ -33,6 +33,10 @@ import (
 	consul "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gaia-registry/gaia/registry/forwarded"
+	"github.com/gaia-registry/gaia/registry/internaltoken"
+	"github.com/gaia-registry/gaia/registry/tlsfiles"
 )
 
 // Upstream is one registry server.
@@ -42,6 +46,7 @@ type Upstream struct {
 	inflight     atomic.Int64
 	failures     atomic.Int32 // consecutive
 	ejectedUntil atomic.Int64 // unix nanoseconds
+	tokenWarned  atomic.Bool  // an internal token was held back from it (logged once)
 }
 
 func (u *Upstream) ejected(now time.Time) bool { return u.ejectedUntil.Load() > now.UnixNano() }
@@ -74,6 +79,7 @@ func New(cfg *Config, log *slog.Logger) *Gateway {
 			IdleConnTimeout:       90 * time.Second,
 			ResponseHeaderTimeout: 5 * time.Minute, // a PUT that finishes a large upload answers late
 			DisableCompression:    true,
+			TLSClientConfig:       cfg.serverTLS, // servers registered with scheme https
 		},
 		reg: prometheus.NewRegistry(),
 	}
@@ -337,11 +343,15 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		for _, h := range hopHeaders {
 			out.Header.Del(h)
 		}
-		if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-			if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
-				ip = prior + ", " + ip
+		out.Header.Set(forwarded.Header, g.cfg.trusted.Chain(r))
+		if out.Header.Get(internaltoken.Header) != "" && !internaltoken.Safe(u.Scheme, u.Addr) {
+			// The cluster's credential never crosses a network in clear
+			// text: a plain-http server elsewhere does not get it.
+			out.Header.Del(internaltoken.Header)
+			if !u.tokenWarned.Swap(true) {
+				g.log.Warn("not forwarding the internal token to a plain-http server off loopback: give the servers http.tls",
+					"upstream", u.ID, "addr", u.Addr)
 			}
-			out.Header.Set("X-Forwarded-For", ip)
 		}
 		out.Header.Set("X-Forwarded-Host", r.Host)
 		if r.TLS != nil {
@@ -469,9 +479,17 @@ func (g *Gateway) Upstreams() []*Upstream {
 	return append(append([]*Upstream(nil), g.local...), g.remote...)
 }
 
-// Serve listens on http.addr until ctx ends, then drains in-flight
-// requests for up to http.draintimeout.
+// Serve listens on http.addr (HTTPS with http.tls) until ctx ends, then
+// drains in-flight requests for up to http.draintimeout.
 func (g *Gateway) Serve(ctx context.Context) error {
+	var certs *tlsfiles.Reloader
+	if g.cfg.HTTP.TLS.Enabled() {
+		var err error
+		if certs, err = tlsfiles.Load(g.cfg.HTTP.TLS, "http.tls", "gaia_gateway", g.log); err != nil {
+			return err
+		}
+		g.reg.MustRegister(certs)
+	}
 	ln, err := net.Listen("tcp", g.cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
@@ -479,8 +497,15 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	srv := g.cfg.HTTP.Timeouts.Server(g.Handler())
 	srv.ErrorLog = slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	g.log.Info("gateway serving", "addr", ln.Addr().String(), "idc", g.cfg.IDC, "failover", g.cfg.Failover)
+	scheme := "http"
+	if certs != nil {
+		scheme = "https"
+		srv.TLSConfig = certs.ServerConfig()
+		go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	g.log.Info("gateway serving", "addr", ln.Addr().String(), "scheme", scheme, "idc", g.cfg.IDC, "failover", g.cfg.Failover)
 	select {
 	case err := <-errc:
 		return err

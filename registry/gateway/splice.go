@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 // TCPConn.ReadFrom uses splice(2) on Linux), instead of copying every byte
 // through user space. The client's connection is hijacked for it and
 // closed after the body (docker opens a connection per layer anyway).
+// With TLS on either side the bytes pass through user space, but the
+// exchange is the same: a server registered as https is dialled with TLS.
 
 // transferDeadline bounds a spliced transfer, whose bytes the gateway
 // never sees (so it cannot watch progress): ten minutes plus a second per
@@ -33,10 +36,23 @@ func transferDeadline(size int64, conns ...net.Conn) {
 // spliceMin is the smallest body worth a connection of its own.
 const spliceMin = 1 << 20
 
-// spliceable: a GET of a blob (not an upload), over HTTP/1.x, to a plain
-// HTTP server, without a Range.
+// dialable: a scheme dial speaks.
+func dialable(u *Upstream) bool { return u.Scheme == "http" || u.Scheme == "https" }
+
+// dial connects to u for a spliced exchange, with TLS (verified as the
+// transport verifies) when u speaks https.
+func (g *Gateway) dial(ctx context.Context, u *Upstream) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	if u.Scheme != "https" {
+		return d.DialContext(ctx, "tcp", u.Addr)
+	}
+	return (&tls.Dialer{NetDialer: d, Config: g.cfg.serverTLS}).DialContext(ctx, "tcp", u.Addr)
+}
+
+// spliceable: a GET of a blob (not an upload), over HTTP/1.x, without a
+// Range.
 func spliceable(r *http.Request, u *Upstream) bool {
-	if r.Method != http.MethodGet || u.Scheme != "http" || r.ProtoMajor != 1 || r.Header.Get("Range") != "" {
+	if r.Method != http.MethodGet || !dialable(u) || r.ProtoMajor != 1 || r.Header.Get("Range") != "" {
 		return false
 	}
 	i := strings.LastIndex(r.URL.Path, "/blobs/")
@@ -47,8 +63,7 @@ func spliceable(r *http.Request, u *Upstream) bool {
 // splice serves r from u as described above. It returns a non-nil error
 // only when nothing reached the client (the caller may retry elsewhere).
 func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Request, u *Upstream, start time.Time) error {
-	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	conn, err := d.DialContext(r.Context(), "tcp", u.Addr)
+	conn, err := g.dial(r.Context(), u)
 	if err != nil {
 		return err
 	}
@@ -118,10 +133,10 @@ func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Reque
 }
 
 // uploadSpliceable: a chunk or final PUT of a blob upload with a known,
-// large body, over HTTP/1.x, to a plain HTTP server. (Chunked request
-// bodies, which docker sends, take the ordinary path.)
+// large body, over HTTP/1.x. (Chunked request bodies, which docker sends,
+// take the ordinary path.)
 func uploadSpliceable(r *http.Request, u *Upstream) bool {
-	return (r.Method == http.MethodPatch || r.Method == http.MethodPut) && u.Scheme == "http" && r.ProtoMajor == 1 &&
+	return (r.Method == http.MethodPatch || r.Method == http.MethodPut) && dialable(u) && r.ProtoMajor == 1 &&
 		r.ContentLength >= spliceMin && strings.Contains(r.URL.Path, "/blobs/uploads/")
 }
 
@@ -133,8 +148,7 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 	if !ok {
 		return fmt.Errorf("not hijackable")
 	}
-	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	conn, err := d.DialContext(r.Context(), "tcp", u.Addr)
+	conn, err := g.dial(r.Context(), u)
 	if err != nil {
 		return err
 	}
@@ -176,7 +190,7 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 		n, err := io.CopyN(conn, bufrw.Reader, min(int64(bufrw.Reader.Buffered()), r.ContentLength))
 		if err == nil && n < r.ContentLength {
 			var k int64
-			k, err = conn.(*net.TCPConn).ReadFrom(io.LimitReader(client, r.ContentLength-n))
+			k, err = io.Copy(conn, io.LimitReader(client, r.ContentLength-n)) // splice(2) between plain TCP sockets
 			n += k
 		}
 		if err == nil && n < r.ContentLength {
@@ -199,7 +213,7 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 	default:
 		// Answered before the body was through: stop sending.
 		client.SetReadDeadline(time.Now())
-		conn.(*net.TCPConn).CloseWrite()
+		conn.(closeWriter).CloseWrite()
 		body = <-bodyDone
 	}
 	g.m.bytes.WithLabelValues("in", u.ID, u.IDC).Add(float64(body.n))
@@ -242,15 +256,19 @@ func isUpstreamErr(err error) bool {
 	return !strings.Contains(err.Error(), "client sent")
 }
 
+// closeWriter: a TCP or TLS connection, which can end its sending side
+// alone.
+type closeWriter interface{ CloseWrite() error }
+
 // lingerClose ends a hijacked connection whose client may still be sending
 // a body we stopped reading: FIN first, then discard what still arrives
 // for a moment, so the kernel does not answer with a reset that destroys
 // the response before the client reads it.
 func lingerClose(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
-		tc.SetReadDeadline(time.Now().Add(2 * time.Second))
-		io.Copy(io.Discard, io.LimitReader(tc, 256<<20))
+	if cw, ok := c.(closeWriter); ok {
+		cw.CloseWrite()
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		io.Copy(io.Discard, io.LimitReader(c, 256<<20))
 	}
 	c.Close()
 }

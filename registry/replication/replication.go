@@ -13,6 +13,7 @@ package replication
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gaia-registry/gaia/registry/coalesce"
+	"github.com/gaia-registry/gaia/registry/internaltoken"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 )
@@ -39,7 +41,7 @@ import (
 const (
 	// TokenHeader carries the cluster's internal token: it lets a peer
 	// IDC read blobs whatever the auth configuration.
-	TokenHeader = "X-Gaia-Internal-Token"
+	TokenHeader = internaltoken.Header
 	// NoFillHeader asks a server to answer from its own storage only, so
 	// two IDCs lacking a blob never ask each other in a loop.
 	NoFillHeader = "X-Gaia-No-Fill"
@@ -71,6 +73,7 @@ type Options struct {
 	Driver storagedriver.StorageDriver // this IDC's storage
 	Log    *slog.Logger
 	Client *http.Client // default: no overall timeout (blobs are large), 30 s to response headers
+	TLS    *tls.Config  // the default client's: how peers' https gateways are verified
 	// Bytes counts bytes crossing IDCs by direction ("in"), cause and peer.
 	Bytes *prometheus.CounterVec
 	// RetryDelay is the first back-off of a failed job (doubling, at most 10 min).
@@ -93,8 +96,14 @@ func New(o Options) *Replicator {
 			Proxy:                 nil,
 			ResponseHeaderTimeout: 30 * time.Second,
 			MaxIdleConnsPerHost:   16,
+			TLSClientConfig:       o.TLS,
 		}}
 	}
+	// The token goes to the peers' gateways and nowhere else: a redirect
+	// (which the API never answers a blob GET with) is not followed.
+	c := *o.Client
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	o.Client = &c
 	if o.RetryDelay == 0 {
 		o.RetryDelay = time.Second
 	}
@@ -212,6 +221,9 @@ func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d di
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
+	}
+	if !internaltoken.Safe(req.URL.Scheme, req.URL.Host) { // the config refuses such peers; never send it regardless
+		return fmt.Errorf("peer %s at %s: %w", peer, base, internaltoken.ErrPlainHTTP)
 	}
 	req.Header.Set(TokenHeader, r.o.Token)
 	req.Header.Set(NoFillHeader, "1")

@@ -9,8 +9,11 @@ import (
 	"time"
 
 	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/httptimeouts"
+	"github.com/gaia-registry/gaia/registry/internaltoken"
 	"github.com/gaia-registry/gaia/registry/logconfig"
+	"github.com/gaia-registry/gaia/registry/tlsfiles"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
 
@@ -38,10 +41,12 @@ type HTTPConfig struct {
 	DrainTimeout time.Duration `yaml:"draintimeout"`
 	// Timeouts: readheadertimeout, bodyidletimeout, idletimeout.
 	Timeouts httptimeouts.Config `yaml:",inline"`
-	TLS      struct {
-		Certificate string `yaml:"certificate"`
-		Key         string `yaml:"key"`
-	} `yaml:"tls"`
+	// TLS: the server speaks only HTTPS; replaced files are picked up.
+	TLS tlsfiles.Config `yaml:"tls"`
+	// TrustedProxies (the IDC's gateways: addresses or CIDR ranges) may
+	// say whom they forward for in X-Forwarded-For; the request log names
+	// that client. Nobody else's X-Forwarded-For is believed.
+	TrustedProxies []string `yaml:"trustedproxies"`
 	// Debug.Addr, when set, serves Go's pprof profiles (/debug/pprof/) on a
 	// separate listener: keep it on loopback.
 	Debug struct {
@@ -71,10 +76,16 @@ type ClusterConfig struct {
 		DeregisterAfter time.Duration `yaml:"deregisterafter"` // critical this long: removed; default 1m
 	} `yaml:"consul"`
 	// InternalToken is shared by the servers of all IDCs: it lets a peer
-	// IDC read blobs (fills, replication) whatever the auth configuration.
-	InternalToken string `yaml:"internaltoken"`
+	// IDC read blobs (GET and HEAD of a blob: fills, replication) whatever
+	// the auth configuration. Two while rotating: the first is sent, both
+	// are accepted.
+	InternalToken internaltoken.Tokens `yaml:"internaltoken"`
 	// Peers are the other IDCs' gateways: IDC name → base URL.
 	Peers map[string]string `yaml:"peers"`
+	// TLS.CA verifies the peers' gateways (default: the system's roots).
+	TLS struct {
+		CA string `yaml:"ca"`
+	} `yaml:"tls"`
 	// Replicate lists repository prefixes whose new blobs are copied to
 	// every peer IDC right after the push ("" matches everything).
 	Replicate []string `yaml:"replicate"`
@@ -168,8 +179,11 @@ func (c *Config) validate() error {
 	if err := c.HTTP.Timeouts.Validate("http"); err != nil {
 		return err
 	}
-	if (c.HTTP.TLS.Certificate == "") != (c.HTTP.TLS.Key == "") {
-		return errors.New("http.tls: certificate and key go together")
+	if err := c.HTTP.TLS.Check("http.tls"); err != nil {
+		return err
+	}
+	if _, err := forwarded.Parse(c.HTTP.TrustedProxies, "http.trustedproxies"); err != nil {
+		return err
 	}
 	if c.Database.URL == "" {
 		return errors.New("database.url: required (PostgreSQL holds all metadata), e.g. postgres://postgres@127.0.0.1:5432/gaia?sslmode=disable")
@@ -209,12 +223,24 @@ func (cl *ClusterConfig) validate() error {
 		if idc == cl.IDC {
 			return fmt.Errorf("cluster.peers.%s: a server's own IDC is not its peer", idc)
 		}
-		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
 			return fmt.Errorf("cluster.peers.%s: %q is not an http(s) URL", idc, u)
 		}
+		if !internaltoken.Safe(pu.Scheme, pu.Host) {
+			return fmt.Errorf("cluster.peers.%s: %q: %w; use https://", idc, u, internaltoken.ErrPlainHTTP)
+		}
 	}
-	if len(cl.Peers) > 0 && cl.InternalToken == "" {
+	if err := cl.InternalToken.Check("cluster.internaltoken"); err != nil {
+		return err
+	}
+	if len(cl.Peers) > 0 && len(cl.InternalToken) == 0 {
 		return errors.New("cluster.internaltoken: required with cluster.peers (the other IDCs' servers check it)")
+	}
+	if cl.TLS.CA != "" {
+		if _, err := tlsfiles.ClientConfig(cl.TLS.CA, "cluster.tls.ca"); err != nil {
+			return err
+		}
 	}
 	if len(cl.Replicate) > 0 && len(cl.Peers) == 0 {
 		return errors.New("cluster.replicate: needs cluster.peers to replicate to")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gaia-registry/gaia/registry/api"
 	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/forwarded"
 )
 
 // metrics are one server's Prometheus series, registered on their own
@@ -29,6 +30,9 @@ type metrics struct {
 	storageErrors *prometheus.CounterVec
 	uploadsPurged prometheus.Counter
 	crossIDCBytes *prometheus.CounterVec
+	// internalRefused: requests with an internal token it did not pass
+	// (wrong or retired token, or not a blob read): a rotation gone wrong.
+	internalRefused prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
@@ -63,8 +67,12 @@ func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
 			Name: "gaia_registry_cross_idc_bytes_total",
 			Help: "Blob bytes moved between IDCs: direction in (copied here) or out (served to a peer IDC), cause fill or replication, peer IDC.",
 		}, []string{"direction", "cause", "peer"}),
+		internalRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_registry_internal_token_refused_total",
+			Help: "Requests carrying an internal token that did not let them past auth (a token not configured here, or not a blob GET/HEAD).",
+		}),
 	}
-	reg.MustRegister(m.crossIDCBytes, m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.storage, m.storageErrors, m.uploadsPurged,
+	reg.MustRegister(m.internalRefused, m.crossIDCBytes, m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.storage, m.storageErrors, m.uploadsPurged,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{pool})
 	return m
@@ -154,8 +162,10 @@ func (b *countingBody) Read(p []byte) (int, error) {
 }
 
 // instrument logs one structured line per request and records metrics.
-// Health and metrics endpoints are not logged.
-func instrument(next http.Handler, m *metrics, log *slog.Logger) http.Handler {
+// Health and metrics endpoints are not logged. The line names the client
+// (remote): behind a trusted proxy, whom it forwarded for (with the
+// proxy's own address as proxy).
+func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forwarded.Trusted) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		route := api.Parse(r.URL.Path).Kind
@@ -189,11 +199,16 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger) http.Handler {
 			if rec.status >= 500 {
 				level = slog.LevelError
 			}
-			log.LogAttrs(r.Context(), level, "request",
-				slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.String("route", route),
+			attrs := []slog.Attr{slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.String("route", route),
 				slog.Int("status", rec.status), slog.Int64("bytes_in", body.n), slog.Int64("bytes_out", rec.bytes),
-				slog.Duration("duration", elapsed), slog.String("remote", r.RemoteAddr),
-				slog.String("user", auth.UserFromContext(r.Context())))
+				slog.Duration("duration", elapsed)}
+			if client, proxied := trusted.Client(r); proxied {
+				attrs = append(attrs, slog.String("remote", client), slog.String("proxy", r.RemoteAddr))
+			} else {
+				attrs = append(attrs, slog.String("remote", r.RemoteAddr))
+			}
+			attrs = append(attrs, slog.String("user", auth.UserFromContext(r.Context())))
+			log.LogAttrs(r.Context(), level, "request", attrs...)
 		}()
 		next.ServeHTTP(rec, r)
 	})

@@ -9,8 +9,6 @@ package server
 
 import (
 	"context"
-	"crypto/subtle"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,8 +30,10 @@ import (
 	"github.com/gaia-registry/gaia/mirror-sync/pullthrough"
 	"github.com/gaia-registry/gaia/registry/api"
 	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
+	"github.com/gaia-registry/gaia/registry/tlsfiles"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 
 	// Storage drivers selectable in `storage:`.
@@ -53,7 +53,7 @@ type Server struct {
 	storage      *StorageConfig
 	metrics      *metrics
 	handler      http.Handler
-	tls          *tls.Config
+	certs        *tlsfiles.Reloader      // nil without http.tls
 	repl         *replication.Replicator // nil without cluster.peers
 	lockPool     *pgxpool.Pool           // cross-IDC fills' lock connections
 	ptLockPool   *pgxpool.Pool           // pull-through manifest fetches' lock connections
@@ -70,12 +70,14 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, storage: sc}
-	if cfg.HTTP.TLS.Certificate != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.HTTP.TLS.Certificate, cfg.HTTP.TLS.Key)
-		if err != nil {
-			return nil, fmt.Errorf("http.tls: %w", err)
+	if cfg.HTTP.TLS.Enabled() {
+		if s.certs, err = tlsfiles.Load(cfg.HTTP.TLS, "http.tls", "gaia_registry", log); err != nil {
+			return nil, err
 		}
-		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	trusted, err := forwarded.Parse(cfg.HTTP.TrustedProxies, "http.trustedproxies")
+	if err != nil {
+		return nil, err
 	}
 
 	pc, err := pgxpool.ParseConfig(cfg.Database.URL)
@@ -110,6 +112,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	}
 	reg := prometheus.NewRegistry()
 	s.metrics = newMetrics(reg, s.pool)
+	if s.certs != nil {
+		reg.MustRegister(s.certs)
+	}
 	s.driver = timedDriver{StorageDriver: drv, m: s.metrics}
 	s.uploads = uploadsession.New(s.pool, s.driver).InIDC(cfg.Cluster.IDC)
 	// Copies in progress (cross-IDC fills, pull-through fetches) hold a
@@ -135,8 +140,13 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("database.url: %w", err)
 	}
 	if len(cfg.Cluster.Peers) > 0 {
+		peerTLS, err := tlsfiles.ClientConfig(cfg.Cluster.TLS.CA, "cluster.tls.ca")
+		if err != nil {
+			s.pool.Close()
+			return nil, err
+		}
 		s.repl = replication.New(replication.Options{
-			IDC: cfg.Cluster.IDC, Peers: cfg.Cluster.Peers, Token: cfg.Cluster.InternalToken,
+			IDC: cfg.Cluster.IDC, Peers: cfg.Cluster.Peers, Token: cfg.Cluster.InternalToken.Current(), TLS: peerTLS,
 			Prefixes: cfg.Cluster.Replicate, DB: s.pool, LockDB: s.lockPool, Driver: s.driver, Log: log,
 			Bytes: s.metrics.crossIDCBytes,
 		})
@@ -174,7 +184,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 			NegativeTTL: cfg.PullThrough.NegativeTTL, NegativeMax: cfg.PullThrough.NegativeMax,
 		}),
 	})
-	v2 := instrument(s.internal(apiHandler, authn.Wrap(apiHandler)), s.metrics, log)
+	v2 := instrument(s.internal(apiHandler, authn.Wrap(apiHandler)), s.metrics, log, trusted)
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
@@ -186,16 +196,18 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 }
 
 // internal lets a peer IDC's server read blobs with the cluster's internal
-// token, past auth, and counts the bytes it takes; every other request
-// goes through auth, stripped of the internal headers.
-func (s *Server) internal(api, authed http.Handler) http.Handler {
-	token := s.cfg.Cluster.InternalToken
+// token, past auth, and counts the bytes it takes. The token is good for
+// what fills and replication do, a GET or HEAD of a blob, and nothing
+// else (not manifests, tags or the catalog). Every other request goes
+// through auth, stripped of the internal headers.
+func (s *Server) internal(direct, authed http.Handler) http.Handler {
+	tokens := s.cfg.Cluster.InternalToken
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := r.Header.Get(replication.TokenHeader)
-		if token != "" && got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 &&
-			(r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		if got != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+			api.Parse(r.URL.Path).Kind == "blob" && tokens.Match(got) {
 			rec := &recorder{ResponseWriter: w}
-			api.ServeHTTP(rec, r)
+			direct.ServeHTTP(rec, r)
 			cause := r.Header.Get(replication.CauseHeader)
 			if cause != replication.CauseReplication {
 				cause = replication.CauseFill
@@ -206,6 +218,9 @@ func (s *Server) internal(api, authed http.Handler) http.Handler {
 			}
 			s.metrics.crossIDCBytes.WithLabelValues("out", cause, peer).Add(float64(rec.bytes))
 			return
+		}
+		if got != "" {
+			s.metrics.internalRefused.Inc()
 		}
 		r.Header.Del(replication.TokenHeader)
 		r.Header.Del(replication.NoFillHeader)
@@ -367,8 +382,8 @@ func (s *Server) Serve(ctx context.Context) error {
 
 	errc := make(chan error, 1)
 	go func() {
-		if s.tls != nil {
-			srv.TLSConfig = s.tls
+		if s.certs != nil {
+			srv.TLSConfig = s.certs.ServerConfig()
 			errc <- srv.ServeTLS(ln, "", "")
 		} else {
 			errc <- srv.Serve(ln)
@@ -376,7 +391,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}()
 	s.ready.Store(true)
 	scheme := "http"
-	if s.tls != nil {
+	if s.certs != nil {
 		scheme = "https"
 	}
 	if s.repl != nil {

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gaia-registry/gaia/tests/testca"
 )
 
 var (
@@ -70,14 +72,23 @@ type Registry struct {
 	// SignalExitOK: a process that dies of SIGTERM instead of exiting 0
 	// (the stock registry) counts as stopped cleanly.
 	SignalExitOK bool
-	cmd          *exec.Cmd
-	exited       chan error
-	mu           sync.Mutex
-	killed       bool
+	// Client reaches the daemon (for one serving TLS: trusting its CA).
+	Client *http.Client
+	scheme string
+	cmd    *exec.Cmd
+	exited chan error
+	mu     sync.Mutex
+	killed bool
 }
 
 // URL is the registry's base URL.
-func (r *Registry) URL() string { return "http://" + r.Addr }
+func (r *Registry) URL() string { return r.scheme + "://" + r.Addr }
+
+// Metric is the package's Metric, scraped with r.Client.
+func (r *Registry) Metric(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	return MetricVia(t, r.Client, r.URL(), name, labels...)
+}
 
 // Log returns what the server has logged so far.
 func (r *Registry) Log() string {
@@ -119,14 +130,26 @@ func StartGateway(t testing.TB, addr, config string) *Registry {
 // args and --config, and waits until addr answers /readyz.
 func StartDaemon(t testing.TB, pkg string, args []string, addr, config string) *Registry {
 	t.Helper()
+	return startDaemon(t, pkg, args, addr, config, "http", http.DefaultClient)
+}
+
+// StartTLSDaemon is StartDaemon for a daemon serving HTTPS with a
+// certificate of ca (its URL is https://, its Client trusts ca).
+func StartTLSDaemon(t testing.TB, pkg string, args []string, addr, config string, ca *testca.CA) *Registry {
+	t.Helper()
+	return startDaemon(t, pkg, args, addr, config, "https", ca.Client())
+}
+
+func startDaemon(t testing.TB, pkg string, args []string, addr, config, scheme string, client *http.Client) *Registry {
+	t.Helper()
 	bin := Binary(t, pkg)
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return StartProcess(t, bin, append(args, "--config", cfgPath), nil, addr, "/readyz",
-		func(code int) bool { return code == http.StatusOK })
+	return startProcess(t, bin, append(args, "--config", cfgPath), nil, addr, "/readyz",
+		func(code int) bool { return code == http.StatusOK }, scheme, client)
 }
 
 // StartProcess runs bin with args, logging to a file, and waits until
@@ -135,8 +158,14 @@ func StartDaemon(t testing.TB, pkg string, args []string, addr, config string) *
 // env is added to the test's environment.
 func StartProcess(t testing.TB, bin string, args, env []string, addr, readyPath string, ready func(int) bool) *Registry {
 	t.Helper()
+	return startProcess(t, bin, args, env, addr, readyPath, ready, "http", http.DefaultClient)
+}
+
+func startProcess(t testing.TB, bin string, args, env []string, addr, readyPath string, ready func(int) bool,
+	scheme string, client *http.Client) *Registry {
+	t.Helper()
 	dir := t.TempDir()
-	r := &Registry{Addr: addr, LogPath: filepath.Join(dir, "daemon.log"), exited: make(chan error, 1)}
+	r := &Registry{Addr: addr, LogPath: filepath.Join(dir, "daemon.log"), exited: make(chan error, 1), Client: client, scheme: scheme}
 	logFile, err := os.Create(r.LogPath)
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +185,7 @@ func StartProcess(t testing.TB, bin string, args, env []string, addr, readyPath 
 	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(r.URL() + readyPath)
+		resp, err := r.Client.Get(r.URL() + readyPath)
 		if err == nil {
 			resp.Body.Close()
 			if ready(resp.StatusCode) {
@@ -313,7 +342,13 @@ func Get(t testing.TB, url string) (int, string) {
 // whose labels include every `key="value"` given.
 func Metric(t testing.TB, base, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
+	return MetricVia(t, http.DefaultClient, base, name, labels...)
+}
+
+// MetricVia is Metric with client.
+func MetricVia(t testing.TB, client *http.Client, base, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := client.Get(base + "/metrics")
 	if err != nil {
 		t.Fatalf("scrape %s: %v", base, err)
 	}

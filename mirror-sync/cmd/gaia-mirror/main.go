@@ -36,6 +36,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/tlsfiles"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 )
 
@@ -45,6 +46,7 @@ type config struct {
 		Addr         string              `yaml:"addr"`         // default 127.0.0.1:5100
 		DrainTimeout time.Duration       `yaml:"draintimeout"` // default 10s
 		Timeouts     httptimeouts.Config `yaml:",inline"`      // readheadertimeout, bodyidletimeout, idletimeout
+		TLS          tlsfiles.Config     `yaml:"tls"`          // HTTPS only (the admin token crosses it); replaced files are picked up
 	} `yaml:"http"`
 	Database struct {
 		URL     string `yaml:"url"`
@@ -58,6 +60,9 @@ type config struct {
 		URL      string `yaml:"url"`
 		Username string `yaml:"username"` // the robot credential (htpasswd or token auth)
 		Password string `yaml:"password"`
+		TLS      struct {
+			CA string `yaml:"ca"` // verifies an https registry.url (default: the system's roots)
+		} `yaml:"tls"`
 	} `yaml:"registry"`
 	Worker struct {
 		Disabled bool          `yaml:"disabled"` // serve the admin API only
@@ -113,6 +118,12 @@ func load(path string) (*config, error) {
 			return nil, fmt.Errorf("%s: registry.url: %q must be http(s)://host[:port]", path, c.Registry.URL)
 		}
 	}
+	if err := c.HTTP.TLS.Check("http.tls"); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if _, err := tlsfiles.ClientConfig(c.Registry.TLS.CA, "registry.tls.ca"); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	if err := c.Log.Check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -125,6 +136,12 @@ func run(path string) error {
 		return err
 	}
 	log := cfg.Log.New()
+	var certs *tlsfiles.Reloader
+	if cfg.HTTP.TLS.Enabled() {
+		if certs, err = tlsfiles.Load(cfg.HTTP.TLS, "http.tls", "gaia_mirror", log); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	pool, err := pgxpool.New(ctx, cfg.Database.URL)
@@ -142,6 +159,9 @@ func run(path string) error {
 	st := store.New(pool)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if certs != nil {
+		reg.MustRegister(certs)
+	}
 	mux := http.NewServeMux()
 	adminAPI := &admin.Handler{Store: st, Token: cfg.Admin.Token, Log: log}
 	mux.Handle(admin.Prefix, adminAPI)
@@ -161,16 +181,27 @@ func run(path string) error {
 	}
 	srv := cfg.HTTP.Timeouts.Server(mux)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String())
+	scheme := "http"
+	if certs != nil {
+		scheme = "https"
+		srv.TLSConfig = certs.ServerConfig()
+		go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String(), "scheme", scheme)
 	workerDone := make(chan struct{})
+	registryTLS, err := tlsfiles.ClientConfig(cfg.Registry.TLS.CA, "registry.tls.ca")
+	if err != nil {
+		return err
+	}
 	if cfg.Worker.Disabled {
 		close(workerDone)
 	} else {
 		w := worker.New(worker.Options{
 			Store: st,
 			Registry: upstream.New(upstream.Options{
-				URL: cfg.Registry.URL, Username: cfg.Registry.Username, Password: cfg.Registry.Password,
+				URL: cfg.Registry.URL, Username: cfg.Registry.Username, Password: cfg.Registry.Password, TLS: registryTLS,
 				Concurrency: 64, Timeout: 5 * time.Minute,
 				// Its questions ("is this there yet?") must not set off
 				// the registry's pull-through for on-demand rules.

@@ -23,9 +23,11 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	for text, key := range map[string]string{
 		base:                                "registry.url",
 		base + "registry: {url: ftp://x}\n": "registry.url",
-		base + "registry: {url: http://x, username: u}\n":           "registry.password",
-		base + "registry: {url: http://x}\nworker: {lease: 1s}\n":   "worker.lease",
-		base + "registry: {url: http://x}\nworker: {colour: red}\n": "colour",
+		base + "registry: {url: http://x, username: u}\n":                       "registry.password",
+		base + "registry: {url: http://x}\nworker: {lease: 1s}\n":               "worker.lease",
+		base + "registry: {url: http://x}\nworker: {colour: red}\n":             "colour",
+		base + "registry: {url: http://x}\nhttp: {tls: {certificate: a.pem}}\n": "http.tls",
+		base + "registry: {url: https://x, tls: {ca: /nonexistent.pem}}\n":      "registry.tls.ca",
 	} {
 		p := filepath.Join(t.TempDir(), "c.yml")
 		os.WriteFile(p, []byte(text), 0o644)
