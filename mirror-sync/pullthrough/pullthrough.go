@@ -69,8 +69,9 @@ type Options struct {
 	// Timeout bounds one fetch, all of an image's blobs included (default 30m).
 	Timeout time.Duration
 	// MaxDownloads bounds the blob downloads a server runs at once
-	// (default 4): each holds a database connection of the registry's
-	// pool while it streams (the upload session's row lock).
+	// (default 4): each takes upstream bandwidth, a copy buffer and a
+	// storage writer while it streams. (It no longer holds a database
+	// connection: upload sessions are claimed, not row-locked.)
 	MaxDownloads int
 	// MaxFetches bounds the fetches by tag or of a known digest (an
 	// upstream manifest until it is in hand, a tag list, a blob download)
