@@ -3,59 +3,46 @@ package coalesce
 import (
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// Every answer comes from a call that began after the request: with a
-// version bumped by writers all along, no reader ever sees a version older
-// than the one current when it asked. (Singleflight would fail this.)
+// Every answer comes from a call that began after the request: a request
+// that arrives while a call is running, after a write that call may have
+// missed, waits for the next call instead of sharing the running one.
+// (Singleflight hands it the running call's answer, and fails this.)
 func TestNeverOlderThanTheRequest(t *testing.T) {
 	var g Group[string, int64]
 	var version atomic.Int64
-	stop := make(chan struct{})
-	var writers sync.WaitGroup
-	writers.Add(1)
-	go func() {
-		defer writers.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				version.Add(1)
-				time.Sleep(50 * time.Microsecond)
-			}
-		}
-	}()
+	version.Store(1)
+	var calls atomic.Int64
+	release := make(chan struct{})
 	read := func(ctx context.Context) (int64, error) {
 		v := version.Load()
-		time.Sleep(200 * time.Microsecond) // a query takes a while
+		if calls.Add(1) == 1 {
+			<-release // the first call is still running when the write lands
+		}
 		return v, nil
 	}
-	var readers sync.WaitGroup
-	var stale, calls atomic.Int64
-	for range 32 {
-		readers.Add(1)
-		go func() {
-			defer readers.Done()
-			for range 200 {
-				before := version.Load()
-				v, err := g.Do(context.Background(), "tag", read)
-				calls.Add(1)
-				if err != nil || v < before {
-					stale.Add(1)
-				}
-			}
-		}()
+	first := make(chan int64)
+	go func() { v, _ := g.Do(context.Background(), "tag", read); first <- v }()
+	waitFor(t, func() bool { return calls.Load() == 1 })
+	version.Store(2) // a write completes while the first call runs
+	second := make(chan int64)
+	go func() { v, _ := g.Do(context.Background(), "tag", read); second <- v }()
+	waitFor(t, func() bool { // the second request is waiting, not yet answered
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		st := g.keys["tag"]
+		return st != nil && st.next != nil && st.next.members == 1
+	})
+	close(release)
+	if v := <-first; v != 1 {
+		t.Fatalf("the first request got version %d, want 1", v)
 	}
-	readers.Wait()
-	close(stop)
-	writers.Wait()
-	if stale.Load() != 0 {
-		t.Fatalf("%d of %d reads answered with data older than the read", stale.Load(), calls.Load())
+	if v := <-second; v != 2 {
+		t.Fatalf("a request made after the write got version %d, older than the write", v)
 	}
 }
 

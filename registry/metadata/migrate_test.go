@@ -151,24 +151,33 @@ func TestSchemaRefusesDanglingReferences(t *testing.T) {
 			t.Errorf("%s: got %v; want a foreign key violation", what, err)
 		}
 	}
-	var repoA, repoB, layerManifest, index, otherRepoManifest int64
-	pool.QueryRow(ctx, `INSERT INTO repositories (name) VALUES ('a') RETURNING id`).Scan(&repoA)
-	pool.QueryRow(ctx, `INSERT INTO repositories (name) VALUES ('b') RETURNING id`).Scan(&repoB)
+	// mustID runs an INSERT ... RETURNING id: an error, or an id of 0,
+	// would make every check below pass without testing anything.
+	mustID := func(sql string, args ...any) int64 {
+		t.Helper()
+		var id int64
+		if err := pool.QueryRow(ctx, sql, args...).Scan(&id); err != nil || id == 0 {
+			t.Fatalf("%s: id %d, %v", sql, id, err)
+		}
+		return id
+	}
+	repoA := mustID(`INSERT INTO repositories (name) VALUES ('a') RETURNING id`)
+	repoB := mustID(`INSERT INTO repositories (name) VALUES ('b') RETURNING id`)
 	mustExec(`INSERT INTO blobs (digest, size) VALUES ('sha256:layer', 10)`)
 	violates("manifest blob not linked to the repository",
 		`WITH m AS (INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:m0', 'x', '') RETURNING id)
 		 INSERT INTO manifest_blobs (manifest_id, repository_id, digest) SELECT id, $1, 'sha256:layer' FROM m`, repoA)
 	mustExec(`INSERT INTO repository_blobs (repository_id, digest) VALUES ($1, 'sha256:layer')`, repoA)
-	pool.QueryRow(ctx, `INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:m1', 'x', '') RETURNING id`, repoA).Scan(&layerManifest)
+	layerManifest := mustID(`INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:m1', 'x', '') RETURNING id`, repoA)
 	mustExec(`INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES ($1, $2, 'sha256:layer')`, layerManifest, repoA)
 	violates("unlinking a blob a manifest references",
 		`DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = 'sha256:layer'`, repoA)
 
-	pool.QueryRow(ctx, `INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:i1', 'x', '') RETURNING id`, repoA).Scan(&index)
+	index := mustID(`INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:i1', 'x', '') RETURNING id`, repoA)
 	mustExec(`INSERT INTO manifest_references (parent_id, child_id, repository_id) VALUES ($1, $2, $3)`, index, layerManifest, repoA)
 	violates("deleting a manifest an index refers to", `DELETE FROM manifests WHERE id = $1`, layerManifest)
 
-	pool.QueryRow(ctx, `INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:mb', 'x', '') RETURNING id`, repoB).Scan(&otherRepoManifest)
+	otherRepoManifest := mustID(`INSERT INTO manifests (repository_id, digest, media_type, content) VALUES ($1, 'sha256:mb', 'x', '') RETURNING id`, repoB)
 	violates("a tag pointing at another repository's manifest",
 		`INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, 'latest', $2)`, repoA, otherRepoManifest)
 	violates("an index child from another repository",
@@ -178,7 +187,9 @@ func TestSchemaRefusesDanglingReferences(t *testing.T) {
 	mustExec(`INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, 'v1', $2)`, repoA, index)
 	mustExec(`DELETE FROM manifests WHERE id = $1`, index)
 	var tagsLeft int
-	pool.QueryRow(ctx, `SELECT count(*) FROM tags`).Scan(&tagsLeft)
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM tags`).Scan(&tagsLeft); err != nil {
+		t.Fatal(err)
+	}
 	if tagsLeft != 0 {
 		t.Errorf("%d tags left pointing at a deleted manifest", tagsLeft)
 	}
