@@ -120,6 +120,7 @@ func (s *Store) WithLease(d time.Duration) *Store {
 // Steps at which a test hook may park a request (see Hook).
 const (
 	StepStreamed = "streamed" // a chunk's bytes are in storage, its offset not yet recorded
+	StepVerified = "verified" // a finishing upload's digest checked, its data not yet moved
 	StepMoved    = "moved"    // a finished blob is at its content-addressed path, not yet recorded
 	StepLost     = "lost"     // a renewal found the claim gone; the writer stops at its next read
 )
@@ -486,6 +487,7 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 	if got != want {
 		return Blob{}, ErrDigestMismatch
 	}
+	s.step(StepVerified)
 	// One object per blob, written once: if another upload already stored
 	// this digest, keep that object; ours goes with the directory below.
 	if _, err := s.driver.Stat(ctx, BlobPath(want)); err != nil {

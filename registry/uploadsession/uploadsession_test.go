@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +80,40 @@ func random(t *testing.T, n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
 	return b
+}
+
+// barrier returns a function that blocks its callers until n have called
+// it; one that waits a minute fails the test (the calls never overlapped).
+func barrier(t *testing.T, n int) func() {
+	var mu sync.Mutex
+	arrived := 0
+	full := make(chan struct{})
+	return func() {
+		mu.Lock()
+		arrived++
+		if arrived == n {
+			close(full)
+		}
+		mu.Unlock()
+		select {
+		case <-full:
+		case <-time.After(time.Minute):
+			mu.Lock()
+			t.Errorf("only %d of %d callers reached the barrier", arrived, n)
+			mu.Unlock()
+		}
+	}
+}
+
+// uploadsLeft lists what is left under /uploads; a listing error fails the
+// test rather than reading as "nothing left".
+func uploadsLeft(t *testing.T, drv storagedriver.StorageDriver) []string {
+	t.Helper()
+	keys, err := drv.List(context.Background(), "/uploads")
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		t.Fatalf("listing /uploads: %v", err)
+	}
+	return keys
 }
 
 func forEachBackend(t *testing.T, f func(t *testing.T, b backend)) {
@@ -174,7 +209,7 @@ func TestDigestMismatchLeavesNothing(t *testing.T) {
 	if blobs != 0 || sessions != 0 {
 		t.Fatalf("after a digest mismatch: %d blobs, %d sessions", blobs, sessions)
 	}
-	if keys, _ := drv.List(ctx, "/uploads"); len(keys) != 0 {
+	if keys := uploadsLeft(t, drv); len(keys) != 0 {
 		t.Fatalf("upload data left: %v", keys)
 	}
 }
@@ -222,7 +257,7 @@ func TestSameBlobTwice(t *testing.T) {
 	if blobs != 1 || links != 2 {
 		t.Fatalf("%d blob rows, %d links; want 1 and 2", blobs, links)
 	}
-	if keys, _ := drv.List(ctx, "/uploads"); len(keys) != 0 {
+	if keys := uploadsLeft(t, drv); len(keys) != 0 {
 		t.Fatalf("upload data left: %v", keys)
 	}
 }
@@ -252,7 +287,7 @@ func TestCancelAndExpire(t *testing.T) {
 	if _, err := srv.Get(ctx, "r", fresh.ID); err != nil {
 		t.Fatalf("fresh session expired: %v", err)
 	}
-	keys, _ := drv.List(ctx, "/uploads")
+	keys := uploadsLeft(t, drv)
 	if len(keys) != 0 {
 		t.Fatalf("data of ended sessions left: %v", keys)
 	}
@@ -269,6 +304,16 @@ func TestSameBlobConcurrently(t *testing.T) {
 		data := random(t, 300_000)
 		want := digest.FromBytes(data)
 		const clients = 8
+		// Every client's digest is verified before any moves its data into
+		// place: all eight race for the blob's path and row at once.
+		all := barrier(t, clients)
+		for _, s := range []*Store{srvA, srvB} {
+			s.Hook(func(step string) {
+				if step == StepVerified {
+					all()
+				}
+			})
+		}
 		errs := make(chan error, clients)
 		for i := range clients {
 			s := []*Store{srvA, srvB}[i%2]
@@ -298,7 +343,7 @@ func TestSameBlobConcurrently(t *testing.T) {
 		if err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("stored blob: %d bytes, err %v", len(got), err)
 		}
-		if keys, _ := drv.List(ctx, "/uploads"); len(keys) != 0 {
+		if keys := uploadsLeft(t, drv); len(keys) != 0 {
 			t.Fatalf("upload data left: %v", keys)
 		}
 	})
