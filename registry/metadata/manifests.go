@@ -57,6 +57,19 @@ type Manifests struct {
 	// that began before them: see registry/coalesce). Results are shared:
 	// callers must not modify them.
 	reads coalesce.Group[manifestKey, *Manifest]
+	// parked, when set, is called at StepBeforeCommit (tests crash or cut
+	// a request there).
+	parked func(step string)
+}
+
+// StepBeforeCommit: a manifest PUT has written every row of its
+// transaction and not yet committed.
+const StepBeforeCommit = "manifest-before-commit"
+
+// Hook sets a function called at the named steps of a Put (tests).
+func (m *Manifests) Hook(f func(step string)) *Manifests {
+	m.parked = f
+	return m
 }
 
 type manifestKey struct{ repo, tag, digest string }
@@ -233,6 +246,9 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 				}
 				return err
 			}
+		}
+		if m.parked != nil {
+			m.parked(StepBeforeCommit)
 		}
 		return nil
 	})

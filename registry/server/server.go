@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"net/http/pprof"
 	"runtime"
 	"strconv"
@@ -167,6 +168,11 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	blobs, manifests := metadata.NewBlobs(s.pool), metadata.NewManifests(s.pool)
+	if step := os.Getenv(TestHookPark); step != "" {
+		park := parkAt(step, log)
+		s.uploads.Hook(park)
+		manifests.Hook(park)
+	}
 	apiHandler := api.New(api.Options{
 		Uploads:    s.uploads,
 		Blobs:      blobs,
@@ -340,6 +346,23 @@ func (s *Server) deregister() {
 	}
 	if err := s.consul.Agent().ServiceDeregister(s.serviceID()); err != nil {
 		s.log.Warn("deregistering from Consul", "err", err)
+	}
+}
+
+// TestHookPark names an environment variable for crash tests only: a
+// server started with it set to a step name (uploadsession.Step*,
+// metadata.StepBeforeCommit) parks every request that reaches that step
+// for good, after logging "test hook: parked", so a test can kill the
+// process -9 at exactly that point. Never set it in production.
+const TestHookPark = "GAIA_TESTHOOK_PARK"
+
+func parkAt(step string, log *slog.Logger) func(string) {
+	log.Warn("test hook set: requests reaching this step park forever", "env", TestHookPark, "step", step)
+	return func(s string) {
+		if s == step {
+			log.Warn("test hook: parked", "step", s)
+			select {}
+		}
 	}
 }
 

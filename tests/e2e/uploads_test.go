@@ -49,12 +49,7 @@ func maxConns4(cfg string) string {
 // returns the manifest's digest.
 func pushSmallImage(t *testing.T, base, repo, tag string) digest.Digest {
 	t.Helper()
-	layer := pushBlob(t, base, repo, []byte("layer of "+repo))
-	config := pushBlob(t, base, repo, []byte(`{"architecture":"amd64","os":"linux"}`))
-	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
-		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
-		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":%q,"size":%d}]}`,
-		config, len(`{"architecture":"amd64","os":"linux"}`), layer, len("layer of "+repo))
+	m := pushSmallImageBlobs(t, base, repo)
 	req, _ := http.NewRequest(http.MethodPut, base+"/v2/"+repo+"/manifests/"+tag, strings.NewReader(m))
 	req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
 	resp, err := http.DefaultClient.Do(req)
@@ -63,6 +58,19 @@ func pushSmallImage(t *testing.T, base, repo, tag string) digest.Digest {
 	}
 	resp.Body.Close()
 	return digest.FromString(m)
+}
+
+// pushSmallImageBlobs pushes a one-layer image's blobs and returns its
+// manifest, not yet put.
+func pushSmallImageBlobs(t *testing.T, base, repo string) string {
+	t.Helper()
+	layer := pushBlob(t, base, repo, []byte("layer of "+repo))
+	config := pushBlob(t, base, repo, []byte(`{"architecture":"amd64","os":"linux"}`))
+	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":%q,"size":%d}]}`,
+		config, len(`{"architecture":"amd64","os":"linux"}`), layer, len("layer of "+repo))
+	return m
 }
 
 // TestTrickledUploadsLeaveServerResponsive: a server with a pool of four
