@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,7 +23,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/gaia-registry/gaia/registry/uploadsession"
 	"github.com/gaia-registry/gaia/tests/harness"
 )
 
@@ -384,27 +387,24 @@ func TestPurgeUploads(t *testing.T) {
 	srv.storage.UploadAge, srv.storage.UploadScan = time.Hour, time.Hour
 	bg, cancel := context.WithCancel(ctx)
 	go srv.purgeUploads(bg) // runs once at start, then waits an hour
+	// A purge is counted once its rows and its data are gone.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := srv.uploads.Get(ctx, "purge/me", sess.ID); err != nil {
-			break
-		}
+	for testutil.ToFloat64(srv.metrics.uploadsPurged) == 0 {
 		if time.Now().After(deadline) {
-			t.Fatal("idle session not purged")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	// The row goes first (committed), then the data: wait for both.
-	for {
-		if _, err := os.Stat(data); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("purged session's data still on disk")
+			t.Fatal("idle session not purged (gaia_registry_uploads_purged_total still 0)")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
+	if n := testutil.ToFloat64(srv.metrics.uploadsPurged); n != 1 {
+		t.Fatalf("gaia_registry_uploads_purged_total = %v; want 1", n)
+	}
+	if _, err := srv.uploads.Get(ctx, "purge/me", sess.ID); !errors.Is(err, uploadsession.ErrUnknown) {
+		t.Fatalf("purged session: %v; want ErrUnknown", err)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Fatalf("purged session's data: %v; want it gone", err)
+	}
 	if _, err := srv.uploads.Get(ctx, "purge/me", fresh.ID); err != nil {
 		t.Fatalf("fresh session purged: %v", err)
 	}

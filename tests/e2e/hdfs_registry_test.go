@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -10,7 +11,10 @@ import (
 	"time"
 
 	gohdfs "github.com/colinmarc/hdfs/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/opencontainers/go-digest"
 
+	"github.com/gaia-registry/gaia/registry/uploadsession"
 	"github.com/gaia-registry/gaia/tests/harness"
 )
 
@@ -23,7 +27,8 @@ func TestDockerPushPullOnHDFS(t *testing.T) {
 	nn := env.Get(t, "GAIA_TEST_HDFS_NAMENODE")
 	addr := harness.FreeAddr(t)
 	root := fmt.Sprintf("/gaia-e2e/push-%d", time.Now().UnixNano())
-	reg := harness.StartRegistry(t, addr, harness.RegistryConfig(addr, harness.NewDatabase(t),
+	db := harness.NewDatabase(t)
+	reg := harness.StartRegistry(t, addr, harness.RegistryConfig(addr, db,
 		fmt.Sprintf("hdfs: {namenodes: [%q], rootdirectory: %s, user: gaia, replication: 1}", nn, root)))
 
 	ref := addr + "/e2e/hdfs-image:v1"
@@ -53,26 +58,51 @@ func TestDockerPushPullOnHDFS(t *testing.T) {
 	}
 	defer c.Close()
 	defer c.RemoveAll(root)
-	var blobs, bigBlobs int
+	// Exactly one object per blob PostgreSQL records, at its digest's
+	// path and of its size; nothing else.
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, `SELECT digest, size FROM blobs`)
+	recorded := map[string]int64{} // storage path → size
+	var bigBlobs int
+	for rows.Next() {
+		var d digest.Digest
+		var size int64
+		if err := rows.Scan(&d, &size); err != nil {
+			t.Fatal(err)
+		}
+		recorded[root+uploadsession.BlobPath(d)] = size
+		if size > 3<<20 {
+			bigBlobs++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(recorded) != 5 || bigBlobs != 1 {
+		t.Fatalf("blob rows: %d (%d over 3 MiB); want config + 4 layers, one over 3 MiB (manifests live in PostgreSQL)", len(recorded), bigBlobs)
+	}
 	var stray []string
+	found := 0
 	err = c.Walk(root, func(p string, fi os.FileInfo, err error) error {
 		switch {
 		case err != nil || fi.IsDir():
-		case strings.HasPrefix(p, root+"/blobs/") && fi.Name() == "data":
-			blobs++
-			if fi.Size() > 3<<20 {
-				bigBlobs++
-			}
+		case recorded[p] == fi.Size() && fi.Size() > 0:
+			found++
 		default:
-			stray = append(stray, p)
+			stray = append(stray, fmt.Sprintf("%s (%d bytes)", p, fi.Size()))
 		}
 		return err
 	})
-	if err != nil || blobs < 5 || bigBlobs < 1 {
-		t.Fatalf("blobs in HDFS: %d (%d over 3 MiB), err %v; want config + 4 layers (manifests live in PostgreSQL)", blobs, bigBlobs, err)
+	if err != nil || found != len(recorded) {
+		t.Fatalf("of %d recorded blobs, %d are in HDFS at their path and size (walk: %v)", len(recorded), found, err)
 	}
 	if len(stray) > 0 {
-		t.Fatalf("files other than blobs left in HDFS: %v", stray)
+		t.Fatalf("files other than the recorded blobs in HDFS: %v", stray)
 	}
 
 	if err := reg.Stop(); err != nil {
