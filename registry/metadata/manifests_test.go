@@ -802,9 +802,9 @@ func TestConcurrentDeleteAndTagging(t *testing.T) {
 	const pushers, rounds = 8, 50
 	w := s.wide(t, pushers+1) // and the deleter
 	done := make(chan struct{})
-	deleted := 0
+	var deleted, finished atomic.Int64
 	deleteErr := make(chan error, 1)
-	go func() {
+	go func() { // deletes until three quarters of the pushes are done
 		for {
 			select {
 			case <-done:
@@ -812,9 +812,13 @@ func TestConcurrentDeleteAndTagging(t *testing.T) {
 				return
 			default:
 			}
+			if finished.Load() >= pushers*rounds*3/4 {
+				deleteErr <- nil
+				return
+			}
 			switch err := w.manifests.Delete(ctx, "team/app", m.Digest); {
 			case err == nil:
-				deleted++
+				deleted.Add(1)
 			case errors.Is(err, ErrNotFound):
 			default:
 				deleteErr <- fmt.Errorf("Delete: %w", err)
@@ -826,18 +830,29 @@ func TestConcurrentDeleteAndTagging(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	succeeded, missing := 0, 0
+	// Tags of pushes that began after every delete had landed: nothing
+	// removed them afterwards, so each must be there at the end.
+	type push struct {
+		tag            string
+		deletesAtStart int64
+	}
+	var pushed []push
 	for p := 0; p < pushers; p++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for r := 0; r < rounds; r++ {
 				// Its own tag, and one tag every pusher moves.
-				err := w.manifests.Put(ctx, "team/app", withTags(m, fmt.Sprintf("p%d-r%d", p, r), "shared"))
+				tag := fmt.Sprintf("p%d-r%d", p, r)
+				before := deleted.Load()
+				err := w.manifests.Put(ctx, "team/app", withTags(m, tag, "shared"))
+				finished.Add(1)
 				var me *MissingError
 				switch {
 				case err == nil:
 					mu.Lock()
 					succeeded++
+					pushed = append(pushed, push{tag, before})
 					mu.Unlock()
 				case errors.As(err, &me) && slices.Equal(me.Manifests, []digest.Digest{m.Digest}) && len(me.Blobs) == 0:
 					mu.Lock()
@@ -858,13 +873,28 @@ func TestConcurrentDeleteAndTagging(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	t.Logf("%d pushes succeeded, %d found the manifest deleted; %d deletes", succeeded, missing, deleted)
+	t.Logf("%d pushes succeeded, %d found the manifest deleted; %d deletes", succeeded, missing, deleted.Load())
 	if succeeded+missing != pushers*rounds {
 		t.Fatalf("%d outcomes for %d pushes", succeeded+missing, pushers*rounds)
 	}
-
-	if n := s.count(t, `SELECT count(*) FROM tags t LEFT JOIN manifests m ON m.id = t.manifest_id WHERE m.id IS NULL`); n != 0 {
-		t.Fatalf("%d tags point at a missing manifest", n)
+	// The race happened: a Delete succeeds only when the manifest exists,
+	// so two of them mean a push re-created it in between.
+	if deleted.Load() < 2 {
+		t.Fatalf("%d deletes landed during %d pushes: the race never happened", deleted.Load(), pushers*rounds)
+	}
+	final, checked := deleted.Load(), 0
+	for _, p := range pushed {
+		if p.deletesAtStart != final {
+			continue
+		}
+		checked++
+		if n := s.count(t, `SELECT count(*) FROM tags t JOIN manifests m ON m.id = t.manifest_id WHERE t.name = $1 AND m.digest = $2`,
+			p.tag, m.Digest.String()); n != 1 {
+			t.Fatalf("tag %s of a push acknowledged after the last delete is gone", p.tag)
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no push began after the last delete: the deleter never stopped")
 	}
 	if n := s.count(t, `SELECT count(*) FROM tags t JOIN manifests m ON m.id = t.manifest_id WHERE m.digest <> $1`, m.Digest.String()); n != 0 {
 		t.Fatalf("%d tags point at some other manifest", n)
@@ -877,9 +907,6 @@ func TestConcurrentDeleteAndTagging(t *testing.T) {
 		SELECT count(*) FROM manifests m
 		WHERE (SELECT count(*) FROM manifest_blobs mb WHERE mb.manifest_id = m.id) <> 3`); n != 0 {
 		t.Fatalf("%d manifests without all their blobs recorded", n)
-	}
-	if n := s.count(t, `SELECT count(*) FROM manifest_blobs mb LEFT JOIN manifests m ON m.id = mb.manifest_id WHERE m.id IS NULL`); n != 0 {
-		t.Fatalf("%d manifest_blobs rows of missing manifests", n)
 	}
 	// Whatever happened, a push afterwards works and its tag resolves.
 	if err := s.manifests.Put(ctx, "team/app", withTags(m, "final")); err != nil {
@@ -968,6 +995,9 @@ func TestConcurrentIndexAndChildDelete(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("%d of %d index pushes stored", stored.Load(), pushers*rounds)
+	if stored.Load() == 0 || stored.Load() == pushers*rounds {
+		t.Fatalf("%d of %d index pushes stored: the child's deletion never raced them", stored.Load(), pushers*rounds)
+	}
 	if n := s.count(t, `SELECT count(*) FROM manifests WHERE media_type = 'application/vnd.oci.image.index.v1+json'`); n != 0 {
 		t.Fatalf("%d indexes left after each pusher deleted its own", n)
 	}
