@@ -348,12 +348,36 @@ func Metric(t testing.TB, base, name string, labels ...string) float64 {
 // MetricVia is Metric with client.
 func MetricVia(t testing.TB, client *http.Client, base, name string, labels ...string) float64 {
 	t.Helper()
+	v, err := ScrapeMetric(client, base, name, labels...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// scrapeClient bounds a scrape: a daemon that stopped answering fails the
+// scrape instead of hanging the test.
+var scrapeClient = &http.Client{Timeout: 30 * time.Second}
+
+// ScrapeMetric is Metric for goroutines other than the test's (which must
+// not call t.Fatal): it returns the error instead. A nil client scrapes
+// with a 30-second timeout.
+func ScrapeMetric(client *http.Client, base, name string, labels ...string) (float64, error) {
+	if client == nil || client == http.DefaultClient {
+		client = scrapeClient
+	}
 	resp, err := client.Get(base + "/metrics")
 	if err != nil {
-		t.Fatalf("scrape %s: %v", base, err)
+		return 0, fmt.Errorf("scrape %s: %w", base, err)
 	}
 	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("scrape %s: %s", base, resp.Status)
+	}
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("scrape %s: %w", base, err)
+	}
 	var sum float64
 	for _, line := range strings.Split(string(raw), "\n") {
 		if line == "" || line[0] == '#' {
@@ -377,5 +401,5 @@ func MetricVia(t testing.TB, client *http.Client, base, name string, labels ...s
 			sum += v
 		}
 	}
-	return sum
+	return sum, nil
 }
