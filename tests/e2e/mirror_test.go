@@ -462,6 +462,9 @@ func TestMirrorRuleFromStockRegistry(t *testing.T) {
 // dropped mid-blob, and a worker killed mid-run.
 func TestMirrorFaults(t *testing.T) {
 	ctx := context.Background()
+	// Built now: a build inside the kill test's few-second window (when
+	// this test runs alone) could let the run finish before the kill.
+	gaiactl := harness.Binary(t, "./cmd/gaiactl")
 	s := newMirrorSetup(t)
 	s.startGaia(t, 1, true)
 	m := s.startMirror(t, "worker-a", true)
@@ -549,7 +552,7 @@ func TestMirrorFaults(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		// The progress shows in gaiactl while the run is on.
-		out, err := exec.Command(harness.Binary(t, "./cmd/gaiactl"), "--server", victim.URL(), "--token", s.token,
+		out, err := exec.Command(gaiactl, "--server", victim.URL(), "--token", s.token,
 			"mirror", "status", "kill").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "running") {
 			t.Errorf("gaiactl mirror status during the run: %v\n%s", err, out)
