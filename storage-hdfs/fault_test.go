@@ -18,6 +18,7 @@ import (
 
 func newFaultDriver(t *testing.T, namenodes []string) *Driver {
 	t.Helper()
+	harness.LockHDFSFaults(t) // other packages' fault tests stop its NameNode too
 	return openDriver(t, harness.HDFSFaults, "/gaia-faults", map[string]any{
 		"namenodes":   namenodes,
 		"iotimeout":   "15s",

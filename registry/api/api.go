@@ -254,12 +254,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // fail writes the spec's JSON error body. Errors without an OCI code are
-// logged and answered as UNKNOWN, without internals.
+// logged and answered, without internals, as UNAVAILABLE when a backend is
+// down (unavailable) and otherwise as UNKNOWN.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var coder errcode.ErrorCoder
 	if !errors.As(err, &coder) {
-		h.Log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		err = errcode.ErrorCodeUnknown
+		if down, ok := unavailable(err); ok {
+			h.Log.Warn("request failed: backend unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+			err = down
+		} else {
+			h.Log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			err = errcode.ErrorCodeUnknown
+		}
 	}
 	errcode.ServeJSON(w, err)
 }

@@ -321,10 +321,14 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 		}
 	}
 	if err != nil {
-		// Linked in the database but missing in storage: say so, loudly.
-		h.Log.Error("blob bytes missing from storage", "repository", name, "digest", d, "err", err)
 		hdr.Del("Content-Range")
 		hdr.Del("Content-Length")
+		if !errors.As(err, new(storagedriver.PathNotFoundError)) {
+			h.fail(w, r, err) // storage failing (down, say): 503, not "unknown blob"
+			return
+		}
+		// Linked in the database but missing in storage: say so, loudly.
+		h.Log.Error("blob bytes missing from storage", "repository", name, "digest", d, "err", err)
 		h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithDetail(d))
 		return
 	}

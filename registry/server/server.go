@@ -2,7 +2,7 @@
 // configuration, connects the PostgreSQL metadata store and the storage
 // driver, and serves the OCI API (registry/api) behind authentication,
 // metrics and request logs, with /healthz (liveness), /readyz (PostgreSQL
-// and storage reachable) and /metrics (Prometheus) beside it. Shutdown is
+// reachable; storage reported) and /metrics (Prometheus) beside it. Shutdown is
 // graceful: readiness fails at once, in-flight requests get the drain
 // timeout to finish.
 package server
@@ -258,8 +258,8 @@ func (s *Server) checkSchema(ctx context.Context) error {
 // Handler is everything the server serves (for tests that want no listener).
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// readyz answers 200 only when PostgreSQL and storage answer and the
-// server is not shutting down.
+// readyz answers 200 only when PostgreSQL answers and the server is not
+// shutting down; its body says when storage does not answer.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
@@ -277,7 +277,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, err := s.driver.Stat(ctx, "/"); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
-		fail("storage", err)
+		// Still ready: the servers of an IDC share its storage, so failing
+		// here would take every one of them out of the gateways' rotation,
+		// and with them the manifests, tags and catalog that PostgreSQL
+		// alone serves. Blob requests answer 503 meanwhile.
+		fmt.Fprintf(w, "ok, but storage is unavailable (blob requests answer 503): %v\n", err)
 		return
 	}
 	w.Write([]byte("ok\n"))

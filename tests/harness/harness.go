@@ -12,11 +12,13 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -111,8 +113,9 @@ func Logs(service string) string {
 }
 
 // HDFSControl drives the fault-test HDFS cluster's control endpoint:
-// "namenode/restart", "datanode/stop" or "datanode/start". It blocks until
-// the cluster has done it.
+// "namenode/restart", "namenode/stop", "namenode/start", "datanode/stop" or
+// "datanode/start". It blocks until the cluster has done it. Tests that
+// call it hold LockHDFSFaults.
 func HDFSControl(t testing.TB, env Env, action string) {
 	t.Helper()
 	base := env.Get(t, "GAIA_TEST_HDFS_FAULTS_CONTROL")
@@ -148,4 +151,53 @@ func WaitHDFSReady(t testing.TB, env Env) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+var (
+	faultsSem    = make(chan struct{}, 1) // one holder per process
+	faultsMu     sync.Mutex
+	faultsHolder testing.TB
+)
+
+// LockHDFSFaults gives the test the fault-test HDFS cluster to itself until
+// it ends: tests of other packages (other processes, under a file lock) and
+// of this one wait, so no test runs into another's outage. A test may call
+// it more than once.
+func LockHDFSFaults(t testing.TB) {
+	t.Helper()
+	faultsMu.Lock()
+	held := faultsHolder == t
+	faultsMu.Unlock()
+	if held {
+		return
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	select {
+	case faultsSem <- struct{}{}:
+	case <-time.After(time.Until(deadline)):
+		t.Fatal("harness: another test of this process held the fault-test HDFS cluster for 5m")
+	}
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "gaia-hdfs-faults.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		<-faultsSem
+		t.Fatal(err)
+	}
+	for syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		if time.Now().After(deadline) {
+			f.Close()
+			<-faultsSem
+			t.Fatal("harness: another process held the fault-test HDFS cluster for 5m")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	faultsMu.Lock()
+	faultsHolder = t
+	faultsMu.Unlock()
+	t.Cleanup(func() {
+		faultsMu.Lock()
+		faultsHolder = nil
+		faultsMu.Unlock()
+		f.Close() // releases the flock
+		<-faultsSem
+	})
 }

@@ -98,3 +98,37 @@ func TestServices(t *testing.T) {
 		}
 	})
 }
+
+// TestStartPostgres: a test's own PostgreSQL keeps committed rows across a
+// Stop and a Start on the same port, and refuses connections in between.
+func TestStartPostgres(t *testing.T) {
+	pg := harness.StartPostgres(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pg.URL)
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, pg.Log())
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before the stop')"); err != nil {
+		t.Fatal(err)
+	}
+	pg.Stop(t)
+	// The open session was ended by the shutdown.
+	if err := conn.Ping(ctx); err == nil {
+		t.Fatal("a session survived the stop")
+	}
+	if c, err := pgx.Connect(ctx, pg.URL); err == nil {
+		c.Close(ctx)
+		t.Fatal("connected while stopped")
+	}
+	pg.Start(t)
+	conn, err = pgx.Connect(ctx, pg.URL)
+	if err != nil {
+		t.Fatalf("connect after the start: %v\n%s", err, pg.Log())
+	}
+	defer conn.Close(ctx)
+	var v string
+	if err := conn.QueryRow(ctx, "SELECT v FROM kept").Scan(&v); err != nil || v != "before the stop" {
+		t.Fatalf("after a restart: %q %v", v, err)
+	}
+}

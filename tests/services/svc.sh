@@ -191,12 +191,23 @@ install_hdfs() {
 hdfs_nn_port() { if [ "$1" = hdfs ]; then echo "$HDFS_NN_PORT"; else echo "$HDFS_FAULTS_NN_PORT"; fi; }
 hdfs_control_port() { if [ "$1" = hdfs ]; then echo "$HDFS_CONTROL_PORT"; else echo "$HDFS_FAULTS_CONTROL_PORT"; fi; }
 hdfs_ready() { curl -fsS "http://127.0.0.1:$(hdfs_control_port "$1")/ready" >/dev/null 2>&1; }
+# hdfs_current NAME: the running cluster has every control action the fault
+# tests use (a GET of one answers 405, 404 when it is missing). Only the
+# fault cluster is checked: the shared one never needs them, and restarting
+# it would cut the tests of every other checkout using it.
+hdfs_current() {
+  [ "$1" = hdfs ] && return 0
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(hdfs_control_port "$1")/namenode/stop")" = 405 ]
+}
 start_hdfs_instance() {
   local name="$1" nn cp
   nn="$(hdfs_nn_port "$name")"; cp="$(hdfs_control_port "$name")"
   install_hdfs
   local dir="$STATE/$name" logf="$STATE/$name/minihdfs.log"
-  hdfs_ready "$name" && return 0
+  if hdfs_ready "$name"; then
+    hdfs_current "$name" && return 0
+    log "$name: started from an older MiniHdfs (no /namenode/stop): restarting it"
+  fi
   stop_hdfs_instance "$name"
   mkdir -p "$dir"
   rm -rf "$dir/data"

@@ -1,13 +1,15 @@
 // MiniHdfs runs a real HDFS NameNode and DataNode (Hadoop's MiniDFSCluster,
 // the same classes the Hadoop daemons run) on loopback for Gaia's tests, plus
-// a tiny HTTP control endpoint that the fault tests use to restart the
-// NameNode and to stop and start the DataNode.
+// a tiny HTTP control endpoint that the fault tests use to restart, stop and
+// start the NameNode and to stop and start the DataNode.
 //
 // Usage: java -cp CLASSPATH MiniHdfs DATA_DIR NAMENODE_PORT CONTROL_PORT
 //
 // Control endpoint (127.0.0.1:CONTROL_PORT):
 //   GET  /ready             200 when the NameNode is up and out of safe mode
 //   POST /namenode/restart  restart the NameNode in place (same port, same data)
+//   POST /namenode/stop     stop the NameNode (its port and data are kept)
+//   POST /namenode/start    start the stopped NameNode again (no-op when up)
 //   POST /datanode/stop     stop the DataNode (its port and data are kept)
 //   POST /datanode/start    start the stopped DataNode again
 //   POST /shutdown          stop the cluster and exit
@@ -80,6 +82,16 @@ public class MiniHdfs {
     });
     server.createContext("/namenode/restart", ex -> control(ex, () -> {
       cluster.restartNameNode(true);
+      cluster.waitClusterUp();
+      cluster.waitActive();
+    }));
+    server.createContext("/namenode/stop", ex -> control(ex, () -> {
+      cluster.shutdownNameNode(0);
+    }));
+    server.createContext("/namenode/start", ex -> control(ex, () -> {
+      if (cluster.getNameNode(0) == null) {
+        cluster.restartNameNode(0, true);
+      }
       cluster.waitClusterUp();
       cluster.waitActive();
     }));
