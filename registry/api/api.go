@@ -116,15 +116,37 @@ var nameRegexp = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9
 // maxNameLength is the spec's limit on a repository name.
 const maxNameLength = 255
 
-// Route is what a request path names; the auth middleware and the metrics
-// use it too.
+// Route is what a request path names. The handler, the auth middleware and
+// the metrics all read it from one parse of the raw path (RouteOf), so no
+// layer can take a request for another repository than the next one does.
 type Route struct {
 	Kind string // "base", "catalog", "manifest", "blob", "upload", "tags", "referrer" or "" (unknown)
 	Name string // repository
 	Ref  string // tag or digest, blob digest, upload id ("" for a new upload)
 }
 
-// Parse splits an API path into its route.
+type routeKey struct{}
+
+// WithRoute parses r's path once and keeps the route in its context for
+// every later layer (RouteOf). The outermost middleware calls it.
+func WithRoute(r *http.Request) *http.Request {
+	if _, ok := r.Context().Value(routeKey{}).(Route); ok {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), routeKey{}, Parse(r.URL.Path)))
+}
+
+// RouteOf is the route of r: the one WithRoute kept, or a parse of r's
+// path when no middleware ran (a Handler used alone).
+func RouteOf(r *http.Request) Route {
+	if rt, ok := r.Context().Value(routeKey{}).(Route); ok {
+		return rt
+	}
+	return Parse(r.URL.Path)
+}
+
+// Parse splits an API path (the request's path as it arrived: no cleaning,
+// no "." or ".." resolved) into its route.
 func Parse(path string) Route {
 	if path == "/v2/" || path == "/v2" {
 		return Route{Kind: "base"}
@@ -161,7 +183,7 @@ func Parse(path string) Route {
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-	rt := Parse(r.URL.Path)
+	rt := RouteOf(r)
 	if rt.Kind == "" {
 		h.fail(w, r, errcode.ErrorCodeUnsupported.WithMessage("no such API route"))
 		return

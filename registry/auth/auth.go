@@ -15,9 +15,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"path"
-	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	dauth "github.com/distribution/distribution/v3/registry/auth"
@@ -108,7 +105,7 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		access := requiredAccess(r.Method, r.URL)
+		access := requiredAccess(r)
 		if a.anonymousPull && anonymous(r) && pullOnly(r.Method, access) {
 			next.ServeHTTP(w, r)
 			return
@@ -177,25 +174,23 @@ func pullOnly(method string, access []dauth.Access) bool {
 	return true
 }
 
-// requiredAccess is the access a request needs, from its method and path:
-// none for /v2/ (authentication only), registry:catalog:* for the catalog,
-// otherwise repository:<name>:<actions> with <name> as the API routes it
-// (api.Parse; the whole rest for unknown routes). A blob mount
-// (POST with from=) also needs pull on the source repository.
-func requiredAccess(method string, u *url.URL) []dauth.Access {
-	rest, ok := strings.CutPrefix(path.Clean("/"+u.Path), "/v2/")
-	if !ok {
-		return nil // /v2 itself, or not the distribution API
-	}
-	if rest == "_catalog" {
+// requiredAccess is the access a request needs, from its method and its
+// route as the API handler reads it (api.RouteOf: the same parse of the
+// same raw path, so auth never checks another repository than the one
+// served): none for /v2/ (authentication only), registry:catalog:* for
+// the catalog, repository:<name>:<actions> for the rest. Paths that are
+// no route need authentication only; the handler refuses them. A blob
+// mount (POST with from=) also needs pull on the source repository.
+func requiredAccess(r *http.Request) []dauth.Access {
+	rt := api.RouteOf(r)
+	switch rt.Kind {
+	case "", "base":
+		return nil
+	case "catalog":
 		return []dauth.Access{{Resource: dauth.Resource{Type: "registry", Name: "catalog"}, Action: "*"}}
 	}
-	name := rest // unknown routes: everything after /v2/
-	if rt := api.Parse("/v2/" + rest); rt.Name != "" {
-		name = rt.Name
-	}
-	access := repositoryAccess(method, name)
-	if from := u.Query().Get("from"); method == http.MethodPost && from != "" {
+	access := repositoryAccess(r.Method, rt.Name)
+	if from := r.URL.Query().Get("from"); r.Method == http.MethodPost && from != "" {
 		access = append(access, repositoryAccess(http.MethodGet, from)...)
 	}
 	return access

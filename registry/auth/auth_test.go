@@ -15,7 +15,6 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -63,19 +62,19 @@ func TestRequiredAccess(t *testing.T) {
 		// Mounting needs pull on the source too.
 		{"POST", "/v2/team/app/blobs/uploads/?mount=" + digest + "&from=other/base", []string{
 			"repository:team/app:pull", "repository:team/app:push", "repository:other/base:pull"}},
-		// Unknown routes: the whole rest is the name; unexpected methods need push.
-		{"GET", "/v2/team/app/whatever", []string{"repository:team/app/whatever:pull"}},
+		// Unknown routes need authentication only (the handler refuses
+		// them); unexpected methods need push.
+		{"GET", "/v2/team/app/whatever", nil},
 		{"OPTIONS", "/v2/team/app/manifests/v1", []string{"repository:team/app:pull", "repository:team/app:push"}},
-		// Paths are cleaned first.
-		{"GET", "/v2/team/../_catalog", []string{"registry:catalog:*"}},
-		{"GET", "/v2/team//app/./manifests/v1", []string{"repository:team/app:pull"}},
+		// Paths are read as the handler reads them: not cleaned.
+		{"GET", "/v2/team/../_catalog", nil},
+		{"GET", "/v2/_catalog/", nil},
+		{"GET", "/v2/team/app/manifests/v1/", nil},
+		{"GET", "/v2/team//app/./manifests/v1", []string{"repository:team//app/.:pull"}},
+		{"GET", "/v2/team/app/../secret/manifests/v1", []string{"repository:team/app/../secret:pull"}},
 	} {
-		u, err := url.Parse(tc.target)
-		if err != nil {
-			t.Fatal(err)
-		}
 		var got []string
-		for _, a := range requiredAccess(tc.method, u) {
+		for _, a := range requiredAccess(httptest.NewRequest(tc.method, tc.target, nil)) {
 			got = append(got, a.Type+":"+a.Name+":"+a.Action)
 		}
 		if !reflect.DeepEqual(got, tc.want) {
@@ -543,5 +542,54 @@ func TestNewErrors(t *testing.T) {
 	// Distribution's controller would have created the missing htpasswd file.
 	if _, err := os.Stat(missing); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("%s: %v, want it still missing", missing, err)
+	}
+}
+
+// TestAuthChecksTheRouteServed: auth and the handler read one parse of the
+// raw path (api.RouteOf). Auth once cleaned the path and the handler did
+// not, so a token for team/secret let "team/app/../secret" through to the
+// handler: harmless only while the name grammar refused it. Now a request
+// reaches the handler only for a route auth checked.
+func TestAuthChecksTheRouteServed(t *testing.T) {
+	s := newSigner(t)
+	a, err := New(Config{Token: &TokenConfig{Realm: "https://auth.example.test/token", Service: "gaia", Issuer: "test-issuer",
+		RootCertBundle: writeFile(t, "bundle.pem", s.pem())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served *api.Route
+	h := a.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rt := api.RouteOf(r)
+		served = &rt
+	}))
+	for _, tc := range []struct {
+		target, scope string // scope: what the cleaned path names
+	}{
+		{"/v2/team/app/../secret/manifests/v1", "repository:team/secret:pull"},
+		{"/v2/team//secret/./manifests/v1", "repository:team/secret:pull"},
+		{"/v2/team/secret/tags/list/", "repository:team/secret:pull"},
+		{"/v2/team/../_catalog", "registry:catalog:*"},
+		{"/v2/team/secret/manifests/v1", "repository:team/secret:pull"},
+	} {
+		served = nil
+		w := serve(h, "GET", tc.target, s.sign(t, s.kid(), claims(tc.scope)))
+		if served == nil {
+			checkError(t, w, 401, "UNAUTHORIZED", "Bearer ")
+			continue
+		}
+		switch typ, name, _ := strings.Cut(strings.TrimSuffix(tc.scope, ":pull"), ":"); {
+		case served.Kind == "" || served.Kind == "base":
+			// authentication only; the handler refuses an unknown route
+		case served.Kind == "catalog" && typ == "registry":
+		case served.Name == name && typ == "repository":
+		default:
+			t.Errorf("GET %s with %s: auth let the handler serve %+v", tc.target, tc.scope, *served)
+		}
+	}
+	// The plain path is served: the table is not all refusals.
+	served = nil
+	serve(h, "GET", "/v2/team/secret/manifests/v1", s.sign(t, s.kid(), claims("repository:team/secret:pull")))
+	if served == nil || served.Name != "team/secret" {
+		t.Fatalf("a granted pull was not served: %+v", served)
 	}
 }

@@ -168,7 +168,8 @@ func (b *countingBody) Read(p []byte) (int, error) {
 func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forwarded.Trusted) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		route := api.Parse(r.URL.Path).Kind
+		r = api.WithRoute(r) // the one parse auth and the handler use too
+		route := api.RouteOf(r).Kind
 		method := r.Method
 		switch method { // a client's made-up method must not mint series
 		case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
