@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -208,38 +209,81 @@ func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, name, id 
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// byteRange parses a single "bytes=a-b", "bytes=a-" or "bytes=-n" range
-// against size.
-func byteRange(h string, size int64) (start, end int64, ok bool) {
-	spec, found := strings.CutPrefix(h, "bytes=")
-	if !found || strings.Contains(spec, ",") {
-		return 0, 0, false
+// rangeAnswer is how a blob GET answers its Range header (RFC 9110 §14).
+type rangeAnswer int
+
+const (
+	// rangeWhole: 200 and the whole body. No Range; or one the server
+	// ignores, as RFC 9110 lets it: a unit other than bytes (which it
+	// must ignore), an invalid range-spec (bytes=5-3), several ranges
+	// (Gaia answers no multipart/byteranges), any range of an empty body.
+	rangeWhole         rangeAnswer = iota
+	rangePartial                   // 206 with start-end
+	rangeUnsatisfiable             // 416: a valid bytes range none of whose specs overlaps the body
+)
+
+// byteRange reads a Range header against a body of size bytes. With
+// rangePartial, 0 <= start <= end < size.
+func byteRange(h string, size int64) (start, end int64, answer rangeAnswer) {
+	unit, set, found := strings.Cut(h, "=")
+	if !found || !strings.EqualFold(strings.TrimSpace(unit), "bytes") || size <= 0 {
+		return 0, 0, rangeWhole
 	}
-	a, b, found := strings.Cut(spec, "-")
-	if !found {
-		return 0, 0, false
+	specs, satisfiable := 0, 0
+	for _, spec := range strings.Split(set, ",") {
+		spec = strings.Trim(spec, " \t")
+		if spec == "" { // an empty list element (RFC 9110 §5.6.1)
+			continue
+		}
+		specs++
+		a, b, found := strings.Cut(spec, "-")
+		first, okA := rangePos(a)
+		last, okB := rangePos(b)
+		switch {
+		case !found || (a == "" && b == "") || (a != "" && !okA) || (b != "" && !okB):
+			return 0, 0, rangeWhole // not a range-spec
+		case a == "": // suffix-range: the last n bytes
+			if last > 0 {
+				satisfiable++
+				start, end = max(size-last, 0), size-1
+			}
+		case b != "" && last < first:
+			return 0, 0, rangeWhole // invalid: last-pos before first-pos
+		case first < size:
+			satisfiable++
+			start, end = first, size-1
+			if b != "" {
+				end = min(last, size-1)
+			}
+		}
 	}
-	var err error
 	switch {
-	case a == "": // suffix: the last n bytes
-		n, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || n <= 0 || size == 0 {
-			return 0, 0, false
-		}
-		return max(size-n, 0), size - 1, true
-	case b == "":
-		start, err = strconv.ParseInt(a, 10, 64)
-		end = size - 1
-	default:
-		if start, err = strconv.ParseInt(a, 10, 64); err == nil {
-			end, err = strconv.ParseInt(b, 10, 64)
-		}
-		end = min(end, size-1)
+	case specs == 0:
+		return 0, 0, rangeWhole
+	case satisfiable == 0:
+		return 0, 0, rangeUnsatisfiable
+	case specs > 1:
+		return 0, 0, rangeWhole
 	}
-	if err != nil || start < 0 || start >= size || end < start {
-		return 0, 0, false
+	return start, end, rangePartial
+}
+
+// rangePos reads 1*DIGIT (no sign, no space); a position beyond int64
+// is as good as the end of any body.
+func rangePos(s string) (int64, bool) {
+	if s == "" {
+		return 0, false
 	}
-	return start, end, true
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil { // only out of range, given the digits
+		n = math.MaxInt64
+	}
+	return n, true
 }
 
 func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
@@ -290,14 +334,15 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 	hdr.Set("Content-Type", "application/octet-stream")
 	start, end, status := int64(0), size-1, http.StatusOK
 	if rh := r.Header.Get("Range"); rh != "" {
-		var ok bool
-		if start, end, ok = byteRange(rh, size); !ok {
+		switch s, e, answer := byteRange(rh, size); answer {
+		case rangeUnsatisfiable:
 			hdr.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 			h.fail(w, r, errcode.ErrorCodeRangeInvalid.WithDetail("unsatisfiable Range"))
 			return
+		case rangePartial:
+			start, end, status = s, e, http.StatusPartialContent
+			hdr.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
 		}
-		hdr.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
-		status = http.StatusPartialContent
 	}
 	hdr.Set("Content-Length", strconv.FormatInt(end-start+1, 10))
 	if r.Method == http.MethodHead {

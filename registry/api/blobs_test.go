@@ -135,16 +135,33 @@ func TestMonolithicAndRanges(t *testing.T) {
 	for _, c := range []struct {
 		rng        string
 		start, end int
-	}{{"bytes=10-19", 10, 19}, {"bytes=990-", 990, 999}, {"bytes=-5", 995, 999}, {"bytes=995-5000", 995, 999}} {
+	}{{"bytes=10-19", 10, 19}, {"bytes=990-", 990, 999}, {"bytes=-5", 995, 999}, {"bytes=995-5000", 995, 999},
+		{"bytes=-5000", 0, 999}, {"Bytes=10-19", 10, 19}, {"bytes=10-19, ", 10, 19},
+		{"bytes=5-99999999999999999999", 5, 999}} {
 		r = do(t, "GET", a+"/v2/team/app/blobs/"+d.String(), nil, "Range", c.rng)
 		want := fmt.Sprintf("bytes %d-%d/1000", c.start, c.end)
 		if r.status != 206 || r.header.Get("Content-Range") != want || !bytes.Equal(r.body, data[c.start:c.end+1]) {
 			t.Fatalf("Range %s: %d %q, %d bytes", c.rng, r.status, r.header.Get("Content-Range"), len(r.body))
 		}
 	}
-	for _, bad := range []string{"bytes=1000-", "bytes=5-2", "items=1-2", "bytes=1-2,4-5"} {
+	// Only a valid range that misses the blob is answered 416.
+	for _, bad := range []string{"bytes=1000-", "bytes=1000-1001", "bytes=-0", "bytes=1000-,2000-2001", "bytes=99999999999999999999-"} {
 		r = do(t, "GET", a+"/v2/team/app/blobs/"+d.String(), nil, "Range", bad)
 		expect(t, "Range "+bad, r, 416, "RANGE_INVALID")
+		if r.header.Get("Content-Range") != "bytes */1000" {
+			t.Fatalf("Range %s: Content-Range %q", bad, r.header.Get("Content-Range"))
+		}
+	}
+	// A Range the server cannot honour as asked is ignored (RFC 9110
+	// §14.2): an unknown unit, an invalid spec, several ranges.
+	for _, ignored := range []string{"bytes=5-2", "items=1-2", "bytes=1-2,4-5", "bytes=1-2, 2000-", "bytes=+1-2", "bytes=1-2-3", "bytes=-", "bytes=", "bytes 1-2"} {
+		for _, method := range []string{"GET", "HEAD"} {
+			r = do(t, method, a+"/v2/team/app/blobs/"+d.String(), nil, "Range", ignored)
+			if r.status != 200 || r.header.Get("Content-Range") != "" || r.header.Get("Content-Length") != "1000" ||
+				(method == "GET" && !bytes.Equal(r.body, data)) {
+				t.Fatalf("%s Range %q: %d %v, %d bytes; want 200 and the whole blob", method, ignored, r.status, r.header, len(r.body))
+			}
+		}
 	}
 	// The same content pushed with a wrong digest changes nothing.
 	_, other := randomBlob(5)
