@@ -133,25 +133,44 @@ func (h *Handler) mount(ctx context.Context, name, from string, d digest.Digest)
 	return h.Blobs.Mount(ctx, name, repos, d)
 }
 
-// chunkOffset reads Content-Range ("start-end") and checks it against
-// Content-Length. Without the header (a streamed chunk) the chunk goes
-// wherever the upload stands: uploadsession.AtEnd.
+// chunkOffset reads Content-Range and checks it against Content-Length.
+// Without the header (a streamed chunk) the chunk goes wherever the
+// upload stands: uploadsession.AtEnd.
 func chunkOffset(r *http.Request) (int64, error) {
 	cr := r.Header.Get("Content-Range")
 	if cr == "" {
 		return uploadsession.AtEnd, nil
 	}
-	cr = strings.TrimPrefix(cr, "bytes ")
-	a, b, found := strings.Cut(cr, "-")
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	end, err2 := strconv.ParseInt(b, 10, 64)
-	if !found || err1 != nil || err2 != nil || start < 0 || end < start {
-		return 0, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range must be start-end")
+	start, _, err := contentRange(cr, r.ContentLength)
+	return start, err
+}
+
+// contentRange reads a chunk's Content-Range: "start-end" as the spec
+// writes it (or "bytes start-end"), decimal digits only, against the
+// body's length (-1: not known before it is read). Refusals are
+// RANGE_INVALID. With no error, 0 <= start <= end.
+func contentRange(cr string, length int64) (start, end int64, err error) {
+	a, b, found := strings.Cut(strings.TrimPrefix(cr, "bytes "), "-")
+	start, errA := decimal(a)
+	end, errB := decimal(b)
+	if !found || errA != nil || errB != nil || end < start {
+		return 0, 0, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range must be start-end")
 	}
-	if r.ContentLength >= 0 && r.ContentLength != end-start+1 {
-		return 0, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range does not match Content-Length")
+	if length >= 0 && end-start != length-1 { // not end-start+1: that overflows at MaxInt64
+		return 0, 0, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range does not match Content-Length")
 	}
-	return start, nil
+	return start, end, nil
+}
+
+// decimal reads 1*DIGIT into an int64: no sign, no space, unlike
+// strconv.ParseInt alone.
+func decimal(s string) (int64, error) {
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return 0, strconv.ErrSyntax
+		}
+	}
+	return strconv.ParseInt(s, 10, 64)
 }
 
 func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, name, id string) {
@@ -268,22 +287,14 @@ func byteRange(h string, size int64) (start, end int64, answer rangeAnswer) {
 	return start, end, rangePartial
 }
 
-// rangePos reads 1*DIGIT (no sign, no space); a position beyond int64
-// is as good as the end of any body.
+// rangePos reads a Range position (1*DIGIT); one beyond int64 is as good
+// as the end of any body.
 func rangePos(s string) (int64, bool) {
-	if s == "" {
-		return 0, false
+	n, err := decimal(s)
+	if errors.Is(err, strconv.ErrRange) {
+		return math.MaxInt64, true
 	}
-	for _, c := range []byte(s) {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil { // only out of range, given the digits
-		n = math.MaxInt64
-	}
-	return n, true
+	return n, err == nil
 }
 
 func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {

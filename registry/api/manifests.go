@@ -79,33 +79,29 @@ func accepts(r *http.Request, mediaType string) bool {
 	return false
 }
 
+// The platform of a manifest list's image served to a client that cannot
+// read manifest lists, as in distribution.
+const defaultOS, defaultArch = "linux", "amd64"
+
 func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, name string, ref reference) {
-	var m *metadata.Manifest
-	var err error
-	lookup := func() {
-		if ref.tag != "" {
-			m, err = h.Manifests.ByTag(r.Context(), name, ref.tag)
-		} else {
-			m, err = h.Manifests.ByDigest(r.Context(), name, ref.digest)
-		}
+	m, ok := h.findManifest(w, r, name, ref)
+	if !ok {
+		return
 	}
-	lookup()
-	if errors.Is(err, metadata.ErrNotFound) && h.PullThrough != nil && r.Header.Get(NoPullThroughHeader) == "" {
-		ok, perr := h.PullThrough.Manifest(r.Context(), name, ref.String())
-		switch {
-		case perr != nil:
-			h.pullThroughFailed(w, r, "manifest", name, ref.String(), perr)
+	// A Docker manifest list asked for by tag by a client that reads no
+	// manifest lists (a schema2-only docker) is answered with its
+	// linux/amd64 image, as distribution does: Docker-Content-Digest then
+	// names that image. Asked for by digest, only that digest's bytes will do.
+	if ref.tag != "" && m.MediaType == manifest.DockerManifestList && !accepts(r, m.MediaType) {
+		child := platformChild(m, defaultOS, defaultArch)
+		if child == "" {
+			h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithMessage(fmt.Sprintf(
+				"the tag is a manifest list, which the request's Accept header does not list, and it has no %s/%s image", defaultOS, defaultArch)))
 			return
-		case ok:
-			lookup()
 		}
-	}
-	if errors.Is(err, metadata.ErrNotFound) {
-		h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithDetail(map[string]string{"name": name, "reference": ref.String()}))
-		return
-	} else if err != nil {
-		h.fail(w, r, err)
-		return
+		if m, ok = h.findManifest(w, r, name, reference{digest: child}); !ok {
+			return
+		}
 	}
 	if !accepts(r, m.MediaType) {
 		h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithMessage(
@@ -121,6 +117,54 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, name strin
 		return
 	}
 	w.Write(m.Content)
+}
+
+// findManifest looks a manifest up, through pull-through when the
+// repository lacks it; false: the error is answered.
+func (h *Handler) findManifest(w http.ResponseWriter, r *http.Request, name string, ref reference) (*metadata.Manifest, bool) {
+	var m *metadata.Manifest
+	var err error
+	lookup := func() {
+		if ref.tag != "" {
+			m, err = h.Manifests.ByTag(r.Context(), name, ref.tag)
+		} else {
+			m, err = h.Manifests.ByDigest(r.Context(), name, ref.digest)
+		}
+	}
+	lookup()
+	if errors.Is(err, metadata.ErrNotFound) && h.PullThrough != nil && r.Header.Get(NoPullThroughHeader) == "" {
+		ok, perr := h.PullThrough.Manifest(r.Context(), name, ref.String())
+		switch {
+		case perr != nil:
+			h.pullThroughFailed(w, r, "manifest", name, ref.String(), perr)
+			return nil, false
+		case ok:
+			lookup()
+		}
+	}
+	if errors.Is(err, metadata.ErrNotFound) {
+		h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithDetail(map[string]string{"name": name, "reference": ref.String()}))
+		return nil, false
+	} else if err != nil {
+		h.fail(w, r, err)
+		return nil, false
+	}
+	return m, true
+}
+
+// platformChild is the digest of the first image of index m for os/arch
+// ("" when none is).
+func platformChild(m *metadata.Manifest, os, arch string) digest.Digest {
+	parsed, err := manifest.Parse(m.MediaType, m.Content)
+	if err != nil { // stored only after the same check passed
+		return ""
+	}
+	for _, c := range parsed.ChildDescriptors {
+		if c.Platform != nil && c.Platform.OS == os && c.Platform.Architecture == arch {
+			return c.Digest
+		}
+	}
+	return ""
 }
 
 func (r reference) String() string {

@@ -331,6 +331,66 @@ func TestManifestAccept(t *testing.T) {
 	}
 }
 
+// TestManifestListForSchema2Client: a client that reads Docker schema2
+// manifests but no manifest lists, asking for a tag that is a manifest
+// list, gets the list's linux/amd64 image, as from distribution.
+func TestManifestListForSchema2Client(t *testing.T) {
+	a, b := twoServers(t)
+	const (
+		schema2      = manifest.DockerSchema2
+		list         = manifest.DockerManifestList
+		dockerConfig = "application/vnd.docker.container.image.v1+json"
+		dockerLayer  = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+	)
+	image := func(arch string) ([]byte, digest.Digest) {
+		config := []byte(fmt.Sprintf(`{"architecture":%q,"os":"linux","nonce":%q}`, arch, rand16()))
+		layer, _ := randomBlob(700)
+		cd, ld := pushBlob(t, a, "team/app", config), pushBlob(t, a, "team/app", layer)
+		m := body(t, map[string]any{"schemaVersion": 2, "mediaType": schema2,
+			"config": descriptor(dockerConfig, cd, len(config)), "layers": []any{descriptor(dockerLayer, ld, len(layer))}})
+		putManifest(t, a, "team/app", digest.FromBytes(m).String(), schema2, m)
+		return m, digest.FromBytes(m)
+	}
+	child := func(m []byte, os, arch, variant string) map[string]any {
+		d := descriptor(schema2, digest.FromBytes(m), len(m))
+		d["platform"] = map[string]any{"os": os, "architecture": arch, "variant": variant}
+		return d
+	}
+	arm, _ := image("arm64")
+	amd, amdDigest := image("amd64")
+	armv7, _ := image("arm")
+	multi := body(t, map[string]any{"schemaVersion": 2, "mediaType": list, "manifests": []any{
+		child(arm, "linux", "arm64", "v8"), child(amd, "windows", "amd64", ""), child(amd, "linux", "amd64", ""), child(armv7, "linux", "arm", "v7")}})
+	putManifest(t, a, "team/app", "multi", list, multi)
+	armOnly := body(t, map[string]any{"schemaVersion": 2, "mediaType": list, "manifests": []any{child(arm, "linux", "arm64", "v8")}})
+	putManifest(t, a, "team/app", "arm-only", list, armOnly)
+
+	for _, method := range []string{"GET", "HEAD"} {
+		what := method + " multi, schema2 only"
+		fetched(t, what, do(t, method, b+"/v2/team/app/manifests/multi", nil, "Accept", schema2), method, schema2, amdDigest, amd)
+		// Old docker clients send these too; none of them is a list.
+		fetched(t, what+" and schema1", do(t, method, b+"/v2/team/app/manifests/multi", nil,
+			"Accept", schema2+", application/vnd.docker.distribution.manifest.v1+prettyjws, application/json"), method, schema2, amdDigest, amd)
+		// A client that reads lists, or says nothing, gets the list.
+		fetched(t, method+" multi, lists too", do(t, method, b+"/v2/team/app/manifests/multi", nil, "Accept", schema2+", "+list),
+			method, list, digest.FromBytes(multi), multi)
+		fetched(t, method+" multi, no Accept", do(t, method, b+"/v2/team/app/manifests/multi", nil), method, list, digest.FromBytes(multi), multi)
+		// By digest the list's bytes or nothing.
+		r := do(t, method, b+"/v2/team/app/manifests/"+digest.FromBytes(multi).String(), nil, "Accept", schema2)
+		// No linux/amd64 image: nothing to give.
+		r2 := do(t, method, b+"/v2/team/app/manifests/arm-only", nil, "Accept", schema2)
+		// The image is there, but the client reads neither it nor lists.
+		r3 := do(t, method, b+"/v2/team/app/manifests/multi", nil, "Accept", ociImage)
+		for i, r := range []resp{r, r2, r3} {
+			if method == "GET" {
+				expect(t, fmt.Sprintf("%s case %d", method, i), r, 404, "MANIFEST_UNKNOWN")
+			} else {
+				expect(t, fmt.Sprintf("%s case %d", method, i), r, 404, "")
+			}
+		}
+	}
+}
+
 // listPages follows Link headers from first, alternating servers, and
 // returns each page's names. It checks every Link against the spec's form.
 func listPages(t *testing.T, servers []string, first, path, field string, n int) [][]string {
