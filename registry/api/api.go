@@ -15,13 +15,12 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"regexp"
-	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/gaia-registry/gaia/registry/grammar"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
@@ -108,22 +107,14 @@ func New(o Options) *Handler {
 	return &Handler{Options: o}
 }
 
-// nameRegexp is the spec's repository name: lower-case path components.
-// (reference.NameRegexp would accept a host name with capitals as the
-// first component.)
-var nameRegexp = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
+// Route is what a request path names (grammar.Parse). The handler, the
+// auth middleware and the metrics all read it from one parse of the raw
+// path (RouteOf), so no layer can take a request for another repository
+// than the next one does.
+type Route = grammar.Route
 
-// maxNameLength is the spec's limit on a repository name.
-const maxNameLength = 255
-
-// Route is what a request path names. The handler, the auth middleware and
-// the metrics all read it from one parse of the raw path (RouteOf), so no
-// layer can take a request for another repository than the next one does.
-type Route struct {
-	Kind string // "base", "catalog", "manifest", "blob", "upload", "tags", "referrer" or "" (unknown)
-	Name string // repository
-	Ref  string // tag or digest, blob digest, upload id ("" for a new upload)
-}
+// Parse splits an API path into its route: grammar.Parse.
+func Parse(path string) Route { return grammar.Parse(path) }
 
 type routeKey struct{}
 
@@ -143,42 +134,6 @@ func RouteOf(r *http.Request) Route {
 		return rt
 	}
 	return Parse(r.URL.Path)
-}
-
-// Parse splits an API path (the request's path as it arrived: no cleaning,
-// no "." or ".." resolved) into its route.
-func Parse(path string) Route {
-	if path == "/v2/" || path == "/v2" {
-		return Route{Kind: "base"}
-	}
-	rest, ok := strings.CutPrefix(path, "/v2/")
-	if !ok {
-		return Route{}
-	}
-	if rest == "_catalog" {
-		return Route{Kind: "catalog"}
-	}
-	// name/<kind>/<ref>: ref never holds a slash, names may hold "blobs".
-	i := strings.LastIndex(rest, "/")
-	if i < 0 {
-		return Route{}
-	}
-	prefix, ref := rest[:i], rest[i+1:]
-	if name, ok := strings.CutSuffix(prefix, "/blobs/uploads"); ok {
-		return Route{Kind: "upload", Name: name, Ref: ref}
-	}
-	if name, ok := strings.CutSuffix(prefix, "/blobs"); ok && ref == "uploads" {
-		return Route{Kind: "upload", Name: name}
-	}
-	if name, ok := strings.CutSuffix(prefix, "/tags"); ok && ref == "list" {
-		return Route{Kind: "tags", Name: name}
-	}
-	for _, kind := range []string{"blobs", "manifests", "referrers"} {
-		if name, ok := strings.CutSuffix(prefix, "/"+kind); ok {
-			return Route{Kind: strings.TrimSuffix(kind, "s"), Name: name, Ref: ref}
-		}
-	}
-	return Route{}
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -201,7 +156,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("{}"))
 		return
 	}
-	if len(rt.Name) > maxNameLength || !nameRegexp.MatchString(rt.Name) {
+	if !grammar.ValidName(rt.Name) {
 		h.fail(w, r, errcode.ErrorCodeNameInvalid.WithDetail(map[string]string{"name": rt.Name}))
 		return
 	}

@@ -5,15 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/gaia-registry/gaia/registry/grammar"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
@@ -141,36 +140,11 @@ func chunkOffset(r *http.Request) (int64, error) {
 	if cr == "" {
 		return uploadsession.AtEnd, nil
 	}
-	start, _, err := contentRange(cr, r.ContentLength)
+	start, _, err := grammar.ContentRange(cr, r.ContentLength)
+	if ge := (*grammar.Error)(nil); errors.As(err, &ge) {
+		return 0, errcode.ErrorCodeRangeInvalid.WithDetail(ge.Detail)
+	}
 	return start, err
-}
-
-// contentRange reads a chunk's Content-Range: "start-end" as the spec
-// writes it (or "bytes start-end"), decimal digits only, against the
-// body's length (-1: not known before it is read). Refusals are
-// RANGE_INVALID. With no error, 0 <= start <= end.
-func contentRange(cr string, length int64) (start, end int64, err error) {
-	a, b, found := strings.Cut(strings.TrimPrefix(cr, "bytes "), "-")
-	start, errA := decimal(a)
-	end, errB := decimal(b)
-	if !found || errA != nil || errB != nil || end < start {
-		return 0, 0, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range must be start-end")
-	}
-	if length >= 0 && end-start != length-1 { // not end-start+1: that overflows at MaxInt64
-		return 0, 0, errcode.ErrorCodeRangeInvalid.WithDetail("Content-Range does not match Content-Length")
-	}
-	return start, end, nil
-}
-
-// decimal reads 1*DIGIT into an int64: no sign, no space, unlike
-// strconv.ParseInt alone.
-func decimal(s string) (int64, error) {
-	for _, c := range []byte(s) {
-		if c < '0' || c > '9' {
-			return 0, strconv.ErrSyntax
-		}
-	}
-	return strconv.ParseInt(s, 10, 64)
 }
 
 func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, name, id string) {
@@ -228,75 +202,6 @@ func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, name, id 
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// rangeAnswer is how a blob GET answers its Range header (RFC 9110 §14).
-type rangeAnswer int
-
-const (
-	// rangeWhole: 200 and the whole body. No Range; or one the server
-	// ignores, as RFC 9110 lets it: a unit other than bytes (which it
-	// must ignore), an invalid range-spec (bytes=5-3), several ranges
-	// (Gaia answers no multipart/byteranges), any range of an empty body.
-	rangeWhole         rangeAnswer = iota
-	rangePartial                   // 206 with start-end
-	rangeUnsatisfiable             // 416: a valid bytes range none of whose specs overlaps the body
-)
-
-// byteRange reads a Range header against a body of size bytes. With
-// rangePartial, 0 <= start <= end < size.
-func byteRange(h string, size int64) (start, end int64, answer rangeAnswer) {
-	unit, set, found := strings.Cut(h, "=")
-	if !found || !strings.EqualFold(strings.TrimSpace(unit), "bytes") || size <= 0 {
-		return 0, 0, rangeWhole
-	}
-	specs, satisfiable := 0, 0
-	for _, spec := range strings.Split(set, ",") {
-		spec = strings.Trim(spec, " \t")
-		if spec == "" { // an empty list element (RFC 9110 §5.6.1)
-			continue
-		}
-		specs++
-		a, b, found := strings.Cut(spec, "-")
-		first, okA := rangePos(a)
-		last, okB := rangePos(b)
-		switch {
-		case !found || (a == "" && b == "") || (a != "" && !okA) || (b != "" && !okB):
-			return 0, 0, rangeWhole // not a range-spec
-		case a == "": // suffix-range: the last n bytes
-			if last > 0 {
-				satisfiable++
-				start, end = max(size-last, 0), size-1
-			}
-		case b != "" && last < first:
-			return 0, 0, rangeWhole // invalid: last-pos before first-pos
-		case first < size:
-			satisfiable++
-			start, end = first, size-1
-			if b != "" {
-				end = min(last, size-1)
-			}
-		}
-	}
-	switch {
-	case specs == 0:
-		return 0, 0, rangeWhole
-	case satisfiable == 0:
-		return 0, 0, rangeUnsatisfiable
-	case specs > 1:
-		return 0, 0, rangeWhole
-	}
-	return start, end, rangePartial
-}
-
-// rangePos reads a Range position (1*DIGIT); one beyond int64 is as good
-// as the end of any body.
-func rangePos(s string) (int64, bool) {
-	n, err := decimal(s)
-	if errors.Is(err, strconv.ErrRange) {
-		return math.MaxInt64, true
-	}
-	return n, err == nil
-}
-
 func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
 	ctx := r.Context()
 	idc := uploadsession.DefaultIDC
@@ -345,12 +250,12 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 	hdr.Set("Content-Type", "application/octet-stream")
 	start, end, status := int64(0), size-1, http.StatusOK
 	if rh := r.Header.Get("Range"); rh != "" {
-		switch s, e, answer := byteRange(rh, size); answer {
-		case rangeUnsatisfiable:
+		switch s, e, answer := grammar.ByteRange(rh, size); answer {
+		case grammar.RangeUnsatisfiable:
 			hdr.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 			h.fail(w, r, errcode.ErrorCodeRangeInvalid.WithDetail("unsatisfiable Range"))
 			return
-		case rangePartial:
+		case grammar.RangePartial:
 			start, end, status = s, e, http.StatusPartialContent
 			hdr.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/gaia-registry/gaia/registry/grammar"
 	"github.com/gaia-registry/gaia/registry/manifest"
 	"github.com/gaia-registry/gaia/registry/metadata"
 )
@@ -37,25 +38,20 @@ const (
 const SparseIndexHeader = "X-Gaia-Sparse-Index"
 
 // reference is a manifest reference from the URL: a tag or a digest.
-type reference struct {
-	tag    string
-	digest digest.Digest
-}
+type reference = grammar.Reference
 
 func (h *Handler) parseReference(w http.ResponseWriter, r *http.Request, ref string) (reference, bool) {
-	if strings.Contains(ref, ":") {
-		d, err := digest.Parse(ref)
-		if err != nil {
-			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail(err.Error()))
-			return reference{}, false
-		}
-		return reference{digest: d}, true
-	}
-	if !metadata.ValidTagName(ref) {
+	parsed, err := grammar.ParseReference(ref)
+	var ge *grammar.Error
+	switch {
+	case errors.As(err, &ge) && ge.Kind == grammar.ErrDigestInvalid:
+		h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail(ge.Detail))
+		return reference{}, false
+	case err != nil:
 		h.fail(w, r, errcode.ErrorCodeTagInvalid.WithDetail(map[string]string{"tag": ref}))
 		return reference{}, false
 	}
-	return reference{tag: ref}, true
+	return parsed, true
 }
 
 // accepts reports whether the request's Accept headers allow mediaType. No
@@ -92,14 +88,14 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, name strin
 	// manifest lists (a schema2-only docker) is answered with its
 	// linux/amd64 image, as distribution does: Docker-Content-Digest then
 	// names that image. Asked for by digest, only that digest's bytes will do.
-	if ref.tag != "" && m.MediaType == manifest.DockerManifestList && !accepts(r, m.MediaType) {
+	if ref.Tag != "" && m.MediaType == manifest.DockerManifestList && !accepts(r, m.MediaType) {
 		child := platformChild(m, defaultOS, defaultArch)
 		if child == "" {
 			h.fail(w, r, errcode.ErrorCodeManifestUnknown.WithMessage(fmt.Sprintf(
 				"the tag is a manifest list, which the request's Accept header does not list, and it has no %s/%s image", defaultOS, defaultArch)))
 			return
 		}
-		if m, ok = h.findManifest(w, r, name, reference{digest: child}); !ok {
+		if m, ok = h.findManifest(w, r, name, reference{Digest: child}); !ok {
 			return
 		}
 	}
@@ -125,10 +121,10 @@ func (h *Handler) findManifest(w http.ResponseWriter, r *http.Request, name stri
 	var m *metadata.Manifest
 	var err error
 	lookup := func() {
-		if ref.tag != "" {
-			m, err = h.Manifests.ByTag(r.Context(), name, ref.tag)
+		if ref.Tag != "" {
+			m, err = h.Manifests.ByTag(r.Context(), name, ref.Tag)
 		} else {
-			m, err = h.Manifests.ByDigest(r.Context(), name, ref.digest)
+			m, err = h.Manifests.ByDigest(r.Context(), name, ref.Digest)
 		}
 	}
 	lookup()
@@ -167,13 +163,6 @@ func platformChild(m *metadata.Manifest, os, arch string) digest.Digest {
 	return ""
 }
 
-func (r reference) String() string {
-	if r.tag != "" {
-		return r.tag
-	}
-	return r.digest.String()
-}
-
 // tooLarge answers an oversized manifest: 413 with the spec's error body.
 func tooLarge(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", "application/json")
@@ -199,25 +188,25 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, name strin
 	// A push by digest keeps that digest's algorithm; a push by tag gets
 	// the canonical one (sha256).
 	var d digest.Digest
-	if ref.digest != "" {
-		if !ref.digest.Algorithm().Available() {
+	if ref.Digest != "" {
+		if !ref.Digest.Algorithm().Available() {
 			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithDetail("unsupported digest algorithm"))
 			return
 		}
-		if d = ref.digest.Algorithm().FromBytes(body); d != ref.digest {
+		if d = ref.Digest.Algorithm().FromBytes(body); d != ref.Digest {
 			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithMessage("the manifest's digest does not match the reference").
-				WithDetail(map[string]string{"reference": ref.digest.String(), "content": d.String()}))
+				WithDetail(map[string]string{"reference": ref.Digest.String(), "content": d.String()}))
 			return
 		}
 	} else {
 		d = digest.Canonical.FromBytes(body)
 	}
 	var tags []string
-	if ref.tag != "" {
-		tags = append(tags, ref.tag)
+	if ref.Tag != "" {
+		tags = append(tags, ref.Tag)
 	}
 	for _, t := range r.URL.Query()["tag"] { // OCI 1.1.1: push by digest with tags
-		if !metadata.ValidTagName(t) {
+		if !grammar.ValidTag(t) {
 			h.fail(w, r, errcode.ErrorCodeTagInvalid.WithDetail(map[string]string{"tag": t}))
 			return
 		}
@@ -262,7 +251,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, name strin
 	if parsed.Subject != nil {
 		hdr.Set("OCI-Subject", parsed.Subject.Digest.String())
 	}
-	if ref.digest != "" && len(tags) > 0 {
+	if ref.Digest != "" && len(tags) > 0 {
 		hdr.Set("OCI-Tag", strings.Join(tags, ", "))
 	}
 	hdr.Set("Content-Length", "0")
@@ -271,10 +260,10 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, name strin
 
 func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, name string, ref reference) {
 	var err error
-	if ref.tag != "" {
-		err = h.Manifests.DeleteTag(r.Context(), name, ref.tag)
+	if ref.Tag != "" {
+		err = h.Manifests.DeleteTag(r.Context(), name, ref.Tag)
 	} else {
-		err = h.Manifests.Delete(r.Context(), name, ref.digest)
+		err = h.Manifests.Delete(r.Context(), name, ref.Digest)
 	}
 	switch {
 	case errors.Is(err, metadata.ErrNotFound):

@@ -408,18 +408,3 @@ func (m *Manifests) Referrers(ctx context.Context, repo string, d digest.Digest,
 		return r, err
 	})
 }
-
-// ValidTagName is the spec's tag grammar.
-func ValidTagName(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i, c := range s {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' ||
-			i > 0 && (c == '.' || c == '-')
-		if !ok {
-			return false
-		}
-	}
-	return true
-}

@@ -1010,25 +1010,6 @@ func TestConcurrentIndexAndChildDelete(t *testing.T) {
 	}
 }
 
-func TestValidTagName(t *testing.T) {
-	long := make([]byte, 128)
-	for i := range long {
-		long[i] = 'a'
-	}
-	for _, c := range []struct {
-		tag string
-		ok  bool
-	}{
-		{"latest", true}, {"v1.2.3", true}, {"_x", true}, {"A-b_c.d", true}, {"9", true},
-		{string(long), true}, {string(long) + "a", false},
-		{"", false}, {"-bad", false}, {".bad", false}, {"a/b", false}, {"a:b", false}, {"a b", false}, {"é", false},
-	} {
-		if got := ValidTagName(c.tag); got != c.ok {
-			t.Errorf("ValidTagName(%q) = %v; want %v", c.tag, got, c.ok)
-		}
-	}
-}
-
 // A sparse index (a mirror's platform filter) may list children the
 // repository lacks; those it has are referenced, so they cannot be deleted
 // from under it, and the index keeps its digest.
