@@ -10,10 +10,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"path"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -77,20 +79,35 @@ func bad(field, format string, a ...any) error {
 	return &FieldError{Field: field, Reason: fmt.Sprintf(format, a...)}
 }
 
-// Decode reads a rule from JSON, refusing unknown fields (by name).
+// Decode reads a rule from JSON: one object, unknown fields refused (by
+// name).
 func Decode(data []byte) (*Rule, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var r Rule
 	if err := dec.Decode(&r); err != nil {
 		var se *json.UnmarshalTypeError
+		if errors.As(err, &se) && se.Field == "" {
+			return nil, bad("(body)", "must be a JSON object, not %s", se.Value)
+		}
 		if errors.As(err, &se) {
 			return nil, bad(se.Field, "must be a %s", se.Type)
 		}
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return nil, bad(strings.Trim(f, `"`), "unknown field")
+			if u, err := strconv.Unquote(f); err == nil {
+				f = u
+			}
+			if f == "" {
+				return nil, bad("(body)", `unknown field ""`)
+			}
+			return nil, bad(f, "unknown field")
 		}
 		return nil, bad("(body)", "not a JSON rule: %v", err)
+	}
+	// Anything after the object was once ignored: a second rule pasted
+	// into the body would have been dropped without a word.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, bad("(body)", "more than one JSON value")
 	}
 	return &r, nil
 }
@@ -379,6 +396,15 @@ func ParseSchedule(s string) (Schedule, error) {
 	c, err := cron.ParseStandard(s)
 	if err != nil {
 		return nil, fmt.Errorf("%q is neither an interval nor a cron expression: %v", s, err)
+	}
+	// "@every 1s" is cron's too: the same floor as an interval.
+	if e, ok := c.(cron.ConstantDelaySchedule); ok && e.Delay < 10*time.Second {
+		return nil, fmt.Errorf("interval %s is shorter than ten seconds", e.Delay)
+	}
+	// A date that never comes (0 0 30 2 *) parses, then gives the zero
+	// time as its next run: a rule always due, run back to back.
+	if c.Next(time.Now()).IsZero() {
+		return nil, fmt.Errorf("%q never runs (no such date within five years)", s)
 	}
 	return c, nil
 }
