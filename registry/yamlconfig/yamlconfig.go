@@ -13,6 +13,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -38,28 +39,38 @@ func Load(path string, environ []string, prefix string, sections []string, out a
 	if len(overrides) == 0 {
 		return nil
 	}
-	var tree map[string]any
-	if err := yaml.Unmarshal(raw, &tree); err != nil {
+	// The overrides go into the file's node tree, each value as the node
+	// it parses to: a scalar keeps its text, so a string field gets the
+	// value as spelled (an X=0123 token stays "0123") and other fields the
+	// type they ask for, as if it were written in the file.
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	if tree == nil {
-		tree = map[string]any{}
+	if len(doc.Content) == 0 {
+		doc = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode}}}
 	}
-	for _, o := range overrides {
-		node := tree
-		for _, p := range o.path[:len(o.path)-1] {
-			next, ok := node[p].(map[string]any)
-			if !ok {
-				next = map[string]any{}
-				node[p] = next
-			}
-			node = next
-		}
-		node[o.path[len(o.path)-1]] = o.value
-	}
-	merged, err := yaml.Marshal(tree)
+	// Aliases become copies, so an override of one use of an anchor
+	// leaves the others as written (a bound keeps "billion laughs" out).
+	budget := 10000 + 10*len(raw)
+	root, err := expand(doc.Content[0], &budget)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s with %s* overrides: %w", path, prefix, err)
+	}
+	doc.Content[0] = root
+	for _, o := range overrides {
+		if !utf8.ValidString(o.value.Value) {
+			return fmt.Errorf("%s with %s* overrides: %s: not valid UTF-8", path, prefix, o.name)
+		}
+		node := doc.Content[0]
+		for _, p := range o.path[:len(o.path)-1] {
+			node = child(node, p)
+		}
+		set(node, o.path[len(o.path)-1], o.value)
+	}
+	merged, err := yaml.Marshal(&doc)
+	if err != nil {
+		return fmt.Errorf("%s with %s* overrides: %w", path, prefix, err)
 	}
 	if err := decodeStrict(merged, out); err != nil {
 		return fmt.Errorf("%s with %s* overrides: %w", path, prefix, err)
@@ -67,9 +78,63 @@ func Load(path string, environ []string, prefix string, sections []string, out a
 	return nil
 }
 
+// expand copies n with every alias replaced by a copy of what it names,
+// each node taken from budget.
+func expand(n *yaml.Node, budget *int) (*yaml.Node, error) {
+	if *budget--; *budget < 0 {
+		return nil, errors.New("too many aliases to apply environment overrides")
+	}
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		return expand(n.Alias, budget)
+	}
+	c := *n
+	c.Anchor, c.Alias, c.Content = "", nil, make([]*yaml.Node, len(n.Content))
+	for i, e := range n.Content {
+		var err error
+		if c.Content[i], err = expand(e, budget); err != nil {
+			return nil, err
+		}
+	}
+	return &c, nil
+}
+
+// child returns the mapping under key in mapping m, making one (in place of
+// whatever else was there) when there is none.
+func child(m *yaml.Node, key string) *yaml.Node {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value != key {
+			continue
+		}
+		v := m.Content[i+1]
+		if v.Kind != yaml.MappingNode {
+			v = &yaml.Node{Kind: yaml.MappingNode}
+		}
+		m.Content[i+1] = v
+		return v
+	}
+	v := &yaml.Node{Kind: yaml.MappingNode}
+	set(m, key, v)
+	return v
+}
+
+// set puts value under key in mapping m.
+func set(m *yaml.Node, key string, value *yaml.Node) {
+	if m.Kind != yaml.MappingNode {
+		*m = yaml.Node{Kind: yaml.MappingNode}
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			m.Content[i+1] = value
+			return
+		}
+	}
+	m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: key}, value)
+}
+
 type override struct {
+	name  string // the variable
 	path  []string
-	value any
+	value *yaml.Node
 }
 
 func matching(environ []string, prefix string, sections map[string]bool) []override {
@@ -86,11 +151,12 @@ func matching(environ []string, prefix string, sections map[string]bool) []overr
 		if !sections[path[0]] {
 			continue
 		}
-		var val any
-		if err := yaml.Unmarshal([]byte(v), &val); err != nil || val == nil {
-			val = v
+		// The value as YAML; as text when it is no YAML or null.
+		var val yaml.Node
+		if err := yaml.Unmarshal([]byte(v), &val); err != nil || len(val.Content) == 0 || val.Content[0].Tag == "!!null" {
+			val.Content = []*yaml.Node{{Kind: yaml.ScalarNode, Tag: "!!str", Value: v}}
 		}
-		out = append(out, override{path, val})
+		out = append(out, override{k, path, val.Content[0]})
 	}
 	return out
 }

@@ -47,3 +47,20 @@ func TestErrorsCarryLines(t *testing.T) {
 		t.Fatal("missing file loaded")
 	}
 }
+
+// A string keeps its spelling, from the file or an override: overrides
+// were once applied by re-encoding the file's values, so with any
+// override present a token written 0123 became "123".
+func TestOverridesKeepSpelling(t *testing.T) {
+	var c conf
+	err := Load(write(t, "http: {addr: 0123}\ncount: 1\n"), []string{"X_COUNT=0x10"}, "X_", []string{"http", "count"}, &c)
+	if err != nil || c.HTTP.Addr != "0123" || c.Count != 16 {
+		t.Fatalf("file's 0123 with an override: %v %+v", err, c)
+	}
+	for _, v := range []string{"0123", "1e3", "1_000", "0x1F", "null", "true"} {
+		var c conf
+		if err := Load(write(t, ""), []string{"X_HTTP_ADDR=" + v}, "X_", []string{"http"}, &c); err != nil || c.HTTP.Addr != v {
+			t.Fatalf("X_HTTP_ADDR=%s: %v %+v", v, err, c)
+		}
+	}
+}
