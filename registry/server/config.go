@@ -274,22 +274,47 @@ func (c *Config) StorageConfig() (*StorageConfig, error) {
 	if sc.Driver == "" {
 		return nil, errors.New("storage: no driver configured (filesystem, hdfs, s3 or inmemory)")
 	}
-	if d, ok := c.Storage["delete"].(map[string]any); ok {
-		sc.Delete, _ = d["enabled"].(bool)
+	// Settings of the wrong shape are refused, not ignored: "delete: true"
+	// would otherwise leave deletes off without a word.
+	if v, ok := c.Storage["delete"]; ok {
+		d, ok := v.(map[string]any)
+		if !ok {
+			return nil, errors.New("storage.delete: must be a mapping (enabled: true)")
+		}
+		if e, ok := d["enabled"]; ok {
+			if sc.Delete, ok = e.(bool); !ok {
+				return nil, fmt.Errorf("storage.delete.enabled: %v is not true or false", e)
+			}
+		}
 	}
-	if m, ok := c.Storage["maintenance"].(map[string]any); ok {
-		if up, ok := m["uploadpurging"].(map[string]any); ok {
-			if en, ok := up["enabled"].(bool); ok && !en {
-				sc.UploadScan = 0
+	if v, ok := c.Storage["maintenance"]; ok {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, errors.New("storage.maintenance: must be a mapping")
+		}
+		if v, ok := m["uploadpurging"]; ok {
+			up, ok := v.(map[string]any)
+			if !ok {
+				return nil, errors.New("storage.maintenance.uploadpurging: must be a mapping")
+			}
+			if v, ok := up["enabled"]; ok {
+				en, ok := v.(bool)
+				if !ok {
+					return nil, fmt.Errorf("storage.maintenance.uploadpurging.enabled: %v is not true or false", v)
+				}
+				if !en {
+					sc.UploadScan = 0
+				}
 			}
 			for key, dst := range map[string]*time.Duration{"age": &sc.UploadAge, "interval": &sc.UploadScan} {
-				s, ok := up[key].(string)
+				v, ok := up[key]
 				if !ok || (key == "interval" && sc.UploadScan == 0) {
 					continue
 				}
+				s, _ := v.(string)
 				d, err := time.ParseDuration(s)
 				if err != nil || d <= 0 {
-					return nil, fmt.Errorf("storage.maintenance.uploadpurging.%s: %q is not a positive duration", key, s)
+					return nil, fmt.Errorf("storage.maintenance.uploadpurging.%s: %v is not a positive duration such as 168h", key, v)
 				}
 				*dst = d
 			}

@@ -95,6 +95,12 @@ func TestLoadConfigErrorsNameTheKey(t *testing.T) {
 		{"database: {url: x}\nstorage: {filesystem: {}, maintenance: {uploadpurging: {age: never}}}\n", "storage.maintenance.uploadpurging.age"},
 		{minimal + "pullthrough: {maxwaiting: -1}\n", "pullthrough.maxwaiting"},
 		{minimal + "pullthrough: {negativettl: -1s}\n", "pullthrough.negativettl"},
+		// Settings of the wrong shape were once ignored.
+		{"database: {url: x}\nstorage: {filesystem: {}, delete: true}\n", "storage.delete: must be a mapping"},
+		{"database: {url: x}\nstorage: {filesystem: {}, delete: {enabled: yes please}}\n", "storage.delete.enabled"},
+		{"database: {url: x}\nstorage: {filesystem: {}, maintenance: {uploadpurging: {age: 3600}}}\n", "storage.maintenance.uploadpurging.age"},
+		{"database: {url: x}\nstorage: {filesystem: {}, maintenance: {uploadpurging: {enabled: no way}}}\n", "storage.maintenance.uploadpurging.enabled"},
+		{"database: {url: x}\nstorage: {filesystem: {}, maintenance: [uploadpurging]}\n", "storage.maintenance: must be a mapping"},
 	} {
 		_, err := LoadConfig(writeConfig(t, tc.text), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
