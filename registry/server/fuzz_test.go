@@ -13,7 +13,7 @@ import (
 // FuzzLoadConfig: a registry config (with one GAIA_<KEY>=<value>
 // override) is refused with an error that names the file and the key at
 // fault (or YAML's own, with a line), or accepted as a config that
-// validates and is its own fixed point: written back as YAML, it loads to
+// validates, has no duration below zero, and is its own fixed point: written back as YAML, it loads to
 // the same config. Seeds: testdata/fuzz/FuzzLoadConfig (configs/).
 func FuzzLoadConfig(f *testing.F) {
 	dir := f.TempDir() // one per fuzzing process
@@ -36,6 +36,9 @@ func FuzzLoadConfig(f *testing.F) {
 				t.Fatalf("error names no file and key: %v", err)
 			}
 			return
+		}
+		if cfg.HTTP.DrainTimeout <= 0 || cfg.Cluster.Consul.CheckInterval <= 0 || cfg.Cluster.Consul.DeregisterAfter <= 0 {
+			t.Fatalf("accepted a duration that is not positive: %+v", cfg)
 		}
 		if _, err := cfg.StorageConfig(); err != nil {
 			t.Fatalf("accepted, then StorageConfig: %v", err)

@@ -32,7 +32,8 @@ type fuzzConf struct {
 var fuzzSections = []string{"http", "count", "retries", "flag", "names", "peers", "storage"}
 
 // FuzzLoad: a file and one X_<KEY>=<value> override are loaded or
-// refused with an error naming the file; an override sets its key as the
+// refused with an error naming the file; no negative duration is
+// accepted; an override sets its key as the
 // value reads as YAML for that key's type (a string keeps its spelling:
 // X_HTTP_ADDR=0123 is "0123", not 123) and changes no other key.
 // Seeds: testdata/fuzz/FuzzLoad.
@@ -49,6 +50,9 @@ func FuzzLoad(f *testing.F) {
 			}
 			return
 		}
+		if plain.HTTP.Drain < 0 {
+			t.Fatalf("negative duration accepted: %q", doc)
+		}
 		var c fuzzConf
 		err := Load(path, []string{"X_" + key + "=" + value}, "X_", fuzzSections, &c)
 		if err != nil {
@@ -56,6 +60,9 @@ func FuzzLoad(f *testing.F) {
 				t.Fatalf("override error without the file's name: %v", err)
 			}
 			return
+		}
+		if c.HTTP.Drain < 0 {
+			t.Fatalf("negative duration accepted: X_%s=%q", key, value)
 		}
 		// What the value reads as, for a field of type T: as YAML, or
 		// when that fails or is null, its text.

@@ -2,7 +2,8 @@
 // environment overrides: PREFIX<SECTION>_<KEY>... sets the key at that
 // path (GAIA_HTTP_ADDR=... sets http.addr), its value read as YAML so
 // booleans, numbers and durations keep their types. Unknown keys are
-// errors, reported with the file's line numbers.
+// errors, reported with the file's line numbers, and so are negative
+// durations.
 package yamlconfig
 
 import (
@@ -11,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
@@ -167,5 +170,57 @@ func decodeStrict(doc []byte, out any) error {
 	if err := dec.Decode(out); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
+	if key := negativeDuration(reflect.ValueOf(out), ""); key != "" {
+		return fmt.Errorf("%s: a duration must not be negative", key)
+	}
 	return nil
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+// negativeDuration is the key of the first negative duration in v ("" when
+// none is): no daemon has a use for one (0 asks for the default), and a
+// negative poll interval or timeout fires at once, in a loop.
+func negativeDuration(v reflect.Value, key string) string {
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			return negativeDuration(v.Elem(), key)
+		}
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			f := v.Type().Field(i)
+			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if !f.IsExported() || name == "-" {
+				continue
+			}
+			if name == "" {
+				name = strings.ToLower(f.Name)
+			}
+			k := key
+			if opts != "inline" {
+				k = strings.TrimPrefix(key+"."+name, ".")
+			}
+			if bad := negativeDuration(v.Field(i), k); bad != "" {
+				return bad
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		for i := 0; i < v.Len(); i++ {
+			if bad := negativeDuration(v.Index(i), fmt.Sprintf("%s[%d]", key, i)); bad != "" {
+				return bad
+			}
+		}
+	case reflect.Map:
+		for _, k := range v.MapKeys() {
+			if bad := negativeDuration(v.MapIndex(k), fmt.Sprintf("%s.%v", key, k)); bad != "" {
+				return bad
+			}
+		}
+	case reflect.Int64:
+		if v.Type() == durationType && v.Int() < 0 {
+			return key
+		}
+	}
+	return ""
 }

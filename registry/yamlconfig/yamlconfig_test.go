@@ -64,3 +64,20 @@ func TestOverridesKeepSpelling(t *testing.T) {
 		}
 	}
 }
+
+// A negative duration, in the file or an override, is refused naming its
+// key: a negative poll interval once made a worker poll in a loop.
+func TestNegativeDurationsRefused(t *testing.T) {
+	var c conf
+	err := Load(write(t, "http: {drain: -1s}\n"), nil, "X_", []string{"http"}, &c)
+	if err == nil || !strings.Contains(err.Error(), "http.drain: a duration must not be negative") {
+		t.Fatalf("negative in the file: %v", err)
+	}
+	err = Load(write(t, "http: {drain: 1s}\n"), []string{"X_HTTP_DRAIN=-5m"}, "X_", []string{"http"}, &c)
+	if err == nil || !strings.Contains(err.Error(), "with X_* overrides: http.drain: a duration must not be negative") {
+		t.Fatalf("negative override: %v", err)
+	}
+	if err := Load(write(t, "http: {drain: 0s}\n"), nil, "X_", []string{"http"}, &c); err != nil {
+		t.Fatalf("zero: %v", err)
+	}
+}

@@ -112,6 +112,8 @@ func load(path string) (*config, error) {
 		return nil, fmt.Errorf("%s: registry.password: username and password go together", path)
 	case c.Worker.Lease != 0 && c.Worker.Lease < 3*time.Second:
 		return nil, fmt.Errorf("%s: worker.lease: %s is too short (at least 3s)", path, c.Worker.Lease)
+	case c.Worker.Parallel < 0:
+		return nil, fmt.Errorf("%s: worker.parallel: must not be negative (0: the default, 8)", path)
 	}
 	if c.Registry.URL != "" {
 		if u, err := url.Parse(c.Registry.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
