@@ -2,6 +2,7 @@ package hdfs
 
 import (
 	"fmt"
+	"math"
 	"os/user"
 	"path"
 	"strconv"
@@ -258,6 +259,10 @@ func toDuration(v any) (time.Duration, error) {
 	n, err := toInt(v)
 	if err != nil {
 		return 0, err
+	}
+	// A number is seconds; beyond ~292 years it would wrap around.
+	if n > math.MaxInt64/int64(time.Second) || n < math.MinInt64/int64(time.Second) {
+		return 0, fmt.Errorf("%d seconds is out of range", n)
 	}
 	return time.Duration(n) * time.Second, nil
 }
