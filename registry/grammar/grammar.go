@@ -175,7 +175,7 @@ func ByteRange(h string, size int64) (start, end int64, answer RangeAnswer) {
 				satisfiable++
 				start, end = max(size-last, 0), size-1
 			}
-		case b != "" && last < first:
+		case b != "" && decimalLess(b, a): // not last < first: both may be clamped to MaxInt64
 			return 0, 0, RangeWhole // invalid: last-pos before first-pos
 		case first < size:
 			satisfiable++
@@ -204,6 +204,15 @@ func rangePos(s string) (int64, bool) {
 		return math.MaxInt64, true
 	}
 	return n, err == nil
+}
+
+// decimalLess compares two strings of digits as numbers, however long.
+func decimalLess(a, b string) bool {
+	a, b = strings.TrimLeft(a, "0"), strings.TrimLeft(b, "0")
+	if len(a) != len(b) {
+		return len(a) < len(b)
+	}
+	return a < b
 }
 
 // ContentRange reads an upload chunk's Content-Range: "start-end" as the
