@@ -211,7 +211,7 @@ func (s *Server) internal(direct, authed http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := r.Header.Get(replication.TokenHeader)
 		if got != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
-			api.Parse(r.URL.Path).Kind == "blob" && tokens.Match(got) {
+			api.RouteOf(r).Kind == "blob" && tokens.Match(got) {
 			rec := &recorder{ResponseWriter: w}
 			direct.ServeHTTP(rec, r)
 			cause := r.Header.Get(replication.CauseHeader)
