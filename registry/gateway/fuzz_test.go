@@ -18,7 +18,7 @@ import (
 func FuzzLoadConfig(f *testing.F) {
 	dir := f.TempDir() // one per fuzzing process
 	path, again := filepath.Join(dir, "gateway.yml"), filepath.Join(dir, "again.yml")
-	keys := []string{"yaml: ", envPrefix, "log.", "http.", "idc:", "consul.", "failover:", "retries:", "eject:"}
+	keys := []string{"yaml: ", envPrefix, "log.", "http.", "servers.", "idc:", "consul.", "failover:", "retries:", "eject:"}
 	f.Fuzz(func(t *testing.T, doc, key, value string) {
 		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)

@@ -170,18 +170,18 @@ func decodeStrict(doc []byte, out any) error {
 	if err := dec.Decode(out); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	if key := negativeDuration(reflect.ValueOf(out), ""); key != "" {
-		return fmt.Errorf("%s: a duration must not be negative", key)
+	if key, d := negativeDuration(reflect.ValueOf(out), ""); key != "" {
+		return fmt.Errorf("%s: must not be negative, got %s", key, d)
 	}
 	return nil
 }
 
 var durationType = reflect.TypeOf(time.Duration(0))
 
-// negativeDuration is the key of the first negative duration in v ("" when
-// none is): no daemon has a use for one (0 asks for the default), and a
+// negativeDuration is the key and value of the first negative duration in
+// v ("" when none is): no daemon has a use for one (0 asks for the default), and a
 // negative poll interval or timeout fires at once, in a loop.
-func negativeDuration(v reflect.Value, key string) string {
+func negativeDuration(v reflect.Value, key string) (string, time.Duration) {
 	switch v.Kind() {
 	case reflect.Pointer, reflect.Interface:
 		if !v.IsNil() {
@@ -201,26 +201,26 @@ func negativeDuration(v reflect.Value, key string) string {
 			if opts != "inline" {
 				k = strings.TrimPrefix(key+"."+name, ".")
 			}
-			if bad := negativeDuration(v.Field(i), k); bad != "" {
-				return bad
+			if bad, d := negativeDuration(v.Field(i), k); bad != "" {
+				return bad, d
 			}
 		}
 	case reflect.Slice, reflect.Array:
 		for i := 0; i < v.Len(); i++ {
-			if bad := negativeDuration(v.Index(i), fmt.Sprintf("%s[%d]", key, i)); bad != "" {
-				return bad
+			if bad, d := negativeDuration(v.Index(i), fmt.Sprintf("%s[%d]", key, i)); bad != "" {
+				return bad, d
 			}
 		}
 	case reflect.Map:
 		for _, k := range v.MapKeys() {
-			if bad := negativeDuration(v.MapIndex(k), fmt.Sprintf("%s.%v", key, k)); bad != "" {
-				return bad
+			if bad, d := negativeDuration(v.MapIndex(k), fmt.Sprintf("%s.%v", key, k)); bad != "" {
+				return bad, d
 			}
 		}
 	case reflect.Int64:
 		if v.Type() == durationType && v.Int() < 0 {
-			return key
+			return key, time.Duration(v.Int())
 		}
 	}
-	return ""
+	return "", 0
 }

@@ -70,11 +70,11 @@ func TestOverridesKeepSpelling(t *testing.T) {
 func TestNegativeDurationsRefused(t *testing.T) {
 	var c conf
 	err := Load(write(t, "http: {drain: -1s}\n"), nil, "X_", []string{"http"}, &c)
-	if err == nil || !strings.Contains(err.Error(), "http.drain: a duration must not be negative") {
+	if err == nil || !strings.Contains(err.Error(), "http.drain: must not be negative, got -1s") {
 		t.Fatalf("negative in the file: %v", err)
 	}
 	err = Load(write(t, "http: {drain: 1s}\n"), []string{"X_HTTP_DRAIN=-5m"}, "X_", []string{"http"}, &c)
-	if err == nil || !strings.Contains(err.Error(), "with X_* overrides: http.drain: a duration must not be negative") {
+	if err == nil || !strings.Contains(err.Error(), "with X_* overrides: http.drain: must not be negative, got -5m0s") {
 		t.Fatalf("negative override: %v", err)
 	}
 	if err := Load(write(t, "http: {drain: 0s}\n"), nil, "X_", []string{"http"}, &c); err != nil {
