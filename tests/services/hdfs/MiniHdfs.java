@@ -54,7 +54,10 @@ public class MiniHdfs {
     // block still waits for its DataNode report. colinmarc's client cannot
     // retry a refused block allocation, so without this the NameNode's lag
     // behind a busy DataNode fails writes.
-    conf.setInt("dfs.namenode.file.close.num-committed-allowed", 1);
+    // 16 rather than production's 1 or 2: these clusters' 1 MiB blocks make
+    // a 5 GiB write (make test-long) ask for 5,000 blocks while a loaded
+    // 2-core machine delays the DataNode's reports by several blocks.
+    conf.setInt("dfs.namenode.file.close.num-committed-allowed", 16);
     // A lone DataNode: never try to replace it in a write pipeline.
     conf.set("dfs.client.block.write.replace-datanode-on-failure.enable", "false");
     // Notice a stopped DataNode quickly in the fault tests.
