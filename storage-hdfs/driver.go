@@ -97,7 +97,7 @@ func New(p DriverParameters) (*Driver, error) {
 	if p.IOTimeout == 0 {
 		d.ioTimeout = defaultIOTimeout
 	}
-	if err := d.withClient(func(c *gohdfs.Client) error { return c.MkdirAll(d.root, 0o755) }); err != nil {
+	if err := d.withClient(context.Background(), func(c *gohdfs.Client) error { return c.MkdirAll(d.root, 0o755) }); err != nil {
 		d.pool.closeAll()
 		return nil, fmt.Errorf("hdfs storage driver: cannot create root directory %s on %v: %w", d.root, p.Namenodes, err)
 	}
@@ -113,17 +113,37 @@ func (d *Driver) Close() error {
 	return nil
 }
 
+// PoolStats reports the state of the driver's HDFS client pool (for
+// metrics: gaia-registry exports it as gaia_registry_hdfs_*).
+func (d *Driver) PoolStats() PoolStats { return d.d.pool.stats() }
+
 func (d *driver) Name() string { return driverName }
 
 func (d *driver) fullPath(p string) string { return path.Join(d.root, p) }
 
 // mapErr turns HDFS errors into distribution's typed errors.
-func (d *driver) mapErr(err error, p string) error {
+func (d *driver) mapErr(ctx context.Context, err error, p string) error {
+	if errors.Is(err, os.ErrPermission) && d.belowFile(ctx, p) {
+		return storagedriver.PathNotFoundError{Path: p, DriverName: driverName}
+	}
+	return d.mapOpenErr(err, p)
+}
+
+// mapOpenErr is mapErr for a file already open, whose ancestors are
+// directories: it skips mapErr's probe, which would borrow a second
+// client while the stream holds one (with every client held so, it
+// would wait for itself).
+func (d *driver) mapOpenErr(err error, p string) error {
 	if err == nil {
 		return nil
 	}
-	if isNotFound(err) || (errors.Is(err, os.ErrPermission) && d.belowFile(p)) {
+	if isNotFound(err) {
 		return storagedriver.PathNotFoundError{Path: p, DriverName: driverName}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		// The caller gave up (waiting for a client): left as it is, so
+		// base's storagedriver.Error holds it directly, for errors.Is.
+		return err
 	}
 	var remote gohdfs.Error
 	if errors.As(err, &remote) {
@@ -140,9 +160,9 @@ func (d *driver) mapErr(err error, p string) error {
 // AccessControlException, which colinmarc's client reports as plain
 // "permission denied"; for a path below a file the truthful answer is
 // "not found". Only runs on that error path.
-func (d *driver) belowFile(p string) bool {
+func (d *driver) belowFile(ctx context.Context, p string) bool {
 	below := false
-	d.withClient(func(c *gohdfs.Client) error {
+	d.withClient(ctx, func(c *gohdfs.Client) error {
 		for dir := path.Dir(p); dir != "/" && dir != "."; dir = path.Dir(dir) {
 			fi, err := c.Stat(d.fullPath(dir))
 			if errors.Is(err, os.ErrNotExist) || (err == nil && !fi.IsDir()) {
@@ -177,7 +197,7 @@ func isNotFound(err error) bool {
 
 func (d *driver) GetContent(ctx context.Context, p string) ([]byte, error) {
 	var out []byte
-	err := d.withClient(func(c *gohdfs.Client) error {
+	err := d.withClient(ctx, func(c *gohdfs.Client) error {
 		r, size, err := d.openAt(c, d.fullPath(p), 0)
 		if err != nil {
 			return err
@@ -188,7 +208,7 @@ func (d *driver) GetContent(ctx context.Context, p string) ([]byte, error) {
 		return err
 	})
 	if err != nil {
-		return nil, d.mapErr(err, p)
+		return nil, d.mapErr(ctx, err, p)
 	}
 	return out, nil
 }
@@ -198,17 +218,20 @@ func (d *driver) PutContent(ctx context.Context, p string, contents []byte) erro
 	// old content or the new, never part of the new.
 	full := d.fullPath(p)
 	tmp := path.Join(d.root, stagingDir, randomName())
-	err := d.withClient(func(c *gohdfs.Client) error {
+	err := d.withClient(ctx, func(c *gohdfs.Client) error {
 		if err := d.writeFile(c, tmp, contents); err != nil {
 			return err
 		}
 		return renameCreatingParent(c, tmp, full)
 	})
 	if err != nil {
-		// On a client of its own: the one that failed may be broken.
-		d.withClient(func(c *gohdfs.Client) error { return c.Remove(tmp) })
+		// On a client of its own: the one that failed may be broken. Even
+		// when the caller gave up, but not waiting for a client forever.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.ioTimeout)
+		d.withClient(cctx, func(c *gohdfs.Client) error { return c.Remove(tmp) })
+		cancel()
 	}
-	return d.mapErr(err, p)
+	return d.mapErr(ctx, err, p)
 }
 
 // writeFile writes data to a new file at full (its parent created on demand)
@@ -299,7 +322,7 @@ func (d *driver) Reader(ctx context.Context, p string, offset int64) (io.ReadClo
 		return nil, storagedriver.InvalidOffsetError{Path: p, Offset: offset, DriverName: driverName}
 	}
 	var rc io.ReadCloser
-	err := d.withClientKept(func(c *gohdfs.Client) (bool, error) {
+	err := d.withClientKept(ctx, func(c *gohdfs.Client) (bool, error) {
 		r, size, err := d.openAt(c, d.fullPath(p), offset)
 		if err != nil {
 			return false, err
@@ -315,7 +338,7 @@ func (d *driver) Reader(ctx context.Context, p string, offset int64) (io.ReadClo
 		return true, nil
 	})
 	if err != nil {
-		return nil, d.mapErr(err, p)
+		return nil, d.mapErr(ctx, err, p)
 	}
 	return rc, nil
 }
@@ -420,7 +443,7 @@ func (r *fileReader) Close() error {
 func (d *driver) Writer(ctx context.Context, p string, appendMode bool) (storagedriver.FileWriter, error) {
 	full := d.fullPath(p)
 	var w *fileWriter
-	err := d.withClientKept(func(c *gohdfs.Client) (bool, error) {
+	err := d.withClientKept(ctx, func(c *gohdfs.Client) (bool, error) {
 		var (
 			fw   *gohdfs.FileWriter
 			size int64
@@ -446,19 +469,19 @@ func (d *driver) Writer(ctx context.Context, p string, appendMode bool) (storage
 		return true, nil
 	})
 	if err != nil {
-		return nil, d.mapErr(err, p)
+		return nil, d.mapErr(ctx, err, p)
 	}
 	return w, nil
 }
 
 func (d *driver) Stat(ctx context.Context, p string) (storagedriver.FileInfo, error) {
 	var fi os.FileInfo
-	err := d.withClient(func(c *gohdfs.Client) (err error) {
+	err := d.withClient(ctx, func(c *gohdfs.Client) (err error) {
 		fi, err = c.Stat(d.fullPath(p))
 		return err
 	})
 	if err != nil {
-		return nil, d.mapErr(err, p)
+		return nil, d.mapErr(ctx, err, p)
 	}
 	return toFileInfo(p, fi), nil
 }
@@ -472,7 +495,7 @@ func toFileInfo(p string, fi os.FileInfo) storagedriver.FileInfo {
 }
 
 func (d *driver) List(ctx context.Context, p string) ([]string, error) {
-	infos, err := d.readDir(p)
+	infos, err := d.readDir(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -485,9 +508,9 @@ func (d *driver) List(ctx context.Context, p string) ([]string, error) {
 
 // readDir lists p's children with their metadata in one NameNode call per
 // page, sorted by path.
-func (d *driver) readDir(p string) ([]storagedriver.FileInfo, error) {
+func (d *driver) readDir(ctx context.Context, p string) ([]storagedriver.FileInfo, error) {
 	var entries []os.FileInfo
-	err := d.withClient(func(c *gohdfs.Client) (err error) {
+	err := d.withClient(ctx, func(c *gohdfs.Client) (err error) {
 		entries, err = c.ReadDir(d.fullPath(p))
 		return err
 	})
@@ -499,7 +522,7 @@ func (d *driver) readDir(p string) ([]storagedriver.FileInfo, error) {
 		if errors.As(err, &pe) && pe.Op == "readdir" && pe.Err.Error() == "the file is not a directory" {
 			return nil, storagedriver.PathNotFoundError{Path: p, DriverName: driverName}
 		}
-		return nil, d.mapErr(err, p)
+		return nil, d.mapErr(ctx, err, p)
 	}
 	out := make([]storagedriver.FileInfo, 0, len(entries))
 	for _, e := range entries {
@@ -515,7 +538,7 @@ func (d *driver) readDir(p string) ([]storagedriver.FileInfo, error) {
 func (d *driver) Move(ctx context.Context, sourcePath, destPath string) error {
 	from, to := d.fullPath(sourcePath), d.fullPath(destPath)
 	retried := false
-	err := d.withClient(func(c *gohdfs.Client) error {
+	err := d.withClient(ctx, func(c *gohdfs.Client) error {
 		err := renameCreatingParent(c, from, to)
 		if retried && isNotFound(err) {
 			// The first attempt may have renamed before its connection broke.
@@ -526,13 +549,13 @@ func (d *driver) Move(ctx context.Context, sourcePath, destPath string) error {
 		retried = true
 		return err
 	})
-	return d.mapErr(err, sourcePath)
+	return d.mapErr(ctx, err, sourcePath)
 }
 
 func (d *driver) Delete(ctx context.Context, p string) error {
 	full := d.fullPath(p)
 	retried := false
-	err := d.withClient(func(c *gohdfs.Client) error {
+	err := d.withClient(ctx, func(c *gohdfs.Client) error {
 		err := c.Remove(full)
 		if errors.Is(err, syscall.ENOTEMPTY) {
 			err = c.RemoveAll(full)
@@ -544,7 +567,7 @@ func (d *driver) Delete(ctx context.Context, p string) error {
 		retried = true
 		return err
 	})
-	return d.mapErr(err, p)
+	return d.mapErr(ctx, err, p)
 }
 
 // RedirectURL returns "": HDFS has no URL a client could fetch from.
@@ -577,7 +600,7 @@ type listingWalker struct {
 }
 
 func (w *listingWalker) List(ctx context.Context, p string) ([]string, error) {
-	infos, err := w.readDir(p)
+	infos, err := w.readDir(ctx, p)
 	if err != nil {
 		return nil, err
 	}

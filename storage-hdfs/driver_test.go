@@ -57,7 +57,7 @@ func openDriver(t testing.TB, cluster, parent string, params map[string]any) *Dr
 		t.Fatalf("hdfs driver: %v\n%s", err, harness.Logs(cluster))
 	}
 	t.Cleanup(func() {
-		d.d.withClient(func(c *gohdfs.Client) error { return c.RemoveAll(d.d.root) })
+		d.d.withClient(context.Background(), func(c *gohdfs.Client) error { return c.RemoveAll(d.d.root) })
 		d.Close()
 	})
 	return d
@@ -458,7 +458,7 @@ func TestPutContentAtomic(t *testing.T) {
 	t.Logf("%d whole reads during 20 replacements", reads.Load())
 	// Nothing is left in the staging directory.
 	var left []string
-	err := d.d.withClient(func(c *gohdfs.Client) error {
+	err := d.d.withClient(context.Background(), func(c *gohdfs.Client) error {
 		entries, err := c.ReadDir(d.d.root + "/" + stagingDir)
 		for _, e := range entries {
 			left = append(left, e.Name())

@@ -16,6 +16,7 @@ import (
 const (
 	defaultRootDirectory = "/gaia/registry"
 	defaultMaxThreads    = 100
+	defaultMaxClients    = 256
 	defaultDialTimeout   = 10 * time.Second
 	defaultIOTimeout     = 60 * time.Second
 	// HDFS checksums every 512 bytes; a block size must be a multiple.
@@ -39,6 +40,10 @@ type DriverParameters struct {
 	Replication int
 	// MaxThreads bounds concurrent driver calls (and idle pooled clients).
 	MaxThreads uint64
+	// MaxClients caps the HDFS clients (NameNode connections) open at
+	// once: one per running call and per open reader or writer. Beyond
+	// it, calls and opens wait for a client. 0 means the default.
+	MaxClients uint64
 	// HadoopConfDir holds core-site.xml/hdfs-site.xml; namenodes and client
 	// settings are read from it where not given explicitly.
 	HadoopConfDir string
@@ -55,7 +60,7 @@ type DriverParameters struct {
 
 var knownParameters = map[string]bool{
 	"namenodes": true, "rootdirectory": true, "user": true, "blocksize": true,
-	"replication": true, "maxthreads": true, "hadoopconfdir": true,
+	"replication": true, "maxthreads": true, "maxclients": true, "hadoopconfdir": true,
 	"usedatanodehostname": true, "datatransferprotection": true,
 	"dialtimeout": true, "iotimeout": true,
 }
@@ -69,12 +74,13 @@ func fromParametersImpl(parameters map[string]any) (*DriverParameters, error) {
 	p := &DriverParameters{
 		RootDirectory: defaultRootDirectory,
 		MaxThreads:    defaultMaxThreads,
+		MaxClients:    defaultMaxClients,
 		DialTimeout:   defaultDialTimeout,
 		IOTimeout:     defaultIOTimeout,
 	}
 	for k := range parameters {
 		if !knownParameters[strings.ToLower(k)] {
-			return nil, paramError(k, "unknown parameter (known: namenodes, rootdirectory, user, blocksize, replication, maxthreads, hadoopconfdir, usedatanodehostname, datatransferprotection, dialtimeout, iotimeout)")
+			return nil, paramError(k, "unknown parameter (known: namenodes, rootdirectory, user, blocksize, replication, maxthreads, maxclients, hadoopconfdir, usedatanodehostname, datatransferprotection, dialtimeout, iotimeout)")
 		}
 	}
 	get := func(key string) (any, bool) {
@@ -128,6 +134,13 @@ func fromParametersImpl(parameters map[string]any) (*DriverParameters, error) {
 			return nil, paramError("maxthreads", "must be a positive integer, got %v", v)
 		}
 		p.MaxThreads = uint64(n)
+	}
+	if v, ok := get("maxclients"); ok {
+		n, err := toInt(v)
+		if err != nil || n < 1 {
+			return nil, paramError("maxclients", "must be a positive integer, got %v", v)
+		}
+		p.MaxClients = uint64(n)
 	}
 	if v, ok := get("usedatanodehostname"); ok {
 		b, err := strconv.ParseBool(fmt.Sprint(v))

@@ -30,6 +30,9 @@ func TestParametersValidation(t *testing.T) {
 		{"replication 0 is default", map[string]any{"namenodes": "nn:1", "replication": 0}, ""},
 		{"replication too high", map[string]any{"namenodes": "nn:1", "replication": 1000}, "replication"},
 		{"maxthreads zero", map[string]any{"namenodes": "nn:1", "maxthreads": 0}, "maxthreads"},
+		{"maxclients zero", map[string]any{"namenodes": "nn:1", "maxclients": 0}, "maxclients"},
+		{"maxclients negative", map[string]any{"namenodes": "nn:1", "maxclients": -4}, "maxclients"},
+		{"maxclients text", map[string]any{"namenodes": "nn:1", "maxclients": "many"}, "maxclients"},
 		{"bad bool", map[string]any{"namenodes": "nn:1", "usedatanodehostname": "perhaps"}, "usedatanodehostname"},
 		{"bad protection", map[string]any{"namenodes": "nn:1", "datatransferprotection": "secret"}, "datatransferprotection"},
 		{"bad timeout", map[string]any{"namenodes": "nn:1", "iotimeout": "soon"}, "iotimeout"},
@@ -57,15 +60,18 @@ func TestParametersValidation(t *testing.T) {
 func TestParametersValues(t *testing.T) {
 	p, err := fromParametersImpl(map[string]any{
 		"namenodes": "nn1:8020, nn2:8020", "rootdirectory": "/a/b/", "user": "reg",
-		"blocksize": "134217728", "replication": 3, "maxthreads": 50, "dialtimeout": "3s", "iotimeout": 90,
+		"blocksize": "134217728", "replication": 3, "maxthreads": 50, "maxclients": "64", "dialtimeout": "3s", "iotimeout": 90,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(p.Namenodes) != 2 || p.Namenodes[1] != "nn2:8020" || p.RootDirectory != "/a/b" || p.User != "reg" ||
-		p.BlockSize != 128<<20 || p.Replication != 3 || p.MaxThreads != 50 ||
+		p.BlockSize != 128<<20 || p.Replication != 3 || p.MaxThreads != 50 || p.MaxClients != 64 ||
 		p.DialTimeout != 3*time.Second || p.IOTimeout != 90*time.Second {
 		t.Fatalf("parsed %+v", p)
+	}
+	if p, err := fromParametersImpl(map[string]any{"namenodes": "nn:1"}); err != nil || p.MaxClients != defaultMaxClients {
+		t.Fatalf("maxclients default: %+v, %v", p, err)
 	}
 }
 

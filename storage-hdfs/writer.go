@@ -54,7 +54,7 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	n, err := w.writeChunk(p)
 	w.size += int64(n)
 	if err != nil {
-		return n, w.d.mapErr(err, w.path)
+		return n, w.d.mapOpenErr(err, w.path)
 	}
 	return n, nil
 }
@@ -82,7 +82,7 @@ func (w *fileWriter) Close() error {
 	if w.committed || w.cancelled {
 		return nil
 	}
-	return w.d.mapErr(w.closeFile(), w.path)
+	return w.d.mapOpenErr(w.closeFile(), w.path)
 }
 
 // Commit makes the written data durable and visible. It closes the HDFS
@@ -97,7 +97,7 @@ func (w *fileWriter) Commit(ctx context.Context) error {
 		return fmt.Errorf("already cancelled")
 	}
 	if err := w.closeFile(); err != nil {
-		return w.d.mapErr(err, w.path)
+		return w.d.mapOpenErr(err, w.path)
 	}
 	w.committed = true
 	return nil
@@ -111,12 +111,15 @@ func (w *fileWriter) Cancel(ctx context.Context) error {
 		return fmt.Errorf("already committed")
 	}
 	w.cancelled = true
-	c := w.client
-	w.fw.Close() // releases the lease if it can; the delete below does in any case
-	err := w.d.withClient(func(pc *gohdfs.Client) error { return pc.Remove(w.full) })
-	w.release(c, err)
+	// The writer's client goes back first: the delete borrows one, and
+	// must not wait for this one with every client held by writers.
+	// Closing the file releases its lease if it can; the delete does in
+	// any case.
+	w.fw.SetDeadline(time.Now().Add(w.d.ioTimeout))
+	w.release(w.client, w.fw.Close())
+	err := w.d.withClient(ctx, func(c *gohdfs.Client) error { return c.Remove(w.full) })
 	if err != nil && !isNotFound(err) {
-		return w.d.mapErr(err, w.path)
+		return w.d.mapErr(ctx, err, w.path)
 	}
 	return nil
 }
@@ -151,7 +154,7 @@ func (w *fileWriter) release(c *gohdfs.Client, err error) {
 	}
 	w.client = nil
 	if err != nil {
-		c.Close()
+		w.d.pool.discard(c)
 		return
 	}
 	w.d.pool.put(c)

@@ -16,6 +16,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/api"
 	"github.com/gaia-registry/gaia/registry/auth"
 	"github.com/gaia-registry/gaia/registry/forwarded"
+	hdfsdriver "github.com/gaia-registry/gaia/storage-hdfs"
 )
 
 // metrics are one server's Prometheus series, registered on their own
@@ -106,6 +107,35 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount()))
 	ch <- prometheus.MustNewConstMetric(poolWaits, prometheus.CounterValue, float64(s.EmptyAcquireCount()))
 	ch <- prometheus.MustNewConstMetric(poolWaitSecs, prometheus.CounterValue, s.AcquireDuration().Seconds())
+}
+
+// hdfsCollector reports the HDFS driver's client pool at scrape time.
+type hdfsCollector struct{ d *hdfsdriver.Driver }
+
+var (
+	hdfsClients  = prometheus.NewDesc("gaia_registry_hdfs_clients", "HDFS clients (NameNode connections) by state: in_use (by calls and open streams) or idle.", []string{"state"}, nil)
+	hdfsMax      = prometheus.NewDesc("gaia_registry_hdfs_max_clients", "Cap on HDFS clients (storage.hdfs.maxclients).", nil, nil)
+	hdfsWaiters  = prometheus.NewDesc("gaia_registry_hdfs_client_waiters", "Driver calls and streams waiting for an HDFS client now (all maxclients in use).", nil, nil)
+	hdfsWaits    = prometheus.NewDesc("gaia_registry_hdfs_client_waits_total", "Borrows of an HDFS client that had to wait.", nil, nil)
+	hdfsCreated  = prometheus.NewDesc("gaia_registry_hdfs_clients_created_total", "HDFS clients dialled.", nil, nil)
+	hdfsReplaced = prometheus.NewDesc("gaia_registry_hdfs_clients_replaced_total", "HDFS clients found broken (NameNode restart, failover, dropped socket) and dialled again.", nil, nil)
+)
+
+func (hdfsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{hdfsClients, hdfsMax, hdfsWaiters, hdfsWaits, hdfsCreated, hdfsReplaced} {
+		ch <- d
+	}
+}
+
+func (c hdfsCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.d.PoolStats()
+	ch <- prometheus.MustNewConstMetric(hdfsClients, prometheus.GaugeValue, float64(s.Open-s.Idle), "in_use")
+	ch <- prometheus.MustNewConstMetric(hdfsClients, prometheus.GaugeValue, float64(s.Idle), "idle")
+	ch <- prometheus.MustNewConstMetric(hdfsMax, prometheus.GaugeValue, float64(s.Max))
+	ch <- prometheus.MustNewConstMetric(hdfsWaiters, prometheus.GaugeValue, float64(s.Waiters))
+	ch <- prometheus.MustNewConstMetric(hdfsWaits, prometheus.CounterValue, float64(s.Waited))
+	ch <- prometheus.MustNewConstMetric(hdfsCreated, prometheus.CounterValue, float64(s.Created))
+	ch <- prometheus.MustNewConstMetric(hdfsReplaced, prometheus.CounterValue, float64(s.Replaced))
 }
 
 // recorder captures the status and body size a handler wrote.

@@ -41,7 +41,7 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
-	_ "github.com/gaia-registry/gaia/storage-hdfs"
+	hdfsdriver "github.com/gaia-registry/gaia/storage-hdfs"
 )
 
 // Server is one registry server, ready to Serve.
@@ -115,6 +115,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	s.metrics = newMetrics(reg, s.pool)
 	if s.certs != nil {
 		reg.MustRegister(s.certs)
+	}
+	if hd, ok := drv.(*hdfsdriver.Driver); ok {
+		reg.MustRegister(hdfsCollector{hd})
 	}
 	s.driver = timedDriver{StorageDriver: drv, m: s.metrics}
 	s.uploads = uploadsession.New(s.pool, s.driver).InIDC(cfg.Cluster.IDC)

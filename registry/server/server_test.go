@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -413,5 +414,47 @@ func TestPurgeUploads(t *testing.T) {
 	}
 	if _, err := srv.uploads.Get(ctx, "purge/me", fresh.ID); err != nil {
 		t.Fatalf("fresh session purged: %v", err)
+	}
+}
+
+// With HDFS storage, /metrics reports the driver's client pool: its cap
+// (storage.hdfs.maxclients) and its clients, counted as a call uses them.
+func TestHDFSPoolMetrics(t *testing.T) {
+	db := harness.NewDatabase(t)
+	nn := harness.Start(t, harness.HDFS).Get(t, "GAIA_TEST_HDFS_NAMENODE")
+	cfg, err := LoadConfig(writeConfig(t, fmt.Sprintf(`
+http: {addr: %s}
+storage: {hdfs: {namenodes: [%q], rootdirectory: /gaia-test/server-metrics-%d, user: gaia, replication: 1, maxclients: 7}}
+database: {url: %q, migrate: true}
+`, harness.FreeAddr(t), nn, time.Now().UnixNano(), db)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(context.Background(), cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.pool.Close()
+	scrape := func() string {
+		rec := &bodyRecorder{header: http.Header{}}
+		srv.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		return rec.body.String()
+	}
+	body := scrape()
+	for _, want := range []string{
+		"gaia_registry_hdfs_max_clients 7",
+		`gaia_registry_hdfs_clients{state="in_use"} 0`,
+		`gaia_registry_hdfs_clients{state="idle"} 1`, // the one that made the root directory
+		"gaia_registry_hdfs_clients_created_total 1",
+		"gaia_registry_hdfs_client_waiters 0",
+		"gaia_registry_hdfs_client_waits_total 0",
+		"gaia_registry_hdfs_clients_replaced_total 0",
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("/metrics:\n%s", body)
 	}
 }
