@@ -27,6 +27,11 @@ const (
 	defaultTagsPage    = 10000
 	defaultCatalogPage = 1000
 	maxPage            = 10000
+	// A referrers page carries annotations: at most this many descriptors,
+	// and no more than about maxReferrersBytes of them (one always fits),
+	// well below the 4 MiB clients accept for an index.
+	maxReferrersPage  = 1000
+	maxReferrersBytes = 1 << 20
 )
 
 // SparseIndexHeader, "true" on an index PUT, accepts an index whose
@@ -361,9 +366,27 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
+	n, last, ok := h.pageParams(w, r, maxReferrersPage)
+	if !ok {
+		return
+	}
+	n = min(n, maxReferrersPage)
+	var after digest.Digest
+	if last != "" {
+		var err error
+		if after, err = digest.Parse(last); err != nil {
+			h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithMessage("last is not a digest").WithDetail(map[string]string{"last": last}))
+			return
+		}
+	}
 	artifactType := r.URL.Query().Get("artifactType")
-	refs, err := h.Manifests.Referrers(r.Context(), name, d, artifactType)
-	if err != nil {
+	refs, more, err := h.Manifests.Referrers(r.Context(), name, d, artifactType, after, n, maxReferrersBytes)
+	if errors.Is(err, metadata.ErrNotFound) {
+		// Not a 404: the spec reserves that for a registry without the API.
+		h.fail(w, r, errcode.ErrorCodeDigestInvalid.WithMessage("last names no manifest of the repository (deleted since?): list again without it").
+			WithDetail(map[string]string{"last": last}))
+		return
+	} else if err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -377,6 +400,13 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, name string,
 	}
 	if artifactType != "" {
 		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	if more && len(refs) > 0 {
+		q := url.Values{"n": {strconv.Itoa(n)}, "last": {refs[len(refs)-1].Digest.String()}}
+		if artifactType != "" {
+			q.Set("artifactType", artifactType)
+		}
+		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/referrers/%s?%s>; rel="next"`, name, d, q.Encode()))
 	}
 	w.Header().Set("Content-Type", v1.MediaTypeImageIndex)
 	json.NewEncoder(w).Encode(index)

@@ -576,6 +576,110 @@ func TestReferrersAPI(t *testing.T) {
 	}
 }
 
+// referrerPages follows the referrers API's Link headers from first,
+// alternating servers, and returns each page's digests; every page must be
+// an OCI index of at most about maxReferrersBytes with a Link of n/last
+// naming its last referrer (and the artifactType filter, when given).
+func referrerPages(t *testing.T, servers []string, first string, n int, artifactType string) [][]digest.Digest {
+	t.Helper()
+	var pages [][]digest.Digest
+	for next := first; next != ""; {
+		r := do(t, "GET", servers[len(pages)%len(servers)]+next, nil)
+		var idx v1.Index
+		if r.status != 200 || r.header.Get("Content-Type") != ociIndex || json.Unmarshal(r.body, &idx) != nil {
+			t.Fatalf("GET %s: %d %q %.300s", next, r.status, r.header.Get("Content-Type"), r.body)
+		}
+		if len(r.body) > maxReferrersBytes+64<<10 {
+			t.Fatalf("GET %s: a page of %d bytes", next, len(r.body))
+		}
+		var page []digest.Digest
+		for _, m := range idx.Manifests {
+			page = append(page, m.Digest)
+		}
+		pages = append(pages, page)
+		if len(pages) > 50 {
+			t.Fatalf("more than 50 pages: %v", pages)
+		}
+		link := r.header.Get("Link")
+		if link == "" {
+			break
+		}
+		if len(page) == 0 {
+			t.Fatalf("GET %s: an empty page with a Link %q", next, link)
+		}
+		q := url.Values{"n": {fmt.Sprint(n)}, "last": {page[len(page)-1].String()}}
+		if artifactType != "" {
+			q.Set("artifactType", artifactType)
+		}
+		path, _, _ := strings.Cut(first, "?")
+		if want := fmt.Sprintf(`<%s?%s>; rel="next"`, path, q.Encode()); link != want {
+			t.Fatalf("GET %s: Link %q; want %q", next, link, want)
+		}
+		next = strings.TrimSuffix(strings.TrimPrefix(link, "<"), `>; rel="next"`)
+	}
+	return pages
+}
+
+// The referrers API answers in pages: at most n descriptors, and no more
+// than about 1 MiB of them (annotations can be large), each page with a
+// Link to the next (n and last, as tags/list; the artifactType filter
+// kept). Every referrer comes once, oldest first.
+func TestReferrersPages(t *testing.T) {
+	a, b := twoServers(t)
+	subject := pushImage(t, a, "team/app", nil)
+	sd := digest.FromBytes(subject)
+	empty := pushBlob(t, a, "team/app", []byte("{}"))
+	big := strings.Repeat("x", 300_000)
+	var all, sigs []digest.Digest
+	for i := range 8 {
+		at := sbomArtifact
+		if i%3 == 2 {
+			at = sigArtifact
+		}
+		ann := map[string]string{"n": fmt.Sprint(i)}
+		if i < 5 {
+			ann["org.example.big"] = big // four of these pass 1 MiB
+		}
+		m := body(t, map[string]any{
+			"schemaVersion": 2, "mediaType": ociImage, "artifactType": at,
+			"config": descriptor(ociEmpty, empty, 2), "layers": []any{},
+			"subject":     descriptor(ociImage, sd, len(subject)),
+			"annotations": ann,
+		})
+		// Pushed in an order that is not digest order: pages are oldest first.
+		putManifest(t, a, "team/app", digest.FromBytes(m).String(), ociImage, m)
+		all = append(all, digest.FromBytes(m))
+		if at == sigArtifact {
+			sigs = append(sigs, digest.FromBytes(m))
+		}
+	}
+	base := "/v2/team/app/referrers/" + sd.String()
+	servers := []string{a, b}
+
+	// Without n: pages cut by size (3 big ones fit in 1 MiB, a fourth does not).
+	pages := referrerPages(t, servers, base, maxReferrersPage, "")
+	if got := slices.Concat(pages...); !slices.Equal(got, all) || len(pages) != 2 || len(pages[0]) != 3 {
+		t.Fatalf("pages by size: %v\nwant, oldest first, %v", pages, all)
+	}
+	// With n: pages of n (and of less where the size says so).
+	pages = referrerPages(t, servers, base+"?n=2", 2, "")
+	if got := slices.Concat(pages...); !slices.Equal(got, all) || len(pages) != 4 {
+		t.Fatalf("pages of 2: %v\nwant %v", pages, all)
+	}
+	// The filter holds on every page.
+	pages = referrerPages(t, servers, base+"?n=1&artifactType="+url.QueryEscape(sigArtifact), 1, sigArtifact)
+	if got := slices.Concat(pages...); !slices.Equal(got, sigs) || len(pages) != len(sigs) {
+		t.Fatalf("signature pages of 1: %v\nwant %v", pages, sigs)
+	}
+	for _, n := range []string{"-1", "abc"} {
+		expect(t, "referrers n="+n, do(t, "GET", a+base+"?n="+n, nil), 400, "PAGINATION_NUMBER_INVALID")
+	}
+	expect(t, "referrers after a bad digest", do(t, "GET", a+base+"?last=sha256:zz", nil), 400, "DIGEST_INVALID")
+	// After a referrer deleted since (or never there): 400, never 404,
+	// which would tell the client the API is not supported.
+	expect(t, "referrers after an unknown manifest", do(t, "GET", a+base+"?last="+digest.FromString("gone").String(), nil), 400, "DIGEST_INVALID")
+}
+
 // equalJSON compares two values by their JSON encodings.
 func equalJSON(t *testing.T, got, want any) bool {
 	t.Helper()

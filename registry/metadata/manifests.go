@@ -394,17 +394,61 @@ type Referrer struct {
 	Annotations  map[string]string
 }
 
-// Referrers lists the repository's manifests whose subject is d, those of
-// artifactType only when it is not empty, oldest first.
-func (m *Manifests) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]Referrer, error) {
+// Referrers lists up to n of the repository's manifests whose subject is
+// d, those of artifactType only when it is not empty, oldest first, after
+// the manifest last (empty: from the first). A page also ends before its
+// descriptors (annotations and all) pass about maxBytes, though it always
+// holds one: a client takes a whole page in memory. more says whether
+// others follow. ErrNotFound: last names no manifest of the repository
+// (deleted since the page it ended).
+func (m *Manifests) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string, last digest.Digest, n, maxBytes int) ([]Referrer, bool, error) {
+	// The running size is PostgreSQL's: rows beyond the budget come back
+	// without their annotations, so neither side holds more than a page.
 	rows, _ := m.db.Query(ctx, `
-		SELECT m.digest, m.media_type, coalesce(m.artifact_type, ''), length(m.content), m.annotations
-		FROM manifests m JOIN repositories r ON r.id = m.repository_id
-		WHERE r.name = $1 AND m.subject_digest = $2 AND ($3 = '' OR m.artifact_type = $3)
-		ORDER BY m.id`, repo, d.String(), artifactType)
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Referrer, error) {
+		SELECT digest, media_type, artifact_type, size, CASE WHEN used <= $6 OR rn = 1 THEN annotations END, used
+		FROM (SELECT m.digest, m.media_type, coalesce(m.artifact_type, '') AS artifact_type, length(m.content) AS size,
+		             m.annotations,
+		             sum(octet_length(coalesce(m.annotations::text, '')) + octet_length(m.media_type) +
+		                 octet_length(coalesce(m.artifact_type, '')) + 160) OVER w AS used,
+		             row_number() OVER w AS rn
+		      FROM manifests m JOIN repositories r ON r.id = m.repository_id
+		      WHERE r.name = $1 AND m.subject_digest = $2 AND ($3 = '' OR m.artifact_type = $3)
+		        AND m.id > CASE WHEN $4 = '' THEN 0 ELSE
+		                     (SELECT l.id FROM manifests l WHERE l.repository_id = r.id AND l.digest = $4) END
+		      WINDOW w AS (ORDER BY m.id)
+		      ORDER BY m.id LIMIT $5) page
+		ORDER BY rn`, repo, d.String(), artifactType, last.String(), n+1, maxBytes)
+	var (
+		out  []Referrer
+		more bool
+	)
+	for rows.Next() {
 		var r Referrer
-		err := row.Scan(&r.Digest, &r.MediaType, &r.ArtifactType, &r.Size, &r.Annotations)
-		return r, err
-	})
+		var used int64
+		if err := rows.Scan(&r.Digest, &r.MediaType, &r.ArtifactType, &r.Size, &r.Annotations, &used); err != nil {
+			rows.Close()
+			return nil, false, err
+		}
+		if len(out) == n || (len(out) > 0 && used > int64(maxBytes)) {
+			more = true
+			break
+		}
+		out = append(out, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	if len(out) == 0 && last != "" {
+		var known bool
+		err := m.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id
+			WHERE r.name = $1 AND m.digest = $2)`, repo, last.String()).Scan(&known)
+		if err != nil {
+			return nil, false, err
+		}
+		if !known {
+			return nil, false, ErrNotFound
+		}
+	}
+	return out, more, nil
 }

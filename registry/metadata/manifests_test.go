@@ -624,25 +624,53 @@ func TestReferrers(t *testing.T) {
 		{sig, want(filter(sig)...)},
 		{"application/vnd.example.none", nil},
 	} {
-		got, err := s.manifests.Referrers(ctx, "team/app", subj.Digest, c.artifactType)
-		if err != nil || len(got) != len(c.want) || (len(got) > 0 && !reflect.DeepEqual(got, c.want)) {
-			t.Errorf("Referrers(artifactType=%q):\n got %+v, %v\nwant %+v", c.artifactType, got, err, c.want)
+		got, more, err := s.manifests.Referrers(ctx, "team/app", subj.Digest, c.artifactType, "", 100, 1<<20)
+		if err != nil || more || len(got) != len(c.want) || (len(got) > 0 && !reflect.DeepEqual(got, c.want)) {
+			t.Errorf("Referrers(artifactType=%q):\n got %+v, %v, more %v\nwant %+v", c.artifactType, got, err, more, c.want)
+		}
+		// Page by page, one at a time, after the last of the page before.
+		var paged []Referrer
+		var last digest.Digest
+		for i := 0; ; i++ {
+			page, more, err := s.manifests.Referrers(ctx, "team/app", subj.Digest, c.artifactType, last, 1, 1<<20)
+			if err != nil || len(page) > 1 || (more && len(page) == 0) || i > len(c.want) {
+				t.Fatalf("Referrers(artifactType=%q) page %d after %q: %+v, more %v, %v", c.artifactType, i, last, page, more, err)
+			}
+			paged = append(paged, page...)
+			if !more {
+				break
+			}
+			last = page[0].Digest
+		}
+		if len(paged) != len(c.want) || (len(paged) > 0 && !reflect.DeepEqual(paged, c.want)) {
+			t.Errorf("Referrers(artifactType=%q) by pages of 1:\n got %+v\nwant %+v", c.artifactType, paged, c.want)
 		}
 	}
 	if len(filter(sbom)) != 2 || len(refs) != 4 {
 		t.Fatal("test setup")
 	}
-	if got, err := s.manifests.Referrers(ctx, "team/app", digest.FromString("unknown"), ""); err != nil || len(got) != 0 {
+	if got, _, err := s.manifests.Referrers(ctx, "team/app", digest.FromString("unknown"), "", "", 100, 1<<20); err != nil || len(got) != 0 {
 		t.Fatalf("Referrers of an unknown digest: %v, %v", got, err)
 	}
-	if got, err := s.manifests.Referrers(ctx, "nowhere/app", subj.Digest, ""); err != nil || len(got) != 0 {
+	if got, _, err := s.manifests.Referrers(ctx, "nowhere/app", subj.Digest, "", "", 100, 1<<20); err != nil || len(got) != 0 {
 		t.Fatalf("Referrers in an unknown repository: %v, %v", got, err)
+	}
+	// A page ends where its descriptors pass maxBytes, after one at least.
+	first, more, err := s.manifests.Referrers(ctx, "team/app", subj.Digest, "", "", 100, 1)
+	if err != nil || !more || len(first) != 1 || !reflect.DeepEqual(first, want(refs[0])) {
+		t.Fatalf("Referrers within 1 byte: %+v, more %v, %v", first, more, err)
+	}
+	if got, _, err := s.manifests.Referrers(ctx, "team/app", subj.Digest, "", refs[3].Digest, 100, 1<<20); err != nil || len(got) != 0 {
+		t.Fatalf("Referrers after the last one: %v, %v", got, err)
+	}
+	if _, _, err := s.manifests.Referrers(ctx, "team/app", subj.Digest, "", digest.FromString("never pushed"), 100, 1<<20); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Referrers after an unknown manifest: %v; want ErrNotFound", err)
 	}
 	// A deleted referrer is no longer listed.
 	if err := s.manifests.Delete(ctx, "team/app", refs[1].Digest); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.manifests.Referrers(ctx, "team/app", subj.Digest, "")
+	got, _, err := s.manifests.Referrers(ctx, "team/app", subj.Digest, "", "", 100, 1<<20)
 	if wantRefs := want(refs[0], refs[2], refs[3]); err != nil || !reflect.DeepEqual(got, wantRefs) {
 		t.Fatalf("Referrers after a delete:\n got %+v, %v\nwant %+v", got, err, wantRefs)
 	}
