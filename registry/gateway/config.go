@@ -53,10 +53,22 @@ type Config struct {
 		Failures int           `yaml:"failures"` // consecutive failures that eject a server (default 3)
 		Duration time.Duration `yaml:"duration"` // for this long (default 10s)
 	} `yaml:"eject"`
+	// Replay: the bodies of idempotent requests (manifest PUTs, up to 4
+	// MiB each) are read before they are sent, to be replayed on another
+	// server; MaxBytes bounds the bytes so held across all requests at once
+	// (default 64 MiB; 0: none). Beyond it a request streams through
+	// without a replay copy.
+	Replay struct {
+		MaxBytes *int64 `yaml:"maxbytes"`
+	} `yaml:"replay"`
 
 	trusted   forwarded.Trusted // http.trustedproxies, parsed
 	serverTLS *tls.Config       // servers.tls, loaded
 }
+
+// defaultReplayBytes: 16 bodies of the largest manifest, thousands of
+// typical ones.
+const defaultReplayBytes = 64 << 20
 
 const envPrefix = "GAIA_GATEWAY_"
 
@@ -66,7 +78,7 @@ const envPrefix = "GAIA_GATEWAY_"
 func LoadConfig(path string, environ []string) (*Config, error) {
 	var c Config
 	if err := yamlconfig.Load(path, environ, envPrefix,
-		[]string{"log", "http", "servers", "idc", "consul", "failover", "retries", "eject"}, &c); err != nil {
+		[]string{"log", "http", "servers", "idc", "consul", "failover", "retries", "eject", "replay"}, &c); err != nil {
 		return nil, err
 	}
 	if c.HTTP.Addr == "" {
@@ -92,6 +104,10 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 	if c.Eject.Duration == 0 {
 		c.Eject.Duration = 10 * time.Second
 	}
+	if c.Replay.MaxBytes == nil {
+		def := int64(defaultReplayBytes)
+		c.Replay.MaxBytes = &def
+	}
 	err := func() error {
 		switch {
 		case c.IDC == "":
@@ -104,6 +120,8 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 			return errors.New("retries: must not be negative")
 		case c.Eject.Failures < 0 || c.Eject.Duration < 0:
 			return errors.New("eject: failures and duration must not be negative")
+		case *c.Replay.MaxBytes < 0:
+			return errors.New("replay.maxbytes: must not be negative")
 		}
 		if err := c.HTTP.Timeouts.Validate("http"); err != nil {
 			return err

@@ -65,6 +65,9 @@ type Gateway struct {
 	remote    []*Upstream          // other IDCs'
 	synced    atomic.Bool          // a first discovery answer arrived
 	spliced   sync.WaitGroup       // hijacked blob downloads (Shutdown does not see them)
+
+	replayMax  int64        // replay.maxbytes
+	replayHeld atomic.Int64 // request body bytes held for replay now
 }
 
 // New returns a Gateway; Watch (or SetUpstreams) gives it servers.
@@ -81,7 +84,11 @@ func New(cfg *Config, log *slog.Logger) *Gateway {
 			DisableCompression:    true,
 			TLSClientConfig:       cfg.serverTLS, // servers registered with scheme https
 		},
-		reg: prometheus.NewRegistry(),
+		reg:       prometheus.NewRegistry(),
+		replayMax: defaultReplayBytes,
+	}
+	if cfg.Replay.MaxBytes != nil {
+		g.replayMax = *cfg.Replay.MaxBytes
 	}
 	g.m = newMetrics(g.reg, g)
 	return g
@@ -103,6 +110,11 @@ func (g *Gateway) SetUpstreams(list []*Upstream) {
 			local = append(local, u)
 		} else {
 			remote = append(remote, u)
+		}
+	}
+	for id, old := range g.upstreams {
+		if cur, ok := next[id]; !ok || cur.IDC != old.IDC {
+			g.m.forget(old)
 		}
 	}
 	if len(local) != len(g.local) || len(remote) != len(g.remote) {
@@ -290,6 +302,25 @@ var idempotent = map[string]bool{http.MethodGet: true, http.MethodHead: true, ht
 
 const maxReplay = 4 << 20
 
+// holdReplay reserves n bytes of replay.maxbytes for a request's body.
+// When others hold it, the request goes through without a replay copy,
+// as a non-idempotent one does (retried elsewhere only if its body was
+// never sent), rather than being refused: under a flood of slow bodies
+// sent before auth, legitimate pushes keep working, and memory stays
+// bounded either way.
+func (g *Gateway) holdReplay(n int64) bool {
+	for {
+		held := g.replayHeld.Load()
+		if held+n > g.replayMax {
+			g.m.replaySkipped.Inc()
+			return false
+		}
+		if g.replayHeld.CompareAndSwap(held, held+n) {
+			return true
+		}
+	}
+}
+
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 func (g *Gateway) unavailable(w http.ResponseWriter, msg string) {
@@ -304,7 +335,8 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	// so a failed attempt can be replayed on another server even after its
 	// body was sent.
 	var replay []byte
-	if hasBody && idempotent[r.Method] && r.ContentLength > 0 && r.ContentLength <= maxReplay {
+	if hasBody && idempotent[r.Method] && r.ContentLength > 0 && r.ContentLength <= maxReplay && g.holdReplay(r.ContentLength) {
+		defer g.replayHeld.Add(-r.ContentLength)
 		b, err := io.ReadAll(io.LimitReader(in, r.ContentLength))
 		if err != nil || int64(len(b)) != r.ContentLength {
 			errcode.ServeJSON(w, errcode.ErrorCodeUnknown.WithMessage("reading the request body"))
@@ -393,7 +425,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 			if replay != nil || in.read.Load() == 0 { // replayable, or nothing of the body left the gateway
 				continue
 			}
-			g.m.requests.WithLabelValues(u.ID, u.IDC, "502").Inc()
+			g.countRequest(u, "502")
 			errcode.ServeJSON(w, errcode.ErrorCodeUnavailable.WithMessage(
 				"the registry server failed after the request body was sent; retry the request"))
 			return
@@ -448,9 +480,9 @@ func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, r
 		}
 		code = "cut"
 	}
-	g.m.requests.WithLabelValues(u.ID, u.IDC, code).Inc()
-	g.m.bytes.WithLabelValues("in", u.ID, u.IDC).Add(float64(in.read.Load()))
-	g.m.bytes.WithLabelValues("out", u.ID, u.IDC).Add(float64(n))
+	g.countRequest(u, code)
+	g.countBytes(u, "in", in.read.Load())
+	g.countBytes(u, "out", n)
 	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
 	if g.log.Enabled(r.Context(), slog.LevelDebug) {
 		g.log.Debug("request", "method", r.Method, "path", r.URL.Path, "upstream", u.ID, "status", resp.StatusCode,
@@ -459,13 +491,14 @@ func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, r
 }
 
 func (g *Gateway) failed(u *Upstream, err error) {
-	g.m.errors.WithLabelValues(u.ID, u.IDC).Inc()
+	ejected := false
 	if n := u.failures.Add(1); g.cfg.Eject.Failures > 0 && int(n) >= g.cfg.Eject.Failures {
 		if u.ejectedUntil.Swap(time.Now().Add(g.cfg.Eject.Duration).UnixNano()) < time.Now().UnixNano() {
 			g.log.Warn("ejecting registry server", "upstream", u.ID, "addr", u.Addr, "for", g.cfg.Eject.Duration, "err", err)
-			g.m.ejections.WithLabelValues(u.ID, u.IDC).Inc()
+			ejected = true
 		}
 	}
+	g.countError(u, ejected)
 }
 
 func (g *Gateway) succeeded(u *Upstream) {

@@ -278,15 +278,17 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.HTTP.Addr != "0.0.0.0:7000" || cfg.Failover != "any" || *cfg.Retries != 2 || cfg.Eject.Failures != 3 || cfg.Consul.Service != "gaia-registry" {
+	if cfg.HTTP.Addr != "0.0.0.0:7000" || cfg.Failover != "any" || *cfg.Retries != 2 || cfg.Eject.Failures != 3 || cfg.Consul.Service != "gaia-registry" ||
+		*cfg.Replay.MaxBytes != 64<<20 {
 		t.Fatalf("%+v", cfg)
 	}
 	for text, want := range map[string]string{
 		"consul: {addr: x}\n": "idc: required",
 		"idc: a\n":            "consul.addr: required",
-		"idc: a\nconsul: {addr: x}\nfailover: b\n": "failover",
-		"idc: a\nconsul: {addr: x}\nretries: -1\n": "retries",
-		"idc: a\nconsul: {addr: x}\nidk: 1\n":      "field idk not found",
+		"idc: a\nconsul: {addr: x}\nfailover: b\n":            "failover",
+		"idc: a\nconsul: {addr: x}\nretries: -1\n":            "retries",
+		"idc: a\nconsul: {addr: x}\nreplay: {maxbytes: -1}\n": "replay.maxbytes",
+		"idc: a\nconsul: {addr: x}\nidk: 1\n":                 "field idk not found",
 	} {
 		if _, err := LoadConfig(write(text), nil); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", text, err, want)
@@ -371,4 +373,178 @@ func TestEarlyAnswerToLargeUpload(t *testing.T) {
 	if u.failures.Load() != 0 || u.ejected(time.Now()) {
 		t.Fatalf("an early answer counted as a failure: %d", u.failures.Load())
 	}
+}
+
+// scrape returns the gateway's /metrics text.
+func scrape(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// metric is the value of the series named exactly so in the gateway's
+// /metrics, or -1 when there is none.
+func metric(t *testing.T, base, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(scrape(t, base), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+// waitFor polls cond until it holds, failing the test at the deadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not so after 20s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The series of a server go when it leaves, and a request that was still
+// running on it when it left does not bring them back.
+func TestMetricsPrunedWhenServerLeaves(t *testing.T) {
+	inHandler, answer := make(chan struct{}), make(chan struct{})
+	leaving := upstreamOf(t, "leaving", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/slow" {
+			close(inHandler)
+			<-answer
+		}
+		io.WriteString(w, "from leaving")
+	}))
+	staying := upstreamOf(t, "staying", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "from staying")
+	}))
+	g := New(testConfig("local"), quiet())
+	g.SetUpstreams([]*Upstream{leaving, deadUpstream(t, "dead")})
+	base := serve(t, g)
+	for range 4 { // some fail over from the dead one: errors and an ejection
+		if resp, err := http.Get(base + "/v2/"); err != nil {
+			t.Fatal(err)
+		} else {
+			resp.Body.Close()
+		}
+	}
+	if m := scrape(t, base); !strings.Contains(m, `upstream="leaving"`) || !strings.Contains(m, `gaia_gateway_upstream_errors_total{idc="idc-a",upstream="dead"}`) {
+		t.Fatalf("no series for the servers before they leave:\n%s", m)
+	}
+	slow := make(chan error, 1)
+	go func() {
+		resp, err := http.Get(base + "/v2/slow")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		slow <- err
+	}()
+	<-inHandler
+	g.SetUpstreams([]*Upstream{staying})
+	close(answer)
+	if err := <-slow; err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.Get(base + "/v2/"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+	m := scrape(t, base)
+	for _, gone := range []string{`upstream="leaving"`, `upstream="dead"`} {
+		if strings.Contains(m, gone) {
+			t.Errorf("series with %s after it left:\n%s", gone, m)
+		}
+	}
+	if !strings.Contains(m, `gaia_gateway_requests_total{code="200",idc="idc-a",upstream="staying"} 1`) {
+		t.Errorf("no series for the server that stayed:\n%s", m)
+	}
+}
+
+// The bodies held for replay are bounded in total (replay.maxbytes), not
+// only each: with the budget taken by slow bodies, the next idempotent
+// request streams to a server at once instead of being held too; all of
+// them complete, and what was held is given back.
+func TestReplayBudget(t *testing.T) {
+	const size = 512 << 10
+	arrived := make(chan string, 8)
+	u := upstreamOf(t, "a1", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- r.Header.Get("X-Req")
+		n, _ := io.Copy(io.Discard, r.Body)
+		w.Header().Set("X-Received", itoa(n))
+		w.WriteHeader(http.StatusCreated)
+	}))
+	cfg := testConfig("local")
+	budget := int64(2 * size)
+	cfg.Replay.MaxBytes = &budget
+	g := New(cfg, quiet())
+	g.SetUpstreams([]*Upstream{u})
+	base := serve(t, g)
+
+	// Each request sends half its body, then waits for the test.
+	type put struct {
+		w    *io.PipeWriter
+		done chan *http.Response
+	}
+	start := func(name string) put {
+		pr, pw := io.Pipe()
+		t.Cleanup(func() { pw.CloseWithError(io.ErrUnexpectedEOF) }) // before the servers close, on failure too
+		p := put{w: pw, done: make(chan *http.Response, 1)}
+		req, _ := http.NewRequest(http.MethodPut, base+"/v2/x/manifests/"+name, pr)
+		req.ContentLength = size
+		req.Header.Set("X-Req", name)
+		go func() {
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				p.done <- nil
+				return
+			}
+			resp.Body.Close()
+			p.done <- resp
+		}()
+		if _, err := pw.Write(make([]byte, size/2)); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	held := func() bool { return metric(t, base, "gaia_gateway_replay_bytes") == float64(budget) }
+	p1 := start("one")
+	p2 := start("two")
+	waitFor(t, "two bodies held for replay", held)
+	p3 := start("three")
+	// The third was not held: the server has it while its body is half sent.
+	select {
+	case got := <-arrived:
+		if got != "three" {
+			t.Fatalf("%s reached the server before its body was whole", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the request beyond the budget did not reach the server:\n%s", scrape(t, base))
+	}
+	if !held() || metric(t, base, "gaia_gateway_replay_skipped_total") != 1 {
+		t.Fatalf("replay bytes beyond the budget, or the skip not counted:\n%s", scrape(t, base))
+	}
+	for _, p := range []put{p1, p2, p3} {
+		if _, err := p.w.Write(make([]byte, size/2)); err != nil {
+			t.Fatal(err)
+		}
+		p.w.Close()
+		if resp := <-p.done; resp == nil || resp.StatusCode != http.StatusCreated || resp.Header.Get("X-Received") != itoa(size) {
+			t.Fatalf("PUT: %+v", resp)
+		}
+	}
+	waitFor(t, "replay bytes given back", func() bool { return metric(t, base, "gaia_gateway_replay_bytes") == 0 })
 }

@@ -17,6 +17,7 @@ type metrics struct {
 	bytes           *prometheus.CounterVec
 	duration        *prometheus.HistogramVec
 	discoveryErrors prometheus.Counter
+	replaySkipped   prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, g *Gateway) *metrics {
@@ -49,9 +50,16 @@ func newMetrics(reg *prometheus.Registry, g *Gateway) *metrics {
 		discoveryErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gaia_gateway_discovery_errors_total", Help: "Failed Consul queries.",
 		}),
+		replaySkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_gateway_replay_skipped_total",
+			Help: "Idempotent requests proxied without a replay copy of their body: replay.maxbytes was in use by others.",
+		}),
 	}
+	replayBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gaia_gateway_replay_bytes", Help: "Request body bytes held in memory now for replay on another server.",
+	}, func() float64 { return float64(g.replayHeld.Load()) })
 	reg.MustRegister(m.requests, m.errors, m.ejections, m.retries, m.failovers, m.noUpstream, m.bytes, m.duration,
-		m.discoveryErrors, upstreamCollector{g}, collectors.NewGoCollector(),
+		m.discoveryErrors, m.replaySkipped, replayBytes, upstreamCollector{g}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -81,5 +89,53 @@ func (c upstreamCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(upstreamsDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
+	}
+}
+
+// Series per registry server (requests, bytes, errors, ejections) go when
+// the server leaves (SetUpstreams): servers come and go with every deploy
+// and restart, and their series would otherwise pile up for good. They are
+// added to only through these, which skip a server that has left, so a
+// request still finishing on it cannot bring its series back.
+
+// current reports whether u is still one of the servers; the caller holds
+// g.mu (read).
+func (g *Gateway) current(u *Upstream) bool {
+	cur, ok := g.upstreams[u.ID]
+	return ok && cur.IDC == u.IDC
+}
+
+func (g *Gateway) countRequest(u *Upstream, code string) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.current(u) {
+		g.m.requests.WithLabelValues(u.ID, u.IDC, code).Inc()
+	}
+}
+
+func (g *Gateway) countBytes(u *Upstream, direction string, n int64) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.current(u) {
+		g.m.bytes.WithLabelValues(direction, u.ID, u.IDC).Add(float64(n))
+	}
+}
+
+func (g *Gateway) countError(u *Upstream, ejected bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.current(u) {
+		g.m.errors.WithLabelValues(u.ID, u.IDC).Inc()
+		if ejected {
+			g.m.ejections.WithLabelValues(u.ID, u.IDC).Inc()
+		}
+	}
+}
+
+// forget deletes the series of a server that left; the caller holds g.mu.
+func (m *metrics) forget(u *Upstream) {
+	l := prometheus.Labels{"upstream": u.ID, "idc": u.IDC}
+	for _, v := range []*prometheus.MetricVec{m.requests.MetricVec, m.errors.MetricVec, m.ejections.MetricVec, m.bytes.MetricVec} {
+		v.DeletePartialMatch(l)
 	}
 }

@@ -126,8 +126,8 @@ func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Reque
 		g.failed(u, fmt.Errorf("after %d of %d bytes: %v", n, resp.ContentLength, err))
 		code = "cut"
 	}
-	g.m.requests.WithLabelValues(u.ID, u.IDC, code).Inc()
-	g.m.bytes.WithLabelValues("out", u.ID, u.IDC).Add(float64(n))
+	g.countRequest(u, code)
+	g.countBytes(u, "out", n)
 	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
 	return nil
 }
@@ -216,12 +216,12 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 		conn.(closeWriter).CloseWrite()
 		body = <-bodyDone
 	}
-	g.m.bytes.WithLabelValues("in", u.ID, u.IDC).Add(float64(body.n))
+	g.countBytes(u, "in", body.n)
 	if err != nil {
 		if body.err == nil || errors.Is(body.err, net.ErrClosed) || isUpstreamErr(body.err) {
 			g.failed(u, err)
 		}
-		g.m.requests.WithLabelValues(u.ID, u.IDC, "502").Inc()
+		g.countRequest(u, "502")
 		rawUnavailable(client, "the registry server failed after the request body was sent; retry the request")
 		return nil
 	}
@@ -236,8 +236,8 @@ func (g *Gateway) spliceUpload(w http.ResponseWriter, r *http.Request, out *http
 	rh.Write(client)
 	io.WriteString(client, "\r\n")
 	client.Write(respBody)
-	g.m.requests.WithLabelValues(u.ID, u.IDC, fmt.Sprint(resp.StatusCode)).Inc()
-	g.m.bytes.WithLabelValues("out", u.ID, u.IDC).Add(float64(len(respBody)))
+	g.countRequest(u, fmt.Sprint(resp.StatusCode))
+	g.countBytes(u, "out", int64(len(respBody)))
 	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
 	return nil
 }
