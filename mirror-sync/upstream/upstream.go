@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/gaia-registry/gaia/registry/watchdog"
 )
 
 // ManifestTypes are the manifest media types asked for.
@@ -160,11 +162,8 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 		// The watchdog cancels a transfer that stalls: armed while a
 		// streamed request body is sent and while the response body is
 		// read (waiting for headers is Timeout's).
-		rctx, cancel := context.WithCancelCause(ctx)
-		stalled := fmt.Errorf("%s %s: no progress for %s", method, path, c.o.IdleTimeout)
-		wd := time.AfterFunc(time.Hour, func() { cancel(stalled) })
-		wd.Stop()
-		done := func() { wd.Stop(); cancel(nil) }
+		wd, rctx := watchdog.New(ctx, c.o.IdleTimeout, fmt.Errorf("%s %s: no progress for %s", method, path, c.o.IdleTimeout))
+		done := wd.Done
 		req, err := http.NewRequestWithContext(rctx, method, target, nil)
 		if err != nil {
 			done()
@@ -179,8 +178,8 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 			}
 			req.Body, req.ContentLength = b.reader()
 			if b.stream != nil {
-				req.Body = &watched{ReadCloser: req.Body, wd: wd, idle: c.o.IdleTimeout, stopAtEOF: true}
-				wd.Reset(c.o.IdleTimeout)
+				req.Body = wd.RequestBody(req.Body)
+				wd.Arm()
 			}
 		}
 		for k, vs := range c.o.Header {
@@ -193,14 +192,12 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 		c.Requests.Add(1)
 		resp, err := c.o.HTTP.Do(req)
 		wd.Stop()
-		if err != nil && context.Cause(rctx) == stalled {
-			err = stalled
-		}
+		err = wd.Err(err)
 		lastErr = err
 		if err == nil {
 			lastErr = fmt.Errorf("%s", resp.Status)
 			if resp.StatusCode < 200 || resp.StatusCode >= 300 {
-				wd.Reset(c.o.IdleTimeout) // reading an error body is bounded too
+				wd.Arm() // reading an error body is bounded too
 			}
 		}
 		var wait time.Duration
@@ -238,10 +235,7 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 			release()
 			return nil, &StatusError{method, c.o.URL + path, resp.StatusCode, string(b)}
 		default:
-			// Armed at the first read: a consumer that opens the body and
-			// is slow to start (waiting for a slot of its own) is not a stall.
-			body := &watched{ReadCloser: resp.Body, wd: wd, idle: c.o.IdleTimeout, ctx: rctx, stalled: stalled}
-			resp.Body = &releasingBody{ReadCloser: body, release: func() { done(); release() }}
+			resp.Body = &releasingBody{ReadCloser: wd.Body(resp.Body), release: func() { done(); release() }}
 			return resp, nil
 		}
 		done()
@@ -253,31 +247,6 @@ func (c *Client) send(ctx context.Context, method, path, scope string, header ht
 		case <-time.After(wait):
 		}
 	}
-}
-
-// watched kicks a watchdog on every read; a read cut by it reports the
-// stall rather than a bare "context canceled".
-type watched struct {
-	io.ReadCloser
-	wd        *time.Timer
-	idle      time.Duration
-	stopAtEOF bool // a request body: the watchdog's job ends when it is sent
-	ctx       context.Context
-	stalled   error
-}
-
-func (w *watched) Read(p []byte) (int, error) {
-	w.wd.Reset(w.idle) // a read that blocks is bounded too
-	n, err := w.ReadCloser.Read(p)
-	if err == io.EOF && w.stopAtEOF {
-		w.wd.Stop()
-	} else {
-		w.wd.Reset(w.idle)
-	}
-	if err != nil && err != io.EOF && w.ctx != nil && context.Cause(w.ctx) == w.stalled {
-		err = w.stalled
-	}
-	return n, err
 }
 
 type releasingBody struct {

@@ -35,6 +35,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/internaltoken"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
+	"github.com/gaia-registry/gaia/registry/watchdog"
 )
 
 // Headers of requests between IDCs.
@@ -74,6 +75,9 @@ type Options struct {
 	Log    *slog.Logger
 	Client *http.Client // default: no overall timeout (blobs are large), 30 s to response headers
 	TLS    *tls.Config  // the default client's: how peers' https gateways are verified
+	// IdleTimeout fails a copy whose peer sends nothing for this long
+	// (default 1m): the copy holds the IDC-wide lock for its blob.
+	IdleTimeout time.Duration
 	// Bytes counts bytes crossing IDCs by direction ("in"), cause and peer.
 	Bytes *prometheus.CounterVec
 	// RetryDelay is the first back-off of a failed job (doubling, at most 10 min).
@@ -106,6 +110,9 @@ func New(o Options) *Replicator {
 	o.Client = &c
 	if o.RetryDelay == 0 {
 		o.RetryDelay = time.Second
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = time.Minute
 	}
 	if o.LockDB == nil {
 		o.LockDB = o.DB
@@ -218,7 +225,12 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &
 // storage, checking size and digest before it becomes visible.
 func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d digest.Digest, size int64, cause string) error {
 	u := strings.TrimRight(base, "/") + "/v2/" + repo + "/blobs/" + url.PathEscape(d.String())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	// No overall timeout (a large layer takes as long as it takes), but a
+	// peer that stops sending fails the copy, which holds the IDC-wide
+	// lock for d: every pull of d in this IDC waits on it.
+	wd, rctx := watchdog.New(ctx, r.o.IdleTimeout, fmt.Errorf("GET %s: no progress for %s", u, r.o.IdleTimeout))
+	defer wd.Done()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
 	}
@@ -231,11 +243,12 @@ func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d di
 	req.Header.Set(CauseHeader, cause)
 	resp, err := r.o.Client.Do(req)
 	if err != nil {
-		return err
+		return wd.Err(err)
 	}
 	defer resp.Body.Close()
+	body := wd.Body(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		b, _ := io.ReadAll(io.LimitReader(body, 512))
 		return fmt.Errorf("GET %s: %s: %s", u, resp.Status, strings.TrimSpace(string(b)))
 	}
 	var id [8]byte
@@ -247,7 +260,7 @@ func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d di
 	}
 	verifier := d.Verifier()
 	buf := copyBuffers.Get().(*[]byte)
-	n, err := io.CopyBuffer(io.MultiWriter(w, verifier), resp.Body, *buf)
+	n, err := io.CopyBuffer(io.MultiWriter(w, verifier), body, *buf)
 	copyBuffers.Put(buf)
 	if r.o.Bytes != nil {
 		r.o.Bytes.WithLabelValues("in", cause, peer).Add(float64(n))

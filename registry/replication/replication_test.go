@@ -130,6 +130,45 @@ func TestFillRefusesBadBytes(t *testing.T) {
 	}
 }
 
+// A peer that stops sending mid-blob fails the fill after IdleTimeout
+// (not after minutes, holding the IDC-wide lock for the blob), leaves no
+// staging data, and the next fill, from a peer that answers, succeeds.
+func TestFillStalledPeer(t *testing.T) {
+	r, _, data, d, _ := env(t, 0)
+	good := r.o.Peers["a"]
+	stall := make(chan struct{})
+	stalling := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Length", "300000")
+		w.Write(data[:100_000])
+		w.(http.Flusher).Flush()
+		select { // then nothing, for as long as the client waits
+		case <-stall:
+		case <-req.Context().Done():
+		}
+	}))
+	defer stalling.Close()
+	defer close(stall) // before Close, which waits for the handler
+	r.o.Peers["a"] = stalling.URL
+	r.o.IdleTimeout = 200 * time.Millisecond
+	// The guard only keeps a broken fix from hanging the test.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := r.Fill(ctx, "r", d)
+	if err == nil || !strings.Contains(err.Error(), "no progress for 200ms") {
+		t.Fatalf("fill from a stalled peer: %v; want it to fail for want of progress", err)
+	}
+	if keys, _ := r.o.Driver.List(ctx, "/uploads"); len(keys) != 0 {
+		t.Fatalf("fill staging left: %v", keys)
+	}
+	r.o.Peers["a"] = good
+	if err := r.Fill(ctx, "r", d); err != nil {
+		t.Fatalf("fill after the stalled one: %v", err)
+	}
+	if got, err := r.o.Driver.GetContent(ctx, uploadsession.BlobPath(d)); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("filled blob: %d bytes, %v", len(got), err)
+	}
+}
+
 // Eager replication: only matching repositories queue jobs; a job that
 // fails backs off and is retried until the copy succeeds, then leaves.
 func TestReplicationJobs(t *testing.T) {
