@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -158,8 +159,11 @@ func (r *Replicator) lock(ctx context.Context, d digest.Digest, refill bool) (un
 			return ok, err
 		}
 	}
-	return metadata.AdvisoryLock(ctx, r.o.LockDB, "gaia-fill:"+r.o.IDC+":"+d.String(), placed)
+	return metadata.AdvisoryLock(ctx, r.o.LockDB, fillLock(r.o.IDC, d), placed)
 }
+
+// fillLock names the IDC-wide lock for copying d into idc.
+func fillLock(idc string, d digest.Digest) string { return "gaia-fill:" + idc + ":" + d.String() }
 
 // copyOnce copies d into this IDC unless it is already placed here (for
 // a refill: unless its bytes are back), under the IDC-wide lock for d.
@@ -251,9 +255,7 @@ func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d di
 		b, _ := io.ReadAll(io.LimitReader(body, 512))
 		return fmt.Errorf("GET %s: %s: %s", u, resp.Status, strings.TrimSpace(string(b)))
 	}
-	var id [8]byte
-	rand.Read(id[:])
-	dir := "/uploads/fill-" + hex.EncodeToString(id[:])
+	dir := fillDir(d)
 	w, err := r.o.Driver.Writer(ctx, dir+"/data", false)
 	if err != nil {
 		return err
@@ -292,6 +294,91 @@ func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d di
 	}
 	r.o.Driver.Delete(context.WithoutCancel(ctx), dir)
 	return nil
+}
+
+// fillsDir holds the fills' staging directories, beside upload sessions'.
+const fillsDir = "/uploads"
+
+// fillDir is a new staging directory for a copy of d: fill-<algorithm>-
+// <encoded>-<random>. The digest in the name is what lets SweepFills tell
+// a running fill's directory from one its server left behind.
+func fillDir(d digest.Digest) string {
+	var id [8]byte
+	rand.Read(id[:])
+	return fillsDir + "/fill-" + string(d.Algorithm()) + "-" + d.Encoded() + "-" + hex.EncodeToString(id[:])
+}
+
+// fillDigest is the digest a staging directory's name carries, if any.
+func fillDigest(name string) (digest.Digest, bool) {
+	rest, ok := strings.CutPrefix(name, "fill-")
+	if !ok {
+		return "", false
+	}
+	alg, rest, ok := strings.Cut(rest, "-")
+	i := strings.LastIndexByte(rest, '-')
+	if !ok || i < 0 {
+		return "", false
+	}
+	d, err := digest.Parse(alg + ":" + rest[:i])
+	return d, err == nil
+}
+
+// SweepFills removes the staging directories of fills that died with
+// their server (a crash or kill mid-copy) from drv, idc's storage, and
+// returns how many it removed. A fill holds the IDC-wide lock for its
+// blob for as long as its directory exists, so a directory whose blob's
+// lock is free belongs to no running fill, whatever its age: it is removed
+// under that lock. A fill- directory without a digest in its name (as
+// older versions named them) is removed once older than olderThan.
+// Upload sessions' directories, beside them, are not touched.
+func SweepFills(ctx context.Context, lockDB *pgxpool.Pool, idc string, drv storagedriver.StorageDriver, olderThan time.Duration) (int, error) {
+	entries, err := drv.List(ctx, fillsDir)
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	// Tried once: a done func that says "finished" makes AdvisoryLock
+	// return at the first refusal, without the lock.
+	tryOnce := func(context.Context) (bool, error) { return true, nil }
+	removed := 0
+	var errs []error
+	for _, p := range entries {
+		name := path.Base(p)
+		if !strings.HasPrefix(name, "fill-") {
+			continue
+		}
+		if d, ok := fillDigest(name); ok {
+			unlock, busy, err := metadata.AdvisoryLock(ctx, lockDB, fillLock(idc, d), tryOnce)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if busy {
+				continue // a fill of d runs: this may be its directory
+			}
+			err = drv.Delete(ctx, p)
+			unlock()
+			if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+				errs = append(errs, err)
+				continue
+			}
+		} else {
+			fi, err := drv.Stat(ctx, p)
+			if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+				errs = append(errs, err)
+			}
+			if err != nil || time.Since(fi.ModTime()) < olderThan {
+				continue
+			}
+			if err := drv.Delete(ctx, p); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		removed++
+	}
+	return removed, errors.Join(errs...)
 }
 
 // Enqueue queues eager copies of a blob just pushed to repo into every

@@ -8,7 +8,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 )
@@ -166,6 +171,71 @@ func TestFillStalledPeer(t *testing.T) {
 	}
 	if got, err := r.o.Driver.GetContent(ctx, uploadsession.BlobPath(d)); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("filled blob: %d bytes, %v", len(got), err)
+	}
+}
+
+// SweepFills removes what fills killed mid-copy left: a staging directory
+// whose blob no running fill holds the lock of, whatever its age; one
+// without a digest in its name (older versions') once old. A running
+// fill's directory and upload sessions' directories stay.
+func TestSweepFills(t *testing.T) {
+	_, pool, _, d, _ := env(t, 0)
+	ctx := context.Background()
+	root := t.TempDir()
+	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(dir string) {
+		t.Helper()
+		if err := drv.PutContent(ctx, dir+"/data", []byte("partial")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := digest.FromString("being copied")
+	orphan, live := fillDir(d), fillDir(running)
+	const oldFormat, oldFresh, session = "/uploads/fill-0123456789abcdef", "/uploads/fill-fedcba9876543210", "/uploads/5d3e4a1c-7f0b-4b8e-9c2d-3a4b5c6d7e8f"
+	for _, dir := range []string{orphan, live, oldFormat, oldFresh, session} {
+		write(dir)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(filepath.Join(root, oldFormat), old, old); err != nil {
+		t.Fatal(err)
+	}
+	// The fill of running holds its lock, as copyOnce does while it copies.
+	unlock, _, err := metadata.AdvisoryLock(ctx, pool, fillLock("b", running), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock = sync.OnceFunc(unlock)
+	t.Cleanup(unlock) // on failure too: the pool's cleanup waits for the lock's connection
+	n, err := SweepFills(ctx, pool, "b", drv, time.Hour)
+	if err != nil || n != 2 {
+		t.Fatalf("SweepFills: %d, %v; want 2 removed", n, err)
+	}
+	left := func() []string {
+		keys, err := drv.List(ctx, "/uploads")
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	want := []string{live, oldFresh, session}
+	slices.Sort(want)
+	if got := left(); !slices.Equal(got, want) {
+		t.Fatalf("left after the sweep:\n got %v\nwant %v", got, want)
+	}
+	// Once that fill is over (its server died: the lock went with its
+	// session), its directory goes too.
+	unlock()
+	if n, err := SweepFills(ctx, pool, "b", drv, time.Hour); err != nil || n != 1 {
+		t.Fatalf("second SweepFills: %d, %v; want 1 removed", n, err)
+	}
+	want = []string{oldFresh, session}
+	slices.Sort(want)
+	if got := left(); !slices.Equal(got, want) {
+		t.Fatalf("left after the second sweep:\n got %v\nwant %v", got, want)
 	}
 }
 

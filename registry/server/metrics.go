@@ -30,6 +30,7 @@ type metrics struct {
 	storage       *prometheus.HistogramVec
 	storageErrors *prometheus.CounterVec
 	uploadsPurged prometheus.Counter
+	fillsSwept    prometheus.Counter
 	crossIDCBytes *prometheus.CounterVec
 	// internalRefused: requests with an internal token it did not pass
 	// (wrong or retired token, or not a blob read): a rotation gone wrong.
@@ -64,6 +65,9 @@ func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
 		uploadsPurged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gaia_registry_uploads_purged_total", Help: "Abandoned upload sessions expired and removed.",
 		}),
+		fillsSwept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_registry_fills_swept_total", Help: "Staging directories of cross-IDC fills interrupted mid-copy (a server killed) removed.",
+		}),
 		crossIDCBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gaia_registry_cross_idc_bytes_total",
 			Help: "Blob bytes moved between IDCs: direction in (copied here) or out (served to a peer IDC), cause fill or replication, peer IDC.",
@@ -73,7 +77,7 @@ func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
 			Help: "Requests carrying an internal token that did not let them past auth (a token not configured here, or not a blob GET/HEAD).",
 		}),
 	}
-	reg.MustRegister(m.internalRefused, m.crossIDCBytes, m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.storage, m.storageErrors, m.uploadsPurged,
+	reg.MustRegister(m.internalRefused, m.crossIDCBytes, m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.storage, m.storageErrors, m.uploadsPurged, m.fillsSwept,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{pool})
 	return m

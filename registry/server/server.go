@@ -291,7 +291,8 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 // purgeUploads expires abandoned upload sessions and their data, on every
-// server (sessions being written are skipped; each is ended once).
+// server (sessions being written are skipped; each is ended once), and
+// removes what cross-IDC fills killed mid-copy left in storage.
 func (s *Server) purgeUploads(ctx context.Context) {
 	if s.storage.UploadScan == 0 {
 		return
@@ -307,11 +308,25 @@ func (s *Server) purgeUploads(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("expiring uploads", "err", err)
 		}
+		s.sweepFills(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// sweepFills removes the staging directories of fills whose server died
+// mid-copy (replication.SweepFills), whether or not this server fills.
+func (s *Server) sweepFills(ctx context.Context) {
+	n, err := replication.SweepFills(ctx, s.lockPool, s.cfg.Cluster.IDC, s.driver, s.storage.UploadAge)
+	if n > 0 {
+		s.metrics.fillsSwept.Add(float64(n))
+		s.log.Info("removed the staging data of interrupted fills", "count", n)
+	}
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("sweeping interrupted fills", "err", err)
 	}
 }
 

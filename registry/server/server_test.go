@@ -458,3 +458,57 @@ database: {url: %q, migrate: true}
 		t.Fatalf("/metrics:\n%s", body)
 	}
 }
+
+// The staging data of a cross-IDC fill whose server was killed mid-copy
+// is removed by the purge every server runs at start and then each
+// interval, and counted; an upload session's data beside it stays.
+func TestPurgeSweepsFills(t *testing.T) {
+	db := harness.NewDatabase(t)
+	cfg := testConfig(t, db, true)
+	srv, err := New(context.Background(), cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.pool.Close()
+	defer srv.lockPool.Close()
+	ctx := context.Background()
+	sess, err := srv.uploads.Start(ctx, "fills/here")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.uploads.Append(ctx, "fills/here", sess.ID, 0, strings.NewReader("partial")); err != nil {
+		t.Fatal(err)
+	}
+	uploads := filepath.Join(cfg.Storage["filesystem"].(map[string]any)["rootdirectory"].(string), "uploads")
+	fill := filepath.Join(uploads, "fill-sha256-"+strings.Repeat("ab", 32)+"-0011223344556677")
+	if err := os.MkdirAll(fill, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(fill, "data"), []byte("half a layer"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv.storage.UploadScan = time.Hour
+	bg, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go srv.purgeUploads(bg) // runs once at start, then waits an hour
+	// Counted once removed: wait for the count.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec := &bodyRecorder{header: http.Header{}}
+		srv.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		if strings.Contains(rec.body.String(), "gaia_registry_fills_swept_total 1\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, err := os.Stat(fill)
+			t.Fatalf("no sweep counted after 10s (the fill's data: %v)", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := os.Stat(fill); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the interrupted fill's data is still in storage: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(uploads, sess.ID)); err != nil {
+		t.Fatalf("the upload session's data went too: %v", err)
+	}
+}
