@@ -49,7 +49,7 @@ func FuzzParameters(f *testing.F) {
 		switch {
 		case len(p.Namenodes) == 0, !path.IsAbs(p.RootDirectory), path.Clean(p.RootDirectory) != p.RootDirectory,
 			p.BlockSize < 0, p.BlockSize%bytesPerChecksum != 0, p.Replication < 0, p.Replication > maxReplication,
-			p.MaxThreads < 1, p.DialTimeout <= 0, p.IOTimeout <= 0:
+			p.MaxThreads < 1, p.MaxClients < 1, p.DialTimeout <= 0, p.IOTimeout <= 0:
 			t.Fatalf("accepted %+v", p)
 		}
 		switch p.DataTransferProtection {

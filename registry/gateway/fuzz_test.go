@@ -18,7 +18,7 @@ import (
 func FuzzLoadConfig(f *testing.F) {
 	dir := f.TempDir() // one per fuzzing process
 	path, again := filepath.Join(dir, "gateway.yml"), filepath.Join(dir, "again.yml")
-	keys := []string{"yaml: ", envPrefix, "log.", "http.", "servers.", "idc:", "consul.", "failover:", "retries:", "eject:"}
+	keys := []string{"yaml: ", envPrefix, "log.", "http.", "servers.", "idc:", "consul.", "failover:", "retries:", "eject:", "replay."}
 	f.Fuzz(func(t *testing.T, doc, key, value string) {
 		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)
@@ -42,7 +42,7 @@ func FuzzLoadConfig(f *testing.F) {
 			}
 			return
 		}
-		if *cfg.Retries < 0 || cfg.Eject.Failures < 0 || cfg.Eject.Duration <= 0 || cfg.HTTP.DrainTimeout <= 0 || cfg.IDC == "" || cfg.Consul.Addr == "" {
+		if *cfg.Retries < 0 || *cfg.Replay.MaxBytes < 0 || cfg.Eject.Failures < 0 || cfg.Eject.Duration <= 0 || cfg.HTTP.DrainTimeout <= 0 || cfg.IDC == "" || cfg.Consul.Addr == "" {
 			t.Fatalf("accepted %+v", cfg)
 		}
 		out, err := yaml.Marshal(cfg)
