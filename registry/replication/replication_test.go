@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
@@ -105,7 +107,7 @@ func TestFillOnce(t *testing.T) {
 	if n := testutil.ToFloat64(r.o.Bytes.WithLabelValues("in", CauseFill, "a")); n != float64(len(data)) {
 		t.Fatalf("cross-IDC bytes counted: %v", n)
 	}
-	if keys, _ := r.o.Driver.List(ctx, "/uploads"); len(keys) != 0 {
+	if keys := uploadsLeft(t, r.o.Driver); len(keys) != 0 {
 		t.Fatalf("fill staging left: %v", keys)
 	}
 	if err := r.Fill(ctx, "r", d); err != nil || calls.Load() != 1 {
@@ -162,7 +164,7 @@ func TestFillStalledPeer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no progress for 200ms") {
 		t.Fatalf("fill from a stalled peer: %v; want it to fail for want of progress", err)
 	}
-	if keys, _ := r.o.Driver.List(ctx, "/uploads"); len(keys) != 0 {
+	if keys := uploadsLeft(t, r.o.Driver); len(keys) != 0 {
 		t.Fatalf("fill staging left: %v", keys)
 	}
 	r.o.Peers["a"] = good
@@ -320,4 +322,15 @@ func TestRefill(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("placement records of b: %d", n)
 	}
+}
+
+// uploadsLeft lists what is left under /uploads; a listing error fails the
+// test rather than reading as "nothing left".
+func uploadsLeft(t *testing.T, drv storagedriver.StorageDriver) []string {
+	t.Helper()
+	keys, err := drv.List(context.Background(), "/uploads")
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		t.Fatalf("listing /uploads: %v", err)
+	}
+	return keys
 }
