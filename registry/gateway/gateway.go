@@ -529,15 +529,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	}
 	srv := g.cfg.HTTP.Timeouts.Server(g.Handler())
 	srv.ErrorLog = slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)
-	errc := make(chan error, 1)
-	scheme := "http"
-	if certs != nil {
-		scheme = "https"
-		srv.TLSConfig = certs.ServerConfig()
-		go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	} else {
-		go func() { errc <- srv.Serve(ln) }()
-	}
+	scheme, errc := tlsfiles.Serve(srv, ln, certs)
 	g.log.Info("gateway serving", "addr", ln.Addr().String(), "scheme", scheme, "idc", g.cfg.IDC, "failover", g.cfg.Failover)
 	select {
 	case err := <-errc:

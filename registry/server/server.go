@@ -425,15 +425,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer dsrv.Close()
 	}
 
-	errc := make(chan error, 1)
-	go func() {
-		if s.certs != nil {
-			srv.TLSConfig = s.certs.ServerConfig()
-			errc <- srv.ServeTLS(ln, "", "")
-		} else {
-			errc <- srv.Serve(ln)
-		}
-	}()
+	_, errc := tlsfiles.Serve(srv, ln, s.certs)
 	s.ready.Store(true)
 	scheme := "http"
 	if s.certs != nil {

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -153,4 +155,18 @@ func ClientConfig(caFile, key string) (*tls.Config, error) {
 		return nil, fmt.Errorf("%s: %s: %w", key, caFile, errors.New("no PEM certificate in it"))
 	}
 	return c, nil
+}
+
+// Serve runs srv on ln in the background: over TLS with r's certificate,
+// or plain HTTP when r is nil. It returns the scheme served and the channel
+// srv's Serve result arrives on.
+func Serve(srv *http.Server, ln net.Listener, r *Reloader) (scheme string, done <-chan error) {
+	errc := make(chan error, 1)
+	if r == nil {
+		go func() { errc <- srv.Serve(ln) }()
+		return "http", errc
+	}
+	srv.TLSConfig = r.ServerConfig()
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	return "https", errc
 }

@@ -182,15 +182,7 @@ func run(path string) error {
 		return fmt.Errorf("http.addr: %w", err)
 	}
 	srv := cfg.HTTP.Timeouts.Server(mux)
-	errc := make(chan error, 1)
-	scheme := "http"
-	if certs != nil {
-		scheme = "https"
-		srv.TLSConfig = certs.ServerConfig()
-		go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	} else {
-		go func() { errc <- srv.Serve(ln) }()
-	}
+	scheme, errc := tlsfiles.Serve(srv, ln, certs)
 	log.Info("gaia-mirror serving the mirror admin API", "addr", ln.Addr().String(), "scheme", scheme)
 	workerDone := make(chan struct{})
 	registryTLS, err := tlsfiles.ClientConfig(cfg.Registry.TLS.CA, "registry.tls.ca")
