@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/gaia-registry/gaia/registry/uploadsession"
 	"github.com/gaia-registry/gaia/tests/harness"
 )
 
@@ -317,8 +318,8 @@ func TestClusterKillDuringPushAndPull(t *testing.T) {
 }
 
 // verifyStorage checks every blob PostgreSQL records: its bytes are in the
-// storage root, whole, and hash to its digest; and every tag points at a
-// manifest whose blobs are all recorded.
+// storage root, whole, and hash to its digest (there is at least one); and
+// every image manifest's recorded blobs are exactly its config and layers.
 func verifyStorage(t *testing.T, dbURL, root string) {
 	t.Helper()
 	ctx := context.Background()
@@ -327,34 +328,12 @@ func verifyStorage(t *testing.T, dbURL, root string) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	rows, _ := conn.Query(ctx, `SELECT digest, size FROM blobs`)
-	type blob struct {
-		d    digest.Digest
-		size int64
-	}
-	blobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (blob, error) {
-		var b blob
-		return b, r.Scan(&b.d, &b.size)
-	})
-	if err != nil || len(blobs) == 0 {
-		t.Fatalf("blobs in PostgreSQL: %d, %v", len(blobs), err)
-	}
-	for _, b := range blobs {
-		f, err := os.Open(filepath.Join(root, "blobs", string(b.d.Algorithm()), b.d.Encoded()[:2], b.d.Encoded(), "data"))
-		if err != nil {
-			t.Errorf("blob %s recorded but not in storage: %v", b.d, err)
-			continue
-		}
-		got, err := b.d.Algorithm().FromReader(f)
-		fi, _ := f.Stat()
-		f.Close()
-		if err != nil || got != b.d || fi.Size() != b.size {
-			t.Errorf("blob %s in storage: %d bytes (recorded %d), digest %s", b.d, fi.Size(), b.size, got)
-		}
+	if n := blobsWhole(t, conn, root); n == 0 {
+		t.Fatal("no blobs in PostgreSQL")
 	}
 	// Every image manifest's recorded blobs are exactly its config and
 	// layers (not merely "some").
-	rows, _ = conn.Query(ctx, `
+	rows, _ := conn.Query(ctx, `
 		SELECT m.digest, m.content, COALESCE(array_agg(mb.digest) FILTER (WHERE mb.digest IS NOT NULL), '{}')
 		FROM manifests m LEFT JOIN manifest_blobs mb ON mb.manifest_id = m.id
 		WHERE m.media_type NOT LIKE '%index%' AND m.media_type NOT LIKE '%list%'
@@ -389,6 +368,40 @@ func verifyStorage(t *testing.T, dbURL, root string) {
 	if err := rows.Err(); err != nil || checked == 0 {
 		t.Fatalf("image manifests checked: %d (%v)", checked, err)
 	}
+}
+
+// blobsWhole checks that every blob PostgreSQL records is in the storage
+// root at its path, whole, and hashes to its digest; it returns how many
+// there are.
+func blobsWhole(t *testing.T, conn *pgx.Conn, root string) int {
+	t.Helper()
+	ctx := context.Background()
+	rows, _ := conn.Query(ctx, `SELECT digest, size FROM blobs`)
+	type blob struct {
+		d    digest.Digest
+		size int64
+	}
+	blobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (blob, error) {
+		var b blob
+		return b, r.Scan(&b.d, &b.size)
+	})
+	if err != nil {
+		t.Fatalf("blobs in PostgreSQL: %v", err)
+	}
+	for _, b := range blobs {
+		f, err := os.Open(filepath.Join(root, strings.TrimPrefix(uploadsession.BlobPath(b.d), "/")))
+		if err != nil {
+			t.Errorf("blob %s recorded but not in storage: %v", b.d, err)
+			continue
+		}
+		got, err := b.d.Algorithm().FromReader(f)
+		fi, _ := f.Stat()
+		f.Close()
+		if err != nil || got != b.d || fi.Size() != b.size {
+			t.Errorf("blob %s in storage: %d bytes (recorded %d), digest %s", b.d, fi.Size(), b.size, got)
+		}
+	}
+	return len(blobs)
 }
 
 // pushBlob uploads a blob monolithically and returns its digest.

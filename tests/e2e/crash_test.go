@@ -102,25 +102,8 @@ func noRowWithoutBytes(t *testing.T, db, root string) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	rows, _ := conn.Query(ctx, `SELECT digest, size FROM blobs`)
-	type blob struct {
-		d    digest.Digest
-		size int64
-	}
-	blobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (blob, error) {
-		var b blob
-		return b, r.Scan(&b.d, &b.size)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range blobs {
-		data, err := os.ReadFile(filepath.Join(root, strings.TrimPrefix(uploadsession.BlobPath(b.d), "/")))
-		if err != nil || int64(len(data)) != b.size || digest.FromBytes(data) != b.d {
-			t.Errorf("blob %s recorded (%d bytes) but storage has %d bytes, %v", b.d, b.size, len(data), err)
-		}
-	}
-	rows, _ = conn.Query(ctx, `SELECT id::text, size FROM upload_sessions`)
+	blobsWhole(t, conn, root)
+	rows, _ := conn.Query(ctx, `SELECT id::text, size FROM upload_sessions`)
 	type sess struct {
 		id   string
 		size int64
