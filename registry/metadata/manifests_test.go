@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,6 +24,39 @@ type store struct {
 	pool      *pgxpool.Pool
 	blobs     *Blobs
 	manifests *Manifests
+}
+
+// holdUntilAnotherWaits returns a Manifests hook that holds the first Put
+// to reach its commit until PostgreSQL shows another transaction waiting
+// for a lock it holds: proof that the concurrent Puts really contended.
+// It fails the test if none ever waits.
+func holdUntilAnotherWaits(t *testing.T, observer *pgxpool.Pool) func(string) {
+	var once sync.Once
+	return func(step string) {
+		if step != StepBeforeCommit {
+			return
+		}
+		once.Do(func() {
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				var waiting int
+				if err := observer.QueryRow(context.Background(),
+					`SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+					 WHERE NOT l.granted AND a.datname = current_database()`).Scan(&waiting); err != nil {
+					t.Errorf("pg_locks: %v", err)
+					return
+				}
+				if waiting > 0 {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Error("no other Put ever waited for the first: the pushes never overlapped")
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
 }
 
 func newStore(t *testing.T) store {
@@ -685,6 +719,7 @@ func TestConcurrentSamePush(t *testing.T) {
 	m := withTags(image("same", cfgA, layerA, layerB), "latest")
 	const n = 16
 	w := s.wide(t, n)
+	w.manifests.Hook(holdUntilAnotherWaits(t, s.pool))
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
@@ -728,6 +763,7 @@ func TestConcurrentTagMoves(t *testing.T) {
 	s.link(t, "team/app", cfgA, layerA)
 	const n = 16
 	w := s.wide(t, n+1) // and a reader
+	w.manifests.Hook(holdUntilAnotherWaits(t, s.pool))
 	pushed := map[digest.Digest]NewManifest{}
 	var ms []NewManifest
 	for i := 0; i < n; i++ {
