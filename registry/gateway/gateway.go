@@ -61,6 +61,11 @@ type Gateway struct {
 
 	mu        sync.RWMutex
 	upstreams map[string]*Upstream // by ID
+	// departed: servers that left, by ID, and when. Their series keep
+	// counting (a killed server's last failures land after it left) and
+	// are deleted once metricsGrace has passed, at the next update.
+	departed     map[string]departure
+	metricsGrace time.Duration
 	local     []*Upstream          // this IDC's
 	remote    []*Upstream          // other IDCs'
 	synced    atomic.Bool          // a first discovery answer arrived
@@ -74,6 +79,7 @@ type Gateway struct {
 func New(cfg *Config, log *slog.Logger) *Gateway {
 	g := &Gateway{
 		cfg: cfg, log: log, upstreams: map[string]*Upstream{},
+		departed: map[string]departure{}, metricsGrace: DefaultMetricsGrace,
 		transport: &http.Transport{
 			Proxy:                 nil,
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -94,6 +100,17 @@ func New(cfg *Config, log *slog.Logger) *Gateway {
 	return g
 }
 
+// DefaultMetricsGrace is how long a server that left keeps its metric
+// series: long enough for a scrape to see its last counts (a killed
+// server's failures are counted after Consul drops it), short enough that
+// a fleet replacing its servers does not pile up series.
+const DefaultMetricsGrace = 10 * time.Minute
+
+type departure struct {
+	u  *Upstream
+	at time.Time
+}
+
 // SetUpstreams replaces the set of healthy servers (Watch calls it with
 // what Consul says). Servers keep their counters across updates.
 func (g *Gateway) SetUpstreams(list []*Upstream) {
@@ -112,9 +129,18 @@ func (g *Gateway) SetUpstreams(list []*Upstream) {
 			remote = append(remote, u)
 		}
 	}
+	now := time.Now()
 	for id, old := range g.upstreams {
 		if cur, ok := next[id]; !ok || cur.IDC != old.IDC {
-			g.m.forget(old)
+			g.departed[id] = departure{old, now}
+		}
+	}
+	for id, d := range g.departed {
+		if cur, ok := next[id]; ok && cur == d.u {
+			delete(g.departed, id) // back within the grace period
+		} else if now.Sub(d.at) >= g.metricsGrace {
+			g.m.forget(d.u)
+			delete(g.departed, id)
 		}
 	}
 	if len(local) != len(g.local) || len(remote) != len(g.remote) {

@@ -430,6 +430,7 @@ func TestMetricsPrunedWhenServerLeaves(t *testing.T) {
 		io.WriteString(w, "from staying")
 	}))
 	g := New(testConfig("local"), quiet())
+	g.metricsGrace = 0 // below: the series of servers that left go at the next update
 	g.SetUpstreams([]*Upstream{leaving, deadUpstream(t, "dead")})
 	base := serve(t, g)
 	for range 4 { // some fail over from the dead one: errors and an ejection
@@ -457,6 +458,7 @@ func TestMetricsPrunedWhenServerLeaves(t *testing.T) {
 	if err := <-slow; err != nil {
 		t.Fatal(err)
 	}
+	g.SetUpstreams([]*Upstream{staying}) // an update after the grace: the departed series go
 	if resp, err := http.Get(base + "/v2/"); err != nil {
 		t.Fatal(err)
 	} else {
@@ -547,4 +549,33 @@ func TestReplayBudget(t *testing.T) {
 		}
 	}
 	waitFor(t, "replay bytes given back", func() bool { return metric(t, base, "gaia_gateway_replay_bytes") == 0 })
+}
+
+// A server that left keeps its series for the grace period, so a scrape
+// sees the last counts of a server killed mid-request (Consul drops it
+// before the gateway counts the cut); the next update after the grace
+// deletes them.
+func TestMetricsKeptForGrace(t *testing.T) {
+	a := upstreamOf(t, "a", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "from a")
+	}))
+	g := New(testConfig("local"), quiet())
+	g.SetUpstreams([]*Upstream{a})
+	base := serve(t, g)
+	if resp, err := http.Get(base + "/v2/"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+	g.SetUpstreams(nil) // a leaves
+	if m := scrape(t, base); !strings.Contains(m, `gaia_gateway_requests_total{code="200",idc="idc-a",upstream="a"} 1`) {
+		t.Fatalf("the series of a server that just left are gone:\n%s", m)
+	}
+	g.mu.Lock()
+	g.metricsGrace = 0 // the grace has passed
+	g.mu.Unlock()
+	g.SetUpstreams(nil)
+	if m := scrape(t, base); strings.Contains(m, `upstream="a"`) {
+		t.Fatalf("series of a server that left past the grace:\n%s", m)
+	}
 }

@@ -98,11 +98,14 @@ func (c upstreamCollector) Collect(ch chan<- prometheus.Metric) {
 // added to only through these, which skip a server that has left, so a
 // request still finishing on it cannot bring its series back.
 
-// current reports whether u is still one of the servers; the caller holds
-// g.mu (read).
+// current reports whether u's series still exist: it is one of the
+// servers, or left less than metricsGrace ago. The caller holds g.mu (read).
 func (g *Gateway) current(u *Upstream) bool {
-	cur, ok := g.upstreams[u.ID]
-	return ok && cur.IDC == u.IDC
+	if cur, ok := g.upstreams[u.ID]; ok && cur.IDC == u.IDC {
+		return true
+	}
+	d, ok := g.departed[u.ID]
+	return ok && d.u == u
 }
 
 func (g *Gateway) countRequest(u *Upstream, code string) {
