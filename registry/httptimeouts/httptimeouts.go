@@ -77,8 +77,11 @@ func BodyIdle(h http.Handler, d time.Duration) http.Handler {
 			return
 		}
 		b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: d}
+		// Armed before the handler runs: one that answers without reading
+		// (401, 404, 416) leaves net/http to discard the body, and a client
+		// that sent headers and no body must not hold the connection then.
+		b.arm(time.Now())
 		r.Body = b
-		defer b.clear()
 		h.ServeHTTP(w, r)
 	})
 }
@@ -94,12 +97,16 @@ type idleBody struct {
 	done  bool
 }
 
+func (b *idleBody) arm(now time.Time) {
+	if b.rc.SetReadDeadline(now.Add(b.idle)) == nil {
+		b.armed = now
+	}
+}
+
 func (b *idleBody) Read(p []byte) (int, error) {
 	if !b.done {
 		if now := time.Now(); now.Sub(b.armed) > b.idle/4 {
-			if b.rc.SetReadDeadline(now.Add(b.idle)) == nil {
-				b.armed = now
-			}
+			b.arm(now)
 		}
 	}
 	n, err := b.ReadCloser.Read(p)
@@ -112,6 +119,9 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// clear lifts the deadline once the body is over. A body the handler left
+// unread keeps its deadline: net/http discards it after the handler, and
+// sets the connection's next deadline itself.
 func (b *idleBody) clear() {
 	if !b.done && !b.armed.IsZero() {
 		b.rc.SetReadDeadline(time.Time{})

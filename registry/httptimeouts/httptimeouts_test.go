@@ -128,3 +128,27 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestUnreadBodyIsBounded: a handler that answers without reading (a 401)
+// leaves net/http to discard the body; a client that sent headers and no
+// body is then cut by the idle timeout instead of holding the connection.
+func TestUnreadBodyIsBounded(t *testing.T) {
+	addr := server(t, 300*time.Millisecond, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "PATCH /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n") // and no body
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a request whose body never came: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("answer %d; want the handler's 401", resp.StatusCode)
+	}
+}
