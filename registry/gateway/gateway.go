@@ -106,6 +106,11 @@ func New(cfg *Config, log *slog.Logger) *Gateway {
 // a fleet replacing its servers does not pile up series.
 const DefaultMetricsGrace = 10 * time.Minute
 
+// same: a and b name the same server the same way.
+func (a *Upstream) same(b *Upstream) bool {
+	return a.Addr == b.Addr && a.Scheme == b.Scheme && a.IDC == b.IDC
+}
+
 type departure struct {
 	u  *Upstream
 	at time.Time
@@ -119,8 +124,14 @@ func (g *Gateway) SetUpstreams(list []*Upstream) {
 	next := map[string]*Upstream{}
 	var local, remote []*Upstream
 	for _, u := range list {
-		if old, ok := g.upstreams[u.ID]; ok && old.Addr == u.Addr {
+		// The same server (same address, scheme and IDC) keeps its entry,
+		// with its counters and ejection state; one that changed any of
+		// them (a TLS rollout on the same port) is a new entry. One that
+		// left within the grace period comes back as it was.
+		if old, ok := g.upstreams[u.ID]; ok && old.same(u) {
 			u = old
+		} else if d, ok := g.departed[u.ID]; ok && d.u.same(u) {
+			u = d.u
 		}
 		next[u.ID] = u
 		if u.IDC == g.cfg.IDC {
@@ -131,13 +142,15 @@ func (g *Gateway) SetUpstreams(list []*Upstream) {
 	}
 	now := time.Now()
 	for id, old := range g.upstreams {
-		if cur, ok := next[id]; !ok || cur.IDC != old.IDC {
+		if cur, ok := next[id]; !ok || cur != old {
 			g.departed[id] = departure{old, now}
 		}
 	}
 	for id, d := range g.departed {
-		if cur, ok := next[id]; ok && cur == d.u {
-			delete(g.departed, id) // back within the grace period
+		if cur, ok := next[id]; ok && (cur == d.u || cur.IDC == d.u.IDC) {
+			// Back within the grace period, or replaced by an entry of the
+			// same ID and IDC, whose series these are: nothing to delete.
+			delete(g.departed, id)
 		} else if now.Sub(d.at) >= g.metricsGrace {
 			g.m.forget(d.u)
 			delete(g.departed, id)

@@ -579,3 +579,41 @@ func TestMetricsKeptForGrace(t *testing.T) {
 		t.Fatalf("series of a server that left past the grace:\n%s", m)
 	}
 }
+
+// A server re-registered with another scheme on the same address (a TLS
+// rollout) is a new entry: requests use its new scheme. One that left and
+// came back within the grace period keeps its series after the grace.
+func TestUpstreamChangesAndReturns(t *testing.T) {
+	g := New(testConfig("local"), quiet())
+	plain := &Upstream{ID: "s1", Addr: "127.0.0.1:1", IDC: "idc-a", Scheme: "http"}
+	g.SetUpstreams([]*Upstream{plain})
+	g.SetUpstreams([]*Upstream{{ID: "s1", Addr: "127.0.0.1:1", IDC: "idc-a", Scheme: "https"}})
+	if got := g.Upstreams()[0]; got.Scheme != "https" {
+		t.Fatalf("after re-registering with https: scheme %q", got.Scheme)
+	}
+
+	a := upstreamOf(t, "a", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "from a")
+	}))
+	g = New(testConfig("local"), quiet())
+	g.SetUpstreams([]*Upstream{a})
+	base := serve(t, g)
+	get := func() {
+		if resp, err := http.Get(base + "/v2/"); err != nil {
+			t.Fatal(err)
+		} else {
+			resp.Body.Close()
+		}
+	}
+	get()
+	g.SetUpstreams(nil)                                                                 // a leaves
+	g.SetUpstreams([]*Upstream{{ID: a.ID, Addr: a.Addr, IDC: a.IDC, Scheme: a.Scheme}}) // and comes back
+	g.mu.Lock()
+	g.metricsGrace = 0
+	g.mu.Unlock()
+	g.SetUpstreams([]*Upstream{a}) // an update after the grace
+	get()
+	if m := scrape(t, base); !strings.Contains(m, `gaia_gateway_requests_total{code="200",idc="idc-a",upstream="a"} 2`) {
+		t.Fatalf("a server back within the grace lost its series:\n%s", m)
+	}
+}
