@@ -175,10 +175,18 @@ func TestLapsedClaim(t *testing.T) {
 	if _, err := srvB.Append(ctx, "r", sess.ID, 0, bytes.NewReader([]byte("x"))); !errors.As(err, &re) || !re.Busy {
 		t.Fatalf("chunk on a claimed session: %v; want Busy", err)
 	}
-	// Its lease passes.
+	// Its lease passes: the session is not continued (that writer may be a
+	// paused process whose bytes could still land), it ends.
 	srvA.db.Exec(ctx, `UPDATE upload_sessions SET claimed_until = now() - interval '1 second' WHERE id = $1`, sess.ID)
+	if _, err := srvB.Append(ctx, "r", sess.ID, 0, bytes.NewReader([]byte("abc"))); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("chunk after a writer's claim lapsed: %v; want ErrInvalid", err)
+	}
+	if _, err := srvB.Get(ctx, "r", sess.ID); !errors.Is(err, ErrUnknown) {
+		t.Fatalf("session after a lapsed claim: %v; want it ended", err)
+	}
+	sess, _ = srvA.Start(ctx, "r")
 	if s, err := srvB.Append(ctx, "r", sess.ID, 0, bytes.NewReader([]byte("abc"))); err != nil || s.Size != 3 {
-		t.Fatalf("chunk after the dead claim lapsed: %+v, %v", s, err)
+		t.Fatalf("first chunk of a new upload: %+v, %v", s, err)
 	}
 
 	// A live writer whose claim is taken from under it (as if it had been

@@ -207,13 +207,17 @@ type claim struct {
 func (s *Store) claim(ctx context.Context, repo, id string) (*claim, error) {
 	c := &claim{token: newID(), lost: make(chan struct{})}
 	var state []byte
+	var lapsed bool
 	err := s.db.QueryRow(ctx, `
+		WITH old AS (
+			SELECT u.id, u.writer IS NOT NULL AS lapsed FROM upload_sessions u
+			JOIN repositories r ON r.id = u.repository_id
+			WHERE u.id = $1 AND r.name = $2 AND (u.writer IS NULL OR u.claimed_until < now())
+			FOR UPDATE OF u)
 		UPDATE upload_sessions u SET writer = $3, claimed_until = now() + make_interval(secs => $4)
-		FROM repositories r
-		WHERE u.id = $1 AND r.id = u.repository_id AND r.name = $2
-		  AND (u.writer IS NULL OR u.claimed_until < now())
-		RETURNING u.id::text, u.repository_id, u.storage_path, u.size, u.hash_state, u.created_at`,
-		id, repo, c.token, s.lease.Seconds()).Scan(&c.id, &c.repoID, &c.path, &c.size, &state, &c.created)
+		FROM old WHERE u.id = old.id
+		RETURNING u.id::text, u.repository_id, u.storage_path, u.size, u.hash_state, u.created_at, old.lapsed`,
+		id, repo, c.token, s.lease.Seconds()).Scan(&c.id, &c.repoID, &c.path, &c.size, &state, &c.created, &lapsed)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Unknown, or claimed by a live writer: one more look says which.
 		sess, gerr := s.Get(ctx, repo, id)
@@ -227,6 +231,15 @@ func (s *Store) claim(ctx context.Context, repo, id string) (*claim, error) {
 			return nil, ErrUnknown
 		}
 		return nil, err
+	}
+	if lapsed {
+		// Its last writer's claim lapsed mid-chunk: that writer may be a
+		// paused process that still writes, and nothing fences its bytes
+		// off the data. The session cannot be trusted; the client starts
+		// the upload again.
+		c.stop = func() {}
+		s.end(c)
+		return nil, ErrInvalid
 	}
 	c.hash = sha256.New()
 	if err := c.hash.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
@@ -490,7 +503,9 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 	s.step(StepVerified)
 	// One object per blob, written once: if another upload already stored
 	// this digest, keep that object; ours goes with the directory below.
-	if _, err := s.driver.Stat(ctx, BlobPath(want)); err != nil {
+	// An existing object of another size is not this blob (a torn copy):
+	// ours replaces it.
+	if fi, err := s.driver.Stat(ctx, BlobPath(want)); err != nil || fi.Size() != c.size {
 		if err := s.driver.Move(ctx, c.path, BlobPath(want)); err != nil {
 			return Blob{}, err
 		}
@@ -515,7 +530,8 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 	}
 	// Only now, so a failed statement leaves the session's data intact: what
 	// is left is our unused copy or the empty directory after the move.
-	s.driver.Delete(ctx, uploadDir(c.id))
+	// Not on the request's context: a client gone by now must not leave it.
+	s.driver.Delete(context.WithoutCancel(ctx), uploadDir(c.id))
 	return Blob{Digest: want, Size: c.size}, nil
 }
 
