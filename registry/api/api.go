@@ -236,6 +236,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var coder errcode.ErrorCoder
 	if !errors.As(err, &coder) {
+		if r.Context().Err() != nil {
+			// The client went away (or its body stalled past the idle
+			// timeout): no one reads the answer, and it is no server fault.
+			h.Log.Debug("request ended by the client", "method", r.Method, "path", r.URL.Path, "err", err)
+			errcode.ServeJSON(w, errcode.ErrorCodeUnknown.WithMessage("the request ended before it was served"))
+			return
+		}
 		if down, ok := unavailable(err); ok {
 			h.Log.Warn("request failed: backend unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 			err = down

@@ -65,6 +65,13 @@ func (h *Handler) uploadErr(w http.ResponseWriter, r *http.Request, name, id str
 		h.fail(w, r, errcode.ErrorCodeRangeInvalid.WithMessage(re.Error()).WithDetail(map[string]int64{"size": re.Size}))
 	case errors.Is(err, uploadsession.ErrUnknown):
 		h.fail(w, r, errcode.ErrorCodeBlobUploadUnknown)
+	case errors.Is(err, uploadsession.ErrBodyBroken):
+		// The client's fault, not the server's: where the upload stands
+		// goes with it, so the client may resume from there.
+		if sess, gerr := h.Uploads.Get(context.WithoutCancel(r.Context()), name, id); gerr == nil {
+			uploadHeaders(w, name, id, sess.Size)
+		}
+		h.fail(w, r, errcode.ErrorCodeBlobUploadInvalid.WithMessage("the request body broke off; the upload keeps what arrived (see Range)"))
 	case errors.Is(err, uploadsession.ErrInvalid):
 		h.fail(w, r, errcode.ErrorCodeBlobUploadInvalid.WithMessage("the upload's data does not match its state; start the upload again"))
 	case errors.Is(err, uploadsession.ErrDigestMismatch):

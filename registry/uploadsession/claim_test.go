@@ -277,8 +277,8 @@ func TestInterruptedChunkKept(t *testing.T) {
 	data := random(t, 200_000)
 	sess, _ := srv.Start(ctx, "r")
 	cut := io.MultiReader(bytes.NewReader(data[:70_000]), iotestErrReader{})
-	if _, err := srv.Append(ctx, "r", sess.ID, 0, cut); err == nil {
-		t.Fatal("a chunk whose body failed reported success")
+	if _, err := srv.Append(ctx, "r", sess.ID, 0, cut); !errors.Is(err, ErrBodyBroken) {
+		t.Fatalf("a chunk whose body failed: %v; want ErrBodyBroken", err)
 	}
 	got, err := srv.Get(ctx, "r", sess.ID)
 	if err != nil || got.Size != 70_000 {

@@ -47,6 +47,9 @@ var (
 	// chunk failed half-way, or its claim lapsed while it wrote); the client
 	// has to start the upload again.
 	ErrInvalid = errors.New("blob upload invalid")
+	// ErrBodyBroken: the client's body broke off (it went away, or stalled
+	// past the server's idle timeout). The bytes that arrived are kept.
+	ErrBodyBroken = errors.New("the request body broke off")
 )
 
 // RangeError: a chunk did not start where the upload stands, or (Busy)
@@ -391,6 +394,9 @@ func (s *Store) appendChunk(ctx context.Context, c *claim, r io.Reader) error {
 		}
 		if errors.Is(err, errClaimLost) {
 			return ErrInvalid
+		}
+		if b.readErr != nil {
+			return fmt.Errorf("%w: %v", ErrBodyBroken, b.readErr)
 		}
 		return err
 	}
