@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"sync/atomic"
 	"syscall"
 
@@ -76,9 +77,15 @@ func newClientPool(p *DriverParameters) *clientPool {
 	return cp
 }
 
+// maxPoolWait bounds a wait in line for a client: callers whose requests
+// have no deadline (a blob GET) must not wait for ever behind clients held
+// by stalled readers; they fail (a 503 for the registry's clients) instead.
+const maxPoolWait = 30 * time.Second
+
 // get borrows a client: an idle one, a new one while fewer than maxOpen
-// exist, or else the next one returned, waiting in line until then or
-// until ctx ends. The client goes back with put, or discard when broken.
+// exist, or else the next one returned, waiting in line until then, until
+// ctx ends or for maxPoolWait at most. The client goes back with put, or
+// discard when broken.
 func (cp *clientPool) get(ctx context.Context) (*gohdfs.Client, error) {
 	cp.mu.Lock()
 	if n := len(cp.idle); n > 0 {
@@ -96,6 +103,8 @@ func (cp *clientPool) get(ctx context.Context) (*gohdfs.Client, error) {
 	cp.waiters = append(cp.waiters, ch)
 	cp.mu.Unlock()
 	cp.waited.Add(1)
+	ctx, cancel := context.WithTimeoutCause(ctx, maxPoolWait, fmt.Errorf("no client came back within %s", maxPoolWait))
+	defer cancel()
 	select {
 	case c := <-ch:
 		if c == nil {
