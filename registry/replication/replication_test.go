@@ -35,21 +35,8 @@ import (
 // and a Replicator of IDC "b" with its own storage.
 func env(t *testing.T, failures int64, prefixes ...string) (*Replicator, *pgxpool.Pool, []byte, digest.Digest, *atomic.Int64) {
 	t.Helper()
-	ctx := context.Background()
 	pool := metadatatest.Pool(t)
-	data := make([]byte, 300_000)
-	rand.Read(data)
-	d := digest.FromBytes(data)
-	for _, q := range []string{
-		`INSERT INTO repositories (name) VALUES ('r')`,
-		`INSERT INTO blobs (digest, size) VALUES ('` + d.String() + `', 300000)`,
-		`INSERT INTO repository_blobs (repository_id, digest) SELECT id, '` + d.String() + `' FROM repositories`,
-		`INSERT INTO blob_placements (digest, idc) VALUES ('` + d.String() + `', 'a')`,
-	} {
-		if _, err := pool.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	data, d := seed(t, pool)
 	var calls atomic.Int64
 	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := calls.Add(1)
@@ -76,6 +63,26 @@ func env(t *testing.T, failures int64, prefixes ...string) (*Replicator, *pgxpoo
 		RetryDelay: time.Millisecond,
 	})
 	return r, pool, data, d, &calls
+}
+
+// seed records a random 300,000-byte blob, linked in repository "r" and
+// held by IDC "a" only, and returns its bytes and digest.
+func seed(t *testing.T, pool *pgxpool.Pool) ([]byte, digest.Digest) {
+	t.Helper()
+	data := make([]byte, 300_000)
+	rand.Read(data)
+	d := digest.FromBytes(data)
+	for _, q := range []string{
+		`INSERT INTO repositories (name) VALUES ('r')`,
+		`INSERT INTO blobs (digest, size) VALUES ('` + d.String() + `', 300000)`,
+		`INSERT INTO repository_blobs (repository_id, digest) SELECT id, '` + d.String() + `' FROM repositories`,
+		`INSERT INTO blob_placements (digest, idc) VALUES ('` + d.String() + `', 'a')`,
+	} {
+		if _, err := pool.Exec(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return data, d
 }
 
 // Concurrent fills copy once, verify, store in this IDC's storage and
@@ -167,7 +174,9 @@ func TestFillStalledPeer(t *testing.T) {
 	if keys := uploadsLeft(t, r.o.Driver); len(keys) != 0 {
 		t.Fatalf("fill staging left: %v", keys)
 	}
-	r.o.Peers["a"] = good
+	// The next copy gets a timeout no scheduling delay between two reads
+	// of a loaded machine reaches: only the stall above is under test.
+	r.o.Peers["a"], r.o.IdleTimeout = good, time.Minute
 	if err := r.Fill(ctx, "r", d); err != nil {
 		t.Fatalf("fill after the stalled one: %v", err)
 	}
