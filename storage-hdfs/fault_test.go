@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
-	"sync"
+	"runtime"
+	"strings"
 	"testing"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -88,8 +90,11 @@ func TestFirstNamenodeUnreachable(t *testing.T) {
 }
 
 // TestNamenodeRestartWhileIdle: pooled clients whose NameNode connection
-// died during a restart do not fail the next operations.
+// died during a restart do not fail the next operations: the pool finds
+// each broken when it next lends it, closes it and dials a new one in its
+// slot; no other client is dialled.
 func TestNamenodeRestartWhileIdle(t *testing.T) {
+	const clients = 4
 	env := harness.Start(t, harness.HDFSFaults)
 	d := newFaultDriver(t, []string{env.Get(t, "GAIA_TEST_HDFS_FAULTS_NAMENODE")})
 	ctx := context.Background()
@@ -97,28 +102,82 @@ func TestNamenodeRestartWhileIdle(t *testing.T) {
 	if err := d.PutContent(ctx, "/kept", []byte("survives a restart")); err != nil {
 		t.Fatal(err)
 	}
-	// Fill the pool with several idle clients.
-	var wg sync.WaitGroup
-	for i := 0; i < 8; i++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); d.Stat(ctx, "/kept") }()
+
+	// colinmarc's clients reconnect by themselves: a client's lease
+	// renewer redials 5s after a failure. Whether a client that lived
+	// through the restart is still broken when the test borrows it would
+	// be a matter of timing, so from here on only a new client's first
+	// dial connects: every client of before the restart stays broken
+	// until the pool replaces it.
+	d.d.pool.closeAll()
+	dial := d.d.pool.options.NamenodeDialFunc
+	d.d.pool.options.NamenodeDialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if !dialingNewClient() {
+			return nil, errors.New("test: a client's own reconnection refused")
+		}
+		return dial(ctx, network, addr)
 	}
-	wg.Wait()
+	base := d.PoolStats()
+	stats := func(what string, created, replaced int64, open, idle int) {
+		t.Helper()
+		s := d.PoolStats()
+		if s.Created-base.Created != created || s.Replaced-base.Replaced != replaced || s.Open != open || s.Idle != idle {
+			t.Fatalf("%s: pool %+v; want %d created and %d replaced since %+v, %d open, %d idle",
+				what, s, created, replaced, base, open, idle)
+		}
+	}
+	// Readers held open at once hold a client each: the pool keeps them.
+	readAll := func(what string) {
+		t.Helper()
+		var rs []io.ReadCloser
+		for range clients {
+			r, err := d.Reader(ctx, "/kept", 0)
+			if err != nil {
+				t.Fatalf("%s: Reader: %v", what, err)
+			}
+			rs = append(rs, r)
+		}
+		for _, r := range rs {
+			got, err := io.ReadAll(r)
+			r.Close()
+			if err != nil || string(got) != "survives a restart" {
+				t.Fatalf("%s: read %q, %v", what, got, err)
+			}
+		}
+	}
+	readAll("before the restart")
+	stats("before the restart", clients, 0, clients, clients)
 
 	harness.HDFSControl(t, env, "namenode/restart")
 	harness.WaitHDFSReady(t, env)
 
-	// The very next operation must succeed, and so must each after it.
+	// The very next operation succeeds: it borrowed a broken client,
+	// which was replaced.
 	got, err := d.GetContent(ctx, "/kept")
 	if err != nil || string(got) != "survives a restart" {
 		t.Fatalf("first operation after the restart: %q %v", got, err)
 	}
-	for i := 0; i < 8; i++ {
-		if _, err := d.Stat(ctx, "/kept"); err != nil {
-			t.Fatalf("Stat %d after the restart: %v", i, err)
+	stats("after the first operation", clients+1, 1, clients, clients)
+	// Borrowing every client at once finds the other broken ones.
+	readAll("after the restart")
+	stats("after every client was borrowed", 2*clients, clients, clients, clients)
+	exercise(t, d, "after")
+}
+
+// dialingNewClient reports whether a NameNode dial is a new colinmarc
+// client's first (rpc.NewNamenodeConnection), not a client reconnecting.
+func dialingNewClient() bool {
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	for {
+		f, more := frames.Next()
+		if strings.HasSuffix(f.Function, "/internal/rpc.NewNamenodeConnection") {
+			return true
+		}
+		if !more {
+			return false
 		}
 	}
-	exercise(t, d, "after")
 }
 
 // TestDatanodeKilledDuringWrite: a write whose DataNode dies fails with an
