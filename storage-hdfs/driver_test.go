@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -344,56 +345,98 @@ func TestStreamingWriteMemory(t *testing.T) {
 }
 
 // TestConcurrentCallsUseSeveralClients: concurrent calls do not funnel
-// through one client, and the pool keeps them for reuse.
+// through one client: as many run at once as maxthreads lets, each on a
+// client of its own; and the pool keeps the clients for reuse.
 func TestConcurrentCallsUseSeveralClients(t *testing.T) {
+	const threads, readers, calls = 16, 8, 64
 	ctx := context.Background()
-	d := newTestDriver(t, map[string]any{"maxthreads": 16})
+	d := newTestDriver(t, map[string]any{"maxthreads": threads})
 	if err := d.PutContent(ctx, "/f", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
+	// From here on, the reads of every NameNode connection wait while the
+	// gate is shut: a call keeps its client until its answer arrives.
+	d.d.pool.closeAll()
+	var gate atomic.Pointer[chan struct{}]
+	dial := d.d.pool.options.NamenodeDialFunc
+	d.d.pool.options.NamenodeDialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &gatedConn{Conn: c, gate: &gate}, nil
+	}
+	base := d.PoolStats()
+	describe := func() string { return fmt.Sprintf("%+v (at first %+v)", d.PoolStats(), base) }
+
 	// Open readers hold their clients, so 8 open readers need 8 clients.
-	var readers []io.ReadCloser
-	for i := 0; i < 8; i++ {
+	var rs []io.ReadCloser
+	for range readers {
 		r, err := d.Reader(ctx, "/f", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		readers = append(readers, r)
+		rs = append(rs, r)
 	}
-	if n := d.d.pool.created.Load(); n < 8 {
-		t.Fatalf("8 open readers used %d clients", n)
+	if s := d.PoolStats(); s.Created-base.Created != readers || s.Open != readers {
+		t.Fatalf("%d open readers: %s", readers, describe())
 	}
-	for _, r := range readers {
+	for _, r := range rs {
 		r.Close()
 	}
-	before := d.d.pool.created.Load()
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for i := 0; i < 64; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := d.Stat(ctx, "/f"); err != nil {
-				errs <- err
-			}
-		}()
+
+	// 64 Stats while the gate is shut: maxthreads of them are under way
+	// at once, each holding a client of its own (8 of them the readers'),
+	// the others queued.
+	shut := make(chan struct{})
+	gate.Store(&shut)
+	opened := false
+	open := func() {
+		if !opened {
+			opened = true
+			gate.Store(nil)
+			close(shut)
+		}
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
+	defer open() // on failure too: the calls must end before the driver's cleanup
+	errs := make(chan error, calls)
+	for range calls {
+		go func() { _, err := d.Stat(ctx, "/f"); errs <- err }()
 	}
-	// At most 16 calls run at once (maxthreads); 8 found idle clients, so
-	// at most 8 more were needed.
-	if n := d.d.pool.created.Load() - before; n > 8 {
-		t.Fatalf("64 Stats, 16 at a time, with 8 idle clients created %d new clients; want at most 8", n)
+	waitUntil(t, fmt.Sprintf("%d Stats under way at once", threads), func() bool {
+		s := d.PoolStats()
+		if busy := s.Open - s.Idle; busy > threads {
+			t.Fatalf("%d clients in use at once with maxthreads %d: %s", busy, threads, describe())
+		}
+		return s.Open-s.Idle == threads
+	}, describe)
+	open()
+	for range calls {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
-	d.d.pool.mu.Lock()
-	idle := len(d.d.pool.idle)
-	d.d.pool.mu.Unlock()
-	if idle == 0 || idle > maxIdleClients {
-		t.Fatalf("%d idle clients after the burst; want 1..%d", idle, maxIdleClients)
+	// The 16 at once took the 8 idle clients and 8 new ones; every call
+	// after them found a client returned: none more was dialled, and all
+	// 16 are kept.
+	if s := d.PoolStats(); s.Created-base.Created != threads || s.Open != threads || s.Idle != threads || s.Replaced != base.Replaced {
+		t.Fatalf("after %d Stats, %d at a time: %s; want %d clients dialled in all, %d kept idle",
+			calls, threads, describe(), threads, threads)
 	}
+}
+
+// gatedConn is a NameNode connection whose reads wait while the gate is
+// shut.
+type gatedConn struct {
+	net.Conn
+	gate *atomic.Pointer[chan struct{}]
+}
+
+func (c *gatedConn) Read(p []byte) (int, error) {
+	if g := c.gate.Load(); g != nil {
+		<-*g
+	}
+	return c.Conn.Read(p)
 }
 
 func randomBytes(t testing.TB, n int) []byte {
