@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,6 +24,7 @@ type fakeRegistry struct {
 	tokenRequests atomic.Int64
 	throttle      atomic.Int64 // answer 429 this many more times
 	inflight, max atomic.Int64
+	hold          atomic.Pointer[chan struct{}] // set: requests wait in the handler until it is closed
 	manifest      []byte
 	blob          []byte
 	corrupt       bool
@@ -48,6 +50,9 @@ func newFake(t *testing.T) *fakeRegistry {
 			w.Header().Set("Retry-After", "0")
 			w.WriteHeader(http.StatusTooManyRequests)
 			return
+		}
+		if hold := f.hold.Load(); hold != nil {
+			<-*hold
 		}
 		repo := strings.Split(strings.TrimPrefix(r.URL.Path, "/v2/"), "/")[0] + "/" + strings.Split(strings.TrimPrefix(r.URL.Path, "/v2/"), "/")[1]
 		if r.Header.Get("Authorization") != "Bearer tok:repository:"+repo+":pull" {
@@ -137,20 +142,65 @@ func TestThrottlingAndConcurrency(t *testing.T) {
 	if _, err := c.Tags(ctx, "library/nginx"); err == nil || !strings.Contains(err.Error(), "429") {
 		t.Fatalf("endless 429: %v", err)
 	}
+	// 10 requests held in the upstream: 2 reach it, the other 8 wait for
+	// a slot in the client.
 	f.throttle.Store(0)
 	f.max.Store(0)
+	hold := make(chan struct{})
+	f.hold.Store(&hold)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
+	}
+	defer release() // on failure too: the server's Close waits for the held handlers
 	done := make(chan error, 10)
 	for range 10 {
 		go func() { _, _, _, err := c.Manifest(ctx, "library/nginx", "a"); done <- err }()
 	}
+	for deadline := time.Now().Add(30 * time.Second); f.inflight.Load() != 2 || waitingForSlot() != 8; {
+		if n := f.inflight.Load(); n > 2 {
+			t.Fatalf("%d requests in the upstream at once with concurrency 2", n)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 30s: %d requests in the upstream, %d waiting for a slot; want 2 and 8", f.inflight.Load(), waitingForSlot())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	release()
 	for range 10 {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
 	}
-	if m := f.max.Load(); m > 2 {
-		t.Fatalf("%d requests in flight at once with concurrency 2", m)
+	if m := f.max.Load(); m != 2 {
+		t.Fatalf("%d requests in the upstream at once with concurrency 2", m)
 	}
+}
+
+// waitingForSlot counts the goroutines waiting in send for a request slot
+// of a client: blocked in a select with send itself on top of the stack
+// (send's other select, a retry's back-off, does not happen here).
+func waitingForSlot() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		header, top, _ := strings.Cut(g, "\n")
+		if strings.Contains(header, "[select") && strings.HasPrefix(top, "github.com/gaia-registry/gaia/mirror-sync/upstream.(*Client).send(") {
+			n++
+		}
+	}
+	return n
 }
 
 func TestParseChallenge(t *testing.T) {
@@ -168,8 +218,11 @@ func TestParseChallenge(t *testing.T) {
 
 // A transfer that stops making progress ends after IdleTimeout, both a
 // response body that stops arriving and a request body the server stops
-// taking; a slow but moving transfer does not.
+// taking (told by the error, whatever the time it took); a slow but moving
+// transfer does not, with a margin no loaded machine closes: a byte every
+// tenth of the timeout, longer than the timeout in all.
 func TestIdleTimeout(t *testing.T) {
+	const slowIdle, slowBody = time.Second, "slow, moving" // 11 gaps: 1.1 timeouts
 	stall := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -178,12 +231,14 @@ func TestIdleTimeout(t *testing.T) {
 			w.Write([]byte("xx"))
 			w.(http.Flusher).Flush()
 			<-stall
-		case "/v2/a/b/blobs/" + digest.FromString("slow").String(): // a byte every 50ms
-			w.Header().Set("Content-Length", "4")
-			for _, c := range "slow" {
-				w.Write([]byte{byte(c)})
+		case "/v2/a/b/blobs/" + digest.FromString(slowBody).String(): // a byte every slowIdle/10
+			w.Header().Set("Content-Length", fmt.Sprint(len(slowBody)))
+			for i := range len(slowBody) {
+				if i > 0 {
+					time.Sleep(slowIdle / 10)
+				}
+				w.Write([]byte{slowBody[i]})
 				w.(http.Flusher).Flush()
-				time.Sleep(50 * time.Millisecond)
 			}
 		default: // an upload the server never reads
 			<-stall
@@ -205,11 +260,12 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("stalled download: %v after %s", err, time.Since(start))
 	}
 
-	rc, err = c.Blob(ctx, "a/b", digest.FromString("slow"), 4)
+	slow := New(Options{URL: srv.URL, IdleTimeout: slowIdle, MaxRetries: -1})
+	rc, err = slow.Blob(ctx, "a/b", digest.FromString(slowBody), int64(len(slowBody)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, err := io.ReadAll(rc); err != nil || string(b) != "slow" {
+	if b, err := io.ReadAll(rc); err != nil || string(b) != slowBody {
 		t.Fatalf("slow download: %q %v", b, err)
 	}
 	rc.Close()
