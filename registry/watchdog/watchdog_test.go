@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// A response body that stops arriving fails with the stall error; one
-// that arrives whole does not.
+// A response body that stops arriving fails with the stall error (told by
+// the error, whatever the time it took); one that arrives whole does not,
+// under a timeout no scheduling delay between two reads reaches.
 func TestStalledBody(t *testing.T) {
 	stall := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -29,9 +30,9 @@ func TestStalledBody(t *testing.T) {
 	defer srv.Close()
 	defer close(stall) // before Close, which waits for the handler
 
-	get := func(path string) ([]byte, error) {
+	get := func(path string, idle time.Duration) ([]byte, error) {
 		stalled := errors.New("no progress")
-		wd, ctx := New(context.Background(), 100*time.Millisecond, stalled)
+		wd, ctx := New(context.Background(), idle, stalled)
 		defer wd.Done()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
 		resp, err := http.DefaultClient.Do(req)
@@ -45,10 +46,10 @@ func TestStalledBody(t *testing.T) {
 		}
 		return b, err
 	}
-	if b, err := get("/stall"); err == nil || string(b) != "progressprogressprogressprogressprogress" {
+	if b, err := get("/stall", 100*time.Millisecond); err == nil || string(b) != "progressprogressprogressprogressprogress" {
 		t.Fatalf("stalled body: %q, %v", b, err)
 	}
-	if b, err := get("/"); err != nil || len(b) != 40 {
+	if b, err := get("/", time.Minute); err != nil || len(b) != 40 {
 		t.Fatalf("whole body: %q, %v", b, err)
 	}
 }
