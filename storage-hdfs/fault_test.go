@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -243,5 +244,35 @@ func TestDatanodeKilledDuringWrite(t *testing.T) {
 	got, err := d.GetContent(ctx, "/victim")
 	if err != nil || !bytes.Equal(got, content) {
 		t.Fatalf("after the retry: err %v, %d bytes, equal %v", err, len(got), bytes.Equal(got, content))
+	}
+}
+
+// TestCloseAfterWriteFailedAtBlockStart: a write whose new block's DataNode
+// is down fails, and Close then reports that failure at once. The file can
+// never complete (its last block has no replica), so Close must not retry
+// the NameNode's "not yet replicated" answer, as it does for a file whose
+// bytes were all acknowledged: that held the request, and docker behind
+// it, for the whole ~40 s back-off.
+func TestCloseAfterWriteFailedAtBlockStart(t *testing.T) {
+	env := harness.Start(t, harness.HDFSFaults)
+	d := newFaultDriver(t, []string{env.Get(t, "GAIA_TEST_HDFS_FAULTS_NAMENODE")})
+	ctx := context.Background()
+	w, err := d.Writer(ctx, "/unfinished", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.HDFSControl(t, env, "datanode/stop")
+	t.Cleanup(func() { harness.HDFSControl(t, env, "datanode/start"); harness.WaitHDFSReady(t, env) })
+
+	// The NameNode has not yet noticed the DataNode is gone (that takes it
+	// 20 s here), so it places the first block there and the dial fails.
+	_, werr := w.Write(randomBytes(t, 1<<20))
+	var se storagedriver.Error
+	if !errors.As(werr, &se) || !errors.Is(se.Detail, syscall.ECONNREFUSED) {
+		t.Fatalf("Write with the DataNode down: %v; want a storage error dialling the DataNode", werr)
+	}
+	cerr := w.Close()
+	if !errors.As(cerr, &se) || !errors.Is(se.Detail, syscall.ECONNREFUSED) {
+		t.Fatalf("Close after the failed write: %v; want the write's failure (%v)", cerr, werr)
 	}
 }

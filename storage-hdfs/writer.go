@@ -38,6 +38,9 @@ type fileWriter struct {
 	size   int64
 	// Write deadline; Close always sets a fresh one.
 	deadline deadline
+	// failed is the first write failure: colinmarc's block writer cannot
+	// recover from one, so the file can no longer be completed.
+	failed error
 
 	closed, committed, cancelled bool
 }
@@ -51,9 +54,13 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	case w.cancelled:
 		return 0, fmt.Errorf("already cancelled")
 	}
+	if w.failed != nil {
+		return 0, w.d.mapOpenErr(w.failed, w.path)
+	}
 	n, err := w.writeChunk(p)
 	w.size += int64(n)
 	if err != nil {
+		w.failed = err
 		return n, w.d.mapOpenErr(err, w.path)
 	}
 	return n, nil
@@ -129,7 +136,18 @@ func (w *fileWriter) Cancel(ctx context.Context) error {
 // on the DataNodes but the NameNode has not heard of all replicas yet;
 // Close is retried until it completes, as the Java client does, because
 // giving up would leave the file's lease held and the file unappendable.
+// After a failed write the last block may have no replica at all, so the
+// file may never complete: one close, to drop the DataNode connection,
+// and the write's failure is the answer; closing the client gives the
+// lease up (HDFS recovers the file; a later Writer replaces it or finds
+// its size changed).
 func (w *fileWriter) closeFile() error {
+	if w.failed != nil {
+		w.fw.SetDeadline(time.Now().Add(w.d.ioTimeout))
+		w.fw.Close()
+		w.release(w.client, w.failed)
+		return w.failed
+	}
 	backoff := replicationBackoff
 	var err error
 	for attempt := 0; ; attempt++ {
