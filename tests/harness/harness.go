@@ -71,8 +71,24 @@ func Start(t testing.TB, services ...string) Env {
 
 func start(service string) (Env, error) {
 	mu.Lock()
+	e, ok := started[service]
+	mu.Unlock()
+	if ok {
+		return e, nil
+	}
+	if service == HDFSFaults {
+		// svc.sh restarts (and reformats) a cluster that is not ready, and
+		// one is not while a fault test of another process has its
+		// NameNode or DataNode stopped on purpose: wait for that test.
+		release, err := lockFaultsForStart()
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
+	mu.Lock()
 	defer mu.Unlock()
-	if e, ok := started[service]; ok {
+	if e, ok = started[service]; ok {
 		return e, nil
 	}
 	cmd := exec.Command("bash", Script(), "start", service)
@@ -85,7 +101,7 @@ func start(service string) (Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("svc.sh env %s: %v", service, err)
 	}
-	e := Env{}
+	e = Env{}
 	sc := bufio.NewScanner(bytes.NewReader(envOut))
 	for sc.Scan() {
 		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
@@ -177,18 +193,10 @@ func LockHDFSFaults(t testing.TB) {
 	case <-time.After(time.Until(deadline)):
 		t.Fatal("harness: another test of this process held the fault-test HDFS cluster for 5m")
 	}
-	f, err := os.OpenFile(filepath.Join(os.TempDir(), "gaia-hdfs-faults.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+	f, err := flockFaults(deadline)
 	if err != nil {
 		<-faultsSem
 		t.Fatal(err)
-	}
-	for syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
-		if time.Now().After(deadline) {
-			f.Close()
-			<-faultsSem
-			t.Fatal("harness: another process held the fault-test HDFS cluster for 5m")
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	faultsMu.Lock()
 	faultsHolder = t
@@ -200,4 +208,45 @@ func LockHDFSFaults(t testing.TB) {
 		f.Close() // releases the flock
 		<-faultsSem
 	})
+}
+
+// faultsLockWaiting, when set, is called when the cross-process lock is
+// busy (tests see that Start waits for it).
+var faultsLockWaiting func()
+
+// flockFaults takes the cross-process lock of the fault-test cluster,
+// waiting for it until deadline.
+func flockFaults(deadline time.Time) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "gaia-hdfs-faults.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	for syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		if faultsLockWaiting != nil {
+			faultsLockWaiting()
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("harness: another process held the fault-test HDFS cluster for 5m")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return f, nil
+}
+
+// lockFaultsForStart holds the cross-process lock around svc.sh's start
+// of the fault-test cluster, unless a test of this process holds it
+// already (its cluster, and flock would wait for ever on itself).
+func lockFaultsForStart() (release func(), err error) {
+	faultsMu.Lock()
+	held := faultsHolder != nil
+	faultsMu.Unlock()
+	if held {
+		return func() {}, nil
+	}
+	f, err := flockFaults(time.Now().Add(5 * time.Minute))
+	if err != nil {
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }

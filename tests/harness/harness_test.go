@@ -37,6 +37,9 @@ func TestServices(t *testing.T) {
 	} {
 		t.Run(svc.name, func(t *testing.T) {
 			env := harness.Start(t, svc.name)
+			if svc.name == harness.HDFSFaults {
+				harness.LockHDFSFaults(t) // not while a fault test has a daemon stopped
+			}
 			c, err := gohdfs.NewClient(gohdfs.ClientOptions{Addresses: []string{env.Get(t, svc.key)}, User: "gaia"})
 			if err != nil {
 				t.Fatal(err)
