@@ -314,13 +314,24 @@ func TestClusterKillDuringPushAndPull(t *testing.T) {
 	harness.Docker(t, env, "rmi", ref)
 
 	// Nothing half-written: each recorded blob is whole in storage.
-	verifyStorage(t, c.db, c.storage["idc-a"])
+	verifyStorage(t, c.db, fsBlobs(c.storage["idc-a"]))
 }
 
-// verifyStorage checks every blob PostgreSQL records: its bytes are in the
-// storage root, whole, and hash to its digest (there is at least one); and
-// every image manifest's recorded blobs are exactly its config and layers.
-func verifyStorage(t *testing.T, dbURL, root string) {
+// blobOpener opens a blob's bytes where a registry's storage keeps them.
+type blobOpener func(d digest.Digest) (io.ReadCloser, error)
+
+// fsBlobs opens blobs in a filesystem storage root.
+func fsBlobs(root string) blobOpener {
+	return func(d digest.Digest) (io.ReadCloser, error) {
+		return os.Open(filepath.Join(root, strings.TrimPrefix(uploadsession.BlobPath(d), "/")))
+	}
+}
+
+// verifyStorage checks every blob PostgreSQL records: its bytes are in
+// storage (open), whole, and hash to its digest (there is at least one);
+// and every image manifest's recorded blobs are exactly its config and
+// layers.
+func verifyStorage(t *testing.T, dbURL string, open blobOpener) {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, dbURL)
@@ -328,7 +339,7 @@ func verifyStorage(t *testing.T, dbURL, root string) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	if n := blobsWhole(t, conn, root); n == 0 {
+	if n := blobsWhole(t, conn, open); n == 0 {
 		t.Fatal("no blobs in PostgreSQL")
 	}
 	// Every image manifest's recorded blobs are exactly its config and
@@ -370,10 +381,9 @@ func verifyStorage(t *testing.T, dbURL, root string) {
 	}
 }
 
-// blobsWhole checks that every blob PostgreSQL records is in the storage
-// root at its path, whole, and hashes to its digest; it returns how many
-// there are.
-func blobsWhole(t *testing.T, conn *pgx.Conn, root string) int {
+// blobsWhole checks that every blob PostgreSQL records is in storage
+// (open), whole, and hashes to its digest; it returns how many there are.
+func blobsWhole(t *testing.T, conn *pgx.Conn, open blobOpener) int {
 	t.Helper()
 	ctx := context.Background()
 	rows, _ := conn.Query(ctx, `SELECT digest, size FROM blobs`)
@@ -389,16 +399,16 @@ func blobsWhole(t *testing.T, conn *pgx.Conn, root string) int {
 		t.Fatalf("blobs in PostgreSQL: %v", err)
 	}
 	for _, b := range blobs {
-		f, err := os.Open(filepath.Join(root, strings.TrimPrefix(uploadsession.BlobPath(b.d), "/")))
+		f, err := open(b.d)
 		if err != nil {
 			t.Errorf("blob %s recorded but not in storage: %v", b.d, err)
 			continue
 		}
-		got, err := b.d.Algorithm().FromReader(f)
-		fi, _ := f.Stat()
+		h := b.d.Algorithm().Digester()
+		n, err := io.Copy(h.Hash(), f)
 		f.Close()
-		if err != nil || got != b.d || fi.Size() != b.size {
-			t.Errorf("blob %s in storage: %d bytes (recorded %d), digest %s", b.d, fi.Size(), b.size, got)
+		if err != nil || h.Digest() != b.d || n != b.size {
+			t.Errorf("blob %s in storage: %d bytes (recorded %d), digest %s, read error %v", b.d, n, b.size, h.Digest(), err)
 		}
 	}
 	return len(blobs)

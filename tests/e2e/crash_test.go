@@ -102,7 +102,7 @@ func noRowWithoutBytes(t *testing.T, db, root string) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	blobsWhole(t, conn, root)
+	blobsWhole(t, conn, fsBlobs(root))
 	rows, _ := conn.Query(ctx, `SELECT id::text, size FROM upload_sessions`)
 	type sess struct {
 		id   string

@@ -210,5 +210,5 @@ func TestConcurrentDockerPushesThroughGateway(t *testing.T) {
 		}
 		harness.Docker(t, env, "rmi", ref)
 	}
-	verifyStorage(t, c.db, c.storage["idc-a"])
+	verifyStorage(t, c.db, fsBlobs(c.storage["idc-a"]))
 }
