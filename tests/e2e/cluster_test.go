@@ -274,7 +274,7 @@ func TestClusterKillDuringPushAndPull(t *testing.T) {
 	}
 
 	ref := gw + "/crash/big:v1"
-	harness.BuildImage(t, env, ref, 48<<20, 1<<20)
+	harness.BuildImage(t, env, ref, 128<<20, 1<<20) // a layer long enough to be caught mid-transfer on a loaded machine
 	killed := killWhen("gaia_registry_http_requests_in_flight", `method="PATCH",route="upload"`, 0)
 	harness.Docker(t, env, "push", ref)
 	if r := <-killed; r == nil {
