@@ -92,6 +92,11 @@ func expand(n *yaml.Node, budget *int) (*yaml.Node, error) {
 	}
 	c := *n
 	c.Anchor, c.Alias, c.Content = "", nil, make([]*yaml.Node, len(n.Content))
+	if c.Kind == yaml.ScalarNode && c.ShortTag() == "!!null" {
+		// An implicit null (`{key}`, `key:`) has no text; written back
+		// it would read as "". Spell it.
+		c.Value, c.Style = "null", 0
+	}
 	for i, e := range n.Content {
 		var err error
 		if c.Content[i], err = expand(e, budget); err != nil {
