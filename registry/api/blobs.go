@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
+	"sync"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -302,9 +305,54 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 	}
 	defer rc.Close()
 	w.WriteHeader(status)
-	if _, err := io.CopyN(w, rc, end-start+1); err != nil {
+	if _, err := sendBlob(w, r, rc, end-start+1); err != nil {
 		h.Log.Warn("blob download cut short", "repository", name, "digest", d, "err", err)
 	}
+}
+
+// blobBuffers carry blob bytes from storage to a client on this host: 256
+// KiB, small enough to stay in the CPU cache between the read from storage
+// and the write to the socket, large enough to keep system calls few.
+var blobBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// sendBlob writes n bytes of rc to the client. A remote client gets them
+// the cheapest way for the server: through the ResponseWriter's ReadFrom,
+// which is sendfile(2) when the storage driver hands out a file. A client
+// on this host gets them through a buffer instead: sendfile queues
+// page-cache pages on the socket, so over loopback the client's own
+// receive copy reads them from memory no cache holds, on the client's CPU.
+// Measured with curl and a 1 GiB blob in the page cache, that copy cost
+// the client about 0.5 s of CPU per GiB against 0.3 s when the server
+// copies, which made single-threaded clients slower here than on a
+// registry that copies through buffers (docs/benchmarks.md).
+func sendBlob(w http.ResponseWriter, r *http.Request, rc io.Reader, n int64) (int64, error) {
+	src := io.LimitReader(rc, n)
+	if !sameHost(r) {
+		return io.Copy(w, src)
+	}
+	buf := blobBuffers.Get().(*[]byte)
+	defer blobBuffers.Put(buf)
+	// Wrapped so that neither side's ReadFrom/WriteTo (sendfile) is used.
+	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{src}, *buf)
+}
+
+// sameHost reports whether the request's connection comes from this host:
+// a loopback peer, or a peer at the address it connected to.
+func sameHost(r *http.Request) bool {
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := peer.Addr().Unmap()
+	if ip.IsLoopback() {
+		return true
+	}
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return false
+	}
+	la, err := netip.ParseAddrPort(local.String())
+	return err == nil && la.Addr().Unmap() == ip
 }
 
 func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
