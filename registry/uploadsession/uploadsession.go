@@ -329,9 +329,60 @@ func (c *claim) at(offset int64) error {
 	return nil
 }
 
-// copyBuffers: chunks are copied 1 MiB at a time, not io.Copy's 32 KiB,
-// which cuts the read and write system calls of a large push 32-fold.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+// copyBuffers hold a chunk's bytes between the request body and storage:
+// 256 KiB, which stays in the CPU cache from the read through the write
+// and the hash. Each is filled before it is written: a body arrives in
+// reads of a few KiB to a few hundred, and writing each read as it came
+// cost a system call per read; with hundreds of uploads trickling in,
+// those writes (blocking in the kernel under writeback) held the server's
+// threads, and requests waited for them.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+const copyBufferSize = 256 << 10
+
+// copyHashed copies src to dst a full buffer at a time and feeds h the
+// bytes dst took: when it returns, h has consumed exactly the n bytes
+// written, error or not. (Hashing on a goroutine of its own, overlapping
+// the copy, cost more CPU than it saved on this project's 2-core machine,
+// where the client and other requests keep both cores busy:
+// docs/benchmarks.md.)
+func copyHashed(dst io.Writer, h hash.Hash, src io.Reader) (n int64, err error) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	for {
+		// Not io.ReadFull: it reports a body that ended mid-buffer as
+		// io.ErrUnexpectedEOF, which is also what a body cut short says.
+		nr := 0
+		var rerr error
+		for nr < len(buf) && rerr == nil {
+			var k int
+			k, rerr = src.Read(buf[nr:])
+			nr += k
+		}
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			if nw < 0 || nw > nr {
+				nw, werr = 0, errors.New("uploadsession: invalid write result")
+			}
+			h.Write(buf[:nw])
+			n += int64(nw)
+			if werr == nil && nw < nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return n, werr
+			}
+		}
+		switch rerr {
+		case nil:
+		case io.EOF:
+			return n, nil
+		default:
+			return n, rerr
+		}
+	}
+}
 
 // body reads a request body for a claim: it stops once the claim is lost,
 // and remembers whether the failure was the client's (a read error).
@@ -380,9 +431,7 @@ func (s *Store) appendChunk(ctx context.Context, c *claim, r io.Reader) error {
 		return ErrInvalid
 	}
 	b := &body{r: r, lost: c.lost}
-	buf := copyBuffers.Get().(*[]byte)
-	n, err := io.CopyBuffer(io.MultiWriter(w, c.hash), b, *buf)
-	copyBuffers.Put(buf)
+	n, err := copyHashed(w, c.hash, b)
 	cerr := w.Close()
 	if err == nil {
 		err = cerr
