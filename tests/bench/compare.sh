@@ -5,12 +5,17 @@
 #
 #   bash tests/bench/compare.sh [options] [-- extra regbench flags]
 #
-#   --quick             tiny smoke run: 8 MiB blob, 100 tags, 1000 repos, 3 s manifest run
+#   --quick             tiny smoke run: 8 MiB blob, 100 tags, 1000 repos, 3 s manifest run,
+#                       20 pushes x 2 s in the busy scenario
 #   --stock-only        stock vs stock (two stock registries; no Gaia, no PostgreSQL):
 #                       validates the harness, ratios should be near 1.0
-#   --scenarios LIST    regbench scenarios (default push,pull,manifest,tags,catalog)
+#   --scenarios LIST    regbench scenarios (default push,pull,manifest,busy,tags,catalog)
+#   --push-clients LIST push clients (default curl-put,curl-patch,crane,regbench)  env PUSH_CLIENTS
+#   --pull-clients LIST pull clients (default curl,crane,ctr,regbench)             env PULL_CLIENTS
 #   --blob-size SIZE    push/pull blob (default 1GiB)          env BLOB_SIZE
 #   --n N               push/pull repetitions (default 3)      env N
+#   --busy-pushes N     busy scenario: concurrent uploads (default 200)   env BUSY_PUSHES
+#   --busy-window D     busy scenario: window per round (default 10s)     env BUSY_WINDOW
 #   --duration D        manifest run per target (default 10s)  env DURATION
 #   --concurrency C     manifest clients (default 32)          env CONCURRENCY
 #   --tags N            tags scenario (default 10000)          env TAGS
@@ -22,6 +27,7 @@
 #
 # Environment: GAIA_BIN (skip `make build`, run this binary instead),
 # STOCK_BIN (default ~/.cache/gaia/bin/registry-v3.1.2, built once),
+# CRANE_BIN (default ~/.cache/gaia/bin/crane-v0.22.1, built once),
 # STOCK_ACCESS_LOG=1 (leave the stock registry's per-request access log on),
 # TMPDIR (where the storage roots go).
 set -euo pipefail
@@ -31,8 +37,15 @@ REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${GAIA_CACHE_DIR:-$HOME/.cache/gaia}"
 STOCK_VERSION="v3.1.2"
 STOCK_BIN="${STOCK_BIN:-$CACHE/bin/registry-$STOCK_VERSION}"
+CRANE_VERSION="v0.22.1"
+CRANE_BIN="${CRANE_BIN:-$CACHE/bin/crane-$CRANE_VERSION}"
 
-SCENARIOS="${SCENARIOS:-push,pull,manifest,tags,catalog}"
+SCENARIOS="${SCENARIOS:-push,pull,manifest,busy,tags,catalog}"
+PUSH_CLIENTS="${PUSH_CLIENTS:-curl-put,curl-patch,crane,regbench}"
+PULL_CLIENTS="${PULL_CLIENTS:-curl,crane,ctr,regbench}"
+BUSY_PUSHES="${BUSY_PUSHES:-200}"
+BUSY_WINDOW="${BUSY_WINDOW:-10s}"
+BUSY_ROUNDS="${BUSY_ROUNDS:-2}"
 BLOB_SIZE="${BLOB_SIZE:-1GiB}"
 N="${N:-3}"
 DURATION="${DURATION:-10s}"
@@ -50,9 +63,13 @@ die() { echo "compare: ERROR: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) BLOB_SIZE=8MiB; TAGS=100; REPOS=1000; DURATION=3s; WALK_CAP=1m ;;
+    --quick) BLOB_SIZE=8MiB; TAGS=100; REPOS=1000; DURATION=3s; WALK_CAP=1m; BUSY_PUSHES=20; BUSY_WINDOW=2s; BUSY_ROUNDS=1 ;;
     --stock-only) STOCK_ONLY=1 ;;
     --scenarios) SCENARIOS="$2"; shift ;;
+    --push-clients) PUSH_CLIENTS="$2"; shift ;;
+    --pull-clients) PULL_CLIENTS="$2"; shift ;;
+    --busy-pushes) BUSY_PUSHES="$2"; shift ;;
+    --busy-window) BUSY_WINDOW="$2"; shift ;;
     --blob-size) BLOB_SIZE="$2"; shift ;;
     --n) N="$2"; shift ;;
     --duration) DURATION="$2"; shift ;;
@@ -74,12 +91,19 @@ command -v go >/dev/null || die "go is required"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gaia-compare.XXXXXX")"
 PIDS=()
+CTRD_PID=""
+CTRD_DIR=""
 DB=""
 PG_ADMIN_URL=""
 
 cleanup() {
   local rc=$? t_clean=$SECONDS
   set +e
+  if [ -n "$CTRD_PID" ]; then
+    kill "$CTRD_PID" 2>/dev/null
+    wait "$CTRD_PID" 2>/dev/null
+  fi
+  [ -z "$CTRD_DIR" ] || rm -rf "$CTRD_DIR"
   if [ ${#PIDS[@]} -gt 0 ]; then
     # SIGTERM (graceful drain), SIGKILL whatever is left after 15 s. The
     # servers are our children: until reaped they are zombies, which
@@ -180,6 +204,55 @@ if [ ! -x "$STOCK_BIN" ]; then
 fi
 "$STOCK_BIN" --version >&2
 
+# ---- the real clients: curl (Debian), crane (built once into the cache),
+# containerd's ctr (Debian's containerd, which svc.sh's dockerd install
+# brings) against a containerd of our own
+has() { case ",$1," in *",$2,"*) return 0 ;; esac; return 1; }
+uses_push() { has "$SCENARIOS" push && has "$PUSH_CLIENTS" "$1"; }
+uses_pull() { has "$SCENARIOS" pull && has "$PULL_CLIENTS" "$1"; }
+CLIENT_FLAGS=(-push-clients "$PUSH_CLIENTS" -pull-clients "$PULL_CLIENTS" -work-dir "$WORK/clients")
+mkdir -p "$WORK/clients"
+if uses_push crane || uses_pull crane; then
+  if [ ! -x "$CRANE_BIN" ]; then
+    log "building crane $CRANE_VERSION into $CACHE/bin (once)"
+    mkdir -p "$CACHE/bin"
+    (cd "$WORK" && GOBIN="$WORK/gobin" go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION")
+    mv "$WORK/gobin/crane" "$CACHE/bin/crane-$CRANE_VERSION"
+    CRANE_BIN="$CACHE/bin/crane-$CRANE_VERSION"
+  fi
+  CLIENT_FLAGS+=(-crane "$CRANE_BIN")
+fi
+if uses_pull ctr; then
+  command -v containerd >/dev/null && command -v ctr >/dev/null \
+    || die "the ctr client needs Debian's containerd (bash tests/services/svc.sh install dockerd installs it), or --pull-clients without ctr"
+  [ "$(id -u)" -eq 0 ] || die "the ctr client needs a containerd of our own, which must run as root (or --pull-clients without ctr)"
+  # Its content store on tmpfs, so that the client's disk does not bound
+  # the fetches (containerd fsyncs what it fetches).
+  CTRD_DIR="$(mktemp -d /dev/shm/gaia-compare-containerd.XXXXXX)"
+  cat >"$WORK/containerd.toml" <<CONF
+version = 2
+root = "$CTRD_DIR/root"
+state = "$CTRD_DIR/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "$WORK/containerd.sock"
+[ttrpc]
+  address = ""
+[debug]
+  address = ""
+CONF
+  containerd --config "$WORK/containerd.toml" >"$WORK/containerd.log" 2>&1 &
+  CTRD_PID=$!
+  for _ in $(seq 1 100); do
+    ctr --address "$WORK/containerd.sock" version >/dev/null 2>&1 && break
+    kill -0 "$CTRD_PID" 2>/dev/null || { tail -n 20 "$WORK/containerd.log" >&2; die "containerd exited during start-up"; }
+    sleep 0.1
+  done
+  ctr --address "$WORK/containerd.sock" version >/dev/null 2>&1 || die "containerd does not answer on $WORK/containerd.sock"
+  log "containerd $(containerd --version | awk '{print $3}') answers on $WORK/containerd.sock (content store in $CTRD_DIR, tmpfs)"
+  CLIENT_FLAGS+=(-ctr-address "$WORK/containerd.sock")
+fi
+
 # ---- Gaia
 if [ -z "$STOCK_ONLY" ]; then
   if [ -z "${GAIA_BIN:-}" ]; then
@@ -237,7 +310,9 @@ EOF
   [ -z "$(git -C "$REPO" status --porcelain 2>/dev/null | head -n 1)" ] || rev="$rev+dirty"
   NOTES+=(-note "gaia: $GAIA_BIN (tree $rev), filesystem storage, PostgreSQL database $DB (fresh; the svc.sh test server, fsync=off)")
 fi
-NOTES+=(-note "machine: $(nproc) cores, $(uname -sr); client and servers share the cores")
+NOTES+=(-note "machine: $(nproc) cores, $(uname -sr); client and servers share the cores; load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)")
+if uses_push curl-put || uses_push curl-patch || uses_pull curl; then NOTES+=(-note "curl: $(curl --version | head -n 1 | cut -d' ' -f1-2), defaults"); fi
+if uses_push crane || uses_pull crane; then NOTES+=(-note "crane: $("$CRANE_BIN" version) (go-containerregistry), defaults"); fi
 
 # ---- the benchmark
 if [ -z "$RESULTS" ]; then
@@ -245,13 +320,14 @@ if [ -z "$RESULTS" ]; then
   RESULTS="${RESULTS_DIR:-$CACHE/bench-results}/compare-$([ -n "$STOCK_ONLY" ] && echo stock-only- || true)$(date +%Y%m%d-%H%M%S).md"
 fi
 mkdir -p "$(dirname "$RESULTS")"
-log "running regbench: scenarios $SCENARIOS, blob $BLOB_SIZE x $N, manifest $CONCURRENCY x $DURATION, $TAGS tags, $REPOS repos"
+log "running regbench: scenarios $SCENARIOS, blob $BLOB_SIZE x $N (push: $PUSH_CLIENTS; pull: $PULL_CLIENTS), manifest $CONCURRENCY x $DURATION, busy $BUSY_PUSHES pushes x $BUSY_WINDOW x $BUSY_ROUNDS, $TAGS tags, $REPOS repos"
 T1=$SECONDS
 "$WORK/regbench" \
   -target "stock=http://127.0.0.1:$STOCK_PORT" -target "$OTHER=http://127.0.0.1:$OTHER_PORT" \
   -scenarios "$SCENARIOS" -blob-size "$BLOB_SIZE" -n "$N" -duration "$DURATION" -concurrency "$CONCURRENCY" \
   -tags "$TAGS" -repos "$REPOS" -catalog-walk-cap "$WALK_CAP" \
-  "${NOTES[@]}" ${EXTRA[@]+"${EXTRA[@]}"} \
+  -busy-pushes "$BUSY_PUSHES" -busy-window "$BUSY_WINDOW" -busy-rounds "$BUSY_ROUNDS" \
+  "${CLIENT_FLAGS[@]}" "${NOTES[@]}" ${EXTRA[@]+"${EXTRA[@]}"} \
   2> >(tee "$RESULTS.log" >&2) | tee "$RESULTS"
 T_RUN=$((SECONDS - T1))
 for s in stock "$OTHER"; do

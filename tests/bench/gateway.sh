@@ -61,7 +61,7 @@ done
 (cd "$REPO" && go build -o "$WORK/regbench" ./tests/bench/regbench)
 targets=(-target "direct=http://127.0.0.1:$SP" -target "gateway=http://127.0.0.1:$GP")
 log "throughput: push, pull, manifest GETs at 32 clients"
-"$WORK/regbench" "${targets[@]}" -scenarios push,pull,manifest -blob-size "$BLOB_SIZE" -n "$N" -duration "$DURATION" -concurrency 32 \
+"$WORK/regbench" "${targets[@]}" -scenarios push,pull,manifest -push-clients regbench -pull-clients regbench -blob-size "$BLOB_SIZE" -n "$N" -duration "$DURATION" -concurrency 32 \
   -note "one gaia-registry (filesystem, PostgreSQL) and one gaia-gateway on loopback; 2 cores shared with the client"
 log "latency: manifest GETs at 4 clients"
 "$WORK/regbench" "${targets[@]}" -repo-prefix regbench-lat -scenarios manifest -duration "$DURATION" -concurrency 4

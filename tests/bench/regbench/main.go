@@ -11,9 +11,12 @@
 //
 // Scenarios:
 //
-//	push      POST + one streamed PATCH of -blob-size bytes + PUT ?digest=, MiB/s, median of -n
-//	pull      GET of the pushed blob, discarded, MiB/s, median of -n
+//	push      -blob-size of new content per client and repetition, pushed by each of -push-clients
+//	          (curl monolithic PUT, curl streamed PATCH, crane push, regbench's streamed PATCH): MiB/s, median of -n
+//	pull      the pushed blob read by each of -pull-clients (curl, crane blob, ctr content fetch of an
+//	          image of -layers layers, regbench's 1 MiB reads): MiB/s, median of -n
 //	manifest  GET /v2/<repo>/manifests/latest from -concurrency clients for -duration: req/s, p50, p99
+//	busy      manifest GET p50/p99 from -busy-clients clients, idle and while -busy-pushes uploads stream
 //	tags      PUT one manifest under -tags tags (rate), then GET tags/list (full) and a n=1000 walk
 //	catalog   seed -repos repositories (mount + manifest PUT; rate), then _catalog?n=100 and a n=1000 walk
 //
@@ -25,6 +28,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"runtime"
 	"strconv"
@@ -54,16 +58,28 @@ type config struct {
 	sync            bool
 	manifestRounds  int
 	seedRounds      int
+	pushClients     []string
+	pullClients     []string
+	layers          int
+	busy            busyConfig
 }
 
-var allScenarios = []string{"push", "pull", "manifest", "tags", "catalog"}
+var (
+	allScenarios   = []string{"push", "pull", "manifest", "busy", "tags", "catalog"}
+	allPushClients = []string{"curl-put", "curl-patch", clientCrane, clientRegbench}
+	allPullClients = []string{clientCurl, clientCrane, clientCtr, clientRegbench}
+)
 
 func main() {
 	var (
-		targets, notes, fsSeeds listFlag
-		cfg                     config
-		scenarios, blobSize     string
-		baseline                string
+		targets, notes, fsSeeds  listFlag
+		cfg                      config
+		scenarios, blobSize      string
+		baseline                 string
+		pushClients, pullClients string
+		busyRate                 string
+		busyWorkerURL, busyRepo  string
+		tl                       tools
 	)
 	flag.Var(&targets, "target", "`name=URL` of a registry (repeat; the first, or -baseline, is the ratio baseline)")
 	flag.StringVar(&baseline, "baseline", "", "target name the ratios compare against (default: the first -target)")
@@ -82,15 +98,50 @@ func main() {
 	flag.DurationVar(&cfg.walkCap, "catalog-walk-cap", 5*time.Minute, "catalog: give up a paginated walk after this long and report \"> cap\"")
 	flag.StringVar(&cfg.prefix, "repo-prefix", "regbench", "namespace of every repository the benchmark writes")
 	flag.Var(&fsSeeds, "seed-catalog-fs", "`name=DIR`: seed the catalog repositories of target name by writing distribution's filesystem layout under its storage rootdirectory DIR instead of through the API (stock registry only; repeatable)")
+	flag.StringVar(&pushClients, "push-clients", strings.Join(allPushClients, ","), "push scenario: clients, each a row: "+strings.Join(allPushClients, ","))
+	flag.StringVar(&pullClients, "pull-clients", strings.Join(allPullClients, ","), "pull scenario: clients, each a row: "+strings.Join(allPullClients, ","))
+	flag.StringVar(&tl.curl, "curl", "curl", "curl command")
+	flag.StringVar(&tl.crane, "crane", "crane", "crane command (go-containerregistry)")
+	flag.StringVar(&tl.ctr, "ctr", "ctr", "containerd's ctr command")
+	flag.StringVar(&tl.ctrAddress, "ctr-address", "", "containerd socket for the ctr client (required when -pull-clients has ctr); its content store should be on tmpfs")
+	flag.StringVar(&tl.ctrNamespace, "ctr-namespace", "regbench", "containerd namespace the ctr client uses (emptied before and after each fetch)")
+	flag.StringVar(&tl.workDir, "work-dir", os.TempDir(), "where content for the external clients' pushes is written (one -blob-size file at a time)")
+	flag.IntVar(&cfg.layers, "layers", 4, "pull scenario, ctr client: layers of the image fetched (-blob-size in total)")
+	flag.IntVar(&cfg.busy.pushes, "busy-pushes", 200, "busy scenario: concurrent pushes, each streaming toward -busy-push-size")
+	flag.StringVar(&busyRate, "busy-push-rate", "1MiB", "busy scenario: bytes per second each push sends (0: as fast as it can)")
+	flag.StringVar(&cfg.busy.pushSizeStr, "busy-push-size", "1GiB", "busy scenario: Content-Length each push announces")
+	flag.DurationVar(&cfg.busy.window, "busy-window", 10*time.Second, "busy scenario: manifest GET measurement window, idle and with the pushes streaming, per round")
+	flag.IntVar(&cfg.busy.rounds, "busy-rounds", 2, "busy scenario: rounds (each: idle window, then window under pushes, per target in turn)")
+	flag.IntVar(&cfg.busy.clients, "busy-clients", 4, "busy scenario: concurrent manifest GET clients")
 	flag.Var(&notes, "note", "a line to print under the table (repeatable)")
+	flag.StringVar(&busyWorkerURL, "busy-worker", "", "internal: run as the busy scenario's upload process against this registry URL")
+	flag.StringVar(&busyRepo, "busy-repo", "", "internal: the -busy-worker's repository")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fatalf("unexpected arguments: %v", flag.Args())
 	}
+	var err error
+	if cfg.busy.pushSize, err = parseSize(cfg.busy.pushSizeStr); err != nil || cfg.busy.pushSize <= 0 {
+		fatalf("-busy-push-size %q: want a positive size", cfg.busy.pushSizeStr)
+	}
+	if cfg.busy.rate, err = parseSize(busyRate); err != nil || cfg.busy.rate < 0 {
+		fatalf("-busy-push-rate %q: want a size per second, or 0", busyRate)
+	}
+	if cfg.busy.pushes < 1 || cfg.busy.rounds < 1 || cfg.busy.clients < 1 || cfg.busy.window <= 0 {
+		fatalf("-busy-pushes, -busy-rounds, -busy-clients and -busy-window must be positive")
+	}
+	if busyWorkerURL != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := busyWorker(ctx, cfg, busyWorkerURL, busyRepo); err != nil {
+			fmt.Printf("error %v\n", err)
+			fatalf("busy worker: %v", err)
+		}
+		return
+	}
 	if len(targets) == 0 {
 		fatalf("at least one -target name=URL is required")
 	}
-	var err error
 	if cfg.blobSize, err = parseSize(blobSize); err != nil || cfg.blobSize <= 0 {
 		fatalf("-blob-size %q: want a positive size such as 1GiB", blobSize)
 	}
@@ -107,6 +158,33 @@ func main() {
 	if cfg.n < 1 || cfg.reps < 1 || cfg.manifestRounds < 1 || cfg.seedRounds < 1 || cfg.concurrency < 1 || cfg.seedConcurrency < 1 || cfg.tags < 1 || cfg.repos < 1 {
 		fatalf("-n, -reps, -manifest-rounds, -seed-rounds, -concurrency, -seed-concurrency, -tags and -repos must be >= 1")
 	}
+	if cfg.pushClients, err = pickList("-push-clients", pushClients, allPushClients); err != nil {
+		fatalf("%v", err)
+	}
+	if cfg.pullClients, err = pickList("-pull-clients", pullClients, allPullClients); err != nil {
+		fatalf("%v", err)
+	}
+	if cfg.layers < 1 {
+		fatalf("-layers must be >= 1")
+	}
+	uses := func(scenario string, clients []string, client string) bool {
+		return contains(cfg.scenarios, scenario) && contains(clients, client)
+	}
+	for _, c := range []struct {
+		used      bool
+		flag, cmd string
+	}{
+		{uses("push", cfg.pushClients, "curl-put") || uses("push", cfg.pushClients, "curl-patch") || uses("pull", cfg.pullClients, clientCurl), "-curl", tl.curl},
+		{uses("push", cfg.pushClients, clientCrane) || uses("pull", cfg.pullClients, clientCrane), "-crane", tl.crane},
+		{uses("pull", cfg.pullClients, clientCtr), "-ctr", tl.ctr},
+	} {
+		if _, err := exec.LookPath(c.cmd); c.used && err != nil {
+			fatalf("%s %q: %v (or leave that client out with -push-clients / -pull-clients)", c.flag, c.cmd, err)
+		}
+	}
+	if uses("pull", cfg.pullClients, clientCtr) && tl.ctrAddress == "" {
+		fatalf("-pull-clients has ctr: -ctr-address (a containerd socket) is required")
+	}
 	cfg.seedCatalogFS = map[string]string{}
 	for _, s := range fsSeeds {
 		name, dir, ok := strings.Cut(s, "=")
@@ -117,7 +195,7 @@ func main() {
 	}
 
 	maxConns := max(cfg.concurrency, cfg.seedConcurrency) + 4
-	b := &bench{cfg: cfg, notes: notes}
+	b := &bench{cfg: cfg, notes: notes, tools: tl}
 	seen := map[string]bool{}
 	for _, s := range targets {
 		name, raw, ok := strings.Cut(s, "=")
@@ -175,6 +253,8 @@ func main() {
 			err = b.runPull(ctx)
 		case "manifest":
 			err = b.runManifest(ctx)
+		case "busy":
+			err = b.runBusy(ctx)
 		case "tags":
 			err = b.runTags(ctx)
 		case "catalog":
@@ -198,6 +278,25 @@ func targetList(ts []*target) string {
 		s = append(s, t.name+"="+t.base.String())
 	}
 	return strings.Join(s, " ")
+}
+
+// pickList parses a comma-separated subset of all.
+func pickList(flagName, list string, all []string) ([]string, error) {
+	var out []string
+	for s := range strings.SplitSeq(list, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if !contains(all, s) {
+			return nil, fmt.Errorf("%s: unknown %q (have %s)", flagName, s, strings.Join(all, ","))
+		}
+		out = append(out, s)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: empty", flagName)
+	}
+	return out, nil
 }
 
 func contains(l []string, s string) bool {

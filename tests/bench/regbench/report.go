@@ -23,6 +23,9 @@ type bench struct {
 	img      *image
 	results  []*result
 	notes    []string
+	tools    tools
+	// busy scenario: cut uploads a target would not delete
+	undeleted map[string]int
 
 	// blob pushed by the push scenario (same seed, so the same digest, on
 	// every target); the pull scenario reads it.

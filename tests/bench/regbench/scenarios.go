@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -78,33 +79,94 @@ func mibps(size int64, d time.Duration) float64 {
 
 func (b *bench) runPush(ctx context.Context) error {
 	size, repo := b.cfg.blobSize, b.repo("bigblob")
-	tps := map[string][]float64{}
+	tps := map[string]map[string][]float64{} // client -> target -> MiB/s
+	for _, c := range b.cfg.pushClients {
+		tps[c] = map[string][]float64{}
+	}
 	for i := range b.cfg.n {
-		seed := rand.Uint64()
-		t0 := time.Now()
-		d, err := genDigest(seed, size)
+		for _, c := range b.cfg.pushClients {
+			if err := b.pushRound(ctx, c, i, repo, size, tps[c]); err != nil {
+				return err
+			}
+		}
+	}
+	for _, c := range b.cfg.pushClients {
+		b.add("push "+formatSize(size)+" blob", pushMetric(c, b.cfg.n), higherBetter, medians(tps[c]))
+	}
+	b.note("push: each client pushes new content in every repetition (a fresh splitmix64 stream; for the external clients written to a file in -work-dir first, untimed); targets take turns within each repetition, first target rotated; after every push a HEAD checks the blob is there with its size (untimed)%s", syncNote(b.cfg.sync))
+	return nil
+}
+
+// pushMetric names a client's push row.
+func pushMetric(c string, n int) string {
+	switch c {
+	case "curl-put":
+		return fmt.Sprintf("curl: POST + monolithic PUT -T file; MiB/s, median of %d", n)
+	case "curl-patch":
+		return fmt.Sprintf("curl: POST + PATCH -T file + PUT; MiB/s, median of %d", n)
+	case clientCrane:
+		return fmt.Sprintf("crane push (OCI layout, 1 layer); MiB/s, median of %d", n)
+	}
+	return fmt.Sprintf("regbench: POST + one streamed PATCH (Content-Length, generated on the fly) + PUT; MiB/s, median of %d", n)
+}
+
+// pushRound is repetition i of client c's push: new content, pushed to
+// every target in turn.
+func (b *bench) pushRound(ctx context.Context, c string, i int, repo string, size int64, tps map[string][]float64) error {
+	seed := rand.Uint64()
+	t0 := time.Now()
+	var (
+		f   *pushFile
+		lay *ociLayout
+		err error
+	)
+	if c == clientRegbench {
+		var d digest.Digest
+		if d, err = genDigest(seed, size); err != nil {
+			return err
+		}
+		f = &pushFile{digest: d, size: size}
+	} else {
+		if f, err = writeBlobFile(b.tools.workDir, seed, size); err != nil {
+			return fmt.Errorf("writing the content to push into %s: %w", b.tools.workDir, err)
+		}
+		defer os.Remove(f.path)
+		if c == clientCrane {
+			if lay, err = newOCILayout(b.tools.workDir, f); err != nil {
+				return err
+			}
+			defer os.RemoveAll(lay.dir)
+		}
+	}
+	logf("push %s %d/%d: new blob %s (%s, prepared in %s, untimed)", c, i+1, b.cfg.n, f.digest.Encoded()[:12], formatSize(size), time.Since(t0).Round(time.Millisecond))
+	for _, t := range b.order(i) {
+		b.syncDisks()
+		el, err := timed(func() error {
+			switch c {
+			case "curl-put":
+				return t.curlPushPut(ctx, &b.tools, repo, f)
+			case "curl-patch":
+				return t.curlPushPatch(ctx, &b.tools, repo, f)
+			case clientCrane:
+				return t.cranePush(ctx, &b.tools, repo, fmt.Sprintf("crane-%d", i), lay)
+			default:
+				_, err := t.pushBlob(ctx, repo, seed, size, f.digest)
+				return err
+			}
+		})
 		if err != nil {
 			return err
 		}
-		logf("push %d/%d: new blob %s (%s, digest computed in %s, untimed)", i+1, b.cfg.n, d.Encoded()[:12], formatSize(size), time.Since(t0).Round(time.Millisecond))
-		for _, t := range b.order(i) {
-			b.syncDisks()
-			el, err := t.pushBlob(ctx, repo, seed, size, d)
-			if err != nil {
-				return err
-			}
-			tp := mibps(size, el)
-			tps[t.name] = append(tps[t.name], tp)
-			logf("[%s] push %d/%d: %s in %s = %.1f MiB/s", t.name, i+1, b.cfg.n, formatSize(size), el.Round(time.Millisecond), tp)
+		if err := t.checkBlob(ctx, repo, f.digest, size); err != nil {
+			return err
 		}
-		b.blobSeed, b.blobDigest = seed, d
+		tp := mibps(size, el)
+		tps[t.name] = append(tps[t.name], tp)
+		logf("[%s] push %s %d/%d: %s in %s = %.1f MiB/s", t.name, c, i+1, b.cfg.n, formatSize(size), el.Round(time.Millisecond), tp)
 	}
-	vals := map[string]val{}
-	for name, xs := range tps {
-		vals[name] = val{v: median(xs)}
+	if c == clientRegbench {
+		b.blobSeed, b.blobDigest = seed, f.digest
 	}
-	b.add("push "+formatSize(size)+" blob", fmt.Sprintf("MiB/s, POST+PATCH+PUT, median of %d", b.cfg.n), higherBetter, vals)
-	b.note("push: each repetition pushes a new blob (fresh random seed, splitmix64 stream generated on the fly, one PATCH with Content-Length); its sha256 is computed once in an untimed pass before the pushes, so no timing includes client-side hashing%s", syncNote(b.cfg.sync))
 	return nil
 }
 
@@ -145,27 +207,78 @@ func (b *bench) runPull(ctx context.Context) error {
 		}
 		b.blobSeed, b.blobDigest = seed, d
 	}
-	buf := make([]byte, 1<<20)
-	tps := map[string][]float64{}
-	for i := range b.cfg.n {
-		for _, t := range b.order(i) {
-			b.syncDisks()
-			el, err := t.pullBlob(ctx, repo, b.blobDigest, size, buf)
-			if err != nil {
+	var multi *multiImage
+	if contains(b.cfg.pullClients, clientCtr) {
+		var err error
+		if multi, err = newMultiImage(b.cfg.layers, size); err != nil {
+			return err
+		}
+		for _, t := range b.targets {
+			if err := multi.push(ctx, t, b.repo("multi"), "latest"); err != nil {
 				return err
 			}
-			tp := mibps(size, el)
-			tps[t.name] = append(tps[t.name], tp)
-			logf("[%s] pull %d/%d: %s in %s = %.1f MiB/s", t.name, i+1, b.cfg.n, formatSize(size), el.Round(time.Millisecond), tp)
+		}
+		if err := b.tools.ctrForget(ctx); err != nil {
+			return fmt.Errorf("emptying containerd namespace %s before the fetches: %w", b.tools.ctrNamespace, err)
 		}
 	}
-	vals := map[string]val{}
-	for name, xs := range tps {
-		vals[name] = val{v: median(xs)}
+	buf := make([]byte, 1<<20)
+	tps := map[string]map[string][]float64{}
+	for _, c := range b.cfg.pullClients {
+		tps[c] = map[string][]float64{}
 	}
-	b.add("pull "+formatSize(size)+" blob", fmt.Sprintf("MiB/s, GET discarded, median of %d", b.cfg.n), higherBetter, vals)
-	b.note("pull: GETs the last pushed blob (written moments before, so in the page cache on both); bytes are counted, not re-hashed%s", syncNote(b.cfg.sync))
+	for i := range b.cfg.n {
+		for _, c := range b.cfg.pullClients {
+			for _, t := range b.order(i) {
+				b.syncDisks()
+				el, err := timed(func() error {
+					switch c {
+					case clientCurl:
+						return t.curlPull(ctx, &b.tools, repo, b.blobDigest, size)
+					case clientCrane:
+						return t.cranePull(ctx, &b.tools, repo, b.blobDigest)
+					case clientCtr:
+						return t.ctrFetch(ctx, &b.tools, b.repo("multi"), "latest")
+					default:
+						_, err := t.pullBlob(ctx, repo, b.blobDigest, size, buf)
+						return err
+					}
+				})
+				if err != nil {
+					return err
+				}
+				if c == clientCtr {
+					if err := b.tools.ctrForget(ctx); err != nil {
+						return err
+					}
+				}
+				tp := mibps(size, el)
+				tps[c][t.name] = append(tps[c][t.name], tp)
+				logf("[%s] pull %s %d/%d: %s in %s = %.1f MiB/s", t.name, c, i+1, b.cfg.n, formatSize(size), el.Round(time.Millisecond), tp)
+			}
+		}
+	}
+	for _, c := range b.cfg.pullClients {
+		b.add("pull "+formatSize(size)+" blob", pullMetric(c, b.cfg.n, multi), higherBetter, medians(tps[c]))
+	}
+	b.note("pull: every client reads what was pushed moments before (in the page cache on both); targets take turns within each repetition, first target rotated%s", syncNote(b.cfg.sync))
+	if multi != nil {
+		b.note("pull: ctr is containerd %s's `ctr content fetch --plain-http` into a containerd of its own (-ctr-address), whose content store should be on tmpfs so that the client's disk does not bound it; it fetches the image's %d layers of %s, config and manifest, verifying each digest; everything is removed from containerd after each fetch (untimed)", ctrVersion(ctx, &b.tools), len(multi.layers), formatSize(multi.layerSize))
+	}
 	return nil
+}
+
+// pullMetric names a client's pull row.
+func pullMetric(c string, n int, m *multiImage) string {
+	switch c {
+	case clientCurl:
+		return fmt.Sprintf("curl -o /dev/null; MiB/s, median of %d", n)
+	case clientCrane:
+		return fmt.Sprintf("crane blob > /dev/null (verifies the digest); MiB/s, median of %d", n)
+	case clientCtr:
+		return fmt.Sprintf("ctr content fetch, image of %d layers x %s; MiB/s, median of %d", len(m.layers), formatSize(m.layerSize), n)
+	}
+	return fmt.Sprintf("regbench, 1 MiB reads, discarded (large-buffer client); MiB/s, median of %d", n)
 }
 
 // ---------------------------------------------------------------- manifest
