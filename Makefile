@@ -86,8 +86,10 @@ test-hdfs-full:
 # colinmarc client, then gaia-mirror vs skopeo sync. Results: docs/benchmarks.md.
 bench: bench-registry bench-gateway bench-hdfs bench-mirror
 
-# 1 GiB push/pull, manifest GETs at 32 clients, tags/list of 10,000 tags,
-# _catalog of 100,000 repositories (about 15 minutes; --quick for a smoke run).
+# 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
+# own client; manifest GETs at 32 clients; manifest GET latency while 200
+# uploads stream; tags/list of 10,000 tags; _catalog of 100,000 repositories
+# (about 25 minutes; `bash tests/bench/compare.sh --quick` for a smoke run).
 bench-registry:
 	bash tests/bench/compare.sh
 
