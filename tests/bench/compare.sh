@@ -13,7 +13,8 @@
 #   --push-clients LIST push clients (default curl-put,curl-patch,crane,regbench)  env PUSH_CLIENTS
 #   --pull-clients LIST pull clients (default curl,crane,ctr,regbench)             env PULL_CLIENTS
 #   --blob-size SIZE    push/pull blob (default 1GiB)          env BLOB_SIZE
-#   --n N               push/pull repetitions (default 3)      env N
+#   --n N               push repetitions per client (default 3)   env N
+#   --pull-n N          pull repetitions per client (default 5)   env PULL_N
 #   --busy-pushes N     busy scenario: concurrent uploads (default 200)   env BUSY_PUSHES
 #   --busy-window D     busy scenario: window per round (default 10s)     env BUSY_WINDOW
 #   --duration D        manifest run per target (default 10s)  env DURATION
@@ -48,6 +49,7 @@ BUSY_WINDOW="${BUSY_WINDOW:-10s}"
 BUSY_ROUNDS="${BUSY_ROUNDS:-2}"
 BLOB_SIZE="${BLOB_SIZE:-1GiB}"
 N="${N:-3}"
+PULL_N="${PULL_N:-5}"
 DURATION="${DURATION:-10s}"
 CONCURRENCY="${CONCURRENCY:-32}"
 TAGS="${TAGS:-10000}"
@@ -63,7 +65,7 @@ die() { echo "compare: ERROR: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) BLOB_SIZE=8MiB; TAGS=100; REPOS=1000; DURATION=3s; WALK_CAP=1m; BUSY_PUSHES=20; BUSY_WINDOW=2s; BUSY_ROUNDS=1 ;;
+    --quick) BLOB_SIZE=8MiB; PULL_N=3; TAGS=100; REPOS=1000; DURATION=3s; WALK_CAP=1m; BUSY_PUSHES=20; BUSY_WINDOW=2s; BUSY_ROUNDS=1 ;;
     --stock-only) STOCK_ONLY=1 ;;
     --scenarios) SCENARIOS="$2"; shift ;;
     --push-clients) PUSH_CLIENTS="$2"; shift ;;
@@ -72,6 +74,7 @@ while [ $# -gt 0 ]; do
     --busy-window) BUSY_WINDOW="$2"; shift ;;
     --blob-size) BLOB_SIZE="$2"; shift ;;
     --n) N="$2"; shift ;;
+    --pull-n) PULL_N="$2"; shift ;;
     --duration) DURATION="$2"; shift ;;
     --concurrency) CONCURRENCY="$2"; shift ;;
     --tags) TAGS="$2"; shift ;;
@@ -320,11 +323,11 @@ if [ -z "$RESULTS" ]; then
   RESULTS="${RESULTS_DIR:-$CACHE/bench-results}/compare-$([ -n "$STOCK_ONLY" ] && echo stock-only- || true)$(date +%Y%m%d-%H%M%S).md"
 fi
 mkdir -p "$(dirname "$RESULTS")"
-log "running regbench: scenarios $SCENARIOS, blob $BLOB_SIZE x $N (push: $PUSH_CLIENTS; pull: $PULL_CLIENTS), manifest $CONCURRENCY x $DURATION, busy $BUSY_PUSHES pushes x $BUSY_WINDOW x $BUSY_ROUNDS, $TAGS tags, $REPOS repos"
+log "running regbench: scenarios $SCENARIOS, blob $BLOB_SIZE (push: $PUSH_CLIENTS x $N; pull: $PULL_CLIENTS x $PULL_N), manifest $CONCURRENCY x $DURATION, busy $BUSY_PUSHES pushes x $BUSY_WINDOW x $BUSY_ROUNDS, $TAGS tags, $REPOS repos"
 T1=$SECONDS
 "$WORK/regbench" \
   -target "stock=http://127.0.0.1:$STOCK_PORT" -target "$OTHER=http://127.0.0.1:$OTHER_PORT" \
-  -scenarios "$SCENARIOS" -blob-size "$BLOB_SIZE" -n "$N" -duration "$DURATION" -concurrency "$CONCURRENCY" \
+  -scenarios "$SCENARIOS" -blob-size "$BLOB_SIZE" -n "$N" -pull-n "$PULL_N" -duration "$DURATION" -concurrency "$CONCURRENCY" \
   -tags "$TAGS" -repos "$REPOS" -catalog-walk-cap "$WALK_CAP" \
   -busy-pushes "$BUSY_PUSHES" -busy-window "$BUSY_WINDOW" -busy-rounds "$BUSY_ROUNDS" \
   "${CLIENT_FLAGS[@]}" "${NOTES[@]}" ${EXTRA[@]+"${EXTRA[@]}"} \

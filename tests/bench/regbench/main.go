@@ -61,6 +61,7 @@ type config struct {
 	pushClients     []string
 	pullClients     []string
 	layers          int
+	pullN           int
 	busy            busyConfig
 }
 
@@ -86,6 +87,7 @@ func main() {
 	flag.StringVar(&scenarios, "scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ","))
 	flag.StringVar(&blobSize, "blob-size", "1GiB", "push/pull blob size (bytes, or with KiB/MiB/GiB suffix)")
 	flag.IntVar(&cfg.n, "n", 3, "push/pull repetitions (median reported); each push is a new blob")
+	flag.IntVar(&cfg.pullN, "pull-n", 0, "pull repetitions, if not -n (pulls leave nothing on disk; every push leaves -blob-size per target)")
 	flag.IntVar(&cfg.concurrency, "concurrency", 32, "manifest scenario: concurrent clients")
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "manifest scenario: measured duration per target")
 	flag.IntVar(&cfg.manifestRounds, "manifest-rounds", 5, "manifest scenario: split -duration into this many rounds, interleaved between targets")
@@ -155,8 +157,11 @@ func main() {
 		}
 		cfg.scenarios = append(cfg.scenarios, s)
 	}
-	if cfg.n < 1 || cfg.reps < 1 || cfg.manifestRounds < 1 || cfg.seedRounds < 1 || cfg.concurrency < 1 || cfg.seedConcurrency < 1 || cfg.tags < 1 || cfg.repos < 1 {
-		fatalf("-n, -reps, -manifest-rounds, -seed-rounds, -concurrency, -seed-concurrency, -tags and -repos must be >= 1")
+	if cfg.pullN == 0 {
+		cfg.pullN = cfg.n
+	}
+	if cfg.n < 1 || cfg.pullN < 1 || cfg.reps < 1 || cfg.manifestRounds < 1 || cfg.seedRounds < 1 || cfg.concurrency < 1 || cfg.seedConcurrency < 1 || cfg.tags < 1 || cfg.repos < 1 {
+		fatalf("-n, -pull-n, -reps, -manifest-rounds, -seed-rounds, -concurrency, -seed-concurrency, -tags and -repos must be >= 1")
 	}
 	if cfg.pushClients, err = pickList("-push-clients", pushClients, allPushClients); err != nil {
 		fatalf("%v", err)

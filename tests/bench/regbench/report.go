@@ -127,9 +127,9 @@ func (b *bench) printTable(w io.Writer, elapsed time.Duration) {
 	}
 	c := b.cfg
 	fmt.Fprintf(w, "## regbench: %s\n\n", targetList(b.targets))
-	fmt.Fprintf(w, "%s, GOMAXPROCS %d (client), %s on %s/%s; scenarios %s; blob %s x %d; manifest %d clients x %s; %d tags; %d repos; seeding concurrency %d; listings median of %d.\n\n",
+	fmt.Fprintf(w, "%s, GOMAXPROCS %d (client), %s on %s/%s; scenarios %s; blob %s, %d pushes and %d pulls per client and target; manifest %d clients x %s; %d tags; %d repos; seeding concurrency %d; listings median of %d.\n\n",
 		time.Now().Format("2006-01-02 15:04 MST"), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH,
-		strings.Join(c.scenarios, ","), formatSize(c.blobSize), c.n, c.concurrency, c.duration, c.tags, c.repos, c.seedConcurrency, c.reps)
+		strings.Join(c.scenarios, ","), formatSize(c.blobSize), c.n, c.pullN, c.concurrency, c.duration, c.tags, c.repos, c.seedConcurrency, c.reps)
 	header := []string{"scenario", "metric"}
 	for _, t := range b.targets {
 		header = append(header, t.name)

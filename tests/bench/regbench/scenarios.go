@@ -227,7 +227,7 @@ func (b *bench) runPull(ctx context.Context) error {
 	for _, c := range b.cfg.pullClients {
 		tps[c] = map[string][]float64{}
 	}
-	for i := range b.cfg.n {
+	for i := range b.cfg.pullN {
 		for _, c := range b.cfg.pullClients {
 			for _, t := range b.order(i) {
 				b.syncDisks()
@@ -254,12 +254,12 @@ func (b *bench) runPull(ctx context.Context) error {
 				}
 				tp := mibps(size, el)
 				tps[c][t.name] = append(tps[c][t.name], tp)
-				logf("[%s] pull %s %d/%d: %s in %s = %.1f MiB/s", t.name, c, i+1, b.cfg.n, formatSize(size), el.Round(time.Millisecond), tp)
+				logf("[%s] pull %s %d/%d: %s in %s = %.1f MiB/s", t.name, c, i+1, b.cfg.pullN, formatSize(size), el.Round(time.Millisecond), tp)
 			}
 		}
 	}
 	for _, c := range b.cfg.pullClients {
-		b.add("pull "+formatSize(size)+" blob", pullMetric(c, b.cfg.n, multi), higherBetter, medians(tps[c]))
+		b.add("pull "+formatSize(size)+" blob", pullMetric(c, b.cfg.pullN, multi), higherBetter, medians(tps[c]))
 	}
 	b.note("pull: every client reads what was pushed moments before (in the page cache on both); targets take turns within each repetition, first target rotated%s", syncNote(b.cfg.sync))
 	if multi != nil {
