@@ -121,6 +121,14 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	}
 	s.driver = timedDriver{StorageDriver: drv, m: s.metrics}
 	s.uploads = uploadsession.New(s.pool, s.driver).InIDC(cfg.Cluster.IDC)
+	if sc.Driver == "filesystem" {
+		// Uploads start writeback as they stream (uploadsession.WithLocalRoot).
+		root := "/var/lib/registry" // the driver's default
+		if r, ok := sc.Parameters["rootdirectory"]; ok && fmt.Sprint(r) != "" {
+			root = fmt.Sprint(r)
+		}
+		s.uploads.WithLocalRoot(root)
+	}
 	// Copies in progress (cross-IDC fills, pull-through fetches) hold a
 	// connection each (their advisory lock) in a pool of their own, so a
 	// burst of them cannot starve the API.

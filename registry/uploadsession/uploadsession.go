@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -94,6 +95,10 @@ type Store struct {
 	// parked, when set, is called at named steps of a request (tests park
 	// a request there to crash or cut it at that exact point).
 	parked func(step string)
+	// localRoot, when set, is where the driver's files are on this machine
+	// (WithLocalRoot); syncRange starts writeback of a file range.
+	localRoot string
+	syncRange func(f *os.File, off, n int64) error
 }
 
 // DefaultIDC is the IDC of a server that configures none.
@@ -431,7 +436,9 @@ func (s *Store) appendChunk(ctx context.Context, c *claim, r io.Reader) error {
 		return ErrInvalid
 	}
 	b := &body{r: r, lost: c.lost}
-	n, err := copyHashed(w, c.hash, b)
+	dst, done := s.newWriteback(w, c.path, c.size)
+	n, err := copyHashed(dst, c.hash, b)
+	done()
 	cerr := w.Close()
 	if err == nil {
 		err = cerr
