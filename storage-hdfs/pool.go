@@ -10,9 +10,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	gohdfs "github.com/colinmarc/hdfs/v2"
 )

@@ -66,10 +66,10 @@ type Gateway struct {
 	// are deleted once metricsGrace has passed, at the next update.
 	departed     map[string]departure
 	metricsGrace time.Duration
-	local     []*Upstream          // this IDC's
-	remote    []*Upstream          // other IDCs'
-	synced    atomic.Bool          // a first discovery answer arrived
-	spliced   sync.WaitGroup       // hijacked blob downloads (Shutdown does not see them)
+	local        []*Upstream    // this IDC's
+	remote       []*Upstream    // other IDCs'
+	synced       atomic.Bool    // a first discovery answer arrived
+	spliced      sync.WaitGroup // hijacked blob downloads (Shutdown does not see them)
 
 	replayMax  int64        // replay.maxbytes
 	replayHeld atomic.Int64 // request body bytes held for replay now
