@@ -81,8 +81,8 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	return s, nil
 }
 
-// Pool is the connection pool (migrations, readiness).
-func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+// DB is the connection pool (migrations, readiness).
+func (s *Store) DB() *pgxpool.Pool { return s.pool }
 
 // Close closes the pool.
 func (s *Store) Close() { s.pool.Close() }

@@ -22,7 +22,7 @@ func open(t *testing.T) (*store.Store, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	if _, _, err := store.Migrate(ctx, s.Pool()); err != nil {
+	if _, _, err := store.Migrate(ctx, s.DB()); err != nil {
 		t.Fatal(err)
 	}
 	return s, &deposed
@@ -31,13 +31,13 @@ func open(t *testing.T) (*store.Store, *atomic.Int64) {
 func TestMigrateUpDownUp(t *testing.T) {
 	s, _ := open(t)
 	ctx := context.Background()
-	if v, err := store.Version(ctx, s.Pool()); err != nil || v != store.Latest() {
+	if v, err := store.Version(ctx, s.DB()); err != nil || v != store.Latest() {
 		t.Fatalf("version %d, %v; want %d", v, err, store.Latest())
 	}
-	if _, to, err := store.Rollback(ctx, s.Pool(), store.Latest()); err != nil || to != 0 {
+	if _, to, err := store.Rollback(ctx, s.DB(), store.Latest()); err != nil || to != 0 {
 		t.Fatalf("rollback to %d: %v", to, err)
 	}
-	if _, to, err := store.Migrate(ctx, s.Pool()); err != nil || to != store.Latest() {
+	if _, to, err := store.Migrate(ctx, s.DB()); err != nil || to != store.Latest() {
 		t.Fatalf("migrate to %d: %v", to, err)
 	}
 }
@@ -70,7 +70,7 @@ func TestFencedRefusesOldTerm(t *testing.T) {
 		t.Fatalf("OnDeposed called %d times", deposed.Load())
 	}
 	var n int
-	s.Pool().QueryRow(ctx, `SELECT count(*) FROM pools WHERE name = 'two'`).Scan(&n)
+	s.DB().QueryRow(ctx, `SELECT count(*) FROM pools WHERE name = 'two'`).Scan(&n)
 	if n != 0 {
 		t.Fatal("the refused write left a row")
 	}
@@ -116,7 +116,7 @@ func TestBumpWaitsForWriteUnderWay(t *testing.T) {
 	}
 	<-bumped
 	var n int
-	s.Pool().QueryRow(ctx, `SELECT count(*) FROM pools WHERE name = 'late'`).Scan(&n)
+	s.DB().QueryRow(ctx, `SELECT count(*) FROM pools WHERE name = 'late'`).Scan(&n)
 	if n != 1 {
 		t.Fatal("write lost")
 	}
