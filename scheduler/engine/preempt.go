@@ -91,7 +91,6 @@ func (pl *planner) preempt() {
 	}
 }
 
-
 func (pl *planner) reservedFor(a *app) int {
 	k := 0
 	for _, r := range pl.plan.reservations {
@@ -160,7 +159,6 @@ func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
 		}
 	}
 }
-
 
 func (p *pool) pendingApps() []*app {
 	var out []*app
