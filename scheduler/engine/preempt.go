@@ -192,9 +192,19 @@ func (p *pool) pendingApps() []*app {
 func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*pool]resource.Vector) bool {
 	c := pl.c
 	req := a.m.Spec.Resources
-	reserved := map[string]bool{}
+	// what earlier reservations on a node will free and claim
+	pendingFree := map[string]resource.Vector{}
 	for _, r := range pl.plan.reservations {
-		reserved[r.node] = true
+		v := pendingFree[r.node]
+		for _, id := range r.victims {
+			if i := c.insts[id]; i != nil && i.onNode {
+				v = v.Add(i.res)
+			}
+		}
+		if ra := c.apps[r.app]; ra != nil {
+			v = v.Sub(ra.m.Spec.Resources)
+		}
+		pendingFree[r.node] = v
 	}
 	s := &a.m.Spec
 	var (
@@ -204,7 +214,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 	)
 	m := allDims
 	for _, n := range c.nodeList {
-		if !n.ready() || reserved[n.m.Name] || !req.Fits(n.alloc) || !matches(s.Constraints, n) {
+		if !n.ready() || !req.Fits(n.alloc) || !matches(s.Constraints, n) {
 			continue
 		}
 		if s.Spread > 0 && n.appCount[a] >= s.Spread {
@@ -238,7 +248,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 			}
 			return vx.id < vy.id
 		})
-		f := n.free()
+		f := n.free().Add(pendingFree[n.m.Name])
 		var chosen []*inst
 		prio := 0
 		for _, v := range cands {
