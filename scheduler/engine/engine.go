@@ -212,6 +212,7 @@ type inst struct {
 	m       model.Instance // as last upserted (exit code, transitions...)
 
 	onNode  bool // holds res on node
+	fresh   bool // placed by the plan being made (never a victim in it)
 	counted bool // counted in app/pool usage
 	k       contrib
 }

@@ -37,27 +37,47 @@ func share(v, total resource.Vector, m *dimMask) float64 {
 	return s
 }
 
-// needy: below its min target in some masked dimension.
-func needy(usage, minT resource.Vector, m *dimMask) bool {
-	for d := range usage {
-		if m[d] && minT[d] > 0 && usage[d] < minT[d] {
-			return true
-		}
-	}
-	return false
-}
-
-// minRatio is the largest usage/min over the masked dimensions with a min.
-func minRatio(usage, minT resource.Vector, m *dimMask) float64 {
-	r := 0.0
-	for d := range usage {
-		if m[d] && minT[d] > 0 {
-			if f := float64(usage[d]) / float64(minT[d]); f > r {
-				r = f
+// dominantDim is the masked dimension in which v's share of total is
+// largest; -1 when v is zero there.
+func dominantDim(v, total resource.Vector, m *dimMask) int {
+	best, s := -1, 0.0
+	for d := range v {
+		if m[d] && total[d] > 0 {
+			if f := float64(v[d]) / float64(total[d]); f > s {
+				best, s = d, f
 			}
 		}
 	}
-	return r
+	return best
+}
+
+// needy is YARN's rule for DRF: below the min target in the dimension
+// that dominates the usage (with no usage yet: any min at all). A pool
+// whose apps are cpu-heavy meets a {cpu, memory} min once its cpu does.
+func needy(usage, minT resource.Vector, total resource.Vector, m *dimMask) bool {
+	d := dominantDim(usage, total, m)
+	if d < 0 {
+		for e := range minT {
+			if m[e] && minT[e] > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	return usage[d] < minT[d]
+}
+
+// minRatio is usage/min in the usage's dominant dimension (0 with no
+// usage, +Inf with no min there).
+func minRatio(usage, minT resource.Vector, total resource.Vector, m *dimMask) float64 {
+	d := dominantDim(usage, total, m)
+	if d < 0 {
+		return 0
+	}
+	if minT[d] <= 0 {
+		return math.Inf(1)
+	}
+	return float64(usage[d]) / float64(minT[d])
 }
 
 // less orders the children of a pool with policy pol: higher priority
@@ -76,12 +96,12 @@ func (c *Cluster) less(pol model.Policy, x, y *schedKey) bool {
 		return x.name < y.name
 	}
 	m := maskOf(pol)
-	xn, yn := needy(x.usage, x.minT, &m), needy(y.usage, y.minT, &m)
+	xn, yn := needy(x.usage, x.minT, c.total, &m), needy(y.usage, y.minT, c.total, &m)
 	if xn != yn {
 		return xn
 	}
 	if xn {
-		if rx, ry := minRatio(x.usage, x.minT, &m), minRatio(y.usage, y.minT, &m); rx != ry {
+		if rx, ry := minRatio(x.usage, x.minT, c.total, &m), minRatio(y.usage, y.minT, c.total, &m); rx != ry {
 			return rx < ry
 		}
 	} else {
@@ -110,8 +130,11 @@ func (c *Cluster) prepareDemand() {
 		}
 		a.pool.sk.demand = a.pool.sk.demand.Add(a.sk.demand)
 	}
-	// children before parents: deepest first
+	// children before parents: deepest first. A parent's min target is
+	// at least what its children's add up to, so a leaf's min is served
+	// first at every level, not only among its siblings.
 	ps := c.poolsByDepth()
+	kidsMin := make(map[*pool]resource.Vector, len(ps))
 	for j := len(ps) - 1; j >= 0; j-- {
 		p := ps[j]
 		for d := range p.sk.demand {
@@ -119,9 +142,10 @@ func (c *Cluster) prepareDemand() {
 				p.sk.demand[d] = p.m.Max[d]
 			}
 		}
-		p.sk.minT = p.m.Min.Min(p.sk.demand)
+		p.sk.minT = p.m.Min.Max(kidsMin[p]).Min(p.sk.demand)
 		if p.parent != nil {
 			p.parent.sk.demand = p.parent.sk.demand.Add(p.sk.demand)
+			kidsMin[p.parent] = kidsMin[p.parent].Add(p.sk.minT)
 		}
 	}
 }
@@ -143,17 +167,21 @@ func (c *Cluster) poolsByDepth() []*pool {
 // ---- fair shares
 
 // FairShares is each pool's weighted fair share of the ready nodes'
-// capacity under the current demand (usage plus missing instances):
-// hierarchical weighted DRF by progressive filling. At every level a
-// child's allocation grows along its demand vector so that its dominant
-// share is max(its min's share, weight × t), never beyond its demand (max
-// already caps demand); t rises until a dimension of the parent's share
-// runs out, the children using that dimension stop there, and the rest go
-// on. If the mins alone do not fit they are scaled down together. Pools
-// without demand get zero.
+// capacity under the current demand (what its apps hold that is live plus
+// what they miss): the allocation DRF's progressive filling reaches on
+// the cluster taken as one machine. Instances are handed out one at a
+// time by the same ordering the scheduler uses (needy pools first, then
+// smallest dominant share over weight, each pool's policy among its
+// children, max and maxInstances respected) until nothing more fits in
+// the aggregate capacity. What the real scheduler does differs from this
+// only by what nodes impose: fragmentation, constraints, spread and host
+// ports; preemption (when configured) repairs the difference.
 func (c *Cluster) FairShares() map[string]resource.Vector {
 	for _, a := range c.apps {
 		a.missing = c.wanted(a) - a.cnt.live
+		if a.missing < 0 {
+			a.missing = 0
+		}
 	}
 	c.prepareDemand()
 	c.computeFair()
@@ -172,193 +200,75 @@ func (c *Cluster) wanted(a *app) int {
 	return a.m.Spec.Instances
 }
 
+// computeFair runs the fluid allocation. It borrows the schedulables'
+// usage fields and heaps and restores them.
 func (c *Cluster) computeFair() {
+	type saved struct {
+		u resource.Vector
+		n int
+	}
+	apps := c.sortedApps()
+	keep := make(map[*schedKey]saved, len(apps)+len(c.pools))
+	left := make(map[*app]int, len(apps))
+	for _, a := range apps {
+		keep[&a.sk] = saved{a.sk.usage, a.sk.count}
+		a.sk.usage, a.sk.count, a.sk.hidx = resource.Vector{}, 0, -1
+		if !a.stub && a.pool != nil {
+			left[a] = a.cnt.live + a.missing
+		}
+	}
 	for _, p := range c.pools {
-		p.fair = resource.Vector{}
+		keep[&p.sk] = saved{p.sk.usage, p.sk.count}
+		p.sk.usage, p.sk.count, p.sk.hidx = resource.Vector{}, 0, -1
+		p.heap, p.active = p.heap[:0], false
 	}
-	c.root.fair = c.total.Min(c.root.sk.demand)
-	c.divide(c.root)
-}
-
-func (c *Cluster) divide(p *pool) {
-	if len(p.children) == 0 {
-		return
-	}
-	kids := make([]*pool, 0, len(p.children))
-	for _, ch := range p.children {
-		kids = append(kids, ch)
-	}
-	sort.Slice(kids, func(i, j int) bool { return kids[i].sk.name < kids[j].sk.name })
-	m := maskOf(p.m.EffectivePolicy())
-	capacity := p.fair
-	// what the parent's own apps (if any) take comes off first
-	for _, a := range p.apps {
-		capacity = capacity.Sub(a.sk.demand).Max(resource.Vector{})
-	}
-	allocs := waterfill(kids, capacity, c.total, &m)
-	for j, ch := range kids {
-		ch.fair = allocs[j]
-		c.divide(ch)
-	}
-}
-
-type fvec [resource.NumDims]float64
-
-func waterfill(kids []*pool, capacity, total resource.Vector, m *dimMask) []resource.Vector {
-	n := len(kids)
-	ds := make([]float64, n)
-	ms := make([]float64, n)
-	w := make([]float64, n)
-	frozen := make([]bool, n)
-	alloc := make([]fvec, n)
-	for j, k := range kids {
-		ds[j] = share(k.sk.demand, total, m)
-		ms[j] = math.Min(share(k.sk.minT, total, m), ds[j])
-		w[j] = k.sk.weight
-		if ds[j] == 0 {
-			frozen[j] = true
+	pl := &planner{c: c}
+	for _, a := range apps {
+		if left[a] > 0 {
+			pl.activate(&a.sk)
 		}
 	}
-	at := func(j int, s float64) fvec {
-		var v fvec
-		if ds[j] == 0 {
-			return v
+	remaining := c.total
+	for len(c.root.heap) > 0 {
+		sk := c.root.heap[0]
+		for sk.a == nil {
+			sk = sk.p.heap[0]
 		}
-		f := math.Min(s, ds[j]) / ds[j]
-		for d := range v {
-			v[d] = float64(kids[j].sk.demand[d]) * f
-		}
-		return v
-	}
-	fits := func(level func(j int) float64) bool {
-		var sum fvec
-		for j := range kids {
-			var v fvec
-			if frozen[j] {
-				v = alloc[j]
+		a := sk.a
+		req := a.m.Spec.Resources
+		if bp, reason := pl.limit(a, req); reason != "" {
+			if bp != nil && bp.parent == nil {
+				break
+			}
+			if bp != nil {
+				pl.deactivate(&bp.sk)
 			} else {
-				v = at(j, level(j))
+				pl.deactivate(&a.sk)
 			}
-			for d := range sum {
-				sum[d] += v[d]
-			}
+			continue
 		}
-		for d := range sum {
-			if sum[d] > float64(capacity[d])*(1+1e-12) {
-				return false
-			}
+		if !req.Fits(remaining) {
+			pl.deactivate(&a.sk)
+			continue
 		}
-		return true
-	}
-	for {
-		active := 0
-		hi := 0.0
-		for j := range kids {
-			if !frozen[j] {
-				active++
-				hi = math.Max(hi, ds[j]/w[j])
-			}
+		remaining = remaining.Sub(req)
+		a.sk.usage = a.sk.usage.Add(req)
+		a.sk.count++
+		for p := a.pool; p != nil; p = p.parent {
+			p.sk.usage = p.sk.usage.Add(req)
+			p.sk.count++
 		}
-		if active == 0 {
-			break
-		}
-		atMin := func(j int) float64 { return ms[j] }
-		if !fits(atMin) {
-			// the mins do not fit: scale them down together
-			lo, up := 0.0, 1.0
-			for it := 0; it < 60; it++ {
-				mid := (lo + up) / 2
-				if fits(func(j int) float64 { return ms[j] * mid }) {
-					lo = mid
-				} else {
-					up = mid
-				}
-			}
-			for j := range kids {
-				if !frozen[j] {
-					alloc[j] = at(j, ms[j]*lo)
-					frozen[j] = true
-				}
-			}
-			break
-		}
-		level := func(t float64) func(j int) float64 {
-			return func(j int) float64 { return math.Max(ms[j], w[j]*t) }
-		}
-		if fits(level(hi)) {
-			for j := range kids {
-				if !frozen[j] {
-					alloc[j] = at(j, level(hi)(j))
-					frozen[j] = true
-				}
-			}
-			break
-		}
-		lo, up := 0.0, hi
-		for it := 0; it < 60; it++ {
-			mid := (lo + up) / 2
-			if fits(level(mid)) {
-				lo = mid
-			} else {
-				up = mid
-			}
-		}
-		var sum fvec
-		for j := range kids {
-			if !frozen[j] {
-				alloc[j] = at(j, level(lo)(j))
-			}
-			for d := range sum {
-				sum[d] += alloc[j][d]
-			}
-		}
-		// the dimensions that ran out (within what one more step of the
-		// search would add) stop every active child that uses them
-		var sat [resource.NumDims]bool
-		up2 := level(up)
-		var next fvec
-		for j := range kids {
-			v := alloc[j]
-			if !frozen[j] {
-				v = at(j, up2(j))
-			}
-			for d := range next {
-				next[d] += v[d]
-			}
-		}
-		for d := range sum {
-			if next[d] > float64(capacity[d])*(1+1e-12) || sum[d] >= float64(capacity[d])*(1-1e-9) {
-				sat[d] = capacity[d] > 0 || sum[d] > 0
-			}
-		}
-		progressed := false
-		for j := range kids {
-			if frozen[j] {
-				continue
-			}
-			for d := range sat {
-				if sat[d] && kids[j].sk.demand[d] > 0 {
-					frozen[j] = true
-					progressed = true
-					break
-				}
-			}
-		}
-		if !progressed {
-			for j := range kids {
-				frozen[j] = true
-			}
+		if left[a]--; left[a] == 0 {
+			pl.deactivate(&a.sk)
+		} else {
+			pl.fixUp(&a.sk)
 		}
 	}
-	out := make([]resource.Vector, n)
-	for j := range kids {
-		for d := range out[j] {
-			x := alloc[j][d]
-			if r := math.Round(x); math.Abs(x-r) < 1e-3 {
-				x = r
-			}
-			out[j][d] = int64(x)
-		}
+	for _, p := range c.pools {
+		p.fair = p.sk.usage
+		p.heap, p.active, p.sk.hidx = p.heap[:0], false, -1
 	}
-	return out
+	for sk, v := range keep {
+		sk.usage, sk.count, sk.hidx = v.u, v.n, -1
+	}
 }

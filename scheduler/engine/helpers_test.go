@@ -104,13 +104,16 @@ func stopsBy(p *Plan, reason string) []string {
 // twice on a node, the index agrees with the nodes, usage sums agree.
 func checkInvariants(t testing.TB, c *Cluster) {
 	t.Helper()
+	byNode := map[*node][]*inst{}
+	for _, i := range c.insts {
+		if i.node != nil && !i.state.Terminal() {
+			byNode[i.node] = append(byNode[i.node], i)
+		}
+	}
 	for _, n := range c.nodeList {
 		var used resource.Vector
 		ports := map[int]string{}
-		for _, i := range c.insts {
-			if i.node != n || i.state.Terminal() {
-				continue
-			}
+		for _, i := range byNode[n] {
 			used = used.Add(i.res)
 			for _, hp := range i.ports {
 				if other, dup := ports[hp.port]; dup {

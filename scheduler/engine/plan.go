@@ -372,7 +372,7 @@ func (pl *planner) place(a *app, n *node) {
 	c := pl.c
 	id := pl.newID(a)
 	i := &inst{id: id, app: a, version: a.m.Version, node: n, nodeNm: n.m.Name,
-		state: model.Assigned, desired: model.DesiredRun, res: a.m.Spec.Resources}
+		state: model.Assigned, desired: model.DesiredRun, res: a.m.Spec.Resources, fresh: true}
 	i.ports = c.assignPorts(a, n)
 	var hp map[string]int
 	if len(i.ports) > 0 {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"math"
 	"sort"
 	"time"
 
@@ -106,9 +107,18 @@ func (pl *planner) reservedFor(a *app) int {
 func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
 	c := pl.c
 	m := allDims
-	minStarved := needy(p.sk.usage, p.sk.minT, &m)
+	minStarved := needy(p.sk.usage, p.sk.minT, c.total, &m)
+	// Fair-share starvation counts whole instances: a pool is starved when
+	// even one more of its pending instances would leave it at or below
+	// threshold × fair share (a pool within one instance of its share is
+	// not starved, so the rounding of instances causes no churn).
+	apps := p.pendingApps()
+	var step float64
+	for _, a := range apps {
+		step = math.Max(step, share(a.m.Spec.Resources, c.total, &m))
+	}
 	fairT := p.m.EffectiveThreshold() * share(p.fair, c.total, &m)
-	fairStarved := share(p.sk.usage, c.total, &m) < fairT-eps
+	fairStarved := len(apps) > 0 && share(p.sk.usage, c.total, &m)+step <= fairT+eps
 	if minStarved {
 		if p.minSince.IsZero() {
 			p.minSince = pl.now
@@ -133,16 +143,15 @@ func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
 	u := p.sk.usage
 	fairS := share(p.fair, c.total, &m)
 	satisfied := func() bool {
-		if minDue && needy(u, p.sk.minT, &m) {
+		if minDue && needy(u, p.sk.minT, c.total, &m) {
 			return false
 		}
-		if fairDue && share(u, c.total, &m) < fairS-eps {
+		if fairDue && share(u, c.total, &m)+step <= fairS+eps {
 			return false
 		}
 		return true
 	}
 	need := 0
-	apps := p.pendingApps()
 	for _, a := range apps {
 		for k := 0; k < a.missing && !satisfied(); k++ {
 			u = u.Add(a.m.Spec.Resources)
@@ -213,7 +222,36 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 		bestPrio, bestCnt int
 	)
 	m := allDims
-	for _, n := range c.nodeList {
+	// Gather the eligible victims by node, visiting only the pools that
+	// could give anything (above their fair share, or the starved pool
+	// itself for priority preemption).
+	byNode := map[*node][]*inst{}
+	for _, vp := range c.poolsByDepth() {
+		if len(vp.apps) == 0 {
+			continue
+		}
+		if cross {
+			if vp == starved || share(vp.sk.usage.Sub(removed[vp]), c.total, &m) <= share(vp.fair, c.total, &m)+eps {
+				continue
+			}
+		} else if vp != starved {
+			continue
+		}
+		for _, va := range sortedAppsOf(vp) {
+			for _, v := range va.insts {
+				if v.node != nil && pl.eligible(v, a, starved, cross, removed) {
+					byNode[v.node] = append(byNode[v.node], v)
+				}
+			}
+		}
+	}
+	nodes := make([]*node, 0, len(byNode))
+	for n := range byNode {
+		nodes = append(nodes, n)
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].idx < nodes[j].idx })
+	for _, n := range nodes {
+		cands := byNode[n]
 		if !n.ready() || !req.Fits(n.alloc) || !matches(s.Constraints, n) {
 			continue
 		}
@@ -227,15 +265,6 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 			}
 		}
 		if portClash {
-			continue
-		}
-		var cands []*inst
-		for _, v := range n.insts {
-			if pl.eligible(v, a, starved, cross, removed) {
-				cands = append(cands, v)
-			}
-		}
-		if len(cands) == 0 {
 			continue
 		}
 		sort.Slice(cands, func(x, y int) bool {
@@ -287,7 +316,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 }
 
 func (pl *planner) eligible(v *inst, a *app, starved *pool, cross bool, removed map[*pool]resource.Vector) bool {
-	if !v.k.live || v.app == a || v.app.stub || v.app.pool == nil {
+	if !v.k.live || v.fresh || v.app == a || v.app.stub || v.app.pool == nil {
 		return false
 	}
 	if !cross {
@@ -322,4 +351,13 @@ func lca(x, y *pool) *pool {
 		x, y = x.parent, y.parent
 	}
 	return x
+}
+
+func sortedAppsOf(p *pool) []*app {
+	out := make([]*app, 0, len(p.apps))
+	for _, a := range p.apps {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].sk.name < out[j].sk.name })
+	return out
 }
