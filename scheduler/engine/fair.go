@@ -169,7 +169,9 @@ func (c *Cluster) poolsByDepth() []*pool {
 // FairShares is each pool's weighted fair share of the ready nodes'
 // capacity under the current demand (what its apps hold that is live plus
 // what they miss): the allocation DRF's progressive filling reaches on
-// the cluster taken as one machine. Instances are handed out one at a
+// the cluster taken as one machine. Capacity that no missing instance
+// fits into (a node's leftover cpu when its memory is full) is nobody's
+// share and is left out. Instances are handed out one at a
 // time by the same ordering the scheduler uses (needy pools first, then
 // smallest dominant share over weight, each pool's policy among its
 // children, max and maxInstances respected) until nothing more fits in
@@ -228,7 +230,7 @@ func (c *Cluster) computeFair() {
 			pl.activate(&a.sk)
 		}
 	}
-	remaining := c.total
+	remaining := c.usable()
 	for len(c.root.heap) > 0 {
 		sk := c.root.heap[0]
 		for sk.a == nil {
@@ -271,4 +273,52 @@ func (c *Cluster) computeFair() {
 	for sk, v := range keep {
 		sk.usage, sk.count, sk.hidx = v.u, v.n, -1
 	}
+}
+
+// usable is the ready nodes' capacity less the fragments nothing missing
+// can use: a node's free vector counts only if at least one missing
+// instance's request fits in it. Distinct requests are compared up to 64;
+// beyond that their per-dimension minimum stands in (a free vector it
+// does not fit is certainly unusable).
+func (c *Cluster) usable() resource.Vector {
+	var shapes []resource.Vector
+	seen := map[resource.Vector]bool{}
+	var floor resource.Vector
+	first := true
+	for _, a := range c.sortedApps() {
+		if a.missing <= 0 || a.stub {
+			continue
+		}
+		r := a.m.Spec.Resources
+		if first {
+			floor, first = r, false
+		} else {
+			floor = floor.Min(r)
+		}
+		if !seen[r] {
+			seen[r] = true
+			shapes = append(shapes, r)
+		}
+	}
+	if len(shapes) > 64 {
+		shapes = []resource.Vector{floor}
+	}
+	total := c.total
+	for _, n := range c.nodeList {
+		if !n.ready() {
+			continue
+		}
+		free := n.free()
+		fits := false
+		for _, r := range shapes {
+			if r.Fits(free) {
+				fits = true
+				break
+			}
+		}
+		if !fits {
+			total = total.Sub(free.Max(resource.Vector{}))
+		}
+	}
+	return total
 }
