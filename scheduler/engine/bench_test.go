@@ -27,14 +27,17 @@ import (
 // checked at the end. Run it with `make bench-scheduler`.
 func BenchmarkPlacement10kNodes(b *testing.B) {
 	for k := 0; k < b.N; k++ {
-		benchPlacement(b, 10000, 50, 50, 150000)
+		benchPlacement(b, 10000, 50, 50, 150000, true)
 	}
 }
 
-func benchPlacement(b testing.TB, nodes, groups, leavesPer, target int) {
+func benchPlacement(b testing.TB, nodes, groups, leavesPer, target int, metrics bool) *Cluster {
 	start, stop, report := func() {}, func() {}, func(float64, string) {}
 	if bb, ok := b.(*testing.B); ok {
-		start, stop, report = bb.StartTimer, bb.StopTimer, bb.ReportMetric
+		start, stop = bb.StartTimer, bb.StopTimer
+		if metrics {
+			report = bb.ReportMetric
+		}
 	}
 	stop()
 	rng := rand.New(rand.NewSource(1))
@@ -144,12 +147,64 @@ func benchPlacement(b testing.TB, nodes, groups, leavesPer, target int) {
 	b.Logf("%d nodes, %d pools, %d apps, %d instances in %d bursts: plan %v, apply %v; decision p50 %v p99 %v max %v; burst plan p50 %v p99 %v; heap in use %d MiB",
 		nodes, len(pools), len(apps), placed, len(bursts), planTime, applyTime, q(decisions, 0.5), q(decisions, 0.99), decisions[len(decisions)-1],
 		q(bursts, 0.5), q(bursts, 0.99), ms.HeapInuse>>20)
+	return c
+}
+
+// BenchmarkPlanSteady10kNodes: the same cluster once it holds its 150,000
+// instances, every pool with preemption timeouts (so each plan also
+// computes the fair shares and checks starvation) and half of the apps
+// scaled up by 10 (placed by one plan, not timed). It then times ten plans
+// of the server's loop in that steady state, where nothing changes: the
+// fixed cost of a scheduling pass at this size.
+func BenchmarkPlanSteady10kNodes(b *testing.B) {
+	for k := 0; k < b.N; k++ {
+		b.StopTimer()
+		c := benchPlacement(b, 10000, 50, 50, 150000, false)
+		for _, p := range c.pools {
+			if p.parent != nil {
+				m := p.m
+				m.MinSharePreemptionTimeout = model.Duration(time.Minute)
+				m.FairSharePreemptionTimeout = model.Duration(5 * time.Minute)
+				c.UpsertPool(m)
+			}
+		}
+		// half of the apps ask for 10 more; the first plan places them
+		now := t0.Add(time.Hour)
+		for j, a := range c.sortedApps() {
+			if j%2 == 0 {
+				m := a.m
+				m.Spec.Instances += 10
+				c.UpsertApp(m)
+			}
+		}
+		first := c.Plan(now)
+		c.Apply(first)
+		checkInvariants(b, c)
+		var ds []time.Duration
+		for j := 0; j < 10; j++ {
+			now = now.Add(time.Second)
+			b.StartTimer()
+			t1 := time.Now()
+			p := c.Plan(now)
+			ds = append(ds, time.Since(t1))
+			b.StopTimer()
+			if !p.Empty() {
+				b.Fatalf("steady plan changed something: %d placed, %d stopped", len(p.Place), len(p.Stop))
+			}
+		}
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1e3, "p50-plan-ms")
+		b.ReportMetric(float64(ds[len(ds)-1].Microseconds())/1e3, "max-plan-ms")
+		b.Logf("steady plans: p50 %v max %v (first plan placed %d)", ds[len(ds)/2], ds[len(ds)-1], len(first.Place))
+	}
 }
 
 // A small version of the benchmark that runs with the tests, so the
 // benchmark's code and its invariant checks stay working.
 func TestPlacementBenchSmall(t *testing.T) {
-	benchPlacement(t, 400, 5, 10, 3000)
+	if c := benchPlacement(t, 400, 5, 10, 3000, false); len(c.insts) != 3000 {
+		t.Fatalf("%d instances", len(c.insts))
+	}
 }
 
 var _ = resource.CPU

@@ -163,6 +163,10 @@ type schedKey struct {
 	// plan-time
 	demand resource.Vector
 	minT   resource.Vector
+	needy  bool    // cached ordering key, see Cluster.refresh
+	rank   float64 // usage/min when needy, else dominant share / weight
+	saveU  resource.Vector
+	saveN  int
 }
 
 type pool struct {
@@ -196,6 +200,7 @@ type app struct {
 	scanFrom int
 	blocked  string
 	unplaced int
+	fairLeft int
 }
 
 type inst struct {

@@ -95,23 +95,29 @@ func (c *Cluster) less(pol model.Policy, x, y *schedKey) bool {
 		}
 		return x.name < y.name
 	}
-	m := maskOf(pol)
-	xn, yn := needy(x.usage, x.minT, c.total, &m), needy(y.usage, y.minT, c.total, &m)
-	if xn != yn {
-		return xn
+	if x.needy != y.needy {
+		return x.needy
 	}
-	if xn {
-		if rx, ry := minRatio(x.usage, x.minT, c.total, &m), minRatio(y.usage, y.minT, c.total, &m); rx != ry {
-			return rx < ry
-		}
-	} else {
-		sx := share(x.usage, c.total, &m) / x.weight
-		sy := share(y.usage, c.total, &m) / y.weight
-		if sx != sy {
-			return sx < sy
-		}
+	if x.rank != y.rank {
+		return x.rank < y.rank
 	}
 	return x.name < y.name
+}
+
+// refresh recomputes a schedulable's cached ordering key (needy, and
+// usage/min or dominant share over weight) after its usage changed, under
+// the policy of the pool it sits in.
+func (c *Cluster) refresh(pol model.Policy, sk *schedKey) {
+	if pol == model.PolicyFIFO {
+		return
+	}
+	m := maskOf(pol)
+	sk.needy = needy(sk.usage, sk.minT, c.total, &m)
+	if sk.needy {
+		sk.rank = minRatio(sk.usage, sk.minT, c.total, &m)
+	} else {
+		sk.rank = share(sk.usage, c.total, &m) / sk.weight
+	}
 }
 
 // ---- demand
@@ -205,28 +211,23 @@ func (c *Cluster) wanted(a *app) int {
 // computeFair runs the fluid allocation. It borrows the schedulables'
 // usage fields and heaps and restores them.
 func (c *Cluster) computeFair() {
-	type saved struct {
-		u resource.Vector
-		n int
-	}
 	apps := c.sortedApps()
-	keep := make(map[*schedKey]saved, len(apps)+len(c.pools))
-	left := make(map[*app]int, len(apps))
 	for _, a := range apps {
-		keep[&a.sk] = saved{a.sk.usage, a.sk.count}
+		a.sk.saveU, a.sk.saveN = a.sk.usage, a.sk.count
 		a.sk.usage, a.sk.count, a.sk.hidx = resource.Vector{}, 0, -1
+		a.fairLeft = 0
 		if !a.stub && a.pool != nil {
-			left[a] = a.cnt.live + a.missing
+			a.fairLeft = a.cnt.live + a.missing
 		}
 	}
 	for _, p := range c.pools {
-		keep[&p.sk] = saved{p.sk.usage, p.sk.count}
+		p.sk.saveU, p.sk.saveN = p.sk.usage, p.sk.count
 		p.sk.usage, p.sk.count, p.sk.hidx = resource.Vector{}, 0, -1
 		p.heap, p.active = p.heap[:0], false
 	}
 	pl := &planner{c: c}
 	for _, a := range apps {
-		if left[a] > 0 {
+		if a.fairLeft > 0 {
 			pl.activate(&a.sk)
 		}
 	}
@@ -260,7 +261,7 @@ func (c *Cluster) computeFair() {
 			p.sk.usage = p.sk.usage.Add(req)
 			p.sk.count++
 		}
-		if left[a]--; left[a] == 0 {
+		if a.fairLeft--; a.fairLeft == 0 {
 			pl.deactivate(&a.sk)
 		} else {
 			pl.fixUp(&a.sk)
@@ -268,10 +269,11 @@ func (c *Cluster) computeFair() {
 	}
 	for _, p := range c.pools {
 		p.fair = p.sk.usage
-		p.heap, p.active, p.sk.hidx = p.heap[:0], false, -1
+		p.heap, p.active = p.heap[:0], false
+		p.sk.usage, p.sk.count, p.sk.hidx = p.sk.saveU, p.sk.saveN, -1
 	}
-	for sk, v := range keep {
-		sk.usage, sk.count, sk.hidx = v.u, v.n, -1
+	for _, a := range apps {
+		a.sk.usage, a.sk.count, a.sk.hidx = a.sk.saveU, a.sk.saveN, -1
 	}
 }
 

@@ -319,6 +319,7 @@ func (pl *planner) placeAll() {
 func (pl *planner) fixUp(sk *schedKey) {
 	for sk != nil && sk.hidx >= 0 {
 		parent := pl.parentOf(sk)
+		pl.c.refresh(parent.m.EffectivePolicy(), sk)
 		pl.fix(parent, sk.hidx)
 		sk = &parent.sk
 		if parent.parent == nil {
@@ -428,6 +429,7 @@ func (pl *planner) lessIn(p *pool, x, y *schedKey) bool {
 }
 
 func (pl *planner) push(p *pool, sk *schedKey) {
+	pl.c.refresh(p.m.EffectivePolicy(), sk)
 	sk.hidx = len(p.heap)
 	p.heap = append(p.heap, sk)
 	pl.up(p, sk.hidx)
