@@ -786,3 +786,27 @@ func sortedInsts(m map[string]*inst) []*inst {
 	sort.Slice(out, func(x, y int) bool { return out[x].id < out[y].id })
 	return out
 }
+
+// CanFit reports whether one instance of spec could ever be placed on the
+// current nodes: some ready or draining node's allocatable capacity (with
+// nothing running) holds the request in all six dimensions and meets the
+// constraints. The reason names what is missing when it cannot.
+func (c *Cluster) CanFit(spec model.AppSpec) (bool, string) {
+	sawConstraint := false
+	for _, n := range c.nodeList {
+		if n.down() {
+			continue
+		}
+		if !matches(spec.Constraints, n) {
+			continue
+		}
+		sawConstraint = true
+		if spec.Resources.Fits(n.alloc) {
+			return true, ""
+		}
+	}
+	if !sawConstraint && (spec.Constraints.IDC != "" || len(spec.Constraints.Labels) > 0) {
+		return false, "no node matches the constraints"
+	}
+	return false, fmt.Sprintf("no node is big enough for %s", spec.Resources)
+}

@@ -258,9 +258,23 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 		if s.Spread > 0 && n.appCount[a] >= s.Spread {
 			continue
 		}
+		// a fixed host port held on this node must be freed too: its
+		// holder has to be one of the victims
+		var forced []*inst
 		portClash := false
 		for _, p := range s.Ports {
-			if _, used := n.ports[p.HostPort]; p.HostPort != 0 && used {
+			holder, used := n.ports[p.HostPort]
+			if p.HostPort == 0 || !used {
+				continue
+			}
+			found := false
+			for _, v := range cands {
+				if v.id == holder {
+					forced = append(forced, v)
+					found = true
+				}
+			}
+			if !found {
 				portClash = true
 			}
 		}
@@ -280,9 +294,27 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 		f := n.free().Add(pendingFree[n.m.Name])
 		var chosen []*inst
 		prio := 0
+		isForced := func(v *inst) bool {
+			for _, x := range forced {
+				if x == v {
+					return true
+				}
+			}
+			return false
+		}
+		for _, v := range forced {
+			chosen = append(chosen, v)
+			f = f.Add(v.res)
+			if len(chosen) == 1 || v.app.sk.priority > prio {
+				prio = v.app.sk.priority
+			}
+		}
 		for _, v := range cands {
 			if req.Fits(f) {
 				break
+			}
+			if isForced(v) {
+				continue
 			}
 			chosen = append(chosen, v)
 			f = f.Add(v.res)

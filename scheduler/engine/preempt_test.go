@@ -185,3 +185,44 @@ func TestPriorityPreemptionInPool(t *testing.T) {
 		t.Fatalf("equal priority preempted: %+v", p.Stop)
 	}
 }
+
+// A starved pool whose app needs a fixed host port takes the node whose
+// port holder it may preempt.
+func TestPreemptionFreesHostPort(t *testing.T) {
+	c := New(Config{})
+	addNode(c, "n1", vec("cpu=8", "memory=80Gi"))
+	c.UpsertPool(model.Pool{Name: "root.a", Min: vec("cpu=1"), MinSharePreemptionTimeout: model.Duration(time.Second)})
+	port := func(a *model.App) { a.Spec.Ports = []model.Port{{Name: "web", ContainerPort: 80, HostPort: 8080}} }
+	addApp(c, "b", "root.b", 1, vec("cpu=1", "memory=1Gi"), port)
+	addApp(c, "fill", "root.b", 7, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0)
+	agent(c)
+	addApp(c, "a", "root.a", 1, vec("cpu=1", "memory=1Gi"), port)
+	step(t, c, t0.Add(time.Second))
+	p := step(t, c, t0.Add(3*time.Second))
+	if len(p.Stop) != 1 {
+		t.Fatalf("stops %+v", p.Stop)
+	}
+	if m, _ := c.Instance(p.Stop[0].ID); m.App != "b" {
+		t.Fatalf("preempted %s, want the holder of port 8080", m.App)
+	}
+	agent(c)
+	p = step(t, c, t0.Add(4*time.Second))
+	if len(p.Place) != 1 || p.Place[0].Instance.App != "a" || p.Place[0].Instance.HostPorts["web"] != 8080 {
+		t.Fatalf("placed %+v", p.Place)
+	}
+}
+
+func TestCanFit(t *testing.T) {
+	c := New(Config{})
+	addNode(c, "n1", vec("cpu=8", "memory=8Gi"), "idc=a")
+	if ok, _ := c.CanFit(model.AppSpec{Resources: vec("cpu=8", "memory=8Gi")}); !ok {
+		t.Fatal("a whole node's worth must fit")
+	}
+	if ok, why := c.CanFit(model.AppSpec{Resources: vec("cpu=9", "memory=1Gi")}); ok || why != "no node is big enough for cpu=9 memory=1Gi" {
+		t.Fatalf("too big: %v %q", ok, why)
+	}
+	if ok, why := c.CanFit(model.AppSpec{Resources: vec("cpu=1"), Constraints: model.Constraints{IDC: "b"}}); ok || why != "no node matches the constraints" {
+		t.Fatalf("constraints: %v %q", ok, why)
+	}
+}
