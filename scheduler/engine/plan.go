@@ -19,6 +19,7 @@ type planner struct {
 	stops  []undoStop
 	cursor int
 	seq    uint64
+	pools  []*pool // by depth, once per plan when preemption needs it
 }
 
 type undoStop struct {

@@ -84,6 +84,16 @@ func (pl *planner) preempt() {
 		if _, reason := pl.limit(a, a.m.Spec.Resources); reason != "" {
 			continue
 		}
+		lower := false
+		for _, o := range a.pool.apps {
+			if o.sk.priority < a.sk.priority && o.cnt.live > 0 {
+				lower = true
+				break
+			}
+		}
+		if !lower {
+			continue
+		}
 		for a.missing-pl.reservedFor(a) > 0 {
 			if !pl.preemptFor(a, a.pool, false, removed) {
 				break
@@ -226,7 +236,14 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 	// could give anything (above their fair share, or the starved pool
 	// itself for priority preemption).
 	byNode := map[*node][]*inst{}
-	for _, vp := range c.poolsByDepth() {
+	givers := []*pool{starved}
+	if cross {
+		if pl.pools == nil {
+			pl.pools = c.poolsByDepth()
+		}
+		givers = pl.pools
+	}
+	for _, vp := range givers {
 		if len(vp.apps) == 0 {
 			continue
 		}
