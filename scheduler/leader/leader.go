@@ -71,9 +71,14 @@ func campaign(ctx context.Context, o Options, lead func(ctx context.Context, ter
 		// out that long after a crash: the term already fences.
 		LockDelay:      time.Millisecond,
 		MonitorRetries: 3,
-		LockWaitTime:   time.Minute,
+		// The blocking query a waiting follower repeats; its stop channel
+		// is looked at between them, so this bounds shutdown.
+		LockWaitTime: time.Second,
 	})
 	if err != nil {
+		return err
+	}
+	if err := waitFree(ctx, o.Consul, Key(o.Cluster)); err != nil {
 		return err
 	}
 	lost, err := lock.Lock(ctx.Done())
@@ -121,4 +126,28 @@ func campaign(ctx context.Context, o Options, lead func(ctx context.Context, ter
 		return nil
 	}
 	return err
+}
+
+// waitFree blocks until the lock's key is held by no session. api.Lock
+// itself would try to acquire the moment the holder's session is
+// invalidated, run into the (1ms) lock-delay, and then wait its fixed
+// retry time (5s) before trying again: waiting here for the key to be
+// free, and a few milliseconds more, saves those seconds of failover.
+func waitFree(ctx context.Context, c *consul.Client, key string) error {
+	var index uint64
+	for {
+		pair, meta, err := c.KV().Get(key, (&consul.QueryOptions{WaitIndex: index, WaitTime: time.Second}).WithContext(ctx))
+		if err != nil {
+			return err
+		}
+		if pair == nil || pair.Session == "" {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
+			return nil
+		}
+		index = meta.LastIndex
+	}
 }

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -118,27 +117,14 @@ func (ls *leaderState) checkPlacement(spec model.AppSpec) error {
 				resource.Format(resource.Dim(d), spec.Resources[d]), spec.Pool, resource.Format(resource.Dim(d), max))
 		}
 	}
-	var largest resource.Vector
-	for _, n := range ls.nodes {
-		a := n.Allocatable()
-		if spec.Resources.Fits(a) {
-			return nil
+	if ok, why := ls.eng.CanFit(spec); !ok {
+		field := "resources"
+		if strings.Contains(why, "constraint") {
+			field = "constraints"
 		}
-		largest = largest.Max(a)
+		return api.Invalid(field, "no node can ever fit one instance: %s", why)
 	}
-	if len(ls.nodes) == 0 {
-		return api.Invalid("resources", "no node has registered: nothing can fit %s", spec.Resources)
-	}
-	var over []string
-	for d := range resource.Dims {
-		if spec.Resources[d] > largest[d] {
-			over = append(over, fmt.Sprintf("%s %s > %s", resource.Dim(d), resource.Format(resource.Dim(d), spec.Resources[d]), resource.Format(resource.Dim(d), largest[d])))
-		}
-	}
-	if len(over) > 0 {
-		return api.Invalid("resources", "no node can ever fit one instance (%s, the most any node has)", strings.Join(over, ", "))
-	}
-	return api.Invalid("resources", "no node can ever fit one instance of %s: each node lacks room in some dimension", spec.Resources)
+	return nil
 }
 
 // SubmitApp creates an app at version 1.

@@ -414,10 +414,18 @@ func (ls *leaderState) flushPending(ctx context.Context) error {
 }
 
 // commitPlan writes the plan under the term, then applies it.
-func (ls *leaderState) commitPlan(ctx context.Context, plan engine.Plan, now time.Time) error {
+func (ls *leaderState) commitPlan(ctx context.Context, plan *engine.Plan, now time.Time) error {
 	b := &store.Batch{}
 	placed := make([]model.Instance, 0, len(plan.Place))
+	keep := plan.Place[:0:0]
 	for _, p := range plan.Place {
+		if _, taken := ls.inst[p.Instance.ID]; taken {
+			// an id the engine does not hold (a lost instance awaiting its
+			// node): never overwrite it; the next plan places anew
+			ls.s.log.Warn("placement with an id in use: skipped", "instance", p.Instance.ID)
+			continue
+		}
+		keep = append(keep, p)
 		in := p.Instance
 		in.Desired = model.DesiredRun
 		if in.State == "" {
@@ -436,9 +444,13 @@ func (ls *leaderState) commitPlan(ctx context.Context, plan engine.Plan, now tim
 		in := *cur
 		in.Desired = model.DesiredStop
 		in.Reason = st.Reason
+		if st.Reason == engine.ReasonNodeDown && !in.State.Terminal() {
+			setState(&in, model.Lost, st.Reason, now)
+		}
 		stopped = append(stopped, in)
 	}
 	b.Instances = append(b.Instances, stopped...)
+	plan.Place = keep
 	err := ls.s.write(ctx, ls.term, "plan", b)
 	if err != nil {
 		if errors.Is(err, store.ErrDeposed) {

@@ -183,6 +183,8 @@ func (s *Server) register(leading bool) error {
 			Interval:                       cl.Consul.CheckInterval.String(),
 			Timeout:                        cl.Consul.CheckInterval.String(),
 			DeregisterCriticalServiceAfter: cl.Consul.DeregisterAfter.String(),
+			// Re-registered (tags change with leadership) while serving.
+			Status: consul.HealthPassing,
 		},
 	}
 	if err := s.consul.Agent().ServiceRegister(reg); err != nil {
@@ -216,12 +218,15 @@ func (s *Server) lead(ctx context.Context, term int64) error {
 	go func() { done <- ls.run() }()
 	select {
 	case err = <-done:
+		cancel()
 	case <-ls.deposed:
+		// An API write found the term over. The loop's pass under way (if
+		// any) fails its own next write; it is not waited for.
 		err = store.ErrDeposed
-	}
-	cancel()
-	if err != store.ErrDeposed { // the loop may still be in a pass
-		<-done
+		cancel()
+	case <-ctx.Done():
+		cancel()
+		err = <-done
 	}
 	s.cur.CompareAndSwap(ls, nil)
 	s.metrics.isLeader.Set(0)
