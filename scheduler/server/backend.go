@@ -455,6 +455,7 @@ func (s *Server) Desired(ctx context.Context, node, version string, wait time.Du
 	case <-t.C:
 	case <-ctx.Done():
 	case <-ls.ctx.Done():
+	case <-s.stopping:
 	}
 	s.metrics.polls.WithLabelValues("idle").Inc()
 	return nil, false, nil

@@ -44,6 +44,8 @@ type Server struct {
 	handler http.Handler
 	ready   atomic.Bool
 	cur     atomic.Pointer[leaderState]
+	// stopping is closed at shutdown: long polls answer at once.
+	stopping chan struct{}
 
 	leaderMu  sync.Mutex
 	leaderURL string
@@ -59,7 +61,7 @@ const TestHookIgnoreLoss = "GAIA_TESTHOOK_SCHEDULER_IGNORE_LOCK_LOSS"
 // refusing a schema it does not match) and to Consul.
 func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	reg := prometheus.NewRegistry()
-	s := &Server{cfg: cfg, log: log, metrics: newMetrics(reg), images: newResolver(cfg.Registry)}
+	s := &Server{cfg: cfg, log: log, metrics: newMetrics(reg), images: newResolver(cfg.Registry), stopping: make(chan struct{})}
 	var err error
 	s.store, err = store.Open(ctx, store.Options{URL: cfg.Database.URL, MaxConns: cfg.Database.MaxConns, OnDeposed: s.metrics.deposed.Inc})
 	if err != nil {
@@ -273,6 +275,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.ready.Store(false)
+	close(s.stopping)
 	stopElection()
 	<-elected // the lock is released: another scheduler may lead at once
 	if err := s.consul.Agent().ServiceDeregister(s.serviceID()); err != nil {

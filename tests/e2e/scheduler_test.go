@@ -308,6 +308,11 @@ func TestSchedulerFailover(t *testing.T) {
 	// 2. A paused leader.
 	c := e.start(hook)
 	deposedBefore := harness.Metric(t, b.URL(), "gaia_scheduler_deposed_writes_total")
+	stateWrites := func() float64 {
+		v, _ := harness.ScrapeMetric(nil, b.URL(), "gaia_scheduler_db_writes_total")
+		return v
+	}
+	stateWritesBefore := stateWrites()
 	if err := b.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -326,6 +331,33 @@ func TestSchedulerFailover(t *testing.T) {
 	}, c)
 	b.Signal(syscall.SIGCONT)
 	resumed = true
+	// The paused scheduler resumes believing it leads (it does not watch
+	// its lock). A write sent to it is its own to make: the term check
+	// refuses it.
+	var refused struct{ Error api.Error }
+	code := call(t, b.URL(), schedAdmin, "POST", "/v1/apps/web/scale", map[string]int{"instances": 300}, &refused)
+	if code != http.StatusServiceUnavailable || refused.Error.Code != api.CodeNotLeader {
+		t.Errorf("scale sent to the deposed leader: %d %+v, want 503 not_leader", code, refused)
+	}
+	// Its loop may also have tried to write: nodes silent to it down,
+	// their instances lost and replaced. Give it a few passes.
+	waitFor(t, "the resumed scheduler to write", time.Minute, func() bool { return stateWrites() > stateWritesBefore })
+	// Nothing it wrote got through.
+	if n := dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state <> 'ready'`); n != 0 {
+		t.Errorf("%d nodes not ready: the deposed leader's writes got through", n)
+	}
+	if n := dbCount(t, e.db, `SELECT count(*) FROM instances WHERE app = 'web' AND live`); n != 600 {
+		t.Errorf("%d live instances in the database, want 600", n)
+	}
+	if n := dbCount(t, e.db, `SELECT (app->'spec'->>'instances')::int FROM apps WHERE name = 'web'`); n != 600 {
+		t.Errorf("app web asks for %d instances in the database, want 600", n)
+	}
+	if err := placedOnce(t, e.db, fleet, "web", 600); err != nil {
+		t.Errorf("after the deposed leader resumed: %v", err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
 	waitFor(t, "the deposed scheduler's writes refused by the term check", time.Minute, func() bool {
 		v, err := harness.ScrapeMetric(nil, b.URL(), "gaia_scheduler_deposed_writes_total")
 		return err == nil && v > deposedBefore
@@ -336,17 +368,6 @@ func TestSchedulerFailover(t *testing.T) {
 	}
 	if !strings.Contains(b.Log(), "deposed") {
 		t.Errorf("the deposed scheduler logged no step-down:\n%s", b.Log())
-	}
-	// The deposed leader, whose nodes had all gone silent to it, wanted
-	// them down and their instances replaced: nothing of that is written.
-	if n := dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state <> 'ready'`); n != 0 {
-		t.Errorf("%d nodes not ready: the deposed leader's writes got through", n)
-	}
-	if err := placedOnce(t, e.db, fleet, "web", 600); err != nil {
-		t.Errorf("after the deposed leader resumed: %v", err)
-	}
-	if n := dbCount(t, e.db, `SELECT count(*) FROM instances WHERE app = 'web' AND live`); n != 600 {
-		t.Errorf("%d live instances in the database, want 600", n)
 	}
 	// Let the fleet settle a few loop intervals and check once more.
 	time.Sleep(2 * time.Second)
