@@ -317,6 +317,8 @@ func decodeError(err error, prefix string) *Error {
 		return Invalid(field+"."+de.Dim, "%v", de.Err)
 	case errors.As(err, &se):
 		return Invalid(prefix, "malformed JSON at byte %d: %v", se.Offset, err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return Invalid(prefix, "malformed JSON: the body ends mid-value")
 	case errors.Is(err, io.EOF):
 		return Invalid(prefix, "empty body: a JSON object is required")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):

@@ -381,3 +381,95 @@ func TestSchedulerFailover(t *testing.T) {
 	sort.Strings(ids)
 	t.Logf("600 instances on %d agents, e.g. %s", len(fleet.sims), ids[0])
 }
+
+// TestSchedulerSubmitErrors: each refused submit names the field at fault
+// and changes nothing in the database; the accepted one resolves the
+// image pushed to the real gaia-registry to its digest.
+func TestSchedulerSubmitErrors(t *testing.T) {
+	e := newSchedEnv(t)
+	s := e.start()
+	waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(s) })
+	startAgents(t, 3, e, []string{s.URL()})
+	waitFor(t, "3 nodes registered", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 3
+	})
+	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.team", "submitters": []string{"team-a"}}, nil); code != http.StatusCreated {
+		t.Fatalf("create pool: %d", code)
+	}
+	var app struct {
+		Spec    map[string]any
+		Version int
+		Digest  string
+	}
+	if code := call(t, s.URL(), "e2e-team-a-token", "POST", "/v1/apps", appSpec("api", "root.team", e.image, 2), &app); code != http.StatusCreated {
+		t.Fatalf("submit: %d %+v", code, app)
+	}
+	if !strings.HasPrefix(app.Digest, "sha256:") || app.Version != 1 {
+		t.Fatalf("submitted app: version %d digest %q", app.Version, app.Digest)
+	}
+	state := func() string {
+		return fmt.Sprint(dbCount(t, e.db, `SELECT count(*) FROM apps`), dbCount(t, e.db, `SELECT count(*) FROM app_versions`),
+			dbCount(t, e.db, `SELECT count(*) FROM instances`), dbCount(t, e.db, `SELECT count(*) FROM pools`))
+	}
+	waitFor(t, "2 instances placed", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM instances WHERE live`) == 2
+	})
+	before := state()
+
+	big := appSpec("huge", "root.team", e.image, 1)
+	big["resources"] = map[string]string{"cpu": "64", "memory": "1Gi"}
+	badMem := appSpec("badmem", "root.team", e.image, 1)
+	badMem["resources"] = map[string]string{"cpu": "1", "memory": "lots"}
+	badCount := appSpec("badcount", "root.team", e.image, 1)
+	badCount["instances"] = "three"
+	unknownField := appSpec("extra", "root.team", e.image, 1)
+	unknownField["replicas"] = 3
+	for _, c := range []struct {
+		name   string
+		token  string
+		body   any
+		status int
+		field  string
+		says   string
+	}{
+		{"name clash", schedAdmin, appSpec("api", "root.team", e.image, 1), http.StatusConflict, "name", `app "api" already exists in pool "root.team"`},
+		{"unknown image", schedAdmin, appSpec("ghost", "root.team", "e2e/nothing:v9", 1), http.StatusBadRequest, "image", "not in the Gaia registry"},
+		{"unknown tag", schedAdmin, appSpec("ghost", "root.team", "e2e/web:v9", 1), http.StatusBadRequest, "image", "not in the Gaia registry"},
+		{"unknown pool", schedAdmin, appSpec("lost", "root.nowhere", e.image, 1), http.StatusBadRequest, "pool", `no pool "root.nowhere"`},
+		{"never fits", schedAdmin, big, http.StatusBadRequest, "resources", "no node can ever fit"},
+		{"malformed JSON", schedAdmin, `{"name": "x",`, http.StatusBadRequest, "", "malformed JSON"},
+		{"bad name", schedAdmin, appSpec("Not_A_Label", "root.team", e.image, 1), http.StatusBadRequest, "name", ""},
+		{"bad quantity", schedAdmin, badMem, http.StatusBadRequest, "resources.memory", ""},
+		{"wrong type", schedAdmin, badCount, http.StatusBadRequest, "instances", ""},
+		{"unknown field", schedAdmin, unknownField, http.StatusBadRequest, "replicas", "unknown field"},
+		{"pool not allowed for the token", "e2e-team-a-token", appSpec("other", "root", e.image, 1), http.StatusForbidden, "pool", "may not submit"},
+		{"no token", "", appSpec("anon", "root.team", e.image, 1), http.StatusUnauthorized, "", ""},
+	} {
+		var got struct{ Error api.Error }
+		code := call(t, s.URL(), c.token, "POST", "/v1/apps", c.body, &got)
+		if code != c.status || got.Error.Field != c.field || !strings.Contains(got.Error.Message, c.says) {
+			t.Errorf("%s: %d %+v, want %d naming field %q saying %q", c.name, code, got.Error, c.status, c.field, c.says)
+		}
+		if after := state(); after != before {
+			t.Errorf("%s: the database changed: %s → %s", c.name, before, after)
+		}
+	}
+	// Paging: two pages of one app each.
+	call(t, s.URL(), schedAdmin, "POST", "/v1/apps", appSpec("zeta", "root.team", e.image, 0), nil)
+	var page struct {
+		Items []map[string]any
+		Next  string
+	}
+	call(t, s.URL(), schedAdmin, "GET", "/v1/apps?limit=1", nil, &page)
+	if len(page.Items) != 1 || page.Next != "api" {
+		t.Fatalf("first page: %+v", page)
+	}
+	call(t, s.URL(), schedAdmin, "GET", "/v1/apps?limit=1&after="+page.Next, nil, &page)
+	if len(page.Items) != 1 || page.Next != "" {
+		t.Fatalf("second page: %+v", page)
+	}
+	var bad struct{ Error api.Error }
+	if code := call(t, s.URL(), schedAdmin, "GET", "/v1/apps?limit=0", nil, &bad); code != http.StatusBadRequest || bad.Error.Field != "limit" {
+		t.Fatalf("limit=0: %d %+v", code, bad)
+	}
+}
