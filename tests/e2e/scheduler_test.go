@@ -473,3 +473,92 @@ func TestSchedulerSubmitErrors(t *testing.T) {
 		t.Fatalf("limit=0: %d %+v", code, bad)
 	}
 }
+
+// TestSchedulerNodeDownAndBack: a node agent that stops polling is marked
+// down after the node timeout; its instances are lost and replaced on the
+// other nodes. When it comes back (still running its old instances) it is
+// told to stop them, and the app never ends up with more than it asked for.
+func TestSchedulerNodeDownAndBack(t *testing.T) {
+	e := newSchedEnv(t)
+	s := e.start()
+	waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(s) })
+	fleet := startAgents(t, 3, e, []string{s.URL()})
+	// A fourth agent under the test's control.
+	resolve, _ := nodeclient.Consul(e.consul, e.cluster)
+	flaky := nodeclient.NewSim(nodeclient.Options{Servers: []string{s.URL()}, Resolve: resolve, Token: schedNode, Slack: 2 * time.Second,
+		Node: api.RegisterRequest{Name: "node-flaky", Capacity: resource.MustVector("cpu=16", "memory=64Gi")}})
+	run := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); flaky.Run(ctx) }()
+		return func() { cancel(); <-done }
+	}
+	stopFlaky := run()
+	defer func() { stopFlaky() }()
+	waitFor(t, "4 nodes registered", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 4
+	})
+	call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil)
+	spec := appSpec("web", "root.e2e", e.image, 40)
+	spec["spread"] = 10 // 10 per node: every node gets its share
+	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/apps", spec, nil); code != http.StatusCreated {
+		t.Fatalf("submit: %d", code)
+	}
+	all := func() map[string][]string {
+		m := fleet.running()
+		for _, id := range flaky.Running() {
+			m[id] = append(m[id], "node-flaky")
+		}
+		return m
+	}
+	waitErr(t, "40 instances running", time.Minute, func() error {
+		if n := len(all()); n != 40 || len(flaky.Running()) != 10 {
+			return fmt.Errorf("%d running, %d on the flaky node", n, len(flaky.Running()))
+		}
+		return nil
+	}, s)
+	old := flaky.Running()
+
+	// The agent goes silent (its "containers" keep running).
+	stopFlaky()
+	waitFor(t, "the silent node marked down", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE name = 'node-flaky' AND state = 'down'`) == 1
+	})
+	if n := dbCount(t, e.db, `SELECT count(*) FROM instances WHERE node = 'node-flaky' AND state = 'lost'`); n != 10 {
+		t.Fatalf("%d instances of the down node lost, want 10", n)
+	}
+	// Spread 10 over 3 nodes holds 30: make room for the replacements.
+	spec["spread"] = 14
+	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/apps/web/update", spec, nil); code != http.StatusOK {
+		t.Fatalf("update: %d", code)
+	}
+	waitErr(t, "40 instances on the 3 other nodes", time.Minute, func() error {
+		if n := len(fleet.running()); n != 40 {
+			return fmt.Errorf("%d running on the others", n)
+		}
+		return nil
+	}, s)
+
+	// It comes back, still running its 10 old instances: it is told to
+	// stop them (they were replaced).
+	stopFlaky = run()
+	waitErr(t, "the returning node to stop what was replaced", time.Minute, func() error {
+		for _, id := range flaky.Running() {
+			for _, o := range old {
+				if id == o {
+					return fmt.Errorf("still runs replaced instance %s", id)
+				}
+			}
+		}
+		return nil
+	}, s)
+	waitFor(t, "the node ready again", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE name = 'node-flaky' AND state = 'ready'`) == 1
+	})
+	waitFor(t, "its lost instances recorded stopped", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM instances WHERE node = 'node-flaky' AND id = ANY($1) AND state = 'stopped' AND NOT live`, old) == 10
+	})
+	if n := len(all()); n > 40 {
+		t.Fatalf("%d instances running, the app asked for 40", n)
+	}
+}
