@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,11 +32,11 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gaia_scheduler_http_requests_total", Help: "API requests by route and status code.",
-		}, []string{"route", "code"}),
+		}, []string{"method", "route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "gaia_scheduler_http_request_duration_seconds", Help: "API request latency by route (desired-set polls include their wait).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
-		}, []string{"route"}),
+		}, []string{"method", "route"}),
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gaia_scheduler_is_leader", Help: "1 while this scheduler leads."}),
 		term:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "gaia_scheduler_term", Help: "The term this scheduler leads in (0: not leading)."}),
 		deposed: prometheus.NewCounter(prometheus.CounterOpts{
@@ -90,11 +91,21 @@ func instrument(h http.Handler, m *metrics) http.Handler {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		h.ServeHTTP(rec, r)
+		// the pattern that matched, without its method ("GET /v1/apps")
 		route := r.Pattern
+		if _, path, ok := strings.Cut(route, " "); ok {
+			route = path
+		}
 		if route == "" {
 			route = "other"
 		}
-		m.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
-		m.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		method := r.Method
+		switch method {
+		case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete:
+		default:
+			method = "other"
+		}
+		m.requests.WithLabelValues(method, route, strconv.Itoa(rec.code)).Inc()
+		m.duration.WithLabelValues(method, route).Observe(time.Since(start).Seconds())
 	})
 }
