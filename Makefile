@@ -23,12 +23,12 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp services services-stop vet clean
 
 all: build
 
 build:
-	$(GO) build -o bin/ ./registry/cmd/... ./mirror-sync/cmd/... ./cmd/...   # gaia-registry, gaia-gateway, gaia-mirror, gaiactl
+	$(GO) build -o bin/ ./registry/cmd/... ./mirror-sync/cmd/... ./scheduler/cmd/... ./cmd/...   # gaia-registry, gaia-gateway, gaia-mirror, gaia-scheduler, gaiactl
 
 # A registry on 127.0.0.1:5000 with filesystem storage (configs/registry-local.yml)
 # and the local PostgreSQL (installed and started here if needed), in the
@@ -85,7 +85,7 @@ test-hdfs-full:
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
 # colinmarc client, then gaia-mirror vs skopeo sync, then gaia-scheduler's
 # placement engine. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler
+bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp
 
 # 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
 # own client; manifest GETs at 32 clients; manifest GET latency while 200
@@ -109,6 +109,15 @@ bench-mirror:
 # decision latency, heap, invariants checked at the end (seconds).
 bench-scheduler:
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench BenchmarkPlacement -benchtime 1x -benchmem ./scheduler/engine/
+
+# gaia-scheduler's control plane: 10,000 simulated node agents (one process,
+# real HTTP, nodeclient) long-polling one leader on the real PostgreSQL and
+# Consul; user-API p50/p99, PostgreSQL transactions/s at steady state, time
+# from submitting a 1,000-instance app to every instance running on its
+# agent (about 3 minutes; SCHEDCP_NODES=1000 for a smoke run).
+bench-scheduler-cp:
+	bash $(SVC) start postgres consul
+	$(GO) test -count=1 -timeout 20m -run '^$$' -bench BenchmarkControlPlane -benchtime 1x -v ./tests/bench/schedcp/
 
 bench-hdfs:
 	bash $(SVC) start hdfs
