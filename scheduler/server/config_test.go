@@ -17,6 +17,12 @@ func TestExampleConfigLoads(t *testing.T) {
 	}
 }
 
+func TestClusterConfigLoads(t *testing.T) {
+	if _, err := LoadConfig(filepath.Join("..", "..", "configs", "cluster", "scheduler.yml"), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestConfigErrorsNameTheKey(t *testing.T) {
 	base := `database: {url: "postgres://x@127.0.0.1/db"}
 cluster: {consul: {addr: "127.0.0.1:8500"}}

@@ -40,6 +40,7 @@ type leaderState struct {
 	pendingInst  map[string]bool
 	dirty        map[string]bool // nodes whose desired set changed
 	lastFlush    time.Time
+	started      time.Time // when this term's state was loaded
 
 	// feeds: per node, read by polls without mu.
 	fmu   sync.RWMutex
@@ -112,6 +113,7 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 		lastFlush: time.Now(),
 	}
 	now := time.Now()
+	ls.started = now
 	hasRoot := false
 	for i := range st.Pools {
 		p := st.Pools[i]
@@ -480,7 +482,10 @@ func (ls *leaderState) flushHeartbeats(ctx context.Context) error {
 	beats := map[string]time.Time{}
 	ls.fmu.RLock()
 	for name, f := range ls.feeds {
-		beats[name] = time.Unix(0, f.lastSeen.Load())
+		// only nodes heard from in this term (not the grace given at load)
+		if at := time.Unix(0, f.lastSeen.Load()); at.After(ls.started) {
+			beats[name] = at
+		}
 	}
 	ls.fmu.RUnlock()
 	err := ls.s.store.FlushHeartbeats(ctx, ls.term, beats)

@@ -79,11 +79,16 @@ for idc in a b; do
 done
 wait_ready http://127.0.0.1:6000 "$LOGS/gateway-idc-a.log"
 wait_ready http://127.0.0.1:6001 "$LOGS/gateway-idc-b.log"
+# One scheduler (cluster "local"), its state in the same database.
+GAIA_DATABASE_URL="${dsn/\/postgres\?//$db?}" bin/gaia-scheduler --config configs/cluster/scheduler.yml >"$LOGS/scheduler.log" 2>&1 &
+pids+=($!)
+wait_ready http://127.0.0.1:7000 "$LOGS/scheduler.log"
 
 cat <<MSG
 cluster: ready ($STORAGE storage, logs in $LOGS)
   IDC idc-a gateway: 127.0.0.1:6000   servers 127.0.0.1:5101, 127.0.0.1:5102
   IDC idc-b gateway: 127.0.0.1:6001   servers 127.0.0.1:5201, 127.0.0.1:5202
+  scheduler (cluster local): 127.0.0.1:7000, admin token local-admin, node token local-node
   try: docker push 127.0.0.1:6000/library/app:1 && docker pull 127.0.0.1:6001/library/app:1
   Ctrl-C stops everything.
 MSG
