@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"math"
 	"sort"
 	"time"
 
@@ -118,17 +117,13 @@ func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
 	c := pl.c
 	m := allDims
 	minStarved := needy(p.sk.usage, p.sk.minT, c.total, &m)
-	// Fair-share starvation counts whole instances: a pool is starved when
-	// even one more of its pending instances would leave it at or below
-	// threshold × fair share (a pool within one instance of its share is
-	// not starved, so the rounding of instances causes no churn).
+	// YARN's rule: starved for fair share while below threshold × fair
+	// share with instances waiting. Victims must stay at or above their
+	// own fair share, so a pool just below its share takes an instance
+	// only from one that is more than an instance above its own.
 	apps := p.pendingApps()
-	var step float64
-	for _, a := range apps {
-		step = math.Max(step, share(a.m.Spec.Resources, c.total, &m))
-	}
 	fairT := p.m.EffectiveThreshold() * share(p.fair, c.total, &m)
-	fairStarved := len(apps) > 0 && share(p.sk.usage, c.total, &m)+step <= fairT+eps
+	fairStarved := len(apps) > 0 && share(p.sk.usage, c.total, &m) < fairT-eps
 	if minStarved {
 		if p.minSince.IsZero() {
 			p.minSince = pl.now
@@ -156,7 +151,7 @@ func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
 		if minDue && needy(u, p.sk.minT, c.total, &m) {
 			return false
 		}
-		if fairDue && share(u, c.total, &m)+step <= fairS+eps {
+		if fairDue && share(u, c.total, &m) < fairS-eps {
 			return false
 		}
 		return true
