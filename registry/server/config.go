@@ -41,6 +41,9 @@ type HTTPConfig struct {
 	DrainTimeout time.Duration `yaml:"draintimeout"`
 	// Timeouts: readheadertimeout, bodyidletimeout, idletimeout.
 	Timeouts httptimeouts.Config `yaml:",inline"`
+	// WriteIdleTimeout cuts a blob download whose client takes no bytes
+	// for this long, releasing its storage reader. Default 1m.
+	WriteIdleTimeout time.Duration `yaml:"writeidletimeout"`
 	// TLS: the server speaks only HTTPS; replaced files are picked up.
 	TLS tlsfiles.Config `yaml:"tls"`
 	// TrustedProxies (the IDC's gateways: addresses or CIDR ranges) may
@@ -138,6 +141,9 @@ func (c *Config) applyDefaults() {
 		c.HTTP.DrainTimeout = 30 * time.Second
 	}
 	c.HTTP.Timeouts.ApplyDefaults()
+	if c.HTTP.WriteIdleTimeout == 0 {
+		c.HTTP.WriteIdleTimeout = httptimeouts.DefaultWriteIdleTimeout
+	}
 	cl := &c.Cluster
 	if cl.IDC == "" {
 		cl.IDC = "default"
@@ -178,6 +184,9 @@ func (c *Config) validate() error {
 	}
 	if err := c.HTTP.Timeouts.Validate("http"); err != nil {
 		return err
+	}
+	if c.HTTP.WriteIdleTimeout < 0 {
+		return fmt.Errorf("http.writeidletimeout: must not be negative, got %s", c.HTTP.WriteIdleTimeout)
 	}
 	if err := c.HTTP.TLS.Check("http.tls"); err != nil {
 		return err

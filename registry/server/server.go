@@ -191,6 +191,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		Driver:     s.driver,
 		Log:        log,
 		Delete:     sc.Delete,
+		WriteIdle:  s.cfg.HTTP.WriteIdleTimeout,
 		Replicator: s.repl,
 		// On-demand mirror rules (stored in the same database by
 		// gaia-mirror's admin API) make their namespaces pull-through.
