@@ -96,6 +96,7 @@ type ClusterConfig struct {
 
 // PullThroughConfig bounds pull-through per server: anyone who may pull
 // from an on-demand rule's namespace can make the server ask its upstream.
+// Zero is the default (pullthrough.Options).
 type PullThroughConfig struct {
 	MaxFetches      int           `yaml:"maxfetches"`      // fetches by tag or of a known digest under way per rule; default 32
 	MaxBlindFetches int           `yaml:"maxblindfetches"` // fetches of digests nothing refers to, per rule; default 8
@@ -160,22 +161,8 @@ func (c *Config) applyDefaults() {
 	if cl.Consul.DeregisterAfter == 0 {
 		cl.Consul.DeregisterAfter = time.Minute
 	}
-	pt := &c.PullThrough
-	if pt.MaxFetches == 0 {
-		pt.MaxFetches = 32
-	}
-	if pt.MaxBlindFetches == 0 {
-		pt.MaxBlindFetches = 8
-	}
-	if pt.MaxWaiting == 0 {
-		pt.MaxWaiting = 128
-	}
-	if pt.NegativeTTL == 0 {
-		pt.NegativeTTL = 30 * time.Second
-	}
-	if pt.NegativeMax == 0 {
-		pt.NegativeMax = 10000
-	}
+	// PullThrough's unset bounds are filled by pullthrough.New, which
+	// documents their defaults.
 }
 
 func (c *Config) validate() error {
@@ -204,8 +191,8 @@ func (c *Config) validate() error {
 		return err
 	}
 	for key, v := range map[string]int{"maxfetches": c.PullThrough.MaxFetches, "maxblindfetches": c.PullThrough.MaxBlindFetches, "maxwaiting": c.PullThrough.MaxWaiting, "negativemax": c.PullThrough.NegativeMax} {
-		if v < 1 {
-			return fmt.Errorf("pullthrough.%s: must be at least 1", key)
+		if v < 0 {
+			return fmt.Errorf("pullthrough.%s: must be at least 1 (or unset for the default)", key)
 		}
 	}
 	if c.PullThrough.NegativeTTL < 0 {
