@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,7 +33,10 @@ func TestExitStatusAndHelp(t *testing.T) {
 		want string // in stdout for 0, stderr otherwise
 	}{
 		{[]string{"--help"}, 0, "usage: gaiactl COMMAND"},
+		{[]string{"help", "app"}, 0, "usage: gaiactl app COMMAND"},
 		{[]string{"mirror", "--help"}, 0, "usage: gaiactl mirror COMMAND"},
+		{[]string{"app", "scale", "--help"}, 0, "usage: gaiactl app scale NAME N"},
+		{[]string{"pool", "-h"}, 0, "load"},
 		{[]string{"completion", "bash"}, 0, "__start_gaiactl"},
 		{[]string{"completion", "zsh"}, 0, "#compdef gaiactl"},
 		{[]string{"completion", "fish"}, 0, "complete -c gaiactl"},
@@ -46,6 +50,14 @@ func TestExitStatusAndHelp(t *testing.T) {
 		{[]string{"mirror", "list", "--bogus"}, 2, "unknown flag: --bogus"},
 		{[]string{"-o", "yaml", "mirror", "list"}, 2, `"yaml" is not table or json`},
 		{[]string{"--cluster", "x", "mirror", "list"}, 2, "--cluster does not apply"},
+		{[]string{"app", "list"}, 2, "which scheduler?"},
+		{[]string{"--server", "http://a", "--cluster", "b", "app", "list"}, 2, "not both"},
+		{[]string{"--server", "http://a", "app", "scale", "web"}, 2, "N is needed"},
+		{[]string{"--server", "http://a", "app", "scale", "web", "many"}, 2, `"many"`},
+		{[]string{"--server", "http://a", "app", "submit"}, 2, "-f FILE is needed"},
+		{[]string{"--server", "http://a", "pool", "load"}, 2, "-f FILE is needed"},
+		{[]string{"--server", "http://a", "instance", "stop"}, 2, "ID is needed"},
+		{[]string{"--server", "http://127.0.0.1:1", "node", "list"}, 1, "gaiactl: "},
 	} {
 		code, out, errs := run(t, tc.args...)
 		where := errs
@@ -170,6 +182,23 @@ func TestClusterResolution(t *testing.T) {
 		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("cluster %s: %q, %v; want %q, %q", tc.cluster, got, err, tc.want, tc.err)
 		}
+	}
+	// Through the command line: --consul, and $CONSUL_HTTP_ADDR as its default.
+	sched := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(`{"items":[],"next":""}`))
+	}))
+	defer sched.Close()
+	u, _ := url.Parse(sched.URL)
+	consul2 := fakeConsul(t, []map[string]any{entry(u.Hostname(), atoi(u.Port()), "cluster=live")})
+	if code, out, errs := run(t, "--consul", consul2.URL, "--cluster", "live", "node", "list"); code != 0 {
+		t.Errorf("--cluster live: exit %d\n%s%s", code, out, errs)
+	}
+	t.Setenv("CONSUL_HTTP_ADDR", strings.TrimPrefix(consul2.URL, "http://"))
+	if code, out, errs := run(t, "--cluster", "live", "node", "list"); code != 0 {
+		t.Errorf("--cluster live with $CONSUL_HTTP_ADDR: exit %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := run(t, "--cluster", "nope", "node", "list"); code != 1 || !strings.Contains(errs, "no passing gaia-scheduler instance tagged cluster=nope") {
+		t.Errorf("--cluster nope: exit %d\n%s", code, errs)
 	}
 }
 
