@@ -86,6 +86,7 @@ global flags:
 `
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	cobra.EnableCommandSorting = false // commands in the order they are added: the usual flow
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:   "gaiactl",
