@@ -471,9 +471,13 @@ func parseThreshold(s string) (float64, error) {
 }
 
 // parseACL splits YARN's "user1,user2 group1,group2": "*" is everyone,
-// and a leading space means no users.
+// and a leading space means no users (" group1" is groups only).
 func parseACL(raw string) (users []string, groups string) {
-	raw = strings.Trim(raw, "\r\n\t")
+	if strings.ContainsAny(raw, "\r\n") {
+		// Written over several lines: the layout is not YARN's leading
+		// space (which means "no users").
+		raw = strings.TrimSpace(raw)
+	}
 	if strings.TrimSpace(raw) == "*" {
 		return []string{"*"}, ""
 	}

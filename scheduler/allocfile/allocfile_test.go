@@ -142,6 +142,25 @@ func TestErrorsNameTheElementAndLine(t *testing.T) {
 	}
 }
 
+func TestACL(t *testing.T) {
+	for raw, want := range map[string]struct {
+		users  []string
+		groups string
+	}{
+		"a,b g1,g2":      {[]string{"a", "b"}, "g1,g2"},
+		"a":              {[]string{"a"}, ""},
+		" g1":            {nil, "g1"},
+		" ":              {nil, ""},
+		"*":              {[]string{"*"}, ""},
+		"\n   a,b g\n  ": {[]string{"a", "b"}, "g"},
+	} {
+		u, g := parseACL(raw)
+		if !reflect.DeepEqual(u, want.users) || g != want.groups {
+			t.Errorf("%q: %q %q, want %q %q", raw, u, g, want.users, want.groups)
+		}
+	}
+}
+
 func TestResources(t *testing.T) {
 	for in, want := range map[string]resource.Vector{
 		"vcores=2, memory-mb=4096":     resource.MustVector("cpu=2", "memory=4Gi"),
