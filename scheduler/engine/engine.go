@@ -115,7 +115,6 @@ type Cluster struct {
 	tree     tree
 	total    resource.Vector // allocatable of ready nodes
 	nodeGen  uint64          // bumped when labels, IDC or the node set change
-	cursor   int             // Spread's rotating start
 
 	pools map[string]*pool
 	root  *pool
@@ -199,7 +198,6 @@ type app struct {
 	missing  int
 	scanFrom int
 	blocked  string
-	unplaced int
 	fairLeft int
 }
 

@@ -41,7 +41,7 @@ func (c *Cluster) Plan(now time.Time) *Plan {
 
 	apps := c.sortedApps()
 	for _, a := range apps {
-		a.missing, a.blocked, a.unplaced, a.scanFrom = 0, "", 0, 0
+		a.missing, a.blocked, a.scanFrom = 0, "", 0
 		a.sk.hidx = -1
 		pl.housekeep(a)
 	}
