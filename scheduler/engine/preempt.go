@@ -66,7 +66,20 @@ func (pl *planner) preempt() {
 		}
 	}
 	removed := map[*pool]resource.Vector{}
-	if timeouts {
+	pending := false
+	for _, a := range c.sortedApps() {
+		if a.missing > 0 && !a.stub {
+			pending = true
+			break
+		}
+	}
+	if timeouts && !pending {
+		// nothing waits: nobody is starved, every clock stops
+		for _, p := range c.pools {
+			p.minSince, p.fsSince = time.Time{}, time.Time{}
+		}
+	}
+	if timeouts && pending {
 		c.computeFair()
 		for _, p := range c.poolsByDepth() {
 			if p.parent == nil {
