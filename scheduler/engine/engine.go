@@ -104,6 +104,7 @@ type reservation struct {
 	pool    string
 	node    string
 	victims []string
+	made    time.Time
 }
 
 // Cluster is the engine's state. It is not safe for concurrent use.

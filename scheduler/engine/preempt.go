@@ -26,7 +26,10 @@ func (pl *planner) reservations() {
 			}
 		}
 		if pending {
-			pl.plan.reservations = append(pl.plan.reservations, r)
+			// victims that never report stopped do not hold a node forever
+			if pl.now.Sub(r.made) < ReservationTTL {
+				pl.plan.reservations = append(pl.plan.reservations, r)
+			}
 			continue
 		}
 		n := c.nodes[r.node]
@@ -52,6 +55,11 @@ func (c *Cluster) inflight(pool string, rs []*reservation) int {
 }
 
 const eps = 1e-9
+
+// ReservationTTL bounds how long a node emptied by preemption waits for
+// its victims to stop before the reservation is dropped (and preemption
+// may choose again).
+const ReservationTTL = 10 * time.Minute
 
 // preempt runs after placement. Pools starved past their timeouts take
 // instances from pools above their fair share; apps that could not be
@@ -357,7 +365,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 	if best == nil {
 		return false
 	}
-	r := &reservation{app: a.sk.name, pool: starved.sk.name, node: best.m.Name}
+	r := &reservation{app: a.sk.name, pool: starved.sk.name, node: best.m.Name, made: pl.now}
 	for _, v := range bestVictims {
 		pl.stop(v, ReasonPreempted, starved.sk.name)
 		for x := v.app.pool; x != nil; x = x.parent {

@@ -226,3 +226,23 @@ func TestCanFit(t *testing.T) {
 		t.Fatalf("constraints: %v %q", ok, why)
 	}
 }
+
+// Victims that never stop do not hold their node for ever.
+func TestReservationExpires(t *testing.T) {
+	c := fullCluster(t,
+		model.Pool{Name: "root.a", Min: vec("cpu=1"), MinSharePreemptionTimeout: model.Duration(time.Second)},
+		model.Pool{Name: "root.b"})
+	step(t, c, t0)
+	p := step(t, c, t0.Add(2*time.Second))
+	if preemptedFor(p, "root.a") != 1 || len(c.reservations) != 1 {
+		t.Fatalf("preempted %d, reservations %d", preemptedFor(p, "root.a"), len(c.reservations))
+	}
+	step(t, c, t0.Add(2*time.Second+ReservationTTL-time.Second))
+	if len(c.reservations) != 1 {
+		t.Fatal("reservation dropped early")
+	}
+	p = step(t, c, t0.Add(2*time.Second+ReservationTTL))
+	if len(c.reservations) != 1 || preemptedFor(p, "root.a") != 1 {
+		t.Fatalf("after the TTL: reservations %d, preempted again %d (want the old one dropped and one new)", len(c.reservations), preemptedFor(p, "root.a"))
+	}
+}
