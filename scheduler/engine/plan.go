@@ -20,6 +20,8 @@ type planner struct {
 	cursor int
 	seq    uint64
 	pools  []*pool // by depth, once per plan when preemption needs it
+
+	preemptions int // victim searches so far
 }
 
 type undoStop struct {

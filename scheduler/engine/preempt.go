@@ -61,6 +61,12 @@ const eps = 1e-9
 // may choose again).
 const ReservationTTL = 10 * time.Minute
 
+// MaxPreemptionsPerPlan bounds the victim searches of one plan (each looks
+// at every instance of the pools that could give); a deficit larger than
+// that is worked off over the next plans, the reservations already made
+// counting as in flight.
+const MaxPreemptionsPerPlan = 64
+
 // preempt runs after placement. Pools starved past their timeouts take
 // instances from pools above their fair share; apps that could not be
 // placed take instances of lower priority in their own pool.
@@ -226,6 +232,10 @@ func (p *pool) pendingApps() []*app {
 // gone.
 func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*pool]resource.Vector) bool {
 	c := pl.c
+	if pl.preemptions >= MaxPreemptionsPerPlan {
+		return false
+	}
+	pl.preemptions++
 	req := a.m.Spec.Resources
 	// what earlier reservations on a node will free and claim
 	pendingFree := map[string]resource.Vector{}
