@@ -192,7 +192,7 @@ func (c *Cluster) FairShares() map[string]resource.Vector {
 		}
 	}
 	c.prepareDemand()
-	c.computeFair()
+	c.fairShares()
 	out := make(map[string]resource.Vector, len(c.pools))
 	for name, p := range c.pools {
 		out[name] = p.fair
@@ -206,6 +206,17 @@ func (c *Cluster) wanted(a *app) int {
 		return 0
 	}
 	return a.m.Spec.Instances
+}
+
+// fairShares sets every pool's fair share, reusing the last computation
+// when nothing it depends on changed since (a steady cluster with demand
+// waiting plans again and again on the same state).
+func (c *Cluster) fairShares() {
+	if c.fairValid && c.fairAt == c.gen {
+		return
+	}
+	c.computeFair()
+	c.fairAt, c.fairValid = c.gen, true
 }
 
 // computeFair runs the fluid allocation. It borrows the schedulables'

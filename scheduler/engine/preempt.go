@@ -94,7 +94,7 @@ func (pl *planner) preempt() {
 		}
 	}
 	if timeouts && pending {
-		c.computeFair()
+		c.fairShares()
 		for _, p := range c.poolsByDepth() {
 			if p.parent == nil {
 				continue

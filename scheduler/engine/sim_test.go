@@ -98,6 +98,7 @@ func (s *simCluster) converge(t testing.TB, maxRounds int) {
 		p := s.c.Plan(s.now)
 		s.c.Apply(p)
 		agent(s.c)
+		checkFairCache(t, s.c)
 		s.rounds++
 		if p.Empty() && len(s.c.reservations) == 0 {
 			// quiet for longer than every timeout: really converged
