@@ -15,6 +15,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -47,6 +48,9 @@ type Options struct {
 	// Delete allows DELETE of manifests, tags and blobs (storage.delete.enabled);
 	// without it they are refused with UNSUPPORTED, as in distribution.
 	Delete bool
+	// WriteIdle cuts a blob download whose client takes nothing for this
+	// long (http.writeidletimeout), releasing its storage reader; 0: never.
+	WriteIdle time.Duration
 }
 
 // NoPullThroughHeader, on a GET or HEAD, asks for what the registry holds

@@ -10,12 +10,14 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gaia-registry/gaia/registry/grammar"
+	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
@@ -305,7 +307,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 	}
 	defer rc.Close()
 	w.WriteHeader(status)
-	if _, err := sendBlob(w, r, rc, end-start+1); err != nil {
+	if _, err := sendBlob(w, r, rc, end-start+1, h.WriteIdle); err != nil {
 		h.Log.Warn("blob download cut short", "repository", name, "digest", d, "err", err)
 	}
 }
@@ -325,15 +327,21 @@ var blobBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return
 // the client about 0.5 s of CPU per GiB against 0.3 s when the server
 // copies, which made single-threaded clients slower here than on a
 // registry that copies through buffers (docs/benchmarks.md).
-func sendBlob(w http.ResponseWriter, r *http.Request, rc io.Reader, n int64) (int64, error) {
+//
+// Either way the client must keep taking bytes: a download that makes no
+// progress for idle fails, and its storage reader is closed (idle ≤ 0: no
+// bound).
+func sendBlob(w http.ResponseWriter, r *http.Request, rc io.Reader, n int64, idle time.Duration) (int64, error) {
+	iw := httptimeouts.NewIdleWriter(w, idle)
+	defer iw.Close()
 	src := io.LimitReader(rc, n)
 	if !sameHost(r) {
-		return io.Copy(w, src)
+		return iw.ReadFrom(src)
 	}
 	buf := blobBuffers.Get().(*[]byte)
 	defer blobBuffers.Put(buf)
 	// Wrapped so that neither side's ReadFrom/WriteTo (sendfile) is used.
-	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{src}, *buf)
+	return io.CopyBuffer(struct{ io.Writer }{iw}, struct{ io.Reader }{src}, *buf)
 }
 
 // sameHost reports whether the request's connection comes from this host:

@@ -3,12 +3,14 @@ package api
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 
@@ -103,15 +105,54 @@ func TestBlobGETCopiesForClientsOnThisHost(t *testing.T) {
 		if s.status/100 != 2 || s.body.Len() == 0 || !bytes.HasSuffix(data, s.body.Bytes()) {
 			t.Fatalf("remote %q: status %d, %d bytes", rng, s.status, s.body.Len())
 		}
-		if len(s.readFrom) != 1 {
-			t.Fatalf("remote %q: %d ReadFrom calls, want 1", rng, len(s.readFrom))
+		// In chunks of 1 MiB (the write deadline is moved between them),
+		// each of them the storage file itself.
+		if want := (s.body.Len() + 1<<20 - 1) >> 20; len(s.readFrom) != want {
+			t.Fatalf("remote %q: %d ReadFrom calls, want %d", rng, len(s.readFrom), want)
 		}
-		lr, ok := s.readFrom[0].(*io.LimitedReader)
-		if ok {
-			_, ok = lr.R.(*os.File)
+		for _, src := range s.readFrom {
+			lr, ok := src.(*io.LimitedReader)
+			if ok {
+				_, ok = lr.R.(*os.File)
+			}
+			if !ok {
+				t.Fatalf("remote %q: ReadFrom got %T, want the storage file (for sendfile)", rng, src)
+			}
 		}
-		if !ok {
-			t.Fatalf("remote %q: ReadFrom got %T, want the storage file (for sendfile)", rng, s.readFrom[0])
+	}
+}
+
+// TestBlobGETToAStalledClientEnds: a client that requests a blob and then
+// reads nothing no longer holds the download (and its storage reader) for
+// as long as it keeps the connection: the handler ends after WriteIdle.
+func TestBlobGETToAStalledClientEnds(t *testing.T) {
+	pool := metadatatest.Pool(t)
+	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(Options{Uploads: uploadsession.New(pool, drv), Blobs: metadata.NewBlobs(pool), Manifests: metadata.NewManifests(pool),
+		Driver: drv, WriteIdle: 300 * time.Millisecond})
+	ended := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		if r.Method == http.MethodGet {
+			ended <- struct{}{}
 		}
+	}))
+	defer srv.Close()
+	data, d := randomBlob(48 << 20) // more than loopback's socket buffers hold
+	expect(t, "push", do(t, "POST", srv.URL+"/v2/team/app/blobs/uploads/?digest="+d.String(), data), 201, "")
+
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /v2/team/app/blobs/%s HTTP/1.1\r\nHost: x\r\n\r\n", d)
+	select { // the client reads nothing; 30 s only bounds the failure
+	case <-ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the blob GET is still writing to a client that has read nothing for 30 s")
 	}
 }

@@ -41,6 +41,9 @@ type HTTPConfig struct {
 	DrainTimeout time.Duration `yaml:"draintimeout"`
 	// Timeouts: readheadertimeout, bodyidletimeout, idletimeout.
 	Timeouts httptimeouts.Config `yaml:",inline"`
+	// WriteIdleTimeout cuts a blob download whose client takes no bytes
+	// for this long, releasing its storage reader. Default 1m.
+	WriteIdleTimeout time.Duration `yaml:"writeidletimeout"`
 	// TLS: the server speaks only HTTPS; replaced files are picked up.
 	TLS tlsfiles.Config `yaml:"tls"`
 	// TrustedProxies (the IDC's gateways: addresses or CIDR ranges) may
@@ -93,6 +96,7 @@ type ClusterConfig struct {
 
 // PullThroughConfig bounds pull-through per server: anyone who may pull
 // from an on-demand rule's namespace can make the server ask its upstream.
+// Zero is the default (pullthrough.Options).
 type PullThroughConfig struct {
 	MaxFetches      int           `yaml:"maxfetches"`      // fetches by tag or of a known digest under way per rule; default 32
 	MaxBlindFetches int           `yaml:"maxblindfetches"` // fetches of digests nothing refers to, per rule; default 8
@@ -138,6 +142,9 @@ func (c *Config) applyDefaults() {
 		c.HTTP.DrainTimeout = 30 * time.Second
 	}
 	c.HTTP.Timeouts.ApplyDefaults()
+	if c.HTTP.WriteIdleTimeout == 0 {
+		c.HTTP.WriteIdleTimeout = httptimeouts.DefaultWriteIdleTimeout
+	}
 	cl := &c.Cluster
 	if cl.IDC == "" {
 		cl.IDC = "default"
@@ -154,22 +161,8 @@ func (c *Config) applyDefaults() {
 	if cl.Consul.DeregisterAfter == 0 {
 		cl.Consul.DeregisterAfter = time.Minute
 	}
-	pt := &c.PullThrough
-	if pt.MaxFetches == 0 {
-		pt.MaxFetches = 32
-	}
-	if pt.MaxBlindFetches == 0 {
-		pt.MaxBlindFetches = 8
-	}
-	if pt.MaxWaiting == 0 {
-		pt.MaxWaiting = 128
-	}
-	if pt.NegativeTTL == 0 {
-		pt.NegativeTTL = 30 * time.Second
-	}
-	if pt.NegativeMax == 0 {
-		pt.NegativeMax = 10000
-	}
+	// PullThrough's unset bounds are filled by pullthrough.New, which
+	// documents their defaults.
 }
 
 func (c *Config) validate() error {
@@ -178,6 +171,9 @@ func (c *Config) validate() error {
 	}
 	if err := c.HTTP.Timeouts.Validate("http"); err != nil {
 		return err
+	}
+	if c.HTTP.WriteIdleTimeout < 0 {
+		return fmt.Errorf("http.writeidletimeout: must not be negative, got %s", c.HTTP.WriteIdleTimeout)
 	}
 	if err := c.HTTP.TLS.Check("http.tls"); err != nil {
 		return err
@@ -195,8 +191,8 @@ func (c *Config) validate() error {
 		return err
 	}
 	for key, v := range map[string]int{"maxfetches": c.PullThrough.MaxFetches, "maxblindfetches": c.PullThrough.MaxBlindFetches, "maxwaiting": c.PullThrough.MaxWaiting, "negativemax": c.PullThrough.NegativeMax} {
-		if v < 1 {
-			return fmt.Errorf("pullthrough.%s: must be at least 1", key)
+		if v < 0 {
+			return fmt.Errorf("pullthrough.%s: must be at least 1 (or unset for the default)", key)
 		}
 	}
 	if c.PullThrough.NegativeTTL < 0 {

@@ -191,6 +191,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		Driver:     s.driver,
 		Log:        log,
 		Delete:     sc.Delete,
+		WriteIdle:  s.cfg.HTTP.WriteIdleTimeout,
 		Replicator: s.repl,
 		// On-demand mirror rules (stored in the same database by
 		// gaia-mirror's admin API) make their namespaces pull-through.
@@ -299,8 +300,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 // purgeUploads expires abandoned upload sessions and their data, on every
-// server (sessions being written are skipped; each is ended once), and
-// removes what cross-IDC fills killed mid-copy left in storage.
+// server (sessions being written are skipped; each is ended once), removes
+// upload data no session owns, and removes what cross-IDC fills killed
+// mid-copy left in storage.
 func (s *Server) purgeUploads(ctx context.Context) {
 	if s.storage.UploadScan == 0 {
 		return
@@ -315,6 +317,14 @@ func (s *Server) purgeUploads(ctx context.Context) {
 		}
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("expiring uploads", "err", err)
+		}
+		n, err = s.uploads.SweepOrphans(ctx, s.storage.UploadAge)
+		if n > 0 {
+			s.metrics.uploadsPurged.Add(float64(n))
+			s.log.Info("removed upload data no session owned", "count", n, "older_than", s.storage.UploadAge)
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("sweeping orphaned upload data", "err", err)
 		}
 		s.sweepFills(ctx)
 		select {

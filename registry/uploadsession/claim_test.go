@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"path"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -330,5 +332,43 @@ func TestExpireGoesOnAfterStorageError(t *testing.T) {
 		if _, err := drv.Stat(ctx, UploadPath(id)); err == nil {
 			t.Fatalf("data of expired session %s left after another session's storage error", id)
 		}
+	}
+}
+
+// TestSweepOrphans: upload data whose session row is gone (a server died
+// between the two) is removed once old enough, in any spelling of its
+// directory; data of live sessions, and young orphans, stay.
+func TestSweepOrphans(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			srv, _, drv := servers(t, b)
+			live, _ := srv.Start(ctx, "r")
+			srv.Append(ctx, "r", live.ID, 0, bytes.NewReader([]byte("live")))
+			gone, _ := srv.Start(ctx, "r")
+			srv.Append(ctx, "r", gone.ID, 0, bytes.NewReader([]byte("orphan")))
+			srv.db.Exec(ctx, `DELETE FROM upload_sessions WHERE id = $1`, gone.ID)
+			upper := "/uploads/" + strings.ToUpper(newID()) + "/data"
+			fill := "/uploads/fill-sha256-0123-ab/data" // a cross-IDC fill's: not the sweep's
+			for _, p := range []string{upper, fill} {
+				if err := drv.PutContent(ctx, p, []byte("no row")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n, err := srv.SweepOrphans(ctx, time.Hour); err != nil || n != 0 {
+				t.Fatalf("SweepOrphans(1h): %d, %v; want nothing removed: the orphans are young", n, err)
+			}
+			n, err := srv.SweepOrphans(ctx, 0)
+			if err != nil || n != 2 {
+				t.Fatalf("SweepOrphans(0): %d, %v; want the 2 orphans removed", n, err)
+			}
+			if left := uploadsLeft(t, drv); len(left) != 2 || !slices.ContainsFunc(left, func(k string) bool { return strings.HasSuffix(k, live.ID) }) ||
+				!slices.Contains(left, path.Dir(fill)) {
+				t.Fatalf("upload data left: %v, want only the live session's and the fill's", left)
+			}
+			if s, err := srv.Get(ctx, "r", live.ID); err != nil || s.Size != 4 {
+				t.Fatalf("live session after the sweep: %+v, %v", s, err)
+			}
+		})
 	}
 }

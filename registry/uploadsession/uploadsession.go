@@ -29,6 +29,8 @@ import (
 	"hash"
 	"io"
 	"os"
+	"path"
+	"strings"
 	"sync"
 	"time"
 
@@ -661,6 +663,84 @@ func (s *Store) Expire(ctx context.Context, maxIdle time.Duration) (int, error) 
 		}
 	}
 	return len(ids), errors.Join(errs...)
+}
+
+// SweepOrphans removes upload data that no session row owns, once it is
+// older than olderThan: what a server that died between ending a session
+// and deleting its data left, or a storage error during Expire. (A row is
+// created before its data, and a session's data is deleted after its row,
+// so young data without a row may be a session ending right now: the age
+// leaves it alone.) It returns how many directories it removed.
+func (s *Store) SweepOrphans(ctx context.Context, olderThan time.Duration) (int, error) {
+	entries, err := s.driver.List(ctx, "/uploads")
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	var ids []string
+	for _, p := range entries {
+		if id := path.Base(p); canonicalID(id) {
+			ids = append(ids, id)
+		}
+	}
+	rows, err := s.db.Query(ctx, `SELECT id::text FROM upload_sessions WHERE id = ANY($1::uuid[])`, ids)
+	if err != nil {
+		return 0, err
+	}
+	live, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, err
+	}
+	owned := make(map[string]bool, len(live))
+	for _, id := range live {
+		owned[id] = true
+	}
+	removed := 0
+	var errs []error
+	for _, p := range entries {
+		// Cross-IDC fills stage their copies beside the sessions, under
+		// their own lock (replication.SweepFills): not ours.
+		if name := path.Base(p); owned[name] || strings.HasPrefix(name, "fill-") {
+			continue
+		}
+		fi, err := s.driver.Stat(ctx, p)
+		if err != nil {
+			if !errors.As(err, new(storagedriver.PathNotFoundError)) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if time.Since(fi.ModTime()) < olderThan {
+			continue
+		}
+		if err := s.driver.Delete(ctx, p); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+			errs = append(errs, fmt.Errorf("orphaned upload data %s: %w", p, err))
+			continue
+		}
+		removed++
+	}
+	return removed, errors.Join(errs...)
+}
+
+// canonicalID: a session id as the database spells it (lowercase UUID).
+// Directories named otherwise (older versions used the client's spelling)
+// belong to no row.
+func canonicalID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i, c := range id {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case !('0' <= c && c <= '9' || 'a' <= c && c <= 'f'):
+			return false
+		}
+	}
+	return true
 }
 
 func marshalHash(h hash.Hash) ([]byte, error) {

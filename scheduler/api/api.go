@@ -273,10 +273,11 @@ func paging(r *http.Request) (string, int, error) {
 	limit := DefaultLimit
 	if s := r.URL.Query().Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > MaxLimit {
-			return "", 0, Invalid("limit", "%q is not a number from 1 to %d", s, MaxLimit)
+		if err != nil || n < 1 {
+			return "", 0, Invalid("limit", "%q is not a positive number", s)
 		}
-		limit = n
+		limit = min(n, MaxLimit) // a larger page is clamped, not refused
+
 	}
 	return r.URL.Query().Get("after"), limit, nil
 }

@@ -244,7 +244,7 @@ func (h *handler) stopInstance(w http.ResponseWriter, r *http.Request, c *caller
 	if err := h.o.Backend.StopInstance(r.Context(), in.ID); err != nil {
 		return nil, err
 	}
-	return noContent{http.StatusAccepted}, nil
+	return noContent{http.StatusNoContent}, nil
 }
 
 func (h *handler) drainNode(w http.ResponseWriter, r *http.Request, c *caller) (any, error) {

@@ -104,6 +104,7 @@ type reservation struct {
 	pool    string
 	node    string
 	victims []string
+	made    time.Time
 }
 
 // Cluster is the engine's state. It is not safe for concurrent use.
@@ -115,7 +116,6 @@ type Cluster struct {
 	tree     tree
 	total    resource.Vector // allocatable of ready nodes
 	nodeGen  uint64          // bumped when labels, IDC or the node set change
-	cursor   int             // Spread's rotating start
 
 	pools map[string]*pool
 	root  *pool
@@ -128,7 +128,13 @@ type Cluster struct {
 	reservations []*reservation
 	seq          uint64                      // instance-id sequence
 	orphans      map[string]map[string]*inst // node name → instances on a node not (or no longer) known
-	conCache     map[string]*conEntry
+
+	// gen counts changes to anything the fair shares depend on; the pools'
+	// fair shares were computed at fairAt when fairValid.
+	gen       uint64
+	fairAt    uint64
+	fairValid bool
+	conCache  map[string]*conEntry
 }
 
 type node struct {
@@ -199,7 +205,6 @@ type app struct {
 	missing  int
 	scanFrom int
 	blocked  string
-	unplaced int
 	fairLeft int
 }
 
@@ -319,6 +324,7 @@ func New(cfg Config) *Cluster {
 // replaced); a node coming back keeps whatever it still holds until the
 // scheduler's stops reach it.
 func (c *Cluster) UpsertNode(m model.Node) {
+	c.gen++
 	n := c.nodes[m.Name]
 	if n == nil {
 		n = &node{idx: len(c.nodeList), ports: map[int]string{}, appCount: map[*app]int{}, insts: map[string]*inst{}}
@@ -396,6 +402,7 @@ var notPlaceable = resource.Vector{-1, -1, -1, -1, -1, -1}
 
 // RemoveNode forgets a node; its instances are lost and replaced.
 func (c *Cluster) RemoveNode(name string) {
+	c.gen++
 	n := c.nodes[name]
 	if n == nil {
 		return
@@ -444,6 +451,7 @@ func (c *Cluster) ensurePool(name string) *pool {
 // UpsertPool adds or changes a pool; missing ancestors are created with
 // defaults.
 func (c *Cluster) UpsertPool(m model.Pool) {
+	c.gen++
 	p := c.ensurePool(m.Name)
 	p.m = m
 	p.explicit = true
@@ -453,6 +461,7 @@ func (c *Cluster) UpsertPool(m model.Pool) {
 // RemovePool forgets a pool's settings; a pool that still has apps or
 // children stays with the defaults.
 func (c *Cluster) RemovePool(name string) {
+	c.gen++
 	p := c.pools[name]
 	if p == nil || p == c.root {
 		return
@@ -474,6 +483,7 @@ func (c *Cluster) RemovePool(name string) {
 
 // UpsertApp adds an app or installs its new version.
 func (c *Cluster) UpsertApp(m model.App) {
+	c.gen++
 	name := m.Spec.Name
 	a := c.apps[name]
 	if a == nil {
@@ -515,6 +525,7 @@ func (c *Cluster) heldOf(a *app) []*inst {
 // RemoveApp forgets an app; its remaining instances are stopped by the
 // next plans and the app is gone once they are removed.
 func (c *Cluster) RemoveApp(name string) {
+	c.gen++
 	a := c.apps[name]
 	if a == nil {
 		return
@@ -527,6 +538,7 @@ func (c *Cluster) RemoveApp(name string) {
 }
 
 func (c *Cluster) dropApp(a *app) {
+	c.gen++
 	if a.pool != nil {
 		delete(a.pool.apps, a.sk.name)
 	}
@@ -535,6 +547,7 @@ func (c *Cluster) dropApp(a *app) {
 }
 
 func (c *Cluster) stubApp(name string) *app {
+	c.gen++
 	a := &app{insts: map[string]*inst{}, stub: true}
 	a.sk = schedKey{name: name, weight: 1, hidx: -1, a: a}
 	a.m.Spec.Name = name
@@ -634,6 +647,7 @@ func (c *Cluster) maybeDropStub(a *app) {
 
 // attach accounts an instance on its node and in its app and pools.
 func (c *Cluster) attach(i *inst) {
+	c.gen++
 	i.k = classify(i)
 	i.k.apply(&i.app.cnt, 1)
 	if i.state.Terminal() || i.node == nil {
@@ -664,6 +678,7 @@ func (c *Cluster) attach(i *inst) {
 }
 
 func (c *Cluster) detach(i *inst) {
+	c.gen++
 	i.k.apply(&i.app.cnt, -1)
 	i.k = contrib{}
 	if i.onNode {

@@ -192,7 +192,7 @@ func (c *Cluster) FairShares() map[string]resource.Vector {
 		}
 	}
 	c.prepareDemand()
-	c.computeFair()
+	c.fairShares()
 	out := make(map[string]resource.Vector, len(c.pools))
 	for name, p := range c.pools {
 		out[name] = p.fair
@@ -206,6 +206,17 @@ func (c *Cluster) wanted(a *app) int {
 		return 0
 	}
 	return a.m.Spec.Instances
+}
+
+// fairShares sets every pool's fair share, reusing the last computation
+// when nothing it depends on changed since (a steady cluster with demand
+// waiting plans again and again on the same state).
+func (c *Cluster) fairShares() {
+	if c.fairValid && c.fairAt == c.gen {
+		return
+	}
+	c.computeFair()
+	c.fairAt, c.fairValid = c.gen, true
 }
 
 // computeFair runs the fluid allocation. It borrows the schedulables'
@@ -278,32 +289,29 @@ func (c *Cluster) computeFair() {
 }
 
 // usable is the ready nodes' capacity less the fragments nothing missing
-// can use: a node's free vector counts only if at least one missing
-// instance's request fits in it. Distinct requests are compared up to 64;
-// beyond that their per-dimension minimum stands in (a free vector it
-// does not fit is certainly unusable).
+// can use: a node's free vector counts only if at least one app with
+// missing instances could place one there (its request fits and its
+// constraints, spread and host ports allow the node). Per request shape
+// the first 16 such apps are tried; past that the node counts as usable.
 func (c *Cluster) usable() resource.Vector {
-	var shapes []resource.Vector
-	seen := map[resource.Vector]bool{}
-	var floor resource.Vector
-	first := true
+	type group struct {
+		req  resource.Vector
+		apps []*app
+	}
+	var groups []*group
+	byShape := map[resource.Vector]*group{}
 	for _, a := range c.sortedApps() {
 		if a.missing <= 0 || a.stub {
 			continue
 		}
 		r := a.m.Spec.Resources
-		if first {
-			floor, first = r, false
-		} else {
-			floor = floor.Min(r)
+		g := byShape[r]
+		if g == nil {
+			g = &group{req: r}
+			byShape[r] = g
+			groups = append(groups, g)
 		}
-		if !seen[r] {
-			seen[r] = true
-			shapes = append(shapes, r)
-		}
-	}
-	if len(shapes) > 64 {
-		shapes = []resource.Vector{floor}
+		g.apps = append(g.apps, a)
 	}
 	total := c.total
 	for _, n := range c.nodeList {
@@ -311,14 +319,26 @@ func (c *Cluster) usable() resource.Vector {
 			continue
 		}
 		free := n.free()
-		fits := false
-		for _, r := range shapes {
-			if r.Fits(free) {
-				fits = true
+		ok := false
+		for _, g := range groups {
+			if !g.req.Fits(free) {
+				continue
+			}
+			if len(g.apps) > 16 {
+				ok = true
+				break
+			}
+			for _, a := range g.apps {
+				if c.feasible(a, n, g.req) {
+					ok = true
+					break
+				}
+			}
+			if ok {
 				break
 			}
 		}
-		if !fits {
+		if !ok {
 			total = total.Sub(free.Max(resource.Vector{}))
 		}
 	}

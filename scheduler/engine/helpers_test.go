@@ -48,7 +48,22 @@ func step(t *testing.T, c *Cluster, now time.Time) *Plan {
 	p := c.Plan(now)
 	c.Apply(p)
 	checkInvariants(t, c)
+	checkFairCache(t, c)
 	return p
+}
+
+// checkFairCache: the fair shares the engine reuses equal a fresh
+// computation.
+func checkFairCache(t testing.TB, c *Cluster) {
+	t.Helper()
+	cached := c.FairShares()
+	c.fairValid = false
+	fresh := c.FairShares()
+	for name, v := range fresh {
+		if cached[name] != v {
+			t.Fatalf("pool %s: reused fair share %v, fresh %v", name, cached[name], v)
+		}
+	}
 }
 
 // agent plays the node agents: stopping instances become stopped and are

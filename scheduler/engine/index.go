@@ -213,8 +213,13 @@ func (c *Cluster) pick(a *app, req resource.Vector, cursor int) *node {
 		start := 0
 		if c.cfg.Scoring == Binpack {
 			start = sort.SearchInts(list, a.scanFrom)
-		} else if len(list) > 0 {
-			start = cursor % len(list)
+		} else if len(list) > 0 && nn > 0 {
+			// the cursor is a node index: start at the first listed node
+			// at or after it
+			start = sort.SearchInts(list, cursor%nn)
+			if start == len(list) {
+				start = 0
+			}
 		}
 		for j := 0; j < len(list); j++ {
 			pos := start + j

@@ -330,3 +330,25 @@ func TestPlanDoesNotMutate(t *testing.T) {
 		}
 	}
 }
+
+// Spread scoring over the constrained-list path: the matching nodes are
+// used evenly and nothing else is touched.
+func TestSpreadScoringWithConstraints(t *testing.T) {
+	c := New(Config{Scoring: Spread})
+	for j := 0; j < 100; j++ {
+		idc := "a"
+		if j%20 == 3 {
+			idc = "b"
+		}
+		addNode(c, nodeName(j), vec("cpu=8", "memory=8Gi"), "idc="+idc)
+	}
+	addApp(c, "b", "root.p", 10, vec("cpu=1", "memory=1Gi"), func(a *model.App) { a.Spec.Constraints.IDC = "b" })
+	per := map[string]int{}
+	for _, n := range nodesOf(step(t, c, t0), "b") {
+		per[n]++
+	}
+	want := map[string]int{"n003": 2, "n023": 2, "n043": 2, "n063": 2, "n083": 2}
+	if !reflect.DeepEqual(per, want) {
+		t.Fatalf("per node %v, want %v", per, want)
+	}
+}

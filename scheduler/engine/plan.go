@@ -20,6 +20,9 @@ type planner struct {
 	cursor int
 	seq    uint64
 	pools  []*pool // by depth, once per plan when preemption needs it
+
+	preemptions int    // victim searches so far
+	gen         uint64 // the cluster's generation when the plan began
 }
 
 type undoStop struct {
@@ -35,13 +38,13 @@ type undoStop struct {
 // started being starved (preemption timeouts count from the now of the
 // plan that first saw it). Apply the plan once the store has committed it.
 func (c *Cluster) Plan(now time.Time) *Plan {
-	pl := &planner{c: c, now: now, plan: &Plan{}, seq: c.seq}
+	pl := &planner{c: c, now: now, plan: &Plan{}, seq: c.seq, gen: c.gen}
 	pl.cursor = int(mix(uint64(now.UnixNano())^c.seq) % uint64(len(c.nodeList)+1))
 	defer pl.undo()
 
 	apps := c.sortedApps()
 	for _, a := range apps {
-		a.missing, a.blocked, a.unplaced, a.scanFrom = 0, "", 0, 0
+		a.missing, a.blocked, a.scanFrom = 0, "", 0
 		a.sk.hidx = -1
 		pl.housekeep(a)
 	}
@@ -95,6 +98,13 @@ func (c *Cluster) Apply(p *Plan) {
 
 func (pl *planner) undo() {
 	c := pl.c
+	if c.gen == pl.gen {
+		// the plan changed nothing: the fair shares stay valid
+		return
+	}
+	// the state is restored below, but under a new generation: a fair
+	// share computed on the plan's tentative state must not be reused
+	defer func() { c.gen++; c.fairValid = false }()
 	for j := len(pl.placed) - 1; j >= 0; j-- {
 		i := pl.placed[j]
 		c.detach(i)

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"math"
 	"sort"
 	"time"
 
@@ -27,7 +26,10 @@ func (pl *planner) reservations() {
 			}
 		}
 		if pending {
-			pl.plan.reservations = append(pl.plan.reservations, r)
+			// victims that never report stopped do not hold a node forever
+			if pl.now.Sub(r.made) < ReservationTTL {
+				pl.plan.reservations = append(pl.plan.reservations, r)
+			}
 			continue
 		}
 		n := c.nodes[r.node]
@@ -54,6 +56,17 @@ func (c *Cluster) inflight(pool string, rs []*reservation) int {
 
 const eps = 1e-9
 
+// ReservationTTL bounds how long a node emptied by preemption waits for
+// its victims to stop before the reservation is dropped (and preemption
+// may choose again).
+const ReservationTTL = 10 * time.Minute
+
+// MaxPreemptionsPerPlan bounds the victim searches of one plan (each looks
+// at every instance of the pools that could give); a deficit larger than
+// that is worked off over the next plans, the reservations already made
+// counting as in flight.
+const MaxPreemptionsPerPlan = 64
+
 // preempt runs after placement. Pools starved past their timeouts take
 // instances from pools above their fair share; apps that could not be
 // placed take instances of lower priority in their own pool.
@@ -67,8 +80,21 @@ func (pl *planner) preempt() {
 		}
 	}
 	removed := map[*pool]resource.Vector{}
-	if timeouts {
-		c.computeFair()
+	pending := false
+	for _, a := range c.sortedApps() {
+		if a.missing > 0 && !a.stub {
+			pending = true
+			break
+		}
+	}
+	if timeouts && !pending {
+		// nothing waits: nobody is starved, every clock stops
+		for _, p := range c.pools {
+			p.minSince, p.fsSince = time.Time{}, time.Time{}
+		}
+	}
+	if timeouts && pending {
+		c.fairShares()
 		for _, p := range c.poolsByDepth() {
 			if p.parent == nil {
 				continue
@@ -118,17 +144,13 @@ func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
 	c := pl.c
 	m := allDims
 	minStarved := needy(p.sk.usage, p.sk.minT, c.total, &m)
-	// Fair-share starvation counts whole instances: a pool is starved when
-	// even one more of its pending instances would leave it at or below
-	// threshold × fair share (a pool within one instance of its share is
-	// not starved, so the rounding of instances causes no churn).
+	// YARN's rule: starved for fair share while below threshold × fair
+	// share with instances waiting. Victims must stay at or above their
+	// own fair share, so a pool just below its share takes an instance
+	// only from one that is more than an instance above its own.
 	apps := p.pendingApps()
-	var step float64
-	for _, a := range apps {
-		step = math.Max(step, share(a.m.Spec.Resources, c.total, &m))
-	}
 	fairT := p.m.EffectiveThreshold() * share(p.fair, c.total, &m)
-	fairStarved := len(apps) > 0 && share(p.sk.usage, c.total, &m)+step <= fairT+eps
+	fairStarved := len(apps) > 0 && share(p.sk.usage, c.total, &m) < fairT-eps
 	if minStarved {
 		if p.minSince.IsZero() {
 			p.minSince = pl.now
@@ -156,7 +178,7 @@ func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
 		if minDue && needy(u, p.sk.minT, c.total, &m) {
 			return false
 		}
-		if fairDue && share(u, c.total, &m)+step <= fairS+eps {
+		if fairDue && share(u, c.total, &m) < fairS-eps {
 			return false
 		}
 		return true
@@ -210,6 +232,10 @@ func (p *pool) pendingApps() []*app {
 // gone.
 func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*pool]resource.Vector) bool {
 	c := pl.c
+	if pl.preemptions >= MaxPreemptionsPerPlan {
+		return false
+	}
+	pl.preemptions++
 	req := a.m.Spec.Resources
 	// what earlier reservations on a node will free and claim
 	pendingFree := map[string]resource.Vector{}
@@ -349,7 +375,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 	if best == nil {
 		return false
 	}
-	r := &reservation{app: a.sk.name, pool: starved.sk.name, node: best.m.Name}
+	r := &reservation{app: a.sk.name, pool: starved.sk.name, node: best.m.Name, made: pl.now}
 	for _, v := range bestVictims {
 		pl.stop(v, ReasonPreempted, starved.sk.name)
 		for x := v.app.pool; x != nil; x = x.parent {

@@ -226,3 +226,49 @@ func TestCanFit(t *testing.T) {
 		t.Fatalf("constraints: %v %q", ok, why)
 	}
 }
+
+// Victims that never stop do not hold their node for ever.
+func TestReservationExpires(t *testing.T) {
+	c := fullCluster(t,
+		model.Pool{Name: "root.a", Min: vec("cpu=1"), MinSharePreemptionTimeout: model.Duration(time.Second)},
+		model.Pool{Name: "root.b"})
+	step(t, c, t0)
+	p := step(t, c, t0.Add(2*time.Second))
+	if preemptedFor(p, "root.a") != 1 || len(c.reservations) != 1 {
+		t.Fatalf("preempted %d, reservations %d", preemptedFor(p, "root.a"), len(c.reservations))
+	}
+	step(t, c, t0.Add(2*time.Second+ReservationTTL-time.Second))
+	if len(c.reservations) != 1 {
+		t.Fatal("reservation dropped early")
+	}
+	p = step(t, c, t0.Add(2*time.Second+ReservationTTL))
+	if len(c.reservations) != 1 || preemptedFor(p, "root.a") != 1 {
+		t.Fatalf("after the TTL: reservations %d, preempted again %d (want the old one dropped and one new)", len(c.reservations), preemptedFor(p, "root.a"))
+	}
+}
+
+// A large deficit is worked off over several plans, MaxPreemptionsPerPlan
+// at a time, the reservations made counting as in flight.
+func TestPreemptionCappedPerPlan(t *testing.T) {
+	c := New(Config{})
+	for j := 0; j < 20; j++ {
+		addNode(c, nodeName(j), vec("cpu=10", "memory=100Gi"))
+	}
+	c.UpsertPool(model.Pool{Name: "root.a", Min: vec("cpu=100"), MinSharePreemptionTimeout: model.Duration(time.Second)})
+	addApp(c, "b", "root.b", 200, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0)
+	agent(c)
+	addApp(c, "a", "root.a", 200, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0.Add(time.Second))
+	p1 := step(t, c, t0.Add(3*time.Second))
+	p2 := step(t, c, t0.Add(4*time.Second))
+	p3 := step(t, c, t0.Add(5*time.Second))
+	if n1, n2, n3 := preemptedFor(p1, "root.a"), preemptedFor(p2, "root.a"), preemptedFor(p3, "root.a"); n1 != MaxPreemptionsPerPlan || n1+n2 != 100 || n3 != 0 {
+		t.Fatalf("preempted %d, %d, %d; want %d, %d, 0", n1, n2, n3, MaxPreemptionsPerPlan, 100-MaxPreemptionsPerPlan)
+	}
+	agent(c)
+	step(t, c, t0.Add(6*time.Second))
+	if n := counts(c); n["a"] != 100 || n["b"] != 100 {
+		t.Fatalf("live %v, want a:100 b:100", n)
+	}
+}

@@ -80,3 +80,48 @@ func TestRebuildFromStore(t *testing.T) {
 		}
 	}
 }
+
+func TestPoolMovesAndFailures(t *testing.T) {
+	c := New(Config{})
+	addNode(c, "n1", vec("cpu=8", "memory=8Gi"))
+	addApp(c, "a", "root.x", 2, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0)
+	agent(c)
+	// the app moves to another pool: its usage goes with it
+	addApp(c, "a", "root.y.z", 2, vec("cpu=1", "memory=1Gi"))
+	if u, n := c.Usage("root.x"); !u.IsZero() || n != 0 {
+		t.Fatalf("old pool still holds %v/%d", u, n)
+	}
+	if u, n := c.Usage("root.y"); u != vec("cpu=2", "memory=2Gi") || n != 2 {
+		t.Fatalf("new parent holds %v/%d", u, n)
+	}
+	// a failed instance frees its resources and is replaced
+	id := c.Instances("a")[0].ID
+	m, _ := c.Instance(id)
+	m.State = model.Failed
+	c.UpsertInstance(m)
+	if used := c.NodeUsed("n1"); used[0] != 1000 {
+		t.Fatalf("used %v after a failure", used)
+	}
+	p := step(t, c, t0.Add(time.Second))
+	if len(p.Place) != 1 || len(p.Stop) != 0 {
+		t.Fatalf("replacement: %+v", p)
+	}
+	// a pool's settings removed while it has apps: it stays, with defaults
+	c.UpsertPool(model.Pool{Name: "root.y.z", Max: vec("cpu=1")})
+	c.RemovePool("root.y.z")
+	if p := c.pools["root.y.z"]; p == nil || !p.m.Max.IsZero() {
+		t.Fatal("pool with apps vanished or kept its max")
+	}
+	c.RemoveApp("a")
+	agent(c)
+	step(t, c, t0.Add(2*time.Second))
+	agent(c)
+	c.RemovePool("root.y.z")
+	if _, ok := c.pools["root.y.z"]; ok {
+		t.Fatal("empty pool not removed")
+	}
+	if _, ok := c.pools["root.y"]; ok {
+		t.Fatal("implicit parent of a removed pool left behind")
+	}
+}

@@ -98,6 +98,7 @@ func (s *simCluster) converge(t testing.TB, maxRounds int) {
 		p := s.c.Plan(s.now)
 		s.c.Apply(p)
 		agent(s.c)
+		checkFairCache(t, s.c)
 		s.rounds++
 		if p.Empty() && len(s.c.reservations) == 0 {
 			// quiet for longer than every timeout: really converged
@@ -125,9 +126,13 @@ func (s *simCluster) checkFairness(t testing.TB) {
 	fs := c.FairShares()
 	m := allDims
 	// A pool below its share can only gain by preempting an instance from
-	// a pool above its share that stays at or above its own: so "one
-	// instance" is the largest instance in the cluster (the shapes here
-	// differ by up to 8×), or the pool's own largest if that is bigger.
+	// a pool above its share that stays at or above its own, and every
+	// pool on the victim's side up to the common ancestor must stay at or
+	// above its own share too. So the granularity is the largest instance
+	// in the cluster (the shapes here differ by up to 8×), once per level
+	// of the pool tree a move has to cross: a leaf here is two levels
+	// below root, so it may be off by up to two such instances (and is
+	// usually within one: the test logs the worst case).
 	var largest float64
 	for _, a := range c.apps {
 		largest = math.Max(largest, share(a.m.Spec.Resources, c.total, &m))
@@ -138,17 +143,14 @@ func (s *simCluster) checkFairness(t testing.TB) {
 		if p.sk.demand.IsZero() {
 			continue
 		}
-		biggest := largest
-		for _, a := range p.apps {
-			biggest = math.Max(biggest, share(a.m.Spec.Resources, c.total, &m))
-		}
+		biggest := largest * float64(p.depth)
 		got := share(p.sk.usage, c.total, &m)
 		want := share(fs[pm.Name], c.total, &m)
-		if dev := math.Abs(got-want) / biggest; dev > worst {
+		if dev := math.Abs(got-want) / largest; dev > worst {
 			worst = dev
 		}
 		if math.Abs(got-want) > biggest+1e-9 {
-			t.Errorf("pool %s: dominant share %.5f, fair share %.5f, one instance %.5f (usage %v, fair %v)",
+			t.Errorf("pool %s: dominant share %.5f, fair share %.5f, allowed %.5f (usage %v, fair %v)",
 				pm.Name, got, want, biggest, p.sk.usage, fs[pm.Name])
 		}
 		minT := pm.Min.Min(p.sk.demand)
@@ -156,13 +158,13 @@ func (s *simCluster) checkFairness(t testing.TB) {
 			t.Errorf("pool %s below its min: usage %v min %v", pm.Name, p.sk.usage, minT)
 		}
 	}
-	t.Logf("worst deviation from fair share: %.2f instances", worst)
+	t.Logf("worst deviation from fair share: %.2f of the largest instance", worst)
 }
 
 func TestSimulationConverges(t *testing.T) {
 	nodes, groups, leaves := 200, 6, 8
 	if !testing.Short() {
-		nodes, groups, leaves = 1000, 10, 20
+		nodes, groups, leaves = 600, 8, 15
 	}
 	for _, scoring := range []Scoring{Binpack, Spread} {
 		t.Run(fmt.Sprint("scoring=", scoring), func(t *testing.T) {
@@ -191,7 +193,10 @@ func TestSimulationConverges(t *testing.T) {
 				case 1:
 					s.apps[j].State = model.AppStopped
 				case 2:
-					s.apps[j].Spec.Instances *= 2
+					// not those whose per-node rules would then bind
+					if s.apps[j].Spec.Spread == 0 && len(s.apps[j].Spec.Ports) == 0 {
+						s.apps[j].Spec.Instances *= 2
+					}
 				}
 				s.c.UpsertApp(s.apps[j])
 			}
