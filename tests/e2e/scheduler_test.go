@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -472,6 +473,20 @@ func TestSchedulerSubmitErrors(t *testing.T) {
 	if code := call(t, s.URL(), schedAdmin, "GET", "/v1/apps?limit=0", nil, &bad); code != http.StatusBadRequest || bad.Error.Field != "limit" {
 		t.Fatalf("limit=0: %d %+v", code, bad)
 	}
+
+	// gaiactl finds the scheduler by the cluster's name in Consul.
+	ctl := harness.Binary(t, "./cmd/gaiactl")
+	out, err := exec.Command(ctl, "--consul", e.consul, "--cluster", e.cluster, "--token", schedAdmin, "-o", "json", "app", "list").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"api"`) || !strings.Contains(string(out), `"zeta"`) {
+		t.Fatalf("gaiactl --cluster %s app list: %v\n%s", e.cluster, err, out)
+	}
+	spec := filepath.Join(t.TempDir(), "app.yaml")
+	os.WriteFile(spec, []byte("name: api\npool: root.team\nimage: "+e.image+"\ninstances: 1\nresources: {cpu: 100m, memory: 64Mi}\n"), 0o644)
+	out, err = exec.Command(ctl, "--consul", e.consul, "--cluster", e.cluster, "--token", schedAdmin, "app", "submit", "-f", spec).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "name") || !strings.Contains(string(out), "already exists") {
+		t.Fatalf("gaiactl app submit of a clashing name: %v\n%s", err, out)
+	}
+	t.Logf("gaiactl on a clash: %s", strings.TrimSpace(string(out)))
 }
 
 // TestSchedulerNodeDownAndBack: a node agent that stops polling is marked
