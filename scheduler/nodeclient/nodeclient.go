@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,7 @@ type Client struct {
 	o          Options
 	mu         sync.Mutex
 	cur        string // the scheduler in use
+	term       int64  // the newest leader term seen in a desired set
 	next       int
 	registered bool
 }
@@ -188,6 +190,20 @@ func decodeError(status int, body []byte) error {
 	return &Error{Status: status, API: e.Error}
 }
 
+// ErrStaleTerm: a desired set from a leader older than one already heard
+// from (a deposed leader that has not noticed yet).
+var ErrStaleTerm = errors.New("desired set from an older leader term")
+
+// Term is the leader's term in a desired-set version ("<term>.<n>").
+func Term(version string) (int64, bool) {
+	t, _, ok := strings.Cut(version, ".")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	return n, err == nil
+}
+
 // Register registers the node with the leader.
 func (c *Client) Register(ctx context.Context) (*api.RegisterResponse, error) {
 	status, body, err := c.do(ctx, http.MethodPost, "/v1/node/register", c.o.Node, c.o.Slack)
@@ -244,6 +260,21 @@ func (c *Client) Poll(ctx context.Context, version string, wait time.Duration) (
 		var s api.DesiredSet
 		if err := json.Unmarshal(body, &s); err != nil {
 			return nil, false, err
+		}
+		// A set from an older term than one already applied comes from a
+		// deposed leader that has not noticed yet: never apply it.
+		if t, ok := Term(s.Version); ok {
+			c.mu.Lock()
+			stale := t < c.term
+			if !stale {
+				c.term = t
+			}
+			server := c.cur
+			c.mu.Unlock()
+			if stale {
+				c.failover(ctx, server, "")
+				return nil, false, fmt.Errorf("%w: set %s from %s", ErrStaleTerm, s.Version, server)
+			}
 		}
 		return &s, true, nil
 	}

@@ -19,7 +19,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -285,6 +287,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.DrainTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var stacks strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+		s.log.Error("requests still running at the end of the drain", "goroutines", stacks.String())
 		srv.Close()
 		return fmt.Errorf("shutdown: requests still running after %s: %w", s.cfg.HTTP.DrainTimeout, err)
 	}

@@ -62,7 +62,7 @@ func newSchedEnv(t *testing.T) *schedEnv {
 
 func (e *schedEnv) config(addr string) string {
 	return fmt.Sprintf(`log: {level: info, formatter: json}
-http: {addr: %s, draintimeout: 5s}
+http: {addr: %s, draintimeout: 10s}
 database: {url: %q, migrate: true}
 cluster:
   name: %s
