@@ -108,9 +108,12 @@ func (c *Client) failover(ctx context.Context, from, leader string) {
 			return
 		}
 	}
-	if len(c.o.Servers) > 0 {
+	for range c.o.Servers {
 		c.next = (c.next + 1) % len(c.o.Servers)
 		c.cur = c.o.Servers[c.next]
+		if c.cur != from {
+			break
+		}
 	}
 }
 
