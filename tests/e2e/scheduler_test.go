@@ -290,7 +290,7 @@ func TestSchedulerFailover(t *testing.T) {
 	// Submitted through the follower: forwarded to the leader.
 	var app map[string]any
 	if code := call(t, b.URL(), schedAdmin, "POST", "/v1/apps", appSpec("web", "root.e2e", e.image, 0), &app); code != http.StatusCreated {
-		t.Fatalf("submit via the follower: %d %v", code, app)
+		t.Fatalf("submit via the follower: %d %v\nleader's log:\n%s\nfollower's log:\n%s", code, app, a.Log(), b.Log())
 	}
 	waitFor(t, "50 nodes registered", time.Minute, func() bool {
 		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 50
