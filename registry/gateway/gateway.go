@@ -541,6 +541,9 @@ func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, r
 	g.countRequest(u, code)
 	g.countBytes(u, "in", in.read.Load())
 	g.countBytes(u, "out", n)
+	if r.Method == http.MethodGet && isBlobGet(r) {
+		g.m.blobBytes.Add(float64(n))
+	}
 	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
 	if g.log.Enabled(r.Context(), slog.LevelDebug) {
 		g.log.Debug("request", "method", r.Method, "path", r.URL.Path, "upstream", u.ID, "status", resp.StatusCode,

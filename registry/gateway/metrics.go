@@ -20,6 +20,7 @@ type metrics struct {
 	replaySkipped   prometheus.Counter
 
 	redirects         *prometheus.CounterVec
+	blobBytes         prometheus.Counter
 	cacheRequests     *prometheus.CounterVec
 	cacheEvictions    *prometheus.CounterVec
 	cacheDeletions    prometheus.Counter
@@ -63,6 +64,9 @@ func newMetrics(reg *prometheus.Registry, g *Gateway) *metrics {
 		redirects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gaia_gateway_redirects_total", Help: "Blob GETs answered 307 with a signed URL on a registry server (redirect: blobs), by that server's IDC.",
 		}, []string{"idc"}),
+		blobBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_gateway_blob_bytes_total", Help: "Blob bytes (GET responses of blobs) that passed through the gateway: with redirect: blobs, only Range and signed-URL requests sent to it.",
+		}),
 		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gaia_gateway_cache_requests_total", Help: "Cacheable requests (manifests and blob HEADs by digest), by kind and result: hit or miss.",
 		}, []string{"kind", "result"}),
@@ -88,7 +92,7 @@ func newMetrics(reg *prometheus.Registry, g *Gateway) *metrics {
 			return [...]float64{float64(b), float64(n), map[bool]float64{true: 1}[live]}[i]
 		}
 	}
-	reg.MustRegister(m.redirects, m.cacheRequests, m.cacheEvictions, m.cacheDeletions, m.cacheListenErrors,
+	reg.MustRegister(m.redirects, m.blobBytes, m.cacheRequests, m.cacheEvictions, m.cacheDeletions, m.cacheListenErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gaia_gateway_cache_bytes", Help: "Bytes the cache holds (cache.maxbytes bounds it)."}, cacheStat(0)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gaia_gateway_cache_entries", Help: "Entries the cache holds."}, cacheStat(1)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gaia_gateway_cache_live", Help: "1 while the cache is in use (listening for deletions), else 0."}, cacheStat(2)))
