@@ -261,6 +261,9 @@ func TestGatewaySignedURLs(t *testing.T) {
 	for what, u := range refused {
 		code, b := get(http.MethodGet, u)
 		if code != 401 || !strings.Contains(string(b), `"code":"UNAUTHORIZED"`) {
+			if len(b) > 300 {
+				b = fmt.Appendf(nil, "(%d bytes)", len(b))
+			}
 			t.Errorf("%s: %d %s", what, code, b)
 		}
 	}
