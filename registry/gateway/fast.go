@@ -140,7 +140,9 @@ func (g *Gateway) cachedBlobHead(w http.ResponseWriter, r *http.Request) {
 // meanwhile. Answers the cache cannot give (another status, a media type
 // r's Accept does not list, a failed fetch) go through proxy.
 func (g *Gateway) cached(w http.ResponseWriter, r *http.Request, kind, key, fetchMethod string) {
-	if e := g.cache.get(key); e != nil && accepts(r, e.mediaType) {
+	// Accept matters for manifests only (servers ignore it for blobs).
+	acceptable := func(e *entry) bool { return kind == "blob" || accepts(r, e.mediaType) }
+	if e := g.cache.get(key); e != nil && acceptable(e) {
 		g.m.cacheRequests.WithLabelValues(kind, "hit").Inc()
 		g.write(w, r, e, "hit")
 		return
@@ -158,7 +160,7 @@ func (g *Gateway) cached(w http.ResponseWriter, r *http.Request, kind, key, fetc
 		}
 		return e, err
 	})
-	if err != nil || (e.status != http.StatusOK && e.status != http.StatusNotFound) || !accepts(r, e.mediaType) {
+	if err != nil || (e.status != http.StatusOK && e.status != http.StatusNotFound) || (e.status == http.StatusOK && !acceptable(e)) {
 		if r.Context().Err() == nil {
 			g.proxy(w, r)
 		}

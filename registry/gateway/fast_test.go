@@ -175,6 +175,12 @@ func TestCacheBounded(t *testing.T) {
 	for i := range 50 {
 		do(t, http.MethodHead, base+"/v2/lib/app/blobs/"+digest.FromString(strings.Repeat("b", i+1)).String())
 	}
+	// Blob HEADs are cached whatever the Accept header says.
+	d := "/v2/lib/app/blobs/" + digest.FromString("b").String()
+	do(t, http.MethodHead, base+d, "Accept", "application/vnd.oci.image.manifest.v1+json")
+	if resp, _ := do(t, http.MethodHead, base+d, "Accept", "application/vnd.oci.image.manifest.v1+json"); resp.Header.Get("X-Gaia-Cache") != "hit" || resp.Header.Get("Content-Length") != "1234" {
+		t.Fatalf("blob HEAD with an Accept header: %v", resp.Header)
+	}
 	bytes, entries, _ := g.cache.stats()
 	if bytes > 8*entryOverhead || entries == 0 || entries >= 50 {
 		t.Fatalf("cache holds %d bytes in %d entries, bound %d", bytes, entries, 8*entryOverhead)
