@@ -76,6 +76,21 @@ func Sign(keys Keys, method, repo, digest string, exp time.Time, id string) url.
 	return q
 }
 
+// MethodUpload is the method an upload session's signature is made for:
+// it covers every request of the session (PATCH, PUT, GET and DELETE of
+// /v2/<repo>/blobs/uploads/<id>), with the session's id as the digest.
+const MethodUpload = "UPLOAD"
+
+// Add sets the signature parameters of s in q, keeping q's others.
+func Add(q, s url.Values) {
+	for _, k := range []string{ParamSig, ParamExp, ParamID} {
+		q.Del(k)
+		if v := s.Get(k); v != "" {
+			q.Set(k, v)
+		}
+	}
+}
+
 // Signed reports whether a query carries a signature (valid or not).
 func Signed(q url.Values) bool { return q.Has(ParamSig) || q.Has(ParamExp) }
 

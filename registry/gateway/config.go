@@ -151,9 +151,9 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 	err := func() error {
 		authed := c.Auth.Htpasswd != nil || c.Auth.Token != nil
 		switch {
-		case c.Redirect != "off" && c.Redirect != "blobs":
-			return fmt.Errorf("redirect: %q is not blobs or off", c.Redirect)
-		case c.Redirect == "blobs" && len(c.Signing.Keys) == 0:
+		case c.Redirect != "off" && c.Redirect != "blobs" && c.Redirect != "blobs+uploads":
+			return fmt.Errorf("redirect: %q is not blobs, blobs+uploads or off", c.Redirect)
+		case c.Redirect != "off" && len(c.Signing.Keys) == 0:
 			return errors.New("signing.keys: required with redirect: blobs (the servers' cluster.signingkeys)")
 		case c.Signing.Expiry < 0:
 			return errors.New("signing.expiry: must be positive")
@@ -163,7 +163,7 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 			return errors.New("database.url: required with cache.maxbytes (deletions are heard from PostgreSQL)")
 		case authed && c.Auth.None:
 			return errors.New("auth.none: set, but so is auth.htpasswd or auth.token")
-		case (c.Redirect == "blobs" || c.Cache.MaxBytes > 0) && !authed && !c.Auth.None:
+		case (c.Redirect != "off" || c.Cache.MaxBytes > 0) && !authed && !c.Auth.None:
 			return errors.New("auth: redirect: blobs and cache check callers' pull right at the gateway: give it the servers' auth section (htpasswd or token), or auth.none: true if the servers have no auth")
 		}
 		if err := blobsign.Check(c.Signing.Keys, "signing.keys"); err != nil {

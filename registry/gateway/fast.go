@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/auth"
 	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/grammar"
+	"github.com/gaia-registry/gaia/registry/internaltoken"
 )
 
 // What the gateway answers itself, after checking the caller's pull right
@@ -36,7 +38,7 @@ import (
 
 // frontHandlers are built once: the auth middleware around each.
 type frontHandlers struct {
-	redirect, manifest, blobHead http.Handler
+	redirect, manifest, blobHead, upload http.Handler
 }
 
 func (g *Gateway) initFront() error {
@@ -49,20 +51,25 @@ func (g *Gateway) initFront() error {
 		redirect: authn.Wrap(http.HandlerFunc(g.redirectBlob)),
 		manifest: authn.Wrap(http.HandlerFunc(g.cachedManifest)),
 		blobHead: authn.Wrap(http.HandlerFunc(g.cachedBlobHead)),
+		upload:   authn.Wrap(http.HandlerFunc(g.redirectUpload)),
 	}
 	return nil
 }
 
 // serve routes a request to the gateway's own answers or to proxy.
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
-	if g.front == nil {
+	if g.front == nil || r.Header.Get(internaltoken.Header) != "" {
+		// A peer IDC's fill or replication read carries the internal
+		// token, not a user's credentials: the servers check it.
 		g.proxy(w, r)
 		return
 	}
 	rt := grammar.Parse(r.URL.Path)
 	byDigest := func() bool { _, err := digest.Parse(rt.Ref); return err == nil }
 	switch {
-	case g.cfg.Redirect == "blobs" && rt.Kind == "blob" && r.Method == http.MethodGet && byDigest() && !blobsign.Signed(r.URL.Query()):
+	case g.cfg.Redirect == "blobs+uploads" && rt.Kind == "upload" && rt.Ref == "" && r.Method == http.MethodPost:
+		g.front.upload.ServeHTTP(w, r)
+	case g.cfg.Redirect != "off" && rt.Kind == "blob" && r.Method == http.MethodGet && byDigest() && !blobsign.Signed(r.URL.Query()):
 		g.front.redirect.ServeHTTP(w, r)
 	case g.cache != nil && rt.Kind == "manifest" && (r.Method == http.MethodGet || r.Method == http.MethodHead) && byDigest():
 		g.front.manifest.ServeHTTP(w, r)
@@ -102,6 +109,34 @@ func (g *Gateway) redirectBlob(w http.ResponseWriter, r *http.Request) {
 	if g.log.Enabled(r.Context(), slog.LevelDebug) {
 		g.log.Debug("blob redirect", "repository", rt.Name, "digest", rt.Ref, "upstream", u.ID, "user", user)
 	}
+}
+
+// signUploadKey marks a POST that starts an upload (redirect:
+// blobs+uploads): its 202's Location is made a signed URL on the server
+// that answered (respond), so the session's PATCHes and PUT go there
+// directly. The value is the authorized user.
+type signUploadKey struct{}
+
+func (g *Gateway) redirectUpload(w http.ResponseWriter, r *http.Request) {
+	g.proxy(w, r.WithContext(context.WithValue(r.Context(), signUploadKey{}, auth.UserFromContext(r.Context()))))
+}
+
+// signUploadLocation turns a relative upload Location into a signed one
+// on u.
+func (g *Gateway) signUploadLocation(hdr http.Header, u *Upstream, user string) {
+	loc, err := url.Parse(hdr.Get("Location"))
+	if err != nil || loc.Host != "" {
+		return
+	}
+	rt := grammar.Parse(loc.Path)
+	if rt.Kind != "upload" || rt.Ref == "" {
+		return
+	}
+	q := loc.Query()
+	blobsign.Add(q, blobsign.Sign(g.cfg.Signing.Keys, blobsign.MethodUpload, rt.Name, rt.Ref, time.Now().Add(g.cfg.Signing.Expiry), user))
+	loc.Scheme, loc.Host, loc.RawQuery = u.Scheme, u.Addr, q.Encode()
+	hdr.Set("Location", loc.String())
+	g.m.redirects.WithLabelValues(u.IDC).Inc()
 }
 
 // accepts reports whether r's Accept headers allow mediaType (as the

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gaia-registry/gaia/registry/blobsign"
+	"github.com/gaia-registry/gaia/registry/internaltoken"
 )
 
 const testKey = "0123456789abcdef-test"
@@ -221,5 +222,25 @@ func TestRedirectSigned(t *testing.T) {
 	}
 	if f.count(http.MethodGet, loc.Path) != 0 {
 		t.Fatal("the redirect asked the server")
+	}
+}
+
+// A peer IDC's read with the internal token is proxied, not redirected:
+// the servers check the token.
+func TestInternalTokenProxied(t *testing.T) {
+	var got atomic.Value
+	u := upstreamOf(t, "s1", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Header.Get(internaltoken.Header))
+		w.Write([]byte("bytes"))
+	}))
+	cfg := testConfig("local")
+	cfg.Redirect = "blobs"
+	cfg.Signing.Keys = blobsign.Keys{testKey}
+	cfg.Auth.None = true
+	g := New(cfg, quiet())
+	g.SetUpstreams([]*Upstream{u})
+	resp, body := do(t, http.MethodGet, serve(t, g)+"/v2/lib/app/blobs/"+digest.FromString("x").String(), internaltoken.Header, "tok")
+	if resp.StatusCode != 200 || body != "bytes" || got.Load() != "tok" {
+		t.Fatalf("%d %q, server got token %v", resp.StatusCode, body, got.Load())
 	}
 }

@@ -103,7 +103,7 @@ func New(cfg *Config, log *slog.Logger) *Gateway {
 	if cfg.Cache.MaxBytes > 0 {
 		g.cache = newCache(cfg.Cache.MaxBytes, g.m, log)
 	}
-	if cfg.Redirect == "blobs" || g.cache != nil {
+	if cfg.Redirect != "off" || g.cache != nil {
 		if err := g.initFront(); err != nil { // LoadConfig checked the auth section
 			panic(err)
 		}
@@ -524,6 +524,9 @@ func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, r
 	hdr := w.Header()
 	for k, vs := range clientHeader(resp.Header, u) {
 		hdr[k] = vs
+	}
+	if user, ok := r.Context().Value(signUploadKey{}).(string); ok && resp.StatusCode == http.StatusAccepted {
+		g.signUploadLocation(hdr, u, user)
 	}
 	w.WriteHeader(resp.StatusCode)
 	buf := copyBuffers.Get().(*[]byte)

@@ -289,7 +289,7 @@ func TestLoadConfig(t *testing.T) {
 		"idc: a\nconsul: {addr: x}\nretries: -1\n":                                                                                            "retries",
 		"idc: a\nconsul: {addr: x}\nreplay: {maxbytes: -1}\n":                                                                                 "replay.maxbytes",
 		"idc: a\nconsul: {addr: x}\nidk: 1\n":                                                                                                 "field idk not found",
-		"idc: a\nconsul: {addr: x}\nredirect: yes\n":                                                                                          "redirect: \"yes\" is not blobs or off",
+		"idc: a\nconsul: {addr: x}\nredirect: yes\n":                                                                                          "redirect: \"yes\" is not blobs, blobs+uploads or off",
 		"idc: a\nconsul: {addr: x}\nredirect: blobs\nauth: {none: true}\n":                                                                    "signing.keys: required",
 		"idc: a\nconsul: {addr: x}\nredirect: blobs\nsigning: {keys: [short]}\nauth: {none: true}\n":                                          "signing.keys: key 1 is 5 bytes",
 		"idc: a\nconsul: {addr: x}\nredirect: blobs\nsigning: {keys: [0123456789abcdef]}\n":                                                   "auth: redirect: blobs and cache",

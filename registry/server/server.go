@@ -262,10 +262,19 @@ func (s *Server) signed(w http.ResponseWriter, r *http.Request, q url.Values, di
 	rt := api.RouteOf(r)
 	var err error
 	id := ""
-	if rt.Kind != "blob" || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
-		err = errors.New("a signature is good for blob GETs and HEADs only")
-	} else {
+	switch {
+	case rt.Kind == "blob" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		id, err = blobsign.Verify(s.cfg.Cluster.SigningKeys, q, r.Method, rt.Name, rt.Ref, time.Now())
+	case rt.Kind == "upload" && rt.Ref != "" && r.Method != http.MethodPost:
+		// An upload session a gateway pointed the client at (redirect:
+		// uploads): every request of that session, whose later Locations
+		// carry the signature on.
+		id, err = blobsign.Verify(s.cfg.Cluster.SigningKeys, q, blobsign.MethodUpload, rt.Name, rt.Ref, time.Now())
+		if err == nil {
+			w = &signedLocation{ResponseWriter: w, keys: s.cfg.Cluster.SigningKeys, id: id}
+		}
+	default:
+		err = errors.New("a signature is good for blob GETs and HEADs and upload sessions only")
 	}
 	if err != nil {
 		s.metrics.signedRequests.WithLabelValues("refused").Inc()
@@ -279,6 +288,37 @@ func (s *Server) signed(w http.ResponseWriter, r *http.Request, q url.Values, di
 	r.Header.Del(replication.NoFillHeader)
 	direct.ServeHTTP(w, r.WithContext(auth.WithUser(r.Context(), id)))
 }
+
+// signedLocation signs the Location of a signed upload request's answer
+// (the session's next request) afresh, for the same caller: a session
+// stays usable while each of its requests follows the last within
+// uploadSignedFor, however long the whole upload takes.
+type signedLocation struct {
+	http.ResponseWriter
+	keys blobsign.Keys
+	id   string
+}
+
+const uploadSignedFor = 5 * time.Minute
+
+func (w *signedLocation) WriteHeader(code int) {
+	if loc := w.Header().Get("Location"); loc != "" {
+		if u, err := url.Parse(loc); err == nil {
+			if rt := api.Parse(u.Path); rt.Kind == "upload" && rt.Ref != "" {
+				q := u.Query()
+				blobsign.Add(q, blobsign.Sign(w.keys, blobsign.MethodUpload, rt.Name, rt.Ref, time.Now().Add(uploadSignedFor), w.id))
+				u.RawQuery = q.Encode()
+				w.Header().Set("Location", u.String())
+			}
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *signedLocation) Write(b []byte) (int, error) { return w.ResponseWriter.Write(b) }
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *signedLocation) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *Server) checkSchema(ctx context.Context) error {
 	if s.cfg.Database.Migrate {

@@ -33,7 +33,9 @@ type redirectCluster struct {
 	authHdr string // its Authorization header
 }
 
-func startRedirectCluster(t *testing.T) *redirectCluster {
+func startRedirectCluster(t *testing.T) *redirectCluster { return startRedirectClusterMode(t, "blobs") }
+
+func startRedirectClusterMode(t *testing.T, mode string) *redirectCluster {
 	hash, _ := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
 	os.WriteFile(htpasswd, []byte("puller:"+string(hash)+"\n"), 0o600)
@@ -46,11 +48,11 @@ func startRedirectCluster(t *testing.T) *redirectCluster {
 	for i := range rc.gw {
 		addr := harness.FreeAddr(t)
 		rc.gwAddr[i] = addr
-		rc.gw[i] = harness.StartGateway(t, addr, gatewayConfig(c, "idc-a", addr, "local")+authYAML+fmt.Sprintf(`redirect: blobs
+		rc.gw[i] = harness.StartGateway(t, addr, gatewayConfig(c, "idc-a", addr, "local")+authYAML+fmt.Sprintf(`redirect: %s
 signing: {keys: [%q]}
 cache: {maxbytes: 8388608}
 database: {url: %q}
-`, redirectKey, c.db))
+`, mode, redirectKey, c.db))
 	}
 	// The caches are live once the gateways listen for deletions.
 	for i := range rc.gw {
@@ -416,5 +418,74 @@ func TestGatewayRedirectTargetKilled(t *testing.T) {
 	}
 	if digest.FromBytes(got) != d {
 		t.Fatalf("retry got %d bytes of another content", len(got))
+	}
+}
+
+// TestGatewayUploadRedirectRealClients: with redirect: blobs+uploads the
+// gateway answers an upload's POST with a signed Location on a server, so
+// the PATCHes and the PUT (the blob bytes) skip it. docker, skopeo, crane
+// and ctr each push a fresh image; the gateway took in no layer's bytes;
+// each image reads back whole.
+func TestGatewayUploadRedirectRealClients(t *testing.T) {
+	env := harness.Start(t, harness.Dockerd)
+	rc := startRedirectClusterMode(t, "blobs+uploads")
+	gw := rc.gwAddr[0]
+	cfgDir := dockerConfig(t, rc.auth, gw)
+	docker := func(args ...string) string {
+		t.Helper()
+		out, err := harness.DockerErr(env, append([]string{"--config", cfgDir}, args...)...)
+		if err != nil {
+			t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	crane := harness.GoTool(t, "github.com/google/go-containerregistry/cmd/crane", "v0.22.1")
+	dockerSock := strings.TrimPrefix(env["GAIA_TEST_DOCKER_HOST"], "unix://")
+	ctrSock := filepath.Join(filepath.Dir(dockerSock), "exec", "containerd", "containerd.sock")
+	ctrNS := fmt.Sprintf("gaia-e2e-upload-%d", time.Now().UnixNano())
+	in := func() float64 { return harness.Metric(t, rc.gw[0].URL(), "gaia_gateway_bytes_total", `direction="in"`) }
+	redirects := func() float64 { return harness.Metric(t, rc.gw[0].URL(), "gaia_gateway_redirects_total") }
+	accepted := func() float64 {
+		return rc.sum(t, "idc-a", "gaia_registry_signed_requests_total", `outcome="accepted"`)
+	}
+	const smallest = 300_000
+	for _, client := range []string{"docker", "skopeo", "crane", "ctr"} {
+		ref := gw + "/upload/" + client + ":v1"
+		harness.BuildImage(t, env, ref, 1<<20+3, smallest)
+		tarball := filepath.Join(t.TempDir(), "image.tar")
+		if client == "crane" || client == "ctr" {
+			docker("save", "-o", tarball, ref)
+		}
+		i0, r0, a0 := in(), redirects(), accepted()
+		switch client {
+		case "docker":
+			docker("push", ref)
+		case "skopeo":
+			skopeo(t, "copy", "--src-daemon-host", "unix://"+dockerSock, "--dest-tls-verify=false", "--dest-creds", rc.auth, "docker-daemon:"+ref, "docker://"+ref)
+		case "crane":
+			cmd := exec.Command(crane, "push", "--insecure", tarball, ref)
+			cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+cfgDir)
+			if o, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("crane push: %v\n%s", err, o)
+			}
+		case "ctr":
+			if o, err := run("ctr", "--address", ctrSock, "-n", ctrNS, "images", "import", tarball); err != nil {
+				t.Fatalf("ctr import: %v\n%s", err, o)
+			}
+			if o, err := run("ctr", "--address", ctrSock, "-n", ctrNS, "images", "push", "--plain-http", "--user", rc.auth, ref); err != nil {
+				t.Fatalf("ctr push: %v\n%s", err, o)
+			}
+		}
+		i1, r1, a1 := in(), redirects(), accepted()
+		t.Logf("%s push: %v uploads redirected, %v signed requests accepted by servers, %v bytes into the gateway", client, r1-r0, a1-a0, i1-i0)
+		if r1-r0 < 2 || a1-a0 < r1-r0 {
+			t.Errorf("%s push: %v uploads redirected, %v signed requests accepted", client, r1-r0, a1-a0)
+		}
+		if i1-i0 >= smallest {
+			t.Errorf("%s push: %v bytes went into the gateway, a layer's worth", client, i1-i0)
+		}
+		// The image reads back whole (skopeo verifies every blob's digest).
+		skopeo(t, "copy", "--src-tls-verify=false", "--src-creds", rc.auth, "docker://"+ref, "dir:"+t.TempDir())
+		harness.DockerErr(env, "rmi", ref)
 	}
 }
