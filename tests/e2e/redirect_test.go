@@ -202,7 +202,7 @@ func TestGatewayRedirectRealClients(t *testing.T) {
 // each field, another digest, another repository, another method, and
 // expiry.
 func TestGatewaySignedURLs(t *testing.T) {
-	rc := startRedirectCluster(t)
+	rc := startRedirectClusterMode(t, "blobs+uploads")
 	gw := "http://" + rc.gwAddr[0]
 	layerA, layerB := harness.Layer(1, 300_000), harness.Layer(2, 200_000)
 	dA := pushBlobAuth(t, gw, rc.authHdr, "signed/app", layerA)
@@ -280,6 +280,54 @@ func TestGatewaySignedURLs(t *testing.T) {
 	}
 	if n := rc.sum(t, "idc-a", "gaia_registry_signed_requests_total", `outcome="refused"`); n < float64(len(refused)+1) {
 		t.Errorf("servers counted %v refused signatures, want %d", n, len(refused)+1)
+	}
+
+	// An upload session's signed Location works for that session only.
+	post := func(repo string) *url.URL {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, gw+"/v2/"+repo+"/blobs/uploads/", nil)
+		req.Header.Set("Authorization", rc.authHdr)
+		resp, err := noFollow.Do(req)
+		if err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST upload: %v %v", resp.StatusCode, err)
+		}
+		resp.Body.Close()
+		u, err := url.Parse(resp.Header.Get("Location"))
+		if err != nil || u.Host == rc.gwAddr[0] || u.Query().Get(blobsign.ParamSig) == "" {
+			t.Fatalf("upload Location %q", resp.Header.Get("Location"))
+		}
+		return u
+	}
+	up1, up2 := post("signed/app"), post("signed/app")
+	id2 := up2.Path[strings.LastIndex(up2.Path, "/")+1:]
+	data := harness.Layer(5, 100_000)
+	put := func(u string, body []byte) (int, string) {
+		t.Helper()
+		pu, _ := url.Parse(u)
+		q := pu.Query()
+		q.Set("digest", digest.FromBytes(body).String())
+		pu.RawQuery = q.Encode()
+		req, _ := http.NewRequest(http.MethodPut, pu.String(), strings.NewReader(string(body)))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	for what, u := range map[string]string{
+		"another session":    strings.Replace(up1.String(), up1.Path, up2.Path[:strings.LastIndex(up2.Path, "/")+1]+id2, 1),
+		"another repository": strings.Replace(up1.String(), "/signed/app/", "/signed/other/", 1),
+		"a blob's signature": "http://" + up1.Host + up1.Path + "?" + loc.RawQuery,
+	} {
+		if code, b := put(u, data); code != 401 || !strings.Contains(b, `"code":"UNAUTHORIZED"`) {
+			t.Errorf("upload PUT with %s: %d %s", what, code, b)
+		}
+	}
+	if code, b := put(up1.String(), data); code != http.StatusCreated {
+		t.Errorf("upload PUT with its own signed Location: %d %s", code, b)
 	}
 }
 
