@@ -76,7 +76,7 @@ CFG
 "$REPO/bin/gaia-gateway" --config "$WORK/gateway-off.yml" >"$WORK/gateway-off.log" 2>&1 & pids+=($!)
 "$REPO/bin/gaia-gateway" --config "$WORK/gateway-on.yml" >"$WORK/gateway-on.log" 2>&1 & pids+=($!)
 for u in "http://127.0.0.1:$SP" "http://127.0.0.1:$GP" "http://127.0.0.1:$RP"; do
-  for _ in $(seq 1 200); do curl -fsS -o /dev/null "$u/readyz" 2>/dev/null && continue 2; sleep 0.1; done
+  for _ in $(seq 1 600); do curl -fsS -o /dev/null "$u/readyz" 2>/dev/null && continue 2; sleep 0.1; done
   cat "$WORK"/*.log >&2; die "$u not ready"
 done
 for _ in $(seq 1 100); do
