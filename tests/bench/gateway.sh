@@ -3,7 +3,7 @@
 # storage, the test PostgreSQL, registered in the test Consul) and two
 # gaia-gateways in front of it: "gw-off" (redirect: off, no cache: every
 # byte through the gateway, blob downloads spliced) and "gw-on"
-# (redirect: blobs, cache of manifests and blob HEADs by digest).
+# (redirect: blobs+uploads, cache of manifests and blob HEADs by digest).
 # regbench drives the server directly and through both gateways in the
 # same run, interleaved, and prints ratios against direct (> 1 would mean
 # the gateway is faster).
@@ -66,7 +66,7 @@ log: {level: warn}
 http: {addr: 127.0.0.1:$RP}
 idc: bench
 consul: {addr: "$GAIA_TEST_CONSUL_ADDR", service: $SERVICE}
-redirect: blobs
+redirect: blobs+uploads
 signing: {keys: ["$KEY"]}
 auth: {none: true}
 cache: {maxbytes: 67108864}
@@ -92,7 +92,7 @@ fi
 mkdir -p "$WORK/clients"
 (cd "$REPO" && go build -o "$WORK/regbench" ./tests/bench/regbench)
 targets=(-target "direct=http://127.0.0.1:$SP" -target "gw-off=http://127.0.0.1:$GP" -target "gw-on=http://127.0.0.1:$RP")
-note="one gaia-registry (filesystem, PostgreSQL) and two gaia-gateways on loopback (gw-off: redirect off, no cache; gw-on: redirect: blobs, cache.maxbytes 64 MiB); 2 cores shared with the clients"
+note="one gaia-registry (filesystem, PostgreSQL) and two gaia-gateways on loopback (gw-off: redirect off, no cache; gw-on: redirect: blobs+uploads, cache.maxbytes 64 MiB); 2 cores shared with the clients"
 log "throughput: push, pull (curl -L, crane, regbench), manifest GETs by digest at 32 clients"
 "$WORK/regbench" "${targets[@]}" -scenarios push,pull,manifest -push-clients regbench -pull-clients curl,crane,regbench \
   -crane "$CRANE_BIN" -work-dir "$WORK/clients" -manifest-ref digest \
