@@ -97,6 +97,12 @@ func UserFromContext(ctx context.Context) string {
 	return user
 }
 
+// WithUser records an authenticated user name in ctx (UserFromContext),
+// for requests authorized otherwise than by Wrap (signed blob URLs).
+func WithUser(ctx context.Context, user string) context.Context {
+	return context.WithValue(ctx, userKey{}, user)
+}
+
 // Wrap returns middleware that authorizes each request before next sees
 // it, putting the user's name in the request context (UserFromContext)
 // and, for a token, the repositories it may pull (api.WithPullable).

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/logconfig"
@@ -62,6 +64,37 @@ type Config struct {
 		MaxBytes *int64 `yaml:"maxbytes"`
 	} `yaml:"replay"`
 
+	// Redirect: "blobs" answers a blob GET with a 307 to a URL on one of
+	// the IDC's servers, signed with Signing.Keys, so the bytes skip the
+	// gateway; "off" (default) streams them through it. Clients must be
+	// able to reach the servers' advertised addresses.
+	Redirect string `yaml:"redirect"`
+	Signing  struct {
+		// Keys: the servers' cluster.signingkeys; the first signs. Two
+		// while rotating (docs/operations.md).
+		Keys blobsign.Keys `yaml:"keys"`
+		// Expiry: how long a signed URL is good for (default 5m).
+		Expiry time.Duration `yaml:"expiry"`
+	} `yaml:"signing"`
+	// Auth: the servers' auth section. The gateway checks a caller's pull
+	// right itself before it redirects or answers from its cache. With
+	// neither htpasswd nor token, None must say the servers have no auth
+	// either (so that a forgotten section cannot open the registry).
+	Auth struct {
+		auth.Config `yaml:",inline"`
+		None        bool `yaml:"none"`
+	} `yaml:"auth"`
+	// Cache: manifests by digest and blob HEADs by digest, kept in memory
+	// up to MaxBytes (0, the default: no cache). Needs Database.URL.
+	Cache struct {
+		MaxBytes int64 `yaml:"maxbytes"`
+	} `yaml:"cache"`
+	// Database: the servers' PostgreSQL, where the gateway LISTENs for
+	// deletions to drop cached entries.
+	Database struct {
+		URL string `yaml:"url"`
+	} `yaml:"database"`
+
 	trusted   forwarded.Trusted // http.trustedproxies, parsed
 	serverTLS *tls.Config       // servers.tls, loaded
 }
@@ -78,7 +111,8 @@ const envPrefix = "GAIA_GATEWAY_"
 func LoadConfig(path string, environ []string) (*Config, error) {
 	var c Config
 	if err := yamlconfig.Load(path, environ, envPrefix,
-		[]string{"log", "http", "servers", "idc", "consul", "failover", "retries", "eject", "replay"}, &c); err != nil {
+		[]string{"log", "http", "servers", "idc", "consul", "failover", "retries", "eject", "replay",
+			"redirect", "signing", "auth", "cache", "database"}, &c); err != nil {
 		return nil, err
 	}
 	if c.HTTP.Addr == "" {
@@ -108,7 +142,38 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 		def := int64(defaultReplayBytes)
 		c.Replay.MaxBytes = &def
 	}
+	if c.Redirect == "" {
+		c.Redirect = "off"
+	}
+	if c.Signing.Expiry == 0 {
+		c.Signing.Expiry = 5 * time.Minute
+	}
 	err := func() error {
+		authed := c.Auth.Htpasswd != nil || c.Auth.Token != nil
+		switch {
+		case c.Redirect != "off" && c.Redirect != "blobs" && c.Redirect != "blobs+uploads":
+			return fmt.Errorf("redirect: %q is not blobs, blobs+uploads or off", c.Redirect)
+		case c.Redirect != "off" && len(c.Signing.Keys) == 0:
+			return errors.New("signing.keys: required with redirect: blobs (the servers' cluster.signingkeys)")
+		case c.Signing.Expiry < 0:
+			return errors.New("signing.expiry: must be positive")
+		case c.Cache.MaxBytes < 0:
+			return errors.New("cache.maxbytes: must not be negative")
+		case c.Cache.MaxBytes > 0 && c.Database.URL == "":
+			return errors.New("database.url: required with cache.maxbytes (deletions are heard from PostgreSQL)")
+		case authed && c.Auth.None:
+			return errors.New("auth.none: set, but so is auth.htpasswd or auth.token")
+		case (c.Redirect != "off" || c.Cache.MaxBytes > 0) && !authed && !c.Auth.None:
+			return errors.New("auth: redirect: blobs and cache check callers' pull right at the gateway: give it the servers' auth section (htpasswd or token), or auth.none: true if the servers have no auth")
+		}
+		if err := blobsign.Check(c.Signing.Keys, "signing.keys"); err != nil {
+			return err
+		}
+		if authed {
+			if _, err := auth.New(c.Auth.Config); err != nil {
+				return err
+			}
+		}
 		switch {
 		case c.IDC == "":
 			return errors.New("idc: required (the IDC whose registry servers this gateway uses)")

@@ -73,6 +73,9 @@ type Gateway struct {
 
 	replayMax  int64        // replay.maxbytes
 	replayHeld atomic.Int64 // request body bytes held for replay now
+
+	front *frontHandlers // redirects and cache (fast.go); nil: proxy everything
+	cache *cache         // nil without cache.maxbytes
 }
 
 // New returns a Gateway; Watch (or SetUpstreams) gives it servers.
@@ -97,7 +100,23 @@ func New(cfg *Config, log *slog.Logger) *Gateway {
 		g.replayMax = *cfg.Replay.MaxBytes
 	}
 	g.m = newMetrics(g.reg, g)
+	if cfg.Cache.MaxBytes > 0 {
+		g.cache = newCache(cfg.Cache.MaxBytes, g.m, log)
+	}
+	if cfg.Redirect != "off" || g.cache != nil {
+		if err := g.initFront(); err != nil { // LoadConfig checked the auth section
+			panic(err)
+		}
+	}
 	return g
+}
+
+// Listen follows the registry's deletions (for the cache) until ctx
+// ends; without cache.maxbytes it returns at once.
+func (g *Gateway) Listen(ctx context.Context) {
+	if g.cache != nil {
+		g.cache.listen(ctx, g.cfg.Database.URL)
+	}
 }
 
 // DefaultMetricsGrace is how long a server that left keeps its metric
@@ -272,7 +291,7 @@ func (g *Gateway) Handler() http.Handler {
 		fmt.Fprintf(w, "ok: %d registry servers in IDC %s\n", n, g.cfg.IDC)
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
-	mux.Handle("/", http.HandlerFunc(g.proxy))
+	mux.Handle("/", http.HandlerFunc(g.serve))
 	return mux
 }
 
@@ -506,6 +525,9 @@ func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, r
 	for k, vs := range clientHeader(resp.Header, u) {
 		hdr[k] = vs
 	}
+	if user, ok := r.Context().Value(signUploadKey{}).(string); ok && resp.StatusCode == http.StatusAccepted {
+		g.signUploadLocation(hdr, u, user)
+	}
 	w.WriteHeader(resp.StatusCode)
 	buf := copyBuffers.Get().(*[]byte)
 	src := &readErr{r: resp.Body}
@@ -522,6 +544,9 @@ func (g *Gateway) respond(w http.ResponseWriter, r *http.Request, u *Upstream, r
 	g.countRequest(u, code)
 	g.countBytes(u, "in", in.read.Load())
 	g.countBytes(u, "out", n)
+	if r.Method == http.MethodGet && isBlobGet(r) {
+		g.m.blobBytes.Add(float64(n))
+	}
 	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
 	if g.log.Enabled(r.Context(), slog.LevelDebug) {
 		g.log.Debug("request", "method", r.Method, "path", r.URL.Path, "upstream", u.ID, "status", resp.StatusCode,

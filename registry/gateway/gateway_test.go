@@ -285,10 +285,18 @@ func TestLoadConfig(t *testing.T) {
 	for text, want := range map[string]string{
 		"consul: {addr: x}\n": "idc: required",
 		"idc: a\n":            "consul.addr: required",
-		"idc: a\nconsul: {addr: x}\nfailover: b\n":            "failover",
-		"idc: a\nconsul: {addr: x}\nretries: -1\n":            "retries",
-		"idc: a\nconsul: {addr: x}\nreplay: {maxbytes: -1}\n": "replay.maxbytes",
-		"idc: a\nconsul: {addr: x}\nidk: 1\n":                 "field idk not found",
+		"idc: a\nconsul: {addr: x}\nfailover: b\n":                                                                                            "failover",
+		"idc: a\nconsul: {addr: x}\nretries: -1\n":                                                                                            "retries",
+		"idc: a\nconsul: {addr: x}\nreplay: {maxbytes: -1}\n":                                                                                 "replay.maxbytes",
+		"idc: a\nconsul: {addr: x}\nidk: 1\n":                                                                                                 "field idk not found",
+		"idc: a\nconsul: {addr: x}\nredirect: yes\n":                                                                                          "redirect: \"yes\" is not blobs, blobs+uploads or off",
+		"idc: a\nconsul: {addr: x}\nredirect: blobs\nauth: {none: true}\n":                                                                    "signing.keys: required",
+		"idc: a\nconsul: {addr: x}\nredirect: blobs\nsigning: {keys: [short]}\nauth: {none: true}\n":                                          "signing.keys: key 1 is 5 bytes",
+		"idc: a\nconsul: {addr: x}\nredirect: blobs\nsigning: {keys: [0123456789abcdef]}\n":                                                   "auth: redirect: blobs and cache",
+		"idc: a\nconsul: {addr: x}\ncache: {maxbytes: 1000}\nauth: {none: true}\n":                                                            "database.url: required",
+		"idc: a\nconsul: {addr: x}\ncache: {maxbytes: 1000}\ndatabase: {url: x}\n":                                                            "auth: redirect: blobs and cache",
+		"idc: a\nconsul: {addr: x}\nauth: {none: true, htpasswd: {realm: r, path: /nonexistent}}\n":                                           "auth.none: set, but so is",
+		"idc: a\nconsul: {addr: x}\nredirect: blobs\nsigning: {keys: [0123456789abcdef]}\nauth: {htpasswd: {realm: r, path: /nonexistent}}\n": "auth.htpasswd.path",
 	} {
 		if _, err := LoadConfig(write(text), nil); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", text, err, want)

@@ -18,6 +18,13 @@ type metrics struct {
 	duration        *prometheus.HistogramVec
 	discoveryErrors prometheus.Counter
 	replaySkipped   prometheus.Counter
+
+	redirects         *prometheus.CounterVec
+	blobBytes         prometheus.Counter
+	cacheRequests     *prometheus.CounterVec
+	cacheEvictions    *prometheus.CounterVec
+	cacheDeletions    prometheus.Counter
+	cacheListenErrors prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, g *Gateway) *metrics {
@@ -54,10 +61,41 @@ func newMetrics(reg *prometheus.Registry, g *Gateway) *metrics {
 			Name: "gaia_gateway_replay_skipped_total",
 			Help: "Idempotent requests proxied without a replay copy of their body: replay.maxbytes was in use by others.",
 		}),
+		redirects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gaia_gateway_redirects_total", Help: "Blob GETs answered 307 with a signed URL on a registry server (redirect: blobs), by that server's IDC.",
+		}, []string{"idc"}),
+		blobBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_gateway_blob_bytes_total", Help: "Blob bytes (GET responses of blobs) that passed through the gateway: with redirect: blobs, only Range and signed-URL requests sent to it.",
+		}),
+		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gaia_gateway_cache_requests_total", Help: "Cacheable requests (manifests and blob HEADs by digest), by kind and result: hit or miss.",
+		}, []string{"kind", "result"}),
+		cacheEvictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gaia_gateway_cache_evictions_total", Help: "Cache entries removed, by reason: size (cache.maxbytes), deleted (the registry deleted it), reset (the deletion listener reconnected).",
+		}, []string{"reason"}),
+		cacheDeletions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_gateway_cache_deletion_notices_total", Help: "Deletion notices heard from PostgreSQL.",
+		}),
+		cacheListenErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_gateway_cache_listen_errors_total", Help: "Times the PostgreSQL connection the cache listens on failed or broke (the cache is off until it is back).",
+		}),
 	}
 	replayBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gaia_gateway_replay_bytes", Help: "Request body bytes held in memory now for replay on another server.",
 	}, func() float64 { return float64(g.replayHeld.Load()) })
+	cacheStat := func(i int) func() float64 {
+		return func() float64 {
+			if g.cache == nil {
+				return 0
+			}
+			b, n, live := g.cache.stats()
+			return [...]float64{float64(b), float64(n), map[bool]float64{true: 1}[live]}[i]
+		}
+	}
+	reg.MustRegister(m.redirects, m.blobBytes, m.cacheRequests, m.cacheEvictions, m.cacheDeletions, m.cacheListenErrors,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gaia_gateway_cache_bytes", Help: "Bytes the cache holds (cache.maxbytes bounds it)."}, cacheStat(0)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gaia_gateway_cache_entries", Help: "Entries the cache holds."}, cacheStat(1)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gaia_gateway_cache_live", Help: "1 while the cache is in use (listening for deletions), else 0."}, cacheStat(2)))
 	reg.MustRegister(m.requests, m.errors, m.ejections, m.retries, m.failovers, m.noUpstream, m.bytes, m.duration,
 		m.discoveryErrors, m.replaySkipped, replayBytes, upstreamCollector{g}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

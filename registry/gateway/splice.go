@@ -60,6 +60,13 @@ func spliceable(r *http.Request, u *Upstream) bool {
 		!strings.Contains(r.URL.Path[i:], "/uploads")
 }
 
+// isBlobGet: r's path names a blob (not an upload).
+func isBlobGet(r *http.Request) bool {
+	i := strings.LastIndex(r.URL.Path, "/blobs/")
+	return i > 0 && !strings.HasSuffix(r.URL.Path[:i+len("/blobs/")], "/uploads/") &&
+		!strings.Contains(r.URL.Path[i:], "/uploads")
+}
+
 // splice serves r from u as described above. It returns a non-nil error
 // only when nothing reached the client (the caller may retry elsewhere).
 func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Request, u *Upstream, start time.Time) error {
@@ -128,6 +135,7 @@ func (g *Gateway) splice(w http.ResponseWriter, r *http.Request, out *http.Reque
 	}
 	g.countRequest(u, code)
 	g.countBytes(u, "out", n)
+	g.m.blobBytes.Add(float64(n))
 	g.m.duration.WithLabelValues(u.IDC).Observe(time.Since(start).Seconds())
 	return nil
 }

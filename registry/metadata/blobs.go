@@ -101,8 +101,9 @@ func (b *Blobs) mount(ctx context.Context, to string, from []string, d digest.Di
 
 // Unlink removes a blob from a repository. The bytes stay (other
 // repositories may link them); garbage collection reclaims unlinked blobs.
+// It is announced on DeletedChannel ("blob repo@digest") at commit.
 func (b *Blobs) Unlink(ctx context.Context, repo string, d digest.Digest) error {
-	return deleted(b.db.Exec(ctx, `
+	return notifiedDelete(ctx, b.db, `
 		DELETE FROM repository_blobs rb USING repositories r
-		WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, d.String()))
+		WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2 RETURNING 1`, "blob", repo, d)
 }

@@ -299,10 +299,41 @@ func (m *Manifests) Pending(ctx context.Context, repo string, d digest.Digest) (
 
 // Delete removes a manifest and the tags pointing at it. It returns
 // ErrNotFound, or ErrReferenced while an index of the repository lists it.
+//
+// The same statement notifies DeletedChannel ("manifest repo@digest"),
+// delivered when it commits: gateways drop the manifest from their caches.
 func (m *Manifests) Delete(ctx context.Context, repo string, d digest.Digest) error {
-	return deleted(m.db.Exec(ctx, `
+	return notifiedDelete(ctx, m.db, `
 		DELETE FROM manifests m USING repositories r
-		WHERE r.id = m.repository_id AND r.name = $1 AND m.digest = $2`, repo, d.String()))
+		WHERE r.id = m.repository_id AND r.name = $1 AND m.digest = $2 RETURNING 1`, "manifest", repo, d)
+}
+
+// DeletedChannel is the PostgreSQL NOTIFY channel on which each deleted
+// manifest ("manifest <repo>@<digest>") and each blob unlinked from a
+// repository ("blob <repo>@<digest>") is announced, at commit. Gateways
+// LISTEN on it to drop what they cache (registry/gateway).
+const DeletedChannel = "gaia_deleted"
+
+// notifiedDelete runs del (a DELETE ... RETURNING with the repository and
+// digest as $1 and $2) and, in the same statement, a NOTIFY on
+// DeletedChannel for each row it removed. Errors as deleted's.
+func notifiedDelete(ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, del, kind, repo string, d digest.Digest) error {
+	var n int64
+	err := db.QueryRow(ctx, `WITH d AS (`+del+`)
+		SELECT count(*) FROM (SELECT pg_notify($3, $4 || ' ' || $1 || '@' || $2) FROM d) n`,
+		repo, d.String(), DeletedChannel, kind).Scan(&n)
+	if isFKViolation(err) {
+		return ErrReferenced
+	}
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
 }
 
 // deleted maps a DELETE's outcome: ErrReferenced when a foreign key

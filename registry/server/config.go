@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/httptimeouts"
 	"github.com/gaia-registry/gaia/registry/internaltoken"
@@ -83,6 +84,11 @@ type ClusterConfig struct {
 	// the auth configuration. Two while rotating: the first is sent, both
 	// are accepted.
 	InternalToken internaltoken.Tokens `yaml:"internaltoken"`
+	// SigningKeys are shared with the IDC's gateways: a blob GET or HEAD
+	// whose URL a gateway signed with one of them (redirect: blobs) is
+	// served without credentials (registry/blobsign). Two while
+	// rotating: each is accepted. Empty: signed URLs are refused (401).
+	SigningKeys blobsign.Keys `yaml:"signingkeys"`
 	// Peers are the other IDCs' gateways: IDC name → base URL.
 	Peers map[string]string `yaml:"peers"`
 	// TLS.CA verifies the peers' gateways (default: the system's roots).
@@ -228,6 +234,9 @@ func (cl *ClusterConfig) validate() error {
 		}
 	}
 	if err := cl.InternalToken.Check("cluster.internaltoken"); err != nil {
+		return err
+	}
+	if err := blobsign.Check(cl.SigningKeys, "cluster.signingkeys"); err != nil {
 		return err
 	}
 	if len(cl.Peers) > 0 && len(cl.InternalToken) == 0 {

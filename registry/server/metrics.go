@@ -35,6 +35,9 @@ type metrics struct {
 	// internalRefused: requests with an internal token it did not pass
 	// (wrong or retired token, or not a blob read): a rotation gone wrong.
 	internalRefused prometheus.Counter
+	// signedRequests: blob requests carrying a gateway's signature, by
+	// outcome (accepted, refused).
+	signedRequests *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
@@ -72,12 +75,16 @@ func newMetrics(reg *prometheus.Registry, pool *pgxpool.Pool) *metrics {
 			Name: "gaia_registry_cross_idc_bytes_total",
 			Help: "Blob bytes moved between IDCs: direction in (copied here) or out (served to a peer IDC), cause fill or replication, peer IDC.",
 		}, []string{"direction", "cause", "peer"}),
+		signedRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gaia_registry_signed_requests_total",
+			Help: "Blob requests with a gateway-signed URL (redirect: blobs), by outcome: accepted, or refused (401).",
+		}, []string{"outcome"}),
 		internalRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gaia_registry_internal_token_refused_total",
 			Help: "Requests carrying an internal token that did not let them past auth (a token not configured here, or not a blob GET/HEAD).",
 		}),
 	}
-	reg.MustRegister(m.internalRefused, m.crossIDCBytes, m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.storage, m.storageErrors, m.uploadsPurged, m.fillsSwept,
+	reg.MustRegister(m.signedRequests, m.internalRefused, m.crossIDCBytes, m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.storage, m.storageErrors, m.uploadsPurged, m.fillsSwept,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{pool})
 	return m

@@ -15,12 +15,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"runtime"
 	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	consul "github.com/hashicorp/consul/api"
@@ -31,6 +33,7 @@ import (
 	"github.com/gaia-registry/gaia/mirror-sync/pullthrough"
 	"github.com/gaia-registry/gaia/registry/api"
 	"github.com/gaia-registry/gaia/registry/auth"
+	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
@@ -221,6 +224,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 func (s *Server) internal(direct, authed http.Handler) http.Handler {
 	tokens := s.cfg.Cluster.InternalToken
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if q := r.URL.Query(); blobsign.Signed(q) {
+			s.signed(w, r, q, direct)
+			return
+		}
 		got := r.Header.Get(replication.TokenHeader)
 		if got != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
 			api.RouteOf(r).Kind == "blob" && tokens.Match(got) {
@@ -245,6 +252,74 @@ func (s *Server) internal(direct, authed http.Handler) http.Handler {
 		authed.ServeHTTP(w, r)
 	})
 }
+
+// signed serves a blob GET or HEAD whose URL a gateway signed
+// (registry/blobsign) instead of checking credentials: the signature is
+// the authorization, for that method, repository and digest until it
+// expires. The client's own Authorization header, if it sent one along,
+// is dropped unread. Anything else with a signature, or a signature that
+// does not verify, is answered 401 with the spec's error body.
+func (s *Server) signed(w http.ResponseWriter, r *http.Request, q url.Values, direct http.Handler) {
+	rt := api.RouteOf(r)
+	var err error
+	id := ""
+	switch {
+	case rt.Kind == "blob" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		id, err = blobsign.Verify(s.cfg.Cluster.SigningKeys, q, r.Method, rt.Name, rt.Ref, time.Now())
+	case rt.Kind == "upload" && rt.Ref != "" && r.Method != http.MethodPost:
+		// An upload session a gateway pointed the client at (redirect:
+		// uploads): every request of that session, whose later Locations
+		// carry the signature on.
+		id, err = blobsign.Verify(s.cfg.Cluster.SigningKeys, q, blobsign.MethodUpload, rt.Name, rt.Ref, time.Now())
+		if err == nil {
+			w = &signedLocation{ResponseWriter: w, keys: s.cfg.Cluster.SigningKeys, id: id}
+		}
+	default:
+		err = errors.New("a signature is good for blob GETs and HEADs and upload sessions only")
+	}
+	if err != nil {
+		s.metrics.signedRequests.WithLabelValues("refused").Inc()
+		s.log.Info("signed URL refused", "method", r.Method, "path", r.URL.Path, "err", err)
+		errcode.ServeJSON(w, errcode.ErrorCodeUnauthorized.WithMessage(err.Error()))
+		return
+	}
+	s.metrics.signedRequests.WithLabelValues("accepted").Inc()
+	r.Header.Del("Authorization")
+	r.Header.Del(replication.TokenHeader)
+	r.Header.Del(replication.NoFillHeader)
+	direct.ServeHTTP(w, r.WithContext(auth.WithUser(r.Context(), id)))
+}
+
+// signedLocation signs the Location of a signed upload request's answer
+// (the session's next request) afresh, for the same caller: a session
+// stays usable while each of its requests follows the last within
+// uploadSignedFor, however long the whole upload takes.
+type signedLocation struct {
+	http.ResponseWriter
+	keys blobsign.Keys
+	id   string
+}
+
+const uploadSignedFor = 5 * time.Minute
+
+func (w *signedLocation) WriteHeader(code int) {
+	if loc := w.Header().Get("Location"); loc != "" {
+		if u, err := url.Parse(loc); err == nil {
+			if rt := api.Parse(u.Path); rt.Kind == "upload" && rt.Ref != "" {
+				q := u.Query()
+				blobsign.Add(q, blobsign.Sign(w.keys, blobsign.MethodUpload, rt.Name, rt.Ref, time.Now().Add(uploadSignedFor), w.id))
+				u.RawQuery = q.Encode()
+				w.Header().Set("Location", u.String())
+			}
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *signedLocation) Write(b []byte) (int, error) { return w.ResponseWriter.Write(b) }
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *signedLocation) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *Server) checkSchema(ctx context.Context) error {
 	if s.cfg.Database.Migrate {

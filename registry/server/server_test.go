@@ -96,6 +96,9 @@ func TestLoadConfigErrorsNameTheKey(t *testing.T) {
 		{"database: {url: x}\nstorage: {filesystem: {}, maintenance: {uploadpurging: {age: never}}}\n", "storage.maintenance.uploadpurging.age"},
 		{minimal + "pullthrough: {maxwaiting: -1}\n", "pullthrough.maxwaiting"},
 		{minimal + "pullthrough: {negativettl: -1s}\n", "pullthrough.negativettl"},
+		{minimal + "cluster: {signingkeys: [short]}\n", "cluster.signingkeys: key 1 is 5 bytes"},
+		{minimal + "cluster: {signingkeys: [0123456789abcdef, 0123456789abcdef]}\n", "cluster.signingkeys: the two tokens are the same"},
+		{minimal + "cluster: {signingkeys: [a123456789abcdef, b123456789abcdef, c123456789abcdef]}\n", "cluster.signingkeys: 3 tokens"},
 		// Settings of the wrong shape were once ignored.
 		{"database: {url: x}\nstorage: {filesystem: {}, delete: true}\n", "storage.delete: must be a mapping"},
 		{"database: {url: x}\nstorage: {filesystem: {}, delete: {enabled: yes please}}\n", "storage.delete.enabled"},

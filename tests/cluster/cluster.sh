@@ -74,7 +74,8 @@ for idc in a b; do
   done
 done
 for idc in a b; do
-  bin/gaia-gateway --config "configs/cluster/gateway-idc-$idc.yml" >"$LOGS/gateway-idc-$idc.log" 2>&1 &
+  GAIA_GATEWAY_DATABASE_URL="postgres://postgres@127.0.0.1:25432/$db?sslmode=disable" \
+    bin/gaia-gateway --config "configs/cluster/gateway-idc-$idc.yml" >"$LOGS/gateway-idc-$idc.log" 2>&1 &
   pids+=($!)
 done
 wait_ready http://127.0.0.1:6000 "$LOGS/gateway-idc-a.log"

@@ -54,5 +54,6 @@ func run(configPath string) error {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	go g.Watch(watchCtx, client)
+	go g.Listen(watchCtx)
 	return g.Serve(ctx)
 }

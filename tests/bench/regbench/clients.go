@@ -63,11 +63,12 @@ func run(ctx context.Context, out io.Writer, name string, args ...string) error 
 // hostRef is host:port of a target, as image references spell it.
 func (t *target) hostRef() string { return t.base.Host }
 
-// curlPull: curl -o /dev/null, defaults otherwise; checks status and size.
+// curlPull: curl -L -o /dev/null (following a gateway's redirect to a
+// server, as clients do), defaults otherwise; checks status and size.
 func (t *target) curlPull(ctx context.Context, tl *tools, repo string, d digest.Digest, size int64) error {
 	u := t.url("/v2/" + repo + "/blobs/" + d.String())
 	var out bytes.Buffer
-	if err := run(ctx, &out, tl.curl, "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", u); err != nil {
+	if err := run(ctx, &out, tl.curl, "-sS", "-L", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", u); err != nil {
 		return fmt.Errorf("[%s] %w", t.name, err)
 	}
 	if got, want := strings.TrimSpace(out.String()), fmt.Sprintf("200 %d", size); got != want {

@@ -15,7 +15,7 @@
 //	          (curl monolithic PUT, curl streamed PATCH, crane push, regbench's streamed PATCH): MiB/s, median of -n
 //	pull      the pushed blob read by each of -pull-clients (curl, crane blob, ctr content fetch of an
 //	          image of -layers layers, regbench's 1 MiB reads): MiB/s, median of -n
-//	manifest  GET /v2/<repo>/manifests/latest from -concurrency clients for -duration: req/s, p50, p99
+//	manifest  GET /v2/<repo>/manifests/latest (or by digest: -manifest-ref digest) from -concurrency clients for -duration: req/s, p50, p99
 //	busy      manifest GET p50/p99 from -busy-clients clients, idle and while -busy-pushes uploads stream
 //	tags      PUT one manifest under -tags tags (rate), then GET tags/list (full) and a n=1000 walk
 //	catalog   seed -repos repositories (mount + manifest PUT; rate), then _catalog?n=100 and a n=1000 walk
@@ -57,6 +57,7 @@ type config struct {
 	seedCatalogFS   map[string]string // target name -> registry rootdirectory
 	sync            bool
 	manifestRounds  int
+	manifestRef     string // "tag" or "digest"
 	seedRounds      int
 	pushClients     []string
 	pullClients     []string
@@ -90,6 +91,7 @@ func main() {
 	flag.IntVar(&cfg.pullN, "pull-n", 0, "pull repetitions, if not -n (pulls leave nothing on disk; every push leaves -blob-size per target)")
 	flag.IntVar(&cfg.concurrency, "concurrency", 32, "manifest scenario: concurrent clients")
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "manifest scenario: measured duration per target")
+	flag.StringVar(&cfg.manifestRef, "manifest-ref", "tag", "manifest scenario: GET by tag (latest) or by digest")
 	flag.IntVar(&cfg.manifestRounds, "manifest-rounds", 5, "manifest scenario: split -duration into this many rounds, interleaved between targets")
 	flag.BoolVar(&cfg.sync, "sync", true, "call sync(2), untimed, before every push and pull, so writeback of earlier data does not land in a measurement (meaningful when the registries store on this machine)")
 	flag.IntVar(&cfg.tags, "tags", 10000, "tags scenario: number of tags")
@@ -159,6 +161,9 @@ func main() {
 	}
 	if cfg.pullN == 0 {
 		cfg.pullN = cfg.n
+	}
+	if cfg.manifestRef != "tag" && cfg.manifestRef != "digest" {
+		fatalf("-manifest-ref: %q is not tag or digest", cfg.manifestRef)
 	}
 	if cfg.n < 1 || cfg.pullN < 1 || cfg.reps < 1 || cfg.manifestRounds < 1 || cfg.seedRounds < 1 || cfg.concurrency < 1 || cfg.seedConcurrency < 1 || cfg.tags < 1 || cfg.repos < 1 {
 		fatalf("-n, -pull-n, -reps, -manifest-rounds, -seed-rounds, -concurrency, -seed-concurrency, -tags and -repos must be >= 1")

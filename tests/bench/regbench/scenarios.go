@@ -272,7 +272,7 @@ func (b *bench) runPull(ctx context.Context) error {
 func pullMetric(c string, n int, m *multiImage) string {
 	switch c {
 	case clientCurl:
-		return fmt.Sprintf("curl -o /dev/null; MiB/s, median of %d", n)
+		return fmt.Sprintf("curl -L -o /dev/null; MiB/s, median of %d", n)
 	case clientCrane:
 		return fmt.Sprintf("crane blob > /dev/null (verifies the digest); MiB/s, median of %d", n)
 	case clientCtr:
@@ -356,19 +356,23 @@ func (b *bench) runManifest(ctx context.Context) error {
 			return err
 		}
 	}
+	ref := "latest"
+	if b.cfg.manifestRef == "digest" {
+		ref = digest.FromBytes(b.img.manifest).String()
+	}
 	rounds := b.cfg.manifestRounds
 	slice := b.cfg.duration / time.Duration(rounds)
 	lats := map[string][]time.Duration{}
 	elapsed := map[string]time.Duration{}
 	// Warm-up: open the c connections, fill caches.
 	for _, t := range b.targets {
-		if _, _, err := t.hammer(ctx, t.url("/v2/"+repo+"/manifests/latest"), b.img, c, 500*time.Millisecond); err != nil {
+		if _, _, err := t.hammer(ctx, t.url("/v2/"+repo+"/manifests/"+ref), b.img, c, 500*time.Millisecond); err != nil {
 			return err
 		}
 	}
 	for r := range rounds {
 		for _, t := range b.order(r) {
-			l, el, err := t.hammer(ctx, t.url("/v2/"+repo+"/manifests/latest"), b.img, c, slice)
+			l, el, err := t.hammer(ctx, t.url("/v2/"+repo+"/manifests/"+ref), b.img, c, slice)
 			if err != nil {
 				return err
 			}
@@ -390,7 +394,7 @@ func (b *bench) runManifest(ctx context.Context) error {
 		logf("[%s] manifest GET x%d for %s: %d requests, %.0f req/s, p50 %.2f ms, p99 %.2f ms",
 			t.name, c, elapsed[t.name].Round(time.Millisecond), len(l), rps[t.name].v, p50[t.name].v, p99[t.name].v)
 	}
-	sc := fmt.Sprintf("manifest GET by tag, %d clients", c)
+	sc := fmt.Sprintf("manifest GET by %s, %d clients", b.cfg.manifestRef, c)
 	b.add(sc, fmt.Sprintf("req/s over %s", b.cfg.duration), higherBetter, rps)
 	b.add(sc, "latency p50 (ms)", lowerBetter, p50)
 	b.add(sc, "latency p99 (ms)", lowerBetter, p99)
