@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,7 +55,8 @@ type Agent struct {
 	mu       sync.Mutex
 	insts    map[string]*instance      // supervised: desired run
 	stopping map[string]*instance      // being stopped and removed
-	final    map[string]InstanceReport // ended (stopped) instances still in the desired set
+	final    map[string]InstanceReport // ended (stopped) instances, until reported and out of the desired set
+	sent     map[string]bool           // final reports the scheduler has had
 	orphans  map[string]bool           // container IDs being removed
 	ready    bool                      // a desired set has been reconciled
 
@@ -99,7 +101,7 @@ func New(o Options) *Agent {
 		o.Puller.Metrics = o.Metrics
 	}
 	return &Agent{o: o, insts: map[string]*instance{}, stopping: map[string]*instance{},
-		final: map[string]InstanceReport{}, orphans: map[string]bool{},
+		final: map[string]InstanceReport{}, sent: map[string]bool{}, orphans: map[string]bool{},
 		kick: make(chan struct{}, 1), resched: make(chan struct{}, 1)}
 }
 
@@ -255,8 +257,9 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 		}
 	}
 	for id := range a.final {
-		if !inSet[id] {
+		if !inSet[id] && a.sent[id] {
 			delete(a.final, id)
+			delete(a.sent, id)
 		}
 	}
 	var remove []container.Summary
@@ -302,6 +305,7 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 			a.o.Log.Info("adopting container", "instance", id, "container", short(adopt.ID), "state", adopt.State)
 		}
 		delete(a.final, id)
+		delete(a.sent, id)
 		a.insts[id] = in
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); in.run(ctx) }()
@@ -358,7 +362,7 @@ func short(id string) string {
 // container gracefully and removes it.
 func (a *Agent) removeContainer(ctx context.Context, id, instance string, timeout time.Duration) error {
 	if a.o.Consul != nil && instance != "" {
-		if err := a.o.Consul.Agent().ServiceDeregister(instance); err != nil {
+		if err := a.o.Consul.Agent().ServiceDeregister(instance); err != nil && !notRegistered(err) {
 			a.o.Log.Warn("deregistering from Consul failed", "instance", instance, "err", err)
 		}
 	}
@@ -382,6 +386,7 @@ func (a *Agent) instanceDone(in *instance) {
 	if a.stopping[in.d.ID] == in {
 		delete(a.stopping, in.d.ID)
 		a.final[in.d.ID] = in.report()
+		delete(a.sent, in.d.ID)
 	}
 	a.mu.Unlock()
 	a.changed()
@@ -472,5 +477,18 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			continue
 		}
 		a.o.Metrics.reports.WithLabelValues("ok").Inc()
+		a.mu.Lock()
+		for _, r := range rep.Instances {
+			if f, ok := a.final[r.ID]; ok && f == r {
+				a.sent[r.ID] = true
+			}
+		}
+		a.mu.Unlock()
 	}
+}
+
+// notRegistered: Consul's answer to deregistering an unknown service ID.
+func notRegistered(err error) bool {
+	var se consul.StatusError
+	return errors.As(err, &se) && se.Code == http.StatusNotFound || strings.Contains(err.Error(), "404")
 }

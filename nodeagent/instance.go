@@ -446,7 +446,7 @@ func (in *instance) deregister() {
 	if o.Consul == nil {
 		return
 	}
-	if err := o.Consul.Agent().ServiceDeregister(in.d.ID); err != nil {
+	if err := o.Consul.Agent().ServiceDeregister(in.d.ID); err != nil && !notRegistered(err) {
 		o.Log.Warn("deregistering from Consul failed", "instance", in.d.ID, "err", err)
 	}
 	in.mu.Lock()

@@ -59,11 +59,11 @@ type DesiredInstance struct {
 	MemoryLimit resource.Bytes    `json:"memoryLimit,omitempty"`
 	// CPULimit is a CPU ceiling in millicores (a CFS quota); 0: none. Not
 	// in the scheduler's DesiredInstance yet (a seam to add).
-	CPULimit int64 `json:"cpuLimit,omitempty"`
-	Ports       []model.Port      `json:"ports,omitempty"` // hostPort assigned by the scheduler
-	Health      *model.Health     `json:"health,omitempty"`
-	Restart     model.Restart     `json:"restart,omitzero"`
-	Desired     model.Desired     `json:"desired"`
+	CPULimit int64         `json:"cpuLimit,omitempty"`
+	Ports    []model.Port  `json:"ports,omitempty"` // hostPort assigned by the scheduler
+	Health   *model.Health `json:"health,omitempty"`
+	Restart  model.Restart `json:"restart,omitzero"`
+	Desired  model.Desired `json:"desired"`
 	// Canary instances are tagged "canary" in Consul. Not in the
 	// scheduler's DesiredInstance yet (a seam to add).
 	Canary bool `json:"canary,omitempty"`
