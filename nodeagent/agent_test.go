@@ -426,6 +426,34 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		})
 	})
 
+	t.Run("tcp and exec health checks, in the agent and in Consul", func(t *testing.T) {
+		tcp := webInstance(t, app+"-tcp", app+"-tcp-0", ref)
+		tcp.Health = &model.Health{Type: model.HealthTCP, Port: "http", Interval: model.Duration(time.Second)}
+		execOK := webInstance(t, app+"-exec", app+"-exec-0", ref)
+		execOK.Health = &model.Health{Type: model.HealthExec, Command: []string{"/bin/busybox", "test", "-f", "/www/index.html"},
+			Interval: model.Duration(time.Second)}
+		execBad := webInstance(t, app+"-exec", app+"-exec-1", ref)
+		execBad.Health = &model.Health{Type: model.HealthExec, Command: []string{"/bin/busybox", "test", "-f", "/nonexistent"},
+			Interval: model.Duration(time.Second)}
+		sched.Set(web[0], tcp, execOK, execBad)
+		waitStates(t, sched, model.Healthy, tcp.ID, execOK.ID)
+		r := waitStates(t, sched, model.Running, execBad.ID)[execBad.ID]
+		if !strings.Contains(r.Reason, "health check failed") || !strings.Contains(r.Reason, "exited with code 1") {
+			t.Errorf("failing exec check reported as %q", r.Reason)
+		}
+		waitFor(t, "Consul passing exactly the healthy instances", func() (bool, string) {
+			passTCP, passExec := e.consulEntries(t, tcp.App, true), e.consulEntries(t, execOK.App, true)
+			all := e.consulEntries(t, execOK.App, false)
+			return len(passTCP) == 1 && len(passExec) == 1 && passExec[execOK.ID] != nil && len(all) == 2,
+				fmt.Sprintf("tcp passing %v, exec passing %v, exec all %v", keys(passTCP), keys(passExec), keys(all))
+		})
+		sched.Set(web[0])
+		waitFor(t, "the checked instances removed", func() (bool, string) {
+			now := e.containers(t)
+			return len(now) == 1, fmt.Sprint(now)
+		})
+	})
+
 	t.Run("unknown image fails with the registry's error", func(t *testing.T) {
 		missing := strings.Split(ref, "@")[0] + "@sha256:" + strings.Repeat("0", 64)
 		bad := DesiredInstance{ID: app + "-bad", App: app + "-bad", Version: 1, Image: missing, Desired: model.DesiredRun}
