@@ -59,3 +59,13 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		}
 	}
 }
+
+func TestExampleConfigLoads(t *testing.T) {
+	c, err := load("../../../configs/nodeagent.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Node.Name != "node-a1" || c.Registry.Gateway == "" || c.Node.Reserved[resource.Memory] != 1<<30 {
+		t.Errorf("example config read as %+v", c)
+	}
+}
