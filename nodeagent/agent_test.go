@@ -337,8 +337,11 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		stopA() // a graceful shutdown leaves the instances running
 		for _, d := range web {
 			c, err := e.docker.ContainerInspect(t.Context(), ContainerName(d.ID))
-			if err != nil || !c.State.Running {
-				t.Fatalf("%s after the agent stopped: %v %+v", d.ID, err, c.State)
+			if err != nil {
+				t.Fatalf("%s after the agent stopped: %v", d.ID, err)
+			}
+			if !c.State.Running {
+				t.Fatalf("%s after the agent stopped: %+v", d.ID, c.State)
 			}
 		}
 		sched.ForgetReports()
