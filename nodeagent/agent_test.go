@@ -346,7 +346,8 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		}
 		sched.ForgetReports()
 		metrics := NewMetrics(nil)
-		runAgent(parent, e.agent(t, sched, metrics)) // runs on in the following subtests
+		b := e.agent(t, sched, metrics)
+		runAgent(parent, b) // runs on in the following subtests
 		waitStates(t, sched, model.Healthy, web[0].ID, web[1].ID)
 		if now := e.containers(t); fmt.Sprint(now) != fmt.Sprint(ids) {
 			t.Fatalf("containers after the restart %v, before %v", now, ids)
@@ -356,6 +357,14 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		}
 		if n := testutil.ToFloat64(metrics.containerOp.WithLabelValues("create")); n != 0 {
 			t.Errorf("%v containers created, want 0", n)
+		}
+		// Nothing is being removed either (a removal starts within the
+		// reconcile that adopts).
+		b.mu.Lock()
+		removing := len(b.orphans)
+		b.mu.Unlock()
+		if n := testutil.ToFloat64(metrics.containerOp.WithLabelValues("remove")); n != 0 || removing != 0 {
+			t.Errorf("%v containers removed and %d being removed after adoption, want none", n, removing)
 		}
 	})
 
