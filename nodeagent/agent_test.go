@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,9 +19,11 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
 	consul "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/gaia-registry/gaia/scheduler/model"
 	"github.com/gaia-registry/gaia/scheduler/resource"
@@ -34,6 +38,20 @@ type testEnv struct {
 	consul   *consul.Client
 	registry *harness.Registry
 	node     string // a node name of this test only
+	// dockerConfig is the docker CLI's config directory holding the
+	// login (a private one: logins do not leak into other tests).
+	dockerConfig string
+}
+
+const robotUser, robotPassword = "robot", "r0bot-secret"
+
+// robotAuth is the agent's encoded robot credential.
+func robotAuth(t *testing.T, addr string) string {
+	a, err := registry.EncodeAuthConfig(registry.AuthConfig{Username: robotUser, Password: robotPassword, ServerAddress: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 func randHex(n int) string {
@@ -64,9 +82,16 @@ func setup(t *testing.T) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The registry wants credentials for pulls too: the agent pulls with
+	// its robot credential.
+	hash, _ := bcrypt.GenerateFromPassword([]byte(robotPassword), bcrypt.MinCost)
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	os.WriteFile(htpasswd, []byte(robotUser+":"+string(hash)+"\n"), 0o600)
 	addr := harness.FreeAddr(t)
-	reg := harness.StartRegistry(t, addr, harness.RegistryConfig(addr, harness.NewDatabase(t), t.TempDir()))
-	e := &testEnv{h: h, docker: dc, consul: cons, registry: reg, node: "agent-test-" + randHex(4)}
+	reg := harness.StartRegistry(t, addr, harness.RegistryConfig(addr, harness.NewDatabase(t), t.TempDir())+
+		fmt.Sprintf("auth: {anonymouspull: false, htpasswd: {realm: gaia-agent-test, path: %q}}\n", htpasswd))
+	e := &testEnv{h: h, docker: dc, consul: cons, registry: reg, node: "agent-test-" + randHex(4), dockerConfig: t.TempDir()}
+	harness.Docker(t, h, "--config", e.dockerConfig, "login", "-u", robotUser, "-p", robotPassword, addr)
 	t.Cleanup(func() { e.cleanup() })
 	return e
 }
@@ -94,7 +119,7 @@ func (e *testEnv) pushImage(t *testing.T, name string) (string, int) {
 	t.Helper()
 	tag := e.registry.Addr + "/agenttest/" + name + ":v1"
 	harness.BuildImage(t, e.h, tag, 4096)
-	harness.Docker(t, e.h, "push", tag)
+	harness.Docker(t, e.h, "--config", e.dockerConfig, "push", tag)
 	digests := harness.Docker(t, e.h, "inspect", "--format", "{{range .RepoDigests}}{{println .}}{{end}}", tag)
 	ref := strings.TrimSpace(strings.Split(digests, "\n")[0])
 	if !strings.Contains(ref, "@sha256:") {
@@ -111,7 +136,7 @@ func (e *testEnv) agent(t *testing.T, sched Scheduler, metrics *Metrics) *Agent 
 	return New(Options{
 		Node: e.node, Address: "127.0.0.1", Capacity: resource.Vector{4000, 8 << 30},
 		Docker: e.docker, Scheduler: sched, Consul: e.consul,
-		Puller: &Puller{Docker: e.docker, Stall: 30 * time.Second, Attempts: 2,
+		Puller: &Puller{Docker: e.docker, Auth: robotAuth(t, e.registry.Addr), Stall: 30 * time.Second, Attempts: 2,
 			Backoff: 100 * time.Millisecond, MaxBackoff: time.Second},
 		PublishIP: "127.0.0.1", StopTimeout: 2 * time.Second,
 		PollWait: 5 * time.Second, ReportInterval: time.Second, RetryInterval: 200 * time.Millisecond,
@@ -464,6 +489,36 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 			now := e.containers(t)
 			return len(now) == 1, fmt.Sprint(now)
 		})
+	})
+
+	t.Run("pulls use the robot credential", func(t *testing.T) {
+		// The same image on a node whose agent has no credential: refused.
+		ref3, _ := e.pushImage(t, "private-"+randHex(3))
+		other := newFakeScheduler()
+		noAuth := e.agent(t, other, nil)
+		noAuth.o.Node = e.node + "-noauth"
+		noAuth.o.Puller.Auth = ""
+		t.Cleanup(func() {
+			list, _ := e.docker.ContainerList(context.Background(), container.ListOptions{All: true,
+				Filters: filters.NewArgs(filters.Arg("label", LabelNode+"="+noAuth.o.Node))})
+			for _, c := range list {
+				e.docker.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+			}
+		})
+		in := DesiredInstance{ID: app + "-noauth", App: app + "-noauth", Version: 1, Image: ref3,
+			Command: []string{"/bin/busybox", "sleep", "600"}, Desired: model.DesiredRun}
+		other.Set(in)
+		stop := runAgent(t, noAuth)
+		r := waitStates(t, other, model.Failed, in.ID)[in.ID]
+		stop()
+		if !strings.Contains(r.Reason, "no basic auth credentials") && !strings.Contains(r.Reason, "unauthorized") {
+			t.Errorf("a pull without the credential failed with %q, want the registry's refusal", r.Reason)
+		}
+		// With it (this test's agent): runs.
+		in.ID, in.App = app+"-auth", app+"-auth"
+		sched.Set(web[0], in)
+		waitStates(t, sched, model.Healthy, in.ID)
+		sched.Set(web[0])
 	})
 
 	t.Run("unknown image fails with the registry's error", func(t *testing.T) {

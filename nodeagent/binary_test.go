@@ -35,7 +35,7 @@ http: {addr: %q}
 node: {name: %q, address: 127.0.0.1, datadir: %q, capacity: {diskio: 100MiB/s, netin: 1Gbit, netout: 1Gbit}}
 scheduler: {urls: [%q], token: node-secret}
 docker: {host: %q}
-registry: {gateway: %q}
+registry: {gateway: %q, username: robot, password: r0bot-secret}
 consul: {addr: %q}
 pull: {attempts: 2, backoff: 100ms}
 instances: {publiship: 127.0.0.1, stoptimeout: 2s}
