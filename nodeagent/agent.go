@@ -249,11 +249,48 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// The images of the instances about to start, by app: an instance of
+	// the same app on another image is stopped only once they are pulled
+	// (a new version's image is on the node before its old instances go).
+	pulls := map[string]map[string]*Pull{}
+	for id, d := range want {
+		if _, ok := a.insts[id]; ok {
+			continue
+		}
+		ref := PullRef(d.Image, a.o.Gateway)
+		if pulls[d.App] == nil {
+			pulls[d.App] = map[string]*Pull{}
+		}
+		if pulls[d.App][ref] == nil {
+			pulls[d.App][ref] = a.o.Puller.Start(ctx, ref)
+		}
+	}
 	for id, in := range a.insts {
 		if d, ok := want[id]; !ok || specHash(d) != in.hash {
 			delete(a.insts, id)
 			a.stopping[id] = in
-			in.requestStop()
+			var wait []*Pull
+			for ref, p := range pulls[in.d.App] {
+				if ref != PullRef(in.d.Image, a.o.Gateway) {
+					wait = append(wait, p)
+				}
+			}
+			if len(wait) == 0 {
+				in.requestStop()
+				continue
+			}
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				for _, p := range wait {
+					select {
+					case <-p.Done():
+					case <-ctx.Done():
+						return
+					}
+				}
+				in.requestStop()
+			}()
 		}
 	}
 	for id := range a.final {

@@ -13,10 +13,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/registry"
@@ -277,6 +279,45 @@ func keys[M ~map[string]V, V any](m M) []string {
 	return out
 }
 
+// eventLog records dockerd's events from its start on.
+type eventLog struct {
+	mu   sync.Mutex
+	msgs []events.Message
+}
+
+func (e *testEnv) events(t *testing.T) *eventLog {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	l := &eventLog{}
+	msgs, _ := e.docker.Events(ctx, events.ListOptions{})
+	go func() {
+		for m := range msgs {
+			l.mu.Lock()
+			l.msgs = append(l.msgs, m)
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+// find is the index of the first event match accepts, -1 if none.
+func (l *eventLog) find(match func(events.Message) bool) (int, events.Message) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, m := range l.msgs {
+		if match(m) {
+			return i, m
+		}
+	}
+	return -1, events.Message{}
+}
+
+func containerEvent(action events.Action, instance string) func(events.Message) bool {
+	return func(m events.Message) bool {
+		return m.Type == events.ContainerEventType && m.Action == action && m.Actor.Attributes[LabelInstance] == instance
+	}
+}
+
 // TestAgentRunsAdoptsRemoves: instances start with the right environment,
 // ports, labels and limits, answer on their published ports, are listed
 // in Consul under the app's name; a restarted agent adopts them; ones no
@@ -519,6 +560,48 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		sched.Set(web[0], in)
 		waitStates(t, sched, model.Healthy, in.ID)
 		sched.Set(web[0])
+	})
+
+	t.Run("graceful stop with the instance's timeout", func(t *testing.T) {
+		ev := e.events(t)
+		term := DesiredInstance{ID: app + "-term", App: app + "-term", Version: 1, Image: ref,
+			Command:     []string{"/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while true; do /bin/busybox sleep 0.1; done"},
+			StopTimeout: model.Duration(time.Minute), Desired: model.DesiredRun}
+		sched.Set(web[0], term)
+		waitStates(t, sched, model.Healthy, term.ID)
+		sched.Set(web[0])
+		waitStates(t, sched, model.Stopped, term.ID)
+		var die events.Message
+		waitFor(t, "the die event", func() (bool, string) {
+			var i int
+			i, die = ev.find(containerEvent("die", term.ID))
+			return i >= 0, "none yet"
+		})
+		if code := die.Actor.Attributes["exitCode"]; code != "0" {
+			t.Errorf("the container died with exit code %s, want 0: SIGTERM first, then time to exit", code)
+		}
+	})
+
+	t.Run("a new version's image is pulled before the old instance stops", func(t *testing.T) {
+		ev := e.events(t)
+		old := DesiredInstance{ID: app + "-roll-v1", App: app + "-roll", Version: 1, Image: ref,
+			Command: []string{"/bin/busybox", "sleep", "600"}, Desired: model.DesiredRun}
+		sched.Set(web[0], old)
+		waitStates(t, sched, model.Healthy, old.ID)
+		ref4, _ := e.pushImage(t, "roll-v2-"+randHex(3))
+		digest := ref4[strings.Index(ref4, "@")+1:]
+		next := old
+		next.ID, next.Version, next.Image = app+"-roll-v2", 2, ref4
+		sched.Set(web[0], next)
+		waitStates(t, sched, model.Healthy, next.ID)
+		waitStates(t, sched, model.Stopped, old.ID)
+		pulled, _ := ev.find(func(m events.Message) bool {
+			return m.Type == events.ImageEventType && m.Action == "pull" && strings.Contains(m.Actor.ID, digest)
+		})
+		killed, _ := ev.find(containerEvent("kill", old.ID))
+		if pulled < 0 || killed < 0 || killed < pulled {
+			t.Errorf("event order: pull of v2's image #%d, kill of v1's container #%d; want the pull first", pulled, killed)
+		}
 	})
 
 	t.Run("unknown image fails with the registry's error", func(t *testing.T) {
