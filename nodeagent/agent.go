@@ -43,6 +43,7 @@ type Options struct {
 	ReportInterval time.Duration // a report at least this often (default 10s)
 	RetryInterval  time.Duration // after a failed scheduler request (default 2s)
 	Resync         time.Duration // reconcile against dockerd at least this often (default 30s)
+	UsageInterval  time.Duration // sample the instances' resource usage this often (default 15s)
 
 	Log     *slog.Logger
 	Metrics *Metrics
@@ -88,6 +89,9 @@ func New(o Options) *Agent {
 	if o.Resync == 0 {
 		o.Resync = 30 * time.Second
 	}
+	if o.UsageInterval == 0 {
+		o.UsageInterval = 15 * time.Second
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -120,9 +124,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	sets := make(chan *DesiredSet, 1)
-	a.wg.Add(2)
+	a.wg.Add(3)
 	go func() { defer a.wg.Done(); a.poll(ctx, sets) }()
 	go func() { defer a.wg.Done(); a.reportLoop(ctx) }()
+	go func() { defer a.wg.Done(); a.usageLoop(ctx, a.o.UsageInterval) }()
 	var last *DesiredSet
 	resync := time.NewTicker(a.o.Resync)
 	defer resync.Stop()
@@ -504,6 +509,9 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		rep := Report{Instances: a.Snapshot()}
 		if rep.Instances == nil {
 			rep.Instances = []InstanceReport{}
+		}
+		for _, r := range rep.Instances {
+			rep.Usage = rep.Usage.Add(r.Usage)
 		}
 		if err := a.o.Scheduler.Report(ctx, rep); err != nil {
 			if ctx.Err() != nil {

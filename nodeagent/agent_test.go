@@ -142,7 +142,8 @@ func (e *testEnv) agent(t *testing.T, sched Scheduler, metrics *Metrics) *Agent 
 			Backoff: 100 * time.Millisecond, MaxBackoff: time.Second},
 		PublishIP: "127.0.0.1", StopTimeout: 2 * time.Second,
 		PollWait: 5 * time.Second, ReportInterval: time.Second, RetryInterval: 200 * time.Millisecond,
-		Log: testLogger(), Metrics: metrics,
+		UsageInterval: 500 * time.Millisecond,
+		Log:           testLogger(), Metrics: metrics,
 	})
 }
 
@@ -390,6 +391,15 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 				t.Errorf("%s: tags %v, canary %v", d.ID, s.Tags, d.Canary)
 			}
 		}
+		waitFor(t, "the instances' memory usage reported", func() (bool, string) {
+			reps := sched.Reports()
+			sched.mu.Lock()
+			node := sched.nodeUsage
+			sched.mu.Unlock()
+			a, b := reps[web[0].ID].Usage[resource.Memory], reps[web[1].ID].Usage[resource.Memory]
+			return a > 0 && b > 0 && node[resource.Memory] >= a+b,
+				fmt.Sprintf("memory %d and %d, node %d", a, b, node[resource.Memory])
+		})
 		ids = e.containers(t)
 		if len(ids) != 2 || len(ids[web[0].ID]) != 1 || len(ids[web[1].ID]) != 1 {
 			t.Fatalf("containers of the node: %v", ids)

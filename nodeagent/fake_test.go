@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/gaia-registry/gaia/scheduler/resource"
 )
 
 func testLogger() *slog.Logger {
@@ -28,6 +30,7 @@ type fakeScheduler struct {
 	changedCh  chan struct{}
 	reports    map[string]InstanceReport // latest report per instance
 	reported   int                       // reports received
+	nodeUsage  resource.Vector           // the latest report's node usage
 	registered []RegisterRequest
 }
 
@@ -78,6 +81,7 @@ func (f *fakeScheduler) Report(_ context.Context, r Report) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reported++
+	f.nodeUsage = r.Usage
 	for _, in := range r.Instances {
 		f.reports[in.ID] = in
 	}

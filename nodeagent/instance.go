@@ -12,6 +12,7 @@ import (
 	consul "github.com/hashicorp/consul/api"
 
 	"github.com/gaia-registry/gaia/scheduler/model"
+	"github.com/gaia-registry/gaia/scheduler/resource"
 )
 
 // instance supervises one desired instance: pull, create (or adopt),
@@ -36,6 +37,8 @@ type instance struct {
 	pull        *Pull
 	containerID string
 	registered  bool
+	usage       resource.Vector
+	lastSample  *usageSample
 }
 
 func (in *instance) requestStop() { in.stopOnce.Do(func() { close(in.stop) }) }
@@ -64,6 +67,9 @@ func (in *instance) report() InstanceReport {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	r := InstanceReport{ID: in.d.ID, State: in.state, Reason: in.reason, ExitCode: in.exitCode, Restarts: in.restarts}
+	if in.state == model.Running || in.state == model.Healthy {
+		r.Usage = in.usage
+	}
 	if in.state == model.Pulling && in.pull != nil {
 		done, total, attempt, lastErr := in.pull.Progress()
 		pct := 0

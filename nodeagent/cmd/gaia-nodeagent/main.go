@@ -88,6 +88,7 @@ type config struct {
 		ReportInterval time.Duration `yaml:"reportinterval"` // default 10s
 		Resync         time.Duration `yaml:"resync"`         // default 30s
 		RetryInterval  time.Duration `yaml:"retryinterval"`  // default 2s
+		UsageInterval  time.Duration `yaml:"usageinterval"`  // resource usage sampled this often; default 15s
 	} `yaml:"agent"`
 }
 
@@ -270,8 +271,8 @@ func run(path string) error {
 		Gateway:   cfg.Registry.Gateway,
 		PublishIP: cfg.Instances.PublishIP, HealthHost: cfg.Instances.HealthHost, StopTimeout: cfg.Instances.StopTimeout,
 		PollWait: cfg.Agent.PollWait, ReportInterval: cfg.Agent.ReportInterval, Resync: cfg.Agent.Resync,
-		RetryInterval: cfg.Agent.RetryInterval,
-		Log:           log, Metrics: metrics,
+		RetryInterval: cfg.Agent.RetryInterval, UsageInterval: cfg.Agent.UsageInterval,
+		Log: log, Metrics: metrics,
 	})
 
 	mux := http.NewServeMux()
