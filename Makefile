@@ -23,7 +23,7 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler services services-stop vet clean
 
 all: build
 
@@ -83,8 +83,9 @@ test-hdfs-full:
 
 # Gaia vs the stock distribution registry (v3.1.2, built from the Go module
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
-# colinmarc client, then gaia-mirror vs skopeo sync. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs bench-mirror
+# colinmarc client, then gaia-mirror vs skopeo sync, then gaia-scheduler's
+# placement engine. Results: docs/benchmarks.md.
+bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler
 
 # 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
 # own client; manifest GETs at 32 clients; manifest GET latency while 200
@@ -102,6 +103,12 @@ bench-gateway:
 bench-mirror:
 	bash $(SVC) start postgres dockerd   # dockerd's install step brings skopeo
 	MIRROR_BENCH_ROUNDS=$${MIRROR_BENCH_ROUNDS:-5} $(GO) test -count=1 -timeout 30m -run '^$$' -bench BenchmarkMirrorVsSkopeo -benchtime 1x ./tests/bench/mirror/
+
+# gaia-scheduler's placement engine alone, in process: 10,000 simulated
+# nodes, 2,500 pools, 150,000 instances fed in bursts; placements/s, p50/p99
+# decision latency, heap, invariants checked at the end (seconds).
+bench-scheduler:
+	$(GO) test -count=1 -timeout 20m -run '^$$' -bench BenchmarkPlacement -benchtime 1x -benchmem ./scheduler/engine/
 
 bench-hdfs:
 	bash $(SVC) start hdfs

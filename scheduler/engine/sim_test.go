@@ -1,0 +1,213 @@
+package engine
+
+import (
+	"fmt"
+	"math"
+	"math/rand"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/gaia-registry/gaia/scheduler/model"
+	"github.com/gaia-registry/gaia/scheduler/resource"
+)
+
+var shapes = []resource.Vector{
+	resource.MustVector("cpu=1", "memory=4Gi", "disk=10Gi", "diskio=10MiB/s", "netin=100Mbit", "netout=100Mbit"),
+	resource.MustVector("cpu=2", "memory=4Gi", "disk=10Gi", "diskio=10MiB/s", "netin=100Mbit", "netout=100Mbit"),
+	resource.MustVector("cpu=1", "memory=8Gi", "disk=20Gi", "diskio=20MiB/s", "netin=200Mbit", "netout=100Mbit"),
+	resource.MustVector("cpu=4", "memory=8Gi", "disk=10Gi", "diskio=10MiB/s", "netin=100Mbit", "netout=200Mbit"),
+	resource.MustVector("cpu=500m", "memory=2Gi", "disk=5Gi", "diskio=5MiB/s", "netin=50Mbit", "netout=50Mbit"),
+}
+
+var nodeShape = resource.MustVector("cpu=32", "memory=128Gi", "disk=2Ti", "diskio=1GiB/s", "netin=10Gbit", "netout=10Gbit")
+
+type simCluster struct {
+	c      *Cluster
+	pools  []model.Pool // leaves
+	apps   []model.App
+	now    time.Time
+	rounds int
+}
+
+// buildSim makes nodes, a two-level pool tree with weights and some mins,
+// and apps asking for about three times the capacity.
+func buildSim(t testing.TB, nodes, groups, leavesPer int, seed int64, cfg Config) *simCluster {
+	rng := rand.New(rand.NewSource(seed))
+	s := &simCluster{c: New(cfg), now: t0}
+	for j := 0; j < nodes; j++ {
+		s.c.UpsertNode(model.Node{Name: fmt.Sprintf("node-%05d", j), Capacity: nodeShape, State: model.NodeReady,
+			IDC: []string{"idc-a", "idc-b"}[j%2], Labels: map[string]string{"rack": fmt.Sprint(j % 10)}})
+	}
+	total := nodeShape.Scale(int64(nodes))
+	leaves := groups * leavesPer
+	// mins add up to a fifth of the cluster, on a quarter of the leaves
+	minEach := total.Scale(4).Scale(1)
+	for d := range minEach {
+		minEach[d] = total[d] / 5 / int64((leaves+3)/4)
+	}
+	for g := 0; g < groups; g++ {
+		s.c.UpsertPool(model.Pool{Name: fmt.Sprintf("root.g%d", g), Weight: float64(1 + rng.Intn(3))})
+		for l := 0; l < leavesPer; l++ {
+			p := model.Pool{Name: fmt.Sprintf("root.g%d.p%d", g, l), Weight: float64(1 + rng.Intn(3)),
+				MinSharePreemptionTimeout: model.Duration(10 * time.Second), FairSharePreemptionTimeout: model.Duration(30 * time.Second),
+				FairSharePreemptionThreshold: 1}
+			if (g*leavesPer+l)%4 == 0 {
+				p.Min = resource.Vector{resource.CPU: minEach[resource.CPU], resource.Memory: minEach[resource.Memory]}
+			}
+			s.c.UpsertPool(p)
+			s.pools = append(s.pools, p)
+		}
+	}
+	// demand: about 3× the cluster's cpu, spread over the leaves
+	perLeaf := 3 * total[resource.CPU] / int64(leaves)
+	for j, p := range s.pools {
+		napps := 1 + rng.Intn(3)
+		for k := 0; k < napps; k++ {
+			shape := shapes[rng.Intn(len(shapes))]
+			a := model.App{Spec: model.AppSpec{Name: fmt.Sprintf("app-%d-%d", j, k), Pool: p.Name, Image: "img",
+				Instances: int(perLeaf/int64(napps)/shape[resource.CPU]) + 1, Resources: shape},
+				Version: 1, State: model.AppRunning, CreatedAt: t0.Add(time.Duration(j*10+k) * time.Second)}
+			// Node-level rules the fair share (computed on the cluster as
+			// one machine) cannot see are kept loose enough not to bind:
+			// a fixed host port (unique to the app) or a spread allows
+			// one or two instances per node, so such apps ask for at most
+			// half the nodes' worth.
+			switch rng.Intn(5) {
+			case 0:
+				a.Spec.Ports = []model.Port{{Name: "http", ContainerPort: 80}, {Name: "admin", ContainerPort: 81}}
+			case 1:
+				a.Spec.Spread = 2
+				a.Spec.Instances = min(a.Spec.Instances, nodes)
+			case 2:
+				a.Spec.Ports = []model.Port{{Name: "fixed", ContainerPort: 80, HostPort: 10000 + len(s.apps)}}
+				a.Spec.Instances = min(a.Spec.Instances, nodes/2)
+			}
+			s.apps = append(s.apps, a)
+		}
+	}
+	return s
+}
+
+// converge plans, applies and plays the node agents until a plan changes
+// nothing, advancing the clock 5 s a round.
+func (s *simCluster) converge(t testing.TB, maxRounds int) {
+	t.Helper()
+	for r := 0; r < maxRounds; r++ {
+		s.now = s.now.Add(5 * time.Second)
+		p := s.c.Plan(s.now)
+		s.c.Apply(p)
+		agent(s.c)
+		s.rounds++
+		if p.Empty() && len(s.c.reservations) == 0 {
+			// quiet for longer than every timeout: really converged
+			quiet := true
+			for k := 0; k < 8 && quiet; k++ {
+				s.now = s.now.Add(5 * time.Second)
+				p := s.c.Plan(s.now)
+				s.c.Apply(p)
+				agent(s.c)
+				quiet = p.Empty()
+			}
+			if quiet {
+				return
+			}
+		}
+	}
+	t.Fatalf("no convergence in %d rounds", maxRounds)
+}
+
+// checkFairness: every leaf's dominant share within one instance of its
+// weighted fair share, every min met.
+func (s *simCluster) checkFairness(t testing.TB) {
+	t.Helper()
+	c := s.c
+	fs := c.FairShares()
+	m := allDims
+	// A pool below its share can only gain by preempting an instance from
+	// a pool above its share that stays at or above its own: so "one
+	// instance" is the largest instance in the cluster (the shapes here
+	// differ by up to 8×), or the pool's own largest if that is bigger.
+	var largest float64
+	for _, a := range c.apps {
+		largest = math.Max(largest, share(a.m.Spec.Resources, c.total, &m))
+	}
+	worst := 0.0
+	for _, pm := range s.pools {
+		p := c.pools[pm.Name]
+		if p.sk.demand.IsZero() {
+			continue
+		}
+		biggest := largest
+		for _, a := range p.apps {
+			biggest = math.Max(biggest, share(a.m.Spec.Resources, c.total, &m))
+		}
+		got := share(p.sk.usage, c.total, &m)
+		want := share(fs[pm.Name], c.total, &m)
+		if dev := math.Abs(got-want) / biggest; dev > worst {
+			worst = dev
+		}
+		if math.Abs(got-want) > biggest+1e-9 {
+			t.Errorf("pool %s: dominant share %.5f, fair share %.5f, one instance %.5f (usage %v, fair %v)",
+				pm.Name, got, want, biggest, p.sk.usage, fs[pm.Name])
+		}
+		minT := pm.Min.Min(p.sk.demand)
+		if needy(p.sk.usage, minT, c.total, &m) {
+			t.Errorf("pool %s below its min: usage %v min %v", pm.Name, p.sk.usage, minT)
+		}
+	}
+	t.Logf("worst deviation from fair share: %.2f instances", worst)
+}
+
+func TestSimulationConverges(t *testing.T) {
+	nodes, groups, leaves := 200, 6, 8
+	if !testing.Short() {
+		nodes, groups, leaves = 1000, 10, 20
+	}
+	for _, scoring := range []Scoring{Binpack, Spread} {
+		t.Run(fmt.Sprint("scoring=", scoring), func(t *testing.T) {
+			s := buildSim(t, nodes, groups, leaves, 42, Config{Scoring: scoring})
+			// everything arrives at once
+			for _, a := range s.apps {
+				s.c.UpsertApp(a)
+			}
+			s.converge(t, 200)
+			checkInvariants(t, s.c)
+			s.checkFairness(t)
+			t.Logf("phase 1: %d rounds, %d instances", s.rounds, len(s.c.insts))
+
+			// then the world changes: a tenth of the nodes go down, some apps
+			// scale down, some stop, new ones arrive in other pools
+			rng := rand.New(rand.NewSource(7))
+			for j := 0; j < nodes/10; j++ {
+				n := s.c.nodeList[rng.Intn(len(s.c.nodeList))].m
+				n.State = model.NodeDown
+				s.c.UpsertNode(n)
+			}
+			for j := range s.apps {
+				switch rng.Intn(6) {
+				case 0:
+					s.apps[j].Spec.Instances /= 4
+				case 1:
+					s.apps[j].State = model.AppStopped
+				case 2:
+					s.apps[j].Spec.Instances *= 2
+				}
+				s.c.UpsertApp(s.apps[j])
+			}
+			s.converge(t, 400)
+			checkInvariants(t, s.c)
+			s.checkFairness(t)
+			t.Logf("phase 2: %d rounds, %d instances", s.rounds, len(s.c.insts))
+		})
+	}
+}
+
+func sortedPoolNames(c *Cluster) []string {
+	var out []string
+	for n := range c.pools {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
