@@ -184,10 +184,6 @@ func (a *Agent) poll(ctx context.Context, sets chan *DesiredSet) {
 			}
 			a.o.Metrics.polls.WithLabelValues("error").Inc()
 			a.o.Log.Warn("polling the desired set failed", "err", err)
-			var pe *ProtocolError
-			if errors.As(err, &pe) && pe.Status == http.StatusNotFound {
-				a.register(ctx) // the scheduler forgot the node
-			}
 			select {
 			case <-ctx.Done():
 				return

@@ -92,8 +92,9 @@ type InstanceReport struct {
 	Usage    resource.Vector     `json:"usage"`
 }
 
-// Scheduler is the agent's side of the node protocol; HTTPScheduler
-// speaks it over HTTP, tests give the agent a fake.
+// Scheduler is the agent's side of the node protocol; NodeClient speaks
+// it through scheduler/nodeclient, tests give the agent a fake. A client
+// re-registers the node itself when the scheduler has forgotten it.
 type Scheduler interface {
 	Register(ctx context.Context, req RegisterRequest) (RegisterResponse, error)
 	// PollDesired answers the desired set when its version differs from

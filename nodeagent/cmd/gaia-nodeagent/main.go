@@ -37,6 +37,7 @@ import (
 	"github.com/gaia-registry/gaia/nodeagent"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
+	"github.com/gaia-registry/gaia/scheduler/nodeclient"
 	"github.com/gaia-registry/gaia/scheduler/resource"
 )
 
@@ -56,8 +57,9 @@ type config struct {
 		Reserved resource.Vector   `yaml:"reserved"` // kept for the system
 	} `yaml:"node"`
 	Scheduler struct {
-		URLs  []string `yaml:"urls"`  // the schedulers' base URLs (a follower points to the leader)
-		Token string   `yaml:"token"` // the node credential
+		URLs    []string `yaml:"urls"`    // the schedulers' base URLs (a follower points to the leader)
+		Cluster string   `yaml:"cluster"` // or: the cluster's name, its schedulers found in Consul
+		Token   string   `yaml:"token"`   // the node credential
 	} `yaml:"scheduler"`
 	Docker struct {
 		Host string `yaml:"host"` // default unix:///var/run/docker.sock
@@ -136,8 +138,11 @@ func load(path string) (*config, error) {
 	if c.Node.DataDir == "" {
 		c.Node.DataDir = "/var/lib/docker"
 	}
-	if len(c.Scheduler.URLs) == 0 {
-		return fail("scheduler.urls", "required (the scheduler's base URLs)")
+	if len(c.Scheduler.URLs) == 0 && c.Scheduler.Cluster == "" {
+		return fail("scheduler.urls", "required (the scheduler's base URLs), or scheduler.cluster")
+	}
+	if c.Scheduler.Cluster != "" && c.Consul.Disabled {
+		return fail("scheduler.cluster", "finding the schedulers needs Consul (consul.disabled is set)")
 	}
 	for i, u := range c.Scheduler.URLs {
 		p, err := url.Parse(u)
@@ -257,6 +262,15 @@ func run(path string) error {
 			return err
 		}
 	}
+	var resolve func(context.Context) ([]string, error)
+	if cfg.Scheduler.Cluster != "" {
+		if resolve, err = nodeclient.Consul(cfg.Consul.Addr, cfg.Scheduler.Cluster); err != nil {
+			return fmt.Errorf("scheduler.cluster: %w", err)
+		}
+	}
+	sched := nodeagent.NewNodeClient(cfg.Scheduler.URLs, resolve, cfg.Scheduler.Token, nodeagent.RegisterRequest{
+		Name: cfg.Node.Name, IDC: cfg.Node.IDC, Labels: cfg.Node.Labels, Address: cfg.Node.Address,
+		Capacity: capa, Reserved: cfg.Node.Reserved})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := nodeagent.NewMetrics(reg)
@@ -264,7 +278,7 @@ func run(path string) error {
 		Node: cfg.Node.Name, IDC: cfg.Node.IDC, Labels: cfg.Node.Labels, Address: cfg.Node.Address,
 		Capacity: capa, Reserved: cfg.Node.Reserved,
 		Docker:    docker,
-		Scheduler: nodeagent.NewHTTPScheduler(cfg.Scheduler.URLs, cfg.Node.Name, cfg.Scheduler.Token),
+		Scheduler: sched,
 		Consul:    cons,
 		Puller: &nodeagent.Puller{Docker: docker, Auth: auth, Stall: cfg.Pull.StallTimeout,
 			Attempts: cfg.Pull.Attempts, Backoff: cfg.Pull.Backoff, MaxBackoff: cfg.Pull.MaxBackoff},

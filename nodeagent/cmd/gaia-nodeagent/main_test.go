@@ -45,6 +45,7 @@ func TestLoadDefaultsAndOverrides(t *testing.T) {
 func TestLoadErrorsNameTheKey(t *testing.T) {
 	for _, c := range []struct{ doc, key string }{
 		{"node: {name: n1}\n", "scheduler.urls"},
+		{"scheduler: {cluster: c1, token: t}\nconsul: {disabled: true}\n", "scheduler.cluster"},
 		{"scheduler: {urls: [\"ftp://x\"], token: t}\n", "scheduler.urls[0]"},
 		{"scheduler: {urls: [\"http://x\"]}\n", "scheduler.token"},
 		{minimal + "registry: {gateway: \"http://gw:6000\"}\n", "registry.gateway"},
