@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -37,7 +38,7 @@ type Options struct {
 	Gateway   string // registry host[:port] images are pulled from ("" : as named)
 
 	PublishIP      string        // host address ports are published on (default 0.0.0.0)
-	HealthHost     string        // address the agent's tcp/http checks connect to (default 127.0.0.1)
+	HealthHost     string        // address the agent's tcp/http checks connect to (default PublishIP, 127.0.0.1 when that is 0.0.0.0)
 	StopTimeout    time.Duration // graceful stop before SIGKILL (default 10s)
 	PollWait       time.Duration // long-poll wait (default 30s; the scheduler's pollInterval wins)
 	ReportInterval time.Duration // a report at least this often (default 10s)
@@ -73,6 +74,9 @@ func New(o Options) *Agent {
 	}
 	if o.HealthHost == "" {
 		o.HealthHost = "127.0.0.1"
+		if ip := net.ParseIP(o.PublishIP); ip != nil && !ip.IsUnspecified() {
+			o.HealthHost = o.PublishIP
+		}
 	}
 	if o.StopTimeout == 0 {
 		o.StopTimeout = 10 * time.Second
