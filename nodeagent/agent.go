@@ -352,6 +352,21 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); in.run(ctx) }()
 	}
+	// An instance the scheduler wants stopped that has no container (any
+	// more) and no supervisor is reported stopped, even when this agent
+	// never ran it (a predecessor did).
+	for i := range set.Instances {
+		d := &set.Instances[i]
+		if d.Desired != model.DesiredStop || len(byInstance[d.ID]) > 0 {
+			continue
+		}
+		if _, ok := a.stopping[d.ID]; ok {
+			continue
+		}
+		if _, ok := a.final[d.ID]; !ok {
+			a.final[d.ID] = InstanceReport{ID: d.ID, State: model.Stopped, Reason: "stopped"}
+		}
+	}
 	for inst, cs := range byInstance {
 		if _, ok := want[inst]; ok {
 			continue
@@ -375,6 +390,7 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 			a.mu.Lock()
 			delete(a.orphans, c.ID)
 			a.mu.Unlock()
+			a.reschedule() // reports an instance to stop as stopped
 		}()
 	}
 	if !a.ready {

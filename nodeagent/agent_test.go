@@ -472,6 +472,17 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		waitStates(t, sched, model.Stopped, web[1].ID)
 	})
 
+	t.Run("an instance to stop that a predecessor ran is removed and reported stopped", func(t *testing.T) {
+		ghost := DesiredInstance{ID: app + "-ghost2", App: app, Version: 1, Image: ref, Desired: model.DesiredStop}
+		harness.Docker(t, e.h, "run", "-d", "--label", LabelNode+"="+e.node, "--label", LabelInstance+"="+ghost.ID,
+			"--name", ContainerName(ghost.ID), ref, "/bin/busybox", "sleep", "600")
+		sched.Set(web[0], ghost)
+		waitStates(t, sched, model.Stopped, ghost.ID)
+		if now := e.containers(t); len(now[ghost.ID]) != 0 {
+			t.Errorf("reported stopped while its container is there: %v", now)
+		}
+	})
+
 	t.Run("ten instances of a new image, one pull", func(t *testing.T) {
 		ref2, blobs := e.pushImage(t, "batch-"+randHex(3))
 		before := e.registry.Metric(t, "gaia_registry_http_requests_total", `route="blob"`, `method="GET"`)
