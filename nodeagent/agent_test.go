@@ -536,8 +536,12 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 			Interval: model.Duration(time.Second)}
 		sched.Set(web[0], tcp, execOK, execBad)
 		waitStates(t, sched, model.Healthy, tcp.ID, execOK.ID)
-		r := waitStates(t, sched, model.Running, execBad.ID)[execBad.ID]
-		if !strings.Contains(r.Reason, "health check failed") || !strings.Contains(r.Reason, "exited with code 1") {
+		var r InstanceReport
+		waitFor(t, "the failing exec check reported", func() (bool, string) {
+			r = sched.Reports()[execBad.ID]
+			return r.State == model.Running && strings.Contains(r.Reason, "health check failed"), fmt.Sprintf("%s %q", r.State, r.Reason)
+		})
+		if !strings.Contains(r.Reason, "exited with code 1") {
 			t.Errorf("failing exec check reported as %q", r.Reason)
 		}
 		waitFor(t, "Consul passing exactly the healthy instances", func() (bool, string) {
