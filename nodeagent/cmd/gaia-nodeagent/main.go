@@ -195,7 +195,7 @@ func load(path string) (*config, error) {
 	if c.Images.GCLowPercent == 0 {
 		c.Images.GCLowPercent = 80
 	}
-	if c.Images.GCHighPercent > 100 || c.Images.GCLowPercent < 0 || c.Images.GCLowPercent > c.Images.GCHighPercent {
+	if !(0 <= c.Images.GCLowPercent && c.Images.GCLowPercent <= c.Images.GCHighPercent && c.Images.GCHighPercent <= 100) { // NaN too
 		return fail("images.gclowpercent", "want 0 ≤ gclowpercent ≤ gchighpercent ≤ 100 (have %v and %v)", c.Images.GCLowPercent, c.Images.GCHighPercent)
 	}
 	if err := c.Log.Check(); err != nil {
