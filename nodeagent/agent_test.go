@@ -145,8 +145,8 @@ func (e *testEnv) agent(t *testing.T, sched Scheduler, metrics *Metrics) *Agent 
 		Gateway: e.registry.Addr, DataDir: e.dataDir,
 		PublishIP: "127.0.0.1", StopTimeout: 2 * time.Second,
 		PollWait: 5 * time.Second, ReportInterval: time.Second, RetryInterval: 200 * time.Millisecond,
-		UsageInterval: 500 * time.Millisecond,
-		Log:           testLogger(), Metrics: metrics,
+		UsageInterval: 500 * time.Millisecond, Resync: time.Second,
+		Log: testLogger(), Metrics: metrics,
 	})
 }
 
@@ -446,6 +446,16 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		if n := testutil.ToFloat64(metrics.containerOp.WithLabelValues("remove")); n != 0 || removing != 0 {
 			t.Errorf("%v containers removed and %d being removed after adoption, want none", n, removing)
 		}
+	})
+
+	t.Run("a registration Consul lost is put back", func(t *testing.T) {
+		if err := e.consul.Agent().ServiceDeregister(web[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, web[0].ID+" registered again", func() (bool, string) {
+			got := e.consulEntries(t, app, false)
+			return got[web[0].ID] != nil, fmt.Sprint(keys(got))
+		})
 	})
 
 	t.Run("unwanted and stray containers removed", func(t *testing.T) {
