@@ -497,6 +497,30 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		}
 	})
 
+	t.Run("a container of the instance's name not of this node is left alone", func(t *testing.T) {
+		squat := DesiredInstance{ID: app + "-squat", App: app + "-squat", Version: 1, Image: ref,
+			Command: []string{"/bin/busybox", "sleep", "600"}, Desired: model.DesiredRun}
+		other := harness.Docker(t, e.h, "create", "--label", LabelNode+"=someone-else", "--name", ContainerName(squat.ID),
+			ref, "/bin/busybox", "sleep", "600")
+		t.Cleanup(func() { harness.DockerErr(e.h, "rm", "-f", other) })
+		sched.Set(web[0], squat)
+		r := waitStates(t, sched, model.Failed, squat.ID)[squat.ID]
+		if !strings.Contains(r.Reason, "is taken by a container not of node") {
+			t.Errorf("reason %q", r.Reason)
+		}
+		sched.Set(web[0])
+		waitFor(t, "the agent done with "+squat.ID, func() (bool, string) {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			_, running := b.insts[squat.ID]
+			_, stopping := b.stopping[squat.ID]
+			return !running && !stopping, fmt.Sprintf("supervised %v, stopping %v", running, stopping)
+		})
+		if _, err := harness.DockerErr(e.h, "inspect", other); err != nil {
+			t.Errorf("the other container was removed: %v", err)
+		}
+	})
+
 	t.Run("ten instances of a new image, one pull", func(t *testing.T) {
 		ref2, blobs := e.pushImage(t, "batch-"+randHex(3))
 		before := e.registry.Metric(t, "gaia_registry_http_requests_total", `route="blob"`, `method="GET"`)
