@@ -19,7 +19,7 @@ TESTFLAGS ?= -count=1 -short -race -timeout 40m
 FUZZ_SMOKE := ./registry/grammar:FuzzParse ./registry/grammar:FuzzReference ./registry/grammar:FuzzByteRange \
 	./registry/grammar:FuzzContentRange ./registry/manifest:FuzzParse ./mirror-sync/rule:FuzzRule ./registry/yamlconfig:FuzzLoad
 FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:FuzzLoadConfig \
-	./mirror-sync/cmd/gaia-mirror:FuzzLoad ./storage-hdfs:FuzzParameters
+	./mirror-sync/cmd/gaia-mirror:FuzzLoad ./nodeagent/cmd/gaia-nodeagent:FuzzLoad ./storage-hdfs:FuzzParameters
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
@@ -28,7 +28,7 @@ FUZZTIME        ?= 2m
 all: build
 
 build:
-	$(GO) build -o bin/ ./registry/cmd/... ./mirror-sync/cmd/... ./scheduler/cmd/... ./cmd/...   # gaia-registry, gaia-gateway, gaia-mirror, gaia-scheduler, gaiactl
+	$(GO) build -o bin/ ./registry/cmd/... ./mirror-sync/cmd/... ./scheduler/cmd/... ./nodeagent/cmd/... ./cmd/...   # gaia-registry, gaia-gateway, gaia-mirror, gaia-scheduler, gaia-nodeagent, gaiactl
 
 # A registry on 127.0.0.1:5000 with filesystem storage (configs/registry-local.yml)
 # and the local PostgreSQL (installed and started here if needed), in the
