@@ -172,7 +172,7 @@ func (c *cgroupV1) statsAt(elem ...string) (cgStats, error) {
 }
 
 func (c *cgroupV1) stats(id string) (cgStats, error) { return c.statsAt(id) }
-func (c *cgroupV1) parentStats() (cgStats, error)     { return c.statsAt() }
+func (c *cgroupV1) parentStats() (cgStats, error)    { return c.statsAt() }
 
 // blkioBytes sums the Read and Write lines of blkio.throttle.io_service_bytes
 // (or io_service_bytes_recursive).

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -75,14 +74,49 @@ func createVolume(root, id string, size int64) (*volume, error) {
 	}
 	dev, err := run("losetup", "--find", "--show", v.img)
 	if err != nil {
+		os.RemoveAll(v.dir)
 		return nil, missing("loop devices (losetup): %v", err)
 	}
 	v.dev = dev
+	if err := v.fit(size); err != nil {
+		_ = v.remove()
+		return nil, err
+	}
 	if err := unix.Mount(dev, v.mnt, "ext4", 0, ""); err != nil {
-		_, _ = run("losetup", "-d", dev)
+		_ = v.remove()
 		return nil, fmt.Errorf("enforce: mount %s on %s: %w", dev, v.mnt, err)
 	}
 	return v, nil
+}
+
+// fit grows the filesystem, offline, by what ext4's own metadata
+// (journal, inode tables) takes, so that the instance can write its whole
+// allocation.
+func (v *volume) fit(size int64) error {
+	if err := unix.Mount(v.dev, v.mnt, "ext4", 0, ""); err != nil {
+		return fmt.Errorf("enforce: mount %s on %s: %w", v.dev, v.mnt, err)
+	}
+	var st unix.Statfs_t
+	err := unix.Statfs(v.mnt, &st)
+	if uerr := unix.Unmount(v.mnt, 0); uerr != nil {
+		return uerr
+	}
+	if err != nil {
+		return err
+	}
+	avail := int64(st.Bavail) * st.Bsize
+	if avail >= size {
+		return nil
+	}
+	if err := os.Truncate(v.img, size+(size-avail)); err != nil {
+		return err
+	}
+	if _, err := run("losetup", "-c", v.dev); err != nil {
+		return err
+	}
+	_, _ = run("e2fsck", "-f", "-p", v.dev)
+	_, err = run("resize2fs", v.dev)
+	return err
 }
 
 // openVolume finds an existing, mounted volume (agent restart).
@@ -180,4 +214,3 @@ func (v *volume) usage() (used, size int64) {
 	return int64(st.Blocks-st.Bfree) * st.Bsize, int64(st.Blocks) * st.Bsize
 }
 
-var _ = strconv.Itoa
