@@ -213,4 +213,3 @@ func (v *volume) usage() (used, size int64) {
 	}
 	return int64(st.Blocks-st.Bfree) * st.Bsize, int64(st.Blocks) * st.Bsize
 }
-
