@@ -23,7 +23,7 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-node services services-stop vet clean
 
 all: build
 
@@ -85,7 +85,7 @@ test-hdfs-full:
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
 # colinmarc client, then gaia-mirror vs skopeo sync, then gaia-scheduler's
 # placement engine. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler
+bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-node
 
 # 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
 # own client; manifest GETs at 32 clients; manifest GET latency while 200
@@ -110,6 +110,13 @@ bench-mirror:
 # of a steady scheduling pass at that size (about 15 seconds in all).
 bench-scheduler:
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench 'BenchmarkPlacement|BenchmarkPlanSteady' -benchtime 1x -benchmem ./scheduler/engine/
+
+# Node enforcement (nodeagent/enforce, issue 13 §8): setup time per
+# instance incl. tc classes, volume creation, and the control overhead with
+# 50 instances (about 15 s; root, its own dockerd from
+# tests/services/enforce-node.sh).
+bench-node:
+	$(GO) test -count=1 -timeout 10m -run '^$$' -bench BenchmarkNode50 -benchtime 1x ./nodeagent/enforce/
 
 bench-hdfs:
 	bash $(SVC) start hdfs

@@ -55,8 +55,12 @@ func (c *cgroupV2) setupParent(parent string, limit int64, threshold float64) er
 	if err != nil {
 		return missing("cgroup v2 unified hierarchy at %s: %v", c.root, err)
 	}
+	have := map[string]bool{}
+	for _, f := range strings.Fields(string(ctrl)) {
+		have[f] = true
+	}
 	for _, need := range []string{"memory", "cpu", "io", "pids"} {
-		if !strings.Contains(" "+string(ctrl)+" ", " "+need+" ") && !strings.Contains(string(ctrl), need) {
+		if !have[need] {
 			return missing("cgroup v2 controller %q not in %s/cgroup.controllers", need, c.root)
 		}
 	}

@@ -24,7 +24,7 @@ func loadAvg() string {
 // tolerance is repeated once and both are printed.
 func TestCPUShares(t *testing.T) {
 	needNode(t)
-	n := newNode(t, Config{AllocatableMemory: 512 * mib})
+	n := testNode(t, Config{AllocatableMemory: 512 * mib})
 	mk := func(id string, milli int64) (Instance, Container) {
 		var r resource.Vector
 		r[resource.CPU], r[resource.Memory] = milli, 16*mib
@@ -75,7 +75,7 @@ func TestCPUShares(t *testing.T) {
 // mount) is gone after the instance is deleted.
 func TestDiskCapacity(t *testing.T) {
 	needNode(t)
-	n := newNode(t, Config{AllocatableMemory: 512 * mib})
+	n := testNode(t, Config{AllocatableMemory: 512 * mib})
 	var r resource.Vector
 	r[resource.Disk], r[resource.Memory] = 32*mib, 32*mib
 	in := Instance{ID: "disk-a", Request: r}
@@ -125,7 +125,7 @@ func TestDiskCapacity(t *testing.T) {
 // instance's diskio, on its volume's loop device) take 5 s ± 10%.
 func TestDiskIO(t *testing.T) {
 	needNode(t)
-	n := newNode(t, Config{AllocatableMemory: 512 * mib})
+	n := testNode(t, Config{AllocatableMemory: 512 * mib})
 	var r resource.Vector
 	r[resource.Disk], r[resource.DiskIO], r[resource.Memory] = 128*mib, 10*mib, 32*mib
 	in := Instance{ID: "io-a", Request: r}

@@ -25,7 +25,7 @@ func memInstance(id string, prio int, request, ceiling int64) Instance {
 // same workload with a hard limit at the request kills A at 64 MiB.
 func TestEMC(t *testing.T) {
 	needNode(t)
-	n := newNode(t, Config{AllocatableMemory: 224 * mib, CheckInterval: 200 * time.Millisecond})
+	n := testNode(t, Config{AllocatableMemory: 224 * mib, CheckInterval: 200 * time.Millisecond})
 
 	a, b := memInstance("emc-a", 0, 64*mib, 400*mib), memInstance("emc-b", 0, 64*mib, 400*mib)
 	ca, err := n.Prepare(a)

@@ -169,7 +169,7 @@ func inspect(t testing.TB, name, format string) string {
 
 // newNode is an Enforcer under a parent cgroup of its own, removed at the
 // end of the test (after its containers).
-func newNode(t testing.TB, cfg Config) *Node {
+func testNode(t testing.TB, cfg Config) *Node {
 	t.Helper()
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = fmt.Sprintf("gaia-enforce-test-%d-%s", os.Getpid(), strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")))

@@ -177,7 +177,7 @@ func TestNetworkSeedRules(t *testing.T) {
 	needNode(t)
 	netTopology(t)
 	iperfServers(t, 5201, 5202)
-	n := newNode(t, Config{LinkOut: tLink, LinkIn: tLink, IFBOut: "gxt-out", IFBIn: "gxt-in"})
+	n := testNode(t, Config{LinkOut: tLink, LinkIn: tLink, IFBOut: "gxt-out", IFBIn: "gxt-in"})
 	t.Cleanup(func() {
 		_ = exec.Command("ip", "link", "del", "gxt-out").Run()
 		_ = exec.Command("ip", "link", "del", "gxt-in").Run()

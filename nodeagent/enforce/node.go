@@ -59,19 +59,21 @@ func New(cfg Config) (*Node, error) {
 	if v == 0 {
 		v = DetectCgroupVersion()
 	}
-	n := &Node{cfg: cfg, inst: map[string]*instState{}, victims: make(chan Victim, 64), stop: make(chan struct{})}
 	switch v {
 	case 1:
-		n.cg = &cgroupV1{root: "/sys/fs/cgroup"}
+		return newNode(cfg, &cgroupV1{root: "/sys/fs/cgroup"}), nil
 	case 2:
-		n.cg = &cgroupV2{root: "/sys/fs/cgroup"}
-	default:
-		return nil, fmt.Errorf("enforce: cgroup version %d", v)
+		return newNode(cfg, &cgroupV2{root: "/sys/fs/cgroup"}), nil
 	}
+	return nil, fmt.Errorf("enforce: cgroup version %d", v)
+}
+
+func newNode(cfg Config, cg cgroupDriver) *Node {
+	n := &Node{cfg: cfg, cg: cg, inst: map[string]*instState{}, victims: make(chan Victim, 64), stop: make(chan struct{})}
 	if cfg.LinkOut > 0 || cfg.LinkIn > 0 {
 		n.net = &netTrees{}
 	}
-	return n, nil
+	return n
 }
 
 // Init creates the node-level parent cgroup (memory limit = allocatable,

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -67,9 +68,8 @@ func createVolume(root, id string, size int64) (*volume, error) {
 	if err != nil {
 		return nil, err
 	}
-	// No reserved blocks: the instance gets all of it. nodiscard: mkfs
-	// returns at once on a sparse file.
-	if _, err := run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard", v.img); err != nil {
+	if err := mkfsFit(v.img, size); err != nil {
+		os.RemoveAll(v.dir)
 		return nil, err
 	}
 	dev, err := run("losetup", "--find", "--show", v.img)
@@ -78,10 +78,6 @@ func createVolume(root, id string, size int64) (*volume, error) {
 		return nil, missing("loop devices (losetup): %v", err)
 	}
 	v.dev = dev
-	if err := v.fit(size); err != nil {
-		_ = v.remove()
-		return nil, err
-	}
 	if err := unix.Mount(dev, v.mnt, "ext4", 0, ""); err != nil {
 		_ = v.remove()
 		return nil, fmt.Errorf("enforce: mount %s on %s: %w", dev, v.mnt, err)
@@ -89,34 +85,51 @@ func createVolume(root, id string, size int64) (*volume, error) {
 	return v, nil
 }
 
-// fit grows the filesystem, offline, by what ext4's own metadata
-// (journal, inode tables) takes, so that the instance can write its whole
-// allocation.
-func (v *volume) fit(size int64) error {
-	if err := unix.Mount(v.dev, v.mnt, "ext4", 0, ""); err != nil {
-		return fmt.Errorf("enforce: mount %s on %s: %w", v.dev, v.mnt, err)
+// mkfsFit makes the ext4 filesystem so that the instance can write its
+// whole allocation: ext4's own metadata (journal, inode tables) and the
+// clusters it keeps back from statfs (2%, at most 4096) are added to the
+// file's size after a first mkfs has shown how much they take. No
+// reserved-for-root blocks (-m 0); nodiscard: mkfs returns at once on a
+// sparse file.
+func mkfsFit(img string, size int64) error {
+	mkfs := func() error {
+		_, err := run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard", img)
+		return err
 	}
-	var st unix.Statfs_t
-	err := unix.Statfs(v.mnt, &st)
-	if uerr := unix.Unmount(v.mnt, 0); uerr != nil {
-		return uerr
+	if err := mkfs(); err != nil {
+		return err
 	}
+	out, err := run("dumpe2fs", "-h", img)
 	if err != nil {
 		return err
 	}
-	avail := int64(st.Bavail) * st.Bsize
-	if avail >= size {
-		return nil
+	var blocks, free, bs int64
+	for _, l := range strings.Split(out, "\n") {
+		k, val, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
+		switch k {
+		case "Block count":
+			blocks = n
+		case "Free blocks":
+			free = n
+		case "Block size":
+			bs = n
+		}
 	}
-	if err := os.Truncate(v.img, size+(size-avail)); err != nil {
-		return err
+	if bs == 0 {
+		return fmt.Errorf("enforce: dumpe2fs -h %s: no block size", img)
 	}
-	if _, err := run("losetup", "-c", v.dev); err != nil {
-		return err
+	resv := min(blocks*2/100, 4096)
+	if avail := (free - resv) * bs; avail < size {
+		if err := os.Truncate(img, size+(size-avail)); err != nil {
+			return err
+		}
+		return mkfs()
 	}
-	_, _ = run("e2fsck", "-f", "-p", v.dev)
-	_, err = run("resize2fs", v.dev)
-	return err
+	return nil
 }
 
 // openVolume finds an existing, mounted volume (agent restart).
