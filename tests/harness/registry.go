@@ -403,3 +403,8 @@ func ScrapeMetric(client *http.Client, base, name string, labels ...string) (flo
 	}
 	return sum, nil
 }
+
+// Signal sends sig to the process (SIGSTOP and SIGCONT: a paused daemon).
+func (r *Registry) Signal(sig os.Signal) error {
+	return r.cmd.Process.Signal(sig)
+}

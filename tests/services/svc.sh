@@ -7,7 +7,8 @@
 #             Maven Central, Java 17), 1 MiB blocks, with a control endpoint
 #   hdfs-faults  a second such cluster, for tests that restart or kill it
 #   consul    `consul agent -dev`, built once from the Go module proxy
-#   dockerd   Debian's docker.io on a private socket with the vfs driver
+#   dockerd   Debian's docker.io on a private socket with the vfs driver and
+#             its own bridge (published ports work)
 #
 # Usage: svc.sh install|start|stop|status|env|logs SERVICE... (or "all")
 #
@@ -294,29 +295,64 @@ env_consul() {
 }
 
 # ---------------------------------------------------------------- dockerd
+# Containers get bridge networking with published ports (the node agent's
+# instances): dockerd runs on a bridge of its own, made here, with
+# docker-proxy doing the publishing (--iptables=false leaves the host's
+# firewall alone), and its containers under a cgroup parent of its own, so a
+# second dockerd (another GAIA_STATE_DIR, GAIA_DOCKER_BRIDGE,
+# GAIA_DOCKER_BRIDGE_CIDR and GAIA_DOCKER_CGROUP_PARENT) can run beside it.
+DOCKER_BRIDGE="${GAIA_DOCKER_BRIDGE:-gaia-br0}"
+DOCKER_BRIDGE_CIDR="${GAIA_DOCKER_BRIDGE_CIDR:-172.29.0.1/24}"
+DOCKER_CGROUP_PARENT="${GAIA_DOCKER_CGROUP_PARENT:-gaia-dockerd}"
 install_dockerd() {
   # busybox-static is the root filesystem of the test images (tests/harness);
-  # skopeo is the second real client the e2e tests drive.
-  apt_install docker.io busybox-static skopeo
+  # skopeo is the second real client the e2e tests drive; iproute2 makes
+  # the bridge.
+  apt_install docker.io busybox-static skopeo iproute2
 }
 dockerd_ready() { docker -H "unix://$DOCKER_SOCK" version >/dev/null 2>&1; }
+# The flags a dockerd is started with; a running one whose stamp differs
+# (or that has none: started by an older svc.sh, with --bridge=none) is
+# restarted by `start`.
+dockerd_flags() {
+  echo "--storage-driver vfs --iptables=false --ip6tables=false --ip-masq=false" \
+    "--bridge=$DOCKER_BRIDGE --cgroup-parent=$DOCKER_CGROUP_PARENT"
+}
+dockerd_current() {
+  [ "$(cat "$STATE/dockerd/flags" 2>/dev/null)" = "$(dockerd_flags)" ] \
+    && ip -br addr show dev "$DOCKER_BRIDGE" 2>/dev/null | grep -q "${DOCKER_BRIDGE_CIDR%/*}"
+}
 status_dockerd() { dockerd_ready; }
+dockerd_bridge() {
+  if ! ip link show dev "$DOCKER_BRIDGE" >/dev/null 2>&1; then
+    ip link add "$DOCKER_BRIDGE" type bridge || die "dockerd: cannot create bridge $DOCKER_BRIDGE"
+  fi
+  ip addr show dev "$DOCKER_BRIDGE" | grep -q "inet ${DOCKER_BRIDGE_CIDR} " \
+    || ip addr add "$DOCKER_BRIDGE_CIDR" dev "$DOCKER_BRIDGE" \
+    || die "dockerd: cannot give $DOCKER_BRIDGE the address $DOCKER_BRIDGE_CIDR"
+  ip link set "$DOCKER_BRIDGE" up || die "dockerd: cannot bring $DOCKER_BRIDGE up"
+}
 start_dockerd() {
   install_dockerd
   [ "$(id -u)" -eq 0 ] || die "dockerd: must run as root"
   local dir="$STATE/dockerd" logf="$STATE/dockerd/dockerd.log"
-  status_dockerd && return 0
+  if status_dockerd; then
+    dockerd_current && return 0
+    log "dockerd: running with other flags than: $(dockerd_flags): restarting it"
+  fi
   stop_dockerd
   mkdir -p "$dir/data" "$dir/exec"
   # Not running (checked above): a pid file is a leftover of a killed dockerd.
   rm -f "$dir/dockerd.pid"
-  log "dockerd: starting on unix://$DOCKER_SOCK (vfs storage)"
+  dockerd_bridge
+  log "dockerd: starting on unix://$DOCKER_SOCK (vfs storage, bridge $DOCKER_BRIDGE $DOCKER_BRIDGE_CIDR)"
   # Loopback registries are insecure-allowed by default, so tests can push
   # to 127.0.0.1:PORT without TLS.
+  # shellcheck disable=SC2046
   setsid dockerd --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
-    -H "unix://$DOCKER_SOCK" --storage-driver vfs --iptables=false --ip6tables=false --bridge=none \
-    --ip-masq=false </dev/null >"$logf" 2>&1 9>&- &
+    -H "unix://$DOCKER_SOCK" $(dockerd_flags) </dev/null >"$logf" 2>&1 9>&- &
   echo $! >"$dir/pid"
+  dockerd_flags >"$dir/flags"
   wait_started dockerd "$logf" "$dir/pid" 60 dockerd_ready
 }
 stop_dockerd() { stop_pid "$STATE/dockerd/pid" 30; }
@@ -326,7 +362,7 @@ env_dockerd() {
 
 # ---------------------------------------------------------------- main
 usage() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 

@@ -1,0 +1,61 @@
+package nodeagent
+
+import (
+	"context"
+	"time"
+
+	"github.com/gaia-registry/gaia/scheduler/api"
+	"github.com/gaia-registry/gaia/scheduler/nodeclient"
+)
+
+// NodeClient is the Scheduler of the node protocol's Go client
+// (scheduler/nodeclient), which follows the leader and finds the
+// schedulers through Consul.
+type NodeClient struct {
+	C *nodeclient.Client
+}
+
+// NewNodeClient speaks for the node req describes to the schedulers at
+// servers (and those resolve finds, when set: nodeclient.Consul).
+func NewNodeClient(servers []string, resolve func(context.Context) ([]string, error), token string, req RegisterRequest) *NodeClient {
+	return &NodeClient{C: nodeclient.New(nodeclient.Options{
+		Servers: servers, Resolve: resolve, Token: token,
+		Node: api.RegisterRequest{Name: req.Name, IDC: req.IDC, Labels: req.Labels, Address: req.Address,
+			Capacity: req.Capacity, Reserved: req.Reserved},
+	})}
+}
+
+// Register implements Scheduler: it registers the node the client was
+// made for.
+func (n *NodeClient) Register(ctx context.Context, _ RegisterRequest) (RegisterResponse, error) {
+	r, err := n.C.Register(ctx)
+	if err != nil {
+		return RegisterResponse{}, err
+	}
+	return RegisterResponse{NodeID: r.NodeID, PollInterval: r.PollInterval}, nil
+}
+
+// PollDesired implements Scheduler.
+func (n *NodeClient) PollDesired(ctx context.Context, version string, wait time.Duration) (*DesiredSet, bool, error) {
+	s, changed, err := n.C.Poll(ctx, version, wait)
+	if err != nil || !changed {
+		return nil, changed, err
+	}
+	out := &DesiredSet{Version: s.Version, Instances: make([]DesiredInstance, len(s.Instances))}
+	for i, d := range s.Instances {
+		out.Instances[i] = DesiredInstance{ID: d.ID, App: d.App, Version: d.Version, Image: d.Image,
+			Command: d.Command, Args: d.Args, Env: d.Env, Resources: d.Resources, MemoryLimit: d.MemoryLimit,
+			Ports: d.Ports, Health: d.Health, Restart: d.Restart, Desired: d.Desired}
+	}
+	return out, true, nil
+}
+
+// Report implements Scheduler.
+func (n *NodeClient) Report(ctx context.Context, r Report) error {
+	rep := &api.Report{Usage: r.Usage, Instances: make([]api.InstanceReport, len(r.Instances))}
+	for i, in := range r.Instances {
+		rep.Instances[i] = api.InstanceReport{ID: in.ID, State: in.State, Reason: in.Reason, ExitCode: in.ExitCode,
+			Restarts: in.Restarts, Usage: in.Usage}
+	}
+	return n.C.Report(ctx, rep)
+}

@@ -1,0 +1,177 @@
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/jsonmessage"
+)
+
+// fakePullDocker is a dockerd with no images whose pulls the test drives:
+// each ImagePull gets the next stream of streams.
+type fakePullDocker struct {
+	client.APIClient // any other call panics
+	mu               sync.Mutex
+	pulls            int
+	streams          chan io.ReadCloser
+}
+
+func (f *fakePullDocker) ImageInspect(context.Context, string, ...client.ImageInspectOption) (image.InspectResponse, error) {
+	return image.InspectResponse{}, errdefs.NotFound(io.EOF)
+}
+
+func (f *fakePullDocker) ImagePull(ctx context.Context, ref string, _ image.PullOptions) (io.ReadCloser, error) {
+	f.mu.Lock()
+	f.pulls++
+	f.mu.Unlock()
+	select {
+	case s := <-f.streams:
+		return s, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (f *fakePullDocker) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pulls
+}
+
+func msg(m jsonmessage.JSONMessage) string {
+	b, _ := json.Marshal(m)
+	return string(b) + "\n"
+}
+
+func downloading(id string, cur, total int64) string {
+	return msg(jsonmessage.JSONMessage{ID: id, Status: "Downloading", Progress: &jsonmessage.JSONProgress{Current: cur, Total: total}})
+}
+
+func newTestPuller(d client.APIClient) *Puller {
+	return &Puller{Docker: d, Stall: time.Minute, Attempts: 3, Backoff: 10 * time.Millisecond,
+		MaxBackoff: 20 * time.Millisecond, Log: testLogger(), Metrics: NewMetrics(nil)}
+}
+
+func waitDone(t *testing.T, p *Pull) {
+	t.Helper()
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("pull did not end")
+	}
+}
+
+// Ten instances starting at once share one pull, and read its progress.
+func TestPullSingleFlightAndProgress(t *testing.T) {
+	d := &fakePullDocker{streams: make(chan io.ReadCloser, 1)}
+	pl := newTestPuller(d)
+	ctx := t.Context()
+	first := pl.Start(ctx, "gw/app@sha256:aa")
+	for i := 0; i < 9; i++ {
+		if p := pl.Start(ctx, "gw/app@sha256:aa"); p != first {
+			t.Fatal("a second pull of the same image while one is in flight")
+		}
+	}
+	r, w := io.Pipe()
+	d.streams <- r
+	w.Write([]byte(downloading("l1", 50, 100) + downloading("l2", 10, 200)))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		done, total, _, _ := first.Progress()
+		if done == 60 && total == 300 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("progress %d/%d, want 60/300", done, total)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	w.Write([]byte(msg(jsonmessage.JSONMessage{ID: "l1", Status: "Download complete"})))
+	w.Write([]byte(downloading("l2", 200, 200)))
+	w.Close()
+	waitDone(t, first)
+	if err := first.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if done, total, _, _ := first.Progress(); done != 300 || total != 300 {
+		t.Fatalf("final progress %d/%d, want 300/300", done, total)
+	}
+	if n := d.count(); n != 1 {
+		t.Fatalf("%d pulls from dockerd, want 1", n)
+	}
+}
+
+// A pull that stops making progress is cut after the stall timeout and
+// tried again.
+func TestPullStallRetried(t *testing.T) {
+	d := &fakePullDocker{streams: make(chan io.ReadCloser, 2)}
+	pl := newTestPuller(d)
+	pl.Stall = 100 * time.Millisecond
+	stalled, w := io.Pipe()
+	defer w.Close()
+	w2 := func() io.ReadCloser {
+		return io.NopCloser(strings.NewReader(downloading("l1", 10, 10) + msg(jsonmessage.JSONMessage{Status: "Status: Downloaded newer image"})))
+	}
+	d.streams <- stalled
+	d.streams <- w2()
+	p := pl.Start(t.Context(), "gw/app@sha256:bb")
+	go w.Write([]byte(downloading("l1", 1, 10))) // then nothing
+	waitDone(t, p)
+	if err := p.Err(); err != nil {
+		t.Fatalf("pull failed after a stall: %v", err)
+	}
+	if n := d.count(); n != 2 {
+		t.Fatalf("%d pulls from dockerd, want 2 (the stalled one, then the retry)", n)
+	}
+}
+
+// A registry's error in the stream is the pull's error, after the
+// configured attempts.
+func TestPullRegistryErrorReported(t *testing.T) {
+	d := &fakePullDocker{streams: make(chan io.ReadCloser, 2)}
+	pl := newTestPuller(d)
+	pl.Attempts = 2
+	fail := msg(jsonmessage.JSONMessage{Error: &jsonmessage.JSONError{Message: "manifest unknown: manifest unknown"}})
+	d.streams <- io.NopCloser(strings.NewReader(fail))
+	d.streams <- io.NopCloser(strings.NewReader(fail))
+	p := pl.Start(t.Context(), "gw/app@sha256:cc")
+	waitDone(t, p)
+	if p.Err() == nil || !strings.Contains(p.Err().Error(), "manifest unknown") {
+		t.Fatalf("pull error %v, want the registry's manifest unknown", p.Err())
+	}
+	if n := d.count(); n != 2 {
+		t.Fatalf("%d pulls, want 2 attempts", n)
+	}
+	// The next start is a new pull, not the failed one.
+	d.streams <- io.NopCloser(strings.NewReader(""))
+	p2 := pl.Start(t.Context(), "gw/app@sha256:cc")
+	if p2 == p {
+		t.Fatal("a finished pull was handed out again")
+	}
+	waitDone(t, p2)
+	if p2.Err() != nil {
+		t.Fatal(p2.Err())
+	}
+}
+
+func TestPullRef(t *testing.T) {
+	for _, c := range []struct{ image, gw, want string }{
+		{"127.0.0.1:5000/team/app@sha256:ab", "gw.idc-a:6000", "gw.idc-a:6000/team/app@sha256:ab"},
+		{"registry.example/app@sha256:ab", "gw:1", "gw:1/app@sha256:ab"},
+		{"team/app@sha256:ab", "gw:1", "gw:1/team/app@sha256:ab"},
+		{"localhost/app@sha256:ab", "gw:1", "gw:1/app@sha256:ab"},
+		{"127.0.0.1:5000/app@sha256:ab", "", "127.0.0.1:5000/app@sha256:ab"},
+	} {
+		if got := PullRef(c.image, c.gw); got != c.want {
+			t.Errorf("PullRef(%q, %q) = %q, want %q", c.image, c.gw, got, c.want)
+		}
+	}
+}
