@@ -184,7 +184,7 @@ func (n *Node) Started(in Instance, containerID, netns string) error {
 		st = &instState{in: in}
 		n.inst[in.ID] = st
 	}
-	st.in, st.containerID, st.started = in, containerID, true
+	st.in, st.containerID, st.started, st.victim = in, containerID, true, false
 	n.mu.Unlock()
 	if n.net != nil && netns != "" {
 		return n.net.add(in, netns)
@@ -317,16 +317,21 @@ func (n *Node) check() {
 	}
 	n.mu.Lock()
 	var cands []candidate
-	pending := false
+	var pending []string
 	for _, st := range n.inst {
-		pending = pending || st.victim
-		if st.containerID != "" {
+		if st.victim {
+			pending = append(pending, st.containerID)
+		} else if st.containerID != "" {
 			cands = append(cands, candidate{st: st})
 		}
 	}
 	n.mu.Unlock()
-	if pending { // one victim at a time: wait for the agent's Stopped
-		return
+	// One victim at a time: while a victim's container still exists (its
+	// cgroup is there), the agent is stopping it.
+	for _, id := range pending {
+		if _, err := n.cg.stats(id); err == nil {
+			return
+		}
 	}
 	for i := range cands {
 		s, err := n.cg.stats(cands[i].st.containerID)
