@@ -18,6 +18,7 @@ import (
 	"github.com/docker/docker/errdefs"
 	consul "github.com/hashicorp/consul/api"
 
+	"github.com/gaia-registry/gaia/nodeagent/enforce"
 	"github.com/gaia-registry/gaia/scheduler/model"
 	"github.com/gaia-registry/gaia/scheduler/resource"
 )
@@ -45,6 +46,11 @@ type Options struct {
 	RetryInterval  time.Duration // after a failed scheduler request (default 2s)
 	Resync         time.Duration // reconcile against dockerd at least this often (default 30s)
 	UsageInterval  time.Duration // sample the instances' resource usage this often (default 15s)
+
+	// Enforcer enforces every resource dimension on the node (EMC, CPU,
+	// disk, disk IO, network; nodeagent/enforce). nil: dockerd's CPU and
+	// memory limits only.
+	Enforcer enforce.Enforcer
 
 	Log     *slog.Logger
 	Metrics *Metrics
@@ -132,6 +138,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.poll(ctx, sets) }()
 	go func() { defer a.wg.Done(); a.reportLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.usageLoop(ctx, a.o.UsageInterval) }()
+	if a.o.Enforcer != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.victimLoop(ctx) }()
+	}
 	var last *DesiredSet
 	resync := time.NewTicker(a.o.Resync)
 	defer resync.Stop()

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gaia-registry/gaia/nodeagent"
+	"github.com/gaia-registry/gaia/nodeagent/enforce"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 	"github.com/gaia-registry/gaia/scheduler/nodeclient"
@@ -92,6 +93,21 @@ type config struct {
 		RetryInterval  time.Duration `yaml:"retryinterval"`  // default 2s
 		UsageInterval  time.Duration `yaml:"usageinterval"`  // resource usage sampled this often; default 15s
 	} `yaml:"agent"`
+	// Enforce: every resource dimension held on the node (nodeagent/enforce,
+	// docs/configuration.md). Off by default: dockerd's CPU and memory
+	// limits only.
+	Enforce struct {
+		Enabled           bool          `yaml:"enabled"`
+		CgroupParent      string        `yaml:"cgroupparent"`      // default gaia
+		PressureThreshold float64       `yaml:"pressurethreshold"` // EMC looks from this fraction of the allocatable memory; default 0.95
+		CheckInterval     time.Duration `yaml:"checkinterval"`     // EMC's fallback poll; default 1s
+		VolumeDir         string        `yaml:"volumedir"`         // per-instance volumes; default /var/lib/gaia/volumes
+		VolumeTarget      string        `yaml:"volumetarget"`      // the volume's path in the container; default /data
+		WritableLayerDev  string        `yaml:"writablelayerdevice"`
+		IFBOut            string        `yaml:"ifbout"`        // default gaia-out
+		IFBIn             string        `yaml:"ifbin"`         // default gaia-in
+		CgroupVersion     int           `yaml:"cgroupversion"` // 1 or 2; default detected
+	} `yaml:"enforce"`
 }
 
 func main() {
@@ -271,6 +287,25 @@ func run(path string) error {
 	sched := nodeagent.NewNodeClient(cfg.Scheduler.URLs, resolve, cfg.Scheduler.Token, nodeagent.RegisterRequest{
 		Name: cfg.Node.Name, IDC: cfg.Node.IDC, Labels: cfg.Node.Labels, Address: cfg.Node.Address,
 		Capacity: capa, Reserved: cfg.Node.Reserved})
+	var enf enforce.Enforcer
+	if e := cfg.Enforce; e.Enabled {
+		// The parent's limit is what the scheduler allocates; the link
+		// rates are the node's netout/netin capacity.
+		n, err := enforce.New(enforce.Config{CgroupParent: e.CgroupParent,
+			AllocatableMemory: capa[resource.Memory] - cfg.Node.Reserved[resource.Memory],
+			PressureThreshold: e.PressureThreshold, CheckInterval: e.CheckInterval,
+			VolumeDir: e.VolumeDir, VolumeTarget: e.VolumeTarget, WritableLayerDevice: e.WritableLayerDev,
+			LinkOut: capa[resource.NetOut], LinkIn: capa[resource.NetIn], IFBOut: e.IFBOut, IFBIn: e.IFBIn,
+			CgroupVersion: e.CgroupVersion, Log: log})
+		if err != nil {
+			return err
+		}
+		if err := n.Init(); err != nil {
+			return fmt.Errorf("enforce: %w", err)
+		}
+		defer n.Close()
+		enf = n
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := nodeagent.NewMetrics(reg)
@@ -286,7 +321,8 @@ func run(path string) error {
 		PublishIP: cfg.Instances.PublishIP, HealthHost: cfg.Instances.HealthHost, StopTimeout: cfg.Instances.StopTimeout,
 		PollWait: cfg.Agent.PollWait, ReportInterval: cfg.Agent.ReportInterval, Resync: cfg.Agent.Resync,
 		RetryInterval: cfg.Agent.RetryInterval, UsageInterval: cfg.Agent.UsageInterval,
-		Log: log, Metrics: metrics,
+		Enforcer: enf,
+		Log:      log, Metrics: metrics,
 	})
 
 	mux := http.NewServeMux()
