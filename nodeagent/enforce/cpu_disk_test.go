@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gaia-registry/gaia/scheduler/resource"
 )
 
@@ -105,6 +107,23 @@ func TestDiskCapacity(t *testing.T) {
 	t.Logf("usage: disk %d of %d bytes", u.DiskUsedBytes, u.DiskSizeBytes)
 	if u.DiskUsedBytes < 31*mib {
 		t.Fatalf("Usage: disk used %d", u.DiskUsedBytes)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(Collector(n))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() == "gaia_nodeagent_instance_disk_used_bytes" {
+			for _, m := range mf.GetMetric() {
+				found = found || (m.GetLabel()[0].GetValue() == "disk-a" && m.GetGauge().GetValue() >= 31*mib)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no gaia_nodeagent_instance_disk_used_bytes{instance=\"disk-a\"} ≥ 31 MiB in %d metric families", len(mfs))
 	}
 	docker(t, "rm", "-f", "gaia-disk-a")
 	if err := n.Stopped("disk-a"); err != nil {

@@ -185,6 +185,9 @@ func (n *Node) Started(in Instance, containerID, netns string) error {
 		n.inst[in.ID] = st
 	}
 	st.in, st.containerID, st.started, st.victim = in, containerID, true, false
+	if st.vol == nil && in.Request[resource.Disk] > 0 {
+		st.vol, _ = openVolume(n.cfg.VolumeDir, in.ID) // adopted after an agent restart
+	}
 	n.mu.Unlock()
 	if n.net != nil && netns != "" {
 		return n.net.add(in, netns)

@@ -308,6 +308,9 @@ func run(path string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if enf != nil {
+		reg.MustRegister(enforce.Collector(enf))
+	}
 	metrics := nodeagent.NewMetrics(reg)
 	agent := nodeagent.New(nodeagent.Options{
 		Node: cfg.Node.Name, IDC: cfg.Node.IDC, Labels: cfg.Node.Labels, Address: cfg.Node.Address,
