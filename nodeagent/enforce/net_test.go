@@ -140,6 +140,7 @@ type netCheck struct {
 func measureNet(t *testing.T, c netCheck) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
+		time.Sleep(300 * time.Millisecond) // the servers back to listening after the previous run
 		m, r := iperf(t, c.flows...)
 		line := fmt.Sprintf("%s: %s (want %s), retransmissions %v, load average %s", c.name, fmtMbit(m), c.want, r, loadAvg())
 		t.Log(line)
