@@ -262,6 +262,18 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 		}
 	}
 
+	if a.o.Enforcer != nil {
+		keep := map[string]bool{}
+		for id := range byInstance {
+			keep[id] = true
+		}
+		for id := range inSet {
+			keep[id] = true
+		}
+		if err := a.o.Enforcer.Sweep(keep); err != nil {
+			a.o.Log.Warn("enforcement: removing orphan volumes failed", "err", err)
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	// The images of the instances about to start, by app: an instance of

@@ -125,6 +125,21 @@ func TestDiskCapacity(t *testing.T) {
 	if !found {
 		t.Fatalf("no gaia_nodeagent_instance_disk_used_bytes{instance=\"disk-a\"} ≥ 31 MiB in %d metric families", len(mfs))
 	}
+	// An orphan (its instance unknown: an agent died before Stopped) goes
+	// at the next Sweep; the instance's own stays.
+	orphan, err := createVolume(n.cfg.VolumeDir, "orphan-x", 8*mib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Sweep(map[string]bool{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(orphan.dir); !os.IsNotExist(err) || mountedDevice(orphan.mnt) != "" {
+		t.Fatalf("orphan volume %s still there after Sweep", orphan.dir)
+	}
+	if mountedDevice(vol.mnt) == "" {
+		t.Fatal("Sweep removed the running instance's volume")
+	}
 	docker(t, "rm", "-f", "gaia-disk-a")
 	if err := n.Stopped("disk-a"); err != nil {
 		t.Fatal(err)

@@ -166,6 +166,9 @@ type Usage struct {
 	NetInBytes     uint64
 	NetInDrops     uint64
 	NetInOverlimit uint64
+	// TCPRetransmits is the instance's network namespace's RetransSegs
+	// (when its namespace was given as /proc/PID/ns/net).
+	TCPRetransmits uint64
 }
 
 // Victim is EMC's decision: stop this instance (reported as
@@ -185,6 +188,10 @@ type Enforcer interface {
 	Started(in Instance, containerID, netns string) error
 	Stopped(id string) error
 	Rebuild(running []Running) error
+	// Sweep removes the volumes of instances that are neither in keep nor
+	// known to the Enforcer (left behind by an agent that died between a
+	// container's removal and Stopped).
+	Sweep(keep map[string]bool) error
 	Usage() map[string]Usage
 	NodeUsage() Usage
 	Victims() <-chan Victim

@@ -13,6 +13,7 @@ import "github.com/prometheus/client_golang/prometheus"
 //	gaia_nodeagent_instance_net_bytes_total{instance,direction="in|out"}
 //	gaia_nodeagent_instance_net_drops_total{instance,direction}
 //	gaia_nodeagent_instance_net_overlimits_total{instance,direction}
+//	gaia_nodeagent_instance_tcp_retransmits_total{instance}
 func Collector(e Enforcer) prometheus.Collector { return &collector{e: e} }
 
 type collector struct{ e Enforcer }
@@ -26,11 +27,12 @@ var (
 	mdIO      = prometheus.NewDesc("gaia_nodeagent_instance_io_bytes_total", "Block IO bytes of the instance.", []string{"instance", "op"}, nil)
 	mdNet     = prometheus.NewDesc("gaia_nodeagent_instance_net_bytes_total", "Bytes through the instance's HTB class.", []string{"instance", "direction"}, nil)
 	mdDrops   = prometheus.NewDesc("gaia_nodeagent_instance_net_drops_total", "Packets its HTB class dropped.", []string{"instance", "direction"}, nil)
+	mdRetrans = prometheus.NewDesc("gaia_nodeagent_instance_tcp_retransmits_total", "TCP segments the instance retransmitted.", []string{"instance"}, nil)
 	mdOverlim = prometheus.NewDesc("gaia_nodeagent_instance_net_overlimits_total", "Times its HTB class was over its rate.", []string{"instance", "direction"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mdMem, mdMemReq, mdCPU, mdDisk, mdDiskSz, mdIO, mdNet, mdDrops, mdOverlim} {
+	for _, d := range []*prometheus.Desc{mdMem, mdMemReq, mdCPU, mdDisk, mdDiskSz, mdIO, mdNet, mdDrops, mdOverlim, mdRetrans} {
 		ch <- d
 	}
 }
@@ -51,5 +53,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(mdDrops, ct, float64(u.NetInDrops), id, "in")
 		ch <- prometheus.MustNewConstMetric(mdOverlim, ct, float64(u.NetOutOverlim), id, "out")
 		ch <- prometheus.MustNewConstMetric(mdOverlim, ct, float64(u.NetInOverlimit), id, "in")
+		ch <- prometheus.MustNewConstMetric(mdRetrans, ct, float64(u.TCPRetransmits), id)
 	}
 }

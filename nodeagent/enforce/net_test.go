@@ -191,7 +191,14 @@ func TestNetworkSeedRules(t *testing.T) {
 		if _, err := n.Prepare(x.in); err != nil {
 			t.Fatal(err)
 		}
-		if err := n.Started(x.in, "", "/run/netns/"+x.ns); err != nil {
+		// The namespace as a container's: /proc/PID/ns/net of a process in it.
+		sleeper := exec.Command("nsenter", "--net=/run/netns/"+x.ns, "sleep", "600")
+		if err := sleeper.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sleeper.Process.Kill(); _ = sleeper.Wait() })
+		time.Sleep(100 * time.Millisecond) // nsenter has exec'd sleep
+		if err := n.Started(x.in, "", fmt.Sprintf("/proc/%d/ns/net", sleeper.Process.Pid)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -233,9 +240,13 @@ func TestNetworkSeedRules(t *testing.T) {
 			ok:    func(m []float64) bool { return within(m[0]/m[1], 0.5, 0.15) }})
 	}
 	u := n.Usage()
-	t.Logf("usage: A out %d bytes (%d drops) in %d bytes (%d drops); B out %d (%d) in %d (%d)",
-		u["net-a"].NetOutBytes, u["net-a"].NetOutDrops, u["net-a"].NetInBytes, u["net-a"].NetInDrops,
-		u["net-b"].NetOutBytes, u["net-b"].NetOutDrops, u["net-b"].NetInBytes, u["net-b"].NetInDrops)
+	t.Logf("usage: A out %d bytes (%d drops) in %d bytes (%d drops), %d TCP retransmissions; B out %d (%d) in %d (%d), %d",
+		u["net-a"].NetOutBytes, u["net-a"].NetOutDrops, u["net-a"].NetInBytes, u["net-a"].NetInDrops, u["net-a"].TCPRetransmits,
+		u["net-b"].NetOutBytes, u["net-b"].NetOutDrops, u["net-b"].NetInBytes, u["net-b"].NetInDrops, u["net-b"].TCPRetransmits)
+	snmp := sh(t, "nsenter --net=/run/netns/gxt-a cat /proc/net/snmp")
+	if !strings.Contains(snmp, "RetransSegs") {
+		t.Fatalf("no RetransSegs in gxt-a's /proc/net/snmp")
+	}
 	if u["net-a"].NetOutBytes == 0 || u["net-a"].NetInBytes == 0 {
 		t.Errorf("no class byte counters in Usage: %+v", u["net-a"])
 	}

@@ -2,7 +2,11 @@ package enforce
 
 import (
 	"fmt"
+	"os"
+	"regexp"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +37,7 @@ type cgStats struct {
 type instState struct {
 	in          Instance
 	containerID string
+	netns       string
 	vol         *volume
 	started     bool
 	victim      bool // handed to the agent, waiting for Stopped
@@ -184,7 +189,7 @@ func (n *Node) Started(in Instance, containerID, netns string) error {
 		st = &instState{in: in}
 		n.inst[in.ID] = st
 	}
-	st.in, st.containerID, st.started, st.victim = in, containerID, true, false
+	st.in, st.containerID, st.started, st.victim, st.netns = in, containerID, true, false, netns
 	if st.vol == nil && in.Request[resource.Disk] > 0 {
 		st.vol, _ = openVolume(n.cfg.VolumeDir, in.ID) // adopted after an agent restart
 	}
@@ -228,7 +233,7 @@ func (n *Node) Rebuild(running []Running) error {
 		errs = append(errs, n.net.reset(n.cfg))
 	}
 	for _, r := range running {
-		st := &instState{in: r.Instance, containerID: r.ContainerID, started: true}
+		st := &instState{in: r.Instance, containerID: r.ContainerID, netns: r.NetNS, started: true}
 		if r.Request[resource.Disk] > 0 {
 			v, err := openVolume(n.cfg.VolumeDir, r.ID)
 			errs = append(errs, err)
@@ -242,6 +247,20 @@ func (n *Node) Rebuild(running []Running) error {
 		}
 	}
 	return joinErrs(errs)
+}
+
+// Sweep removes orphan volumes: neither in keep nor known here.
+func (n *Node) Sweep(keep map[string]bool) error {
+	k := map[string]bool{}
+	n.mu.Lock()
+	for id := range n.inst {
+		k[volName(id)] = true
+	}
+	n.mu.Unlock()
+	for id := range keep {
+		k[volName(id)] = true
+	}
+	return removeOrphanVolumes(n.cfg.VolumeDir, k)
 }
 
 // Usage is every started instance's usage.
@@ -267,6 +286,7 @@ func (n *Node) Usage() map[string]Usage {
 		if st.vol != nil {
 			u.DiskUsedBytes, u.DiskSizeBytes = st.vol.usage()
 		}
+		u.TCPRetransmits = retransmits(st.netns)
 		if c, ok := cls[st.in.ID]; ok {
 			u.NetOutBytes, u.NetOutDrops, u.NetOutOverlim = c.outBytes, c.outDrops, c.outOverlimits
 			u.NetInBytes, u.NetInDrops, u.NetInOverlimit = c.inBytes, c.inDrops, c.inOverlimits
@@ -406,4 +426,36 @@ func joinErrs(errs []error) error {
 		return out[0]
 	}
 	return fmt.Errorf("%v", out)
+}
+
+var procNetNS = regexp.MustCompile(`^/proc/([0-9]+)/ns/net$`)
+
+// retransmits is Tcp RetransSegs of the namespace's /proc/PID/net/snmp.
+func retransmits(netns string) uint64 {
+	m := procNetNS.FindStringSubmatch(netns)
+	if m == nil {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + m[1] + "/net/snmp")
+	if err != nil {
+		return 0
+	}
+	var head []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "Tcp:") {
+			continue
+		}
+		f := strings.Fields(l)
+		if head == nil {
+			head = f
+			continue
+		}
+		for i := range head {
+			if head[i] == "RetransSegs" && i < len(f) {
+				v, _ := strconv.ParseUint(f[i], 10, 64)
+				return v
+			}
+		}
+	}
+	return 0
 }
