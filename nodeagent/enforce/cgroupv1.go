@@ -165,7 +165,9 @@ func (c *cgroupV1) statsAt(elem ...string) (cgStats, error) {
 	if _, err := os.Stat(mem); err != nil {
 		return s, err
 	}
-	s.memory = readInt(mem)
+	// The working set, as the kernel reclaims it last: usage less the
+	// inactive page cache (what EMC compares with the request).
+	s.memory = readInt(mem) - readKV(c.path("memory", append(elem, "memory.stat")...))["total_inactive_file"]
 	s.cpuNanos = uint64(readInt(c.path("cpuacct", append(elem, "cpuacct.usage")...)))
 	s.ioRead, s.ioWrt = blkioBytes(c.path("blkio", append(elem, "blkio.throttle.io_service_bytes")...))
 	return s, nil

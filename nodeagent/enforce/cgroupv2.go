@@ -127,7 +127,7 @@ func (c *cgroupV2) statsAt(group string) (cgStats, error) {
 		return s, err
 	}
 	if st.Memory != nil {
-		s.memory = int64(st.Memory.Usage)
+		s.memory = int64(st.Memory.Usage) - int64(min(st.Memory.InactiveFile, st.Memory.Usage)) // the working set
 	}
 	if st.CPU != nil {
 		s.cpuNanos = st.CPU.UsageUsec * 1000

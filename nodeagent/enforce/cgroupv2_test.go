@@ -36,7 +36,7 @@ func fakeV2(t *testing.T) string {
 	write("gaia/memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
 	for _, c := range []string{"gaia/c-a", "gaia/c-b"} {
 		write(c+"/memory.current", "0\n")
-		write(c+"/memory.stat", "anon 0\nfile 0\n")
+		write(c+"/memory.stat", "anon 0\nfile 0\ninactive_file 0\n")
 		write(c+"/memory.max", "max\n")
 		write(c+"/cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
 		write(c+"/io.stat", "7:0 rbytes=100 wbytes=2000 rios=1 wios=2 dbytes=0 dios=0\n")

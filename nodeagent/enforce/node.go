@@ -371,7 +371,7 @@ func (n *Node) check() {
 	v.st.victim = true
 	n.mu.Unlock()
 	vic := Victim{ID: v.st.in.ID, MemoryBytes: v.usage, MemoryRequest: v.st.in.Request[resource.Memory], Priority: v.st.in.Priority}
-	vic.Reason = fmt.Sprintf("oom-reclaimed: node memory full (%s); instance used %d bytes, %d above its request of %d, priority %d",
+	vic.Reason = fmt.Sprintf("oom-reclaimed: node memory full (%s); instance used %d bytes (working set), %d above its request of %d, priority %d",
 		why, vic.MemoryBytes, vic.MemoryBytes-vic.MemoryRequest, vic.MemoryRequest, vic.Priority)
 	n.cfg.Log.Warn("EMC victim", "instance", vic.ID, "reason", vic.Reason)
 	select {

@@ -33,9 +33,9 @@ ready() { docker -H "unix://$SOCK" version >/dev/null 2>&1; }
 
 start() {
   [ "$(id -u)" -eq 0 ] || die "must run as root (cgroups, tc, loop devices)"
-  apt_install docker.io busybox-static iperf3 e2fsprogs util-linux iproute2
   exec 9>"$STATE/.lock"
-  flock 9
+  flock 9   # test packages run at once: one install and one start
+  apt_install docker.io busybox-static iperf3 e2fsprogs util-linux iproute2
   ready && return 0
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
