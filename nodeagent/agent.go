@@ -51,6 +51,11 @@ type Options struct {
 	// disk, disk IO, network; nodeagent/enforce). nil: dockerd's CPU and
 	// memory limits only.
 	Enforcer enforce.Enforcer
+	// WritableLayerLimit evicts an instance whose container's writable
+	// layer (dockerd's SizeRw) grows past it, checked with the usage
+	// samples (kubelet's ephemeral-storage eviction); 0: not checked. Its
+	// data belongs on its volume.
+	WritableLayerLimit int64
 
 	Log     *slog.Logger
 	Metrics *Metrics

@@ -104,3 +104,23 @@ func (in *instance) enforceUsage(u *resource.Vector) {
 		}
 	}
 }
+
+// checkWritableLayer evicts the instance when its container's writable
+// layer is over Options.WritableLayerLimit: the container is killed and
+// the instance failed as evicted, with the numbers.
+func (in *instance) checkWritableLayer(ctx context.Context, id string) {
+	limit := in.a.o.WritableLayerLimit
+	if limit <= 0 {
+		return
+	}
+	c, _, err := in.a.o.Docker.ContainerInspectWithRaw(ctx, id, true)
+	if err != nil || c.SizeRw == nil || *c.SizeRw <= limit {
+		return
+	}
+	reason := fmt.Sprintf("evicted: the container's writable layer holds %d bytes, over the node's limit of %d (data belongs on the instance's volume)", *c.SizeRw, limit)
+	in.mu.Lock()
+	in.reclaimed = reason
+	in.mu.Unlock()
+	in.a.o.Log.Warn("evicting an instance", "instance", in.d.ID, "reason", reason)
+	_ = in.a.o.Docker.ContainerKill(ctx, id, "KILL")
+}

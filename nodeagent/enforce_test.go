@@ -23,8 +23,9 @@ import (
 // hog: the containers get the parent cgroup, the volume, the IO throttle
 // and their HTB classes; when A bursts until the node's memory is full,
 // EMC picks it and the agent stops it, reported failed as oom-reclaimed
-// with the numbers, and B runs on; deleting B removes its volume and
-// classes. (EMC's, the volumes' and the trees' own tests are in
+// with the numbers, and B runs on; C, writing 40 MiB into its writable
+// layer past the node's 16 MiB limit, is evicted; deleting them removes
+// their volumes and classes. (EMC's, the volumes' and the trees' own tests are in
 // nodeagent/enforce.)
 func TestAgentEnforce(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -71,16 +72,17 @@ func TestAgentEnforce(t *testing.T) {
 	}
 	a := inst("enf-a-"+randHex(2), "", 400<<20, "mem", "300")
 	b := inst("enf-b-"+randHex(2), "", 400<<20, "mem", "30")
+	cw := inst("enf-c-"+randHex(2), "", 400<<20, "write", "/tmp/x", "40")
 	sched := newFakeScheduler()
 	sched.Set(b)
 	ag := New(Options{Node: node, Address: "127.0.0.1", Capacity: resource.Vector{2000, 1 << 30},
 		Docker: dc, Scheduler: sched, Puller: &Puller{Docker: dc, Attempts: 1},
 		PollWait: 5 * time.Second, ReportInterval: 200 * time.Millisecond, RetryInterval: 200 * time.Millisecond,
-		UsageInterval: 300 * time.Millisecond, StopTimeout: time.Second, Enforcer: enf, Log: testLogger()})
+		UsageInterval: 300 * time.Millisecond, StopTimeout: time.Second, Enforcer: enf, WritableLayerLimit: 16 << 20, Log: testLogger()})
 	stop := runAgent(t, ag)
 	t.Cleanup(func() {
 		stop()
-		for _, id := range []string{a.ID, b.ID} {
+		for _, id := range []string{a.ID, b.ID, cw.ID} {
 			exec.Command("docker", "-H", host, "rm", "-f", ContainerName(id)).Run()
 			enf.Stopped(id)
 		}
@@ -112,6 +114,14 @@ func TestAgentEnforce(t *testing.T) {
 	}
 	if c, err := dc.ContainerInspect(t.Context(), ContainerName(b.ID)); err != nil || !c.State.Running || c.State.OOMKilled {
 		t.Fatalf("B after A was reclaimed: %+v %v", c.State, err)
+	}
+
+	// A container writing past the node's writable-layer limit is evicted.
+	sched.Set(a, b, cw)
+	rep = waitStates(t, sched, model.Failed, cw.ID)[cw.ID]
+	t.Logf("C: %s %q", rep.State, rep.Reason)
+	if !strings.HasPrefix(rep.Reason, "evicted: the container's writable layer holds") {
+		t.Fatalf("C failed with %q, want evicted", rep.Reason)
 	}
 
 	sched.Set()

@@ -94,6 +94,7 @@ func (a *Agent) usageLoop(ctx context.Context, interval time.Duration) {
 			in.mu.Unlock()
 			if id != "" && (st == "running" || st == "healthy") {
 				in.sampleUsage(ctx, id)
+				in.checkWritableLayer(ctx, id)
 			}
 		}
 	}

@@ -97,16 +97,17 @@ type config struct {
 	// docs/configuration.md). Off by default: dockerd's CPU and memory
 	// limits only.
 	Enforce struct {
-		Enabled           bool          `yaml:"enabled"`
-		CgroupParent      string        `yaml:"cgroupparent"`      // default gaia
-		PressureThreshold float64       `yaml:"pressurethreshold"` // EMC looks from this fraction of the allocatable memory; default 0.95
-		CheckInterval     time.Duration `yaml:"checkinterval"`     // EMC's fallback poll; default 1s
-		VolumeDir         string        `yaml:"volumedir"`         // per-instance volumes; default /var/lib/gaia/volumes
-		VolumeTarget      string        `yaml:"volumetarget"`      // the volume's path in the container; default /data
-		WritableLayerDev  string        `yaml:"writablelayerdevice"`
-		IFBOut            string        `yaml:"ifbout"`        // default gaia-out
-		IFBIn             string        `yaml:"ifbin"`         // default gaia-in
-		CgroupVersion     int           `yaml:"cgroupversion"` // 1 or 2; default detected
+		Enabled           bool           `yaml:"enabled"`
+		CgroupParent      string         `yaml:"cgroupparent"`      // default gaia
+		PressureThreshold float64        `yaml:"pressurethreshold"` // EMC looks from this fraction of the allocatable memory; default 0.95
+		CheckInterval     time.Duration  `yaml:"checkinterval"`     // EMC's fallback poll; default 1s
+		VolumeDir         string         `yaml:"volumedir"`         // per-instance volumes; default /var/lib/gaia/volumes
+		VolumeTarget      string         `yaml:"volumetarget"`      // the volume's path in the container; default /data
+		WritableLayerDev  string         `yaml:"writablelayerdevice"`
+		WritableLayerMax  resource.Bytes `yaml:"writablelayerlimit"` // evict past it; default 0: not checked
+		IFBOut            string         `yaml:"ifbout"`             // default gaia-out
+		IFBIn             string         `yaml:"ifbin"`              // default gaia-in
+		CgroupVersion     int            `yaml:"cgroupversion"`      // 1 or 2; default detected
 	} `yaml:"enforce"`
 }
 
@@ -324,8 +325,8 @@ func run(path string) error {
 		PublishIP: cfg.Instances.PublishIP, HealthHost: cfg.Instances.HealthHost, StopTimeout: cfg.Instances.StopTimeout,
 		PollWait: cfg.Agent.PollWait, ReportInterval: cfg.Agent.ReportInterval, Resync: cfg.Agent.Resync,
 		RetryInterval: cfg.Agent.RetryInterval, UsageInterval: cfg.Agent.UsageInterval,
-		Enforcer: enf,
-		Log:      log, Metrics: metrics,
+		Enforcer: enf, WritableLayerLimit: int64(cfg.Enforce.WritableLayerMax),
+		Log: log, Metrics: metrics,
 	})
 
 	mux := http.NewServeMux()

@@ -1,5 +1,5 @@
 // hog is the node-enforcement tests' workload, built static into the test
-// image: hog mem MIB | spin | direct PATH MIB | fill PATH | sleep.
+// image: hog mem MIB | spin | direct PATH MIB | fill PATH | write PATH MIB | sleep.
 package main
 
 import (
@@ -74,6 +74,25 @@ func main() {
 				fmt.Printf("wrote %d error %v\n", n, err)
 				return
 			}
+		}
+	case "write": // write MIB MiB (buffered) to PATH, then hold
+		mib, _ := strconv.Atoi(os.Args[3])
+		f, err := os.Create(os.Args[2])
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		buf := make([]byte, 1<<20)
+		for i := 0; i < mib; i++ {
+			if _, err := f.Write(buf); err != nil {
+				fmt.Println("error", err)
+				os.Exit(1)
+			}
+		}
+		f.Sync()
+		fmt.Printf("wrote %d\n", mib)
+		for {
+			time.Sleep(time.Hour)
 		}
 	case "sleep":
 		for {
