@@ -2,7 +2,6 @@ package enforce
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -226,4 +225,3 @@ func readKV(path string) map[string]int64 {
 	return out
 }
 
-var errNotMounted = errors.New("not mounted")

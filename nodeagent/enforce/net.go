@@ -167,12 +167,12 @@ func (tr *tree) filter(ni *netInst) *netlink.U32 {
 		FilterAttrs: netlink.FilterAttrs{LinkIndex: tr.ifb.Attrs().Index, Parent: htbRoot, Priority: 1,
 			Protocol: unix.ETH_P_IP, Handle: u32HashRoot | uint32(ni.minor)},
 		ClassId: htbRoot | uint32(ni.minor),
-		Sel: &netlink.TcU32Sel{Flags: nl_TC_U32_TERMINAL, Nkeys: 1,
+		Sel: &netlink.TcU32Sel{Flags: u32Terminal, Nkeys: 1,
 			Keys: []netlink.TcU32Key{{Mask: 0xffffffff, Val: binary.BigEndian.Uint32(ni.ip.To4()), Off: off}}},
 	}
 }
 
-const nl_TC_U32_TERMINAL = 1
+const u32Terminal = 1
 
 // add gives the instance its classes and redirects its veth.
 func (t *netTrees) add(in Instance, nsPath string) error {
@@ -260,7 +260,7 @@ func matchAllRedirect(link int, parent uint32, to int) *netlink.U32 {
 	return &netlink.U32{
 		FilterAttrs: netlink.FilterAttrs{LinkIndex: link, Parent: parent, Priority: 1, Protocol: unix.ETH_P_ALL},
 		ClassId:     htbRoot, // = the qdisc itself: HTB direct when the IFB re-injects it
-		Sel:         &netlink.TcU32Sel{Flags: nl_TC_U32_TERMINAL, Nkeys: 1, Keys: []netlink.TcU32Key{{}}},
+		Sel:         &netlink.TcU32Sel{Flags: u32Terminal, Nkeys: 1, Keys: []netlink.TcU32Key{{}}},
 		Actions:     []netlink.Action{netlink.NewMirredAction(to)},
 	}
 }
