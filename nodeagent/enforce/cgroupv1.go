@@ -224,4 +224,3 @@ func readKV(path string) map[string]int64 {
 	}
 	return out
 }
-
