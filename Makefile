@@ -19,7 +19,7 @@ TESTFLAGS ?= -count=1 -short -race -timeout 40m
 FUZZ_SMOKE := ./registry/grammar:FuzzParse ./registry/grammar:FuzzReference ./registry/grammar:FuzzByteRange \
 	./registry/grammar:FuzzContentRange ./registry/manifest:FuzzParse ./mirror-sync/rule:FuzzRule ./registry/yamlconfig:FuzzLoad
 FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:FuzzLoadConfig \
-	./mirror-sync/cmd/gaia-mirror:FuzzLoad ./storage-hdfs:FuzzParameters
+	./mirror-sync/cmd/gaia-mirror:FuzzLoad ./nodeagent/cmd/gaia-nodeagent:FuzzLoad ./storage-hdfs:FuzzParameters
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 

@@ -46,6 +46,9 @@ type Options struct {
 	RetryInterval  time.Duration // after a failed scheduler request (default 2s)
 	Resync         time.Duration // reconcile against dockerd at least this often (default 30s)
 	UsageInterval  time.Duration // sample the instances' resource usage this often (default 15s)
+	DataDir        string        // the image disk: its filesystem's fullness drives image GC
+	ImageGCHigh    float64       // percent full of DataDir's filesystem above which unused images are removed (0: never)
+	ImageGCLow     float64       // ... until it is at most this full
 
 	// Enforcer enforces every resource dimension on the node (EMC, CPU,
 	// disk, disk IO, network; nodeagent/enforce). nil: dockerd's CPU and
@@ -70,8 +73,10 @@ type Agent struct {
 	stopping map[string]*instance      // being stopped and removed
 	final    map[string]InstanceReport // ended (stopped) instances, until reported and out of the desired set
 	sent     map[string]bool           // final reports the scheduler has had
-	orphans  map[string]bool           // container IDs being removed
-	ready    bool                      // a desired set has been reconciled
+	lastUsed map[string]time.Time      // image ID → when its last instance here stopped
+	gcBusy   bool
+	orphans  map[string]bool // container IDs being removed
+	ready    bool            // a desired set has been reconciled
 
 	kick    chan struct{} // a report is due
 	resched chan struct{} // a reconcile is due (an instance finished stopping)
@@ -120,7 +125,7 @@ func New(o Options) *Agent {
 		o.Puller.Metrics = o.Metrics
 	}
 	return &Agent{o: o, insts: map[string]*instance{}, stopping: map[string]*instance{},
-		final: map[string]InstanceReport{}, sent: map[string]bool{}, orphans: map[string]bool{},
+		final: map[string]InstanceReport{}, sent: map[string]bool{}, lastUsed: map[string]time.Time{}, orphans: map[string]bool{},
 		kick: make(chan struct{}, 1), resched: make(chan struct{}, 1)}
 }
 
@@ -168,6 +173,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.o.Log.Warn("reconcile failed", "err", err)
 			time.AfterFunc(a.o.RetryInterval, a.reschedule)
 		}
+		a.maybeGC(ctx)
 	}
 }
 
@@ -451,6 +457,9 @@ func (a *Agent) removeContainer(ctx context.Context, id, instance string, timeou
 			a.o.Log.Warn("deregistering from Consul failed", "instance", instance, "err", err)
 		}
 	}
+	if c, err := a.o.Docker.ContainerInspect(ctx, id); err == nil && c.ContainerJSONBase != nil {
+		defer a.noteUsed(c.Image)
+	}
 	secs := int((timeout + time.Second - 1) / time.Second)
 	if err := a.o.Docker.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
 		a.o.Log.Warn("stopping container failed", "container", short(id), "err", err)
@@ -579,4 +588,28 @@ func (a *Agent) reportLoop(ctx context.Context) {
 func notRegistered(err error) bool {
 	var se consul.StatusError
 	return errors.As(err, &se) && se.Code == http.StatusNotFound || strings.Contains(err.Error(), "404")
+}
+
+// maybeGC runs an image GC in the background unless one runs.
+func (a *Agent) maybeGC(ctx context.Context) {
+	if a.o.ImageGCHigh <= 0 || a.o.DataDir == "" {
+		return
+	}
+	a.mu.Lock()
+	busy := a.gcBusy
+	a.gcBusy = true
+	a.mu.Unlock()
+	if busy {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if _, err := a.gcImages(ctx, a.o.ImageGCHigh, a.o.ImageGCLow); err != nil && ctx.Err() == nil {
+			a.o.Log.Warn("image GC failed", "err", err)
+		}
+		a.mu.Lock()
+		a.gcBusy = false
+		a.mu.Unlock()
+	}()
 }

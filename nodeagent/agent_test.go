@@ -43,6 +43,7 @@ type testEnv struct {
 	// dockerConfig is the docker CLI's config directory holding the
 	// login (a private one: logins do not leak into other tests).
 	dockerConfig string
+	dataDir      string // the agents' node.datadir
 }
 
 const robotUser, robotPassword = "robot", "r0bot-secret"
@@ -92,7 +93,8 @@ func setup(t *testing.T) *testEnv {
 	addr := harness.FreeAddr(t)
 	reg := harness.StartRegistry(t, addr, harness.RegistryConfig(addr, harness.NewDatabase(t), t.TempDir())+
 		fmt.Sprintf("auth: {anonymouspull: false, htpasswd: {realm: gaia-agent-test, path: %q}}\n", htpasswd))
-	e := &testEnv{h: h, docker: dc, consul: cons, registry: reg, node: "agent-test-" + randHex(4), dockerConfig: t.TempDir()}
+	e := &testEnv{h: h, docker: dc, consul: cons, registry: reg, node: "agent-test-" + randHex(4), dockerConfig: t.TempDir(),
+		dataDir: t.TempDir()}
 	harness.Docker(t, h, "--config", e.dockerConfig, "login", "-u", robotUser, "-p", robotPassword, addr)
 	t.Cleanup(func() { e.cleanup() })
 	return e
@@ -140,6 +142,7 @@ func (e *testEnv) agent(t *testing.T, sched Scheduler, metrics *Metrics) *Agent 
 		Docker: e.docker, Scheduler: sched, Consul: e.consul,
 		Puller: &Puller{Docker: e.docker, Auth: robotAuth(t, e.registry.Addr), Stall: 30 * time.Second, Attempts: 2,
 			Backoff: 100 * time.Millisecond, MaxBackoff: time.Second},
+		Gateway: e.registry.Addr, DataDir: e.dataDir,
 		PublishIP: "127.0.0.1", StopTimeout: 2 * time.Second,
 		PollWait: 5 * time.Second, ReportInterval: time.Second, RetryInterval: 200 * time.Millisecond,
 		UsageInterval: 500 * time.Millisecond,
@@ -336,6 +339,7 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 	sched.Set(web...)
 	stopA := runAgent(t, e.agent(t, sched, nil))
 	parent := t
+	var b *Agent // the agent restarted, running from the second subtest on
 
 	var ids map[string][]string
 	t.Run("run", func(t *testing.T) {
@@ -422,7 +426,7 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		}
 		sched.ForgetReports()
 		metrics := NewMetrics(nil)
-		b := e.agent(t, sched, metrics)
+		b = e.agent(t, sched, metrics)
 		runAgent(parent, b) // runs on in the following subtests
 		waitStates(t, sched, model.Healthy, web[0].ID, web[1].ID)
 		if now := e.containers(t); fmt.Sprint(now) != fmt.Sprint(ids) {
@@ -536,8 +540,12 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 			Interval: model.Duration(time.Second)}
 		sched.Set(web[0], tcp, execOK, execBad)
 		waitStates(t, sched, model.Healthy, tcp.ID, execOK.ID)
-		r := waitStates(t, sched, model.Running, execBad.ID)[execBad.ID]
-		if !strings.Contains(r.Reason, "health check failed") || !strings.Contains(r.Reason, "exited with code 1") {
+		var r InstanceReport
+		waitFor(t, "the failing exec check reported", func() (bool, string) {
+			r = sched.Reports()[execBad.ID]
+			return r.State == model.Running && strings.Contains(r.Reason, "health check failed"), fmt.Sprintf("%s %q", r.State, r.Reason)
+		})
+		if !strings.Contains(r.Reason, "exited with code 1") {
 			t.Errorf("failing exec check reported as %q", r.Reason)
 		}
 		waitFor(t, "Consul passing exactly the healthy instances", func() (bool, string) {
@@ -635,6 +643,51 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		}
 		if now := e.containers(t); len(now[bad.ID]) != 0 {
 			t.Errorf("a container was made for a missing image: %v", now)
+		}
+	})
+
+	t.Run("unused images removed, least recently used first", func(t *testing.T) {
+		if b == nil {
+			t.Skip("needs the restarted agent")
+		}
+		refX, _ := e.pushImage(t, "gc-x-"+randHex(3))
+		refY, _ := e.pushImage(t, "gc-y-"+randHex(3))
+		x := DesiredInstance{ID: app + "-gc-x", App: app + "-gc", Version: 1, Image: refX,
+			Command: []string{"/bin/busybox", "sleep", "600"}, Desired: model.DesiredRun}
+		y := x
+		y.ID, y.Version, y.Image = app+"-gc-y", 2, refY
+		sched.Set(web[0], x)
+		waitStates(t, sched, model.Healthy, x.ID)
+		sched.Set(web[0], y)
+		waitStates(t, sched, model.Healthy, y.ID)
+		waitStates(t, sched, model.Stopped, x.ID)
+		sched.Set(web[0])
+		waitStates(t, sched, model.Stopped, y.ID)
+		id := func(ref string) string {
+			img, err := e.docker.ImageInspect(t.Context(), ref)
+			if err != nil {
+				t.Fatalf("%s: %v", ref, err)
+			}
+			return img.ID
+		}
+		idX, idY, idWeb := id(refX), id(refY), id(ref)
+		// Any fullness is too full: every unused image of the agent goes.
+		removed, err := b.gcImages(t.Context(), 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos := map[string]int{}
+		for i, r := range removed {
+			pos[r] = i + 1
+		}
+		if pos[idX] == 0 || pos[idY] == 0 || pos[idX] > pos[idY] {
+			t.Errorf("removed %v; want %s (used longer ago) before %s", removed, short(idX), short(idY))
+		}
+		if pos[idWeb] != 0 {
+			t.Errorf("the image of a running instance was removed")
+		}
+		if _, err := e.docker.ImageInspect(t.Context(), ref); err != nil {
+			t.Errorf("the running instance's image is gone: %v", err)
 		}
 	})
 }

@@ -31,6 +31,18 @@ type Puller struct {
 
 	mu       sync.Mutex
 	inflight map[string]*Pull
+	pulled   map[string]bool // references pulled by this process
+}
+
+// pulledRefs is a copy of the references this process pulled.
+func (pl *Puller) pulledRefs() map[string]bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	out := make(map[string]bool, len(pl.pulled))
+	for r := range pl.pulled {
+		out[r] = true
+	}
+	return out
 }
 
 // Pull is one image's pull in flight (or done).
@@ -106,6 +118,12 @@ func (pl *Puller) run(ctx context.Context, p *Pull) error {
 		start := time.Now()
 		err = pl.once(ctx, p)
 		if err == nil {
+			pl.mu.Lock()
+			if pl.pulled == nil {
+				pl.pulled = map[string]bool{}
+			}
+			pl.pulled[p.Ref] = true
+			pl.mu.Unlock()
 			pl.Metrics.pulls.WithLabelValues("ok").Inc()
 			pl.Metrics.pullSeconds.Observe(time.Since(start).Seconds())
 			done, _, _, _ := p.Progress()

@@ -175,3 +175,17 @@ func TestPullRef(t *testing.T) {
 		}
 	}
 }
+
+// A pulling instance reports the pull's progress in its reason, and the
+// last failed attempt's error while a retry is on.
+func TestPullingReported(t *testing.T) {
+	p := &Pull{layers: map[string][2]int64{"a": {37 << 20, 50 << 20}, "b": {0, 50 << 20}}, attempt: 1}
+	in := &instance{d: DesiredInstance{ID: "web-1"}, state: "pulling", pull: p}
+	if r := in.report(); r.State != "pulling" || r.Reason != "pulling 37% (37.0 MiB of 100.0 MiB)" {
+		t.Errorf("report %+v", r)
+	}
+	p.attempt, p.lastErr = 2, io.ErrUnexpectedEOF
+	if r := in.report(); !strings.HasSuffix(r.Reason, "attempt 2 after: unexpected EOF") {
+		t.Errorf("retry reported as %q", r.Reason)
+	}
+}

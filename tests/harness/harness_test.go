@@ -99,6 +99,28 @@ func TestServices(t *testing.T) {
 		if out != "ok\nlayer0.bin\nlayer1.bin" {
 			t.Fatalf("container printed %q", out)
 		}
+		// Bridge networking with a published port (the node agent's
+		// instances need it; svc.sh gives dockerd a bridge of its own).
+		id := harness.Docker(t, env, "run", "-d", "-p", "127.0.0.1::8080", ref, "/bin/busybox", "sh", "-c",
+			"mkdir -p /www && echo published > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www")
+		defer harness.Docker(t, env, "rm", "-f", id)
+		hostPort := harness.Docker(t, env, "port", id, "8080/tcp")
+		var body string
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := http.Get("http://" + strings.Split(hostPort, "\n")[0] + "/")
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if body = strings.TrimSpace(string(b)); body == "published" {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET of the published port %s: %q, %v (no bridge networking?)", hostPort, body, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	})
 }
 

@@ -86,6 +86,11 @@ type config struct {
 		HealthHost  string        `yaml:"healthhost"`  // where the agent's tcp/http checks connect; default 127.0.0.1
 		StopTimeout time.Duration `yaml:"stoptimeout"` // graceful stop before SIGKILL; default 10s
 	} `yaml:"instances"`
+	Images struct {
+		GCHighPercent float64 `yaml:"gchighpercent"` // image GC starts when the data directory's filesystem is fuller; default 85
+		GCLowPercent  float64 `yaml:"gclowpercent"`  // ... and stops at this; default 80
+		GCDisabled    bool    `yaml:"gcdisabled"`    // never remove images
+	} `yaml:"images"`
 	Agent struct {
 		PollWait       time.Duration `yaml:"pollwait"`       // long-poll wait; default 30s (the scheduler's pollInterval wins)
 		ReportInterval time.Duration `yaml:"reportinterval"` // default 10s
@@ -127,7 +132,7 @@ func main() {
 func load(path string) (*config, error) {
 	var c config
 	if err := yamlconfig.Load(path, os.Environ(), "GAIA_NODEAGENT_",
-		[]string{"log", "http", "node", "scheduler", "docker", "registry", "consul", "pull", "instances", "agent"}, &c); err != nil {
+		[]string{"log", "http", "node", "scheduler", "docker", "registry", "consul", "pull", "instances", "images", "agent"}, &c); err != nil {
 		return nil, err
 	}
 	fail := func(key, format string, args ...any) (*config, error) {
@@ -200,6 +205,28 @@ func load(path string) (*config, error) {
 	}
 	if c.Instances.PublishIP != "" && net.ParseIP(c.Instances.PublishIP) == nil {
 		return fail("instances.publiship", "%q is not an IP address", c.Instances.PublishIP)
+	}
+	if c.Images.GCHighPercent == 0 {
+		c.Images.GCHighPercent = 85
+	}
+	if c.Images.GCLowPercent == 0 {
+		c.Images.GCLowPercent = 80
+	}
+	if !(0 <= c.Images.GCLowPercent && c.Images.GCLowPercent <= c.Images.GCHighPercent && c.Images.GCHighPercent <= 100) { // NaN too
+		return fail("images.gclowpercent", "want 0 ≤ gclowpercent ≤ gchighpercent ≤ 100 (have %v and %v)", c.Images.GCLowPercent, c.Images.GCHighPercent)
+	}
+	e := c.Enforce
+	if !(0 <= e.PressureThreshold && e.PressureThreshold <= 1) { // NaN too
+		return fail("enforce.pressurethreshold", "want a fraction in (0, 1] (have %v)", e.PressureThreshold)
+	}
+	if e.CheckInterval < 0 {
+		return fail("enforce.checkinterval", "want a duration ≥ 0 (have %v)", e.CheckInterval)
+	}
+	if e.WritableLayerMax < 0 {
+		return fail("enforce.writablelayerlimit", "want a size ≥ 0 (have %d)", e.WritableLayerMax)
+	}
+	if e.CgroupVersion != 0 && e.CgroupVersion != 1 && e.CgroupVersion != 2 {
+		return fail("enforce.cgroupversion", "want 1 or 2 (have %d)", e.CgroupVersion)
 	}
 	if err := c.Log.Check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -307,6 +334,10 @@ func run(path string) error {
 		defer n.Close()
 		enf = n
 	}
+	gcHigh := cfg.Images.GCHighPercent
+	if cfg.Images.GCDisabled {
+		gcHigh = 0
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if enf != nil {
@@ -325,6 +356,7 @@ func run(path string) error {
 		PublishIP: cfg.Instances.PublishIP, HealthHost: cfg.Instances.HealthHost, StopTimeout: cfg.Instances.StopTimeout,
 		PollWait: cfg.Agent.PollWait, ReportInterval: cfg.Agent.ReportInterval, Resync: cfg.Agent.Resync,
 		RetryInterval: cfg.Agent.RetryInterval, UsageInterval: cfg.Agent.UsageInterval,
+		DataDir: cfg.Node.DataDir, ImageGCHigh: gcHigh, ImageGCLow: cfg.Images.GCLowPercent,
 		Enforcer: enf, WritableLayerLimit: int64(cfg.Enforce.WritableLayerMax),
 		Log: log, Metrics: metrics,
 	})

@@ -53,6 +53,7 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		{minimal + "instances: {publiship: nowhere}\n", "instances.publiship"},
 		{minimal + "log: {level: loud}\n", "log.level"},
 		{minimal + "bogus: 1\n", "bogus"},
+		{minimal + "images: {gchighpercent: 70, gclowpercent: 75}\n", "images.gclowpercent"},
 	} {
 		_, err := load(writeConfig(t, c.doc))
 		if err == nil || !strings.Contains(err.Error(), c.key) {
