@@ -128,6 +128,7 @@ services:
 
 services-stop:
 	bash $(SVC) stop all
+	bash tests/services/enforce-node.sh stop
 
 clean:
 	rm -rf bin data
