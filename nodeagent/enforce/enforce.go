@@ -112,6 +112,9 @@ type Instance struct {
 	CPUSet string
 	// VolumeTarget is where its disk volume is mounted ("": the config's).
 	VolumeTarget string
+	// DiskIOPS limits read and write operations per second on the same
+	// devices as the diskio bytes/s; 0: none.
+	DiskIOPS int64
 }
 
 // ThrottleDevice is a bytes/s (or IO/s) limit on one block device.

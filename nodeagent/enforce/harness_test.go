@@ -127,6 +127,12 @@ func runArgs(c Container) []string {
 	for _, d := range c.BlkioDeviceWriteBps {
 		a = append(a, "--device-write-bps", fmt.Sprintf("%s:%d", d.Path, d.Rate))
 	}
+	for _, d := range c.BlkioDeviceReadIOps {
+		a = append(a, "--device-read-iops", fmt.Sprintf("%s:%d", d.Path, d.Rate))
+	}
+	for _, d := range c.BlkioDeviceWriteIOps {
+		a = append(a, "--device-write-iops", fmt.Sprintf("%s:%d", d.Path, d.Rate))
+	}
 	for _, m := range c.Mounts {
 		a = append(a, "-v", m.Source+":"+m.Target)
 	}

@@ -159,17 +159,21 @@ func (n *Node) Prepare(in Instance) (Container, error) {
 		}
 		c.Mounts = append(c.Mounts, Mount{Source: vol.mnt, Target: target})
 	}
-	if bps := in.Request[resource.DiskIO]; bps > 0 {
-		var devs []string
-		if vol != nil {
-			devs = append(devs, vol.dev)
+	var devs []string
+	if vol != nil {
+		devs = append(devs, vol.dev)
+	}
+	if n.cfg.WritableLayerDevice != "" {
+		devs = append(devs, n.cfg.WritableLayerDevice)
+	}
+	for _, d := range devs {
+		if bps := uint64(in.Request[resource.DiskIO]); bps > 0 {
+			c.BlkioDeviceReadBps = append(c.BlkioDeviceReadBps, ThrottleDevice{d, bps})
+			c.BlkioDeviceWriteBps = append(c.BlkioDeviceWriteBps, ThrottleDevice{d, bps})
 		}
-		if n.cfg.WritableLayerDevice != "" {
-			devs = append(devs, n.cfg.WritableLayerDevice)
-		}
-		for _, d := range devs {
-			c.BlkioDeviceReadBps = append(c.BlkioDeviceReadBps, ThrottleDevice{d, uint64(bps)})
-			c.BlkioDeviceWriteBps = append(c.BlkioDeviceWriteBps, ThrottleDevice{d, uint64(bps)})
+		if iops := uint64(in.DiskIOPS); iops > 0 {
+			c.BlkioDeviceReadIOps = append(c.BlkioDeviceReadIOps, ThrottleDevice{d, iops})
+			c.BlkioDeviceWriteIOps = append(c.BlkioDeviceWriteIOps, ThrottleDevice{d, iops})
 		}
 	}
 	n.mu.Lock()
