@@ -99,3 +99,33 @@ func TestV2ParentResources(t *testing.T) {
 		t.Fatal("no allocatable memory: no memory.max")
 	}
 }
+
+// Usage, EMC's check and Started/Stopped run on different goroutines in
+// the agent (the race detector watches this).
+func TestConcurrentUse(t *testing.T) {
+	root := fakeV2(t)
+	n := newNode(Config{CgroupParent: "gaia", AllocatableMemory: 1000 * mib, CheckInterval: time.Millisecond, VolumeDir: t.TempDir()}, &cgroupV2{root: root})
+	n.cfg.defaults()
+	if err := n.Init(); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			n.Usage()
+			n.NodeUsage()
+		}
+	}()
+	for i := 0; i < 200; i++ {
+		var r resource.Vector
+		r[resource.Memory] = int64(i) * mib
+		_ = n.Started(Instance{ID: "a", Request: r}, "c-a", "")
+		_ = n.Started(Instance{ID: "b", Request: r}, "c-b", "")
+		if i%10 == 0 {
+			_ = n.Stopped("b")
+		}
+	}
+	<-done
+}

@@ -270,9 +270,9 @@ func (n *Node) Sweep(keep map[string]bool) error {
 // Usage is every started instance's usage.
 func (n *Node) Usage() map[string]Usage {
 	n.mu.Lock()
-	sts := make([]*instState, 0, len(n.inst))
+	sts := make([]instState, 0, len(n.inst)) // copies: Started may change them meanwhile
 	for _, st := range n.inst {
-		sts = append(sts, st)
+		sts = append(sts, *st)
 	}
 	n.mu.Unlock()
 	var cls map[string]classStats
@@ -349,7 +349,8 @@ func (n *Node) check() {
 		if st.victim {
 			pending = append(pending, st.containerID)
 		} else if st.containerID != "" {
-			cands = append(cands, candidate{st: st})
+			cp := *st
+			cands = append(cands, candidate{st: &cp})
 		}
 	}
 	n.mu.Unlock()
@@ -372,7 +373,9 @@ func (n *Node) check() {
 		return
 	}
 	n.mu.Lock()
-	v.st.victim = true
+	if st := n.inst[v.st.in.ID]; st != nil {
+		st.victim = true
+	}
 	n.mu.Unlock()
 	vic := Victim{ID: v.st.in.ID, MemoryBytes: v.usage, MemoryRequest: v.st.in.Request[resource.Memory], Priority: v.st.in.Priority}
 	vic.Reason = fmt.Sprintf("oom-reclaimed: node memory full (%s); instance used %d bytes (working set), %d above its request of %d, priority %d",
