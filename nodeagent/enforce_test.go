@@ -21,7 +21,7 @@ import (
 // enforcement tests' own dockerd (tests/services/enforce-node.sh: its own
 // socket, bridge and cgroup parent) and a local image holding the tests'
 // hog: the containers get the parent cgroup, the volume, the IO throttle
-// and their HTB classes; when A bursts until the node's memory is full,
+// and their HTB classes, rebuilt after an agent restart; when A bursts until the node's memory is full,
 // EMC picks it and the agent stops it, reported failed as oom-reclaimed
 // with the numbers, and B runs on; C, writing 40 MiB into its writable
 // layer past the node's 16 MiB limit, is evicted; deleting them removes
@@ -45,14 +45,18 @@ func TestAgentEnforce(t *testing.T) {
 
 	parent := "gaia-agent-enforce-" + randHex(3)
 	volumes := t.TempDir()
-	enf, err := enforce.New(enforce.Config{CgroupParent: parent, AllocatableMemory: 200 << 20, CheckInterval: 200 * time.Millisecond,
-		VolumeDir: volumes, LinkOut: 100_000_000, LinkIn: 100_000_000, IFBOut: "gxag-out", IFBIn: "gxag-in", Log: testLogger()})
-	if err != nil {
-		t.Fatal(err)
+	newEnforcer := func() *enforce.Node {
+		enf, err := enforce.New(enforce.Config{CgroupParent: parent, AllocatableMemory: 200 << 20, CheckInterval: 200 * time.Millisecond,
+			VolumeDir: volumes, LinkOut: 100_000_000, LinkIn: 100_000_000, IFBOut: "gxag-out", IFBIn: "gxag-in", Log: testLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := enf.Init(); err != nil {
+			t.Fatal(err)
+		}
+		return enf
 	}
-	if err := enf.Init(); err != nil {
-		t.Fatal(err)
-	}
+	enf := newEnforcer()
 	t.Cleanup(func() {
 		enf.Close()
 		exec.Command("ip", "link", "del", "gxag-out").Run()
@@ -75,11 +79,13 @@ func TestAgentEnforce(t *testing.T) {
 	cw := inst("enf-c-"+randHex(2), "", 400<<20, "write", "/tmp/x", "40")
 	sched := newFakeScheduler()
 	sched.Set(b)
-	ag := New(Options{Node: node, Address: "127.0.0.1", Capacity: resource.Vector{2000, 1 << 30},
-		Docker: dc, Scheduler: sched, Puller: &Puller{Docker: dc, Attempts: 1},
-		PollWait: 5 * time.Second, ReportInterval: 200 * time.Millisecond, RetryInterval: 200 * time.Millisecond,
-		UsageInterval: 300 * time.Millisecond, StopTimeout: time.Second, Enforcer: enf, WritableLayerLimit: 16 << 20, Log: testLogger()})
-	stop := runAgent(t, ag)
+	agent := func() *Agent {
+		return New(Options{Node: node, Address: "127.0.0.1", Capacity: resource.Vector{2000, 1 << 30},
+			Docker: dc, Scheduler: sched, Puller: &Puller{Docker: dc, Attempts: 1},
+			PollWait: 5 * time.Second, ReportInterval: 200 * time.Millisecond, RetryInterval: 200 * time.Millisecond,
+			UsageInterval: 300 * time.Millisecond, StopTimeout: time.Second, Enforcer: enf, WritableLayerLimit: 16 << 20, Log: testLogger()})
+	}
+	stop := runAgent(t, agent())
 	t.Cleanup(func() {
 		stop()
 		for _, id := range []string{a.ID, b.ID, cw.ID} {
@@ -104,6 +110,27 @@ func TestAgentEnforce(t *testing.T) {
 	waitFor(t, "B's disk usage reported", func() (bool, string) {
 		u := sched.Reports()[b.ID].Usage
 		return u[resource.Disk] > 0, fmt.Sprintf("usage %v", u)
+	})
+
+	// An agent restart: the new Enforcer's Init empties the trees, the new
+	// agent adopts B and gives it its classes back; its volume stays.
+	stop()
+	enf.Close()
+	enf = newEnforcer()
+	if out, _ := exec.Command("tc", "class", "show", "dev", "gxag-out").CombinedOutput(); strings.Contains(string(out), "rate 30Mbit") {
+		t.Fatalf("classes after Init:\n%s", out)
+	}
+	stop = runAgent(t, agent())
+	waitFor(t, "B's HTB classes rebuilt after the agent's restart", func() (bool, string) {
+		out, _ := exec.Command("tc", "class", "show", "dev", "gxag-in").CombinedOutput()
+		return strings.Contains(string(out), "rate 20Mbit ceil 100Mbit"), string(out)
+	})
+	if c2, err := dc.ContainerInspect(t.Context(), ContainerName(b.ID)); err != nil || c2.ID != c.ID {
+		t.Fatalf("B not adopted: %v", err)
+	}
+	waitFor(t, "B's disk usage reported by the new agent", func() (bool, string) {
+		u := enf.Usage()[b.ID]
+		return u.DiskUsedBytes > 0, fmt.Sprintf("usage %+v", u)
 	})
 
 	sched.Set(a, b)
