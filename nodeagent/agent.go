@@ -174,6 +174,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			time.AfterFunc(a.o.RetryInterval, a.reschedule)
 		}
 		a.maybeGC(ctx)
+		a.reregister()
 	}
 }
 
@@ -612,4 +613,37 @@ func (a *Agent) maybeGC(ctx context.Context) {
 		a.gcBusy = false
 		a.mu.Unlock()
 	}()
+}
+
+// reregister puts back the Consul registrations of running instances that
+// the local Consul agent lost (restarted without its state, or an
+// operator's deregistration).
+func (a *Agent) reregister() {
+	if a.o.Consul == nil {
+		return
+	}
+	a.mu.Lock()
+	var registered []*instance
+	for _, in := range a.insts {
+		in.mu.Lock()
+		if in.registered {
+			registered = append(registered, in)
+		}
+		in.mu.Unlock()
+	}
+	a.mu.Unlock()
+	if len(registered) == 0 {
+		return
+	}
+	have, err := a.o.Consul.Agent().Services()
+	if err != nil {
+		a.o.Log.Warn("listing Consul's services failed", "err", err)
+		return
+	}
+	for _, in := range registered {
+		if _, ok := have[in.d.ID]; !ok {
+			a.o.Log.Info("registering again in Consul", "instance", in.d.ID)
+			in.register()
+		}
+	}
 }

@@ -145,8 +145,8 @@ func (e *testEnv) agent(t *testing.T, sched Scheduler, metrics *Metrics) *Agent 
 		Gateway: e.registry.Addr, DataDir: e.dataDir,
 		PublishIP: "127.0.0.1", StopTimeout: 2 * time.Second,
 		PollWait: 5 * time.Second, ReportInterval: time.Second, RetryInterval: 200 * time.Millisecond,
-		UsageInterval: 500 * time.Millisecond,
-		Log:           testLogger(), Metrics: metrics,
+		UsageInterval: 500 * time.Millisecond, Resync: time.Second,
+		Log: testLogger(), Metrics: metrics,
 	})
 }
 
@@ -448,6 +448,16 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		}
 	})
 
+	t.Run("a registration Consul lost is put back", func(t *testing.T) {
+		if err := e.consul.Agent().ServiceDeregister(web[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, web[0].ID+" registered again", func() (bool, string) {
+			got := e.consulEntries(t, app, false)
+			return got[web[0].ID] != nil, fmt.Sprint(keys(got))
+		})
+	})
+
 	t.Run("unwanted and stray containers removed", func(t *testing.T) {
 		// A stray of this node (an instance the scheduler forgot) and a
 		// container of another node, which the agent must leave alone.
@@ -484,6 +494,30 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		waitStates(t, sched, model.Stopped, ghost.ID)
 		if now := e.containers(t); len(now[ghost.ID]) != 0 {
 			t.Errorf("reported stopped while its container is there: %v", now)
+		}
+	})
+
+	t.Run("a container of the instance's name not of this node is left alone", func(t *testing.T) {
+		squat := DesiredInstance{ID: app + "-squat", App: app + "-squat", Version: 1, Image: ref,
+			Command: []string{"/bin/busybox", "sleep", "600"}, Desired: model.DesiredRun}
+		other := harness.Docker(t, e.h, "create", "--label", LabelNode+"=someone-else", "--name", ContainerName(squat.ID),
+			ref, "/bin/busybox", "sleep", "600")
+		t.Cleanup(func() { harness.DockerErr(e.h, "rm", "-f", other) })
+		sched.Set(web[0], squat)
+		r := waitStates(t, sched, model.Failed, squat.ID)[squat.ID]
+		if !strings.Contains(r.Reason, "is taken by a container not of node") {
+			t.Errorf("reason %q", r.Reason)
+		}
+		sched.Set(web[0])
+		waitFor(t, "the agent done with "+squat.ID, func() (bool, string) {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			_, running := b.insts[squat.ID]
+			_, stopping := b.stopping[squat.ID]
+			return !running && !stopping, fmt.Sprintf("supervised %v, stopping %v", running, stopping)
+		})
+		if _, err := harness.DockerErr(e.h, "inspect", other); err != nil {
+			t.Errorf("the other container was removed: %v", err)
 		}
 	})
 

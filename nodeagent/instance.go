@@ -140,10 +140,19 @@ func (in *instance) teardown(ctx context.Context, id string) {
 	}
 	ctx = context.WithoutCancel(ctx)
 	if id == "" {
-		// A create may have got as far as dockerd: remove by name.
-		id = ContainerName(in.d.ID)
+		// A create may have got as far as dockerd: the container of the
+		// instance's name, if it is this node's.
+		if c, err := in.a.o.Docker.ContainerInspect(ctx, ContainerName(in.d.ID)); err == nil && c.Config != nil &&
+			c.Config.Labels[LabelNode] == in.a.o.Node {
+			id = c.ID
+		}
 	}
-	err := in.a.removeContainer(ctx, id, in.d.ID, timeout)
+	var err error
+	if id != "" {
+		err = in.a.removeContainer(ctx, id, in.d.ID, timeout)
+	} else if in.a.o.Consul != nil {
+		in.deregister()
+	}
 	if e := in.a.o.Enforcer; e != nil {
 		if eerr := e.Stopped(in.d.ID); eerr != nil {
 			in.a.o.Log.Warn("enforcement: releasing the instance failed", "instance", in.d.ID, "err", eerr)
@@ -218,20 +227,25 @@ wait:
 		if ctx.Err() != nil {
 			return "", false
 		}
-		if errdefs.IsConflict(err) && attempt == 0 {
-			// A container of that name exists: ours (made by an agent that
-			// died before the listing saw it) if its labels say so, else
-			// in the way. Either way it is replaced by a fresh one unless
-			// it is exactly this instance.
-			if c, ierr := o.Docker.ContainerInspect(ctx, name); ierr == nil && c.Config != nil &&
-				c.Config.Labels[LabelNode] == o.Node && c.Config.Labels[LabelSpec] == in.hash {
+		if errdefs.IsConflict(err) && attempt < 3 {
+			// A container of that name exists. This node's and of this
+			// spec (made by an agent that died before the listing saw
+			// it): adopted; this node's of another spec: replaced;
+			// another's: left alone, and the instance fails.
+			c, ierr := o.Docker.ContainerInspect(ctx, name)
+			switch {
+			case ierr != nil || c.Config == nil:
+				continue // gone meanwhile: create again
+			case c.Config.Labels[LabelNode] != o.Node:
+				// Not this node's: never touched.
+				in.set(model.Failed, fmt.Sprintf("container name %s is taken by a container not of node %s (gaia.node=%q)",
+					name, o.Node, c.Config.Labels[LabelNode]))
+				return "", false
+			case c.Config.Labels[LabelSpec] == in.hash:
 				o.Metrics.containerOp.WithLabelValues("adopt").Inc()
 				return c.ID, true
-			} else if ierr == nil && c.Config != nil && c.Config.Labels[LabelNode] != "" && c.Config.Labels[LabelNode] != o.Node {
-				in.set(model.Failed, fmt.Sprintf("container name %s is taken by node %s", name, c.Config.Labels[LabelNode]))
-				return "", false
 			}
-			o.Docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
+			in.a.removeContainer(ctx, c.ID, in.d.ID, in.a.o.StopTimeout) // an older spec of it
 			continue
 		}
 		in.set(model.Failed, fmt.Sprintf("creating the container: %v", err))
