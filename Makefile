@@ -23,7 +23,7 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node services services-stop vet clean
 
 all: build
 
@@ -85,7 +85,7 @@ test-hdfs-full:
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
 # colinmarc client, then gaia-mirror vs skopeo sync, then gaia-scheduler's
 # placement engine. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp
+bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node
 
 # 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
 # own client; manifest GETs at 32 clients; manifest GET latency while 200
@@ -120,6 +120,13 @@ bench-scheduler-cp:
 	bash $(SVC) start postgres consul
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench BenchmarkControlPlane -benchtime 1x -v ./tests/bench/schedcp/
 
+# Node enforcement (nodeagent/enforce, issue 13 §8): setup time per
+# instance incl. tc classes, volume creation, and the control overhead with
+# 50 instances (about 15 s; root, its own dockerd from
+# tests/services/enforce-node.sh).
+bench-node:
+	$(GO) test -count=1 -timeout 10m -run '^$$' -bench BenchmarkNode50 -benchtime 1x ./nodeagent/enforce/
+
 bench-hdfs:
 	bash $(SVC) start hdfs
 	$(GO) test -count=1 -timeout 60m -run '^$$' -bench 'BenchmarkHDFSDriver|BenchmarkFilesystemDriver' ./storage-hdfs/
@@ -130,6 +137,7 @@ services:
 
 services-stop:
 	bash $(SVC) stop all
+	bash tests/services/enforce-node.sh stop
 
 clean:
 	rm -rf bin data

@@ -18,6 +18,7 @@ import (
 	"github.com/docker/docker/errdefs"
 	consul "github.com/hashicorp/consul/api"
 
+	"github.com/gaia-registry/gaia/nodeagent/enforce"
 	"github.com/gaia-registry/gaia/scheduler/model"
 	"github.com/gaia-registry/gaia/scheduler/resource"
 )
@@ -48,6 +49,16 @@ type Options struct {
 	DataDir        string        // the image disk: its filesystem's fullness drives image GC
 	ImageGCHigh    float64       // percent full of DataDir's filesystem above which unused images are removed (0: never)
 	ImageGCLow     float64       // ... until it is at most this full
+
+	// Enforcer enforces every resource dimension on the node (EMC, CPU,
+	// disk, disk IO, network; nodeagent/enforce). nil: dockerd's CPU and
+	// memory limits only.
+	Enforcer enforce.Enforcer
+	// WritableLayerLimit evicts an instance whose container's writable
+	// layer (dockerd's SizeRw) grows past it, checked with the usage
+	// samples (kubelet's ephemeral-storage eviction); 0: not checked. Its
+	// data belongs on its volume.
+	WritableLayerLimit int64
 
 	Log     *slog.Logger
 	Metrics *Metrics
@@ -137,6 +148,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.poll(ctx, sets) }()
 	go func() { defer a.wg.Done(); a.reportLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.usageLoop(ctx, a.o.UsageInterval) }()
+	if a.o.Enforcer != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.victimLoop(ctx) }()
+	}
 	var last *DesiredSet
 	resync := time.NewTicker(a.o.Resync)
 	defer resync.Stop()
@@ -259,6 +274,18 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 		}
 	}
 
+	if a.o.Enforcer != nil {
+		keep := map[string]bool{}
+		for id := range byInstance {
+			keep[id] = true
+		}
+		for id := range inSet {
+			keep[id] = true
+		}
+		if err := a.o.Enforcer.Sweep(keep); err != nil {
+			a.o.Log.Warn("enforcement: removing orphan volumes failed", "err", err)
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	// The images of the instances about to start, by app: an instance of

@@ -39,6 +39,7 @@ type instance struct {
 	registered  bool
 	usage       resource.Vector
 	lastSample  *usageSample
+	reclaimed   string // EMC's reason, when it picked this instance
 }
 
 func (in *instance) requestStop() { in.stopOnce.Do(func() { close(in.stop) }) }
@@ -152,6 +153,11 @@ func (in *instance) teardown(ctx context.Context, id string) {
 	} else if in.a.o.Consul != nil {
 		in.deregister()
 	}
+	if e := in.a.o.Enforcer; e != nil {
+		if eerr := e.Stopped(in.d.ID); eerr != nil {
+			in.a.o.Log.Warn("enforcement: releasing the instance failed", "instance", in.d.ID, "err", eerr)
+		}
+	}
 	if st != model.Failed {
 		reason := "stopped"
 		if err != nil {
@@ -200,6 +206,14 @@ wait:
 	if err != nil {
 		in.set(model.Failed, err.Error())
 		return "", false
+	}
+	if o.Enforcer != nil {
+		c, err := o.Enforcer.Prepare(enforceInstance(&in.d))
+		if err != nil {
+			in.set(model.Failed, fmt.Sprintf("enforcement: %v", err))
+			return "", false
+		}
+		applyEnforce(hc, c)
 	}
 	in.set(model.Starting, "")
 	name := ContainerName(in.d.ID)
@@ -271,6 +285,7 @@ func (in *instance) supervise(ctx context.Context, id string) {
 			}
 			o.Metrics.containerOp.WithLabelValues("start").Inc()
 		}
+		in.enforceStarted(ctx, id)
 		in.set(model.Running, "")
 		in.register()
 		code, how := in.watch(ctx, id)
@@ -293,7 +308,14 @@ func (in *instance) supervise(ctx context.Context, id string) {
 		}
 		in.mu.Lock()
 		in.exitCode = code
+		reclaimed := in.reclaimed
+		in.reclaimed = ""
 		in.mu.Unlock()
+		if reclaimed != "" { // EMC stopped it: not restarted here
+			in.set(model.Failed, reclaimed)
+			in.end(ctx, id)
+			return
+		}
 		pol := in.d.Restart
 		now := time.Now()
 		if pol.Interval > 0 {

@@ -72,6 +72,10 @@ type DesiredInstance struct {
 	StopTimeout model.Duration `json:"stopTimeout,omitempty"`
 	// Labels are the app's extra container labels (gaia.* are the agent's).
 	Labels map[string]string `json:"labels,omitempty"`
+	// Priority is the app's priority (higher wins): node enforcement's
+	// HTB class priority and EMC's victim order. Not in the scheduler's
+	// DesiredInstance yet (a seam to add).
+	Priority int `json:"priority,omitempty"`
 }
 
 // Report is the node's batched report: the state of every instance it has.

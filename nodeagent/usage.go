@@ -52,6 +52,7 @@ func (in *instance) sampleUsage(ctx context.Context, id string) {
 		mem -= c
 	}
 	u[resource.Memory] = int64(mem)
+	in.enforceUsage(&u)
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if p := in.lastSample; p != nil && s.at.After(p.at) && p.cpuNs <= s.cpuNs {
@@ -93,6 +94,7 @@ func (a *Agent) usageLoop(ctx context.Context, interval time.Duration) {
 			in.mu.Unlock()
 			if id != "" && (st == "running" || st == "healthy") {
 				in.sampleUsage(ctx, id)
+				in.checkWritableLayer(ctx, id)
 			}
 		}
 	}

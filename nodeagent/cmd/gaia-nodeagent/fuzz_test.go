@@ -21,7 +21,7 @@ func FuzzLoad(f *testing.F) {
 	dir := f.TempDir()
 	path, again := filepath.Join(dir, "agent.yml"), filepath.Join(dir, "again.yml")
 	keys := []string{"yaml: ", "GAIA_NODEAGENT_", "log.", "http.", "node.", "scheduler.", "docker.", "registry.",
-		"consul.", "pull.", "instances.", "images.", "agent.", "resource"}
+		"consul.", "pull.", "instances.", "images.", "agent.", "enforce.", "resource"}
 	f.Fuzz(func(t *testing.T, doc, key, value string) {
 		if strings.ContainsAny(key, "=\x00") || strings.Contains(value, "\x00") {
 			return
@@ -51,7 +51,8 @@ func FuzzLoad(f *testing.F) {
 		if cfg.HTTP.DrainTimeout <= 0 || p.StallTimeout <= 0 || p.Attempts <= 0 || p.Backoff <= 0 || p.MaxBackoff <= 0 ||
 			a.PollWait < 0 || a.ReportInterval < 0 || a.Resync < 0 || a.RetryInterval < 0 || a.UsageInterval < 0 ||
 			cfg.Instances.StopTimeout < 0 || math.IsNaN(im.GCHighPercent) || math.IsNaN(im.GCLowPercent) ||
-			im.GCLowPercent < 0 || im.GCLowPercent > im.GCHighPercent || im.GCHighPercent > 100 {
+			im.GCLowPercent < 0 || im.GCLowPercent > im.GCHighPercent || im.GCHighPercent > 100 ||
+			!(0 <= cfg.Enforce.PressureThreshold && cfg.Enforce.PressureThreshold <= 1) || cfg.Enforce.CheckInterval < 0 {
 			t.Fatalf("accepted %+v", cfg)
 		}
 		out, err := yaml.Marshal(cfg)

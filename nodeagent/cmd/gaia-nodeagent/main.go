@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gaia-registry/gaia/nodeagent"
+	"github.com/gaia-registry/gaia/nodeagent/enforce"
 	"github.com/gaia-registry/gaia/registry/logconfig"
 	"github.com/gaia-registry/gaia/registry/yamlconfig"
 	"github.com/gaia-registry/gaia/scheduler/nodeclient"
@@ -97,6 +98,22 @@ type config struct {
 		RetryInterval  time.Duration `yaml:"retryinterval"`  // default 2s
 		UsageInterval  time.Duration `yaml:"usageinterval"`  // resource usage sampled this often; default 15s
 	} `yaml:"agent"`
+	// Enforce: every resource dimension held on the node (nodeagent/enforce,
+	// docs/configuration.md). Off by default: dockerd's CPU and memory
+	// limits only.
+	Enforce struct {
+		Enabled           bool           `yaml:"enabled"`
+		CgroupParent      string         `yaml:"cgroupparent"`      // default gaia
+		PressureThreshold float64        `yaml:"pressurethreshold"` // EMC looks from this fraction of the allocatable memory; default 0.95
+		CheckInterval     time.Duration  `yaml:"checkinterval"`     // EMC's fallback poll; default 1s
+		VolumeDir         string         `yaml:"volumedir"`         // per-instance volumes; default /var/lib/gaia/volumes
+		VolumeTarget      string         `yaml:"volumetarget"`      // the volume's path in the container; default /data
+		WritableLayerDev  string         `yaml:"writablelayerdevice"`
+		WritableLayerMax  resource.Bytes `yaml:"writablelayerlimit"` // evict past it; default 0: not checked
+		IFBOut            string         `yaml:"ifbout"`             // default gaia-out
+		IFBIn             string         `yaml:"ifbin"`              // default gaia-in
+		CgroupVersion     int            `yaml:"cgroupversion"`      // 1 or 2; default detected
+	} `yaml:"enforce"`
 }
 
 func main() {
@@ -198,6 +215,19 @@ func load(path string) (*config, error) {
 	if !(0 <= c.Images.GCLowPercent && c.Images.GCLowPercent <= c.Images.GCHighPercent && c.Images.GCHighPercent <= 100) { // NaN too
 		return fail("images.gclowpercent", "want 0 ≤ gclowpercent ≤ gchighpercent ≤ 100 (have %v and %v)", c.Images.GCLowPercent, c.Images.GCHighPercent)
 	}
+	e := c.Enforce
+	if !(0 <= e.PressureThreshold && e.PressureThreshold <= 1) { // NaN too
+		return fail("enforce.pressurethreshold", "want a fraction in (0, 1] (have %v)", e.PressureThreshold)
+	}
+	if e.CheckInterval < 0 {
+		return fail("enforce.checkinterval", "want a duration ≥ 0 (have %v)", e.CheckInterval)
+	}
+	if e.WritableLayerMax < 0 {
+		return fail("enforce.writablelayerlimit", "want a size ≥ 0 (have %d)", e.WritableLayerMax)
+	}
+	if e.CgroupVersion != 0 && e.CgroupVersion != 1 && e.CgroupVersion != 2 {
+		return fail("enforce.cgroupversion", "want 1 or 2 (have %d)", e.CgroupVersion)
+	}
 	if err := c.Log.Check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -285,12 +315,34 @@ func run(path string) error {
 	sched := nodeagent.NewNodeClient(cfg.Scheduler.URLs, resolve, cfg.Scheduler.Token, nodeagent.RegisterRequest{
 		Name: cfg.Node.Name, IDC: cfg.Node.IDC, Labels: cfg.Node.Labels, Address: cfg.Node.Address,
 		Capacity: capa, Reserved: cfg.Node.Reserved})
+	var enf enforce.Enforcer
+	if e := cfg.Enforce; e.Enabled {
+		// The parent's limit is what the scheduler allocates; the link
+		// rates are the node's netout/netin capacity.
+		n, err := enforce.New(enforce.Config{CgroupParent: e.CgroupParent,
+			AllocatableMemory: capa[resource.Memory] - cfg.Node.Reserved[resource.Memory],
+			PressureThreshold: e.PressureThreshold, CheckInterval: e.CheckInterval,
+			VolumeDir: e.VolumeDir, VolumeTarget: e.VolumeTarget, WritableLayerDevice: e.WritableLayerDev,
+			LinkOut: capa[resource.NetOut], LinkIn: capa[resource.NetIn], IFBOut: e.IFBOut, IFBIn: e.IFBIn,
+			CgroupVersion: e.CgroupVersion, Log: log})
+		if err != nil {
+			return err
+		}
+		if err := n.Init(); err != nil {
+			return fmt.Errorf("enforce: %w", err)
+		}
+		defer n.Close()
+		enf = n
+	}
 	gcHigh := cfg.Images.GCHighPercent
 	if cfg.Images.GCDisabled {
 		gcHigh = 0
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if enf != nil {
+		reg.MustRegister(enforce.Collector(enf))
+	}
 	metrics := nodeagent.NewMetrics(reg)
 	agent := nodeagent.New(nodeagent.Options{
 		Node: cfg.Node.Name, IDC: cfg.Node.IDC, Labels: cfg.Node.Labels, Address: cfg.Node.Address,
@@ -305,6 +357,7 @@ func run(path string) error {
 		PollWait: cfg.Agent.PollWait, ReportInterval: cfg.Agent.ReportInterval, Resync: cfg.Agent.Resync,
 		RetryInterval: cfg.Agent.RetryInterval, UsageInterval: cfg.Agent.UsageInterval,
 		DataDir: cfg.Node.DataDir, ImageGCHigh: gcHigh, ImageGCLow: cfg.Images.GCLowPercent,
+		Enforcer: enf, WritableLayerLimit: int64(cfg.Enforce.WritableLayerMax),
 		Log: log, Metrics: metrics,
 	})
 

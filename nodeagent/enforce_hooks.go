@@ -1,0 +1,126 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/docker/docker/api/types/blkiodev"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
+
+	"github.com/gaia-registry/gaia/nodeagent/enforce"
+	"github.com/gaia-registry/gaia/scheduler/resource"
+)
+
+// The agent's calls into node enforcement (nodeagent/enforce, issue 13),
+// all no-ops when Options.Enforcer is nil.
+
+func enforceInstance(d *DesiredInstance) enforce.Instance {
+	return enforce.Instance{ID: d.ID, Priority: d.Priority, Request: d.Resources,
+		MemoryLimit: int64(d.MemoryLimit), CPULimit: d.CPULimit}
+}
+
+// applyEnforce adds what enforcement prepared (volume, cgroup parent,
+// limits) to the container's HostConfig.
+func applyEnforce(hc *container.HostConfig, c enforce.Container) {
+	r := &hc.Resources
+	r.CgroupParent = c.CgroupParent
+	if c.Memory > 0 {
+		r.Memory, r.MemorySwap = c.Memory, c.MemorySwap
+	}
+	r.MemoryReservation = c.MemoryReservation
+	r.CPUShares = c.CPUShares
+	if c.CPUQuota > 0 {
+		r.CPUPeriod, r.CPUQuota = c.CPUPeriod, c.CPUQuota
+	}
+	if c.CpusetCpus != "" {
+		r.CpusetCpus = c.CpusetCpus
+	}
+	conv := func(ds []enforce.ThrottleDevice) []*blkiodev.ThrottleDevice {
+		var out []*blkiodev.ThrottleDevice
+		for _, d := range ds {
+			out = append(out, &blkiodev.ThrottleDevice{Path: d.Path, Rate: d.Rate})
+		}
+		return out
+	}
+	r.BlkioDeviceReadBps, r.BlkioDeviceWriteBps = conv(c.BlkioDeviceReadBps), conv(c.BlkioDeviceWriteBps)
+	r.BlkioDeviceReadIOps, r.BlkioDeviceWriteIOps = conv(c.BlkioDeviceReadIOps), conv(c.BlkioDeviceWriteIOps)
+	for _, m := range c.Mounts {
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target})
+	}
+}
+
+// enforceStarted attaches the running container (its network classes).
+func (in *instance) enforceStarted(ctx context.Context, id string) {
+	e := in.a.o.Enforcer
+	if e == nil {
+		return
+	}
+	c, err := in.a.o.Docker.ContainerInspect(ctx, id)
+	if err != nil || c.State == nil || c.State.Pid == 0 {
+		return
+	}
+	ns := ""
+	if c.HostConfig == nil || !c.HostConfig.NetworkMode.IsHost() {
+		ns = fmt.Sprintf("/proc/%d/ns/net", c.State.Pid)
+	}
+	if err := e.Started(enforceInstance(&in.d), id, ns); err != nil {
+		in.a.o.Log.Warn("enforcement: attaching the instance failed", "instance", in.d.ID, "err", err)
+	}
+}
+
+// victimLoop stops the instances EMC picks: the container is killed and
+// the instance failed as oom-reclaimed, with the numbers.
+func (a *Agent) victimLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case v := <-a.o.Enforcer.Victims():
+			a.mu.Lock()
+			in := a.insts[v.ID]
+			a.mu.Unlock()
+			if in == nil {
+				continue
+			}
+			in.mu.Lock()
+			in.reclaimed = v.Reason
+			id := in.containerID
+			in.mu.Unlock()
+			a.o.Log.Warn("EMC: reclaiming an instance", "instance", v.ID, "reason", v.Reason)
+			if id != "" {
+				_ = a.o.Docker.ContainerKill(ctx, id, "KILL")
+			}
+		}
+	}
+}
+
+// enforceUsage adds what enforcement measures and dockerd does not: the
+// disk used on the instance's volume.
+func (in *instance) enforceUsage(u *resource.Vector) {
+	if e := in.a.o.Enforcer; e != nil {
+		if eu, ok := e.Usage()[in.d.ID]; ok {
+			u[resource.Disk] = eu.DiskUsedBytes
+		}
+	}
+}
+
+// checkWritableLayer evicts the instance when its container's writable
+// layer is over Options.WritableLayerLimit: the container is killed and
+// the instance failed as evicted, with the numbers.
+func (in *instance) checkWritableLayer(ctx context.Context, id string) {
+	limit := in.a.o.WritableLayerLimit
+	if limit <= 0 {
+		return
+	}
+	c, _, err := in.a.o.Docker.ContainerInspectWithRaw(ctx, id, true)
+	if err != nil || c.SizeRw == nil || *c.SizeRw <= limit {
+		return
+	}
+	reason := fmt.Sprintf("evicted: the container's writable layer holds %d bytes, over the node's limit of %d (data belongs on the instance's volume)", *c.SizeRw, limit)
+	in.mu.Lock()
+	in.reclaimed = reason
+	in.mu.Unlock()
+	in.a.o.Log.Warn("evicting an instance", "instance", in.d.ID, "reason", reason)
+	_ = in.a.o.Docker.ContainerKill(ctx, id, "KILL")
+}

@@ -1,0 +1,188 @@
+package nodeagent
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/client"
+
+	"github.com/gaia-registry/gaia/nodeagent/enforce"
+	"github.com/gaia-registry/gaia/scheduler/model"
+	"github.com/gaia-registry/gaia/scheduler/resource"
+)
+
+// TestAgentEnforce runs the agent with node enforcement against the
+// enforcement tests' own dockerd (tests/services/enforce-node.sh: its own
+// socket, bridge and cgroup parent) and a local image holding the tests'
+// hog: the containers get the parent cgroup, the volume, the IO throttle
+// and their HTB classes, rebuilt after an agent restart; when A bursts until the node's memory is full,
+// EMC picks it and the agent stops it, reported failed as oom-reclaimed
+// with the numbers, and B runs on; C, writing 40 MiB into its writable
+// layer past the node's 16 MiB limit, is evicted; deleting them removes
+// their volumes and classes. (EMC's, the volumes' and the trees' own tests are in
+// nodeagent/enforce.)
+func TestAgentEnforce(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("node enforcement needs root (cgroups, tc, loop devices)")
+	}
+	if out, err := exec.Command("bash", "../tests/services/enforce-node.sh", "start").CombinedOutput(); err != nil {
+		t.Fatalf("enforce-node.sh start: %v\n%s", err, out)
+	}
+	host := "unix:///tmp/gaia-enforce/docker.sock"
+	image := "gaia-agent-enforce-test:1"
+	buildHogImage(t, host, image)
+	dc, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+
+	parent := "gaia-agent-enforce-" + randHex(3)
+	volumes := t.TempDir()
+	newEnforcer := func() *enforce.Node {
+		enf, err := enforce.New(enforce.Config{CgroupParent: parent, AllocatableMemory: 200 << 20, CheckInterval: 200 * time.Millisecond,
+			VolumeDir: volumes, LinkOut: 100_000_000, LinkIn: 100_000_000, IFBOut: "gxag-out", IFBIn: "gxag-in", Log: testLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := enf.Init(); err != nil {
+			t.Fatal(err)
+		}
+		return enf
+	}
+	enf := newEnforcer()
+	t.Cleanup(func() {
+		enf.Close()
+		exec.Command("ip", "link", "del", "gxag-out").Run()
+		exec.Command("ip", "link", "del", "gxag-in").Run()
+		for _, c := range []string{"memory", "cpu", "cpuacct", "cpuset", "blkio", "pids"} {
+			os.Remove(filepath.Join("/sys/fs/cgroup", c, parent))
+		}
+	})
+	node := "enforce-test-" + randHex(3)
+	inst := func(id, prio string, mem int64, cmd ...string) DesiredInstance {
+		var r resource.Vector
+		r[resource.CPU], r[resource.Memory], r[resource.Disk], r[resource.DiskIO] = 100, 64<<20, 16<<20, 10<<20
+		r[resource.NetOut], r[resource.NetIn] = 30_000_000, 20_000_000
+		return DesiredInstance{ID: id, App: "enf", Version: 1, Image: image, Command: append([]string{"/hog"}, cmd...),
+			Resources: r, MemoryLimit: resource.Bytes(mem), Desired: model.DesiredRun,
+			Restart: model.Restart{Attempts: 0}}
+	}
+	a := inst("enf-a-"+randHex(2), "", 400<<20, "mem", "300")
+	b := inst("enf-b-"+randHex(2), "", 400<<20, "mem", "30")
+	cw := inst("enf-c-"+randHex(2), "", 400<<20, "write", "/tmp/x", "40")
+	sched := newFakeScheduler()
+	sched.Set(b)
+	agent := func() *Agent {
+		return New(Options{Node: node, Address: "127.0.0.1", Capacity: resource.Vector{2000, 1 << 30},
+			Docker: dc, Scheduler: sched, Puller: &Puller{Docker: dc, Attempts: 1},
+			PollWait: 5 * time.Second, ReportInterval: 200 * time.Millisecond, RetryInterval: 200 * time.Millisecond,
+			UsageInterval: 300 * time.Millisecond, StopTimeout: time.Second, Enforcer: enf, WritableLayerLimit: 16 << 20, Log: testLogger()})
+	}
+	stop := runAgent(t, agent())
+	t.Cleanup(func() {
+		stop()
+		for _, id := range []string{a.ID, b.ID, cw.ID} {
+			exec.Command("docker", "-H", host, "rm", "-f", ContainerName(id)).Run()
+			enf.Stopped(id)
+		}
+	})
+	waitStates(t, sched, model.Healthy, b.ID) // no health check: healthy once running
+	c, err := dc.ContainerInspect(t.Context(), ContainerName(b.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.HostConfig.Resources
+	if r.CgroupParent != "/"+parent || r.MemoryReservation != 64<<20 || r.Memory != 400<<20 || len(r.BlkioDeviceWriteBps) != 1 ||
+		len(c.HostConfig.Mounts) != 1 || c.HostConfig.Mounts[0].Target != "/data" {
+		t.Fatalf("B's HostConfig: parent %q reservation %d memory %d blkio %v mounts %+v", r.CgroupParent, r.MemoryReservation, r.Memory, r.BlkioDeviceWriteBps, c.HostConfig.Mounts)
+	}
+	waitFor(t, "B's HTB classes", func() (bool, string) {
+		out, _ := exec.Command("tc", "class", "show", "dev", "gxag-out").CombinedOutput()
+		return strings.Contains(string(out), "rate 30Mbit ceil 100Mbit"), string(out)
+	})
+	waitFor(t, "B's disk usage reported", func() (bool, string) {
+		u := sched.Reports()[b.ID].Usage
+		return u[resource.Disk] > 0, fmt.Sprintf("usage %v", u)
+	})
+
+	// An agent restart: the new Enforcer's Init empties the trees, the new
+	// agent adopts B and gives it its classes back; its volume stays.
+	stop()
+	enf.Close()
+	enf = newEnforcer()
+	if out, _ := exec.Command("tc", "class", "show", "dev", "gxag-out").CombinedOutput(); strings.Contains(string(out), "rate 30Mbit") {
+		t.Fatalf("classes after Init:\n%s", out)
+	}
+	stop = runAgent(t, agent())
+	waitFor(t, "B's HTB classes rebuilt after the agent's restart", func() (bool, string) {
+		out, _ := exec.Command("tc", "class", "show", "dev", "gxag-in").CombinedOutput()
+		return strings.Contains(string(out), "rate 20Mbit ceil 100Mbit"), string(out)
+	})
+	if c2, err := dc.ContainerInspect(t.Context(), ContainerName(b.ID)); err != nil || c2.ID != c.ID {
+		t.Fatalf("B not adopted: %v", err)
+	}
+	waitFor(t, "B's disk usage reported by the new agent", func() (bool, string) {
+		u := enf.Usage()[b.ID]
+		return u.DiskUsedBytes > 0, fmt.Sprintf("usage %+v", u)
+	})
+
+	sched.Set(a, b)
+	rep := waitStates(t, sched, model.Failed, a.ID)[a.ID]
+	t.Logf("A: %s %q", rep.State, rep.Reason)
+	if !strings.HasPrefix(rep.Reason, "oom-reclaimed") {
+		t.Fatalf("A failed with %q, want oom-reclaimed", rep.Reason)
+	}
+	if c, err := dc.ContainerInspect(t.Context(), ContainerName(b.ID)); err != nil || !c.State.Running || c.State.OOMKilled {
+		t.Fatalf("B after A was reclaimed: %+v %v", c.State, err)
+	}
+
+	// A container writing past the node's writable-layer limit is evicted.
+	sched.Set(a, b, cw)
+	rep = waitStates(t, sched, model.Failed, cw.ID)[cw.ID]
+	t.Logf("C: %s %q", rep.State, rep.Reason)
+	if !strings.HasPrefix(rep.Reason, "evicted: the container's writable layer holds") {
+		t.Fatalf("C failed with %q, want evicted", rep.Reason)
+	}
+
+	sched.Set()
+	waitFor(t, "B's volume and classes gone", func() (bool, string) {
+		ents, _ := os.ReadDir(volumes)
+		out, _ := exec.Command("tc", "class", "show", "dev", "gxag-out").CombinedOutput()
+		return len(ents) == 0 && strings.Count(string(out), "class htb") == 1, fmt.Sprintf("%d volumes, classes:\n%s", len(ents), out)
+	})
+}
+
+// buildHogImage imports an image holding nodeagent/enforce's test hog.
+func buildHogImage(t *testing.T, host, image string) {
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "rootfs", "hog"), "./enforce/testdata/hog")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building hog: %v\n%s", err, out)
+	}
+	for _, d := range []string{"tmp", "data", "proc", "sys", "dev", "etc"} {
+		os.MkdirAll(filepath.Join(dir, "rootfs", d), 0o755)
+	}
+	tarc := exec.Command("tar", "-C", filepath.Join(dir, "rootfs"), "-c", ".")
+	imp := exec.Command("docker", "-H", host, "import", "-", image)
+	pipe, _ := tarc.StdoutPipe()
+	imp.Stdin = pipe
+	var out bytes.Buffer
+	imp.Stdout, imp.Stderr = &out, &out
+	if err := imp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tarc.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := imp.Wait(); err != nil {
+		t.Fatalf("docker import: %v: %s", err, out.String())
+	}
+}
