@@ -170,6 +170,10 @@ func (s *Server) serviceID() string {
 	return s.cfg.Cluster.Consul.Service + "-" + s.cfg.Cluster.Name + "-" + s.cfg.Cluster.Advertise
 }
 
+// checkID is the ID of this process's /healthz check in Consul, which its
+// leader session is tied to.
+func (s *Server) checkID() string { return "service:" + s.serviceID() }
+
 // register (re)registers this process in Consul, tagged leader or not.
 func (s *Server) register(leading bool) error {
 	cl := s.cfg.Cluster
@@ -183,11 +187,18 @@ func (s *Server) register(leading bool) error {
 		ID: s.serviceID(), Name: cl.Consul.Service, Address: host, Port: port, Tags: tags,
 		Meta: map[string]string{"cluster": cl.Name},
 		Check: &consul.AgentServiceCheck{
+			CheckID:                        s.checkID(),
 			HTTP:                           "http://" + cl.Advertise + "/healthz",
 			Interval:                       cl.Consul.CheckInterval.String(),
 			Timeout:                        cl.Consul.CheckInterval.String(),
 			DeregisterCriticalServiceAfter: cl.Consul.DeregisterAfter.String(),
-			// Re-registered (tags change with leadership) while serving.
+			// Re-registered (the leader tag comes and goes) while serving:
+			// the leader's session is tied to this check, so it must never
+			// be reset to critical. Consul keeps a check that is
+			// re-registered with the same ID and definition, and Status
+			// passing is its state for a first registration (the process
+			// is serving by then). The e2e failover test checks that the
+			// leader keeps its lock across the re-registration.
 			Status: consul.HealthPassing,
 		},
 	}
@@ -266,6 +277,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		leader.Run(ectx, leader.Options{
 			Consul: s.consul, Cluster: s.cfg.Cluster.Name, Holder: s.cfg.Cluster.Advertise,
 			SessionTTL: s.cfg.Cluster.Consul.SessionTTL, Store: s.store, Log: s.log,
+			Checks:     []string{"serfHealth", s.checkID()},
 			IgnoreLoss: os.Getenv(TestHookIgnoreLoss) == "1",
 		}, s.lead)
 	}()
