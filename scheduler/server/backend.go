@@ -44,6 +44,9 @@ func (s *Server) locked(f func(ls *leaderState) error) error {
 
 // PutPool creates (create) or replaces a pool.
 func (s *Server) PutPool(ctx context.Context, p model.Pool, create bool) (*model.Pool, error) {
+	if err := s.fileOwns(p.Name); err != nil {
+		return nil, err
+	}
 	err := s.locked(func(ls *leaderState) error {
 		if _, ok := ls.pools[p.Name]; ok && create {
 			return api.Conflict("name", "pool %q already exists", p.Name)
@@ -73,6 +76,9 @@ func (s *Server) PutPool(ctx context.Context, p model.Pool, create bool) (*model
 
 // DeletePool removes an empty leaf pool.
 func (s *Server) DeletePool(ctx context.Context, name string) error {
+	if err := s.fileOwns(name); err != nil {
+		return err
+	}
 	return s.locked(func(ls *leaderState) error {
 		if ls.pools[name] == nil {
 			return api.NotFound("no pool %q", name)

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/gaia-registry/gaia/scheduler/allocfile"
 	"github.com/gaia-registry/gaia/scheduler/api"
 	"github.com/gaia-registry/gaia/scheduler/leader"
 	"github.com/gaia-registry/gaia/scheduler/store"
@@ -48,6 +49,10 @@ type Server struct {
 	cur     atomic.Pointer[leaderState]
 	// stopping is closed at shutdown: long polls answer at once.
 	stopping chan struct{}
+
+	poolsWatcher *allocfile.Watcher
+	fileMu       sync.Mutex
+	file         *filePools // nil without pools.file
 
 	leaderMu  sync.Mutex
 	leaderURL string
@@ -68,6 +73,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	s.store, err = store.Open(ctx, store.Options{URL: cfg.Database.URL, MaxConns: cfg.Database.MaxConns, OnDeposed: s.metrics.deposed.Inc})
 	if err != nil {
 		return nil, fmt.Errorf("database.url: %w", err)
+	}
+	if err := s.watchPoolsFile(); err != nil {
+		s.store.Close()
+		return nil, err
 	}
 	if err := s.checkSchema(ctx); err != nil {
 		s.store.Close()
@@ -230,6 +239,11 @@ func (s *Server) lead(ctx context.Context, term int64) error {
 	done := make(chan error, 1)
 	lctx, cancel := context.WithCancel(ctx)
 	ls.ctx = lctx
+	if s.cfg.Pools.File != "" {
+		if err := s.locked(s.applyFilePools); err != nil {
+			s.log.Error("pools.file: applying at the start of the term", "err", err)
+		}
+	}
 	go func() { done <- ls.run() }()
 	select {
 	case err = <-done:
@@ -268,6 +282,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.register(false); err != nil {
 		srv.Close()
 		return err
+	}
+	if s.poolsWatcher != nil {
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go s.poolsWatcher.Run(wctx, s.cfg.Pools.Reload)
 	}
 	s.log.Info("serving", "addr", ln.Addr().String(), "cluster", s.cfg.Cluster.Name, "advertise", s.cfg.Cluster.Advertise)
 	ectx, stopElection := context.WithCancel(context.Background())

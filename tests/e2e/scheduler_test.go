@@ -48,6 +48,7 @@ type schedEnv struct {
 	registry string // http://host:port
 	image    string // repo:tag pushed there
 	dir      string
+	extra    string // appended to every scheduler's config
 }
 
 func newSchedEnv(t *testing.T) *schedEnv {
@@ -79,7 +80,7 @@ auth:
   nodetoken: %s
   submittokens: {team-a: e2e-team-a-token}
 registry: {url: %q}
-`, addr, e.db, e.cluster, e.consul, checkInterval, sessionTTL, loopInterval, schedAdmin, schedNode, e.registry)
+%s`, addr, e.db, e.cluster, e.consul, checkInterval, sessionTTL, loopInterval, schedAdmin, schedNode, e.registry, e.extra)
 }
 
 // start runs a gaia-scheduler process (env: extra variables).
