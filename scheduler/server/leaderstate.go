@@ -538,7 +538,7 @@ func (ls *leaderState) desiredInstance(in *model.Instance, vs versionSpec) api.D
 	d := api.DesiredInstance{
 		ID: in.ID, App: in.App, Version: in.Version, Image: ls.s.images.Pinned(sp.Image, vs.digest),
 		Command: sp.Command, Args: sp.Args, Env: sp.Env, Resources: sp.Resources, MemoryLimit: sp.MemoryLimit,
-		Health: sp.Health, Restart: sp.Restart, Desired: in.Desired,
+		Health: sp.Health, Restart: sp.Restart, Priority: sp.Priority, Desired: in.Desired,
 	}
 	if d.Desired == "" {
 		d.Desired = model.DesiredRun
