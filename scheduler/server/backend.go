@@ -393,8 +393,12 @@ func (s *Server) DrainNode(ctx context.Context, name string) (*model.Node, error
 func (s *Server) RegisterNode(ctx context.Context, n model.Node) (*api.RegisterResponse, error) {
 	err := s.locked(func(ls *leaderState) error {
 		now := time.Now().UTC()
-		if old := ls.nodes[n.Name]; old != nil && old.State == model.NodeDraining {
-			n.State = model.NodeDraining
+		n.Usage = resource.Vector{} // usage comes in reports
+		if old := ls.nodes[n.Name]; old != nil {
+			n.Usage = old.Usage
+			if old.State == model.NodeDraining {
+				n.State = model.NodeDraining
+			}
 		}
 		n.LastHeartbeat = now
 		if err := s.write(ctx, ls.term, "node", &store.Batch{Nodes: []model.Node{n}}); err != nil {
