@@ -197,6 +197,12 @@ type agents struct {
 }
 
 func startAgents(t *testing.T, n int, e *schedEnv, servers []string) *agents {
+	return startAgentsWith(t, n, e, servers, nil)
+}
+
+// startAgentsWith is startAgents with setup called on each agent before it
+// runs (hooks).
+func startAgentsWith(t *testing.T, n int, e *schedEnv, servers []string, setup func(i int, s *nodeclient.Sim)) *agents {
 	resolve, err := nodeclient.Consul(e.consul, e.cluster)
 	if err != nil {
 		t.Fatal(err)
@@ -210,6 +216,9 @@ func startAgents(t *testing.T, n int, e *schedEnv, servers []string) *agents {
 			Node: api.RegisterRequest{Name: fmt.Sprintf("node-%03d", i), IDC: "idc-a", Address: fmt.Sprintf("10.0.0.%d", i),
 				Capacity: resource.MustVector("cpu=16", "memory=64Gi", "disk=1Ti")},
 		})
+		if setup != nil {
+			setup(i, sim)
+		}
 		a.sims = append(a.sims, sim)
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); sim.Run(ctx) }()
