@@ -179,6 +179,14 @@ func (s *Server) serviceID() string {
 	return s.cfg.Cluster.Consul.Service + "-" + s.cfg.Cluster.Name + "-" + s.cfg.Cluster.Advertise
 }
 
+// checkTimeout is the /healthz check's timeout: the leader's session ends
+// when the check turns critical, so a process that is only slow (two
+// cores under load) must not fail it; a dead one refuses at once, so the
+// timeout does not delay the failover after a crash.
+func checkTimeout(interval time.Duration) time.Duration {
+	return max(interval, 5*time.Second)
+}
+
 // checkID is the ID of this process's /healthz check in Consul, which its
 // leader session is tied to.
 func (s *Server) checkID() string { return "service:" + s.serviceID() }
@@ -199,7 +207,7 @@ func (s *Server) register(leading bool) error {
 			CheckID:                        s.checkID(),
 			HTTP:                           "http://" + cl.Advertise + "/healthz",
 			Interval:                       cl.Consul.CheckInterval.String(),
-			Timeout:                        cl.Consul.CheckInterval.String(),
+			Timeout:                        checkTimeout(cl.Consul.CheckInterval).String(),
 			DeregisterCriticalServiceAfter: cl.Consul.DeregisterAfter.String(),
 			// Re-registered (the leader tag comes and goes) while serving:
 			// the leader's session is tied to this check, so it must never
