@@ -287,7 +287,7 @@ func (s *schedCLI) printApps(apps []model.App) {
 
 func printInstances(w io.Writer, ins []model.Instance) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAPP\tVERSION\tNODE\tSTATE\tDESIRED\tRESTARTS\tPORTS\tREASON")
+	fmt.Fprintln(tw, "ID\tAPP\tVERSION\tNODE\tSTATE\tDESIRED\tRESTARTS\tPORTS\tUSAGE\tREASON")
 	for _, i := range ins {
 		var ports []string
 		for name, p := range i.HostPorts {
@@ -298,8 +298,8 @@ func printInstances(w io.Writer, ins []model.Instance) {
 		if i.ExitCode != 0 {
 			reason = strings.TrimSpace(fmt.Sprintf("%s (exit %d)", reason, i.ExitCode))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", i.ID, i.App, i.Version, dash(i.Node), i.State,
-			dash(string(i.Desired)), i.Restarts, dash(strings.Join(ports, ",")), dash(reason))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", i.ID, i.App, i.Version, dash(i.Node), i.State,
+			dash(string(i.Desired)), i.Restarts, dash(strings.Join(ports, ",")), vec(i.Usage), dash(reason))
 	}
 	tw.Flush()
 }

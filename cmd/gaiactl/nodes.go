@@ -36,15 +36,15 @@ func nodeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(s.stdout, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tIDC\tSTATE\tADDRESS\tALLOCATABLE\tLABELS\tHEARTBEAT")
+			fmt.Fprintln(tw, "NAME\tIDC\tSTATE\tADDRESS\tALLOCATABLE\tUSAGE\tLABELS\tHEARTBEAT")
 			for _, n := range nodes {
 				var labels []string
 				for k, v := range n.Labels {
 					labels = append(labels, k+"="+v)
 				}
 				sort.Strings(labels)
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, dash(n.IDC), n.State, dash(n.Address),
-					vec(n.Allocatable()), dash(strings.Join(labels, ",")), at(n.LastHeartbeat))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, dash(n.IDC), n.State, dash(n.Address),
+					vec(n.Allocatable()), vec(n.Usage), dash(strings.Join(labels, ",")), at(n.LastHeartbeat))
 			}
 			return tw.Flush()
 		},

@@ -124,7 +124,11 @@ type DesiredInstance struct {
 	Ports       []model.Port      `json:"ports,omitempty"` // hostPort filled in
 	Health      *model.Health     `json:"health,omitempty"`
 	Restart     model.Restart     `json:"restart,omitzero"`
-	Desired     model.Desired     `json:"desired"`
+	// Priority is the app's priority (its spec at this version; higher
+	// is more important): the agent reclaims memory from, and gives the
+	// lower network class to, lower priorities first.
+	Priority int           `json:"priority"`
+	Desired  model.Desired `json:"desired"`
 }
 
 // Report is a node's batched report: the state of every instance it has.

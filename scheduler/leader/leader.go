@@ -32,8 +32,17 @@ type Options struct {
 	// leader that stops renewing loses the lock within about this long
 	// (Consul may take up to twice it).
 	SessionTTL time.Duration
-	Store      *store.Store
-	Log        *slog.Logger
+	// Checks are the Consul checks the session is tied to: the session is
+	// invalidated (and the lock released) the moment one of them turns
+	// critical. gaia-scheduler passes serfHealth (the Consul agent's node
+	// is alive) and its own service check (service:<id>, its /healthz), so
+	// a crashed process loses the lock within one check interval instead
+	// of up to 2 × SessionTTL. Never a node-level check of our own: a
+	// critical node check makes every service of that Consul agent
+	// unhealthy. Empty: Consul's default, serfHealth only.
+	Checks []string
+	Store  *store.Store
+	Log    *slog.Logger
 	// IgnoreLoss is for tests only: the leader does not watch its lock, so
 	// only the term check can stop it (the window of a leader that has
 	// not noticed yet, made as wide as a test needs).
@@ -63,13 +72,16 @@ func Run(ctx context.Context, o Options, lead func(ctx context.Context, term int
 
 func campaign(ctx context.Context, o Options, lead func(ctx context.Context, term int64) error) error {
 	lock, err := o.Consul.LockOpts(&consul.LockOptions{
-		Key:         Key(o.Cluster),
-		Value:       []byte(o.Holder),
-		SessionName: "gaia-scheduler " + o.Holder,
-		SessionTTL:  o.SessionTTL.String(),
-		// Consul's default lock-delay (15s) would keep the next leader
-		// out that long after a crash: the term already fences.
-		LockDelay:      time.Millisecond,
+		Key:   Key(o.Cluster),
+		Value: []byte(o.Holder),
+		SessionOpts: &consul.SessionEntry{
+			Name:   "gaia-scheduler " + o.Holder,
+			TTL:    o.SessionTTL.String(),
+			Checks: o.Checks,
+			// Consul's default lock-delay (15s) would keep the next
+			// leader out that long after a crash: the term already fences.
+			LockDelay: time.Millisecond,
+		},
 		MonitorRetries: 3,
 		// The blocking query a waiting follower repeats; its stop channel
 		// is looked at between them, so this bounds shutdown.

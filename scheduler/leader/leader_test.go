@@ -81,3 +81,69 @@ func TestOneLeaderAtATimeNewTermEach(t *testing.T) {
 		t.Fatalf("leaders: %v, want b", leading)
 	}
 }
+
+// A session tied to a check (Options.Checks) ends the moment the check
+// turns critical: the leader's lead context ends and the lock is free,
+// long before the session's TTL. The check is a TTL check of a service
+// of this test's own (never a node-level check: a critical one makes
+// every service of the Consul agent non-passing).
+func TestLockLostWhenTheTiedCheckFails(t *testing.T) {
+	env := harness.Start(t, harness.Consul)
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{URL: harness.NewDatabase(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, _, err := store.Migrate(ctx, st.DB()); err != nil {
+		t.Fatal(err)
+	}
+	cc := consul.DefaultConfig()
+	cc.Address = env.Get(t, "GAIA_TEST_CONSUL_ADDR")
+	c, err := consul.NewClient(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := fmt.Sprintf("unit-%d", time.Now().UnixNano())
+	svc := "leader-test-" + cluster
+	checkID := "service:" + svc
+	if err := c.Agent().ServiceRegister(&consul.AgentServiceRegistration{ID: svc, Name: svc,
+		Check: &consul.AgentServiceCheck{CheckID: checkID, TTL: "1h", Status: consul.HealthPassing}}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Agent().ServiceDeregister(svc)
+
+	led, ended := make(chan struct{}), make(chan time.Time, 1)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go leader.Run(cctx, leader.Options{Consul: c, Cluster: cluster, Holder: "a", SessionTTL: time.Hour,
+		Checks: []string{"serfHealth", checkID}, Store: st, Log: slog.Default()},
+		func(lctx context.Context, term int64) error {
+			select {
+			case <-led:
+				return nil // a second term: not this test's business
+			default:
+			}
+			close(led)
+			<-lctx.Done()
+			ended <- time.Now()
+			<-cctx.Done()
+			return nil
+		})
+	select {
+	case <-led:
+	case <-time.After(time.Minute):
+		t.Fatal("never led")
+	}
+	failed := time.Now()
+	if err := c.Agent().UpdateTTL(checkID, "test: dead", consul.HealthCritical); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-ended:
+		t.Logf("lead context ended %s after the check turned critical (session TTL 1h)", at.Sub(failed).Round(time.Millisecond))
+	case <-time.After(time.Minute):
+		// The session TTL is an hour: only the check can end it.
+		t.Fatal("the lock outlived its session's critical check")
+	}
+}

@@ -103,6 +103,9 @@ type Node struct {
 	Reserved      resource.Vector   `json:"reserved" yaml:"reserved"`
 	State         NodeState         `json:"state" yaml:"state"`
 	LastHeartbeat time.Time         `json:"lastHeartbeat,omitzero" yaml:"lastHeartbeat,omitempty"`
+	// Usage is what the node reported in use (all of it, not only Gaia's
+	// instances), as of its last report that the leader flushed.
+	Usage resource.Vector `json:"usage,omitzero" yaml:"usage,omitempty"`
 }
 
 // Allocatable is capacity − reserved, floored at 0 in each dimension.
@@ -356,17 +359,20 @@ type Transition struct {
 
 // Instance is one container of an app on one node.
 type Instance struct {
-	ID          string         `json:"id" yaml:"id"`
-	App         string         `json:"app" yaml:"app"`
-	Version     int64          `json:"version" yaml:"version"`
-	Node        string         `json:"node,omitempty" yaml:"node,omitempty"`
-	HostPorts   map[string]int `json:"hostPorts,omitempty" yaml:"hostPorts,omitempty"`
-	State       InstanceState  `json:"state" yaml:"state"`
-	Reason      string         `json:"reason,omitempty" yaml:"reason,omitempty"`
-	ExitCode    int            `json:"exitCode,omitempty" yaml:"exitCode,omitempty"`
-	Restarts    int            `json:"restarts,omitempty" yaml:"restarts,omitempty"`
-	Desired     Desired        `json:"desired,omitempty" yaml:"desired,omitempty"`
-	Transitions []Transition   `json:"transitions,omitempty" yaml:"transitions,omitempty"`
+	ID        string         `json:"id" yaml:"id"`
+	App       string         `json:"app" yaml:"app"`
+	Version   int64          `json:"version" yaml:"version"`
+	Node      string         `json:"node,omitempty" yaml:"node,omitempty"`
+	HostPorts map[string]int `json:"hostPorts,omitempty" yaml:"hostPorts,omitempty"`
+	State     InstanceState  `json:"state" yaml:"state"`
+	Reason    string         `json:"reason,omitempty" yaml:"reason,omitempty"`
+	ExitCode  int            `json:"exitCode,omitempty" yaml:"exitCode,omitempty"`
+	Restarts  int            `json:"restarts,omitempty" yaml:"restarts,omitempty"`
+	Desired   Desired        `json:"desired,omitempty" yaml:"desired,omitempty"`
+	// Usage is what the instance's node reported it using (cpu, memory,
+	// disk used, I/O and network rates), as of the last flush.
+	Usage       resource.Vector `json:"usage,omitzero" yaml:"usage,omitempty"`
+	Transitions []Transition    `json:"transitions,omitempty" yaml:"transitions,omitempty"`
 }
 
 // Stopping reports whether the instance is on its way out: desired stop or

@@ -2,6 +2,7 @@ package nodeclient
 
 import (
 	"context"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -25,6 +26,11 @@ type Sim struct {
 	// OnChange, when set, is called (without locks) after each desired set
 	// was applied.
 	OnChange func()
+	// Trace, when set, is called with what the agent runs (id → app
+	// version) the moment a desired set changed it, before the report
+	// leaves, under the agent's lock: a test's timeline of what ran.
+	Trace    func(at time.Time, running map[string]int64)
+	versions map[string]int64
 }
 
 // NewSim returns a simulated agent for the node in o.
@@ -89,11 +95,15 @@ func (s *Sim) apply(set *api.DesiredSet) *api.Report {
 	want := map[string]bool{}
 	changed := false
 	var rep api.Report
+	if s.versions == nil {
+		s.versions = map[string]int64{}
+	}
 	for _, in := range set.Instances {
 		if in.Desired == model.DesiredRun {
 			want[in.ID] = true
 			if !s.running[in.ID] {
 				s.running[in.ID] = true
+				s.versions[in.ID] = in.Version
 				changed = true
 			}
 		}
@@ -101,6 +111,7 @@ func (s *Sim) apply(set *api.DesiredSet) *api.Report {
 	for id := range s.running {
 		if !want[id] {
 			delete(s.running, id)
+			delete(s.versions, id)
 			changed = true
 			rep.Instances = append(rep.Instances, api.InstanceReport{ID: id, State: model.Stopped, Reason: "stopped by the scheduler"})
 		}
@@ -120,6 +131,9 @@ func (s *Sim) apply(set *api.DesiredSet) *api.Report {
 	}
 	if !changed {
 		return nil
+	}
+	if s.Trace != nil {
+		s.Trace(time.Now(), maps.Clone(s.versions))
 	}
 	for id := range s.running {
 		rep.Instances = append(rep.Instances, api.InstanceReport{ID: id, State: model.Running})

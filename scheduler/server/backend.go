@@ -44,6 +44,9 @@ func (s *Server) locked(f func(ls *leaderState) error) error {
 
 // PutPool creates (create) or replaces a pool.
 func (s *Server) PutPool(ctx context.Context, p model.Pool, create bool) (*model.Pool, error) {
+	if err := s.fileOwns(p.Name); err != nil {
+		return nil, err
+	}
 	err := s.locked(func(ls *leaderState) error {
 		if _, ok := ls.pools[p.Name]; ok && create {
 			return api.Conflict("name", "pool %q already exists", p.Name)
@@ -73,6 +76,9 @@ func (s *Server) PutPool(ctx context.Context, p model.Pool, create bool) (*model
 
 // DeletePool removes an empty leaf pool.
 func (s *Server) DeletePool(ctx context.Context, name string) error {
+	if err := s.fileOwns(name); err != nil {
+		return err
+	}
 	return s.locked(func(ls *leaderState) error {
 		if ls.pools[name] == nil {
 			return api.NotFound("no pool %q", name)
@@ -387,8 +393,12 @@ func (s *Server) DrainNode(ctx context.Context, name string) (*model.Node, error
 func (s *Server) RegisterNode(ctx context.Context, n model.Node) (*api.RegisterResponse, error) {
 	err := s.locked(func(ls *leaderState) error {
 		now := time.Now().UTC()
-		if old := ls.nodes[n.Name]; old != nil && old.State == model.NodeDraining {
-			n.State = model.NodeDraining
+		n.Usage = resource.Vector{} // usage comes in reports
+		if old := ls.nodes[n.Name]; old != nil {
+			n.Usage = old.Usage
+			if old.State == model.NodeDraining {
+				n.State = model.NodeDraining
+			}
 		}
 		n.LastHeartbeat = now
 		if err := s.write(ctx, ls.term, "node", &store.Batch{Nodes: []model.Node{n}}); err != nil {

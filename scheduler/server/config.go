@@ -24,6 +24,17 @@ type Config struct {
 	Scheduler SchedulerConfig  `yaml:"scheduler"`
 	Auth      AuthConfig       `yaml:"auth"`
 	Registry  RegistryConfig   `yaml:"registry"`
+	Pools     PoolsConfig      `yaml:"pools"`
+}
+
+// PoolsConfig is the optional allocation file (YARN's fair-scheduler
+// vocabulary, scheduler/allocfile). The pools it names are managed by the
+// file alone: the leader loads them at the start of its term and whenever
+// the file changes, and the API refuses to change or delete them.
+type PoolsConfig struct {
+	File string `yaml:"file"`
+	// Reload: how often the file is polled for a change. Default 10s.
+	Reload time.Duration `yaml:"reload"`
 }
 
 // HTTPConfig is the listener.
@@ -94,7 +105,7 @@ type RegistryConfig struct {
 
 const envPrefix = "GAIA_"
 
-var sections = []string{"log", "http", "database", "cluster", "scheduler", "auth", "registry"}
+var sections = []string{"log", "http", "database", "cluster", "scheduler", "auth", "registry", "pools"}
 
 // LoadConfig reads a config file, applies GAIA_* overrides, fills defaults
 // and validates; errors name the key.
@@ -156,6 +167,9 @@ func (c *Config) applyDefaults() {
 	if s.Scoring == "" {
 		s.Scoring = "binpack"
 	}
+	if c.Pools.Reload == 0 {
+		c.Pools.Reload = 10 * time.Second
+	}
 }
 
 var clusterName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
@@ -215,6 +229,9 @@ func (c *Config) validate() error {
 	}
 	if c.Auth.NodeToken == c.Auth.AdminToken {
 		return errors.New("auth.nodetoken: must differ from auth.admintoken")
+	}
+	if c.Pools.Reload < 0 {
+		return errors.New("pools.reload: must not be negative")
 	}
 	u, err := url.Parse(c.Registry.URL)
 	if c.Registry.URL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -34,6 +34,7 @@ registry: {url: "http://127.0.0.1:5000"}
 		"scheduler: {scoring: random}\n":   "scheduler.scoring",
 		"http: {addr: \"0.0.0.0:7000\"}\n": "cluster.advertise",
 		"scheduler: {nodetimeout: -1s}\n":  "scheduler.nodetimeout",
+		"pools: {reload: -1s}\n":           "pools.reload",
 	} {
 		p := filepath.Join(t.TempDir(), "c.yml")
 		os.WriteFile(p, []byte(base+extra), 0o644)

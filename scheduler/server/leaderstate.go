@@ -39,8 +39,11 @@ type leaderState struct {
 	pendingNodes map[string]bool
 	pendingInst  map[string]bool
 	dirty        map[string]bool // nodes whose desired set changed
-	lastFlush    time.Time
-	started      time.Time // when this term's state was loaded
+	// usage that changed since the last flush (written with heartbeats)
+	usageInst  map[string]bool
+	usageNodes map[string]bool
+	lastFlush  time.Time
+	started    time.Time // when this term's state was loaded
 
 	// feeds: per node, read by polls without mu.
 	fmu   sync.RWMutex
@@ -109,6 +112,7 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 		nodes: map[string]*model.Node{}, pools: map[string]*model.Pool{}, apps: map[string]*model.App{},
 		inst: map[string]*model.Instance{}, byNode: map[string]map[string]struct{}{}, specs: map[versionKey]versionSpec{},
 		pendingNodes: map[string]bool{}, pendingInst: map[string]bool{}, dirty: map[string]bool{},
+		usageInst: map[string]bool{}, usageNodes: map[string]bool{},
 		feeds: map[string]*feed{}, reports: map[string]*api.Report{}, kick: make(chan struct{}, 1), deposed: make(chan struct{}),
 		lastFlush: time.Now(),
 	}
@@ -285,8 +289,13 @@ func (ls *leaderState) applyReports(now time.Time) {
 	ls.reports = map[string]*api.Report{}
 	ls.rmu.Unlock()
 	for node, rep := range reports {
-		if ls.nodes[node] == nil {
+		n := ls.nodes[node]
+		if n == nil {
 			continue
+		}
+		if rep.Usage != n.Usage {
+			n.Usage = rep.Usage
+			ls.usageNodes[node] = true
 		}
 		seen := make(map[string]bool, len(rep.Instances))
 		for _, r := range rep.Instances {
@@ -311,6 +320,12 @@ func (ls *leaderState) applyReports(now time.Time) {
 			if r.ExitCode != in.ExitCode || r.Restarts != in.Restarts {
 				in.ExitCode, in.Restarts = r.ExitCode, r.Restarts
 				changed = true
+			}
+			if r.Usage != in.Usage {
+				// Written with the next heartbeat flush (or with a state
+				// change, whichever comes first), not per report.
+				in.Usage = r.Usage
+				ls.usageInst[in.ID] = true
 			}
 			if changed {
 				ls.instanceChanged(in)
@@ -407,6 +422,12 @@ func (ls *leaderState) flushPending(ctx context.Context) error {
 		ls.s.log.Warn("writing node reports and liveness (retried next pass)", "err", err)
 		return nil
 	}
+	for name := range ls.pendingNodes {
+		delete(ls.usageNodes, name)
+	}
+	for id := range ls.pendingInst {
+		delete(ls.usageInst, id)
+	}
 	clear(ls.pendingNodes)
 	clear(ls.pendingInst)
 	for _, in := range finished {
@@ -494,7 +515,40 @@ func (ls *leaderState) flushHeartbeats(ctx context.Context) error {
 		ls.s.log.Warn("flushing heartbeats", "err", err)
 		return nil
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return ls.flushUsage(ctx)
+}
+
+// flushUsage writes the resource usage that changed since the last flush
+// (instances and nodes, as reported), in one transaction for all nodes.
+func (ls *leaderState) flushUsage(ctx context.Context) error {
+	if len(ls.usageInst)+len(ls.usageNodes) == 0 {
+		return nil
+	}
+	b := &store.Batch{}
+	for name := range ls.usageNodes {
+		if n := ls.nodes[name]; n != nil {
+			b.Nodes = append(b.Nodes, *n)
+		}
+	}
+	for id := range ls.usageInst {
+		if in := ls.inst[id]; in != nil {
+			b.Instances = append(b.Instances, *in)
+		}
+	}
+	err := ls.s.write(ctx, ls.term, "usage", b)
+	if errors.Is(err, store.ErrDeposed) {
+		return err
+	}
+	if err != nil {
+		ls.s.log.Warn("writing resource usage (retried at the next flush)", "err", err)
+		return nil
+	}
+	clear(ls.usageInst)
+	clear(ls.usageNodes)
+	return nil
 }
 
 // publish rebuilds the desired sets of the nodes marked dirty and wakes
@@ -538,7 +592,7 @@ func (ls *leaderState) desiredInstance(in *model.Instance, vs versionSpec) api.D
 	d := api.DesiredInstance{
 		ID: in.ID, App: in.App, Version: in.Version, Image: ls.s.images.Pinned(sp.Image, vs.digest),
 		Command: sp.Command, Args: sp.Args, Env: sp.Env, Resources: sp.Resources, MemoryLimit: sp.MemoryLimit,
-		Health: sp.Health, Restart: sp.Restart, Desired: in.Desired,
+		Health: sp.Health, Restart: sp.Restart, Priority: sp.Priority, Desired: in.Desired,
 	}
 	if d.Desired == "" {
 		d.Desired = model.DesiredRun

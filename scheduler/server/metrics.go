@@ -26,6 +26,7 @@ type metrics struct {
 	nodesDown   prometheus.Counter
 	polls       *prometheus.CounterVec
 	reports     prometheus.Counter
+	poolsFile   *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -55,6 +56,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "gaia_scheduler_db_writes_total", Help: "Fenced write transactions by kind and result.",
 		}, []string{"kind", "result"}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gaia_scheduler_nodes", Help: "Nodes by state (leader only)."}, []string{"state"}),
+		poolsFile: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gaia_scheduler_pools_file_loads_total", Help: "Loads of the allocation file (pools.file) by result: ok, or error (the last good set stays).",
+		}, []string{"result"}),
 		nodesDown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gaia_scheduler_nodes_down_total", Help: "Nodes marked down for missing heartbeats.",
 		}),
@@ -64,7 +68,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		reports: prometheus.NewCounter(prometheus.CounterOpts{Name: "gaia_scheduler_node_reports_total", Help: "Node reports received."}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.isLeader, m.term, m.deposed, m.placements, m.stops, m.unplaceable,
-		m.loop, m.writes, m.nodes, m.nodesDown, m.polls, m.reports,
+		m.loop, m.writes, m.nodes, m.nodesDown, m.polls, m.reports, m.poolsFile,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/gaia-registry/gaia/scheduler/allocfile"
 	"github.com/gaia-registry/gaia/scheduler/api"
 	"github.com/gaia-registry/gaia/scheduler/leader"
 	"github.com/gaia-registry/gaia/scheduler/store"
@@ -48,6 +49,10 @@ type Server struct {
 	cur     atomic.Pointer[leaderState]
 	// stopping is closed at shutdown: long polls answer at once.
 	stopping chan struct{}
+
+	poolsWatcher *allocfile.Watcher
+	fileMu       sync.Mutex
+	file         *filePools // nil without pools.file
 
 	leaderMu  sync.Mutex
 	leaderURL string
@@ -68,6 +73,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	s.store, err = store.Open(ctx, store.Options{URL: cfg.Database.URL, MaxConns: cfg.Database.MaxConns, OnDeposed: s.metrics.deposed.Inc})
 	if err != nil {
 		return nil, fmt.Errorf("database.url: %w", err)
+	}
+	if err := s.watchPoolsFile(); err != nil {
+		s.store.Close()
+		return nil, err
 	}
 	if err := s.checkSchema(ctx); err != nil {
 		s.store.Close()
@@ -170,6 +179,18 @@ func (s *Server) serviceID() string {
 	return s.cfg.Cluster.Consul.Service + "-" + s.cfg.Cluster.Name + "-" + s.cfg.Cluster.Advertise
 }
 
+// checkTimeout is the /healthz check's timeout: the leader's session ends
+// when the check turns critical, so a process that is only slow (two
+// cores under load) must not fail it; a dead one refuses at once, so the
+// timeout does not delay the failover after a crash.
+func checkTimeout(interval time.Duration) time.Duration {
+	return max(interval, 5*time.Second)
+}
+
+// checkID is the ID of this process's /healthz check in Consul, which its
+// leader session is tied to.
+func (s *Server) checkID() string { return "service:" + s.serviceID() }
+
 // register (re)registers this process in Consul, tagged leader or not.
 func (s *Server) register(leading bool) error {
 	cl := s.cfg.Cluster
@@ -183,11 +204,18 @@ func (s *Server) register(leading bool) error {
 		ID: s.serviceID(), Name: cl.Consul.Service, Address: host, Port: port, Tags: tags,
 		Meta: map[string]string{"cluster": cl.Name},
 		Check: &consul.AgentServiceCheck{
+			CheckID:                        s.checkID(),
 			HTTP:                           "http://" + cl.Advertise + "/healthz",
 			Interval:                       cl.Consul.CheckInterval.String(),
-			Timeout:                        cl.Consul.CheckInterval.String(),
+			Timeout:                        checkTimeout(cl.Consul.CheckInterval).String(),
 			DeregisterCriticalServiceAfter: cl.Consul.DeregisterAfter.String(),
-			// Re-registered (tags change with leadership) while serving.
+			// Re-registered (the leader tag comes and goes) while serving:
+			// the leader's session is tied to this check, so it must never
+			// be reset to critical. Consul keeps a check that is
+			// re-registered with the same ID and definition, and Status
+			// passing is its state for a first registration (the process
+			// is serving by then). The e2e failover test checks that the
+			// leader keeps its lock across the re-registration.
 			Status: consul.HealthPassing,
 		},
 	}
@@ -219,6 +247,11 @@ func (s *Server) lead(ctx context.Context, term int64) error {
 	done := make(chan error, 1)
 	lctx, cancel := context.WithCancel(ctx)
 	ls.ctx = lctx
+	if s.cfg.Pools.File != "" {
+		if err := s.locked(s.applyFilePools); err != nil {
+			s.log.Error("pools.file: applying at the start of the term", "err", err)
+		}
+	}
 	go func() { done <- ls.run() }()
 	select {
 	case err = <-done:
@@ -258,6 +291,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		srv.Close()
 		return err
 	}
+	if s.poolsWatcher != nil {
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go s.poolsWatcher.Run(wctx, s.cfg.Pools.Reload)
+	}
 	s.log.Info("serving", "addr", ln.Addr().String(), "cluster", s.cfg.Cluster.Name, "advertise", s.cfg.Cluster.Advertise)
 	ectx, stopElection := context.WithCancel(context.Background())
 	elected := make(chan struct{})
@@ -266,6 +304,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		leader.Run(ectx, leader.Options{
 			Consul: s.consul, Cluster: s.cfg.Cluster.Name, Holder: s.cfg.Cluster.Advertise,
 			SessionTTL: s.cfg.Cluster.Consul.SessionTTL, Store: s.store, Log: s.log,
+			Checks:     []string{"serfHealth", s.checkID()},
 			IgnoreLoss: os.Getenv(TestHookIgnoreLoss) == "1",
 		}, s.lead)
 	}()
