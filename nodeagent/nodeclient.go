@@ -2,6 +2,8 @@ package nodeagent
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/gaia-registry/gaia/scheduler/api"
@@ -41,13 +43,23 @@ func (n *NodeClient) PollDesired(ctx context.Context, version string, wait time.
 	if err != nil || !changed {
 		return nil, changed, err
 	}
-	out := &DesiredSet{Version: s.Version, Instances: make([]DesiredInstance, len(s.Instances))}
-	for i, d := range s.Instances {
-		out.Instances[i] = DesiredInstance{ID: d.ID, App: d.App, Version: d.Version, Image: d.Image,
-			Command: d.Command, Args: d.Args, Env: d.Env, Resources: d.Resources, MemoryLimit: d.MemoryLimit,
-			Ports: d.Ports, Health: d.Health, Restart: d.Restart, Desired: d.Desired}
+	out, err := desiredFromAPI(s)
+	return out, err == nil, err
+}
+
+// desiredFromAPI converts the scheduler's desired set into the agent's
+// through their common JSON (the protocol itself), so a field the
+// scheduler adds reaches the agent without a copy to keep in step.
+func desiredFromAPI(s *api.DesiredSet) (*DesiredSet, error) {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
 	}
-	return out, true, nil
+	out := &DesiredSet{}
+	if err := json.Unmarshal(b, out); err != nil {
+		return nil, fmt.Errorf("the scheduler's desired set: %w", err)
+	}
+	return out, nil
 }
 
 // Report implements Scheduler.

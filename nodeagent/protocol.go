@@ -73,8 +73,7 @@ type DesiredInstance struct {
 	// Labels are the app's extra container labels (gaia.* are the agent's).
 	Labels map[string]string `json:"labels,omitempty"`
 	// Priority is the app's priority (higher wins): node enforcement's
-	// HTB class priority and EMC's victim order. Not in the scheduler's
-	// DesiredInstance yet (a seam to add).
+	// HTB class priority and EMC's victim order.
 	Priority int `json:"priority,omitempty"`
 }
 
