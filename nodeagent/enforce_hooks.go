@@ -9,6 +9,7 @@ import (
 	"github.com/docker/docker/api/types/mount"
 
 	"github.com/gaia-registry/gaia/nodeagent/enforce"
+	"github.com/gaia-registry/gaia/scheduler/model"
 	"github.com/gaia-registry/gaia/scheduler/resource"
 )
 
@@ -96,13 +97,19 @@ func (a *Agent) victimLoop(ctx context.Context) {
 }
 
 // enforceUsage adds what enforcement measures and dockerd does not: the
-// disk used on the instance's volume.
-func (in *instance) enforceUsage(u *resource.Vector) {
-	if e := in.a.o.Enforcer; e != nil {
-		if eu, ok := e.Usage()[in.d.ID]; ok {
-			u[resource.Disk] = eu.DiskUsedBytes
-		}
+// disk used on the instance's volume, and its traffic classes' counters.
+func (in *instance) enforceUsage(u *resource.Vector) model.NetCounters {
+	e := in.a.o.Enforcer
+	if e == nil {
+		return model.NetCounters{}
 	}
+	eu, ok := e.Usage()[in.d.ID]
+	if !ok {
+		return model.NetCounters{}
+	}
+	u[resource.Disk] = eu.DiskUsedBytes
+	return model.NetCounters{OutBytes: eu.NetOutBytes, OutDrops: eu.NetOutDrops, InBytes: eu.NetInBytes,
+		InDrops: eu.NetInDrops, Retransmits: eu.TCPRetransmits}
 }
 
 // checkWritableLayer evicts the instance when its container's writable

@@ -38,6 +38,7 @@ type instance struct {
 	containerID string
 	registered  bool
 	usage       resource.Vector
+	net         model.NetCounters // from enforcement's traffic classes
 	lastSample  *usageSample
 	reclaimed   string // EMC's reason, when it picked this instance
 }
@@ -69,7 +70,7 @@ func (in *instance) report() InstanceReport {
 	defer in.mu.Unlock()
 	r := InstanceReport{ID: in.d.ID, State: in.state, Reason: in.reason, ExitCode: in.exitCode, Restarts: in.restarts}
 	if in.state == model.Running || in.state == model.Healthy {
-		r.Usage = in.usage
+		r.Usage, r.Net = in.usage, in.net
 	}
 	if in.state == model.Pulling && in.pull != nil {
 		done, total, attempt, lastErr := in.pull.Progress()

@@ -50,24 +50,29 @@ func (n *NodeClient) PollDesired(ctx context.Context, version string, wait time.
 // desiredFromAPI converts the scheduler's desired set into the agent's
 // through their common JSON (the protocol itself), so a field the
 // scheduler adds reaches the agent without a copy to keep in step.
+// (Reports go the other way the same way.)
 func desiredFromAPI(s *api.DesiredSet) (*DesiredSet, error) {
-	b, err := json.Marshal(s)
-	if err != nil {
-		return nil, err
-	}
 	out := &DesiredSet{}
-	if err := json.Unmarshal(b, out); err != nil {
+	if err := viaJSON(s, out); err != nil {
 		return nil, fmt.Errorf("the scheduler's desired set: %w", err)
 	}
 	return out, nil
 }
 
+// viaJSON copies in into out through the protocol's JSON.
+func viaJSON(in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
+}
+
 // Report implements Scheduler.
 func (n *NodeClient) Report(ctx context.Context, r Report) error {
-	rep := &api.Report{Usage: r.Usage, Instances: make([]api.InstanceReport, len(r.Instances))}
-	for i, in := range r.Instances {
-		rep.Instances[i] = api.InstanceReport{ID: in.ID, State: in.State, Reason: in.Reason, ExitCode: in.ExitCode,
-			Restarts: in.Restarts, Usage: in.Usage}
+	rep := &api.Report{}
+	if err := viaJSON(r, rep); err != nil {
+		return err
 	}
 	return n.C.Report(ctx, rep)
 }

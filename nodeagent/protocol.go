@@ -93,6 +93,7 @@ type InstanceReport struct {
 	ExitCode int                 `json:"exitCode,omitempty"`
 	Restarts int                 `json:"restarts,omitempty"`
 	Usage    resource.Vector     `json:"usage"`
+	Net      model.NetCounters   `json:"net,omitzero"` // from enforcement's traffic classes
 }
 
 // Scheduler is the agent's side of the node protocol; NodeClient speaks

@@ -52,9 +52,10 @@ func (in *instance) sampleUsage(ctx context.Context, id string) {
 		mem -= c
 	}
 	u[resource.Memory] = int64(mem)
-	in.enforceUsage(&u)
+	net := in.enforceUsage(&u)
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	in.net = net
 	if p := in.lastSample; p != nil && s.at.After(p.at) && p.cpuNs <= s.cpuNs {
 		secs := s.at.Sub(p.at).Seconds()
 		u[resource.CPU] = int64(float64(s.cpuNs-p.cpuNs) / 1e6 / secs) // ns per s / 1e6 = millicores

@@ -287,7 +287,7 @@ func (s *schedCLI) printApps(apps []model.App) {
 
 func printInstances(w io.Writer, ins []model.Instance) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAPP\tVERSION\tNODE\tSTATE\tDESIRED\tRESTARTS\tPORTS\tUSAGE\tREASON")
+	fmt.Fprintln(tw, "ID\tAPP\tVERSION\tNODE\tSTATE\tDESIRED\tRESTARTS\tPORTS\tUSAGE\tNET DROPS\tREASON")
 	for _, i := range ins {
 		var ports []string
 		for name, p := range i.HostPorts {
@@ -298,10 +298,19 @@ func printInstances(w io.Writer, ins []model.Instance) {
 		if i.ExitCode != 0 {
 			reason = strings.TrimSpace(fmt.Sprintf("%s (exit %d)", reason, i.ExitCode))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", i.ID, i.App, i.Version, dash(i.Node), i.State,
-			dash(string(i.Desired)), i.Restarts, dash(strings.Join(ports, ",")), vec(i.Usage), dash(reason))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", i.ID, i.App, i.Version, dash(i.Node), i.State,
+			dash(string(i.Desired)), i.Restarts, dash(strings.Join(ports, ",")), vec(i.Usage), netDrops(i.Net), dash(reason))
 	}
 	tw.Flush()
+}
+
+// netDrops is "out=N in=N retrans=N" for an instance whose node shapes
+// its traffic, "-" otherwise.
+func netDrops(n model.NetCounters) string {
+	if n == (model.NetCounters{}) {
+		return "-"
+	}
+	return fmt.Sprintf("out=%d in=%d retrans=%d", n.OutDrops, n.InDrops, n.Retransmits)
 }
 
 func dash(s string) string {

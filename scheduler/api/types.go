@@ -145,4 +145,5 @@ type InstanceReport struct {
 	ExitCode int                 `json:"exitCode,omitempty"`
 	Restarts int                 `json:"restarts,omitempty"`
 	Usage    resource.Vector     `json:"usage"`
+	Net      model.NetCounters   `json:"net,omitzero"` // traffic classes' counters, where enforced
 }

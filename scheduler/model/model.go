@@ -371,8 +371,22 @@ type Instance struct {
 	Desired   Desired        `json:"desired,omitempty" yaml:"desired,omitempty"`
 	// Usage is what the instance's node reported it using (cpu, memory,
 	// disk used, I/O and network rates), as of the last flush.
-	Usage       resource.Vector `json:"usage,omitzero" yaml:"usage,omitempty"`
-	Transitions []Transition    `json:"transitions,omitempty" yaml:"transitions,omitempty"`
+	Usage resource.Vector `json:"usage,omitzero" yaml:"usage,omitempty"`
+	// Net is the instance's traffic-shaping counters, as its node
+	// enforces netin/netout (zero where the node does not).
+	Net         NetCounters  `json:"net,omitzero" yaml:"net,omitempty"`
+	Transitions []Transition `json:"transitions,omitempty" yaml:"transitions,omitempty"`
+}
+
+// NetCounters are cumulative counters of an instance's traffic classes on
+// its node: bytes and packets dropped in each direction, and the TCP
+// retransmissions seen in its network namespace.
+type NetCounters struct {
+	OutBytes    uint64 `json:"outBytes,omitempty" yaml:"outBytes,omitempty"`
+	OutDrops    uint64 `json:"outDrops,omitempty" yaml:"outDrops,omitempty"`
+	InBytes     uint64 `json:"inBytes,omitempty" yaml:"inBytes,omitempty"`
+	InDrops     uint64 `json:"inDrops,omitempty" yaml:"inDrops,omitempty"`
+	Retransmits uint64 `json:"retransmits,omitempty" yaml:"retransmits,omitempty"`
 }
 
 // Stopping reports whether the instance is on its way out: desired stop or

@@ -321,10 +321,10 @@ func (ls *leaderState) applyReports(now time.Time) {
 				in.ExitCode, in.Restarts = r.ExitCode, r.Restarts
 				changed = true
 			}
-			if r.Usage != in.Usage {
+			if r.Usage != in.Usage || r.Net != in.Net {
 				// Written with the next heartbeat flush (or with a state
 				// change, whichever comes first), not per report.
-				in.Usage = r.Usage
+				in.Usage, in.Net = r.Usage, r.Net
 				ls.usageInst[in.ID] = true
 			}
 			if changed {

@@ -16,7 +16,7 @@ import (
 )
 
 // TestSchedulerUsage: resource usage the agents report (per instance and
-// per node) is stored, shown by GET /v1/apps/{name}/instances,
+// per node, with the instances' traffic-class counters) is stored, shown by GET /v1/apps/{name}/instances,
 // GET /v1/nodes/{name}, `gaiactl app instances` and `gaiactl node show`,
 // written with the heartbeat flush and only when it changed, and never
 // recorded as a state transition.
@@ -35,12 +35,13 @@ func TestSchedulerUsage(t *testing.T) {
 
 	// Each agent reports its instances' usage and its own.
 	per := resource.MustVector("cpu=150m", "memory=96Mi", "disk=2Gi", "netout=10Mbit")
+	net := model.NetCounters{OutBytes: 1 << 20, OutDrops: 2, InBytes: 1 << 19, InDrops: 1, Retransmits: 3}
 	report := func() {
 		t.Helper()
 		for _, sim := range fleet.sims {
 			var rep api.Report
 			for _, id := range sim.Running() {
-				rep.Instances = append(rep.Instances, api.InstanceReport{ID: id, State: model.Running, Usage: per})
+				rep.Instances = append(rep.Instances, api.InstanceReport{ID: id, State: model.Running, Usage: per, Net: net})
 				rep.Usage = rep.Usage.Add(per)
 			}
 			rep.Usage = rep.Usage.Add(resource.MustVector("cpu=1", "memory=1Gi"))
@@ -58,12 +59,12 @@ func TestSchedulerUsage(t *testing.T) {
 		}
 		n := 0
 		for _, in := range page.Items {
-			if in.Usage == per {
+			if in.Usage == per && in.Net == net {
 				n++
 			}
 		}
 		if n != 3 {
-			return fmt.Errorf("%d of %d instances show usage %s", n, len(page.Items), per)
+			return fmt.Errorf("%d of %d instances show usage %s and net counters %+v", n, len(page.Items), per, net)
 		}
 		return nil
 	}, s)
@@ -90,7 +91,8 @@ func TestSchedulerUsage(t *testing.T) {
 	// gaiactl shows it.
 	gaiactl := harness.Binary(t, "./cmd/gaiactl")
 	out, err := exec.Command(gaiactl, "--server", s.URL(), "--token", schedAdmin, "app", "instances", "web").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "USAGE") || strings.Count(string(out), "cpu=150m") != 3 {
+	if err != nil || !strings.Contains(string(out), "USAGE") || strings.Count(string(out), "cpu=150m") != 3 ||
+		strings.Count(string(out), "out=2 in=1 retrans=3") != 3 {
 		t.Errorf("gaiactl app instances web: %v\n%s", err, out)
 	}
 	out, err = exec.Command(gaiactl, "--server", s.URL(), "--token", schedAdmin, "node", "show", "node-000").CombinedOutput()
