@@ -81,6 +81,10 @@ func NewManifests(db *pgxpool.Pool) *Manifests {
 	return m
 }
 
+// IsFKViolation reports a foreign key violation (SQLSTATE 23503): for an
+// insert, the row it refers to is gone (garbage collection won the race).
+func IsFKViolation(err error) bool { return isFKViolation(err) }
+
 func isFKViolation(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "23503"
