@@ -1,0 +1,367 @@
+package gc_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path"
+	"strings"
+	"testing"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/gaia-registry/gaia/registry/gc"
+	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
+	"github.com/gaia-registry/gaia/registry/uploadsession"
+	hdfsdriver "github.com/gaia-registry/gaia/storage-hdfs"
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+// idc is one IDC of a test cluster: its storage, its uploads, its collector.
+type idc struct {
+	name    string
+	drv     storagedriver.StorageDriver
+	uploads *uploadsession.Store
+	gc      *gc.Collector
+}
+
+type cluster struct {
+	db        *pgxpool.Pool
+	manifests *metadata.Manifests
+	blobs     *metadata.Blobs
+	idcs      []*idc
+}
+
+// drivers are the storage drivers the tests run on: the filesystem and
+// the harness's real HDFS (a test fails if HDFS is not running).
+var drivers = []string{"filesystem", "hdfs"}
+
+func newDriver(t *testing.T, kind string) storagedriver.StorageDriver {
+	t.Helper()
+	switch kind {
+	case "filesystem":
+		d, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	case "hdfs":
+		env := harness.Start(t, harness.HDFS)
+		root := fmt.Sprintf("/gaia-gc-test/%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), time.Now().UnixNano())
+		d, err := hdfsdriver.FromParameters(map[string]any{
+			"namenodes": []any{env.Get(t, "GAIA_TEST_HDFS_NAMENODE")}, "rootdirectory": root, "user": "gaia", "replication": 1,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			d.Delete(context.Background(), "/")
+			d.Close()
+		})
+		return d
+	}
+	t.Fatalf("driver %q", kind)
+	return nil
+}
+
+// newCluster: IDCs named a, b, ... with the storage drivers given.
+func newCluster(t *testing.T, kinds ...string) *cluster {
+	t.Helper()
+	db := metadatatest.Pool(t)
+	c := &cluster{db: db, manifests: metadata.NewManifests(db), blobs: metadata.NewBlobs(db)}
+	for i, k := range kinds {
+		name := string(rune('a' + i))
+		drv := newDriver(t, k)
+		c.idcs = append(c.idcs, &idc{
+			name: name, drv: drv,
+			uploads: uploadsession.New(db, drv).InIDC(name),
+			gc:      gc.New(gc.Options{DB: db, IDC: name, Driver: drv, Batch: 50}),
+		})
+	}
+	return c
+}
+
+// pushBlob uploads content into repo through IDC i's uploads.
+func (c *cluster) pushBlob(ctx context.Context, i int, repo string, content []byte) (digest.Digest, error) {
+	d := digest.FromBytes(content)
+	s, err := c.idcs[i].uploads.Start(ctx, repo)
+	if err != nil {
+		return "", err
+	}
+	_, err = c.idcs[i].uploads.Finish(ctx, repo, s.ID, 0, bytes.NewReader(content), d)
+	return d, err
+}
+
+// place copies a blob into IDC i as a cross-IDC fill does: bytes in
+// place and the placement recorded under the IDC's lock on the digest.
+func (c *cluster) place(t *testing.T, i int, content []byte) {
+	t.Helper()
+	ctx := context.Background()
+	d := digest.FromBytes(content)
+	unlock, _, err := metadata.AdvisoryLock(ctx, c.db, metadata.BlobLockKey(c.idcs[i].name, d.String()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if err := c.idcs[i].drv.PutContent(ctx, uploadsession.BlobPath(d), content); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.db.Exec(ctx, `INSERT INTO blob_placements (digest, idc) VALUES ($1, $2)`, d.String(), c.idcs[i].name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// image is a manifest over a config and layers.
+func image(layers ...[]byte) (manifest []byte, blobs map[digest.Digest][]byte) {
+	blobs = map[digest.Digest][]byte{}
+	config := fmt.Appendf(nil, `{"architecture":"amd64","os":"linux","layers":%d}`, len(layers))
+	blobs[digest.FromBytes(config)] = config
+	var descs []string
+	for _, l := range layers {
+		d := digest.FromBytes(l)
+		blobs[d] = l
+		descs = append(descs, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}`, d, len(l)))
+	}
+	manifest = fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[%s]}`,
+		digest.FromBytes(config), len(config), strings.Join(descs, ","))
+	return manifest, blobs
+}
+
+// pushImage pushes an image as a client does: the blobs the repository
+// lacks, then the manifest under tag. A *metadata.MissingError is the
+// answer MANIFEST_BLOB_UNKNOWN (a race lost to the collector).
+func (c *cluster) pushImage(ctx context.Context, i int, repo, tag string, layers ...[]byte) (digest.Digest, error) {
+	mf, blobs := image(layers...)
+	var ds []digest.Digest
+	for d, content := range blobs {
+		ds = append(ds, d)
+		if _, err := c.blobs.Lookup(ctx, repo, d, c.idcs[i].name); err == nil {
+			continue
+		} else if !errors.Is(err, metadata.ErrNotFound) {
+			return "", err
+		}
+		if _, err := c.pushBlob(ctx, i, repo, content); err != nil {
+			return "", err
+		}
+	}
+	md := digest.FromBytes(mf)
+	err := c.manifests.Put(ctx, repo, metadata.NewManifest{
+		Manifest: metadata.Manifest{Digest: md, MediaType: "application/vnd.oci.image.manifest.v1+json", Content: mf},
+		Blobs:    ds, Tags: []string{tag},
+	})
+	return md, err
+}
+
+// pass runs a collection pass in every IDC (reviews are cluster-wide;
+// bytes are each IDC's), repeated until one finds nothing to do.
+func (c *cluster) pass(t *testing.T) {
+	t.Helper()
+	for range 10 {
+		busy := false
+		for _, x := range c.idcs {
+			st, err := x.gc.Pass(context.Background())
+			if err != nil {
+				t.Fatalf("gc pass in %s: %v", x.name, err)
+			}
+			busy = busy || st.ManifestsReviewed+st.BlobsReviewed+st.BytesDeleted > 0
+		}
+		if !busy {
+			return
+		}
+	}
+	t.Fatal("gc passes still finding work after 10 rounds")
+}
+
+// objects lists the blob objects in a storage: digest → size.
+func objects(t *testing.T, drv storagedriver.StorageDriver) map[string]int64 {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string]int64{}
+	algs, err := drv.List(ctx, "/blobs")
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return out
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, alg := range algs {
+		prefixes, err := drv.List(ctx, alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range prefixes {
+			dirs, err := drv.List(ctx, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, dir := range dirs {
+				fi, err := drv.Stat(ctx, dir+"/data")
+				if err != nil {
+					t.Fatalf("%s: %v", dir, err)
+				}
+				out[path.Base(alg)+":"+path.Base(dir)] = fi.Size()
+			}
+		}
+	}
+	return out
+}
+
+// checkStorage: each IDC's storage holds exactly the blobs placed there,
+// each hashing to its digest, and every blob row is referenced by a
+// manifest (nothing unreferenced left). It returns the referenced bytes.
+func (c *cluster) checkStorage(t *testing.T) int64 {
+	t.Helper()
+	ctx := context.Background()
+	var unreferenced []string
+	rows, _ := c.db.Query(ctx, `SELECT digest FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.digest = b.digest)`)
+	unreferenced, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(unreferenced) > 0 {
+		t.Errorf("%d blob rows no manifest references after a final pass: %v", len(unreferenced), unreferenced)
+	}
+	var leftManifests int
+	if err := c.db.QueryRow(ctx, `SELECT count(*) FROM manifests m WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
+		AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE r.child_id = m.id)`).Scan(&leftManifests); err != nil {
+		t.Fatal(err)
+	}
+	if leftManifests > 0 {
+		t.Errorf("%d untagged, unreferenced manifests left after a final pass", leftManifests)
+	}
+	var total int64
+	for _, x := range c.idcs {
+		rows, _ := c.db.Query(ctx, `SELECT b.digest, b.size FROM blobs b JOIN blob_placements p ON p.digest = b.digest AND p.idc = $1`, x.name)
+		placed := map[string]int64{}
+		for rows.Next() {
+			var d string
+			var n int64
+			if err := rows.Scan(&d, &n); err != nil {
+				t.Fatal(err)
+			}
+			placed[d] = n
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		stored := objects(t, x.drv)
+		var storedSum, placedSum int64
+		for d, n := range stored {
+			storedSum += n
+			if _, ok := placed[d]; !ok {
+				t.Errorf("IDC %s: object %s (%d bytes) in storage, no placement records it", x.name, d, n)
+			}
+		}
+		for d, n := range placed {
+			placedSum += n
+			if stored[d] != n {
+				t.Errorf("IDC %s: blob %s placed (%d bytes), storage has %d bytes", x.name, d, n, stored[d])
+				continue
+			}
+			content, err := x.drv.GetContent(ctx, uploadsession.BlobPath(digest.Digest(d)))
+			if err != nil || digest.FromBytes(content).String() != d {
+				t.Errorf("IDC %s: blob %s does not hash right (%v)", x.name, d, err)
+			}
+		}
+		if storedSum != placedSum {
+			t.Errorf("IDC %s: storage holds %d bytes of blobs, the placed blobs sum to %d", x.name, storedSum, placedSum)
+		}
+		total += storedSum
+	}
+	return total
+}
+
+func layer(seed uint64, size int) []byte {
+	r := rand.New(rand.NewPCG(seed, 42))
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// TestReclaim: images pushed in IDC a (filesystem), some copied to IDC b
+// (HDFS); tags and manifests deleted; a collection with no review delay
+// leaves each storage holding exactly the blobs still referenced, hashing
+// right, and nothing else.
+func TestReclaim(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, "filesystem", "hdfs")
+	shared := layer(1, 3000)
+	keep := layer(2, 2000)
+	gone1, gone2 := layer(3, 5000), layer(4, 7000)
+	m1, err := c.pushImage(ctx, 0, "app/one", "v1", shared, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := c.pushImage(ctx, 0, "app/two", "v1", shared, gone1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.pushImage(ctx, 0, "app/two", "v2", gone2); err != nil {
+		t.Fatal(err)
+	}
+	// Re-pushing app/one:v1 over another image leaves m1 untagged.
+	if _, err := c.pushImage(ctx, 0, "app/one", "v1", shared, keep, layer(5, 100)); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range [][]byte{shared, gone1, gone2, keep} {
+		c.place(t, 1, b) // IDC b holds copies
+	}
+	// An upload completed whose blob no manifest ever names.
+	if _, err := c.pushBlob(ctx, 0, "app/two", layer(6, 4000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.manifests.Delete(ctx, "app/two", m2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.manifests.DeleteTag(ctx, "app/two", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]int{}
+	for _, x := range c.idcs {
+		before[x.name] = len(objects(t, x.drv))
+	}
+
+	c.pass(t)
+	if _, err := c.manifests.ByDigest(ctx, "app/one", m1); !errors.Is(err, metadata.ErrNotFound) {
+		t.Errorf("untagged manifest app/one@%s: %v, want deleted", m1, err)
+	}
+	total := c.checkStorage(t)
+	for _, gone := range [][]byte{gone1, gone2} {
+		d := digest.FromBytes(gone)
+		for _, x := range c.idcs {
+			if _, err := x.drv.Stat(ctx, uploadsession.BlobPath(d)); !errors.As(err, new(storagedriver.PathNotFoundError)) {
+				t.Errorf("IDC %s: unreferenced blob %s still in storage (%v)", x.name, d, err)
+			}
+		}
+	}
+	after := map[string]int{}
+	for _, x := range c.idcs {
+		after[x.name] = len(objects(t, x.drv))
+	}
+	// a: the re-push's config, shared, keep and layer 5 stay (the first
+	// config was app/two:v1's too: gone with both manifests).
+	if after["a"] != 4 || after["b"] != 2 || before["a"] <= after["a"] || before["b"] <= after["b"] {
+		t.Errorf("objects before %v, after %v; want a: 4 and b: 2 (shared and keep) after", before, after)
+	}
+	st, err := gc.ReadStatus(ctx, c.db, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reclaimed int64
+	for _, tot := range st.Totals {
+		reclaimed += tot.BytesReclaimed
+	}
+	if reclaimed == 0 || total == 0 {
+		t.Errorf("status totals %+v (referenced bytes %d)", st.Totals, total)
+	}
+}
