@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"path"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -364,4 +365,157 @@ func TestReclaim(t *testing.T) {
 	if reclaimed == 0 || total == 0 {
 		t.Errorf("status totals %+v (referenced bytes %d)", st.Totals, total)
 	}
+}
+
+// TestRace: 8 clients push images sharing layers, 4 delete tags and
+// manifests, and the collector runs continuously with no review delay,
+// for a bounded number of operations. A push that loses a race to the
+// collector gets MANIFEST_BLOB_UNKNOWN (a *MissingError) and retries,
+// re-uploading. Afterwards every tag resolves to a manifest whose blobs
+// are in storage and hash right, and after a final pass nothing
+// unreferenced is left. On both storage drivers.
+func TestRace(t *testing.T) {
+	for _, kind := range drivers {
+		t.Run(kind, func(t *testing.T) { race(t, kind) })
+	}
+}
+
+func race(t *testing.T, kind string) {
+	ctx := context.Background()
+	c := newCluster(t, kind)
+	const pushers, deleters, pushes, deletes = 8, 4, 6, 12
+	repos := []string{"race/r0", "race/r1"}
+	var shared [][]byte
+	for i := range 4 {
+		shared = append(shared, layer(uint64(100+i), 2048))
+	}
+	var wg, gcWG sync.WaitGroup
+	var mu sync.Mutex
+	var losses, pushed int
+	stop := make(chan struct{})
+	var gcErrs []error
+	gcWG.Add(1)
+	go func() {
+		defer gcWG.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := c.idcs[0].gc.Pass(ctx); err != nil {
+				gcErrs = append(gcErrs, err)
+			}
+		}
+	}()
+	for p := range pushers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range pushes {
+				repo := repos[p%2]
+				tag := fmt.Sprintf("p%d-%d", p, j%3)
+				layers := [][]byte{shared[(p+j)%4], shared[(p+j+1)%4], layer(uint64(1000*p+j), 1024)}
+				for attempt := 0; ; attempt++ {
+					_, err := c.pushImage(ctx, 0, repo, tag, layers...)
+					var missing *metadata.MissingError
+					if errors.As(err, &missing) && attempt < 20 {
+						mu.Lock()
+						losses++
+						mu.Unlock()
+						continue
+					}
+					if err != nil {
+						t.Errorf("push %s:%s: %v", repo, tag, err)
+						return
+					}
+					mu.Lock()
+					pushed++
+					mu.Unlock()
+					break
+				}
+			}
+		}()
+	}
+	for k := range deleters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(k), 7))
+			repo := repos[k%2]
+			for range deletes {
+				tags, _, err := c.manifests.Tags(ctx, repo, "", 100)
+				if errors.Is(err, metadata.ErrNotFound) || len(tags) == 0 {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				if err != nil {
+					t.Errorf("tags: %v", err)
+					return
+				}
+				tag := tags[r.IntN(len(tags))]
+				if r.IntN(2) == 0 {
+					err = c.manifests.DeleteTag(ctx, repo, tag)
+				} else {
+					var m *metadata.Manifest
+					if m, err = c.manifests.ByTag(ctx, repo, tag); err == nil {
+						err = c.manifests.Delete(ctx, repo, m.Digest)
+					}
+				}
+				if err != nil && !errors.Is(err, metadata.ErrNotFound) {
+					t.Errorf("delete %s:%s: %v", repo, tag, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	gcWG.Wait()
+	if len(gcErrs) > 0 {
+		t.Errorf("collector errors during the race: %v", errors.Join(gcErrs...))
+	}
+	t.Logf("%d pushes, %d races lost to the collector (retried)", pushed, losses)
+
+	// Every tag resolves, to a manifest whose blobs are placed here.
+	tagged := 0
+	for _, repo := range repos {
+		tags, _, err := c.manifests.Tags(ctx, repo, "", 1000)
+		if err != nil && !errors.Is(err, metadata.ErrNotFound) {
+			t.Fatal(err)
+		}
+		for _, tag := range tags {
+			if _, err := c.manifests.ByTag(ctx, repo, tag); err != nil {
+				t.Errorf("tag %s:%s does not resolve: %v", repo, tag, err)
+			}
+			tagged++
+		}
+	}
+	var unplaced []string
+	rows, _ := c.db.Query(ctx, `SELECT DISTINCT mb.digest FROM manifest_blobs mb
+		WHERE NOT EXISTS (SELECT 1 FROM blob_placements p WHERE p.digest = mb.digest AND p.idc = 'a')`)
+	unplaced, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(unplaced) > 0 {
+		t.Errorf("blobs manifests reference with no placement: %v", unplaced)
+	}
+	// Bytes of referenced blobs: present and hashing right, checked
+	// before the final pass as well as after it.
+	var refs []string
+	rows, _ = c.db.Query(ctx, `SELECT DISTINCT digest FROM manifest_blobs`)
+	if refs, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range refs {
+		content, err := c.idcs[0].drv.GetContent(ctx, uploadsession.BlobPath(digest.Digest(d)))
+		if err != nil || digest.FromBytes(content).String() != d {
+			t.Errorf("referenced blob %s: bytes missing or wrong (%v)", d, err)
+		}
+	}
+	if tagged == 0 || len(refs) == 0 {
+		t.Errorf("%d tags and %d referenced blobs left: the race tested nothing", tagged, len(refs))
+	}
+	c.pass(t)
+	c.checkStorage(t)
 }
