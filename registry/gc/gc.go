@@ -74,6 +74,9 @@ const (
 	// StepBlobDecided: a blob review decided to delete, its row locks
 	// are held, nothing is deleted yet.
 	StepBlobDecided = "blob-decided"
+	// StepBytesChecked: a byte deletion found no placement in its IDC and
+	// is about to delete the object (under the IDC's lock on the digest).
+	StepBytesChecked = "bytes-checked"
 )
 
 // Collector runs garbage collection passes.
@@ -424,9 +427,9 @@ func (c *Collector) reviewBlob(ctx context.Context, dg string, queuedAt time.Tim
 		// Rows first: from here on nothing can reach the bytes. Each
 		// IDC holding them gets a deletion for its own servers.
 		if _, err := tx.Exec(ctx, `
-			INSERT INTO gc_blob_deletions (digest, idc, size)
-			SELECT digest, idc, $2 FROM blob_placements WHERE digest = $1
-			ON CONFLICT (idc, digest) DO NOTHING`, dg, d.Size); err != nil {
+			INSERT INTO gc_blob_deletions (digest, idc, size, queued_at)
+			SELECT digest, idc, $2, clock_timestamp() FROM blob_placements WHERE digest = $1
+			ON CONFLICT (idc, digest) DO UPDATE SET queued_at = EXCLUDED.queued_at, lease_until = NULL`, dg, d.Size); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM repository_blobs WHERE digest = $1`, dg); err != nil {
@@ -477,15 +480,16 @@ func (c *Collector) bytesBatch(ctx context.Context, st *Stats) (int, error) {
 		      WHERE idc = $1 AND (lease_until IS NULL OR lease_until < now())
 		      ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED) due
 		WHERE x.idc = due.idc AND x.digest = due.digest
-		RETURNING x.digest, x.size`, c.o.IDC, c.o.Batch, secs(c.o.Lease))
+		RETURNING x.digest, x.size, x.queued_at`, c.o.IDC, c.o.Batch, secs(c.o.Lease))
 	type entry struct {
 		d    string
 		size int64
+		at   time.Time
 	}
 	var claimed []entry
 	for rows.Next() {
 		var e entry
-		if err := rows.Scan(&e.d, &e.size); err != nil {
+		if err := rows.Scan(&e.d, &e.size, &e.at); err != nil {
 			rows.Close()
 			return 0, err
 		}
@@ -498,7 +502,7 @@ func (c *Collector) bytesBatch(ctx context.Context, st *Stats) (int, error) {
 	}
 	var errs []error
 	for _, e := range claimed {
-		removed, err := c.deleteBytes(ctx, e.d, e.size)
+		removed, err := c.deleteBytes(ctx, e.d, e.size, e.at)
 		if err != nil {
 			c.o.Metrics.error("bytes")
 			errs = append(errs, fmt.Errorf("bytes of %s in %s: %w", e.d, c.o.IDC, err))
@@ -517,9 +521,11 @@ func (c *Collector) bytesBatch(ctx context.Context, st *Stats) (int, error) {
 // IDC's lock on dg, unless a placement here was recorded again meanwhile
 // (a new upload or fill of the same digest, which took the same lock to
 // put the bytes in place): then the bytes are that placement's and stay.
-// The queue row goes either way. A lock held elsewhere (a fill of dg
-// copying right now) leaves the row for a later pass.
-func (c *Collector) deleteBytes(ctx context.Context, dg string, size int64) (removed bool, err error) {
+// The queue row goes either way, unless queued again meanwhile (the blob
+// re-stored here and deleted again after the check: that deletion needs
+// its own look). A lock held elsewhere (a fill of dg copying right now)
+// leaves the row for a later pass.
+func (c *Collector) deleteBytes(ctx context.Context, dg string, size int64, queuedAt time.Time) (removed bool, err error) {
 	err = pgx.BeginFunc(ctx, c.o.DB, func(tx pgx.Tx) error {
 		var got bool
 		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))`,
@@ -536,12 +542,14 @@ func (c *Collector) deleteBytes(ctx context.Context, dg string, size int64) (rem
 			return err
 		}
 		if !placed {
+			c.hook(StepBytesChecked)
 			if err := c.o.Driver.Delete(ctx, blobDir(dg)); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
 				return err
 			}
 			removed = true
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM gc_blob_deletions WHERE idc = $1 AND digest = $2`, c.o.IDC, dg); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM gc_blob_deletions WHERE idc = $1 AND digest = $2 AND queued_at = $3`,
+			c.o.IDC, dg, queuedAt); err != nil {
 			return err
 		}
 		if removed {

@@ -383,6 +383,21 @@ func TestRace(t *testing.T) {
 func race(t *testing.T, kind string) {
 	ctx := context.Background()
 	c := newCluster(t, kind)
+	// Widen the windows a missing serialisation would open: between an
+	// upload's move into place and its record, and between a byte
+	// deletion's check and its delete. (Inside the locks, they only slow
+	// the test down.)
+	pause := func(string) { time.Sleep(time.Duration(rand.IntN(5000)) * time.Microsecond) }
+	c.idcs[0].uploads.Hook(func(step string) {
+		if step == uploadsession.StepMoved {
+			pause(step)
+		}
+	})
+	c.idcs[0].gc = gc.New(gc.Options{DB: c.db, IDC: "a", Driver: c.idcs[0].drv, Batch: 50, Hook: func(step string) {
+		if step == gc.StepBytesChecked {
+			pause(step)
+		}
+	}})
 	const pushers, deleters, pushes, deletes = 8, 4, 6, 12
 	repos := []string{"race/r0", "race/r1"}
 	var shared [][]byte
@@ -417,7 +432,23 @@ func race(t *testing.T, kind string) {
 				tag := fmt.Sprintf("p%d-%d", p, j%3)
 				layers := [][]byte{shared[(p+j)%4], shared[(p+j+1)%4], layer(uint64(1000*p+j), 1024)}
 				for attempt := 0; ; attempt++ {
-					_, err := c.pushImage(ctx, 0, repo, tag, layers...)
+					md, err := c.pushImage(ctx, 0, repo, tag, layers...)
+					if err == nil {
+						// Pull it back at once, as a client would: a blob
+						// missing while its manifest is still there (a
+						// manifest is never resurrected) is the collector
+						// deleting reachable bytes.
+						_, blobs := image(layers...)
+						for d := range blobs {
+							content, rerr := c.idcs[0].drv.GetContent(ctx, uploadsession.BlobPath(d))
+							if rerr == nil && digest.FromBytes(content) == d {
+								continue
+							}
+							if _, merr := c.manifests.ByDigest(ctx, repo, md); merr == nil {
+								t.Errorf("manifest %s@%s is present, its blob %s is not in storage (%v)", repo, md, d, rerr)
+							}
+						}
+					}
 					var missing *metadata.MissingError
 					if errors.As(err, &missing) && attempt < 20 {
 						mu.Lock()
