@@ -193,6 +193,9 @@ func (c *Collector) Run(ctx context.Context, idle time.Duration) {
 				"objects_removed", st.BytesDeleted, "bytes_reclaimed", st.BytesReclaimed, "idc", c.o.IDC)
 		}
 		c.observeQueues(ctx)
+		if _, err := metadata.FoldUsage(ctx, c.o.DB); err != nil && ctx.Err() == nil {
+			c.o.Log.Warn("folding storage usage", "err", err)
+		}
 		if err == nil && !st.idle() {
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -337,6 +338,7 @@ func TestReclaim(t *testing.T) {
 		t.Errorf("untagged manifest app/one@%s: %v, want deleted", m1, err)
 	}
 	total := c.checkStorage(t)
+	c.checkUsage(t)
 	for _, gone := range [][]byte{gone1, gone2} {
 		d := digest.FromBytes(gone)
 		for _, x := range c.idcs {
@@ -549,4 +551,122 @@ func race(t *testing.T, kind string) {
 	}
 	c.pass(t)
 	c.checkStorage(t)
+	c.checkUsage(t)
+}
+
+// checkUsage: the incrementally kept storage usage equals a count from
+// scratch, for every repository and namespace.
+func (c *cluster) checkUsage(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	nss, repos, err := metadata.StorageUsage(ctx, c.db, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][2]int64{}
+	for _, u := range repos {
+		got["repo "+u.Name] = [2]int64{u.DedupBytes, u.LogicalBytes}
+	}
+	for _, u := range nss {
+		got["ns "+u.Name] = [2]int64{u.DedupBytes, u.LogicalBytes}
+	}
+	rows, _ := c.db.Query(ctx, `
+		SELECT 'repo ' || r.name,
+		       coalesce((SELECT sum(b.size) FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = r.id), 0)::bigint,
+		       (coalesce((SELECT sum(b.size) FROM manifest_blobs mb JOIN blobs b ON b.digest = mb.digest WHERE mb.repository_id = r.id), 0)
+		      + coalesce((SELECT sum(octet_length(m.content)) FROM manifests m WHERE m.repository_id = r.id), 0))::bigint
+		FROM repositories r
+		UNION ALL
+		SELECT 'ns ' || ns,
+		       coalesce((SELECT sum(b.size) FROM blobs b WHERE b.digest IN (
+		           SELECT rb.digest FROM repository_blobs rb JOIN repositories r2 ON r2.id = rb.repository_id WHERE split_part(r2.name, '/', 1) = ns)), 0)::bigint,
+		       (coalesce((SELECT sum(b.size) FROM manifest_blobs mb JOIN blobs b ON b.digest = mb.digest JOIN repositories r3 ON r3.id = mb.repository_id WHERE split_part(r3.name, '/', 1) = ns), 0)
+		      + coalesce((SELECT sum(octet_length(m.content)) FROM manifests m JOIN repositories r4 ON r4.id = m.repository_id WHERE split_part(r4.name, '/', 1) = ns), 0))::bigint
+		FROM (SELECT DISTINCT split_part(name, '/', 1) AS ns FROM repositories) x`)
+	for rows.Next() {
+		var name string
+		var want [2]int64
+		if err := rows.Scan(&name, &want[0], &want[1]); err != nil {
+			t.Fatal(err)
+		}
+		if got[name] != want {
+			t.Errorf("%s: usage kept %v (dedup, logical), counted from scratch %v", name, got[name], want)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUsageAndQuota: usage per repository and namespace, deduplicated and
+// logical, follows pushes, deletions and collection (checked against a
+// count from scratch, before and after folding); a namespace quota
+// refuses an upload that would pass it and a manifest PUT once over it,
+// with DENIED and the numbers, and lets a blob the namespace holds in.
+func TestUsageAndQuota(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, "filesystem")
+	l1, l2, l3 := layer(11, 3000), layer(12, 2000), layer(13, 1000)
+	if _, err := c.pushImage(ctx, 0, "team/a", "v1", l1, l2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.pushImage(ctx, 0, "team/a", "v2", l1, l2); err != nil { // the same manifest, another tag
+		t.Fatal(err)
+	}
+	mb, err := c.pushImage(ctx, 0, "team/b", "v1", l1, l3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.pushImage(ctx, 0, "other", "v1", l3); err != nil {
+		t.Fatal(err)
+	}
+	c.checkUsage(t)
+	nss, _, err := metadata.StorageUsage(ctx, c.db, "team/")
+	if err != nil || len(nss) != 1 || nss[0].Name != "team" {
+		t.Fatalf("namespaces for prefix team/: %+v %v", nss, err)
+	}
+	_, cfg := image(l1, l2)
+	var cfgSize int64
+	for d, b := range cfg {
+		if d != digest.FromBytes(l1) && d != digest.FromBytes(l2) {
+			cfgSize = int64(len(b))
+		}
+	}
+	if want := int64(3000+2000+1000) + cfgSize; nss[0].DedupBytes != want {
+		t.Errorf("team deduplicated: %d, want %d (l1 once, l2, l3, one config)", nss[0].DedupBytes, want)
+	}
+	if err := c.manifests.Delete(ctx, "team/b", mb); err != nil {
+		t.Fatal(err)
+	}
+	c.pass(t)
+	c.checkUsage(t)
+	if _, err := metadata.FoldUsage(ctx, c.db); err != nil {
+		t.Fatal(err)
+	}
+	c.checkUsage(t)
+
+	nss, _, _ = metadata.StorageUsage(ctx, c.db, "team")
+	used := nss[0].DedupBytes
+	if err := metadata.SetQuota(ctx, c.db, "team", used+100); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.pushBlob(ctx, 0, "team/c", layer(14, 200))
+	var e errcode.Error
+	if !errors.As(err, &e) || e.Code != errcode.ErrorCodeDenied || !strings.Contains(e.Message, fmt.Sprintf("%d bytes used of %d", used, used+100)) {
+		t.Fatalf("an upload past the quota: %v; want DENIED with the numbers", err)
+	}
+	if _, err := c.pushBlob(ctx, 0, "team/c", l1); err != nil { // the namespace holds it: adds nothing
+		t.Fatalf("a blob the namespace holds: %v", err)
+	}
+	if _, err := c.pushBlob(ctx, 0, "other/c", layer(14, 200)); err != nil { // another namespace
+		t.Fatal(err)
+	}
+	if err := metadata.SetQuota(ctx, c.db, "team", used-1); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.pushImage(ctx, 0, "team/a", "v3", l1, l2)
+	if !errors.As(err, &e) || e.Code != errcode.ErrorCodeDenied || !strings.Contains(e.Message, "over its storage quota") {
+		t.Fatalf("a manifest PUT over the quota: %v", err)
+	}
+	c.checkUsage(t)
 }

@@ -145,6 +145,9 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 				return err
 			}
 		}
+		if err := CheckQuota(ctx, tx, repo, "", 0); err != nil {
+			return err
+		}
 		missing := &MissingError{}
 		if len(nm.Blobs) > 0 {
 			rows, _ := tx.Query(ctx, `

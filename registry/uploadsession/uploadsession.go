@@ -204,6 +204,7 @@ func (s *Store) Get(ctx context.Context, repo, id string) (Session, error) {
 // "{A0...}" and "a0..." as the same uuid; storage paths do not).
 type claim struct {
 	token   string
+	repo    string // the repository, by name (quota checks)
 	id      string
 	repoID  int64
 	path    string
@@ -217,7 +218,7 @@ type claim struct {
 // claim takes the session for one request, or says why it cannot: ErrUnknown,
 // or a Busy RangeError while another request holds an unexpired claim.
 func (s *Store) claim(ctx context.Context, repo, id string) (*claim, error) {
-	c := &claim{token: newID(), lost: make(chan struct{})}
+	c := &claim{token: newID(), repo: repo, lost: make(chan struct{})}
 	var state []byte
 	var lapsed bool
 	err := s.db.QueryRow(ctx, `
@@ -579,6 +580,9 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 		err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`,
 				metadata.BlobLockKey(s.idc, want.String())); err != nil {
+				return err
+			}
+			if err := metadata.CheckQuota(ctx, tx, c.repo, want.String(), c.size); err != nil {
 				return err
 			}
 			// One object per blob, written once: if another upload already
