@@ -36,7 +36,31 @@ type querier interface {
 // whose names start with prefix (all: ""), from the folded totals plus the
 // deltas not folded yet.
 func StorageUsage(ctx context.Context, q querier, prefix string) (namespaces, repos []Usage, err error) {
-	like := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(prefix) + "%"
+	if namespaces, err = NamespaceUsage(ctx, q, prefix); err != nil {
+		return nil, nil, err
+	}
+	rows, _ := q.Query(ctx, `
+		SELECT r.name, coalesce(u.dedup_bytes, 0) + coalesce(d.dedup, 0), coalesce(u.logical_bytes, 0) + coalesce(d.logical, 0)
+		FROM repositories r
+		LEFT JOIN repository_usage u ON u.repository_id = r.id
+		LEFT JOIN (SELECT repository_id, sum(repo_dedup) AS dedup, sum(logical) AS logical FROM storage_usage_deltas GROUP BY repository_id) d
+		       ON d.repository_id = r.id
+		WHERE r.name LIKE $1 ORDER BY r.name`, likePrefix(prefix))
+	repos, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Usage, error) {
+		var u Usage
+		return u, r.Scan(&u.Name, &u.DedupBytes, &u.LogicalBytes)
+	})
+	return namespaces, repos, err
+}
+
+func likePrefix(prefix string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(prefix) + "%"
+}
+
+// NamespaceUsage returns the usage (and quota) of the namespaces that
+// repositories starting with prefix are in.
+func NamespaceUsage(ctx context.Context, q querier, prefix string) ([]Usage, error) {
+	like := likePrefix(prefix)
 	rows, _ := q.Query(ctx, `
 		SELECT n.namespace, n.dedup + coalesce(d.dedup, 0), n.logical + coalesce(d.logical, 0), qu.bytes
 		FROM (SELECT namespace, dedup_bytes AS dedup, logical_bytes AS logical FROM namespace_usage
@@ -44,27 +68,12 @@ func StorageUsage(ctx context.Context, q querier, prefix string) (namespaces, re
 		LEFT JOIN (SELECT namespace, sum(ns_dedup) AS dedup, sum(logical) AS logical FROM storage_usage_deltas GROUP BY namespace) d
 		       ON d.namespace = n.namespace
 		LEFT JOIN namespace_quotas qu ON qu.namespace = n.namespace
-		WHERE n.namespace LIKE $1 OR $2 LIKE n.namespace || '%'
+		WHERE n.namespace LIKE $1 OR starts_with($2, n.namespace || '/')
 		ORDER BY n.namespace`, like, prefix)
-	namespaces, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Usage, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Usage, error) {
 		var u Usage
 		return u, r.Scan(&u.Name, &u.DedupBytes, &u.LogicalBytes, &u.QuotaBytes)
 	})
-	if err != nil {
-		return nil, nil, err
-	}
-	rows, _ = q.Query(ctx, `
-		SELECT r.name, coalesce(u.dedup_bytes, 0) + coalesce(d.dedup, 0), coalesce(u.logical_bytes, 0) + coalesce(d.logical, 0)
-		FROM repositories r
-		LEFT JOIN repository_usage u ON u.repository_id = r.id
-		LEFT JOIN (SELECT repository_id, sum(repo_dedup) AS dedup, sum(logical) AS logical FROM storage_usage_deltas GROUP BY repository_id) d
-		       ON d.repository_id = r.id
-		WHERE r.name LIKE $1 ORDER BY r.name`, like)
-	repos, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Usage, error) {
-		var u Usage
-		return u, r.Scan(&u.Name, &u.DedupBytes, &u.LogicalBytes)
-	})
-	return namespaces, repos, err
 }
 
 // FoldUsage folds the pending usage deltas into the totals.

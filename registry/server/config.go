@@ -31,6 +31,9 @@ type Config struct {
 	PullThrough PullThroughConfig `yaml:"pullthrough"`
 	// GC is online garbage collection (registry/gc).
 	GC GCConfig `yaml:"gc"`
+	// Admin is the admin API (garbage collection status, retention
+	// policies, storage usage and quotas).
+	Admin AdminConfig `yaml:"admin"`
 	// Version is accepted (and ignored) so distribution-style files load.
 	Version string `yaml:"version"`
 }
@@ -166,7 +169,7 @@ type StorageConfig struct {
 // GAIA_HTTP_ADDR=0.0.0.0:5000 or GAIA_DATABASE_URL=postgres://...
 const envPrefix = "GAIA_"
 
-var sections = []string{"log", "http", "storage", "database", "auth", "cluster", "pullthrough", "gc"}
+var sections = []string{"log", "http", "storage", "database", "auth", "cluster", "pullthrough", "gc", "admin"}
 
 // LoadConfig reads a config file, applies GAIA_* environment overrides,
 // fills defaults and validates. Errors name the key at fault.

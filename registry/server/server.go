@@ -35,6 +35,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/gc"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
+	"github.com/gaia-registry/gaia/registry/retention"
 	"github.com/gaia-registry/gaia/registry/tlsfiles"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 
@@ -62,6 +63,7 @@ type Server struct {
 	blobLockPool *pgxpool.Pool           // pull-through blob fetches' lock connections
 	consul       *consul.Client          // nil without cluster.consul.addr
 	gc           *gc.Collector
+	retention    *retention.Store
 	staging      gc.StagingSweeper // the HDFS driver's @staging; nil for others
 	ready        atomic.Bool
 }
@@ -187,6 +189,8 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Log: log,
 		Metrics: gc.NewMetrics(reg),
 	})
+	s.retention = &retention.Store{DB: s.pool, Holder: cfg.Cluster.Advertise}
+	reg.MustRegister(newUsageCollector(s.pool))
 	blobs, manifests := metadata.NewBlobs(s.pool), metadata.NewManifests(s.pool)
 	if step := os.Getenv(TestHookPark); step != "" {
 		park := parkAt(step, log)
@@ -218,6 +222,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", s.readyz)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle(AdminPrefix, s.adminHandler())
 	s.handler = mux
 	return s, nil
 }
@@ -486,6 +491,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.repl != nil {
 		go s.repl.Run(bg, 2*time.Second)
 	}
+	go s.retention.Loop(bg, 30*time.Second, func(err error) { s.log.Warn("retention run", "err", err) })
 	if !s.cfg.GC.Disabled {
 		go s.gc.Run(bg, s.cfg.GC.IdleInterval())
 		if !s.cfg.GC.Walk.Disabled {
