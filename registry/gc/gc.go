@@ -34,10 +34,12 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
+	"sync"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/gaia-registry/gaia/registry/metadata"
@@ -58,6 +60,9 @@ type Options struct {
 	KeepUntagged bool
 	// Batch is how many entries one claim takes (default 100).
 	Batch int
+	// Workers review a claimed batch's entries concurrently (default 4):
+	// each review is a few round trips to PostgreSQL.
+	Workers int
 	// Lease is how long a claim lasts (default 5m): a worker that dies
 	// loses its entries to others when it passes.
 	Lease   time.Duration
@@ -88,6 +93,9 @@ type Collector struct {
 func New(o Options) *Collector {
 	if o.Batch <= 0 {
 		o.Batch = 100
+	}
+	if o.Workers <= 0 {
+		o.Workers = 4
 	}
 	if o.Lease <= 0 {
 		o.Lease = 5 * time.Minute
@@ -214,6 +222,39 @@ func (c *Collector) hook(step string) {
 
 func secs(d time.Duration) float64 { return d.Seconds() }
 
+// retry runs a review's transaction again when PostgreSQL aborted it for
+// a deadlock or a serialization failure (the queues' triggers take rows in
+// a fixed order, so this is a second line of defence), at most 3 times.
+func retry(f func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := f()
+		var pgErr *pgconn.PgError
+		if attempt == 2 || !errors.As(err, &pgErr) || (pgErr.Code != "40P01" && pgErr.Code != "40001") {
+			return err
+		}
+	}
+}
+
+// each runs f(0..n-1) on up to Workers goroutines.
+func (c *Collector) each(n int, f func(i int)) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(n, c.o.Workers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(i)
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
 // manifestBatch claims due manifest reviews and decides each.
 func (c *Collector) manifestBatch(ctx context.Context, st *Stats) (int, error) {
 	rows, _ := c.o.DB.Query(ctx, `
@@ -241,13 +282,18 @@ func (c *Collector) manifestBatch(ctx context.Context, st *Stats) (int, error) {
 		c.o.Metrics.error("claim")
 		return 0, err
 	}
+	var mu sync.Mutex
 	var errs []error
-	for _, e := range claimed {
+	c.each(len(claimed), func(i int) {
+		e := claimed[i]
 		d, err := c.reviewManifest(ctx, e.id, e.at, false)
+		mu.Lock()
+		defer mu.Unlock()
 		if err != nil {
 			c.o.Metrics.error("manifest")
 			errs = append(errs, fmt.Errorf("manifest %d: %w", e.id, err))
-			continue
+			c.o.DB.Exec(context.WithoutCancel(ctx), `UPDATE gc_manifest_reviews SET lease_until = now() + interval '1 second' WHERE manifest_id = $1`, e.id)
+			return
 		}
 		st.ManifestsReviewed++
 		c.o.Metrics.reviewed("manifest", d.Delete)
@@ -255,7 +301,7 @@ func (c *Collector) manifestBatch(ctx context.Context, st *Stats) (int, error) {
 			st.ManifestsDeleted++
 			c.o.Log.Debug("gc", "decision", d.String())
 		}
-	}
+	})
 	return len(claimed), errors.Join(errs...)
 }
 
@@ -266,61 +312,64 @@ func (c *Collector) manifestBatch(ctx context.Context, st *Stats) (int, error) {
 // is seen by the other.
 func (c *Collector) reviewManifest(ctx context.Context, id int64, queuedAt time.Time, dry bool) (Decision, error) {
 	d := Decision{Kind: "manifest"}
-	err := pgx.BeginFunc(ctx, c.o.DB, func(tx pgx.Tx) error {
-		var repoID int64
-		var subject *string
-		err := tx.QueryRow(ctx, `
+	err := retry(func() error {
+		d = Decision{Kind: "manifest"}
+		return pgx.BeginFunc(ctx, c.o.DB, func(tx pgx.Tx) error {
+			var repoID int64
+			var subject *string
+			err := tx.QueryRow(ctx, `
 			SELECT m.repository_id, r.name, m.digest, m.subject_digest FROM manifests m JOIN repositories r ON r.id = m.repository_id
 			WHERE m.id = $1 FOR UPDATE OF m`, id).Scan(&repoID, &d.Repository, &d.Digest, &subject)
-		if errors.Is(err, pgx.ErrNoRows) {
-			d.Reason = "already deleted"
-			return c.dropManifestReview(ctx, tx, id, queuedAt, dry)
-		}
-		if err != nil {
-			return err
-		}
-		var tagged, indexed, pending, subjectHere bool
-		if err := tx.QueryRow(ctx, `
+			if errors.Is(err, pgx.ErrNoRows) {
+				d.Reason = "already deleted"
+				return c.dropManifestReview(ctx, tx, id, queuedAt, dry)
+			}
+			if err != nil {
+				return err
+			}
+			var tagged, indexed, pending, subjectHere bool
+			if err := tx.QueryRow(ctx, `
 			SELECT EXISTS (SELECT 1 FROM tags WHERE manifest_id = $1),
 			       EXISTS (SELECT 1 FROM manifest_references WHERE child_id = $1),
 			       EXISTS (SELECT 1 FROM manifest_pending_references WHERE repository_id = $2 AND child_digest = $3),
 			       $4::text IS NOT NULL AND EXISTS (SELECT 1 FROM manifests WHERE repository_id = $2 AND digest = $4)`,
-			id, repoID, d.Digest, subject).Scan(&tagged, &indexed, &pending, &subjectHere); err != nil {
-			return err
-		}
-		switch {
-		case tagged:
-			d.Reason = "tagged"
-		case indexed:
-			d.Reason = "listed by an index"
-		case pending:
-			d.Reason = "awaited by a sparse index"
-		case subjectHere:
-			d.Reason = "a referrer of " + *subject + ", which is present"
-		case c.o.KeepUntagged:
-			d.Reason = "untagged, kept by policy (gc.manifests.untagged: keep)"
-		default:
-			d.Delete = true
-			d.Reason = "untagged and unreferenced"
-		}
-		if !d.Delete || dry {
-			return c.dropManifestReview(ctx, tx, id, queuedAt, dry)
-		}
-		// Its referrers lose their subject: review them too.
-		if _, err := tx.Exec(ctx, `
+				id, repoID, d.Digest, subject).Scan(&tagged, &indexed, &pending, &subjectHere); err != nil {
+				return err
+			}
+			switch {
+			case tagged:
+				d.Reason = "tagged"
+			case indexed:
+				d.Reason = "listed by an index"
+			case pending:
+				d.Reason = "awaited by a sparse index"
+			case subjectHere:
+				d.Reason = "a referrer of " + *subject + ", which is present"
+			case c.o.KeepUntagged:
+				d.Reason = "untagged, kept by policy (gc.manifests.untagged: keep)"
+			default:
+				d.Delete = true
+				d.Reason = "untagged and unreferenced"
+			}
+			if !d.Delete || dry {
+				return c.dropManifestReview(ctx, tx, id, queuedAt, dry)
+			}
+			// Its referrers lose their subject: review them too.
+			if _, err := tx.Exec(ctx, `
 			SELECT gc_queue_manifest(id) FROM manifests WHERE repository_id = $1 AND subject_digest = $2`,
-			repoID, d.Digest); err != nil {
-			return err
-		}
-		// Cascades: its blob references (the trigger queues the blobs)
-		// and its references to children (queued too).
-		if _, err := tx.Exec(ctx, `DELETE FROM manifests WHERE id = $1`, id); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM gc_manifest_reviews WHERE manifest_id = $1`, id); err != nil {
-			return err
-		}
-		return c.addTotals(ctx, tx, "", 1, 0, 0)
+				repoID, d.Digest); err != nil {
+				return err
+			}
+			// Cascades: its blob references (the trigger queues the blobs)
+			// and its references to children (queued too).
+			if _, err := tx.Exec(ctx, `DELETE FROM manifests WHERE id = $1`, id); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM gc_manifest_reviews WHERE manifest_id = $1`, id); err != nil {
+				return err
+			}
+			return c.addTotals(ctx, tx, "", 1, 0, 0)
+		})
 	})
 	if errors.Is(err, errDryRun) {
 		err = nil
@@ -365,13 +414,18 @@ func (c *Collector) blobBatch(ctx context.Context, st *Stats) (int, error) {
 		c.o.Metrics.error("claim")
 		return 0, err
 	}
+	var mu sync.Mutex
 	var errs []error
-	for _, e := range claimed {
+	c.each(len(claimed), func(i int) {
+		e := claimed[i]
 		d, err := c.reviewBlob(ctx, e.d, e.at, false)
+		mu.Lock()
+		defer mu.Unlock()
 		if err != nil {
 			c.o.Metrics.error("blob")
 			errs = append(errs, fmt.Errorf("blob %s: %w", e.d, err))
-			continue
+			c.o.DB.Exec(context.WithoutCancel(ctx), `UPDATE gc_blob_reviews SET lease_until = now() + interval '1 second' WHERE digest = $1`, e.d)
+			return
 		}
 		st.BlobsReviewed++
 		c.o.Metrics.reviewed("blob", d.Delete)
@@ -379,7 +433,7 @@ func (c *Collector) blobBatch(ctx context.Context, st *Stats) (int, error) {
 			st.BlobsDeleted++
 			c.o.Log.Debug("gc", "decision", d.String())
 		}
-	}
+	})
 	return len(claimed), errors.Join(errs...)
 }
 
@@ -398,53 +452,56 @@ func (c *Collector) blobBatch(ctx context.Context, st *Stats) (int, error) {
 // this transaction and then fails its foreign key.
 func (c *Collector) reviewBlob(ctx context.Context, dg string, queuedAt time.Time, dry bool) (Decision, error) {
 	d := Decision{Kind: "blob", Digest: dg}
-	err := pgx.BeginFunc(ctx, c.o.DB, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `SELECT size FROM blobs WHERE digest = $1 FOR UPDATE`, dg).Scan(&d.Size)
-		if errors.Is(err, pgx.ErrNoRows) {
-			d.Reason = "already deleted"
-			return c.dropBlobReview(ctx, tx, dg, queuedAt, dry)
-		}
-		if err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `SELECT 1 FROM repository_blobs WHERE digest = $1 FOR UPDATE`, dg); err != nil {
-			return err
-		}
-		var refs int
-		var repo *string
-		if err := tx.QueryRow(ctx, `
+	err := retry(func() error {
+		d = Decision{Kind: "blob", Digest: dg}
+		return pgx.BeginFunc(ctx, c.o.DB, func(tx pgx.Tx) error {
+			err := tx.QueryRow(ctx, `SELECT size FROM blobs WHERE digest = $1 FOR UPDATE`, dg).Scan(&d.Size)
+			if errors.Is(err, pgx.ErrNoRows) {
+				d.Reason = "already deleted"
+				return c.dropBlobReview(ctx, tx, dg, queuedAt, dry)
+			}
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM repository_blobs WHERE digest = $1 FOR UPDATE`, dg); err != nil {
+				return err
+			}
+			var refs int
+			var repo *string
+			if err := tx.QueryRow(ctx, `
 			SELECT count(*), min(r.name) FROM manifest_blobs mb JOIN repositories r ON r.id = mb.repository_id
 			WHERE mb.digest = $1`, dg).Scan(&refs, &repo); err != nil {
+				return err
+			}
+			if refs > 0 {
+				d.Reason = fmt.Sprintf("referenced by %d manifest(s), in %s among others", refs, *repo)
+				return c.dropBlobReview(ctx, tx, dg, queuedAt, dry)
+			}
+			d.Delete = true
+			d.Reason = "no manifest references it"
+			if dry {
+				return errDryRun
+			}
+			c.hook(StepBlobDecided)
+			// Rows first: from here on nothing can reach the bytes. Each
+			// IDC holding them gets a deletion for its own servers. The links
+			// go in a statement before the blob's row (storage accounting's
+			// trigger on them reads the blob's size).
+			if _, err := tx.Exec(ctx, `
+			WITH del AS (
+				INSERT INTO gc_blob_deletions (digest, idc, size, queued_at)
+				SELECT digest, idc, $2, clock_timestamp() FROM blob_placements WHERE digest = $1
+				ON CONFLICT (idc, digest) DO UPDATE SET queued_at = EXCLUDED.queued_at, lease_until = NULL)
+			DELETE FROM repository_blobs WHERE digest = $1`, dg, d.Size); err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, `
+			WITH blob AS (DELETE FROM blobs WHERE digest = $1),  -- placements and replication jobs cascade
+			review AS (DELETE FROM gc_blob_reviews WHERE digest = $1)
+			INSERT INTO gc_totals (idc, blobs_deleted) VALUES ('', 1)
+			ON CONFLICT (idc) DO UPDATE SET blobs_deleted = gc_totals.blobs_deleted + 1, updated_at = now()`, dg)
 			return err
-		}
-		if refs > 0 {
-			d.Reason = fmt.Sprintf("referenced by %d manifest(s), in %s among others", refs, *repo)
-			return c.dropBlobReview(ctx, tx, dg, queuedAt, dry)
-		}
-		d.Delete = true
-		d.Reason = "no manifest references it"
-		if dry {
-			return errDryRun
-		}
-		c.hook(StepBlobDecided)
-		// Rows first: from here on nothing can reach the bytes. Each
-		// IDC holding them gets a deletion for its own servers.
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO gc_blob_deletions (digest, idc, size, queued_at)
-			SELECT digest, idc, $2, clock_timestamp() FROM blob_placements WHERE digest = $1
-			ON CONFLICT (idc, digest) DO UPDATE SET queued_at = EXCLUDED.queued_at, lease_until = NULL`, dg, d.Size); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM repository_blobs WHERE digest = $1`, dg); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM blobs WHERE digest = $1`, dg); err != nil { // placements and jobs cascade
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM gc_blob_reviews WHERE digest = $1`, dg); err != nil {
-			return err
-		}
-		return c.addTotals(ctx, tx, "", 0, 1, 0)
+		})
 	})
 	if errors.Is(err, errDryRun) {
 		err = nil
@@ -503,20 +560,25 @@ func (c *Collector) bytesBatch(ctx context.Context, st *Stats) (int, error) {
 		c.o.Metrics.error("claim")
 		return 0, err
 	}
+	var mu sync.Mutex
 	var errs []error
-	for _, e := range claimed {
+	c.each(len(claimed), func(i int) {
+		e := claimed[i]
 		removed, err := c.deleteBytes(ctx, e.d, e.size, e.at)
+		mu.Lock()
+		defer mu.Unlock()
 		if err != nil {
 			c.o.Metrics.error("bytes")
 			errs = append(errs, fmt.Errorf("bytes of %s in %s: %w", e.d, c.o.IDC, err))
-			continue
+			c.o.DB.Exec(context.WithoutCancel(ctx), `UPDATE gc_blob_deletions SET lease_until = now() + interval '1 second' WHERE idc = $1 AND digest = $2`, c.o.IDC, e.d)
+			return
 		}
 		if removed {
 			st.BytesDeleted++
 			st.BytesReclaimed += e.size
 			c.o.Metrics.reclaimed(c.o.IDC, e.size)
 		}
-	}
+	})
 	return len(claimed), errors.Join(errs...)
 }
 
@@ -551,14 +613,16 @@ func (c *Collector) deleteBytes(ctx context.Context, dg string, size int64, queu
 			}
 			removed = true
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM gc_blob_deletions WHERE idc = $1 AND digest = $2 AND queued_at = $3`,
-			c.o.IDC, dg, queuedAt); err != nil {
-			return err
-		}
+		var reclaimed int64
 		if removed {
-			return c.addTotals(ctx, tx, c.o.IDC, 0, 0, size)
+			reclaimed = size
 		}
-		return nil
+		_, err := tx.Exec(ctx, `
+			WITH done AS (DELETE FROM gc_blob_deletions WHERE idc = $1 AND digest = $2 AND queued_at = $3)
+			INSERT INTO gc_totals (idc, bytes_reclaimed) SELECT $1, $4::bigint WHERE $4::bigint > 0
+			ON CONFLICT (idc) DO UPDATE SET bytes_reclaimed = gc_totals.bytes_reclaimed + EXCLUDED.bytes_reclaimed, updated_at = now()`,
+			c.o.IDC, dg, queuedAt, reclaimed)
+		return err
 	})
 	return removed, err
 }

@@ -1,11 +1,11 @@
 DROP TRIGGER gc_link_changed ON repository_blobs;
-DROP TRIGGER gc_manifest_blob_dropped ON manifest_blobs;
-DROP TRIGGER gc_reference_dropped ON manifest_references;
+DROP TRIGGER gc_manifest_blobs_dropped ON manifest_blobs;
+DROP TRIGGER gc_references_dropped ON manifest_references;
 DROP TRIGGER gc_manifest_added ON manifests;
 DROP TRIGGER gc_tags_changed ON tags;
 DROP FUNCTION gc_link_changed();
-DROP FUNCTION gc_manifest_blob_dropped();
-DROP FUNCTION gc_reference_dropped();
+DROP FUNCTION gc_manifest_blobs_dropped();
+DROP FUNCTION gc_references_dropped();
 DROP FUNCTION gc_manifest_added();
 DROP FUNCTION gc_tags_changed();
 DROP FUNCTION gc_queue_blob(text);

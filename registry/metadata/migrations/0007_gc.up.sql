@@ -86,25 +86,32 @@ END $$;
 CREATE TRIGGER gc_manifest_added AFTER INSERT ON manifests
     FOR EACH ROW EXECUTE FUNCTION gc_manifest_added();
 
--- An index deleted: its children may now be unreferenced.
-CREATE FUNCTION gc_reference_dropped() RETURNS trigger LANGUAGE plpgsql AS $$
+-- An index deleted: its children may now be unreferenced. A manifest
+-- deleted: its blobs may now be unreferenced. Statement triggers over the
+-- deleted rows, queueing in digest (id) order: two transactions deleting
+-- manifests that share blobs take the queue rows in the same order, so
+-- they never deadlock (a row trigger would follow the cascade's scan).
+CREATE FUNCTION gc_references_dropped() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM manifests WHERE id = OLD.child_id) THEN
-        PERFORM gc_queue_manifest(OLD.child_id);
-    END IF;
+    INSERT INTO gc_manifest_reviews (manifest_id)
+    SELECT DISTINCT o.child_id FROM dropped o
+    WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.id = o.child_id)
+    ORDER BY 1
+    ON CONFLICT (manifest_id) DO UPDATE SET queued_at = now(), lease_until = NULL;
     RETURN NULL;
 END $$;
-CREATE TRIGGER gc_reference_dropped AFTER DELETE ON manifest_references
-    FOR EACH ROW EXECUTE FUNCTION gc_reference_dropped();
+CREATE TRIGGER gc_references_dropped AFTER DELETE ON manifest_references
+    REFERENCING OLD TABLE AS dropped FOR EACH STATEMENT EXECUTE FUNCTION gc_references_dropped();
 
--- A manifest deleted: its blobs may now be unreferenced.
-CREATE FUNCTION gc_manifest_blob_dropped() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION gc_manifest_blobs_dropped() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM gc_queue_blob(OLD.digest);
+    INSERT INTO gc_blob_reviews (digest)
+    SELECT DISTINCT digest FROM dropped ORDER BY 1
+    ON CONFLICT (digest) DO UPDATE SET queued_at = now(), lease_until = NULL;
     RETURN NULL;
 END $$;
-CREATE TRIGGER gc_manifest_blob_dropped AFTER DELETE ON manifest_blobs
-    FOR EACH ROW EXECUTE FUNCTION gc_manifest_blob_dropped();
+CREATE TRIGGER gc_manifest_blobs_dropped AFTER DELETE ON manifest_blobs
+    REFERENCING OLD TABLE AS dropped FOR EACH STATEMENT EXECUTE FUNCTION gc_manifest_blobs_dropped();
 
 -- A blob linked into a repository (an upload finished, a mount, a
 -- pull-through fetch) or unlinked: reviewed after the delay, by which time
