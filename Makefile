@@ -23,7 +23,7 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-gc services services-stop vet clean
 
 all: build
 
@@ -84,7 +84,7 @@ test-hdfs-full:
 # Gaia vs the stock distribution registry (v3.1.2, built from the Go module
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
 # colinmarc client, then gaia-mirror vs skopeo sync. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs bench-mirror
+bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-gc
 
 # 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
 # own client; manifest GETs at 32 clients; manifest GET latency while 200
@@ -102,6 +102,14 @@ bench-gateway:
 bench-mirror:
 	bash $(SVC) start postgres dockerd   # dockerd's install step brings skopeo
 	MIRROR_BENCH_ROUNDS=$${MIRROR_BENCH_ROUNDS:-5} $(GO) test -count=1 -timeout 30m -run '^$$' -bench BenchmarkMirrorVsSkopeo -benchtime 1x ./tests/bench/mirror/
+
+# Online garbage collection: one `gaia-registry gc run` pass over 100,000
+# unreferenced blobs (filesystem); the stock registry's garbage-collect over
+# as many; manifest GET p99 and a 1 GiB push with the collector off, then
+# flat out, in one run (GC_BENCH_BLOBS, GC_BENCH_PUSH to change).
+bench-gc:
+	bash $(SVC) start postgres
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkGC -benchtime 1x -v ./tests/bench/gc/
 
 bench-hdfs:
 	bash $(SVC) start hdfs

@@ -125,6 +125,7 @@ type GCConfig struct {
 	} `yaml:"manifests"`
 	Interval time.Duration `yaml:"interval"` // sleep between passes that found nothing due (default 1m)
 	Batch    int           `yaml:"batch"`    // entries claimed at a time (default 100)
+	Workers  int           `yaml:"workers"`  // reviews of a batch run concurrently (default 4)
 	Walk     struct {
 		Every    time.Duration `yaml:"every"`    // storage walk of the IDC at most this often, cluster-wide (default 24h; set disabled: true to never walk)
 		Grace    time.Duration `yaml:"grace"`    // unrecorded objects younger than this stay (default 24h)
@@ -149,6 +150,9 @@ func (g GCConfig) validate() error {
 	}
 	if g.Batch < 0 {
 		return errors.New("gc.batch: must be positive")
+	}
+	if g.Workers < 0 {
+		return errors.New("gc.workers: must be positive")
 	}
 	if g.Walk.Rate < 0 {
 		return errors.New("gc.walk.rate: must be positive")

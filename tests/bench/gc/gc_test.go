@@ -256,6 +256,9 @@ func BenchmarkGC(b *testing.B) {
 	{
 		root := b.TempDir()
 		garbage(b, n, root, "docker/registry/v2", "", 2)
+		if err := os.MkdirAll(filepath.Join(root, "docker/registry/v2/repositories"), 0o755); err != nil {
+			b.Fatal(err)
+		}
 		cfg := writeConfig(b, fmt.Sprintf("version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %q}, delete: {enabled: true}}\nhttp: {addr: 127.0.0.1:0}\n", root))
 		stock := harness.StockRegistryBinary(b)
 		t0 := time.Now()
