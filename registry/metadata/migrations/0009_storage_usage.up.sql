@@ -116,12 +116,16 @@ END $$;
 CREATE TRIGGER usage_manifest_changed AFTER INSERT OR DELETE ON manifests
     FOR EACH ROW EXECUTE FUNCTION usage_manifest_changed();
 
--- Folds the pending deltas into the totals (any number may run at once:
--- each takes the deltas it deletes).
+-- Folds the pending deltas into the totals.
 CREATE FUNCTION storage_usage_fold() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     n bigint;
 BEGIN
+    -- One fold at a time (others return at once): concurrent folds would
+    -- upsert the same totals rows in different orders.
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('gaia-usage-fold', 0)) THEN
+        RETURN 0;
+    END IF;
     CREATE TEMP TABLE IF NOT EXISTS usage_fold (repository_id bigint, namespace text COLLATE "C", repo_dedup bigint, ns_dedup bigint, logical bigint) ON COMMIT DROP;
     WITH d AS (DELETE FROM storage_usage_deltas RETURNING repository_id, namespace, repo_dedup, ns_dedup, logical)
     INSERT INTO usage_fold SELECT * FROM d;
