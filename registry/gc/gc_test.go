@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	gohdfs "github.com/colinmarc/hdfs/v2"
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
@@ -46,14 +49,31 @@ type cluster struct {
 // the harness's real HDFS (a test fails if HDFS is not running).
 var drivers = []string{"filesystem", "hdfs"}
 
+// hdfsRoots and fsRoots: each test driver's root directory.
+var (
+	hdfsRoots = map[storagedriver.StorageDriver]string{}
+	fsRoots   = map[storagedriver.StorageDriver]string{}
+	rootsMu   sync.Mutex
+)
+
+func fsRootOf(t *testing.T, d storagedriver.StorageDriver) string {
+	rootsMu.Lock()
+	defer rootsMu.Unlock()
+	return fsRoots[d]
+}
+
 func newDriver(t *testing.T, kind string) storagedriver.StorageDriver {
 	t.Helper()
 	switch kind {
 	case "filesystem":
-		d, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
+		root := t.TempDir()
+		d, err := filesystem.FromParameters(map[string]any{"rootdirectory": root})
 		if err != nil {
 			t.Fatal(err)
 		}
+		rootsMu.Lock()
+		fsRoots[d] = root
+		rootsMu.Unlock()
 		return d
 	case "hdfs":
 		env := harness.Start(t, harness.HDFS)
@@ -68,6 +88,9 @@ func newDriver(t *testing.T, kind string) storagedriver.StorageDriver {
 			d.Delete(context.Background(), "/")
 			d.Close()
 		})
+		rootsMu.Lock()
+		hdfsRoots[d] = root
+		rootsMu.Unlock()
 		return d
 	}
 	t.Fatalf("driver %q", kind)
@@ -680,4 +703,92 @@ func TestUsageAndQuota(t *testing.T) {
 		t.Fatalf("a manifest PUT over the quota: %v", err)
 	}
 	c.checkUsage(t)
+}
+
+// TestWalk: the storage walk removes blob objects no placement records
+// once older than the grace period (aged here by setting their mtime),
+// and, on HDFS, stale @staging files; it leaves young ones, placed ones,
+// and runs at most once per Every (a lease).
+func TestWalk(t *testing.T) {
+	for _, kind := range drivers {
+		t.Run(kind, func(t *testing.T) {
+			ctx := context.Background()
+			c := newCluster(t, kind)
+			x := c.idcs[0]
+			var age func(p string)
+			var staging gc.StagingSweeper
+			switch kind {
+			case "filesystem":
+				fsRoot := fsRootOf(t, x.drv)
+				age = func(p string) {
+					old := time.Now().Add(-48 * time.Hour)
+					if err := os.Chtimes(filepath.Join(fsRoot, p), old, old); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case "hdfs":
+				hd := x.drv.(*hdfsdriver.Driver)
+				staging = hd
+				env := harness.Start(t, harness.HDFS)
+				cl, err := gohdfs.NewClient(gohdfs.ClientOptions{Addresses: []string{env.Get(t, "GAIA_TEST_HDFS_NAMENODE")}, User: "gaia"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer cl.Close()
+				rootsMu.Lock()
+				root := hdfsRoots[x.drv]
+				rootsMu.Unlock()
+				age = func(p string) {
+					old := time.Now().Add(-48 * time.Hour)
+					if err := cl.Chtimes(path.Join(root, p), old, old); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := cl.MkdirAll(path.Join(root, "@staging"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				for _, name := range []string{"old", "new"} {
+					w, err := cl.Create(path.Join(root, "@staging", name))
+					if err != nil {
+						t.Fatal(err)
+					}
+					w.Write([]byte(name))
+					w.Close()
+				}
+				age("@staging/old")
+			}
+			placed, err := c.pushBlob(ctx, 0, "walk/app", layer(31, 100))
+			if err != nil {
+				t.Fatal(err)
+			}
+			age(uploadsession.BlobPath(placed))
+			orphanOld, orphanNew := layer(32, 100), layer(33, 100)
+			for _, b := range [][]byte{orphanOld, orphanNew} {
+				if err := x.drv.PutContent(ctx, uploadsession.BlobPath(digest.FromBytes(b)), b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			age(uploadsession.BlobPath(digest.FromBytes(orphanOld)))
+			res, err := x.gc.Walk(ctx, gc.WalkOptions{Grace: time.Hour, Rate: 10_000, Staging: staging})
+			if err != nil || !res.Ran {
+				t.Fatalf("walk: %+v %v", res, err)
+			}
+			if res.Removed != 1 {
+				t.Errorf("walk removed %d objects; want the old unplaced one", res.Removed)
+			}
+			exists := func(p string) bool { _, err := x.drv.Stat(ctx, p); return err == nil }
+			if exists(uploadsession.BlobPath(digest.FromBytes(orphanOld))) || !exists(uploadsession.BlobPath(digest.FromBytes(orphanNew))) ||
+				!exists(uploadsession.BlobPath(placed)) {
+				t.Errorf("after the walk: old orphan %v (want gone), young orphan %v, placed blob %v (want both there)",
+					exists(uploadsession.BlobPath(digest.FromBytes(orphanOld))), exists(uploadsession.BlobPath(digest.FromBytes(orphanNew))),
+					exists(uploadsession.BlobPath(placed)))
+			}
+			if kind == "hdfs" && res.Staging != 1 {
+				t.Errorf("walk removed %d staging files; want the old one", res.Staging)
+			}
+			if again, err := x.gc.Walk(ctx, gc.WalkOptions{Grace: time.Hour}); err != nil || again.Ran {
+				t.Errorf("a second walk within Every ran: %+v %v", again, err)
+			}
+		})
+	}
 }
