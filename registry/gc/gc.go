@@ -63,6 +63,10 @@ type Options struct {
 	// Workers review a claimed batch's entries concurrently (default 4):
 	// each review is a few round trips to PostgreSQL.
 	Workers int
+	// Rate bounds the reviews and byte deletions this collector starts
+	// per second (0: no bound), so a large backlog does not compete with
+	// clients for CPU and PostgreSQL.
+	Rate float64
 	// Lease is how long a claim lasts (default 5m): a worker that dies
 	// loses its entries to others when it passes.
 	Lease   time.Duration
@@ -86,7 +90,8 @@ const (
 
 // Collector runs garbage collection passes.
 type Collector struct {
-	o Options
+	o    Options
+	pace *time.Ticker // Options.Rate; nil: none
 }
 
 // New returns a Collector.
@@ -109,7 +114,11 @@ func New(o Options) *Collector {
 	if o.Holder == "" {
 		o.Holder = randomHolder()
 	}
-	return &Collector{o: o}
+	c := &Collector{o: o}
+	if o.Rate > 0 {
+		c.pace = time.NewTicker(time.Duration(float64(time.Second) / o.Rate))
+	}
+	return c
 }
 
 // Decision is what a review decided, and why.
@@ -249,6 +258,9 @@ func (c *Collector) each(n int, f func(i int)) {
 		}()
 	}
 	for i := range n {
+		if c.pace != nil {
+			<-c.pace.C
+		}
 		next <- i
 	}
 	close(next)

@@ -126,6 +126,7 @@ type GCConfig struct {
 	Interval time.Duration `yaml:"interval"` // sleep between passes that found nothing due (default 1m)
 	Batch    int           `yaml:"batch"`    // entries claimed at a time (default 100)
 	Workers  int           `yaml:"workers"`  // reviews of a batch run concurrently (default 4)
+	Rate     float64       `yaml:"rate"`     // reviews and byte deletions started per second at most (default 0: no bound)
 	Walk     struct {
 		Every    time.Duration `yaml:"every"`    // storage walk of the IDC at most this often, cluster-wide (default 24h; set disabled: true to never walk)
 		Grace    time.Duration `yaml:"grace"`    // unrecorded objects younger than this stay (default 24h)
@@ -153,6 +154,9 @@ func (g GCConfig) validate() error {
 	}
 	if g.Workers < 0 {
 		return errors.New("gc.workers: must be positive")
+	}
+	if g.Rate < 0 {
+		return errors.New("gc.rate: must not be negative")
 	}
 	if g.Walk.Rate < 0 {
 		return errors.New("gc.walk.rate: must be positive")

@@ -6,7 +6,8 @@
 //   - the cost to clients: manifest GET p99 (8 clients) and a
 //     GC_BENCH_PUSH (default 1 GiB) blob push, with the collector off and
 //     then flat out (a `gc run --loop` worker, no review delay, over the
-//     same backlog again), in one run;
+//     same backlog again), then paced (gc.rate, GC_BENCH_RATE, default
+//     200/s), in one run;
 //   - for the record, the stock registry's `garbage-collect` (which needs
 //     the registry read-only) over the same number of unreferenced blobs.
 //
@@ -299,11 +300,36 @@ func BenchmarkGC(b *testing.B) {
 		}
 		p99On, pushOn := clientCost(b, base, pushSize, 11)
 		reviews, deletions := queued(b, db)
+		worker.Process.Kill()
+		worker.Wait()
+		// The same backlog, the collector paced (gc.rate).
+		rate := envInt("GC_BENCH_RATE", 200)
+		paced := exec.Command(bin, "gc", "run", "--loop", "--config",
+			writeConfig(b, harness.RegistryConfig(harness.FreeAddr(b), db, root)+fmt.Sprintf("gc: {reviewafter: 0s, batch: 500, interval: 10ms, rate: %d}\n", rate)))
+		paced.Stdout, paced.Stderr = os.Stderr, os.Stderr
+		if err := paced.Start(); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { paced.Process.Kill(); paced.Wait() }()
+		before, _ := queued(b, db)
+		for {
+			if r, _ := queued(b, db); r < before-100 {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t0 := time.Now()
+		before, _ = queued(b, db)
+		p99Paced, pushPaced := clientCost(b, base, pushSize, 12)
+		after, _ := queued(b, db)
+		pacedRate := float64(before-after) / time.Since(t0).Seconds()
 		b.Logf("clients, collector off:       manifest GET p99 %s, %d MiB push %.0f MiB/s",
 			p99Off.Round(10*time.Microsecond), pushSize>>20, pushOff)
 		b.Logf("clients, collector flat out:  manifest GET p99 %s, %d MiB push %.0f MiB/s (%d reviews and %d byte deletions still queued at the end: it was busy throughout)",
 			p99On.Round(10*time.Microsecond), pushSize>>20, pushOn, reviews, deletions)
 		b.Logf("ratios (on/off): GET p99 %.2f, push throughput %.2f", float64(p99On)/float64(p99Off), pushOn/pushOff)
+		b.Logf("clients, collector paced at %d/s: manifest GET p99 %s, %d MiB push %.0f MiB/s (it reviewed about %.0f blobs/s meanwhile); ratios to off: GET p99 %.2f, push %.2f",
+			rate, p99Paced.Round(10*time.Microsecond), pushSize>>20, pushPaced, pacedRate, float64(p99Paced)/float64(p99Off), pushPaced/pushOff)
 		if reviews+deletions == 0 {
 			b.Logf("note: the collector finished before the clients did; raise GC_BENCH_BLOBS")
 		}
