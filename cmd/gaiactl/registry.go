@@ -194,7 +194,6 @@ func (m *registryCLI) printPolicies(ps []retention.Policy) {
 	tw.Flush()
 }
 
-
 func storageCmd(g *globals) *cobra.Command {
 	m := newRegistryCLI(g)
 	cmd := group("storage", "storage usage and namespace quotas, through gaia-registry's admin API")
