@@ -23,7 +23,7 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-gc services services-stop vet clean
 
 all: build
 
@@ -85,7 +85,7 @@ test-hdfs-full:
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
 # colinmarc client, then gaia-mirror vs skopeo sync, then gaia-scheduler's
 # placement engine. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node
+bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-gc
 
 # 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
 # own client; manifest GETs at 32 clients; manifest GET latency while 200
@@ -126,6 +126,14 @@ bench-scheduler-cp:
 # tests/services/enforce-node.sh).
 bench-node:
 	$(GO) test -count=1 -timeout 10m -run '^$$' -bench BenchmarkNode50 -benchtime 1x ./nodeagent/enforce/
+
+# Online garbage collection: one `gaia-registry gc run` pass over 100,000
+# unreferenced blobs (filesystem); the stock registry's garbage-collect over
+# as many; manifest GET p99 and a 1 GiB push with the collector off, then
+# flat out, in one run (GC_BENCH_BLOBS, GC_BENCH_PUSH to change).
+bench-gc:
+	bash $(SVC) start postgres
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkGC -benchtime 1x -v ./tests/bench/gc/
 
 bench-hdfs:
 	bash $(SVC) start hdfs

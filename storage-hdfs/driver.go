@@ -619,3 +619,35 @@ func (w *listingWalker) Stat(ctx context.Context, p string) (storagedriver.FileI
 	}
 	return w.driver.Stat(ctx, p)
 }
+
+// SweepStaging removes the staging files (PutContent's, under @staging)
+// older than olderThan: what a writer killed between writing one and
+// renaming it into place left behind. A live PutContent renames its file
+// within one call, so olderThan only needs to exceed a call's duration.
+// It returns how many it removed (garbage collection's storage walk).
+func (d *Driver) SweepStaging(ctx context.Context, olderThan time.Duration) (int, error) {
+	dir := path.Join(d.d.root, stagingDir)
+	removed := 0
+	err := d.d.withClient(ctx, func(c *gohdfs.Client) error {
+		entries, err := c.ReadDir(dir)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		var errs []error
+		for _, e := range entries {
+			if time.Since(e.ModTime()) < olderThan {
+				continue
+			}
+			if err := c.Remove(path.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			removed++
+		}
+		return errors.Join(errs...)
+	})
+	return removed, err
+}

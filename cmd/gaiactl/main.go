@@ -7,6 +7,9 @@
 //	gaiactl [global flags] pool list | show | create | update | delete | load
 //	gaiactl [global flags] node list | show | drain
 //	gaiactl [global flags] instance stop ID
+//	gaiactl [global flags] gc status
+//	gaiactl [global flags] retention list | show | set | delete | run [--dry-run]
+//	gaiactl [global flags] storage usage [PREFIX] | quota NAMESPACE BYTES|none
 //	gaiactl completion bash|zsh|fish|powershell
 //
 // Global flags: --cluster NAME, --server URL, --token TOKEN, -o table|json,
@@ -119,7 +122,7 @@ network refuses, 2 for a usage error.`,
 	pf.StringVarP(&g.output, "output", "o", "table", "output: table or json")
 	pf.StringVar(&g.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul's HTTP address, for --cluster (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
-	root.AddCommand(mirrorCmd(g), appCmd(g), poolCmd(g), nodeCmd(g), instanceCmd(g))
+	root.AddCommand(mirrorCmd(g), appCmd(g), poolCmd(g), nodeCmd(g), instanceCmd(g), gcCmd(g), retentionCmd(g), storageCmd(g))
 	return root
 }
 

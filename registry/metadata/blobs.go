@@ -93,7 +93,9 @@ func (b *Blobs) mount(ctx context.Context, to string, from []string, d digest.Di
 			SELECT repo.id, src.digest FROM repo, src
 			ON CONFLICT DO NOTHING)
 		SELECT size FROM src`, to, from, d.String()).Scan(&size)
-	if errors.Is(err, pgx.ErrNoRows) {
+	// A foreign key violation: garbage collection deleted the blob
+	// between the lookup and the link (its row lock orders the two).
+	if errors.Is(err, pgx.ErrNoRows) || isFKViolation(err) {
 		return 0, ErrNotFound
 	}
 	return size, err

@@ -48,3 +48,11 @@ func AdvisoryLock(ctx context.Context, pool *pgxpool.Pool, key string, done func
 		}
 	}
 }
+
+// BlobLockKey names the IDC-wide lock for blob d's bytes in idc's storage
+// (an advisory lock; session or transaction scope share one space). Whoever
+// puts the bytes at the blob's path and records the IDC's placement holds
+// it (an upload finishing, a cross-IDC fill), and so does whoever deletes
+// them (garbage collection, the storage walk): a deleter that sees no
+// placement under the lock knows no writer is about to record one.
+func BlobLockKey(idc, d string) string { return "gaia-fill:" + idc + ":" + d }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -81,6 +82,10 @@ func NewManifests(db *pgxpool.Pool) *Manifests {
 	return m
 }
 
+// IsFKViolation reports a foreign key violation (SQLSTATE 23503): for an
+// insert, the row it refers to is gone (garbage collection won the race).
+func IsFKViolation(err error) bool { return isFKViolation(err) }
+
 func isFKViolation(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "23503"
@@ -139,6 +144,9 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, $2))`, d, repoID); err != nil {
 				return err
 			}
+		}
+		if err := CheckQuota(ctx, tx, repo, "", 0); err != nil {
+			return err
 		}
 		missing := &MissingError{}
 		if len(nm.Blobs) > 0 {
@@ -237,10 +245,22 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 			}
 		}
 		for _, tag := range nm.Tags {
-			if _, err := tx.Exec(ctx, `
+			// A tag an enabled retention policy makes immutable is not
+			// moved to another manifest: the update's WHERE refuses it,
+			// and no row comes back.
+			var moved bool
+			err := tx.QueryRow(ctx, `
 				INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, $2, $3)
-				ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = EXCLUDED.manifest_id, updated_at = now()`,
-				repoID, tag, id); err != nil {
+				ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = EXCLUDED.manifest_id, updated_at = now()
+				WHERE tags.manifest_id = EXCLUDED.manifest_id OR NOT EXISTS (
+					SELECT 1 FROM retention_policies p
+					WHERE p.enabled AND p.immutable_regex IS NOT NULL AND $4 ~ p.repository_regex AND EXCLUDED.name ~ p.immutable_regex)
+				RETURNING true`,
+				repoID, tag, id, repo).Scan(&moved)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return immutableTag(ctx, tx, repo, repoID, tag)
+			}
+			if err != nil {
 				if isFKViolation(err) { // the manifest was deleted under us
 					return &MissingError{Manifests: []digest.Digest{nm.Digest}}
 				}
@@ -252,6 +272,22 @@ func (m *Manifests) Put(ctx context.Context, repo string, nm NewManifest) error 
 		}
 		return nil
 	})
+}
+
+// immutableTag is the DENIED error for a push that would move an
+// immutable tag, naming the policy and the digest the tag keeps.
+func immutableTag(ctx context.Context, tx pgx.Tx, repo string, repoID int64, tag string) error {
+	var policy, current string
+	err := tx.QueryRow(ctx, `
+		SELECT p.name, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id, retention_policies p
+		WHERE t.repository_id = $1 AND t.name = $2 AND p.enabled AND p.immutable_regex IS NOT NULL
+		  AND $3 ~ p.repository_regex AND t.name ~ p.immutable_regex
+		ORDER BY p.name LIMIT 1`, repoID, tag, repo).Scan(&policy, &current)
+	if err != nil {
+		policy, current = "?", "?"
+	}
+	return errcode.ErrorCodeDenied.WithMessage(fmt.Sprintf(
+		"tag %s:%s is immutable (retention policy %q) and points at %s; push under a new tag", repo, tag, policy, current))
 }
 
 const manifestColumns = `m.digest, m.media_type, coalesce(m.artifact_type, ''), coalesce(m.subject_digest, ''), m.annotations, m.content`

@@ -163,7 +163,9 @@ func (r *Replicator) lock(ctx context.Context, d digest.Digest, refill bool) (un
 }
 
 // fillLock names the IDC-wide lock for copying d into idc.
-func fillLock(idc string, d digest.Digest) string { return "gaia-fill:" + idc + ":" + d.String() }
+// It is the IDC's lock on d's bytes (metadata.BlobLockKey), which garbage
+// collection's deleters take too.
+func fillLock(idc string, d digest.Digest) string { return metadata.BlobLockKey(idc, d.String()) }
 
 // copyOnce copies d into this IDC unless it is already placed here (for
 // a refill: unless its bytes are back), under the IDC-wide lock for d.
@@ -212,6 +214,13 @@ func (r *Replicator) copyOnce(ctx context.Context, repo string, d digest.Digest,
 		err := r.copyFrom(ctx, src, base, repo, d, size, cause)
 		if err == nil {
 			_, err = r.o.DB.Exec(ctx, `INSERT INTO blob_placements (digest, idc) VALUES ($1, $2) ON CONFLICT DO NOTHING`, d.String(), r.o.IDC)
+			if metadata.IsFKViolation(err) {
+				// Garbage collection deleted the blob while it was copied:
+				// the copy is nobody's (no placement can appear while we
+				// hold the IDC's lock on d), so it goes now.
+				r.o.Driver.Delete(context.WithoutCancel(ctx), path.Dir(uploadsession.BlobPath(d)))
+				return fmt.Errorf("blob %s was deleted during the copy: %w", d, ErrUnavailable)
+			}
 			return err
 		}
 		r.o.Log.Warn("cross-IDC copy failed", "digest", d, "from", src, "cause", cause, "err", err)

@@ -30,6 +30,11 @@ type Config struct {
 	// PullThrough bounds what pulls under on-demand mirror rules may
 	// start (mirror-sync/pullthrough).
 	PullThrough PullThroughConfig `yaml:"pullthrough"`
+	// GC is online garbage collection (registry/gc).
+	GC GCConfig `yaml:"gc"`
+	// Admin is the admin API (garbage collection status, retention
+	// policies, storage usage and quotas).
+	Admin AdminConfig `yaml:"admin"`
 	// Version is accepted (and ignored) so distribution-style files load.
 	Version string `yaml:"version"`
 }
@@ -111,6 +116,60 @@ type PullThroughConfig struct {
 	NegativeMax     int           `yaml:"negativemax"`     // such answers kept; default 10000
 }
 
+// GCConfig is the gc section: online garbage collection (registry/gc).
+// Every server runs the collector unless disabled; any number may run it
+// at once, as may `gaia-registry gc run` workers.
+type GCConfig struct {
+	// Disabled turns the collector loop off in this server (reviews still
+	// queue; a `gaia-registry gc` worker or another server collects).
+	Disabled bool `yaml:"disabled"`
+	// ReviewAfter: a queued review is due this long after the reference
+	// changed (default 24h; 0 reviews at once).
+	ReviewAfter *time.Duration `yaml:"reviewafter"`
+	Manifests   struct {
+		Untagged string `yaml:"untagged"` // delete (default) or keep
+	} `yaml:"manifests"`
+	Interval time.Duration `yaml:"interval"` // sleep between passes that found nothing due (default 1m)
+	Batch    int           `yaml:"batch"`    // entries claimed at a time (default 100)
+	Workers  int           `yaml:"workers"`  // reviews of a batch run concurrently (default 4)
+	Rate     float64       `yaml:"rate"`     // reviews and byte deletions started per second at most (default 0: no bound)
+	Walk     struct {
+		Every    time.Duration `yaml:"every"`    // storage walk of the IDC at most this often, cluster-wide (default 24h; set disabled: true to never walk)
+		Grace    time.Duration `yaml:"grace"`    // unrecorded objects younger than this stay (default 24h)
+		Rate     float64       `yaml:"rate"`     // storage entries examined per second at most (default 200)
+		Disabled bool          `yaml:"disabled"` // no storage walk from this server
+	} `yaml:"walk"`
+}
+
+// ReviewDelay is gc.reviewafter with its default.
+func (g GCConfig) ReviewDelay() time.Duration {
+	if g.ReviewAfter == nil {
+		return 24 * time.Hour
+	}
+	return *g.ReviewAfter
+}
+
+func (g GCConfig) validate() error {
+	switch g.Manifests.Untagged {
+	case "", "delete", "keep":
+	default:
+		return fmt.Errorf("gc.manifests.untagged: %q is not delete or keep", g.Manifests.Untagged)
+	}
+	if g.Batch < 0 {
+		return errors.New("gc.batch: must be positive")
+	}
+	if g.Workers < 0 {
+		return errors.New("gc.workers: must be positive")
+	}
+	if g.Rate < 0 {
+		return errors.New("gc.rate: must not be negative")
+	}
+	if g.Walk.Rate < 0 {
+		return errors.New("gc.walk.rate: must be positive")
+	}
+	return nil
+}
+
 // StorageConfig is what the storage section says once parsed.
 type StorageConfig struct {
 	Driver     string
@@ -124,7 +183,7 @@ type StorageConfig struct {
 // GAIA_HTTP_ADDR=0.0.0.0:5000 or GAIA_DATABASE_URL=postgres://...
 const envPrefix = "GAIA_"
 
-var sections = []string{"log", "http", "storage", "database", "auth", "cluster", "pullthrough"}
+var sections = []string{"log", "http", "storage", "database", "auth", "cluster", "pullthrough", "gc", "admin"}
 
 // LoadConfig reads a config file, applies GAIA_* environment overrides,
 // fills defaults and validates. Errors name the key at fault.
@@ -203,6 +262,9 @@ func (c *Config) validate() error {
 	}
 	if c.PullThrough.NegativeTTL < 0 {
 		return errors.New("pullthrough.negativettl: must not be negative")
+	}
+	if err := c.GC.validate(); err != nil {
+		return err
 	}
 	_, err := c.StorageConfig()
 	return err

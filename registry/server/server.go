@@ -35,8 +35,10 @@ import (
 	"github.com/gaia-registry/gaia/registry/auth"
 	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/forwarded"
+	"github.com/gaia-registry/gaia/registry/gc"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
+	"github.com/gaia-registry/gaia/registry/retention"
 	"github.com/gaia-registry/gaia/registry/tlsfiles"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 
@@ -63,6 +65,9 @@ type Server struct {
 	ptLockPool   *pgxpool.Pool           // pull-through manifest fetches' lock connections
 	blobLockPool *pgxpool.Pool           // pull-through blob fetches' lock connections
 	consul       *consul.Client          // nil without cluster.consul.addr
+	gc           *gc.Collector
+	retention    *retention.Store
+	staging      gc.StagingSweeper // the HDFS driver's @staging; nil for others
 	ready        atomic.Bool
 }
 
@@ -121,6 +126,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	}
 	if hd, ok := drv.(*hdfsdriver.Driver); ok {
 		reg.MustRegister(hdfsCollector{hd})
+		s.staging = hd
 	}
 	s.driver = timedDriver{StorageDriver: drv, m: s.metrics}
 	s.uploads = uploadsession.New(s.pool, s.driver).InIDC(cfg.Cluster.IDC)
@@ -181,6 +187,13 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		s.pool.Close()
 		return nil, err
 	}
+	s.gc = gc.New(gc.Options{
+		DB: s.pool, IDC: cfg.Cluster.IDC, Driver: s.driver, ReviewAfter: cfg.GC.ReviewDelay(),
+		KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Workers: cfg.GC.Workers, Rate: cfg.GC.Rate, Log: log,
+		Metrics: gc.NewMetrics(reg),
+	})
+	s.retention = &retention.Store{DB: s.pool, Holder: cfg.Cluster.Advertise}
+	reg.MustRegister(newUsageCollector(s.pool))
 	blobs, manifests := metadata.NewBlobs(s.pool), metadata.NewManifests(s.pool)
 	if step := os.Getenv(TestHookPark); step != "" {
 		park := parkAt(step, log)
@@ -212,6 +225,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", s.readyz)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle(AdminPrefix, s.adminHandler())
 	s.handler = mux
 	return s, nil
 }
@@ -410,6 +424,31 @@ func (s *Server) purgeUploads(ctx context.Context) {
 	}
 }
 
+// walkStorage offers to walk the IDC's storage for crash-left objects
+// (gc.Collector.Walk); the walk's lease makes one server of the IDC do it,
+// at most once per gc.walk.every.
+func (s *Server) walkStorage(ctx context.Context) {
+	o := gc.WalkOptions{Every: s.cfg.GC.Walk.Every, Grace: s.cfg.GC.Walk.Grace, Rate: s.cfg.GC.Walk.Rate, Staging: s.staging}
+	every := o.Every
+	if every <= 0 {
+		every = 24 * time.Hour
+	}
+	for {
+		res, err := s.gc.Walk(ctx, o)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("storage walk", "err", err)
+		}
+		if res.Removed+res.Staging > 0 {
+			s.log.Info("storage walk removed crash-left data", "objects", res.Removed, "staging_files", res.Staging, "examined", res.Examined)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(every, time.Hour)):
+		}
+	}
+}
+
 // sweepFills removes the staging directories of fills whose server died
 // mid-copy (replication.SweepFills), whether or not this server fills.
 func (s *Server) sweepFills(ctx context.Context) {
@@ -526,6 +565,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.repl != nil {
 		go s.repl.Run(bg, 2*time.Second)
+	}
+	go s.retention.Loop(bg, 30*time.Second, func(err error) { s.log.Warn("retention run", "err", err) })
+	if !s.cfg.GC.Disabled {
+		go s.gc.Run(bg, s.cfg.GC.IdleInterval())
+		if !s.cfg.GC.Walk.Disabled {
+			go s.walkStorage(bg)
+		}
 	}
 	if s.consul != nil {
 		if err := s.register(scheme); err != nil {

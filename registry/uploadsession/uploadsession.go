@@ -38,6 +38,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/gaia-registry/gaia/registry/metadata"
 )
 
 var (
@@ -202,6 +204,7 @@ func (s *Store) Get(ctx context.Context, repo, id string) (Session, error) {
 // "{A0...}" and "a0..." as the same uuid; storage paths do not).
 type claim struct {
 	token   string
+	repo    string // the repository, by name (quota checks)
 	id      string
 	repoID  int64
 	path    string
@@ -215,7 +218,7 @@ type claim struct {
 // claim takes the session for one request, or says why it cannot: ErrUnknown,
 // or a Busy RangeError while another request holds an unexpired claim.
 func (s *Store) claim(ctx context.Context, repo, id string) (*claim, error) {
-	c := &claim{token: newID(), lost: make(chan struct{})}
+	c := &claim{token: newID(), repo: repo, lost: make(chan struct{})}
 	var state []byte
 	var lapsed bool
 	err := s.db.QueryRow(ctx, `
@@ -565,27 +568,49 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 		return Blob{}, ErrDigestMismatch
 	}
 	s.step(StepVerified)
-	// One object per blob, written once: if another upload already stored
-	// this digest, keep that object; ours goes with the directory below.
-	// An existing object of another size is not this blob (a torn copy):
-	// ours replaces it.
-	if fi, err := s.driver.Stat(ctx, BlobPath(want)); err != nil || fi.Size() != c.size {
-		if err := s.driver.Move(ctx, c.path, BlobPath(want)); err != nil {
-			return Blob{}, err
+	// The move and the statement that records the blob run under the
+	// IDC's lock on its bytes (metadata.BlobLockKey), which garbage
+	// collection's deleters take too: bytes found at the blob's path here
+	// cannot be deleted before this IDC's placement is recorded, and a
+	// deletion that ran first has removed them. A foreign key violation is
+	// a race lost to the collector deleting the blob's row between the
+	// statement's parts: tried again, the statement records the blob anew.
+	var ended int
+	for attempt := 0; ; attempt++ {
+		err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`,
+				metadata.BlobLockKey(s.idc, want.String())); err != nil {
+				return err
+			}
+			if err := metadata.CheckQuota(ctx, tx, c.repo, want.String(), c.size); err != nil {
+				return err
+			}
+			// One object per blob, written once: if another upload already
+			// stored this digest, keep that object; ours goes with the
+			// directory below. An existing object of another size is not
+			// this blob (a torn copy): ours replaces it.
+			if fi, err := s.driver.Stat(ctx, BlobPath(want)); err != nil || fi.Size() != c.size {
+				if err := s.driver.Move(ctx, c.path, BlobPath(want)); err != nil {
+					return err
+				}
+			}
+			s.step(StepMoved)
+			// One statement: end the session if the claim is still ours,
+			// record the blob, its link to the repository and this IDC's
+			// copy. A crash before it leaves bytes without a row (the
+			// collector's storage walk removes them), never a row without
+			// bytes.
+			return tx.QueryRow(ctx, `
+				WITH s AS (DELETE FROM upload_sessions WHERE id = $1 AND writer = $2 RETURNING repository_id),
+				b AS (INSERT INTO blobs (digest, size) SELECT $3, $4 FROM s ON CONFLICT (digest) DO NOTHING),
+				l AS (INSERT INTO repository_blobs (repository_id, digest) SELECT repository_id, $3 FROM s ON CONFLICT DO NOTHING),
+				p AS (INSERT INTO blob_placements (digest, idc) SELECT $3, $5 FROM s ON CONFLICT DO NOTHING)
+				SELECT count(*) FROM s`, c.id, c.token, want.String(), c.size, s.idc).Scan(&ended)
+		})
+		if err == nil || !metadata.IsFKViolation(err) || attempt == 2 {
+			break
 		}
 	}
-	s.step(StepMoved)
-	// One statement: end the session if the claim is still ours, record the
-	// blob, its link to the repository and this IDC's copy. A crash before
-	// it leaves bytes without a row (harmless; garbage collection's), never
-	// a row without bytes.
-	var ended int
-	err = s.db.QueryRow(ctx, `
-		WITH s AS (DELETE FROM upload_sessions WHERE id = $1 AND writer = $2 RETURNING repository_id),
-		b AS (INSERT INTO blobs (digest, size) SELECT $3, $4 FROM s ON CONFLICT (digest) DO NOTHING),
-		l AS (INSERT INTO repository_blobs (repository_id, digest) SELECT repository_id, $3 FROM s ON CONFLICT DO NOTHING),
-		p AS (INSERT INTO blob_placements (digest, idc) SELECT $3, $5 FROM s ON CONFLICT DO NOTHING)
-		SELECT count(*) FROM s`, c.id, c.token, want.String(), c.size, s.idc).Scan(&ended)
 	if err != nil {
 		return Blob{}, err
 	}

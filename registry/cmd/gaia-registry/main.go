@@ -2,6 +2,7 @@
 //
 //	gaia-registry serve --config FILE
 //	gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]
+//	gaia-registry gc status|run [--config FILE] [--dry-run] [--loop] [--walk]
 //
 // `serve` runs one stateless registry server (registry/server): metadata in
 // PostgreSQL, blob bytes in the configured storage driver. GAIA_* variables
@@ -21,7 +22,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: gaia-registry serve --config FILE\n       gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]\n")
+	fmt.Fprintf(os.Stderr, "usage: gaia-registry serve --config FILE\n       gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]\n       gaia-registry gc status|run --config FILE [--dry-run] [--loop] [--walk]\n")
 	os.Exit(2)
 }
 
@@ -44,6 +45,11 @@ func main() {
 		}
 	case "migrate":
 		if err := migrateCmd(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "gaia-registry: %v\n", err)
+			os.Exit(1)
+		}
+	case "gc":
+		if err := gcCmd(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "gaia-registry: %v\n", err)
 			os.Exit(1)
 		}

@@ -1,0 +1,17 @@
+DROP TRIGGER gc_link_changed ON repository_blobs;
+DROP TRIGGER gc_manifest_blobs_dropped ON manifest_blobs;
+DROP TRIGGER gc_references_dropped ON manifest_references;
+DROP TRIGGER gc_manifest_added ON manifests;
+DROP TRIGGER gc_tags_changed ON tags;
+DROP FUNCTION gc_link_changed();
+DROP FUNCTION gc_manifest_blobs_dropped();
+DROP FUNCTION gc_references_dropped();
+DROP FUNCTION gc_manifest_added();
+DROP FUNCTION gc_tags_changed();
+DROP FUNCTION gc_queue_blob(text);
+DROP FUNCTION gc_queue_manifest(bigint);
+DROP TABLE gc_leases;
+DROP TABLE gc_totals;
+DROP TABLE gc_blob_deletions;
+DROP TABLE gc_blob_reviews;
+DROP TABLE gc_manifest_reviews;

@@ -1,0 +1,13 @@
+DROP TRIGGER usage_manifest_changed ON manifests;
+DROP TRIGGER usage_manifest_blob_changed ON manifest_blobs;
+DROP TRIGGER usage_link_changed ON repository_blobs;
+DROP FUNCTION storage_usage_fold();
+DROP FUNCTION usage_manifest_changed();
+DROP FUNCTION usage_manifest_blob_changed();
+DROP FUNCTION usage_link_changed();
+DROP FUNCTION gaia_namespace(text);
+DROP TABLE namespace_quotas;
+DROP TABLE namespace_blobs;
+DROP TABLE namespace_usage;
+DROP TABLE repository_usage;
+DROP TABLE storage_usage_deltas;

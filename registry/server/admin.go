@@ -1,0 +1,213 @@
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gaia-registry/gaia/registry/gc"
+	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/retention"
+)
+
+// AdminPrefix is where the registry's admin API lives (JSON, bearer token
+// admin.token): garbage collection's status, retention policies, storage
+// usage and quotas. gaiactl's gc, retention and storage commands use it.
+const AdminPrefix = "/admin/v1/"
+
+// AdminConfig is the admin section.
+type AdminConfig struct {
+	// Token is the bearer token of the admin API; empty: no admin API.
+	Token string `yaml:"token"`
+}
+
+type adminError struct {
+	Error struct {
+		Field   string `json:"field,omitempty"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func adminFail(w http.ResponseWriter, code int, field, msg string) {
+	var e adminError
+	e.Error.Field, e.Error.Message = field, msg
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(e)
+}
+
+func adminJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) adminHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if s.cfg.Admin.Token == "" {
+			adminFail(w, http.StatusNotFound, "", "the admin API is off (admin.token is not set)")
+			return
+		}
+		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Admin.Token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="gaia-registry-admin"`)
+			adminFail(w, http.StatusUnauthorized, "", "admin token required (Authorization: Bearer ...)")
+			return
+		}
+		ctx := r.Context()
+		rest := strings.TrimPrefix(r.URL.Path, AdminPrefix)
+		parts := strings.Split(strings.Trim(rest, "/"), "/")
+		fail := func(err error) {
+			var fe *retention.FieldError
+			switch {
+			case errors.As(err, &fe):
+				adminFail(w, http.StatusBadRequest, fe.Field, fe.Reason)
+			case errors.Is(err, retention.ErrNotFound):
+				adminFail(w, http.StatusNotFound, "", err.Error())
+			default:
+				s.log.Error("admin API", "path", r.URL.Path, "err", err)
+				adminFail(w, http.StatusInternalServerError, "", err.Error())
+			}
+		}
+		switch {
+		case len(parts) == 2 && parts[0] == "gc" && parts[1] == "status" && r.Method == http.MethodGet:
+			st, err := gc.ReadStatus(ctx, s.pool, s.cfg.GC.ReviewDelay())
+			if err != nil {
+				fail(err)
+				return
+			}
+			adminJSON(w, st)
+		case len(parts) == 1 && parts[0] == "retention" && r.Method == http.MethodGet:
+			ps, err := s.retention.List(ctx, "")
+			if err != nil {
+				fail(err)
+				return
+			}
+			adminJSON(w, ps)
+		case len(parts) == 2 && parts[0] == "retention":
+			name := parts[1]
+			switch r.Method {
+			case http.MethodGet:
+				ps, err := s.retention.List(ctx, name)
+				if err != nil {
+					fail(err)
+					return
+				}
+				adminJSON(w, ps[0])
+			case http.MethodPut:
+				var spec retention.Spec
+				dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+				dec.DisallowUnknownFields()
+				if err := dec.Decode(&spec); err != nil {
+					adminFail(w, http.StatusBadRequest, "", "policy: "+err.Error())
+					return
+				}
+				if err := s.retention.Put(ctx, name, spec); err != nil {
+					fail(err)
+					return
+				}
+				ps, err := s.retention.List(ctx, name)
+				if err != nil {
+					fail(err)
+					return
+				}
+				adminJSON(w, ps[0])
+			case http.MethodDelete:
+				if err := s.retention.Delete(ctx, name); err != nil {
+					fail(err)
+					return
+				}
+				w.WriteHeader(http.StatusNoContent)
+			default:
+				adminFail(w, http.StatusMethodNotAllowed, "", "GET, PUT or DELETE")
+			}
+		case len(parts) == 3 && parts[0] == "retention" && parts[2] == "run" && r.Method == http.MethodPost:
+			dry := r.URL.Query().Get("dryrun") != "" && r.URL.Query().Get("dryrun") != "0"
+			res, err := s.retention.Run(ctx, parts[1], dry)
+			if err != nil {
+				fail(err)
+				return
+			}
+			adminJSON(w, res)
+		case len(parts) == 2 && parts[0] == "storage" && parts[1] == "usage" && r.Method == http.MethodGet:
+			nss, repos, err := metadata.StorageUsage(ctx, s.pool, r.URL.Query().Get("prefix"))
+			if err != nil {
+				fail(err)
+				return
+			}
+			adminJSON(w, map[string]any{"namespaces": nss, "repositories": repos})
+		case len(parts) == 3 && parts[0] == "storage" && parts[1] == "quotas":
+			var bytes int64 = -1
+			switch r.Method {
+			case http.MethodPut:
+				var body struct {
+					Bytes *int64 `json:"bytes"`
+				}
+				if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&body); err != nil || body.Bytes == nil || *body.Bytes < 0 {
+					adminFail(w, http.StatusBadRequest, "bytes", "a quota is {\"bytes\": N}, N ≥ 0")
+					return
+				}
+				bytes = *body.Bytes
+			case http.MethodDelete:
+			default:
+				adminFail(w, http.StatusMethodNotAllowed, "", "PUT or DELETE")
+				return
+			}
+			if err := metadata.SetQuota(ctx, s.pool, parts[2], bytes); err != nil {
+				fail(err)
+				return
+			}
+			adminJSON(w, map[string]any{"namespace": parts[2], "bytes": bytes})
+		default:
+			adminFail(w, http.StatusNotFound, "", "no such admin resource: "+r.Method+" "+r.URL.Path)
+		}
+	})
+}
+
+// usageCollector exports namespace usage at scrape time (one query).
+type usageCollector struct {
+	db                      *pgxpool.Pool
+	bytes, quota, scrapeErr *prometheus.Desc
+}
+
+func newUsageCollector(db *pgxpool.Pool) *usageCollector {
+	return &usageCollector{
+		db: db,
+		bytes: prometheus.NewDesc("gaia_storage_namespace_bytes",
+			"Storage a namespace accounts for: kind dedup (each blob once) or logical (what pulling every manifest transfers).",
+			[]string{"namespace", "kind"}, nil),
+		quota: prometheus.NewDesc("gaia_storage_namespace_quota_bytes", "A namespace's storage quota (deduplicated bytes).",
+			[]string{"namespace"}, nil),
+		scrapeErr: prometheus.NewDesc("gaia_storage_usage_scrape_error", "1 when the usage could not be read for this scrape.", nil, nil),
+	}
+}
+
+func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.bytes
+	ch <- c.quota
+	ch <- c.scrapeErr
+}
+
+func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	all, err := metadata.NamespaceUsage(ctx, c.db, "")
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(c.scrapeErr, prometheus.GaugeValue, 1)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.scrapeErr, prometheus.GaugeValue, 0)
+	for _, u := range all {
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(u.DedupBytes), u.Name, "dedup")
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(u.LogicalBytes), u.Name, "logical")
+		if u.QuotaBytes != nil {
+			ch <- prometheus.MustNewConstMetric(c.quota, prometheus.GaugeValue, float64(*u.QuotaBytes), u.Name)
+		}
+	}
+}
