@@ -13,8 +13,10 @@ import (
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/metadata/metadatatest"
 )
 
@@ -370,5 +372,90 @@ func TestSweepOrphans(t *testing.T) {
 				t.Fatalf("live session after the sweep: %+v, %v", s, err)
 			}
 		})
+	}
+}
+
+// TestFinishWaitsForTheBlobLockWithoutAConnection: a finish whose blob is
+// locked in its IDC (a cross-IDC fill copying it) waits for the lock
+// without holding a database connection: with a pool of one connection,
+// other queries still run meanwhile, and the finish completes once the
+// lock is free.
+func TestFinishWaitsForTheBlobLockWithoutAConnection(t *testing.T) {
+	ctx := context.Background()
+	url := metadatatest.Database(t)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	one, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	srv := New(one, backends[0].newDriver(t)())
+	data := []byte("a blob a fill is copying")
+	want := digest.FromBytes(data)
+	s, err := srv.Start(ctx, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The fill's lock, held on a connection of its own.
+	holder := metadatatest.Open(t, url)
+	conn, err := holder.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	key := metadata.BlobLockKey(DefaultIDC, want.String())
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended($1, 0))`, key); err != nil {
+		t.Fatal(err)
+	}
+	busy := make(chan struct{}, 1)
+	srv.Hook(func(step string) {
+		if step == StepBusy {
+			select {
+			case busy <- struct{}{}:
+			default:
+			}
+		}
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := srv.Finish(ctx, "r", s.ID, 0, bytes.NewReader(data), want)
+		done <- err
+	}()
+	select { // until the finish has found the lock taken
+	case <-busy:
+	case err := <-done:
+		t.Fatalf("the finish ended (%v) while its blob was locked", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the finish never found its blob's lock taken")
+	}
+	qctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for i := range 5 {
+		var n int
+		if err := one.QueryRow(qctx, `SELECT 1`).Scan(&n); err != nil {
+			t.Fatalf("query %d on the finish's pool while it waits for the lock: %v (the finish holds the only connection)", i, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the finish ended (%v) while its blob was locked", err)
+	default:
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("finish after the lock was freed: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the finish did not complete within 30 s of the lock being freed")
 	}
 }

@@ -135,6 +135,7 @@ const (
 	StepVerified = "verified" // a finishing upload's digest checked, its data not yet moved
 	StepMoved    = "moved"    // a finished blob is at its content-addressed path, not yet recorded
 	StepLost     = "lost"     // a renewal found the claim gone; the writer stops at its next read
+	StepBusy     = "busy"     // a finishing upload found its blob locked in its IDC and pauses, no transaction open
 )
 
 // Hook sets a function called at each named step; tests use it to crash or
@@ -575,12 +576,22 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 	// deletion that ran first has removed them. A foreign key violation is
 	// a race lost to the collector deleting the blob's row between the
 	// statement's parts: tried again, the statement records the blob anew.
+	// The lock is tried, not waited for, inside the transaction: a
+	// cross-IDC fill holds it for as long as it copies the blob, and a
+	// finish waiting in the transaction would hold a database connection
+	// meanwhile (issue 10's rule: no connection while bytes flow). A busy
+	// lock ends the transaction and is tried again after a pause.
 	var ended int
-	for attempt := 0; ; attempt++ {
+	pause := 20 * time.Millisecond
+	for attempt := 0; ; {
 		err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`,
-				metadata.BlobLockKey(s.idc, want.String())); err != nil {
+			var got bool
+			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))`,
+				metadata.BlobLockKey(s.idc, want.String())).Scan(&got); err != nil {
 				return err
+			}
+			if !got {
+				return errBlobBusy
 			}
 			if err := metadata.CheckQuota(ctx, tx, c.repo, want.String(), c.size); err != nil {
 				return err
@@ -607,9 +618,20 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 				p AS (INSERT INTO blob_placements (digest, idc) SELECT $3, $5 FROM s ON CONFLICT DO NOTHING)
 				SELECT count(*) FROM s`, c.id, c.token, want.String(), c.size, s.idc).Scan(&ended)
 		})
+		if errors.Is(err, errBlobBusy) {
+			s.step(StepBusy)
+			select {
+			case <-ctx.Done():
+				return Blob{}, ctx.Err()
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, time.Second)
+			continue
+		}
 		if err == nil || !metadata.IsFKViolation(err) || attempt == 2 {
 			break
 		}
+		attempt++
 	}
 	if err != nil {
 		return Blob{}, err
@@ -767,6 +789,10 @@ func canonicalID(id string) bool {
 	}
 	return true
 }
+
+// errBlobBusy: another holder (a cross-IDC fill copying the blob, or the
+// collector deleting it) has the IDC's lock on the blob's bytes.
+var errBlobBusy = errors.New("the blob's bytes are locked in this IDC")
 
 func marshalHash(h hash.Hash) ([]byte, error) {
 	return h.(encoding.BinaryMarshaler).MarshalBinary()
