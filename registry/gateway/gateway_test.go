@@ -441,14 +441,21 @@ func TestMetricsPrunedWhenServerLeaves(t *testing.T) {
 	g.metricsGrace = 0 // below: the series of servers that left go at the next update
 	g.SetUpstreams([]*Upstream{leaving, deadUpstream(t, "dead")})
 	base := serve(t, g)
-	for range 4 { // some fail over from the dead one: errors and an ejection
+	// Until a request has been tried on the dead one (the pick is random)
+	// and failed over: errors and an ejection.
+	var m string
+	for i := 0; ; i++ {
 		if resp, err := http.Get(base + "/v2/"); err != nil {
 			t.Fatal(err)
 		} else {
 			resp.Body.Close()
 		}
+		m = scrape(t, base)
+		if strings.Contains(m, `gaia_gateway_upstream_errors_total{idc="idc-a",upstream="dead"}`) || i == 200 {
+			break
+		}
 	}
-	if m := scrape(t, base); !strings.Contains(m, `upstream="leaving"`) || !strings.Contains(m, `gaia_gateway_upstream_errors_total{idc="idc-a",upstream="dead"}`) {
+	if !strings.Contains(m, `upstream="leaving"`) || !strings.Contains(m, `gaia_gateway_upstream_errors_total{idc="idc-a",upstream="dead"}`) {
 		t.Fatalf("no series for the servers before they leave:\n%s", m)
 	}
 	slow := make(chan error, 1)
@@ -472,7 +479,7 @@ func TestMetricsPrunedWhenServerLeaves(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
-	m := scrape(t, base)
+	m = scrape(t, base)
 	for _, gone := range []string{`upstream="leaving"`, `upstream="dead"`} {
 		if strings.Contains(m, gone) {
 			t.Errorf("series with %s after it left:\n%s", gone, m)
