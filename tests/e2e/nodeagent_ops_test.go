@@ -1,0 +1,356 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+// agentCluster is a real gaia-scheduler and real gaia-nodeagent processes
+// sharing the harness's dockerd, each node on a loopback address of its
+// own (where its instances' ports are published), and an image built
+// locally and pushed with docker to the scheduler's registry.
+type agentCluster struct {
+	t      *testing.T
+	e      *schedEnv
+	henv   harness.Env
+	sched  *harness.Registry
+	cons   *consul.Client
+	image  string            // repo:tag in the registry
+	nodes  map[string]string // node name → address
+	agents map[string]string // node name → the agent's HTTP address
+	app    string
+}
+
+// opsInstance is an instance as the scheduler's API shows it.
+type opsInstance struct {
+	ID        string         `json:"id"`
+	Version   int64          `json:"version"`
+	Node      string         `json:"node"`
+	State     string         `json:"state"`
+	Reason    string         `json:"reason"`
+	HostPorts map[string]int `json:"hostPorts"`
+}
+
+func (in opsInstance) String() string {
+	return fmt.Sprintf("%s@%s:v%d:%s %s", in.ID, in.Node, in.Version, in.State, in.Reason)
+}
+
+// newAgentCluster starts the scheduler (spread scoring, so instances
+// land on every node) and one agent per address in ips.
+func newAgentCluster(t *testing.T, ips ...string) *agentCluster {
+	e := newSchedEnv(t)
+	e.scoring = "spread"
+	henv := harness.Start(t, harness.Dockerd)
+	host := strings.TrimPrefix(e.registry, "http://")
+	tag := host + "/agentops/web:v1"
+	harness.BuildImage(t, henv, tag, 1024)
+	harness.Docker(t, henv, "push", tag)
+	harness.Docker(t, henv, "rmi", tag)
+	sched := e.start()
+	waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(sched) })
+
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1_000_000)
+	c := &agentCluster{t: t, e: e, henv: henv, sched: sched, cons: consulClient(t, e.consul),
+		image: "agentops/web:v1", nodes: map[string]string{}, agents: map[string]string{}, app: "agentops-" + suffix}
+	for i, ip := range ips {
+		c.nodes[fmt.Sprintf("agent-%c-%s", 'a'+i, suffix)] = ip
+	}
+	t.Cleanup(func() {
+		for node := range c.nodes {
+			if ids, err := harness.DockerErr(henv, "ps", "-aq", "--filter", "label=gaia.node="+node); err == nil && ids != "" {
+				harness.DockerErr(henv, append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+			}
+		}
+		svcs, _ := c.cons.Agent().Services()
+		for id, s := range svcs {
+			if s.Service == c.app {
+				c.cons.Agent().ServiceDeregister(id)
+			}
+		}
+	})
+	bin := harness.Binary(t, "./nodeagent/cmd/gaia-nodeagent")
+	for node, ip := range c.nodes {
+		addr := harness.FreeAddr(t)
+		c.agents[node] = addr
+		cfg := fmt.Sprintf(`log: {level: info, formatter: json}
+http: {addr: %q}
+node: {name: %q, idc: idc-a, address: %s, datadir: %q, capacity: {cpu: 4, memory: 4Gi}}
+scheduler: {urls: [%q], token: %s}
+docker: {host: %q}
+registry: {gateway: %q}
+consul: {addr: %q}
+instances: {publiship: %s, stoptimeout: 2s}
+agent: {reportinterval: 1s, retryinterval: 200ms}
+`, addr, node, ip, t.TempDir(), sched.URL(), schedNode, henv.Get(t, "GAIA_TEST_DOCKER_HOST"), host, e.consul, ip)
+		path := filepath.Join(t.TempDir(), node+".yml")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		harness.StartProcess(t, bin, []string{"--config", path}, nil, addr, "/healthz",
+			func(code int) bool { return code == http.StatusOK })
+	}
+	waitFor(t, "every node registered", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready' AND name = ANY($1)`, keysOf(c.nodes)) == len(c.nodes)
+	})
+	if code := call(t, sched.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.agents"}, nil); code != http.StatusCreated {
+		t.Fatalf("create pool: %d", code)
+	}
+	return c
+}
+
+// spec is the app: an HTTP server answering "$GAIA_INSTANCE $GAIA_PORT_HTTP".
+func (c *agentCluster) spec(instances int) map[string]any {
+	return map[string]any{"name": c.app, "pool": "root.agents", "image": c.image, "instances": instances,
+		"command":   []string{"/bin/busybox", "sh", "-c", `mkdir -p /www && echo "$GAIA_INSTANCE $GAIA_PORT_HTTP" > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www`},
+		"resources": map[string]string{"cpu": "100m", "memory": "32Mi"},
+		"ports":     []map[string]any{{"name": "http", "containerPort": 8080}},
+		"health":    map[string]any{"type": "http", "port": "http", "path": "/", "interval": "1s", "timeout": "1s"},
+		"restart":   map[string]any{"attempts": 2, "delay": "100ms"},
+	}
+}
+
+// post is an admin POST to the scheduler that must answer 2xx.
+func (c *agentCluster) post(path string, body any) {
+	c.t.Helper()
+	var out map[string]any
+	if code := call(c.t, c.sched.URL(), schedAdmin, "POST", path, body, &out); code/100 != 2 {
+		c.t.Fatalf("POST %s: %d %v", path, code, out)
+	}
+}
+
+func (c *agentCluster) appVersion() int64 {
+	c.t.Helper()
+	var a struct {
+		Version int64 `json:"version"`
+	}
+	if code := call(c.t, c.sched.URL(), schedAdmin, "GET", "/v1/apps/"+c.app, nil, &a); code != http.StatusOK {
+		c.t.Fatalf("GET app: %d", code)
+	}
+	return a.Version
+}
+
+func (c *agentCluster) instances() []opsInstance {
+	var page struct {
+		Items []opsInstance `json:"items"`
+	}
+	call(c.t, c.sched.URL(), schedAdmin, "GET", "/v1/apps/"+c.app+"/instances?limit=100", nil, &page)
+	return page.Items
+}
+
+// live is the instances neither stopped, failed nor lost.
+func (c *agentCluster) live() (out []opsInstance) {
+	for _, in := range c.instances() {
+		if in.State != "stopped" && in.State != "failed" && in.State != "lost" {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+// waitHealthy waits until exactly n instances live, all healthy and at
+// version (0: any), and returns them.
+func (c *agentCluster) waitHealthy(what string, n int, version int64) []opsInstance {
+	c.t.Helper()
+	var healthy []opsInstance
+	waitErr(c.t, what, 90*time.Second, func() error {
+		live := c.live()
+		healthy = nil
+		for _, in := range live {
+			if in.State == "healthy" && (version == 0 || in.Version == version) {
+				healthy = append(healthy, in)
+			}
+		}
+		if len(live) != n || len(healthy) != n {
+			return fmt.Errorf("want %d healthy at version %d, instances: %v", n, version, live)
+		}
+		return nil
+	}, c.sched)
+	return healthy
+}
+
+// checkServing: each instance answers on its node's address and host
+// port with its own ID and port.
+func (c *agentCluster) checkServing(healthy []opsInstance) {
+	c.t.Helper()
+	for _, in := range healthy {
+		ip, port := c.nodes[in.Node], in.HostPorts["http"]
+		body, err := httpGet(fmt.Sprintf("http://%s:%d/", ip, port))
+		if want := fmt.Sprintf("%s %d", in.ID, port); err != nil || body != want {
+			c.t.Errorf("instance %s on %s: GET %s:%d: %q %v, want %q", in.ID, in.Node, ip, port, body, err, want)
+		}
+	}
+}
+
+// consulEntries is the app's service in Consul: instance ID → entry.
+func (c *agentCluster) consulEntries(passing bool) (map[string]*consul.AgentService, error) {
+	entries, _, err := c.cons.Health().Service(c.app, "", passing, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*consul.AgentService{}
+	for _, en := range entries {
+		out[en.Service.ID] = en.Service
+	}
+	return out, nil
+}
+
+// waitConsul waits until Consul lists exactly these instances under the
+// app's name, passing, each at its node's address and host port.
+func (c *agentCluster) waitConsul(what string, healthy []opsInstance) {
+	c.t.Helper()
+	waitErr(c.t, what, time.Minute, func() error {
+		got, err := c.consulEntries(false)
+		if err != nil {
+			return err
+		}
+		passing, err := c.consulEntries(true)
+		if err != nil {
+			return err
+		}
+		list := map[string]string{}
+		for id, s := range got {
+			list[id] = fmt.Sprintf("%s:%d", s.Address, s.Port)
+		}
+		for _, in := range healthy {
+			if want := fmt.Sprintf("%s:%d", c.nodes[in.Node], in.HostPorts["http"]); list[in.ID] != want || passing[in.ID] == nil {
+				return fmt.Errorf("Consul lists %v (%d passing), want %s at %s, passing", list, len(passing), in.ID, want)
+			}
+		}
+		if len(got) != len(healthy) {
+			return fmt.Errorf("Consul lists %v, want %d entries", list, len(healthy))
+		}
+		return nil
+	})
+}
+
+// containers is the app's containers (running or not) on every node.
+func (c *agentCluster) containers() []string {
+	c.t.Helper()
+	out := []string{}
+	for node := range c.nodes {
+		ids := harness.Docker(c.t, c.henv, "ps", "-aq", "--filter", "label=gaia.node="+node, "--filter", "label=gaia.app="+c.app)
+		out = append(out, strings.Fields(ids)...)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// waitContainers waits until the app has n containers and Consul n entries.
+func (c *agentCluster) waitContainers(what string, n int) {
+	c.t.Helper()
+	waitErr(c.t, what, time.Minute, func() error {
+		got, err := c.consulEntries(false)
+		if err != nil {
+			return err
+		}
+		if cs := c.containers(); len(cs) != n || len(got) != n {
+			return fmt.Errorf("containers %v, %d Consul entries; want %d of each", cs, len(got), n)
+		}
+		return nil
+	})
+}
+
+func nodesOf(ins []opsInstance) map[string]int {
+	out := map[string]int{}
+	for _, in := range ins {
+		out[in.Node]++
+	}
+	return out
+}
+
+// TestNodeAgentsAppOperations: issue 12's main flow with a real scheduler
+// and three real agents. An app of 6 instances reaches healthy on the
+// three nodes, each answering on its host port with its GAIA_INSTANCE and
+// GAIA_PORT_HTTP, all 6 in Consul under the app's name with their ports;
+// scaled to 9, then 2; restarted (a rolling replacement: new instances
+// at the new version, the old ones gone from Docker and Consul); one
+// instance stopped is replaced; the app stopped leaves no container nor
+// Consul entry, started comes back, deleted leaves nothing.
+func TestNodeAgentsAppOperations(t *testing.T) {
+	c := newAgentCluster(t, "127.0.0.2", "127.0.0.3", "127.0.0.4")
+	c.post("/v1/apps", c.spec(6))
+
+	healthy := c.waitHealthy("6 instances healthy", 6, 0)
+	if on := nodesOf(healthy); len(on) != 3 {
+		t.Errorf("6 instances on nodes %v, want all three", on)
+	}
+	c.checkServing(healthy)
+	c.waitConsul("Consul to list the 6 instances", healthy)
+	c.waitContainers("6 containers", 6)
+
+	c.post("/v1/apps/"+c.app+"/scale", map[string]int{"instances": 9})
+	healthy = c.waitHealthy("9 instances healthy after scaling up", 9, 0)
+	if on := nodesOf(healthy); len(on) != 3 {
+		t.Errorf("9 instances on nodes %v, want all three", on)
+	}
+	c.checkServing(healthy)
+	c.waitConsul("Consul to list the 9 instances", healthy)
+	c.waitContainers("9 containers", 9)
+
+	c.post("/v1/apps/"+c.app+"/scale", map[string]int{"instances": 2})
+	healthy = c.waitHealthy("2 instances healthy after scaling down", 2, 0)
+	c.waitContainers("2 containers after scaling down", 2)
+	c.waitConsul("Consul to list the 2 instances", healthy)
+
+	before := map[string]bool{}
+	for _, in := range healthy {
+		before[in.ID] = true
+	}
+	c.post("/v1/apps/"+c.app+"/restart", nil)
+	v := c.appVersion()
+	healthy = c.waitHealthy("2 instances healthy at the restarted version", 2, v)
+	for _, in := range healthy {
+		if before[in.ID] {
+			t.Errorf("instance %s survived the rolling restart", in.ID)
+		}
+	}
+	c.waitContainers("2 containers after the restart", 2)
+	c.checkServing(healthy)
+	c.waitConsul("Consul to list the restarted instances", healthy)
+
+	victim := healthy[0]
+	c.post("/v1/instances/"+victim.ID+"/stop", nil)
+	waitErr(t, "the stopped instance replaced", 90*time.Second, func() error {
+		var states []string
+		n := 0
+		for _, in := range c.live() {
+			states = append(states, in.String())
+			if in.ID == victim.ID {
+				return fmt.Errorf("%s still live: %v", victim.ID, states)
+			}
+			if in.State == "healthy" {
+				n++
+			}
+		}
+		if n != 2 {
+			return fmt.Errorf("instances: %v", states)
+		}
+		return nil
+	}, c.sched)
+	healthy = c.waitHealthy("2 instances healthy after the replacement", 2, 0)
+	c.checkServing(healthy)
+	c.waitConsul("Consul to list the replacement, not the stopped instance", healthy)
+	c.waitContainers("2 containers after the replacement", 2)
+
+	c.post("/v1/apps/"+c.app+"/stop", nil)
+	c.waitContainers("no container nor Consul entry after stopping the app", 0)
+	c.post("/v1/apps/"+c.app+"/start", nil)
+	healthy = c.waitHealthy("2 instances healthy after starting the app", 2, 0)
+	c.checkServing(healthy)
+	c.waitConsul("Consul to list the started instances", healthy)
+
+	if code := call(t, c.sched.URL(), schedAdmin, "DELETE", "/v1/apps/"+c.app, nil, nil); code/100 != 2 {
+		t.Fatalf("delete: %d", code)
+	}
+	c.waitContainers("no container nor Consul entry after the delete", 0)
+}
