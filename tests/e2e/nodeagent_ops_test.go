@@ -245,6 +245,33 @@ func (c *agentCluster) containers() []string {
 	return out
 }
 
+// consulCanaries: the instances tagged canary in Consul (under the app's
+// name, passing) are exactly want, and every entry is passing.
+func (c *agentCluster) consulCanaries(want []string) error {
+	all, err := c.consulEntries(false)
+	if err != nil {
+		return err
+	}
+	passing, err := c.consulEntries(true)
+	if err != nil {
+		return err
+	}
+	var tagged []string
+	for id, s := range all {
+		for _, tag := range s.Tags {
+			if tag == "canary" {
+				tagged = append(tagged, id)
+			}
+		}
+	}
+	sort.Strings(tagged)
+	sort.Strings(want)
+	if strings.Join(tagged, ",") != strings.Join(want, ",") || len(passing) != len(all) {
+		return fmt.Errorf("Consul: %d entries, %d passing, tagged canary %v; want %v", len(all), len(passing), tagged, want)
+	}
+	return nil
+}
+
 // waitContainers waits until the app has n containers and Consul n entries.
 func (c *agentCluster) waitContainers(what string, n int) {
 	c.t.Helper()
@@ -273,7 +300,9 @@ func nodesOf(ins []opsInstance) map[string]int {
 // three nodes, each answering on its host port with its GAIA_INSTANCE and
 // GAIA_PORT_HTTP, all 6 in Consul under the app's name with their ports;
 // scaled to 9, then 2; restarted (a rolling replacement: new instances
-// at the new version, the old ones gone from Docker and Consul); one
+// at the new version, the old ones gone from Docker and Consul); a
+// canary update with 1 canary shows exactly one instance tagged canary
+// in Consul, and promote moves both to the new version, none tagged; one
 // instance stopped is replaced; the app stopped leaves no container nor
 // Consul entry, started comes back, deleted leaves nothing.
 func TestNodeAgentsAppOperations(t *testing.T) {
@@ -317,6 +346,35 @@ func TestNodeAgentsAppOperations(t *testing.T) {
 	c.waitContainers("2 containers after the restart", 2)
 	c.checkServing(healthy)
 	c.waitConsul("Consul to list the restarted instances", healthy)
+
+	// A canary update: one instance moves to the new version, tagged
+	// canary in Consul; the other stays. Promote: both on the new version,
+	// none tagged.
+	old := c.appVersion()
+	upd := c.spec(2)
+	upd["env"] = map[string]string{"RELEASE": "2"}
+	upd["update"] = map[string]any{"canary": 1}
+	c.post("/v1/apps/"+c.app+"/update", upd)
+	v = c.appVersion()
+	waitErr(t, "one canary at the new version, tagged in Consul, beside one old instance", 90*time.Second, func() error {
+		byVersion := map[int64][]string{}
+		var states []string
+		for _, in := range c.live() {
+			states = append(states, in.String())
+			if in.State == "healthy" {
+				byVersion[in.Version] = append(byVersion[in.Version], in.ID)
+			}
+		}
+		if len(byVersion[v]) != 1 || len(byVersion[old]) != 1 || len(states) != 2 {
+			return fmt.Errorf("want one healthy at v%d and one at v%d: %v", v, old, states)
+		}
+		return c.consulCanaries(byVersion[v])
+	}, c.sched)
+	c.post("/v1/apps/"+c.app+"/promote", nil)
+	healthy = c.waitHealthy("both instances at the new version after the promote", 2, v)
+	waitErr(t, "no canary tag in Consul after the promote", time.Minute, func() error { return c.consulCanaries(nil) })
+	c.waitConsul("Consul to list the promoted instances", healthy)
+	c.checkServing(healthy)
 
 	victim := healthy[0]
 	c.post("/v1/instances/"+victim.ID+"/stop", nil)
