@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -245,6 +249,42 @@ func (c *agentCluster) containers() []string {
 	return out
 }
 
+// checkEndpoints: gaiactl app endpoints lists exactly these instances,
+// each at its node's address and host port, its named port in ports,
+// passing, canary when in canaries.
+func (c *agentCluster) checkEndpoints(ins []opsInstance, canaries []string) {
+	c.t.Helper()
+	ctl := harness.Binary(c.t, "./cmd/gaiactl")
+	out, err := exec.Command(ctl, "--consul", c.e.consul, "-o", "json", "app", "endpoints", c.app).CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("gaiactl app endpoints: %v\n%s", err, out)
+	}
+	var eps []struct {
+		Instance string         `json:"instance"`
+		Node     string         `json:"node"`
+		Address  string         `json:"address"`
+		Port     int            `json:"port"`
+		Ports    map[string]int `json:"ports"`
+		Canary   bool           `json:"canary"`
+		Status   string         `json:"status"`
+	}
+	if err := json.Unmarshal(out, &eps); err != nil {
+		c.t.Fatalf("gaiactl app endpoints: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, ep := range eps {
+		got[ep.Instance] = fmt.Sprintf("%s %s:%d http=%d %v %s", ep.Node, ep.Address, ep.Port, ep.Ports["http"], ep.Canary, ep.Status)
+	}
+	want := map[string]string{}
+	for _, in := range ins {
+		port := in.HostPorts["http"]
+		want[in.ID] = fmt.Sprintf("%s %s:%d http=%d %v passing", in.Node, c.nodes[in.Node], port, port, slices.Contains(canaries, in.ID))
+	}
+	if !maps.Equal(got, want) {
+		c.t.Errorf("gaiactl app endpoints:\n got %v\nwant %v", got, want)
+	}
+}
+
 // consulCanaries: the instances tagged canary in Consul (under the app's
 // name, passing) are exactly want, and every entry is passing.
 func (c *agentCluster) consulCanaries(want []string) error {
@@ -298,11 +338,12 @@ func nodesOf(ins []opsInstance) map[string]int {
 // TestNodeAgentsAppOperations: issue 12's main flow with a real scheduler
 // and three real agents. An app of 6 instances reaches healthy on the
 // three nodes, each answering on its host port with its GAIA_INSTANCE and
-// GAIA_PORT_HTTP, all 6 in Consul under the app's name with their ports;
+// GAIA_PORT_HTTP, all 6 in Consul under the app's name with their ports
+// (and so in gaiactl app endpoints);
 // scaled to 9, then 2; restarted (a rolling replacement: new instances
 // at the new version, the old ones gone from Docker and Consul); a
 // canary update with 1 canary shows exactly one instance tagged canary
-// in Consul, and promote moves both to the new version, none tagged; one
+// in Consul (and in gaiactl app endpoints), and promote moves both to the new version, none tagged; one
 // instance stopped is replaced; the app stopped leaves no container nor
 // Consul entry, started comes back, deleted leaves nothing.
 func TestNodeAgentsAppOperations(t *testing.T) {
@@ -316,6 +357,7 @@ func TestNodeAgentsAppOperations(t *testing.T) {
 	c.checkServing(healthy)
 	c.waitConsul("Consul to list the 6 instances", healthy)
 	c.waitContainers("6 containers", 6)
+	c.checkEndpoints(healthy, nil)
 
 	c.post("/v1/apps/"+c.app+"/scale", map[string]int{"instances": 9})
 	healthy = c.waitHealthy("9 instances healthy after scaling up", 9, 0)
@@ -370,6 +412,13 @@ func TestNodeAgentsAppOperations(t *testing.T) {
 		}
 		return c.consulCanaries(byVersion[v])
 	}, c.sched)
+	var canary []string
+	for _, in := range c.live() {
+		if in.Version == v {
+			canary = append(canary, in.ID)
+		}
+	}
+	c.checkEndpoints(c.live(), canary)
 	c.post("/v1/apps/"+c.app+"/promote", nil)
 	healthy = c.waitHealthy("both instances at the new version after the promote", 2, v)
 	waitErr(t, "no canary tag in Consul after the promote", time.Minute, func() error { return c.consulCanaries(nil) })
