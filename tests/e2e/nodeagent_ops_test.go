@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -32,7 +33,9 @@ type agentCluster struct {
 	image  string            // repo:tag in the registry
 	nodes  map[string]string // node name → address
 	agents map[string]string // node name → the agent's HTTP address
-	app    string
+	// agentPort is every agent's HTTP port (on its node's address).
+	agentPort string
+	app       string
 }
 
 // opsInstance is an instance as the scheduler's API shows it.
@@ -83,8 +86,12 @@ func newAgentCluster(t *testing.T, ips ...string) *agentCluster {
 		}
 	})
 	bin := harness.Binary(t, "./nodeagent/cmd/gaia-nodeagent")
+	// Every agent on the same port of its node's address, as on real
+	// machines (gaiactl app logs finds an agent at node address:port).
+	_, port, _ := strings.Cut(harness.FreeAddr(t), ":")
+	c.agentPort = port
 	for node, ip := range c.nodes {
-		addr := harness.FreeAddr(t)
+		addr := ip + ":" + port
 		c.agents[node] = addr
 		cfg := fmt.Sprintf(`log: {level: info, formatter: json}
 http: {addr: %q}
@@ -115,7 +122,7 @@ agent: {reportinterval: 1s, retryinterval: 200ms}
 // spec is the app: an HTTP server answering "$GAIA_INSTANCE $GAIA_PORT_HTTP".
 func (c *agentCluster) spec(instances int) map[string]any {
 	return map[string]any{"name": c.app, "pool": "root.agents", "image": c.image, "instances": instances,
-		"command":   []string{"/bin/busybox", "sh", "-c", `mkdir -p /www && echo "$GAIA_INSTANCE $GAIA_PORT_HTTP" > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www`},
+		"command":   []string{"/bin/busybox", "sh", "-c", `echo "started $GAIA_INSTANCE"; mkdir -p /www && echo "$GAIA_INSTANCE $GAIA_PORT_HTTP" > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www`},
 		"resources": map[string]string{"cpu": "100m", "memory": "32Mi"},
 		"ports":     []map[string]any{{"name": "http", "containerPort": 8080}},
 		"health":    map[string]any{"type": "http", "port": "http", "path": "/", "interval": "1s", "timeout": "1s"},
@@ -285,6 +292,78 @@ func (c *agentCluster) checkEndpoints(ins []opsInstance, canaries []string) {
 	}
 }
 
+// gaiactl runs gaiactl against the scheduler.
+func (c *agentCluster) gaiactl(args ...string) *exec.Cmd {
+	ctl := harness.Binary(c.t, "./cmd/gaiactl")
+	return exec.Command(ctl, append([]string{"--server", c.sched.URL(), "--token", schedAdmin}, args...)...)
+}
+
+// checkLogs: gaiactl app logs streams an instance's output from its node's
+// agent (one instance; every instance, prefixed; --follow keeps going), and
+// the agent refuses a wrong node token.
+func (c *agentCluster) checkLogs(ins []opsInstance) {
+	c.t.Helper()
+	logs := func(args ...string) *exec.Cmd {
+		return c.gaiactl(append([]string{"app", "logs", c.app, "--agent-port", c.agentPort}, args...)...)
+	}
+	in := ins[0]
+	out, err := logs("--instance", in.ID, "--tail", "5", "--node-token", schedNode).CombinedOutput()
+	if want := "started " + in.ID; err != nil || strings.TrimSpace(string(out)) != want {
+		c.t.Errorf("gaiactl app logs --instance %s: %v %q, want %q", in.ID, err, out, want)
+	}
+	cmd := logs()
+	cmd.Env = append(os.Environ(), "GAIA_NODE_TOKEN="+schedNode)
+	out, err = cmd.CombinedOutput()
+	var want []string
+	for _, in := range ins {
+		want = append(want, in.ID+" | started "+in.ID)
+	}
+	got := strings.Split(strings.TrimSpace(string(out)), "\n")
+	sort.Strings(got)
+	sort.Strings(want)
+	if err != nil || !slices.Equal(got, want) {
+		c.t.Errorf("gaiactl app logs (every instance): %v\n got %q\nwant %q", err, got, want)
+	}
+	out, err = logs("--instance", in.ID, "--node-token", "not-the-node-token").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "401") {
+		c.t.Errorf("gaiactl app logs with a wrong node token: %v %q, want a 401 refusal", err, out)
+	}
+	// --follow: the line arrives and the stream stays open.
+	cmd = logs("--instance", in.ID, "--follow", "--node-token", schedNode)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	lines := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		lines <- line
+	}()
+	exited := make(chan error, 1)
+	select {
+	case line := <-lines:
+		if strings.TrimSpace(line) != "started "+in.ID {
+			c.t.Errorf("gaiactl app logs --follow: first line %q", line)
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		c.t.Fatalf("gaiactl app logs --follow printed nothing in 30s")
+	}
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		c.t.Errorf("gaiactl app logs --follow ended while the instance runs: %v", err)
+		return
+	case <-time.After(time.Second):
+	}
+	cmd.Process.Kill()
+	<-exited
+}
+
 // consulCanaries: the instances tagged canary in Consul (under the app's
 // name, passing) are exactly want, and every entry is passing.
 func (c *agentCluster) consulCanaries(want []string) error {
@@ -358,6 +437,7 @@ func TestNodeAgentsAppOperations(t *testing.T) {
 	c.waitConsul("Consul to list the 6 instances", healthy)
 	c.waitContainers("6 containers", 6)
 	c.checkEndpoints(healthy, nil)
+	c.checkLogs(healthy)
 
 	c.post("/v1/apps/"+c.app+"/scale", map[string]int{"instances": 9})
 	healthy = c.waitHealthy("9 instances healthy after scaling up", 9, 0)
