@@ -238,7 +238,7 @@ keeps the current spec with a new image.`,
 				return nil
 			},
 		},
-		instances, versions, logsCmd(s, names),
+		instances, versions, logsCmd(s, names), execCmd(s, names),
 		&cobra.Command{
 			Use: "endpoints NAME", Short: "the app's instances as Consul lists them: address, port, named ports",
 			Args: nargs("NAME"), ValidArgsFunction: names,

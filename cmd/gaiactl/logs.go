@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -71,20 +73,14 @@ func logsCmd(s *schedCLI, names cobra.CompletionFunc) *cobra.Command {
 			}
 			addrs := map[string]string{}
 			for _, in := range ins {
-				if in.Node == "" {
-					return fmt.Errorf("instance %s is on no node (%s)", in.ID, in.State)
-				}
 				if _, ok := addrs[in.Node]; ok {
 					continue
 				}
-				var n model.Node
-				if _, err := s.get(c, "/v1/nodes/"+pathEsc(in.Node), &n); err != nil {
+				addr, err := nodeAddress(c, s, in)
+				if err != nil {
 					return err
 				}
-				if n.Address == "" {
-					return fmt.Errorf("node %s registered no address", in.Node)
-				}
-				addrs[in.Node] = n.Address
+				addrs[in.Node] = addr
 			}
 			var mu sync.Mutex
 			var wg sync.WaitGroup
@@ -152,4 +148,93 @@ func bytesTrim(b []byte) string {
 		b = b[:len(b)-1]
 	}
 	return string(b)
+}
+
+// nodeAddress is the address of the node the instance is on, from the
+// scheduler's node record.
+func nodeAddress(c *cobra.Command, s *schedCLI, in model.Instance) (string, error) {
+	if in.Node == "" {
+		return "", fmt.Errorf("instance %s is on no node (%s)", in.ID, in.State)
+	}
+	var n model.Node
+	if _, err := s.get(c, "/v1/nodes/"+pathEsc(in.Node), &n); err != nil {
+		return "", err
+	}
+	if n.Address == "" {
+		return "", fmt.Errorf("node %s registered no address", in.Node)
+	}
+	return n.Address, nil
+}
+
+// execCmd is gaiactl app exec: a command run in an instance's container by
+// its node agent, output streamed back, gaiactl exiting with its code.
+func execCmd(s *schedCLI, names cobra.CompletionFunc) *cobra.Command {
+	var instance, nodeToken string
+	var agentPort int
+	cmd := &cobra.Command{
+		Use:   "exec NAME --instance ID -- CMD [ARG...]",
+		Short: "run a command in an instance's container (no TTY nor stdin); exits with its code",
+		Args: func(c *cobra.Command, a []string) error {
+			if len(a) < 2 || c.ArgsLenAtDash() != 1 {
+				return usagef("want NAME, then -- and the command")
+			}
+			return nil
+		},
+		ValidArgsFunction: names,
+		RunE: func(c *cobra.Command, a []string) error {
+			if instance == "" {
+				return usagef("--instance ID is needed")
+			}
+			if nodeToken == "" {
+				nodeToken = os.Getenv("GAIA_NODE_TOKEN")
+			}
+			if nodeToken == "" {
+				return usagef("the node agents want the node token: --node-token or $GAIA_NODE_TOKEN")
+			}
+			var in model.Instance
+			if _, err := s.get(c, "/v1/instances/"+pathEsc(instance), &in); err != nil {
+				return err
+			}
+			if in.App != a[0] {
+				return usagef("--instance %s is an instance of %s, not %s", instance, in.App, a[0])
+			}
+			addr, err := nodeAddress(c, s, in)
+			if err != nil {
+				return err
+			}
+			body, _ := json.Marshal(map[string][]string{"cmd": a[1:]})
+			u := "http://" + net.JoinHostPort(addr, strconv.Itoa(agentPort)) + "/v1/instances/" + pathEsc(in.ID) + "/exec"
+			req, err := http.NewRequestWithContext(c.Context(), "POST", u, bytes.NewReader(body))
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Authorization", "Bearer "+nodeToken)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+				return fmt.Errorf("POST %s: %s: %s", u, resp.Status, bytesTrim(b))
+			}
+			if _, err := io.Copy(s.stdout, resp.Body); err != nil {
+				return err
+			}
+			code, err := strconv.Atoi(resp.Trailer.Get("Gaia-Exit-Code"))
+			if err != nil {
+				return fmt.Errorf("the agent sent no exit code (the command may still run)")
+			}
+			if code != 0 {
+				return &exitError{code}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&instance, "instance", "", "the instance (required)")
+	f.IntVar(&agentPort, "agent-port", 5300, "the node agents' HTTP port (their http.addr) on the nodes' addresses")
+	f.StringVar(&nodeToken, "node-token", "", "the node token the agents check (default $GAIA_NODE_TOKEN)")
+	return cmd
 }

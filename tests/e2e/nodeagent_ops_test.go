@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -364,6 +365,29 @@ func (c *agentCluster) checkLogs(ins []opsInstance) {
 	<-exited
 }
 
+// checkExec: gaiactl app exec runs a command in the instance's container
+// through its node's agent: its output comes back, gaiactl exits with its
+// code, and a wrong node token is refused.
+func (c *agentCluster) checkExec(in opsInstance) {
+	c.t.Helper()
+	exe := func(token string, cmd ...string) *exec.Cmd {
+		return c.gaiactl(append([]string{"app", "exec", c.app, "--instance", in.ID, "--agent-port", c.agentPort, "--node-token", token, "--"}, cmd...)...)
+	}
+	out, err := exe(schedNode, "/bin/busybox", "cat", "/www/index.html").CombinedOutput()
+	if want := fmt.Sprintf("%s %d", in.ID, in.HostPorts["http"]); err != nil || strings.TrimSpace(string(out)) != want {
+		c.t.Errorf("gaiactl app exec cat: %v %q, want %q", err, out, want)
+	}
+	out, err = exe(schedNode, "/bin/busybox", "sh", "-c", `echo "in $GAIA_INSTANCE"; exit 3`).CombinedOutput()
+	var xe *exec.ExitError
+	if !errors.As(err, &xe) || xe.ExitCode() != 3 || strings.TrimSpace(string(out)) != "in "+in.ID {
+		c.t.Errorf("gaiactl app exec of a command exiting 3: %v %q, want exit status 3 and %q", err, out, "in "+in.ID)
+	}
+	out, err = exe("not-the-node-token", "/bin/busybox", "true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "401") {
+		c.t.Errorf("gaiactl app exec with a wrong node token: %v %q, want a 401 refusal", err, out)
+	}
+}
+
 // consulCanaries: the instances tagged canary in Consul (under the app's
 // name, passing) are exactly want, and every entry is passing.
 func (c *agentCluster) consulCanaries(want []string) error {
@@ -418,7 +442,8 @@ func nodesOf(ins []opsInstance) map[string]int {
 // and three real agents. An app of 6 instances reaches healthy on the
 // three nodes, each answering on its host port with its GAIA_INSTANCE and
 // GAIA_PORT_HTTP, all 6 in Consul under the app's name with their ports
-// (and so in gaiactl app endpoints);
+// (and so in gaiactl app endpoints), gaiactl app logs and exec reach
+// them through their agents;
 // scaled to 9, then 2; restarted (a rolling replacement: new instances
 // at the new version, the old ones gone from Docker and Consul); a
 // canary update with 1 canary shows exactly one instance tagged canary
@@ -438,6 +463,7 @@ func TestNodeAgentsAppOperations(t *testing.T) {
 	c.waitContainers("6 containers", 6)
 	c.checkEndpoints(healthy, nil)
 	c.checkLogs(healthy)
+	c.checkExec(healthy[1])
 
 	c.post("/v1/apps/"+c.app+"/scale", map[string]int{"instances": 9})
 	healthy = c.waitHealthy("9 instances healthy after scaling up", 9, 0)
