@@ -38,7 +38,8 @@ run: build
 	@mkdir -p data
 	exec bin/gaia-registry serve --config configs/registry-local.yml
 
-# A two-IDC cluster on this machine: two servers and a gateway per IDC
+# A two-IDC cluster on this machine: two servers and a gateway per IDC, a
+# scheduler and three node agents (127.0.0.2-4) on the test dockerd
 # (configs/cluster/), gateways on 127.0.0.1:6000 (idc-a) and :6001 (idc-b).
 # STORAGE=hdfs for HDFS storage. Ctrl-C stops it.
 cluster: build

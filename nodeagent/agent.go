@@ -305,32 +305,34 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 		}
 	}
 	for id, in := range a.insts {
-		if d, ok := want[id]; !ok || specHash(d) != in.hash {
-			delete(a.insts, id)
-			a.stopping[id] = in
-			var wait []*Pull
-			for ref, p := range pulls[in.d.App] {
-				if ref != PullRef(in.d.Image, a.o.Gateway) {
-					wait = append(wait, p)
-				}
-			}
-			if len(wait) == 0 {
-				in.requestStop()
-				continue
-			}
-			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				for _, p := range wait {
-					select {
-					case <-p.Done():
-					case <-ctx.Done():
-						return
-					}
-				}
-				in.requestStop()
-			}()
+		if d, ok := want[id]; ok && specHash(d) == in.hash {
+			in.setCanary(d.Canary)
+			continue
 		}
+		delete(a.insts, id)
+		a.stopping[id] = in
+		var wait []*Pull
+		for ref, p := range pulls[in.d.App] {
+			if ref != PullRef(in.d.Image, a.o.Gateway) {
+				wait = append(wait, p)
+			}
+		}
+		if len(wait) == 0 {
+			in.requestStop()
+			continue
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			for _, p := range wait {
+				select {
+				case <-p.Done():
+				case <-ctx.Done():
+					return
+				}
+			}
+			in.requestStop()
+		}()
 	}
 	for id := range a.final {
 		if !inSet[id] && a.sent[id] {
@@ -370,7 +372,7 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 			}
 		}
 		in := &instance{a: a, d: *d, hash: hash, stop: make(chan struct{}), finished: make(chan struct{}),
-			state: model.Pending}
+			state: model.Pending, canary: d.Canary}
 		if adopt != nil {
 			in.adopt = adopt.ID
 			in.state = model.Starting
@@ -642,8 +644,7 @@ func (a *Agent) reregister() {
 	}
 	for _, in := range registered {
 		if _, ok := have[in.d.ID]; !ok {
-			a.o.Log.Info("registering again in Consul", "instance", in.d.ID)
-			in.register()
+			in.registerAgain()
 		}
 	}
 }

@@ -36,6 +36,7 @@ func ContainerName(instance string) string { return "gaia-" + instance }
 func specHash(d *DesiredInstance) string {
 	c := *d
 	c.Desired = ""
+	c.Canary = false // a promote re-tags the instance in Consul, never replaces it
 	b, _ := json.Marshal(c)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])

@@ -37,6 +37,7 @@ type instance struct {
 	pull        *Pull
 	containerID string
 	registered  bool
+	canary      bool // tagged canary in Consul (d.Canary as last sent)
 	usage       resource.Vector
 	net         model.NetCounters // from enforcement's traffic classes
 	lastSample  *usageSample
@@ -150,6 +151,7 @@ func (in *instance) teardown(ctx context.Context, id string) {
 	}
 	var err error
 	if id != "" {
+		in.unregistered()
 		err = in.a.removeContainer(ctx, id, in.d.ID, timeout)
 	} else if in.a.o.Consul != nil {
 		in.deregister()
@@ -474,13 +476,63 @@ func (in *instance) register() {
 	if o.Consul == nil {
 		return
 	}
-	reg := serviceRegistration(&in.d, o.Node, o.Address)
-	if err := o.Consul.Agent().ServiceRegister(reg); err != nil {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if err := in.registerLocked(); err != nil {
 		o.Log.Warn("registering in Consul failed", "instance", in.d.ID, "err", err)
 		return
 	}
-	in.mu.Lock()
 	in.registered = true
+}
+
+// registerLocked registers the instance in Consul as it is now (canary
+// or not); in.mu is held, so that an unregister (which clears registered
+// first) is never overtaken by it.
+func (in *instance) registerLocked() error {
+	d := in.d
+	d.Canary = in.canary
+	return in.a.o.Consul.Agent().ServiceRegister(serviceRegistration(&d, in.a.o.Node, in.a.o.Address))
+}
+
+// registerAgain registers the instance again (Consul lost its entry)
+// unless it was deregistered since it was found registered.
+func (in *instance) registerAgain() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.registered || in.stopped() {
+		return
+	}
+	in.a.o.Log.Info("registering again in Consul", "instance", in.d.ID)
+	if err := in.registerLocked(); err != nil {
+		in.a.o.Log.Warn("registering in Consul failed", "instance", in.d.ID, "err", err)
+	}
+}
+
+// setCanary records whether the scheduler calls the instance a canary and,
+// when that changed while it is registered, registers it again with its
+// new tags (same service ID: Consul updates the entry in place).
+func (in *instance) setCanary(canary bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.canary == canary {
+		return
+	}
+	in.canary = canary
+	if !in.registered || in.stopped() || in.a.o.Consul == nil {
+		return
+	}
+	if err := in.registerLocked(); err != nil {
+		in.a.o.Log.Warn("re-tagging in Consul failed", "instance", in.d.ID, "canary", canary, "err", err)
+		return
+	}
+	in.a.o.Log.Info("re-tagged in Consul", "instance", in.d.ID, "canary", canary)
+}
+
+// unregistered clears registered before the Consul entry goes, so that a
+// re-tag (setCanary) does not register it again.
+func (in *instance) unregistered() {
+	in.mu.Lock()
+	in.registered = false
 	in.mu.Unlock()
 }
 
@@ -489,12 +541,10 @@ func (in *instance) deregister() {
 	if o.Consul == nil {
 		return
 	}
+	in.unregistered()
 	if err := o.Consul.Agent().ServiceDeregister(in.d.ID); err != nil && !notRegistered(err) {
 		o.Log.Warn("deregistering from Consul failed", "instance", in.d.ID, "err", err)
 	}
-	in.mu.Lock()
-	in.registered = false
-	in.mu.Unlock()
 }
 
 // ttl passes or fails an exec-checked instance's TTL check in Consul.

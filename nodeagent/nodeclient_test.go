@@ -22,6 +22,7 @@ func TestDesiredFromAPICarriesEveryField(t *testing.T) {
 		Ports:   []model.Port{{Name: "http", ContainerPort: 8080, Protocol: "tcp", HostPort: 20001}},
 		Health:  &model.Health{Type: "tcp", Port: "http"},
 		Restart: model.Restart{Attempts: 3}, Priority: 7, Desired: model.DesiredRun,
+		Canary: true,
 	}
 	// Every exported field set, so a new one left zero here fails too.
 	v := reflect.ValueOf(in)

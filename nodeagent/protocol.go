@@ -64,8 +64,8 @@ type DesiredInstance struct {
 	Health   *model.Health `json:"health,omitempty"`
 	Restart  model.Restart `json:"restart,omitzero"`
 	Desired  model.Desired `json:"desired"`
-	// Canary instances are tagged "canary" in Consul. Not in the
-	// scheduler's DesiredInstance yet (a seam to add).
+	// Canary instances are tagged "canary" in Consul. A change of it
+	// alone (a promote) re-tags the running instance, never replaces it.
 	Canary bool `json:"canary,omitempty"`
 	// StopTimeout is the graceful stop's wait before SIGKILL (0: the
 	// agent's stop.timeout). Not in the scheduler's DesiredInstance yet.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -237,7 +238,31 @@ keeps the current spec with a new image.`,
 				return nil
 			},
 		},
-		instances, versions,
+		instances, versions, logsCmd(s, names), execCmd(s, names),
+		&cobra.Command{
+			Use: "endpoints NAME", Short: "the app's instances as Consul lists them: address, port, named ports",
+			Args: nargs("NAME"), ValidArgsFunction: names,
+			RunE: func(c *cobra.Command, a []string) error {
+				eps, err := appEndpoints(s.consul, a[0])
+				if err != nil {
+					return err
+				}
+				if s.output == "json" {
+					return s.printJSON(eps)
+				}
+				tw := tabwriter.NewWriter(s.stdout, 2, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "INSTANCE\tNODE\tADDRESS\tPORTS\tVERSION\tCANARY\tSTATUS")
+				for _, e := range eps {
+					canary := ""
+					if e.Canary {
+						canary = "canary"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Instance, dash(e.Node),
+						net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), dash(portList(e.Ports)), dash(e.Version), dash(canary), e.Status)
+				}
+				return tw.Flush()
+			},
+		},
 	)
 	return cmd
 }

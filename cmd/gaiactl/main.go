@@ -3,7 +3,7 @@
 // gaia-scheduler's API. docs/cli.md is its manual.
 //
 //	gaiactl [global flags] mirror list | show | create | update | delete | run | history
-//	gaiactl [global flags] app submit | list | show | scale | restart | update | promote | rollback | stop | start | delete | instances | versions
+//	gaiactl [global flags] app submit | list | show | scale | restart | update | promote | rollback | stop | start | delete | instances | versions | endpoints | logs | exec
 //	gaiactl [global flags] pool list | show | create | update | delete | load
 //	gaiactl [global flags] node list | show | drain
 //	gaiactl [global flags] instance stop ID
@@ -39,6 +39,12 @@ func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
 
+// exitError is a remote command's non-zero exit (gaiactl app exec):
+// gaiactl exits with its code, printing nothing more.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
 // execute runs gaiactl with args and returns the exit status.
 func execute(args []string, stdout, stderr io.Writer) int {
 	root := newRoot(stdout, stderr)
@@ -46,6 +52,10 @@ func execute(args []string, stdout, stderr io.Writer) int {
 	cmd, err := root.ExecuteC()
 	if err == nil {
 		return 0
+	}
+	var xe *exitError
+	if errors.As(err, &xe) {
+		return xe.code
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {

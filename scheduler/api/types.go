@@ -129,6 +129,11 @@ type DesiredInstance struct {
 	// lower network class to, lower priorities first.
 	Priority int           `json:"priority"`
 	Desired  model.Desired `json:"desired"`
+	// Canary: the instance is one of a canary update's new instances, not
+	// yet promoted (the agent tags it "canary" in Consul). A promote, a
+	// new version or a rollback changes it on instances already placed:
+	// their nodes' sets are published again.
+	Canary bool `json:"canary,omitempty"`
 }
 
 // Report is a node's batched report: the state of every instance it has.

@@ -217,6 +217,9 @@ func (s *Server) change(ctx context.Context, name string, newVersion bool, f fun
 		if err := s.write(ctx, ls.term, "app", b); err != nil {
 			return err
 		}
+		if canaryInputs(cur) != canaryInputs(&a) {
+			ls.republishApp(name)
+		}
 		ls.setApp(a)
 		out = a
 		return nil

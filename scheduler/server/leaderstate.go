@@ -593,6 +593,7 @@ func (ls *leaderState) desiredInstance(in *model.Instance, vs versionSpec) api.D
 		ID: in.ID, App: in.App, Version: in.Version, Image: ls.s.images.Pinned(sp.Image, vs.digest),
 		Command: sp.Command, Args: sp.Args, Env: sp.Env, Resources: sp.Resources, MemoryLimit: sp.MemoryLimit,
 		Health: sp.Health, Restart: sp.Restart, Priority: sp.Priority, Desired: in.Desired,
+		Canary: isCanary(ls.apps[in.App], in),
 	}
 	if d.Desired == "" {
 		d.Desired = model.DesiredRun
@@ -604,6 +605,38 @@ func (ls *leaderState) desiredInstance(in *model.Instance, vs versionSpec) api.D
 		d.Ports = append(d.Ports, p)
 	}
 	return d
+}
+
+// isCanary: the instance is one of its app's canaries, an instance at the
+// app's current version while that version is under a canary update
+// (spec.update.canary > 0, not the first version) not yet promoted.
+func isCanary(a *model.App, in *model.Instance) bool {
+	if a == nil {
+		return false
+	}
+	c := canaryInputs(a)
+	return c.canary > 0 && !c.promoted && c.version > 1 && in.Version == c.version
+}
+
+// canaryState is what decides which of an app's instances are canaries.
+type canaryState struct {
+	canary   int
+	promoted bool
+	version  int64
+}
+
+func canaryInputs(a *model.App) canaryState {
+	return canaryState{a.Spec.Update.Canary, a.Promoted, a.Version}
+}
+
+// republishApp marks dirty the nodes of the app's live instances (their
+// desired sets are sent again: which are canaries changed).
+func (ls *leaderState) republishApp(app string) {
+	for _, in := range ls.inst {
+		if in.App == app && in.Node != "" {
+			ls.dirty[in.Node] = true
+		}
+	}
 }
 
 // versionSpec is the spec an instance of app at version runs (from the

@@ -3,8 +3,10 @@
 # foreground (`make cluster`). Per IDC: two gaia-registry servers with that
 # IDC's own storage and one gaia-gateway; one PostgreSQL and one Consul
 # agent for both (tests/services/svc.sh starts them). The servers and
-# gateways run from the configs in configs/cluster/. Ctrl-C stops
-# everything gracefully.
+# gateways run from the configs in configs/cluster/; beside them one
+# gaia-scheduler (configs/cluster/scheduler.yml) and three gaia-nodeagents
+# (node-1..3 on 127.0.0.2-4, sharing the test dockerd). Ctrl-C stops
+# everything gracefully (the agents leave their instances running).
 #
 #   bash tests/cluster/cluster.sh            # storage: ./data/cluster/idc-{a,b}
 #   STORAGE=hdfs bash tests/cluster/cluster.sh   # storage: HDFS, a root per IDC
@@ -19,11 +21,13 @@ LOGS="$REPO/data/cluster/logs"
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: ERROR: $*" >&2; exit 1; }
 
-services=(postgres consul)
+services=(postgres consul dockerd)
 [ "$STORAGE" = hdfs ] && services+=(hdfs)
 [ "$STORAGE" = filesystem ] || [ "$STORAGE" = hdfs ] || die "STORAGE must be filesystem or hdfs, not $STORAGE"
 bash "$SVC" start "${services[@]}"
 dsn="$(bash "$SVC" env postgres | sed -n 's/^GAIA_TEST_PG_DSN=//p')"
+docker_host="$(bash "$SVC" env dockerd | sed -n 's/^GAIA_TEST_DOCKER_HOST=//p')"
+[ -n "$docker_host" ] || die "svc.sh env dockerd printed no GAIA_TEST_DOCKER_HOST"
 [ -n "$dsn" ] || die "svc.sh env postgres printed no GAIA_TEST_PG_DSN"
 # One database per storage mode: the metadata must match the storage. The
 # test HDFS is formatted afresh whenever it starts, so its cluster starts
@@ -84,13 +88,48 @@ wait_ready http://127.0.0.1:6001 "$LOGS/gateway-idc-b.log"
 GAIA_DATABASE_URL="${dsn/\/postgres\?//$db?}" bin/gaia-scheduler --config configs/cluster/scheduler.yml >"$LOGS/scheduler.log" 2>&1 &
 pids+=($!)
 wait_ready http://127.0.0.1:7000 "$LOGS/scheduler.log"
+# Three node agents (idc-a), each node on a loopback address of its own
+# where it publishes its instances' ports and serves logs and exec on
+# :5300, all sharing the test dockerd, pulling through IDC a's gateway.
+# Their containers carry their node's label; a restarted cluster adopts
+# them.
+mkdir -p data/cluster/agents
+for n in 2 3 4; do
+  node="node-$((n - 1))"
+  cat >"data/cluster/agents/$node.yml" <<CFG
+log: {level: info, formatter: text}
+http: {addr: "127.0.0.$n:5300"}
+node: {name: $node, idc: idc-a, address: 127.0.0.$n, datadir: "$REPO/data/cluster/agents", capacity: {cpu: 2, memory: 2Gi}}
+scheduler: {urls: ["http://127.0.0.1:7000"], token: local-node}
+docker: {host: "$docker_host"}
+registry: {gateway: "127.0.0.1:6000"}
+consul: {addr: 127.0.0.1:25500}
+instances: {publiship: 127.0.0.$n, stoptimeout: 5s}
+agent: {reportinterval: 2s}
+CFG
+  bin/gaia-nodeagent --config "data/cluster/agents/$node.yml" >"$LOGS/nodeagent-$node.log" 2>&1 &
+  pids+=($!)
+done
+for n in 2 3 4; do
+  for _ in $(seq 1 300); do
+    curl -fsS -o /dev/null "http://127.0.0.$n:5300/readyz" 2>/dev/null && break
+    sleep 0.2
+  done
+  curl -fsS -o /dev/null "http://127.0.0.$n:5300/readyz" || { tail -n 30 "$LOGS/nodeagent-node-$((n - 1)).log" >&2; die "node agent on 127.0.0.$n not ready after 60s"; }
+done
+# A pool for the newcomer's apps (already there after a restart).
+curl -fsS -o /dev/null -X POST -H 'Authorization: Bearer local-admin' -H 'Content-Type: application/json' \
+  -d '{"name": "root.dev"}' http://127.0.0.1:7000/v1/pools 2>/dev/null || true
 
 cat <<MSG
 cluster: ready ($STORAGE storage, logs in $LOGS)
   IDC idc-a gateway: 127.0.0.1:6000   servers 127.0.0.1:5101, 127.0.0.1:5102
   IDC idc-b gateway: 127.0.0.1:6001   servers 127.0.0.1:5201, 127.0.0.1:5202
-  scheduler (cluster local): 127.0.0.1:7000, admin token local-admin, node token local-node
+  scheduler (cluster local): 127.0.0.1:7000, admin token local-admin, node token local-node, pool root.dev
+  node agents: node-1 127.0.0.2, node-2 127.0.0.3, node-3 127.0.0.4 (:5300), docker at $docker_host
   try: docker push 127.0.0.1:6000/library/app:1 && docker pull 127.0.0.1:6001/library/app:1
+  an app: docker -H $docker_host push 127.0.0.1:6000/demo/web:1
+          bin/gaiactl --server http://127.0.0.1:7000 --token local-admin app submit -f APP.yaml
   Ctrl-C stops everything.
 MSG
 # Stay in the foreground until Ctrl-C, or until any process dies.

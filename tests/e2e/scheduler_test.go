@@ -49,6 +49,7 @@ type schedEnv struct {
 	image    string // repo:tag pushed there
 	dir      string
 	extra    string // appended to every scheduler's config
+	scoring  string // scheduler.scoring; binpack when empty
 }
 
 func newSchedEnv(t *testing.T) *schedEnv {
@@ -68,19 +69,23 @@ func newSchedEnv(t *testing.T) *schedEnv {
 }
 
 func (e *schedEnv) config(addr string) string {
+	scoring := e.scoring
+	if scoring == "" {
+		scoring = "binpack"
+	}
 	return fmt.Sprintf(`log: {level: info, formatter: json}
 http: {addr: %s, draintimeout: 10s}
 database: {url: %q, migrate: true}
 cluster:
   name: %s
   consul: {addr: %q, checkinterval: %s, sessionttl: %s}
-scheduler: {interval: %s, nodetimeout: 4s, pollinterval: 1s, heartbeatflush: 2s}
+scheduler: {interval: %s, nodetimeout: 4s, pollinterval: 1s, heartbeatflush: 2s, scoring: %s}
 auth:
   admintoken: %s
   nodetoken: %s
   submittokens: {team-a: e2e-team-a-token}
 registry: {url: %q}
-%s`, addr, e.db, e.cluster, e.consul, checkInterval, sessionTTL, loopInterval, schedAdmin, schedNode, e.registry, e.extra)
+%s`, addr, e.db, e.cluster, e.consul, checkInterval, sessionTTL, loopInterval, scoring, schedAdmin, schedNode, e.registry, e.extra)
 }
 
 // start runs a gaia-scheduler process (env: extra variables).

@@ -364,6 +364,8 @@ func run(path string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.Handle("GET /v1/instances/{id}/logs", agent.LogsHandler(cfg.Scheduler.Token))
+	mux.Handle("POST /v1/instances/{id}/exec", agent.ExecHandler(cfg.Scheduler.Token))
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !agent.Ready() {
 			http.Error(w, "not ready: no desired set reconciled yet", http.StatusServiceUnavailable)
