@@ -682,7 +682,7 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 
 	t.Run("unused images removed, least recently used first", func(t *testing.T) {
 		if b == nil {
-			t.Skip("needs the restarted agent")
+			t.Fatal("no restarted agent: the subtest that restarts it failed above")
 		}
 		refX, _ := e.pushImage(t, "gc-x-"+randHex(3))
 		refY, _ := e.pushImage(t, "gc-y-"+randHex(3))
