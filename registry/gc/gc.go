@@ -269,21 +269,36 @@ func (c *Collector) each(n int, f func(i int)) {
 
 // manifestBatch claims due manifest reviews and decides each.
 func (c *Collector) manifestBatch(ctx context.Context, st *Stats) (int, error) {
+	return reviewBatch(ctx, c, "manifest", "gc_manifest_reviews", "manifest_id", c.reviewManifest,
+		func(deleted bool) {
+			st.ManifestsReviewed++
+			if deleted {
+				st.ManifestsDeleted++
+			}
+		})
+}
+
+// reviewBatch claims up to Batch due entries of one review queue (table,
+// keyed by the column key), decides each with review, and counts each
+// decision with tally (under a lock). An entry whose review failed is
+// leased again for a second, so another pass retries it soon.
+func reviewBatch[K any](ctx context.Context, c *Collector, kind, table, key string,
+	review func(context.Context, K, time.Time, bool) (Decision, error), tally func(deleted bool)) (int, error) {
 	rows, _ := c.o.DB.Query(ctx, `
-		UPDATE gc_manifest_reviews r SET lease_until = now() + make_interval(secs => $3)
-		FROM (SELECT manifest_id FROM gc_manifest_reviews
+		UPDATE `+table+` r SET lease_until = now() + make_interval(secs => $3)
+		FROM (SELECT `+key+` FROM `+table+`
 		      WHERE queued_at <= now() - make_interval(secs => $1) AND (lease_until IS NULL OR lease_until < now())
 		      ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED) due
-		WHERE r.manifest_id = due.manifest_id
-		RETURNING r.manifest_id, r.queued_at`, secs(c.o.ReviewAfter), c.o.Batch, secs(c.o.Lease))
+		WHERE r.`+key+` = due.`+key+`
+		RETURNING r.`+key+`, r.queued_at`, secs(c.o.ReviewAfter), c.o.Batch, secs(c.o.Lease))
 	type entry struct {
-		id int64
-		at time.Time
+		key K
+		at  time.Time
 	}
 	var claimed []entry
 	for rows.Next() {
 		var e entry
-		if err := rows.Scan(&e.id, &e.at); err != nil {
+		if err := rows.Scan(&e.key, &e.at); err != nil {
 			rows.Close()
 			return 0, err
 		}
@@ -298,19 +313,18 @@ func (c *Collector) manifestBatch(ctx context.Context, st *Stats) (int, error) {
 	var errs []error
 	c.each(len(claimed), func(i int) {
 		e := claimed[i]
-		d, err := c.reviewManifest(ctx, e.id, e.at, false)
+		d, err := review(ctx, e.key, e.at, false)
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
-			c.o.Metrics.error("manifest")
-			errs = append(errs, fmt.Errorf("manifest %d: %w", e.id, err))
-			c.o.DB.Exec(context.WithoutCancel(ctx), `UPDATE gc_manifest_reviews SET lease_until = now() + interval '1 second' WHERE manifest_id = $1`, e.id)
+			c.o.Metrics.error(kind)
+			errs = append(errs, fmt.Errorf("%s %v: %w", kind, e.key, err))
+			c.o.DB.Exec(context.WithoutCancel(ctx), `UPDATE `+table+` SET lease_until = now() + interval '1 second' WHERE `+key+` = $1`, e.key)
 			return
 		}
-		st.ManifestsReviewed++
-		c.o.Metrics.reviewed("manifest", d.Delete)
+		tally(d.Delete)
+		c.o.Metrics.reviewed(kind, d.Delete)
 		if d.Delete {
-			st.ManifestsDeleted++
 			c.o.Log.Debug("gc", "decision", d.String())
 		}
 	})
@@ -401,52 +415,13 @@ func (c *Collector) dropManifestReview(ctx context.Context, tx pgx.Tx, id int64,
 
 // blobBatch claims due blob reviews and decides each.
 func (c *Collector) blobBatch(ctx context.Context, st *Stats) (int, error) {
-	rows, _ := c.o.DB.Query(ctx, `
-		UPDATE gc_blob_reviews r SET lease_until = now() + make_interval(secs => $3)
-		FROM (SELECT digest FROM gc_blob_reviews
-		      WHERE queued_at <= now() - make_interval(secs => $1) AND (lease_until IS NULL OR lease_until < now())
-		      ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED) due
-		WHERE r.digest = due.digest
-		RETURNING r.digest, r.queued_at`, secs(c.o.ReviewAfter), c.o.Batch, secs(c.o.Lease))
-	type entry struct {
-		d  string
-		at time.Time
-	}
-	var claimed []entry
-	for rows.Next() {
-		var e entry
-		if err := rows.Scan(&e.d, &e.at); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		claimed = append(claimed, e)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		c.o.Metrics.error("claim")
-		return 0, err
-	}
-	var mu sync.Mutex
-	var errs []error
-	c.each(len(claimed), func(i int) {
-		e := claimed[i]
-		d, err := c.reviewBlob(ctx, e.d, e.at, false)
-		mu.Lock()
-		defer mu.Unlock()
-		if err != nil {
-			c.o.Metrics.error("blob")
-			errs = append(errs, fmt.Errorf("blob %s: %w", e.d, err))
-			c.o.DB.Exec(context.WithoutCancel(ctx), `UPDATE gc_blob_reviews SET lease_until = now() + interval '1 second' WHERE digest = $1`, e.d)
-			return
-		}
-		st.BlobsReviewed++
-		c.o.Metrics.reviewed("blob", d.Delete)
-		if d.Delete {
-			st.BlobsDeleted++
-			c.o.Log.Debug("gc", "decision", d.String())
-		}
-	})
-	return len(claimed), errors.Join(errs...)
+	return reviewBatch(ctx, c, "blob", "gc_blob_reviews", "digest", c.reviewBlob,
+		func(deleted bool) {
+			st.BlobsReviewed++
+			if deleted {
+				st.BlobsDeleted++
+			}
+		})
 }
 
 // reviewBlob decides about one blob in one transaction and, unless dry,
