@@ -153,20 +153,28 @@ Errors from the server name the rule field at fault.`
 // base is the rules' URL. gaia-mirror is not registered in Consul, so
 // --cluster does not apply here.
 func (m *mirrorCLI) base(c *cobra.Command) (string, error) {
+	return m.adminBase(c, "gaia-mirror is not found through Consul; give --server URL",
+		"GAIA_ADMIN_URL", "http://127.0.0.1:5100", "GAIA_ADMIN_TOKEN", admin.Prefix)
+}
+
+// adminBase is the URL of an admin API that is not found through Consul:
+// --server, else $urlEnv, else def, followed by prefix; the token defaults
+// to $tokenEnv. --cluster is a usage error naming why (noCluster).
+func (m *mirrorCLI) adminBase(c *cobra.Command, noCluster, urlEnv, def, tokenEnv, prefix string) (string, error) {
 	if c.Flags().Changed("cluster") {
-		return "", usagef("--cluster does not apply: gaia-mirror is not found through Consul; give --server URL")
+		return "", usagef("--cluster does not apply: %s", noCluster)
 	}
 	server := m.server
 	if server == "" {
-		server = os.Getenv("GAIA_ADMIN_URL")
+		server = os.Getenv(urlEnv)
 	}
 	if server == "" {
-		server = "http://127.0.0.1:5100"
+		server = def
 	}
 	if m.token == "" {
-		m.token = os.Getenv("GAIA_ADMIN_TOKEN")
+		m.token = os.Getenv(tokenEnv)
 	}
-	return strings.TrimRight(server, "/") + admin.Prefix, nil
+	return strings.TrimRight(server, "/") + prefix, nil
 }
 
 // readRule reads a JSON or YAML rule file and returns JSON.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -22,20 +21,8 @@ import (
 type registryCLI struct{ mirrorCLI }
 
 func (m *registryCLI) base(c *cobra.Command) (string, error) {
-	if c.Flags().Changed("cluster") {
-		return "", usagef("--cluster does not apply: give the registry's --server URL")
-	}
-	server := m.server
-	if server == "" {
-		server = os.Getenv("GAIA_REGISTRY_URL")
-	}
-	if server == "" {
-		server = "http://127.0.0.1:5000"
-	}
-	if m.token == "" {
-		m.token = os.Getenv("GAIA_REGISTRY_ADMIN_TOKEN")
-	}
-	return strings.TrimRight(server, "/") + strings.TrimRight(serverAdminPrefix, "/"), nil
+	return m.adminBase(c, "give the registry's --server URL",
+		"GAIA_REGISTRY_URL", "http://127.0.0.1:5000", "GAIA_REGISTRY_ADMIN_TOKEN", strings.TrimRight(serverAdminPrefix, "/"))
 }
 
 // serverAdminPrefix is registry/server.AdminPrefix (not imported: gaiactl
