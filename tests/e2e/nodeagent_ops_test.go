@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -94,22 +93,7 @@ func newAgentCluster(t *testing.T, ips ...string) *agentCluster {
 	for node, ip := range c.nodes {
 		addr := ip + ":" + port
 		c.agents[node] = addr
-		cfg := fmt.Sprintf(`log: {level: info, formatter: json}
-http: {addr: %q}
-node: {name: %q, idc: idc-a, address: %s, datadir: %q, capacity: {cpu: 4, memory: 4Gi}}
-scheduler: {urls: [%q], token: %s}
-docker: {host: %q}
-registry: {gateway: %q}
-consul: {addr: %q}
-instances: {publiship: %s, stoptimeout: 2s}
-agent: {reportinterval: 1s, retryinterval: 200ms}
-`, addr, node, ip, t.TempDir(), sched.URL(), schedNode, henv.Get(t, "GAIA_TEST_DOCKER_HOST"), host, e.consul, ip)
-		path := filepath.Join(t.TempDir(), node+".yml")
-		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		harness.StartProcess(t, bin, []string{"--config", path}, nil, addr, "/healthz",
-			func(code int) bool { return code == http.StatusOK })
+		startNodeAgent(t, e, bin, node, ip, addr, sched.URL(), henv.Get(t, "GAIA_TEST_DOCKER_HOST"), host)
 	}
 	waitFor(t, "every node registered", time.Minute, func() bool {
 		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready' AND name = ANY($1)`, keysOf(c.nodes)) == len(c.nodes)

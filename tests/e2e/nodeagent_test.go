@@ -56,23 +56,7 @@ func TestNodeAgentsWithScheduler(t *testing.T) {
 	})
 	bin := harness.Binary(t, "./nodeagent/cmd/gaia-nodeagent")
 	for node, ip := range nodes {
-		addr := harness.FreeAddr(t)
-		cfg := fmt.Sprintf(`log: {level: info, formatter: json}
-http: {addr: %q}
-node: {name: %q, idc: idc-a, address: %s, datadir: %q, capacity: {cpu: 4, memory: 4Gi}}
-scheduler: {urls: [%q], token: %s}
-docker: {host: %q}
-registry: {gateway: %q}
-consul: {addr: %q}
-instances: {publiship: %s, stoptimeout: 2s}
-agent: {reportinterval: 1s, retryinterval: 200ms}
-`, addr, node, ip, t.TempDir(), sched.URL(), schedNode, henv.Get(t, "GAIA_TEST_DOCKER_HOST"), host, e.consul, ip)
-		path := filepath.Join(t.TempDir(), node+".yml")
-		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		harness.StartProcess(t, bin, []string{"--config", path}, nil, addr, "/healthz",
-			func(code int) bool { return code == http.StatusOK })
+		startNodeAgent(t, e, bin, node, ip, harness.FreeAddr(t), sched.URL(), henv.Get(t, "GAIA_TEST_DOCKER_HOST"), host)
 	}
 	waitFor(t, "both nodes registered", time.Minute, func() bool {
 		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready' AND name = ANY($1)`, keysOf(nodes)) == 2
@@ -220,4 +204,28 @@ func httpGet(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return strings.TrimSpace(string(b)), err
+}
+
+// startNodeAgent runs a gaia-nodeagent binary (bin) for node, on address
+// ip and listening on addr, speaking to the scheduler at schedURL, running
+// instances on the dockerd at dockerHost and pulling through gateway; it
+// returns once /healthz answers, and stops with the test.
+func startNodeAgent(t *testing.T, e *schedEnv, bin, node, ip, addr, schedURL, dockerHost, gateway string) {
+	t.Helper()
+	cfg := fmt.Sprintf(`log: {level: info, formatter: json}
+http: {addr: %q}
+node: {name: %q, idc: idc-a, address: %s, datadir: %q, capacity: {cpu: 4, memory: 4Gi}}
+scheduler: {urls: [%q], token: %s}
+docker: {host: %q}
+registry: {gateway: %q}
+consul: {addr: %q}
+instances: {publiship: %s, stoptimeout: 2s}
+agent: {reportinterval: 1s, retryinterval: 200ms}
+`, addr, node, ip, t.TempDir(), schedURL, schedNode, dockerHost, gateway, e.consul, ip)
+	path := filepath.Join(t.TempDir(), node+".yml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	harness.StartProcess(t, bin, []string{"--config", path}, nil, addr, "/healthz",
+		func(code int) bool { return code == http.StatusOK })
 }
