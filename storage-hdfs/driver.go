@@ -197,15 +197,21 @@ func isNotFound(err error) bool {
 
 func (d *driver) GetContent(ctx context.Context, p string) ([]byte, error) {
 	var out []byte
+	full := d.fullPath(p)
 	err := d.withClient(ctx, func(c *gohdfs.Client) error {
-		r, size, err := d.openAt(c, d.fullPath(p), 0)
-		if err != nil {
-			return err
+		for attempt := 0; ; attempt++ {
+			r, size, err := d.openAt(c, full, 0)
+			if err != nil {
+				return err
+			}
+			out = make([]byte, size)
+			_, err = io.ReadFull(r, out)
+			r.f.Close()
+			if err == nil || attempt == 3 || !replaced(c, full, r.inode) {
+				return err
+			}
+			// Replaced while it was read: read the new file.
 		}
-		defer r.f.Close()
-		out = make([]byte, size)
-		_, err = io.ReadFull(r, out)
-		return err
 	})
 	if err != nil {
 		return nil, d.mapErr(ctx, err, p)
@@ -362,13 +368,13 @@ func (d *driver) openAt(c *gohdfs.Client, full string, offset int64) (*fileReade
 		if fi.IsDir() {
 			return nil, 0, &os.PathError{Op: "open", Path: full, Err: os.ErrNotExist}
 		}
-		name := full
-		if st, ok := fi.Sys().(interface{ GetFileId() uint64 }); ok && st.GetFileId() != 0 {
-			name = fmt.Sprintf("/.reserved/.inodes/%d", st.GetFileId())
+		name, inode := full, fileID(fi)
+		if inode != 0 {
+			name = fmt.Sprintf("/.reserved/.inodes/%d", inode)
 		}
 		f, err := c.Open(name)
 		if err == nil && offset < f.Stat().Size() {
-			r := &fileReader{f: f, deadline: deadline{timeout: d.ioTimeout}}
+			r := &fileReader{f: f, inode: inode, deadline: deadline{timeout: d.ioTimeout}}
 			if _, err = f.Seek(offset, io.SeekStart); err == nil {
 				r.deadline.refresh(f.SetDeadline)
 				var n int
@@ -380,17 +386,45 @@ func (d *driver) openAt(c *gohdfs.Client, full string, offset int64) (*fileReade
 			}
 			f.Close()
 		} else if err == nil {
-			return &fileReader{f: f}, f.Stat().Size(), nil
+			return &fileReader{f: f, inode: inode}, f.Stat().Size(), nil
 		}
-		if !isNotFound(err) || attempt == 3 {
+		if attempt == 3 || !(isNotFound(err) || replaced(c, full, inode)) {
 			return nil, 0, err
 		}
 		// Replaced or deleted since the Stat: look again.
 	}
 }
 
+// fileID is the HDFS inode number of fi, 0 when the NameNode gave none.
+func fileID(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(interface{ GetFileId() uint64 }); ok {
+		return st.GetFileId()
+	}
+	return 0
+}
+
+// replaced tells whether full is gone or is now another file than inode.
+// A read that races the delete of its file (a PutContent renaming a new
+// file over it) does not always fail as not-found: the NameNode can hand
+// out the block list of a file it is deleting, with each block's length
+// already set to its "deleted" marker (Long.MAX_VALUE), and the DataNode
+// then refuses the read as "Offset 0 and length 9223372036854775807 don't
+// match block". Looking at the path again tells that case from a real
+// read error.
+func replaced(c *gohdfs.Client, full string, inode uint64) bool {
+	if inode == 0 {
+		return false
+	}
+	fi, err := c.Stat(full)
+	if err != nil {
+		return isNotFound(err)
+	}
+	return fileID(fi) != inode
+}
+
 type fileReader struct {
 	f        *gohdfs.FileReader
+	inode    uint64 // the file's inode number, 0 if unknown
 	deadline deadline
 	release  func()
 	closed   bool

@@ -449,7 +449,10 @@ func randomBytes(t testing.TB, n int) []byte {
 
 // TestPutContentAtomic: while PutContent replaces a file again and again
 // with contents of different sizes, concurrent readers only ever see one
-// whole version.
+// whole version, and never an error. (A read that raced the NameNode's
+// delete of the replaced file used to fail with the DataNode's "length
+// 9223372036854775807 don't match block"; under load, 1 run in 2 of 300
+// replacements did.)
 func TestPutContentAtomic(t *testing.T) {
 	ctx := context.Background()
 	d := newTestDriver(t, nil)
@@ -487,7 +490,7 @@ func TestPutContentAtomic(t *testing.T) {
 			}
 		}()
 	}
-	for i := 0; i < 20; i++ {
+	for i := 0; i < 100; i++ {
 		if err := d.PutContent(ctx, "/atomic", versions[i%2]); err != nil {
 			t.Fatal(err)
 		}
@@ -498,7 +501,7 @@ func TestPutContentAtomic(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	t.Logf("%d whole reads during 20 replacements", reads.Load())
+	t.Logf("%d whole reads during 100 replacements", reads.Load())
 	// Nothing is left in the staging directory.
 	var left []string
 	err := d.d.withClient(context.Background(), func(c *gohdfs.Client) error {
