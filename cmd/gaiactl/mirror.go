@@ -24,6 +24,9 @@ import (
 type mirrorCLI struct {
 	*globals
 	client *http.Client
+	// user and password, when set, replace the token (Basic auth: the
+	// registry's built-in users).
+	user, password string
 }
 
 func mirrorCmd(g *globals) *cobra.Command {
@@ -201,7 +204,11 @@ func (m *mirrorCLI) do(method, url string, body []byte, v any, show func()) erro
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+m.token)
+	if m.user != "" && m.token == "" {
+		req.SetBasicAuth(m.user, m.password)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+m.token)
+	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := m.client.Do(req)
 	if err != nil {

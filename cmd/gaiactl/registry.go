@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -21,6 +22,7 @@ import (
 type registryCLI struct{ mirrorCLI }
 
 func (m *registryCLI) base(c *cobra.Command) (string, error) {
+	m.user, m.password = os.Getenv("GAIA_REGISTRY_USER"), os.Getenv("GAIA_REGISTRY_PASSWORD")
 	return m.adminBase(c, "give the registry's --server URL",
 		"GAIA_REGISTRY_URL", "http://127.0.0.1:5000", "GAIA_REGISTRY_ADMIN_TOKEN", strings.TrimRight(serverAdminPrefix, "/"))
 }

@@ -78,11 +78,11 @@ var ErrBadCredentials = errors.New("iam: bad credentials")
 // ErrNotFound: no such user, namespace, member or robot.
 var ErrNotFound = errors.New("iam: not found")
 
-// ErrExists: a user, namespace or robot of that name exists already.
-var ErrExists = errors.New("iam: already exists")
-
-// FieldError is bad input, naming the field.
-type FieldError struct{ Field, Reason string }
+// FieldError is bad input, naming the field; Conflict: the name is taken.
+type FieldError struct {
+	Field, Reason string
+	Conflict      bool
+}
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 

@@ -79,7 +79,7 @@ func (s *Store) CreateUser(ctx context.Context, name, password string, admin boo
 	err = s.db.QueryRow(ctx, `INSERT INTO iam_users (name, source, password_hash, admin) VALUES ($1, 'local', $2, $3)
 		RETURNING created_at`, name, string(hash), admin).Scan(&u.CreatedAt)
 	if uniqueViolation(err) {
-		return User{}, &FieldError{Field: "name", Reason: "user " + name + " exists already"}
+		return User{}, &FieldError{Field: "name", Reason: "user " + name + " exists already", Conflict: true}
 	}
 	s.Forget()
 	return u, err
@@ -179,7 +179,7 @@ func (s *Store) CreateNamespace(ctx context.Context, name string, public bool, d
 		err := tx.QueryRow(ctx, `INSERT INTO iam_namespaces (name, public, description) VALUES ($1, $2, $3)
 			RETURNING created_at`, name, public, description).Scan(&ns.CreatedAt)
 		if uniqueViolation(err) {
-			return &FieldError{Field: "name", Reason: "namespace " + name + " exists already"}
+			return &FieldError{Field: "name", Reason: "namespace " + name + " exists already", Conflict: true}
 		}
 		if err != nil || owner == "" {
 			return err
@@ -405,7 +405,7 @@ func (s *Store) CreateRobot(ctx context.Context, ns string, spec RobotSpec) (Rob
 		r.Name, nsArg, hash, perms, spec.Description, spec.ExpiresAt).Scan(&r.CreatedAt, &r.RotatedAt)
 	switch {
 	case uniqueViolation(err):
-		return Robot{}, "", &FieldError{Field: "name", Reason: "robot " + r.Name + " exists already"}
+		return Robot{}, "", &FieldError{Field: "name", Reason: "robot " + r.Name + " exists already", Conflict: true}
 	case foreignKeyViolation(err):
 		return Robot{}, "", ErrNotFound
 	case err != nil:

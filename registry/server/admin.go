@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gaia-registry/gaia/registry/gc"
+	"github.com/gaia-registry/gaia/registry/iam"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/retention"
 )
@@ -48,21 +49,58 @@ func adminJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// adminCaller authenticates an admin API request: the admin token, or
+// (with auth.builtin) a user's or robot's Basic credentials. ok false:
+// neither.
+func (s *Server) adminCaller(r *http.Request) (c adminCaller, ok bool) {
+	if tok, isBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); isBearer {
+		return adminCaller{system: true}, s.cfg.Admin.Token != "" &&
+			subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Admin.Token)) == 1
+	}
+	user, pass, isBasic := r.BasicAuth()
+	if !isBasic || s.iam == nil {
+		return c, false
+	}
+	subject, err := s.iam.Authenticate(r.Context(), user, pass)
+	if err != nil {
+		if !errors.Is(err, iam.ErrBadCredentials) {
+			s.log.Error("admin API: authenticating", "user", user, "err", err)
+		}
+		return c, false
+	}
+	admin, err := s.iam.IsAdmin(r.Context(), subject)
+	if err != nil {
+		s.log.Error("admin API: authenticating", "user", user, "err", err)
+		return c, false
+	}
+	return adminCaller{name: subject, system: admin}, true
+}
+
 func (s *Server) adminHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if s.cfg.Admin.Token == "" {
-			adminFail(w, http.StatusNotFound, "", "the admin API is off (admin.token is not set)")
+		if s.cfg.Admin.Token == "" && s.iam == nil {
+			adminFail(w, http.StatusNotFound, "", "the admin API is off (neither admin.token nor auth.builtin is set)")
 			return
 		}
-		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Admin.Token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="gaia-registry-admin"`)
-			adminFail(w, http.StatusUnauthorized, "", "admin token required (Authorization: Bearer ...)")
+		caller, ok := s.adminCaller(r)
+		if !ok {
+			w.Header().Add("WWW-Authenticate", `Bearer realm="gaia-registry-admin"`)
+			if s.iam != nil {
+				w.Header().Add("WWW-Authenticate", `Basic realm="gaia-registry-admin"`)
+			}
+			adminFail(w, http.StatusUnauthorized, "", "the admin token (Authorization: Bearer ...) or a user's credentials (Basic) required")
 			return
 		}
 		ctx := r.Context()
 		rest := strings.TrimPrefix(r.URL.Path, AdminPrefix)
 		parts := strings.Split(strings.Trim(rest, "/"), "/")
+		if s.adminIAM(w, r, parts, caller) {
+			return
+		}
+		if !caller.system {
+			adminFail(w, http.StatusForbidden, "", caller.name+" is not a system admin")
+			return
+		}
 		fail := func(err error) {
 			var fe *retention.FieldError
 			switch {

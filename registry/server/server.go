@@ -36,6 +36,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/gc"
+	"github.com/gaia-registry/gaia/registry/iam"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/retention"
@@ -67,6 +68,7 @@ type Server struct {
 	consul       *consul.Client          // nil without cluster.consul.addr
 	gc           *gc.Collector
 	retention    *retention.Store
+	iam          *iam.Store        // nil without auth.builtin
 	staging      gc.StagingSweeper // the HDFS driver's @staging; nil for others
 	ready        atomic.Bool
 }
