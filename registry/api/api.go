@@ -78,21 +78,18 @@ func (h *Handler) pullThroughFailed(w http.ResponseWriter, r *http.Request, what
 type pullableKey struct{}
 
 // WithPullable records that a request's credentials may pull only from
-// the repositories repos returns (called when needed: for a blob mount
-// without `from`). The auth middleware sets it for scoped credentials
-// (tokens); without it a request may pull from every repository (no
-// auth, htpasswd users).
-func WithPullable(ctx context.Context, repos func() []string) context.Context {
-	return context.WithValue(ctx, pullableKey{}, repos)
+// the repositories may accepts: a blob mount without `from` links only
+// from those, and the catalog lists only those. The auth middleware sets
+// it for scoped credentials (tokens, built-in users); without it a
+// request may pull from every repository (no auth, htpasswd users).
+func WithPullable(ctx context.Context, may func(repo string) bool) context.Context {
+	return context.WithValue(ctx, pullableKey{}, may)
 }
 
-// Pullable returns the repositories a request may pull from; all: every one.
-func Pullable(ctx context.Context) (repos []string, all bool) {
-	f, ok := ctx.Value(pullableKey{}).(func() []string)
-	if !ok {
-		return nil, true
-	}
-	return f(), false
+// MayPull returns what WithPullable recorded; nil: every repository.
+func MayPull(ctx context.Context) func(repo string) bool {
+	may, _ := ctx.Value(pullableKey{}).(func(string) bool)
+	return may
 }
 
 // PullThrough fetches missing content from an upstream registry. false:

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -131,17 +132,26 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, name strin
 	uploadAccepted(w, name, sess.ID, 0, http.StatusAccepted)
 }
 
+// maxMountHolders bounds the repositories a mount without `from` looks
+// at for one the caller may pull (a blob in more is rarely private).
+const maxMountHolders = 1000
+
 // mount links blob d into name from repository from or, with from
 // empty, from any repository the request may pull.
 func (h *Handler) mount(ctx context.Context, name, from string, d digest.Digest) (int64, error) {
 	if from != "" {
 		return h.Blobs.Mount(ctx, name, []string{from}, d)
 	}
-	repos, all := Pullable(ctx)
-	if all {
+	may := MayPull(ctx)
+	if may == nil {
 		return h.Blobs.MountAny(ctx, name, d)
 	}
-	return h.Blobs.Mount(ctx, name, repos, d)
+	holders, err := h.Blobs.Holders(ctx, d, maxMountHolders)
+	if err != nil {
+		return 0, err
+	}
+	holders = slices.DeleteFunc(holders, func(repo string) bool { return !may(repo) })
+	return h.Blobs.Mount(ctx, name, holders, d)
 }
 
 // chunkOffset reads Content-Range and checks it against Content-Length.

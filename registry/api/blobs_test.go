@@ -247,7 +247,7 @@ func TestMountWithoutFromNeedsPull(t *testing.T) {
 	// What a token granting pull,push on team/app and pull on team/base
 	// (but only push on team/other) leaves in the context.
 	scoped := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, r.WithContext(WithPullable(r.Context(), func() []string { return []string{"team/app", "team/base"} })))
+		h.ServeHTTP(w, r.WithContext(WithPullable(r.Context(), func(repo string) bool { return repo == "team/app" || repo == "team/base" })))
 	}))
 	t.Cleanup(scoped.Close)
 	open := httptest.NewServer(h) // no auth (or htpasswd): every repository

@@ -303,9 +303,9 @@ func (h *Handler) pageParams(w http.ResponseWriter, r *http.Request, def int) (n
 // name member), with a Link to the next page when there is one. Tag and
 // repository names are from grammars without characters JSON escapes, so
 // they are written as they are.
-func writeList(w http.ResponseWriter, path string, n int, nameField, key string, names []string, more bool) {
-	if more && len(names) > 0 {
-		q := url.Values{"n": {strconv.Itoa(n)}, "last": {names[len(names)-1]}}
+func writeList(w http.ResponseWriter, path string, n int, nameField, key string, names []string, next string) {
+	if next != "" {
+		q := url.Values{"n": {strconv.Itoa(n)}, "last": {next}}
 		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, path, q.Encode()))
 	}
 	size := 32 + len(nameField)
@@ -349,7 +349,7 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, name string) 
 		h.fail(w, r, err)
 		return
 	}
-	writeList(w, "/v2/"+name+"/tags/list", n, name, "tags", tags, more)
+	writeList(w, "/v2/"+name+"/tags/list", n, name, "tags", tags, nextAfter(tags, more))
 }
 
 func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
@@ -357,12 +357,62 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	repos, more, err := h.Manifests.Repositories(r.Context(), last, n)
-	if err != nil {
-		h.fail(w, r, err)
+	may := MayPull(r.Context())
+	if may == nil {
+		repos, more, err := h.Manifests.Repositories(r.Context(), last, n)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		writeList(w, "/v2/_catalog", n, "", "repositories", repos, nextAfter(repos, more))
 		return
 	}
-	writeList(w, "/v2/_catalog", n, "", "repositories", repos, more)
+	// Only what the caller may pull: pages of every name, filtered, until
+	// n are found or maxCatalogScan names were looked at (then the Link
+	// continues after the last name looked at, so paging stays bounded
+	// and complete).
+	repos := []string{}
+	next := ""
+	for scanned := 0; ; {
+		page, more, err := h.Manifests.Repositories(r.Context(), last, catalogScanPage)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		for i, name := range page {
+			last = name
+			scanned++
+			if may(name) {
+				repos = append(repos, name)
+			}
+			if len(repos) == n || scanned >= maxCatalogScan {
+				if more || i < len(page)-1 {
+					next = last
+				}
+				writeList(w, "/v2/_catalog", n, "", "repositories", repos, next)
+				return
+			}
+		}
+		if !more {
+			writeList(w, "/v2/_catalog", n, "", "repositories", repos, "")
+			return
+		}
+	}
+}
+
+// A filtered catalog reads names in pages of catalogScanPage and looks at
+// no more than maxCatalogScan per request.
+var (
+	catalogScanPage = 1000
+	maxCatalogScan  = 20000 // a variable for tests
+)
+
+// nextAfter is a list page's next cursor: its last name when there is more.
+func nextAfter(names []string, more bool) string {
+	if !more || len(names) == 0 {
+		return ""
+	}
+	return names[len(names)-1]
 }
 
 func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {

@@ -494,6 +494,59 @@ func TestCatalog(t *testing.T) {
 	}
 }
 
+// With scoped credentials (WithPullable) the catalog lists only what they
+// may pull, paged the same way, also when a page's scan budget runs out
+// before n names were found.
+func TestCatalogOnlyPullable(t *testing.T) {
+	url := metadatatest.Database(t)
+	pool := metadatatest.Open(t, url)
+	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(Options{Uploads: uploadsession.New(pool, drv), Blobs: metadata.NewBlobs(pool), Manifests: metadata.NewManifests(pool), Driver: drv})
+	open := httptest.NewServer(h)
+	t.Cleanup(open.Close)
+	scoped := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		may := func(repo string) bool { return strings.HasPrefix(repo, "team/") }
+		h.ServeHTTP(w, r.WithContext(WithPullable(r.Context(), may)))
+	}))
+	t.Cleanup(scoped.Close)
+	for _, repo := range []string{"alpha", "team.a", "team/app", "team/app-b", "team/z", "zeta/x/y"} {
+		putManifest(t, open.URL, repo, "latest", ociImage, pushImage(t, open.URL, repo, nil))
+	}
+	want := []string{"team/app", "team/app-b", "team/z"}
+	pages := listPages(t, []string{scoped.URL}, "/v2/_catalog?n=2", "/v2/_catalog", "repositories", 2)
+	if !slices.Equal(slices.Concat(pages...), want) {
+		t.Fatalf("scoped catalog pages of 2: %q; want %q", pages, want)
+	}
+	// A scan budget of 2 names per request: pages may come back short or
+	// empty, with a Link after the last name looked at, and still end
+	// with every pullable name once.
+	defer func(page, max int) { catalogScanPage, maxCatalogScan = page, max }(catalogScanPage, maxCatalogScan)
+	catalogScanPage, maxCatalogScan = 2, 2
+	var got []string
+	next := "/v2/_catalog?n=5"
+	for i := 0; next != ""; i++ {
+		if i > 10 {
+			t.Fatal("more than 10 pages")
+		}
+		r := do(t, "GET", scoped.URL+next, nil)
+		var page struct{ Repositories []string }
+		if r.status != 200 || json.Unmarshal(r.body, &page) != nil {
+			t.Fatalf("GET %s: %d %s", next, r.status, r.body)
+		}
+		got = append(got, page.Repositories...)
+		next = ""
+		if link := r.header.Get("Link"); link != "" {
+			next = strings.TrimSuffix(strings.TrimPrefix(link, "<"), `>; rel="next"`)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("scoped catalog under a scan budget: %q; want %q", got, want)
+	}
+}
+
 func TestReferrersAPI(t *testing.T) {
 	a, b := twoServers(t)
 	subject := pushImage(t, a, "team/app", nil)

@@ -131,27 +131,19 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 		default:
 			ctx := context.WithValue(r.Context(), userKey{}, grant.User.Name)
 			if a.scoped {
-				ctx = api.WithPullable(ctx, func() []string { return a.pullable(r, grant) })
+				ctx = api.WithPullable(ctx, func(repo string) bool { return a.mayPull(r, repo) })
 			}
 			next.ServeHTTP(w, r.WithContext(ctx))
 		}
 	})
 }
 
-// pullable lists the repositories of a grant that r's credentials may
-// pull, asking the controller about each (a grant names resources, not
-// their actions).
-func (a *Authenticator) pullable(r *http.Request, grant *dauth.Grant) []string {
-	var repos []string
-	for _, res := range grant.Resources {
-		if res.Type != "repository" {
-			continue
-		}
-		if g, err := a.ac.Authorized(r, dauth.Access{Resource: res, Action: "pull"}); err == nil && g != nil {
-			repos = append(repos, res.Name)
-		}
-	}
-	return repos
+// mayPull reports whether r's credentials may pull repo, asking the
+// controller (a token's grant names resources, not their actions).
+func (a *Authenticator) mayPull(r *http.Request, repo string) bool {
+	access := dauth.Access{Resource: dauth.Resource{Type: "repository", Name: repo}, Action: "pull"}
+	g, err := a.ac.Authorized(r, access)
+	return err == nil && g != nil
 }
 
 // anonymous reports whether a request carries no credentials: no

@@ -75,6 +75,16 @@ func (b *Blobs) MountAny(ctx context.Context, to string, d digest.Digest) (int64
 	return b.mount(ctx, to, nil, d)
 }
 
+// Holders lists up to limit repositories that link blob d, by name.
+func (b *Blobs) Holders(ctx context.Context, d digest.Digest, limit int) ([]string, error) {
+	rows, err := b.db.Query(ctx, `SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+		WHERE rb.digest = $1 ORDER BY r.name LIMIT $2`, d.String(), limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
 // mount: from nil, any repository.
 func (b *Blobs) mount(ctx context.Context, to string, from []string, d digest.Digest) (int64, error) {
 	var size int64
