@@ -149,10 +149,10 @@ func oauthError(w http.ResponseWriter, status int, oauthCode string, code errcod
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(struct {
-		Error       string         `json:"error"`
-		Description string         `json:"error_description"`
-		Errors      errcode.Errors `json:"errors"`
-	}{oauthCode, msg, errcode.Errors{code.WithMessage(msg)}})
+		Error       string          `json:"error"`
+		Description string          `json:"error_description"`
+		Errors      []errcode.Error `json:"errors"`
+	}{oauthCode, msg, []errcode.Error{code.WithMessage(msg)}})
 }
 
 func (h *handler) record(ev LoginEvent) {

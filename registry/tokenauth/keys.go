@@ -23,8 +23,8 @@ import (
 type Keys struct {
 	signer  jose.Signer // the first key's, with its kid: access tokens
 	refresh jose.Signer // the same key, typ refresh
-	keys   []key       // in configuration order
-	byKID  map[string]*key
+	keys    []key       // in configuration order
+	byKID   map[string]*key
 }
 
 type key struct {

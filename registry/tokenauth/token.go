@@ -45,15 +45,15 @@ const Leeway = 30 * time.Second
 
 // Why Verify refused a token; errors.Is tells them apart.
 var (
-	ErrMalformed    = errors.New("tokenauth: malformed token")
-	ErrAlgorithm    = errors.New("tokenauth: signature algorithm not allowed for the key") // alg none, HS256, or not the key's
-	ErrUnknownKey   = errors.New("tokenauth: token signed by an unknown key")
-	ErrSignature    = errors.New("tokenauth: bad token signature")
-	ErrTokenType    = errors.New("tokenauth: wrong kind of token") // a refresh token as an access token or the reverse
-	ErrIssuer       = errors.New("tokenauth: token from another issuer")
-	ErrAudience     = errors.New("tokenauth: token for another audience")
-	ErrExpired      = errors.New("tokenauth: token expired")
-	ErrNotYetValid  = errors.New("tokenauth: token not valid yet")
+	ErrMalformed   = errors.New("tokenauth: malformed token")
+	ErrAlgorithm   = errors.New("tokenauth: signature algorithm not allowed for the key") // alg none, HS256, or not the key's
+	ErrUnknownKey  = errors.New("tokenauth: token signed by an unknown key")
+	ErrSignature   = errors.New("tokenauth: bad token signature")
+	ErrTokenType   = errors.New("tokenauth: wrong kind of token") // a refresh token as an access token or the reverse
+	ErrIssuer      = errors.New("tokenauth: token from another issuer")
+	ErrAudience    = errors.New("tokenauth: token for another audience")
+	ErrExpired     = errors.New("tokenauth: token expired")
+	ErrNotYetValid = errors.New("tokenauth: token not valid yet")
 )
 
 // Token types (the JWS `typ` header). Refresh tokens also have their own
