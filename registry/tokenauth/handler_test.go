@@ -393,7 +393,9 @@ func TestDistributionInterop(t *testing.T) {
 	}
 	rt, _ := a.body["refresh_token"].(string)
 	r.Header.Set("Authorization", "Bearer "+rt)
-	if _, err := ac.Authorized(r, dauth.Access{Resource: res, Action: "pull"}); !isChallenge(err) {
+	// Without any access required (GET /v2/) only the audience tells
+	// a refresh token from an access token.
+	if _, err := ac.Authorized(r); !isChallenge(err) {
 		t.Errorf("distribution accepted a refresh token as an access token: %v", err)
 	}
 }
