@@ -3,6 +3,7 @@
 //	gaia-registry serve --config FILE
 //	gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]
 //	gaia-registry gc status|run [--config FILE] [--dry-run] [--loop] [--walk]
+//	gaia-registry keygen --out FILE
 //
 // `serve` runs one stateless registry server (registry/server): metadata in
 // PostgreSQL, blob bytes in the configured storage driver. GAIA_* variables
@@ -22,7 +23,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: gaia-registry serve --config FILE\n       gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]\n       gaia-registry gc status|run --config FILE [--dry-run] [--loop] [--walk]\n")
+	fmt.Fprintf(os.Stderr, "usage: gaia-registry serve --config FILE\n       gaia-registry migrate [up | down N | status] [--config FILE] [--database-url URL]\n       gaia-registry gc status|run --config FILE [--dry-run] [--loop] [--walk]\n       gaia-registry keygen --out FILE\n")
 	os.Exit(2)
 }
 
@@ -50,6 +51,11 @@ func main() {
 		}
 	case "gc":
 		if err := gcCmd(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "gaia-registry: %v\n", err)
+			os.Exit(1)
+		}
+	case "keygen":
+		if err := keygenCmd(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "gaia-registry: %v\n", err)
 			os.Exit(1)
 		}
