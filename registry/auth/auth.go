@@ -22,6 +22,7 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/auth/token"    // registers "token"
 
 	"github.com/gaia-registry/gaia/registry/api"
+	"github.com/gaia-registry/gaia/registry/iam"
 )
 
 // Config is the `auth:` section of gaia-registry's YAML config.
@@ -37,6 +38,7 @@ type Config struct {
 	AnonymousPull bool            `yaml:"anonymouspull"`
 	Htpasswd      *HtpasswdConfig `yaml:"htpasswd"`
 	Token         *TokenConfig    `yaml:"token"`
+	Builtin       *BuiltinConfig  `yaml:"builtin"`
 }
 
 // HtpasswdConfig configures HTTP Basic auth against an htpasswd file whose
@@ -65,25 +67,60 @@ type Authenticator struct {
 	// scoped: grants name the repositories they cover (tokens); an
 	// htpasswd user may pull every repository.
 	scoped bool
+	// builtin: the built-in token service's verifier and the access
+	// model that every request is checked against again.
+	builtin *builtin
 }
 
-// New validates cfg (at most one of htpasswd and token, required fields
-// set, files readable) and returns an Authenticator. With neither
-// configured every request is allowed.
-func New(cfg Config) (*Authenticator, error) {
+// Option configures New.
+type Option func(*Authenticator)
+
+// WithStore gives auth.builtin its access model (it needs the database).
+func WithStore(store *iam.Store) Option {
+	return func(a *Authenticator) {
+		if a.builtin != nil {
+			a.builtin.store = store
+		}
+	}
+}
+
+// New validates cfg (at most one of htpasswd, token and builtin,
+// required fields set, files readable) and returns an Authenticator.
+// With none configured every request is allowed. builtin needs WithStore.
+func New(cfg Config, opts ...Option) (*Authenticator, error) {
 	a := &Authenticator{anonymousPull: cfg.AnonymousPull}
+	n := 0
+	for _, set := range []bool{cfg.Htpasswd != nil, cfg.Token != nil, cfg.Builtin != nil} {
+		if set {
+			n++
+		}
+	}
 	var err error
 	switch {
-	case cfg.Htpasswd != nil && cfg.Token != nil:
-		return nil, errors.New("auth: configure at most one of htpasswd and token")
+	case n > 1:
+		return nil, errors.New("auth: configure at most one of htpasswd, token and builtin")
 	case cfg.Htpasswd != nil:
 		a.ac, err = newHtpasswd(*cfg.Htpasswd)
 	case cfg.Token != nil:
 		a.ac, err = newToken(*cfg.Token)
 		a.scoped = true
+	case cfg.Builtin != nil:
+		if cfg.AnonymousPull {
+			return nil, errors.New("auth.anonymouspull: not with auth.builtin (make a namespace public instead: anonymous clients then pull it with an anonymous token)")
+		}
+		a.builtin, err = newBuiltin(*cfg.Builtin)
 	}
 	if err != nil {
 		return nil, err
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.builtin != nil {
+		if a.builtin.store == nil {
+			return nil, errors.New("auth.builtin: needs the registry's database (database.url)")
+		}
+		a.ac = a.builtin.verifier
 	}
 	return a, nil
 }
@@ -117,6 +154,11 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 			return
 		}
 		grant, err := a.ac.Authorized(r, access...)
+		if err == nil && a.builtin != nil {
+			// The token is good; is its subject still allowed (a member
+			// removed, a robot deleted since it was issued)?
+			err = a.builtin.recheck(r, grant.User.Name, access)
+		}
 		var challenge dauth.Challenge
 		switch {
 		case errors.As(err, &challenge):
@@ -124,13 +166,20 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 			if access == nil {
 				access = []dauth.Access{} // "detail": [] rather than null
 			}
-			errcode.ServeJSON(w, errcode.ErrorCodeUnauthorized.WithDetail(access))
+			code := errcode.ErrorCodeUnauthorized
+			if c, ok := challenge.(interface{ Code() errcode.ErrorCode }); ok {
+				code = c.Code()
+			}
+			errcode.ServeJSON(w, code.WithDetail(access))
 		case err != nil || grant == nil:
 			slog.ErrorContext(r.Context(), "auth: checking authorization", "method", r.Method, "path", r.URL.Path, "err", err)
 			errcode.ServeJSON(w, errcode.ErrorCodeUnknown)
 		default:
 			ctx := context.WithValue(r.Context(), userKey{}, grant.User.Name)
-			if a.scoped {
+			switch {
+			case a.builtin != nil:
+				ctx = api.WithPullable(ctx, a.builtin.mayPull(ctx, grant.User.Name))
+			case a.scoped:
 				ctx = api.WithPullable(ctx, func(repo string) bool { return a.mayPull(r, repo) })
 			}
 			next.ServeHTTP(w, r.WithContext(ctx))

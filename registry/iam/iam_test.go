@@ -292,7 +292,7 @@ func TestBadInputNamesTheField(t *testing.T) {
 	}
 }
 
-func second[A, B any](_ A, b B) B          { return b }
+func second[A, B any](_ A, b B) B        { return b }
 func third[A, B, C any](_ A, _ B, c C) C { return c }
 
 func TestListsArePaged(t *testing.T) {

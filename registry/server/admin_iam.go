@@ -11,6 +11,7 @@ import (
 
 	"github.com/gaia-registry/gaia/registry/iam"
 	"github.com/gaia-registry/gaia/registry/metadata"
+	"github.com/gaia-registry/gaia/registry/tokenauth"
 )
 
 // adminCaller is who calls the admin API: the admin token or a system
@@ -421,4 +422,9 @@ func (s *Server) recordAdmin(r *http.Request, c adminCaller, action, ns string, 
 		actor = "(admin token)"
 	}
 	s.log.Info("admin change", "action", action, "actor", actor, "namespace", ns, "detail", detail, "remote", r.RemoteAddr)
+}
+
+// recordLogin notes a login or failed login at the token service.
+func (s *Server) recordLogin(ev tokenauth.LoginEvent) {
+	s.log.Info("token service", "action", ev.Action, "user", ev.User, "remote", ev.RemoteAddr, "reason", ev.Reason)
 }

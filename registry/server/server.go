@@ -184,7 +184,12 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		}
 	}
 
-	authn, err := auth.New(cfg.Auth)
+	var authOpts []auth.Option
+	if cfg.Auth.Builtin != nil {
+		s.iam = iam.New(s.pool, iam.Options{CacheTTL: cfg.Auth.Builtin.DecisionCache})
+		authOpts = append(authOpts, auth.WithStore(s.iam))
+	}
+	authn, err := auth.New(cfg.Auth, authOpts...)
 	if err != nil {
 		s.pool.Close()
 		return nil, err
@@ -228,6 +233,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("/readyz", s.readyz)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle(AdminPrefix, s.adminHandler())
+	if h := authn.TokenHandler(s.recordLogin, trusted, reg); h != nil {
+		mux.Handle("/auth/", h)
+	}
 	s.handler = mux
 	return s, nil
 }

@@ -42,6 +42,12 @@ func (v *Verifier) Authorize(r *http.Request, required []Access) (subject string
 	return c.Subject, c.Access, nil
 }
 
+// Deny is the challenge for a valid token whose subject may not have
+// required (any more): insufficient_scope, DENIED.
+func (v *Verifier) Deny(required []Access) *Challenge {
+	return &Challenge{Err: ErrInsufficientScope, realm: v.Realm, service: v.Authority.Service, required: mergeAccess(required)}
+}
+
 // Authorized makes a Verifier a distribution auth.AccessController (the
 // interface registry/auth's middleware drives): the Grant names the
 // token's resources; the error is a *Challenge.

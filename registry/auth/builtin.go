@@ -1,0 +1,171 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"time"
+
+	dauth "github.com/distribution/distribution/v3/registry/auth"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gaia-registry/gaia/registry/forwarded"
+	"github.com/gaia-registry/gaia/registry/iam"
+	"github.com/gaia-registry/gaia/registry/tokenauth"
+)
+
+// BuiltinConfig is auth.builtin: the built-in token service (every server
+// serves /auth/token) over the access model of registry/iam.
+type BuiltinConfig struct {
+	Realm         string                  `yaml:"realm"`   // the token URL sent in challenges
+	Service       string                  `yaml:"service"` // the tokens' audience
+	Issuer        string                  `yaml:"issuer"`
+	SigningKeys   []string                `yaml:"signingkeys"` // PEM private keys; the first signs
+	TokenTTL      time.Duration           `yaml:"tokenttl"`
+	RefreshTTL    time.Duration           `yaml:"refreshttl"`
+	DecisionCache time.Duration           `yaml:"decisioncache"` // the bound on a revocation taking effect
+	LoginLimit    tokenauth.LimiterConfig `yaml:"loginlimit"`
+}
+
+type builtin struct {
+	cfg      BuiltinConfig
+	verifier *tokenauth.Verifier
+	store    *iam.Store
+}
+
+func newBuiltin(c BuiltinConfig) (*builtin, error) {
+	for _, kv := range [][2]string{{"realm", c.Realm}, {"service", c.Service}, {"issuer", c.Issuer}} {
+		if kv[1] == "" {
+			return nil, fmt.Errorf("auth.builtin.%s: required", kv[0])
+		}
+	}
+	if len(c.SigningKeys) == 0 {
+		return nil, errors.New("auth.builtin.signingkeys: at least one PEM private key (gaia-registry keygen --out FILE makes one)")
+	}
+	for _, kv := range []struct {
+		key string
+		d   time.Duration
+	}{{"tokenttl", c.TokenTTL}, {"refreshttl", c.RefreshTTL}, {"decisioncache", c.DecisionCache}} {
+		if kv.d < 0 {
+			return nil, fmt.Errorf("auth.builtin.%s: %s is negative", kv.key, kv.d)
+		}
+	}
+	keys, err := tokenauth.LoadKeys(c.SigningKeys)
+	if err != nil {
+		return nil, fmt.Errorf("auth.builtin.signingkeys: %w", err)
+	}
+	return &builtin{cfg: c, verifier: &tokenauth.Verifier{
+		Authority: &tokenauth.Authority{Keys: keys, Issuer: c.Issuer, Service: c.Service},
+		Realm:     c.Realm,
+	}}, nil
+}
+
+// recheck asks the access model whether subject still has every access
+// its token granted for this request: a token outlives the membership or
+// robot it was issued for by up to its lifetime, a decision by at most
+// the decision cache.
+func (b *builtin) recheck(r *http.Request, subject string, access []dauth.Access) error {
+	for _, acc := range access {
+		if acc.Type != "repository" {
+			continue
+		}
+		allowed, err := b.store.Actions(r.Context(), subject, acc.Name)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(allowed, acc.Action) {
+			var required []tokenauth.Access
+			for _, a := range access {
+				required = append(required, tokenauth.Access{Type: a.Type, Name: a.Name, Actions: []string{a.Action}})
+			}
+			return b.verifier.Deny(required)
+		}
+	}
+	return nil
+}
+
+// mayPull is the predicate api.WithPullable wants for subject.
+func (b *builtin) mayPull(ctx context.Context, subject string) func(repo string) bool {
+	return func(repo string) bool {
+		allowed, err := b.store.Actions(ctx, subject, repo)
+		if err != nil {
+			slog.ErrorContext(ctx, "auth: checking pull access", "subject", subject, "repository", repo, "err", err)
+			return false
+		}
+		return slices.Contains(allowed, iam.Pull)
+	}
+}
+
+// TokenHandler is the token service of auth.builtin, to mount at /auth/
+// (nil without builtin). record gets every login and failed login.
+func (a *Authenticator) TokenHandler(record func(tokenauth.LoginEvent), trusted forwarded.Trusted, reg prometheus.Registerer) http.Handler {
+	if a.builtin == nil {
+		return nil
+	}
+	b := a.builtin
+	return tokenauth.NewHandler(tokenauth.Options{
+		Keys: b.verifier.Authority.Keys, Issuer: b.cfg.Issuer, Service: b.cfg.Service,
+		TTL: b.cfg.TokenTTL, RefreshTTL: b.cfg.RefreshTTL,
+		Backend:  backend{b.store},
+		Limiter:  tokenauth.NewLimiter(b.cfg.LoginLimit, nil),
+		Recorder: record, Trusted: trusted, Registerer: reg,
+	})
+}
+
+// backend is iam.Store as the token service's Backend.
+type backend struct{ store *iam.Store }
+
+// badCredentials is both packages' "bad credentials".
+type badCredentials struct{ err error }
+
+func (e badCredentials) Error() string { return e.err.Error() }
+func (e badCredentials) Is(target error) bool {
+	return target == tokenauth.ErrBadCredentials || target == iam.ErrBadCredentials
+}
+
+func mapErr(err error) error {
+	if errors.Is(err, iam.ErrBadCredentials) {
+		return badCredentials{err}
+	}
+	return err
+}
+
+func (b backend) Authenticate(ctx context.Context, user, password string) (string, error) {
+	subject, err := b.store.Authenticate(ctx, user, password)
+	return subject, mapErr(err)
+}
+
+func (b backend) Valid(ctx context.Context, subject string) error {
+	return mapErr(b.store.Valid(ctx, subject))
+}
+
+// Grant gives each requested repository access the actions the subject
+// has there now ("*" asks for all of them), and the catalog to anyone
+// (it lists only what the caller may pull).
+func (b backend) Grant(ctx context.Context, subject string, requested []tokenauth.Access) ([]tokenauth.Access, error) {
+	var out []tokenauth.Access
+	for _, req := range requested {
+		switch {
+		case req.Type == "registry" && req.Name == "catalog":
+			out = append(out, req)
+		case req.Type == "repository":
+			allowed, err := b.store.Actions(ctx, subject, req.Name)
+			if err != nil {
+				return nil, err
+			}
+			var acts []string
+			for _, act := range allowed {
+				if slices.Contains(req.Actions, act) || slices.Contains(req.Actions, "*") {
+					acts = append(acts, act)
+				}
+			}
+			if len(acts) > 0 {
+				out = append(out, tokenauth.Access{Type: req.Type, Name: req.Name, Actions: acts})
+			}
+		}
+	}
+	return out, nil
+}
