@@ -249,7 +249,10 @@ func (d *Directory) search(ctx context.Context, req *goldap.SearchRequest) (*gol
 	}
 	defer func() { <-d.sem }()
 	for attempt := 0; ; attempt++ {
-		c, reused, err := d.serviceConn(ctx)
+		// The retry dials: the idle connections are likely cut too (a
+		// restarted server cuts them all), whether or not their readers
+		// have noticed yet.
+		c, reused, err := d.serviceConn(ctx, attempt == 0)
 		if err != nil {
 			return nil, err
 		}
@@ -267,6 +270,7 @@ func (d *Directory) search(ctx context.Context, req *goldap.SearchRequest) (*gol
 		if !reused || attempt > 0 || ctx.Err() != nil {
 			return nil, err
 		}
+		d.Close()
 	}
 }
 
@@ -277,10 +281,10 @@ func isResult(err error) bool {
 	return errors.As(err, &le) && le.ResultCode < goldap.ErrorNetwork && le.ResultCode != goldap.LDAPResultTimeLimitExceeded
 }
 
-// serviceConn returns an idle connection, or dials and binds a new one.
-// The caller holds a slot of sem.
-func (d *Directory) serviceConn(ctx context.Context) (*goldap.Conn, bool, error) {
-	for {
+// serviceConn returns an idle connection (if reuse), or dials and binds
+// a new one. The caller holds a slot of sem.
+func (d *Directory) serviceConn(ctx context.Context, reuse bool) (*goldap.Conn, bool, error) {
+	for reuse {
 		select {
 		case c := <-d.idle:
 			if c.IsClosing() {

@@ -321,6 +321,31 @@ func TestPool(t *testing.T) {
 	}
 }
 
+// TestUserBindHangs: a directory that stops answering during the user's
+// bind (after the search found them) fails the login as a server error,
+// not as a wrong password.
+func TestUserBindHangs(t *testing.T) {
+	dir := ldaptest.New(t)
+	dir.AddUser("alice", "alice-pw")
+	p := newProxy(t, strings.TrimPrefix(dir.Config.URL, "ldap://"))
+	cfg := dir.Config
+	cfg.URL = "ldap://" + p.addr
+	cfg.Timeout = 300 * time.Millisecond
+	d := open(t, cfg)
+	ctx := context.Background()
+	if ok, err := d.Exists(ctx, "alice"); !ok || err != nil {
+		t.Fatalf("Exists(alice) = %v, %v", ok, err) // the service connection is pooled now
+	}
+	p.hangNew() // the user's bind dials a connection of its own
+	_, err := d.Authenticate(ctx, "alice", "alice-pw")
+	if err == nil || errors.Is(err, ldap.ErrBadCredentials) {
+		t.Fatalf("Authenticate with the bind unanswered: %v; want a server error", err)
+	}
+	if strings.Contains(err.Error(), "alice-pw") {
+		t.Fatalf("the error shows the password: %v", err)
+	}
+}
+
 func TestBindPasswordFile(t *testing.T) {
 	dir := ldaptest.New(t)
 	dir.AddUser("alice", "alice-pw")

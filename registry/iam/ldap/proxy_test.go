@@ -8,12 +8,14 @@ import (
 )
 
 // proxy forwards TCP connections to a server, counting them, and can cut
-// every open one, as a server restart does.
+// every open one, as a server restart does, or leave new ones unanswered,
+// as a hung server does.
 type proxy struct {
 	addr string
 	mu   sync.Mutex
 	n    int
 	open []net.Conn
+	hang bool
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -28,6 +30,16 @@ func newProxy(t *testing.T, target string) *proxy {
 			c, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			p.mu.Lock()
+			hang := p.hang
+			if hang {
+				p.open = append(p.open, c)
+			}
+			p.mu.Unlock()
+			if hang {
+				go io.Copy(io.Discard, c)
+				continue
 			}
 			s, err := net.Dial("tcp", target)
 			if err != nil {
@@ -50,6 +62,13 @@ func (p *proxy) dials() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.n
+}
+
+// hangNew leaves the connections accepted from now on unanswered.
+func (p *proxy) hangNew() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hang = true
 }
 
 // cut closes every connection open now.
