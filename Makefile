@@ -45,7 +45,7 @@ run: build
 cluster: build
 	exec bash tests/cluster/cluster.sh
 
-# Starts PostgreSQL, HDFS (two clusters), Consul and dockerd, then runs every
+# Starts PostgreSQL, HDFS (two clusters), Consul, dockerd and slapd, then runs every
 # test (fuzz targets' seed corpora included), then fuzz-smoke.
 test: services vet
 	$(GO) test $(TESTFLAGS) $(PKGS)

@@ -1,5 +1,5 @@
 // Package harness gives Go tests the real services they run against
-// (PostgreSQL, HDFS, Consul, dockerd). It starts them through
+// (PostgreSQL, HDFS, Consul, dockerd, an LDAP directory). It starts them through
 // tests/services/svc.sh, which installs, starts and health-checks each one
 // idempotently, and reads back where they listen.
 //
@@ -32,6 +32,9 @@ const (
 	HDFSFaults = "hdfs-faults"
 	Consul     = "consul"
 	Dockerd    = "dockerd"
+	// LDAP is an OpenLDAP slapd (registry/iam/ldap/ldaptest gives each
+	// test a subtree of its own in it).
+	LDAP = "slapd"
 )
 
 // Env holds what svc.sh env printed: GAIA_TEST_* addresses.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	gohdfs "github.com/colinmarc/hdfs/v2"
+	goldap "github.com/go-ldap/ldap/v3"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/gaia-registry/gaia/tests/harness"
@@ -84,6 +85,24 @@ func TestServices(t *testing.T) {
 		resp.Body.Close()
 		if !self.Config.Server {
 			t.Fatal("the dev agent should be a server")
+		}
+	})
+	t.Run("slapd", func(t *testing.T) {
+		env := harness.Start(t, harness.LDAP)
+		conn, err := goldap.DialURL(env.Get(t, "GAIA_TEST_LDAP_URL"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if err := conn.Bind(env.Get(t, "GAIA_TEST_LDAP_ADMIN_DN"), env.Get(t, "GAIA_TEST_LDAP_ADMIN_PASSWORD")); err != nil {
+			t.Fatalf("admin bind: %v", err)
+		}
+		base := env.Get(t, "GAIA_TEST_LDAP_BASE")
+		for _, dn := range []string{"ou=people," + base, "ou=groups," + base} {
+			if _, err := conn.Search(goldap.NewSearchRequest(dn, goldap.ScopeBaseObject, goldap.NeverDerefAliases,
+				0, 0, false, "(objectClass=organizationalUnit)", []string{"1.1"}, nil)); err != nil {
+				t.Fatalf("seeded %s: %v", dn, err)
+			}
 		}
 	})
 	t.Run("dockerd", func(t *testing.T) {

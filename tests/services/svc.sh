@@ -9,6 +9,8 @@
 #   consul    `consul agent -dev`, built once from the Go module proxy
 #   dockerd   Debian's docker.io on a private socket with the vfs driver and
 #             its own bridge (published ports work)
+#   slapd     Debian's OpenLDAP slapd, an instance of its own (slapd.conf,
+#             mdb), seeded with dc=gaia,dc=test, ou=people and ou=groups
 #
 # Usage: svc.sh install|start|stop|status|env|logs SERVICE... (or "all")
 #
@@ -32,10 +34,11 @@ HDFS_FAULTS_NN_PORT="${GAIA_HDFS_FAULTS_PORT:-25030}"
 HDFS_FAULTS_CONTROL_PORT="${GAIA_HDFS_FAULTS_CONTROL_PORT:-25031}"
 CONSUL_HTTP_PORT="${GAIA_CONSUL_PORT:-25500}"
 CONSUL_VERSION="1.20.0"
+LDAP_PORT="${GAIA_LDAP_PORT:-25389}"
 HADOOP_VERSION="$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' "$HERE/hdfs/pom.xml")"
 DOCKER_SOCK="$STATE/dockerd/docker.sock"
 
-ALL_SERVICES=(postgres hdfs hdfs-faults consul dockerd)
+ALL_SERVICES=(postgres hdfs hdfs-faults consul dockerd slapd)
 
 log() { echo "svc: $*" >&2; }
 die() { echo "svc: ERROR: $*" >&2; exit 1; }
@@ -360,9 +363,112 @@ env_dockerd() {
   echo "GAIA_TEST_DOCKER_HOST=unix://$DOCKER_SOCK"
 }
 
+# ---------------------------------------------------------------- slapd
+# Our own slapd (its own slapd.conf, data and port), never the package's
+# system instance: that one is kept from starting at install, and would
+# listen on 389 anyway.
+LDAP_BASE="dc=gaia,dc=test"
+LDAP_ADMIN_DN="cn=admin,$LDAP_BASE"
+LDAP_ADMIN_PASSWORD="gaia-ldap-admin"
+LDAP_URL="ldap://127.0.0.1:$LDAP_PORT"
+install_slapd() {
+  [ -x /usr/sbin/slapd ] && command -v ldapsearch >/dev/null && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Without configuration the package makes no database of its own, and a
+  # policy-rc.d that denies keeps its postinst from starting the system
+  # slapd (there is no systemd here to ask); one already present (Docker
+  # images ship one) is left alone.
+  echo "slapd slapd/no_configuration boolean true" | $sudo debconf-set-selections
+  local policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+  fi
+  local rc=0
+  ( apt_install slapd ldap-utils ) || rc=$?
+  [ -z "$policy" ] || $sudo rm -f "$policy"
+  [ "$rc" -eq 0 ] || exit "$rc"
+}
+slapd_whoami() {
+  ldapwhoami -x -H "$LDAP_URL" -D "$LDAP_ADMIN_DN" -w "$LDAP_ADMIN_PASSWORD"
+}
+# Healthy: answering binds, and seeded (ou=groups is the last entry added).
+status_slapd() {
+  command -v ldapsearch >/dev/null || return 1
+  ldapsearch -x -LLL -H "$LDAP_URL" -D "$LDAP_ADMIN_DN" -w "$LDAP_ADMIN_PASSWORD" \
+    -b "ou=groups,$LDAP_BASE" -s base dn >/dev/null 2>&1
+}
+slapd_conf() {
+  local dir="$1"
+  cat <<EOF
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/nis.schema
+include /etc/ldap/schema/inetorgperson.schema
+pidfile $dir/slapd.pid
+argsfile $dir/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+# Users bind as themselves; nobody reads a password hash.
+access to attrs=userPassword by self write by anonymous auth by * none
+access to * by * read
+database mdb
+maxsize 268435456
+suffix "$LDAP_BASE"
+rootdn "$LDAP_ADMIN_DN"
+rootpw $LDAP_ADMIN_PASSWORD
+directory $dir/data
+index objectClass eq
+index uid,cn eq
+index member,uniqueMember,memberUid eq
+EOF
+}
+start_slapd() {
+  install_slapd
+  local dir="$STATE/slapd" logf="$STATE/slapd/slapd.log"
+  status_slapd && return 0
+  stop_slapd
+  mkdir -p "$dir/data"
+  slapd_conf "$dir" >"$dir/slapd.conf"
+  slaptest -u -f "$dir/slapd.conf" >"$logf" 2>&1 || fail_with_log slapd "$logf" "slaptest rejects $dir/slapd.conf"
+  log "slapd: starting on $LDAP_URL (base $LDAP_BASE)"
+  # -d keeps it in the foreground (logging connections and operations to
+  # the log) under setsid, like the other services.
+  setsid /usr/sbin/slapd -d stats -f "$dir/slapd.conf" -h "$LDAP_URL/" </dev/null >>"$logf" 2>&1 9>&- &
+  echo $! >"$dir/pid"
+  wait_started slapd "$logf" "$dir/pid" 30 slapd_whoami
+  # Seed what is missing (-c: an entry left by an earlier start is "already
+  # exists"); healthy only once ou=groups is there.
+  ldapadd -c -x -H "$LDAP_URL" -D "$LDAP_ADMIN_DN" -w "$LDAP_ADMIN_PASSWORD" >>"$logf" 2>&1 <<EOF || true
+dn: $LDAP_BASE
+objectClass: dcObject
+objectClass: organization
+dc: gaia
+o: Gaia tests
+
+dn: ou=people,$LDAP_BASE
+objectClass: organizationalUnit
+ou: people
+
+dn: ou=groups,$LDAP_BASE
+objectClass: organizationalUnit
+ou: groups
+EOF
+  status_slapd || fail_with_log slapd "$logf" "seeding $LDAP_BASE failed"
+}
+stop_slapd() { stop_pid "$STATE/slapd/pid" 20; }
+env_slapd() {
+  echo "GAIA_TEST_LDAP_URL=$LDAP_URL"
+  echo "GAIA_TEST_LDAP_BASE=$LDAP_BASE"
+  echo "GAIA_TEST_LDAP_ADMIN_DN=$LDAP_ADMIN_DN"
+  echo "GAIA_TEST_LDAP_ADMIN_PASSWORD=$LDAP_ADMIN_PASSWORD"
+}
+
 # ---------------------------------------------------------------- main
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
