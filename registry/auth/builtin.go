@@ -14,6 +14,7 @@ import (
 
 	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/iam"
+	"github.com/gaia-registry/gaia/registry/iam/ldap"
 	"github.com/gaia-registry/gaia/registry/tokenauth"
 )
 
@@ -28,6 +29,7 @@ type BuiltinConfig struct {
 	RefreshTTL    time.Duration           `yaml:"refreshttl"`
 	DecisionCache time.Duration           `yaml:"decisioncache"` // the bound on a revocation taking effect
 	LoginLimit    tokenauth.LimiterConfig `yaml:"loginlimit"`
+	LDAP          *ldap.Config            `yaml:"ldap"` // users and groups from a directory
 }
 
 type builtin struct {
@@ -51,6 +53,11 @@ func newBuiltin(c BuiltinConfig) (*builtin, error) {
 	}{{"tokenttl", c.TokenTTL}, {"refreshttl", c.RefreshTTL}, {"decisioncache", c.DecisionCache}} {
 		if kv.d < 0 {
 			return nil, fmt.Errorf("auth.builtin.%s: %s is negative", kv.key, kv.d)
+		}
+	}
+	if c.LDAP != nil {
+		if err := c.LDAP.Validate(); err != nil {
+			return nil, err
 		}
 	}
 	keys, err := tokenauth.LoadKeys(c.SigningKeys)

@@ -332,8 +332,8 @@ func TestVerifier(t *testing.T) {
 		}
 		w := httptest.NewRecorder()
 		ch.SetHeaders(r, w)
-		if got := w.Header().Get("WWW-Authenticate"); got != tc.header || ch.Code().String() != tc.code || ch.Status() != 401 {
-			t.Errorf("%s: %q %s %d; want %q %s 401", tc.name, got, ch.Code(), ch.Status(), tc.header, tc.code)
+		if got := w.Header().Get("WWW-Authenticate"); got != tc.header || ch.Code().String() != tc.code || ch.Status() != ch.Code().Descriptor().HTTPStatusCode {
+			t.Errorf("%s: %q %s %d; want %q %s", tc.name, got, ch.Code(), ch.Status(), tc.header, tc.code)
 		}
 	}
 	r := httptest.NewRequest(http.MethodGet, "/v2/team/app/manifests/latest", nil)

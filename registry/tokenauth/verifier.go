@@ -107,7 +107,7 @@ var (
 )
 
 // Challenge is Authorize's refusal: a distribution auth.Challenge.
-// Like distribution's token controller, it is always answered 401 with
+// Like distribution's token controller's, its challenge is
 // `WWW-Authenticate: Bearer realm=...,service=...,scope=...`, plus
 // error="invalid_token" for a token that did not verify and
 // error="insufficient_scope" for a valid token lacking the access (docker's
@@ -126,8 +126,10 @@ type Challenge struct {
 func (c *Challenge) Error() string { return c.Err.Error() }
 func (c *Challenge) Unwrap() error { return c.Err }
 
-// Status is the HTTP status to answer: 401.
-func (c *Challenge) Status() int { return http.StatusUnauthorized }
+// Status is the HTTP status to answer: Code's (401 UNAUTHORIZED, 403
+// DENIED; distribution answers 401 for both, docker reports either as
+// denied).
+func (c *Challenge) Status() int { return c.Code().Descriptor().HTTPStatusCode }
 
 // Code is the spec error for the body.
 func (c *Challenge) Code() errcode.ErrorCode {

@@ -66,8 +66,8 @@ func startCluster(t *testing.T, idcs ...string) *cluster {
 }
 
 // startClusterWith is startCluster with each server's config text passed
-// through tweak first.
-func startClusterWith(t *testing.T, tweak func(config string) string, idcs ...string) *cluster {
+// through tweak first (which may read the cluster's addresses).
+func startClusterWith(t *testing.T, tweak func(c *cluster, config string) string, idcs ...string) *cluster {
 	env := harness.Start(t, harness.Consul)
 	c := &cluster{
 		service:  fmt.Sprintf("gaia-registry-e2e-%d", time.Now().UnixNano()),
@@ -86,7 +86,7 @@ func startClusterWith(t *testing.T, tweak func(config string) string, idcs ...st
 			addr := harness.FreeAddr(t)
 			cfg := serverConfig(c, idc, addr)
 			if tweak != nil {
-				cfg = tweak(cfg)
+				cfg = tweak(c, cfg)
 			}
 			c.servers[idc] = append(c.servers[idc], harness.StartRegistry(t, addr, cfg))
 		}

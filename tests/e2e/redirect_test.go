@@ -40,7 +40,7 @@ func startRedirectClusterMode(t *testing.T, mode string) *redirectCluster {
 	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
 	os.WriteFile(htpasswd, []byte("puller:"+string(hash)+"\n"), 0o600)
 	authYAML := fmt.Sprintf("auth: {htpasswd: {realm: gaia-e2e, path: %q}}\n", htpasswd)
-	c := startClusterWith(t, func(cfg string) string {
+	c := startClusterWith(t, func(_ *cluster, cfg string) string {
 		return strings.Replace(cfg, "cluster:\n", fmt.Sprintf("cluster:\n  signingkeys: [%q]\n", redirectKey), 1) + authYAML
 	}, "idc-a")
 	rc := &redirectCluster{cluster: c, auth: "puller:s3cret",

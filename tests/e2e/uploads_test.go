@@ -150,7 +150,7 @@ func TestTrickledUploadsLeaveServerResponsive(t *testing.T) {
 // storage.
 func TestConcurrentDockerPushesThroughGateway(t *testing.T) {
 	env := harness.Start(t, harness.Dockerd)
-	c := startClusterWith(t, maxConns4, "idc-a")
+	c := startClusterWith(t, func(_ *cluster, cfg string) string { return maxConns4(cfg) }, "idc-a")
 	// The servers' pools: four connections each.
 	for _, s := range c.servers["idc-a"] {
 		if n := harness.Metric(t, s.URL(), "gaia_registry_db_pool_max_connections"); n != 4 {

@@ -1,0 +1,329 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gaia-registry/gaia/registry/iam/ldap/ldaptest"
+	"github.com/gaia-registry/gaia/registry/tokenauth"
+	"github.com/gaia-registry/gaia/tests/harness"
+)
+
+// accessCluster is a one-IDC cluster (two servers behind a gateway) with
+// the built-in token service, an admin token and an LDAP directory.
+type accessCluster struct {
+	*cluster
+	gw      string // the gateway's host:port, what clients use
+	keyFile string
+	ldap    *ldaptest.Dir
+	env     harness.Env
+}
+
+const (
+	accessAdminToken = "e2e-admin-token"
+	accessService    = "gaia-e2e"
+	decisionCache    = time.Second
+)
+
+func startAccessCluster(t *testing.T) *accessCluster {
+	env := harness.Start(t, harness.Dockerd, harness.LDAP)
+	dir := ldaptest.New(t)
+	pem, err := tokenauth.GenerateKeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "token.pem")
+	if err := os.WriteFile(keyFile, pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lc := dir.Config
+	c := startClusterWith(t, func(c *cluster, cfg string) string {
+		return cfg + fmt.Sprintf(`admin: {token: %q}
+auth:
+  builtin:
+    realm: http://%s/auth/token
+    service: %s
+    issuer: gaia-e2e-issuer
+    signingkeys: [%q]
+    decisioncache: %s
+    loginlimit: {pairfailures: 5, window: 1m}
+    ldap: {url: %q, binddn: %q, bindpassword: %q, userbase: %q, groupbase: %q}
+`, accessAdminToken, c.gwAddr["idc-a"], accessService, keyFile, decisionCache, lc.URL, lc.BindDN, lc.BindPassword, lc.UserBase, lc.GroupBase)
+	}, "idc-a")
+	return &accessCluster{cluster: c, gw: c.gwAddr["idc-a"], keyFile: keyFile, ldap: dir, env: env}
+}
+
+// admin calls the admin API of the first server with the admin token.
+func (a *accessCluster) admin(t *testing.T, method, path string, body any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, a.servers["idc-a"][0].URL()+"/admin/v1"+path, rd)
+	req.Header.Set("Authorization", "Bearer "+accessAdminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+func (a *accessCluster) mustAdmin(t *testing.T, method, path string, body any) []byte {
+	t.Helper()
+	code, out := a.admin(t, method, path, body)
+	if code >= 300 {
+		t.Fatalf("%s %s: %d %s", method, path, code, out)
+	}
+	return out
+}
+
+// token asks the token service (through the gateway) for scopes, as user
+// (anonymous when user is ""), and returns the token and the status.
+func (a *accessCluster) token(t *testing.T, user, pass string, scopes ...string) (string, int) {
+	t.Helper()
+	q := url.Values{"service": {accessService}, "scope": scopes}
+	req, _ := http.NewRequest("GET", "http://"+a.gw+"/auth/token?"+q.Encode(), nil)
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Token string }
+	json.NewDecoder(resp.Body).Decode(&body)
+	return body.Token, resp.StatusCode
+}
+
+type apiResult struct {
+	status    int
+	code      string // the first spec error code
+	challenge string
+	body      string
+}
+
+// regCall calls the registry API at base with a Bearer token ("" for none).
+func regCall(t *testing.T, method, u, token string) apiResult {
+	t.Helper()
+	req, _ := http.NewRequest(method, u, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var e struct{ Errors []struct{ Code string } }
+	json.Unmarshal(b, &e)
+	r := apiResult{status: resp.StatusCode, challenge: resp.Header.Get("WWW-Authenticate"), body: string(b)}
+	if len(e.Errors) > 0 {
+		r.code = e.Errors[0].Code
+	}
+	return r
+}
+
+// dockerAs runs the docker CLI with a config directory of its own (its
+// own logins).
+func (a *accessCluster) dockerAs(configDir string, args ...string) (string, error) {
+	return harness.DockerErr(a.env, append([]string{"--config", configDir}, args...)...)
+}
+
+// TestBuiltinAuthRoleMatrix: through the gateway with the docker CLI after
+// docker login, what each role and each robot permission may do (pull,
+// push, delete, catalog), the exact refusals, anonymous pulls of a public
+// namespace only, and an LDAP group's member losing push on every server
+// within the decision cache's bound once removed from the group.
+func TestBuiltinAuthRoleMatrix(t *testing.T) {
+	a := startAccessCluster(t)
+	for _, u := range []string{"root", "alice", "bob", "carol", "dave", "erin"} {
+		a.mustAdmin(t, "POST", "/users", map[string]any{"name": u, "password": "pw-" + u + "-123", "admin": u == "root"})
+	}
+	a.mustAdmin(t, "POST", "/namespaces", map[string]any{"name": "team-a", "owner": "alice"})
+	a.mustAdmin(t, "POST", "/namespaces", map[string]any{"name": "team-b"})
+	a.mustAdmin(t, "POST", "/namespaces", map[string]any{"name": "pub", "public": true})
+	for u, role := range map[string]string{"bob": "maintainer", "carol": "developer", "dave": "guest"} {
+		a.mustAdmin(t, "PUT", "/namespaces/team-a/members/user/"+u, map[string]string{"role": role})
+	}
+	a.mustAdmin(t, "PUT", "/namespaces/team-b/members/user/erin", map[string]string{"role": "developer"})
+	secrets := map[string]string{}
+	for name, actions := range map[string][]string{"puller": {"pull"}, "pusher": {"pull", "push"}, "deleter": {"pull", "delete"}} {
+		var out struct {
+			Robot  struct{ Name string }
+			Secret string
+		}
+		json.Unmarshal(a.mustAdmin(t, "POST", "/namespaces/team-a/robots", map[string]any{"name": name,
+			"permissions": []map[string]any{{"namespace": "team-a", "actions": actions}}}), &out)
+		secrets[out.Robot.Name] = out.Secret
+	}
+
+	// root seeds the repositories with the docker CLI.
+	img := a.gw + "/team-a/app"
+	harness.BuildImage(t, a.env, img+":seed", 50_000)
+	t.Cleanup(func() { harness.DockerErr(a.env, "rmi", img+":seed") })
+	rootCfg := t.TempDir()
+	if out, err := a.dockerAs(rootCfg, "login", "-u", "root", "-p", "pw-root-123", a.gw); err != nil {
+		t.Fatalf("root's docker login: %v\n%s", err, out)
+	}
+	for _, ref := range []string{"team-a/app:seed", "team-b/app:seed", "pub/tool:seed"} {
+		if ref != "team-a/app:seed" {
+			harness.Docker(t, a.env, "tag", img+":seed", a.gw+"/"+ref)
+		}
+		if out, err := a.dockerAs(rootCfg, "push", a.gw+"/"+ref); err != nil {
+			t.Fatalf("root pushes %s: %v\n%s", ref, err, out)
+		}
+	}
+
+	type principal struct{ name, pass string }
+	var principals []principal
+	for _, u := range []string{"alice", "bob", "carol", "dave", "erin"} {
+		principals = append(principals, principal{u, "pw-" + u + "-123"})
+	}
+	for name, secret := range secrets {
+		principals = append(principals, principal{name, secret})
+	}
+	slices.SortFunc(principals, func(x, y principal) int { return strings.Compare(x.name, y.name) })
+	want := map[string]string{ // pull push delete, on team-a/app
+		"alice": "ppd", "bob": "ppd", "carol": "pp-", "dave": "p--", "erin": "---",
+		"robot$team-a+puller": "p--", "robot$team-a+pusher": "pp-", "robot$team-a+deleter": "p-d",
+	}
+	wantCatalog := map[string][]string{"erin": {"pub/tool", "team-b/app"}}
+	for _, p := range principals {
+		t.Run(strings.ReplaceAll(p.name, "$", "_"), func(t *testing.T) {
+			cfg := t.TempDir()
+			if out, err := a.dockerAs(cfg, "login", "-u", p.name, "-p", p.pass, a.gw); err != nil {
+				t.Fatalf("docker login: %v\n%s", err, out)
+			}
+			got := []byte("---")
+			// pull
+			harness.DockerErr(a.env, "rmi", img+":seed")
+			out, err := a.dockerAs(cfg, "pull", img+":seed")
+			if err == nil {
+				got[0] = 'p'
+			} else if !strings.Contains(out, "denied") && !strings.Contains(out, "unauthorized") {
+				t.Fatalf("refused pull says neither denied nor unauthorized:\n%s", out)
+			}
+			// push (a tag of its own)
+			if err != nil {
+				harness.BuildImage(t, a.env, img+":seed", 50_000)
+			}
+			tag := img + ":by-" + strings.NewReplacer("$", "-", "+", "-").Replace(p.name)
+			harness.Docker(t, a.env, "tag", img+":seed", tag)
+			out, err = a.dockerAs(cfg, "push", tag)
+			harness.DockerErr(a.env, "rmi", tag)
+			if err == nil {
+				got[1] = 'p'
+			} else if !strings.Contains(out, "denied") {
+				t.Fatalf("refused push does not say denied:\n%s", out)
+			}
+			// delete: a tag root pushed for it (HTTP; the docker CLI has no delete)
+			delTag := "del-" + strings.NewReplacer("$", "-", "+", "-").Replace(p.name)
+			harness.Docker(t, a.env, "tag", img+":seed", img+":"+delTag)
+			if out, err := a.dockerAs(rootCfg, "push", img+":"+delTag); err != nil {
+				t.Fatalf("root pushes %s: %v\n%s", delTag, err, out)
+			}
+			harness.DockerErr(a.env, "rmi", img+":"+delTag)
+			tok, status := a.token(t, p.name, p.pass, "repository:team-a/app:delete")
+			if status != 200 {
+				t.Fatalf("token for delete: %d", status)
+			}
+			r := regCall(t, "DELETE", "http://"+a.gw+"/v2/team-a/app/manifests/"+delTag, tok)
+			switch {
+			case r.status == 202:
+				got[2] = 'd'
+			case r.status == 403 && r.code == "DENIED" &&
+				strings.Contains(r.challenge, `scope="repository:team-a/app:delete"`) && strings.Contains(r.challenge, `error="insufficient_scope"`):
+			default:
+				t.Fatalf("refused delete: %d %s %q %s", r.status, r.code, r.challenge, r.body)
+			}
+			if string(got) != want[p.name] {
+				t.Errorf("%s on team-a/app: %s, want %s (pull push delete)", p.name, got, want[p.name])
+			}
+			// catalog: only what it may pull
+			tok, _ = a.token(t, p.name, p.pass, "registry:catalog:*")
+			r = regCall(t, "GET", "http://"+a.gw+"/v2/_catalog", tok)
+			var cat struct{ Repositories []string }
+			if r.status != 200 || json.Unmarshal([]byte(r.body), &cat) != nil {
+				t.Fatalf("catalog: %d %s", r.status, r.body)
+			}
+			wc, ok := wantCatalog[p.name]
+			if !ok {
+				wc = []string{"pub/tool", "team-a/app"}
+			}
+			if !slices.Equal(cat.Repositories, wc) {
+				t.Errorf("%s's catalog %v, want %v", p.name, cat.Repositories, wc)
+			}
+		})
+	}
+
+	t.Run("anonymous", func(t *testing.T) {
+		cfg := t.TempDir()
+		harness.DockerErr(a.env, "rmi", a.gw+"/pub/tool:seed")
+		if out, err := a.dockerAs(cfg, "pull", a.gw+"/pub/tool:seed"); err != nil {
+			t.Fatalf("anonymous pull of a public namespace: %v\n%s", err, out)
+		}
+		harness.DockerErr(a.env, "rmi", a.gw+"/pub/tool:seed")
+		if out, err := a.dockerAs(cfg, "pull", a.gw+"/team-b/app:seed"); err == nil {
+			t.Fatalf("anonymous pull of a private namespace worked:\n%s", out)
+		}
+		r := regCall(t, "GET", "http://"+a.gw+"/v2/team-b/app/manifests/seed", "")
+		if r.status != 401 || r.code != "UNAUTHORIZED" ||
+			r.challenge != fmt.Sprintf(`Bearer realm="http://%s/auth/token",service=%q,scope="repository:team-b/app:pull"`, a.gw, accessService) {
+			t.Fatalf("private manifest without a token: %d %s %q", r.status, r.code, r.challenge)
+		}
+		tok, status := a.token(t, "", "", "repository:team-b/app:pull")
+		if r := regCall(t, "GET", "http://"+a.gw+"/v2/team-b/app/manifests/seed", tok); status != 200 || r.status != 403 || r.code != "DENIED" {
+			t.Fatalf("private manifest with an anonymous token: token %d, then %d %s", status, r.status, r.code)
+		}
+	})
+
+	t.Run("ldap group member loses push within the bound", func(t *testing.T) {
+		a.ldap.AddUser("lenny", "ldap-pass-1")
+		a.ldap.AddGroup("builders", "lenny")
+		a.mustAdmin(t, "PUT", "/namespaces/team-a/members/group/builders", map[string]string{"role": "developer"})
+		cfg := t.TempDir()
+		if out, err := a.dockerAs(cfg, "login", "-u", "lenny", "-p", "ldap-pass-1", a.gw); err != nil {
+			t.Fatalf("LDAP user's docker login: %v\n%s", err, out)
+		}
+		tag := img + ":by-lenny"
+		harness.Docker(t, a.env, "tag", img+":seed", tag)
+		t.Cleanup(func() { harness.DockerErr(a.env, "rmi", tag) })
+		if out, err := a.dockerAs(cfg, "push", tag); err != nil {
+			t.Fatalf("LDAP developer's push: %v\n%s", err, out)
+		}
+		// A token issued while lenny is in the group, used on every server
+		// after the removal: refused once the bound has passed.
+		tok, _ := a.token(t, "lenny", "ldap-pass-1", "repository:team-a/app:pull,push")
+		a.ldap.RemoveMember("builders", "lenny")
+		time.Sleep(decisionCache) // the bound under test, not a wait for an event
+		for _, srv := range a.servers["idc-a"] {
+			r := regCall(t, "POST", srv.URL()+"/v2/team-a/app/blobs/uploads/", tok)
+			if r.status != 403 || r.code != "DENIED" {
+				t.Fatalf("%s: push with a token from before the removal, after the bound: %d %s %s", srv.Addr, r.status, r.code, r.body)
+			}
+		}
+		if out, err := a.dockerAs(cfg, "push", tag); err == nil || !strings.Contains(out, "denied") {
+			t.Fatalf("push after removal from the group: %v\n%s", err, out)
+		}
+		if out, err := a.dockerAs(cfg, "pull", img+":seed"); err == nil {
+			t.Fatalf("pull after removal from the group (no other role): worked\n%s", out)
+		}
+	})
+}
