@@ -247,7 +247,7 @@ func auditFilter(q url.Values, now time.Time) (audit.Filter, error) {
 	}
 	if v := q.Get("limit"); v != "" {
 		if f.Limit, err = strconv.Atoi(v); err != nil || f.Limit < 1 {
-			return f, &audit.FieldError{Field: "limit", Reason: fmt.Sprintf("%q is not a number of events from 1 to %d", v, audit.MaxLimit)}
+			return f, &audit.FieldError{Field: "limit", Reason: fmt.Sprintf("%q is not a positive number of events (at most %d are returned)", v, audit.MaxLimit)}
 		}
 	}
 	return f, nil
