@@ -133,7 +133,7 @@ network refuses, 2 for a usage error.`,
 	pf.StringVar(&g.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul's HTTP address, for --cluster (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	root.AddCommand(mirrorCmd(g), appCmd(g), poolCmd(g), nodeCmd(g), instanceCmd(g), gcCmd(g), retentionCmd(g), storageCmd(g),
-		userCmd(g), namespaceCmd(g), memberCmd(g), robotCmd(g))
+		userCmd(g), namespaceCmd(g), memberCmd(g), robotCmd(g), auditCmd(g))
 	return root
 }
 

@@ -5,13 +5,17 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gaia-registry/gaia/registry/audit"
 	"github.com/gaia-registry/gaia/registry/gc"
 	"github.com/gaia-registry/gaia/registry/iam"
 	"github.com/gaia-registry/gaia/registry/metadata"
@@ -20,7 +24,8 @@ import (
 
 // AdminPrefix is where the registry's admin API lives (JSON, bearer token
 // admin.token): garbage collection's status, retention policies, storage
-// usage and quotas. gaiactl's gc, retention and storage commands use it.
+// usage and quotas, the audit log. gaiactl's gc, retention, storage and
+// audit commands use it.
 const AdminPrefix = "/admin/v1/"
 
 // AdminConfig is the admin section.
@@ -103,9 +108,12 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		fail := func(err error) {
 			var fe *retention.FieldError
+			var afe *audit.FieldError
 			switch {
 			case errors.As(err, &fe):
 				adminFail(w, http.StatusBadRequest, fe.Field, fe.Reason)
+			case errors.As(err, &afe):
+				adminFail(w, http.StatusBadRequest, afe.Field, afe.Reason)
 			case errors.Is(err, retention.ErrNotFound):
 				adminFail(w, http.StatusNotFound, "", err.Error())
 			default:
@@ -202,10 +210,47 @@ func (s *Server) adminHandler() http.Handler {
 				return
 			}
 			adminJSON(w, map[string]any{"namespace": parts[2], "bytes": bytes})
+		case len(parts) == 1 && parts[0] == "audit" && r.Method == http.MethodGet:
+			f, err := auditFilter(r.URL.Query(), time.Now())
+			if err != nil {
+				fail(err)
+				return
+			}
+			evs, next, err := audit.Query(ctx, s.pool, f)
+			if err != nil {
+				fail(err)
+				return
+			}
+			if evs == nil {
+				evs = []audit.Event{} // "events": [] rather than null
+			}
+			adminJSON(w, map[string]any{"events": evs, "next": next})
 		default:
 			adminFail(w, http.StatusNotFound, "", "no such admin resource: "+r.Method+" "+r.URL.Path)
 		}
 	})
+}
+
+// auditFilter reads GET /admin/v1/audit's query: namespace, actor,
+// action, repository, since and until (RFC 3339, or a duration before
+// now: 24h), limit and cursor (a previous answer's next).
+func auditFilter(q url.Values, now time.Time) (audit.Filter, error) {
+	f := audit.Filter{Namespace: q.Get("namespace"), Actor: q.Get("actor"), Action: q.Get("action"),
+		Repository: q.Get("repository"), Cursor: q.Get("cursor")}
+	var err error
+	for key, dst := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
+		if v := q.Get(key); v != "" {
+			if *dst, err = audit.ParseTime(key, v, now); err != nil {
+				return f, err
+			}
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if f.Limit, err = strconv.Atoi(v); err != nil || f.Limit < 1 {
+			return f, &audit.FieldError{Field: "limit", Reason: fmt.Sprintf("%q is not a positive number of events (at most %d are returned)", v, audit.MaxLimit)}
+		}
+	}
+	return f, nil
 }
 
 // usageCollector exports namespace usage at scrape time (one query).

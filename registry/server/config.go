@@ -35,6 +35,9 @@ type Config struct {
 	// Admin is the admin API (garbage collection status, retention
 	// policies, storage usage and quotas).
 	Admin AdminConfig `yaml:"admin"`
+	// Audit is the audit log: pushes, pulls, deletes and (with the
+	// built-in auth) logins and membership changes.
+	Audit AuditConfig `yaml:"audit"`
 	// Version is accepted (and ignored) so distribution-style files load.
 	Version string `yaml:"version"`
 }
@@ -183,7 +186,7 @@ type StorageConfig struct {
 // GAIA_HTTP_ADDR=0.0.0.0:5000 or GAIA_DATABASE_URL=postgres://...
 const envPrefix = "GAIA_"
 
-var sections = []string{"log", "http", "storage", "database", "auth", "cluster", "pullthrough", "gc", "admin"}
+var sections = []string{"log", "http", "storage", "database", "auth", "cluster", "pullthrough", "gc", "admin", "audit"}
 
 // LoadConfig reads a config file, applies GAIA_* environment overrides,
 // fills defaults and validates. Errors name the key at fault.
@@ -264,6 +267,9 @@ func (c *Config) validate() error {
 		return errors.New("pullthrough.negativettl: must not be negative")
 	}
 	if err := c.GC.validate(); err != nil {
+		return err
+	}
+	if err := c.Audit.validate(); err != nil {
 		return err
 	}
 	_, err := c.StorageConfig()

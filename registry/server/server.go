@@ -32,6 +32,7 @@ import (
 
 	"github.com/gaia-registry/gaia/mirror-sync/pullthrough"
 	"github.com/gaia-registry/gaia/registry/api"
+	"github.com/gaia-registry/gaia/registry/audit"
 	"github.com/gaia-registry/gaia/registry/auth"
 	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/forwarded"
@@ -69,9 +70,13 @@ type Server struct {
 	consul       *consul.Client          // nil without cluster.consul.addr
 	gc           *gc.Collector
 	retention    *retention.Store
-	iam          *iam.Store        // nil without auth.builtin
-	staging      gc.StagingSweeper // the HDFS driver's @staging; nil for others
-	ready        atomic.Bool
+	iam          *iam.Store // nil without auth.builtin
+	audit        *audit.Writer
+	// auditLog takes the audit log's events (never blocks): the API's
+	// pushes, pulls and deletes, and whatever else the server audits.
+	auditLog audit.Recorder
+	staging  gc.StagingSweeper // the HDFS driver's @staging; nil for others
+	ready    atomic.Bool
 }
 
 // New connects to PostgreSQL (migrating when database.migrate is set, and
@@ -212,6 +217,8 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	})
 	s.retention = &retention.Store{DB: s.pool, Holder: cfg.Cluster.Advertise}
 	reg.MustRegister(newUsageCollector(s.pool))
+	s.audit = audit.NewWriter(s.pool, audit.Options{Buffer: cfg.Audit.Buffer, Retention: cfg.Audit.Retention, Log: log}, reg)
+	s.auditLog = s.audit
 	blobs, manifests := metadata.NewBlobs(s.pool), metadata.NewManifests(s.pool)
 	if step := os.Getenv(TestHookPark); step != "" {
 		park := parkAt(step, log)
@@ -236,7 +243,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 			NegativeTTL: cfg.PullThrough.NegativeTTL, NegativeMax: cfg.PullThrough.NegativeMax,
 		}),
 	})
-	v2 := instrument(s.internal(apiHandler, authn.Wrap(apiHandler)), s.metrics, log, trusted)
+	v2 := instrument(s.internal(apiHandler, authn.Wrap(auditRequests(apiHandler, s.auditLog, trusted))), s.metrics, log, trusted)
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
@@ -376,6 +383,9 @@ func (s *Server) checkSchema(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Audit is where the server's audit events go (Record never blocks).
+func (s *Server) Audit() audit.Recorder { return s.auditLog }
 
 // Handler is everything the server serves (for tests that want no listener).
 func (s *Server) Handler() http.Handler { return s.handler }
@@ -561,6 +571,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	srv.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
+	// The audit log is written until the last request has ended, then
+	// flushed (bounded) before the pool closes.
+	auditCtx, stopAudit := context.WithCancel(context.Background())
+	auditDone := make(chan struct{})
+	go func() { s.audit.Run(auditCtx); close(auditDone) }()
+	defer func() { stopAudit(); <-auditDone }()
 	go s.purgeUploads(bg)
 	if s.cfg.HTTP.Debug.Addr != "" {
 		dbg := http.NewServeMux()
