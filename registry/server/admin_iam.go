@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gaia-registry/gaia/registry/audit"
 	"github.com/gaia-registry/gaia/registry/iam"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/tokenauth"
@@ -415,16 +416,23 @@ func (s *Server) adminRobots(w http.ResponseWriter, r *http.Request, ns string, 
 	}
 }
 
-// recordAdmin notes a change to users, namespaces, members or robots.
+// recordAdmin puts a change to users, namespaces, members or robots in
+// the audit log.
 func (s *Server) recordAdmin(r *http.Request, c adminCaller, action, ns string, detail map[string]any) {
-	actor := c.name
-	if actor == "" {
-		actor = "(admin token)"
+	remote, _ := s.trusted.Client(r)
+	ev := audit.Event{Actor: c.name, Action: action, Namespace: ns, Remote: remote, Detail: detail}
+	if c.name == "" {
+		ev.Actor, ev.ActorKind = "(admin token)", audit.KindAdmin
 	}
-	s.log.Info("admin change", "action", action, "actor", actor, "namespace", ns, "detail", detail, "remote", r.RemoteAddr)
+	s.audit.Record(ev)
 }
 
-// recordLogin notes a login or failed login at the token service.
+// recordLogin puts a login or failed login at the token service in the
+// audit log.
 func (s *Server) recordLogin(ev tokenauth.LoginEvent) {
-	s.log.Info("token service", "action", ev.Action, "user", ev.User, "remote", ev.RemoteAddr, "reason", ev.Reason)
+	var detail map[string]any
+	if ev.Reason != "" {
+		detail = map[string]any{"reason": ev.Reason}
+	}
+	s.audit.Record(audit.Event{At: ev.Time, Actor: ev.User, Action: ev.Action, Remote: ev.RemoteAddr, Detail: detail})
 }

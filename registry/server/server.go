@@ -71,10 +71,10 @@ type Server struct {
 	gc           *gc.Collector
 	retention    *retention.Store
 	iam          *iam.Store // nil without auth.builtin
-	audit        *audit.Writer
-	// auditLog takes the audit log's events (never blocks): the API's
-	// pushes, pulls and deletes, and whatever else the server audits.
-	auditLog audit.Recorder
+	// audit takes the audit log's events (Record never blocks): the
+	// API's pushes, pulls and deletes, logins, changes to access.
+	audit   *audit.Writer
+	trusted forwarded.Trusted // proxies whose X-Forwarded-For names the client
 	staging  gc.StagingSweeper // the HDFS driver's @staging; nil for others
 	ready    atomic.Bool
 }
@@ -218,7 +218,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	s.retention = &retention.Store{DB: s.pool, Holder: cfg.Cluster.Advertise}
 	reg.MustRegister(newUsageCollector(s.pool))
 	s.audit = audit.NewWriter(s.pool, audit.Options{Buffer: cfg.Audit.Buffer, Retention: cfg.Audit.Retention, Log: log}, reg)
-	s.auditLog = s.audit
+	s.trusted = trusted
 	blobs, manifests := metadata.NewBlobs(s.pool), metadata.NewManifests(s.pool)
 	if step := os.Getenv(TestHookPark); step != "" {
 		park := parkAt(step, log)
@@ -243,7 +243,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 			NegativeTTL: cfg.PullThrough.NegativeTTL, NegativeMax: cfg.PullThrough.NegativeMax,
 		}),
 	})
-	v2 := instrument(s.internal(apiHandler, authn.Wrap(auditRequests(apiHandler, s.auditLog, trusted))), s.metrics, log, trusted)
+	v2 := instrument(s.internal(apiHandler, authn.Wrap(auditRequests(apiHandler, s.audit, trusted))), s.metrics, log, trusted)
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
@@ -384,8 +384,6 @@ func (s *Server) checkSchema(ctx context.Context) error {
 	return nil
 }
 
-// Audit is where the server's audit events go (Record never blocks).
-func (s *Server) Audit() audit.Recorder { return s.auditLog }
 
 // Handler is everything the server serves (for tests that want no listener).
 func (s *Server) Handler() http.Handler { return s.handler }

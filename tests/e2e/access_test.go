@@ -327,3 +327,137 @@ func TestBuiltinAuthRoleMatrix(t *testing.T) {
 		}
 	})
 }
+
+// TestBuiltinAuthRefusals: a wrong password is 401 and in the audit log;
+// a flood of wrong passwords for one user is answered 429 without
+// slowing another user; malformed scopes, expired, tampered and
+// foreign-signed tokens and an expired robot are each refused with the
+// right error; pushes, pulls, logins and access changes reach the audit
+// log.
+func TestBuiltinAuthRefusals(t *testing.T) {
+	a := startAccessCluster(t)
+	a.mustAdmin(t, "POST", "/users", map[string]any{"name": "victim", "password": "pw-victim-123"})
+	a.mustAdmin(t, "POST", "/users", map[string]any{"name": "other", "password": "pw-other-123"})
+	a.mustAdmin(t, "POST", "/namespaces", map[string]any{"name": "ns", "owner": "other"})
+	gw := "http://" + a.gw
+
+	t.Run("wrong password", func(t *testing.T) {
+		cfg := t.TempDir()
+		if out, err := a.dockerAs(cfg, "login", "-u", "victim", "-p", "not-it", a.gw); err == nil {
+			t.Fatalf("docker login with a wrong password worked:\n%s", out)
+		}
+		if _, status := a.token(t, "victim", "not-it", "repository:ns/app:pull"); status != 401 {
+			t.Fatalf("token with a wrong password: %d, want 401", status)
+		}
+	})
+	t.Run("flood is limited per user, not for others", func(t *testing.T) {
+		limited := false
+		for i := 0; i < 20 && !limited; i++ {
+			_, status := a.token(t, "victim", fmt.Sprintf("guess-%d", i), "repository:ns/app:pull")
+			limited = status == 429
+			if !limited && status != 401 {
+				t.Fatalf("guess %d: %d", i, status)
+			}
+		}
+		if !limited {
+			t.Fatal("20 wrong passwords in a row for one user were never answered 429")
+		}
+		if _, status := a.token(t, "victim", "pw-victim-123", "repository:ns/app:pull"); status != 429 {
+			t.Fatalf("the right password while limited: %d, want 429 (not even checked)", status)
+		}
+		if tok, status := a.token(t, "other", "pw-other-123", "repository:ns/app:pull,push"); status != 200 || tok == "" {
+			t.Fatalf("another user during the flood: %d", status)
+		}
+	})
+	t.Run("bad tokens and scopes", func(t *testing.T) {
+		q := url.Values{"service": {accessService}, "scope": {"repository:ns/app"}}
+		req, _ := http.NewRequest("GET", gw+"/auth/token?"+q.Encode(), nil)
+		req.SetBasicAuth("other", "pw-other-123")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Fatalf("malformed scope: %d, want 400", resp.StatusCode)
+		}
+		keys, err := tokenauth.LoadKeys([]string{a.keyFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		access := []tokenauth.Access{{Type: "repository", Name: "ns/app", Actions: []string{"pull"}}}
+		past := &tokenauth.Authority{Keys: keys, Issuer: "gaia-e2e-issuer", Service: accessService,
+			Now: func() time.Time { return time.Now().Add(-time.Hour) }}
+		expired, _, err := past.Issue("other", access, 5*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		good, status := a.token(t, "other", "pw-other-123", "repository:ns/app:pull")
+		if status != 200 {
+			t.Fatalf("token: %d", status)
+		}
+		parts := strings.Split(good, ".")
+		payload := []byte(parts[1])
+		payload[len(payload)/2] ^= 1
+		tampered := parts[0] + "." + string(payload) + "." + parts[2]
+		otherPEM, _ := tokenauth.GenerateKeyPEM()
+		otherFile := filepath.Join(t.TempDir(), "k.pem")
+		os.WriteFile(otherFile, otherPEM, 0o600)
+		otherKeys, err := tokenauth.LoadKeys([]string{otherFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		foreign, _, _ := (&tokenauth.Authority{Keys: otherKeys, Issuer: "gaia-e2e-issuer", Service: accessService}).Issue("other", access, 5*time.Minute)
+		for name, tok := range map[string]string{"expired": expired, "tampered": tampered, "unknown key": foreign} {
+			r := regCall(t, "GET", gw+"/v2/ns/app/tags/list", tok)
+			if r.status != 401 || r.code != "UNAUTHORIZED" || !strings.Contains(r.challenge, `error="invalid_token"`) {
+				t.Errorf("%s token: %d %s %q", name, r.status, r.code, r.challenge)
+			}
+		}
+		if r := regCall(t, "GET", gw+"/v2/ns/app/tags/list", good); r.status != 404 || r.code != "NAME_UNKNOWN" {
+			t.Fatalf("the good token: %d %s", r.status, r.code)
+		}
+	})
+	t.Run("robot after expiry", func(t *testing.T) {
+		exp := time.Now().Add(3 * time.Second).UTC()
+		var out struct {
+			Robot  struct{ Name string }
+			Secret string
+		}
+		json.Unmarshal(a.mustAdmin(t, "POST", "/namespaces/ns/robots", map[string]any{"name": "short", "expires_at": exp,
+			"permissions": []map[string]any{{"namespace": "ns", "actions": []string{"pull"}}}}), &out)
+		tok, status := a.token(t, out.Robot.Name, out.Secret, "repository:ns/app:pull")
+		if status != 200 {
+			t.Fatalf("robot token before expiry: %d", status)
+		}
+		time.Sleep(time.Until(exp) + decisionCache) // past the expiry and the cache's bound
+		if _, status := a.token(t, out.Robot.Name, out.Secret, "repository:ns/app:pull"); status != 401 {
+			t.Fatalf("robot login after expiry: %d, want 401", status)
+		}
+		if r := regCall(t, "GET", gw+"/v2/ns/app/tags/list", tok); r.status != 403 || r.code != "DENIED" {
+			t.Fatalf("robot's token from before its expiry, used after: %d %s", r.status, r.code)
+		}
+	})
+	t.Run("audit log", func(t *testing.T) {
+		var got struct {
+			Events []struct{ Actor, Action, Namespace, Remote string }
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, body := a.admin(t, "GET", "/audit?action=login_failed&actor=victim", nil)
+			json.Unmarshal(body, &got)
+			if len(got.Events) > 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if len(got.Events) == 0 || got.Events[0].Remote == "" {
+			t.Fatalf("no login_failed event for victim with a remote address: %+v", got.Events)
+		}
+		_, body := a.admin(t, "GET", "/audit?action=robot_create&namespace=ns", nil)
+		json.Unmarshal(body, &got)
+		if len(got.Events) != 1 || got.Events[0].Actor != "(admin token)" {
+			t.Fatalf("robot_create events: %s", body)
+		}
+	})
+}
