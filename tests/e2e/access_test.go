@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -272,6 +273,42 @@ func TestBuiltinAuthRoleMatrix(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("skopeo crane ctr", func(t *testing.T) {
+		carol := "carol:pw-carol-123"
+		skopeo(t, "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--src-creds", carol, "--dest-creds", carol,
+			"docker://"+img+":seed", "docker://"+img+":by-skopeo")
+		out, err := run("skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--src-creds", "dave:pw-dave-123",
+			"--dest-creds", "dave:pw-dave-123", "docker://"+img+":seed", "docker://"+img+":by-dave-skopeo")
+		if err == nil || !strings.Contains(out, "denied") {
+			t.Fatalf("skopeo push as a guest: %v\n%s", err, out)
+		}
+		// crane with what docker login stored (docker keeps the token
+		// service's refresh token as an identity token).
+		cfg := t.TempDir()
+		if out, err := a.dockerAs(cfg, "login", "-u", "carol", "-p", "pw-carol-123", a.gw); err != nil {
+			t.Fatalf("docker login: %v\n%s", err, out)
+		}
+		stored, _ := os.ReadFile(filepath.Join(cfg, "config.json"))
+		if !strings.Contains(string(stored), "identitytoken") {
+			t.Errorf("docker login stored no identity token (refresh token): %s", stored)
+		}
+		crane := harness.GoTool(t, "github.com/google/go-containerregistry/cmd/crane", "v0.22.1")
+		cmd := exec.Command(crane, "copy", "--insecure", img+":seed", img+":by-crane")
+		cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+cfg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("crane copy with docker's stored login: %v\n%s", err, out)
+		}
+		ctrSock := filepath.Join(filepath.Dir(strings.TrimPrefix(a.env["GAIA_TEST_DOCKER_HOST"], "unix://")), "exec", "containerd", "containerd.sock")
+		ns := fmt.Sprintf("gaia-e2e-access-%d", time.Now().UnixNano())
+		if out, err := run("ctr", "--address", ctrSock, "-n", ns, "images", "pull", "--plain-http", "--user", carol, img+":by-crane"); err != nil {
+			t.Fatalf("ctr pull: %v\n%s", err, out)
+		}
+		run("ctr", "--address", ctrSock, "-n", ns, "images", "rm", "--sync", img+":by-crane")
+		if out, err := run("ctr", "--address", ctrSock, "-n", ns, "images", "pull", "--plain-http", "--user", "erin:pw-erin-123", img+":seed"); err == nil {
+			t.Fatalf("ctr pull by a non-member worked:\n%s", out)
+		}
+	})
 
 	t.Run("anonymous", func(t *testing.T) {
 		cfg := t.TempDir()
