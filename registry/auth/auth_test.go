@@ -28,6 +28,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/gaia-registry/gaia/registry/api"
+	"github.com/gaia-registry/gaia/registry/iam/ldap"
+	"github.com/gaia-registry/gaia/registry/tokenauth"
 )
 
 const digest = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
@@ -513,6 +515,16 @@ func TestNewErrors(t *testing.T) {
 	bundle := writeFile(t, "bundle.pem", newSigner(t).pem())
 	notPEM := writeFile(t, "notpem", "hello\n")
 	md5 := writeFile(t, "md5", "# users\nalice:$apr1$abc$def\n")
+	pemKey, err := tokenauth.GenerateKeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := writeFile(t, "key.pem", string(pemKey))
+	builtin := func(mod func(*BuiltinConfig)) Config {
+		c := BuiltinConfig{Realm: "r", Service: "s", Issuer: "i", SigningKeys: []string{key}}
+		mod(&c)
+		return Config{Builtin: &c}
+	}
 	token := func(mod func(*TokenConfig)) Config {
 		c := TokenConfig{Realm: "r", Service: "s", Issuer: "i", RootCertBundle: bundle}
 		mod(&c)
@@ -523,7 +535,17 @@ func TestNewErrors(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"both", Config{Htpasswd: &HtpasswdConfig{Realm: "r", Path: htpasswd}, Token: &TokenConfig{}}, "auth: configure at most one of htpasswd and token"},
+		{"both", Config{Htpasswd: &HtpasswdConfig{Realm: "r", Path: htpasswd}, Token: &TokenConfig{}}, "auth: configure at most one of htpasswd, token and builtin"},
+		{"builtin and token", Config{Builtin: &BuiltinConfig{}, Token: &TokenConfig{}}, "auth: configure at most one of htpasswd, token and builtin"},
+		{"builtin realm", builtin(func(c *BuiltinConfig) { c.Realm = "" }), "auth.builtin.realm: required"},
+		{"builtin service", builtin(func(c *BuiltinConfig) { c.Service = "" }), "auth.builtin.service: required"},
+		{"builtin keys", builtin(func(c *BuiltinConfig) { c.SigningKeys = nil }), "auth.builtin.signingkeys: at least one"},
+		{"builtin key missing", builtin(func(c *BuiltinConfig) { c.SigningKeys = []string{missing} }), "auth.builtin.signingkeys: "},
+		{"builtin key not PEM", builtin(func(c *BuiltinConfig) { c.SigningKeys = []string{notPEM} }), "auth.builtin.signingkeys: "},
+		{"builtin negative ttl", builtin(func(c *BuiltinConfig) { c.TokenTTL = -time.Second }), "auth.builtin.tokenttl: -1s is negative"},
+		{"builtin ldap", builtin(func(c *BuiltinConfig) { c.LDAP = &ldap.Config{} }), "auth.builtin.ldap.url: "},
+		{"builtin anonymouspull", Config{AnonymousPull: true, Builtin: &BuiltinConfig{Realm: "r", Service: "s", Issuer: "i", SigningKeys: []string{key}}}, "auth.anonymouspull: not with auth.builtin"},
+		{"builtin without a store", builtin(func(*BuiltinConfig) {}), "auth.builtin: needs the registry's database"},
 		{"htpasswd realm", Config{Htpasswd: &HtpasswdConfig{Path: htpasswd}}, "auth.htpasswd.realm: required"},
 		{"htpasswd path", Config{Htpasswd: &HtpasswdConfig{Realm: "r"}}, "auth.htpasswd.path: required"},
 		{"htpasswd missing", Config{Htpasswd: &HtpasswdConfig{Realm: "r", Path: missing}}, "auth.htpasswd.path: open " + missing + ": no such file or directory"},
