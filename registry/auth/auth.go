@@ -88,6 +88,30 @@ func WithStore(store *iam.Store) Option {
 // required fields set, files readable) and returns an Authenticator.
 // With none configured every request is allowed. builtin needs WithStore.
 func New(cfg Config, opts ...Option) (*Authenticator, error) {
+	a, err := build(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.builtin != nil {
+		if a.builtin.store == nil {
+			return nil, errors.New("auth.builtin: needs the registry's database (database.url)")
+		}
+		a.ac = a.builtin.verifier
+	}
+	return a, nil
+}
+
+// Validate checks cfg as New does, without what builtin needs at run
+// time (the database): for checking a config file.
+func (cfg Config) Validate() error {
+	_, err := build(cfg)
+	return err
+}
+
+func build(cfg Config) (*Authenticator, error) {
 	a := &Authenticator{anonymousPull: cfg.AnonymousPull}
 	n := 0
 	for _, set := range []bool{cfg.Htpasswd != nil, cfg.Token != nil, cfg.Builtin != nil} {
@@ -112,15 +136,6 @@ func New(cfg Config, opts ...Option) (*Authenticator, error) {
 	}
 	if err != nil {
 		return nil, err
-	}
-	for _, o := range opts {
-		o(a)
-	}
-	if a.builtin != nil {
-		if a.builtin.store == nil {
-			return nil, errors.New("auth.builtin: needs the registry's database (database.url)")
-		}
-		a.ac = a.builtin.verifier
 	}
 	return a, nil
 }

@@ -149,7 +149,7 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 		c.Signing.Expiry = 5 * time.Minute
 	}
 	err := func() error {
-		authed := c.Auth.Htpasswd != nil || c.Auth.Token != nil
+		authed := c.Auth.Htpasswd != nil || c.Auth.Token != nil || c.Auth.Builtin != nil
 		switch {
 		case c.Redirect != "off" && c.Redirect != "blobs" && c.Redirect != "blobs+uploads":
 			return fmt.Errorf("redirect: %q is not blobs, blobs+uploads or off", c.Redirect)
@@ -162,15 +162,17 @@ func LoadConfig(path string, environ []string) (*Config, error) {
 		case c.Cache.MaxBytes > 0 && c.Database.URL == "":
 			return errors.New("database.url: required with cache.maxbytes (deletions are heard from PostgreSQL)")
 		case authed && c.Auth.None:
-			return errors.New("auth.none: set, but so is auth.htpasswd or auth.token")
+			return errors.New("auth.none: set, but so is auth.htpasswd, auth.token or auth.builtin")
+		case c.Auth.Builtin != nil && c.Database.URL == "":
+			return errors.New("database.url: required with auth.builtin (the gateway checks tokens against the servers' access model)")
 		case (c.Redirect != "off" || c.Cache.MaxBytes > 0) && !authed && !c.Auth.None:
-			return errors.New("auth: redirect: blobs and cache check callers' pull right at the gateway: give it the servers' auth section (htpasswd or token), or auth.none: true if the servers have no auth")
+			return errors.New("auth: redirect: blobs and cache check callers' pull right at the gateway: give it the servers' auth section (htpasswd, token or builtin), or auth.none: true if the servers have no auth")
 		}
 		if err := blobsign.Check(c.Signing.Keys, "signing.keys"); err != nil {
 			return err
 		}
 		if authed {
-			if _, err := auth.New(c.Auth.Config); err != nil {
+			if err := c.Auth.Config.Validate(); err != nil {
 				return err
 			}
 		}

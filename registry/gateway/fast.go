@@ -13,11 +13,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gaia-registry/gaia/registry/auth"
 	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/grammar"
+	"github.com/gaia-registry/gaia/registry/iam"
+	"github.com/gaia-registry/gaia/registry/iam/ldap"
 	"github.com/gaia-registry/gaia/registry/internaltoken"
 )
 
@@ -43,8 +46,26 @@ type frontHandlers struct {
 
 func (g *Gateway) initFront() error {
 	var authn *auth.Authenticator
+	var opts []auth.Option
+	if b := g.cfg.Auth.Builtin; b != nil {
+		// The servers' access model, read from their database (the pool
+		// connects on first use).
+		pool, err := pgxpool.New(context.Background(), g.cfg.Database.URL)
+		if err != nil {
+			return fmt.Errorf("database.url: %w", err)
+		}
+		iopts := iam.Options{CacheTTL: b.DecisionCache}
+		if b.LDAP != nil { // LDAP users' groups, as the servers see them
+			dir, err := ldap.New(*b.LDAP)
+			if err != nil {
+				return err
+			}
+			iopts.Directory = iam.LDAP(dir)
+		}
+		opts = append(opts, auth.WithStore(iam.New(pool, iopts)))
+	}
 	var err error
-	if authn, err = auth.New(g.cfg.Auth.Config); err != nil {
+	if authn, err = auth.New(g.cfg.Auth.Config, opts...); err != nil {
 		return err
 	}
 	g.front = &frontHandlers{

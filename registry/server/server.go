@@ -75,8 +75,8 @@ type Server struct {
 	// API's pushes, pulls and deletes, logins, changes to access.
 	audit   *audit.Writer
 	trusted forwarded.Trusted // proxies whose X-Forwarded-For names the client
-	staging  gc.StagingSweeper // the HDFS driver's @staging; nil for others
-	ready    atomic.Bool
+	staging gc.StagingSweeper // the HDFS driver's @staging; nil for others
+	ready   atomic.Bool
 }
 
 // New connects to PostgreSQL (migrating when database.migrate is set, and
@@ -383,7 +383,6 @@ func (s *Server) checkSchema(ctx context.Context) error {
 	}
 	return nil
 }
-
 
 // Handler is everything the server serves (for tests that want no listener).
 func (s *Server) Handler() http.Handler { return s.handler }

@@ -24,10 +24,11 @@ import (
 // the built-in token service, an admin token and an LDAP directory.
 type accessCluster struct {
 	*cluster
-	gw      string // the gateway's host:port, what clients use
-	keyFile string
-	ldap    *ldaptest.Dir
-	env     harness.Env
+	gw       string // the gateway's host:port, what clients use
+	keyFile  string
+	ldap     *ldaptest.Dir
+	env      harness.Env
+	authYAML string // the servers' auth (and admin) sections
 }
 
 const (
@@ -48,8 +49,9 @@ func startAccessCluster(t *testing.T) *accessCluster {
 		t.Fatal(err)
 	}
 	lc := dir.Config
+	var authYAML string
 	c := startClusterWith(t, func(c *cluster, cfg string) string {
-		return cfg + fmt.Sprintf(`admin: {token: %q}
+		authYAML = fmt.Sprintf(`admin: {token: %q}
 auth:
   builtin:
     realm: http://%s/auth/token
@@ -60,8 +62,9 @@ auth:
     loginlimit: {pairfailures: 5, window: 1m}
     ldap: {url: %q, binddn: %q, bindpassword: %q, userbase: %q, groupbase: %q}
 `, accessAdminToken, c.gwAddr["idc-a"], accessService, keyFile, decisionCache, lc.URL, lc.BindDN, lc.BindPassword, lc.UserBase, lc.GroupBase)
+		return cfg + authYAML
 	}, "idc-a")
-	return &accessCluster{cluster: c, gw: c.gwAddr["idc-a"], keyFile: keyFile, ldap: dir, env: env}
+	return &accessCluster{cluster: c, gw: c.gwAddr["idc-a"], keyFile: keyFile, ldap: dir, env: env, authYAML: authYAML}
 }
 
 // admin calls the admin API of the first server with the admin token.
@@ -473,6 +476,72 @@ func TestBuiltinAuthRefusals(t *testing.T) {
 		}
 		if r := regCall(t, "GET", gw+"/v2/ns/app/tags/list", tok); r.status != 403 || r.code != "DENIED" {
 			t.Fatalf("robot's token from before its expiry, used after: %d %s", r.status, r.code)
+		}
+	})
+	t.Run("caching gateway checks the same access", func(t *testing.T) {
+		// A gateway answering manifests by digest from its cache checks
+		// tokens and rechecks the access model itself.
+		addr := harness.FreeAddr(t)
+		cgw := harness.StartGateway(t, addr, gatewayConfig(a.cluster, "idc-a", addr, "local")+
+			strings.Replace(a.authYAML, "admin: ", "# admin: ", 1)+fmt.Sprintf("cache: {maxbytes: 8388608}\ndatabase: {url: %q}\n", a.db))
+		waitUntil(t, "gateway cache live", func() bool { return harness.Metric(t, cgw.URL(), "gaia_gateway_cache_live") == 1 })
+		ref := a.gw + "/ns/cached:v1"
+		harness.BuildImage(t, a.env, ref, 10_000)
+		t.Cleanup(func() { harness.DockerErr(a.env, "rmi", ref) })
+		cfg := t.TempDir()
+		if out, err := a.dockerAs(cfg, "login", "-u", "other", "-p", "pw-other-123", a.gw); err != nil {
+			t.Fatalf("docker login: %v\n%s", err, out)
+		}
+		if out, err := a.dockerAs(cfg, "push", ref); err != nil {
+			t.Fatalf("push: %v\n%s", err, out)
+		}
+		a.mustAdmin(t, "PUT", "/namespaces/ns/members/user/victim", map[string]string{"role": "guest"})
+		tok, _ := a.token(t, "other", "pw-other-123", "repository:ns/cached:pull")
+		r := regCall(t, "GET", "http://"+a.gw+"/v2/ns/cached/manifests/v1", tok)
+		digest := ""
+		if r.status == 200 {
+			req, _ := http.NewRequest("HEAD", "http://"+a.gw+"/v2/ns/cached/manifests/v1", nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				digest = resp.Header.Get("Docker-Content-Digest")
+				resp.Body.Close()
+			}
+		}
+		if digest == "" {
+			t.Fatalf("manifest by tag: %d %s", r.status, r.body)
+		}
+		byDigest := "http://" + addr + "/v2/ns/cached/manifests/" + digest
+		// victim's login is limited by the flood above: a token issued
+		// here directly stands for one it got earlier.
+		keys, err := tokenauth.LoadKeys([]string{a.keyFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		victimTok, _, _ := (&tokenauth.Authority{Keys: keys, Issuer: "gaia-e2e-issuer", Service: accessService}).Issue("victim",
+			[]tokenauth.Access{{Type: "repository", Name: "ns/cached", Actions: []string{"pull"}}}, 5*time.Minute)
+		hits := func() float64 {
+			return harness.Metric(t, cgw.URL(), "gaia_gateway_cache_requests_total", `result="hit"`)
+		}
+		for i := 0; i < 2; i++ {
+			if r := regCall(t, "GET", byDigest, victimTok); r.status != 200 {
+				t.Fatalf("guest's GET by digest %d: %d %s", i, r.status, r.body)
+			}
+		}
+		if hits() == 0 {
+			t.Fatal("the second GET by digest was no cache hit")
+		}
+		if r := regCall(t, "GET", byDigest, ""); r.status != 401 || r.code != "UNAUTHORIZED" {
+			t.Fatalf("cached manifest without a token: %d %s", r.status, r.code)
+		}
+		a.mustAdmin(t, "DELETE", "/namespaces/ns/members/user/victim", nil)
+		time.Sleep(decisionCache) // the bound under test
+		h0 := hits()
+		if r := regCall(t, "GET", byDigest, victimTok); r.status != 403 || r.code != "DENIED" {
+			t.Fatalf("cached manifest after the guest's removal: %d %s", r.status, r.code)
+		}
+		if hits() != h0 {
+			t.Fatal("a refused request was answered from the cache")
 		}
 	})
 	t.Run("audit log", func(t *testing.T) {
