@@ -272,7 +272,7 @@ func classify(i *inst) contrib {
 		return k
 	}
 	k.live = true
-	if i.version != i.app.m.Version {
+	if !i.app.m.Current(i.version) {
 		k.outdated = true
 	} else {
 		switch i.state {

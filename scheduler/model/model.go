@@ -255,8 +255,25 @@ type Update struct {
 	// the rest wait for promote.
 	Canary          int      `json:"canary,omitempty" yaml:"canary,omitempty"`
 	MinHealthyTime  Duration `json:"minHealthyTime,omitempty" yaml:"minHealthyTime,omitempty"`
+	// HealthyDeadline: a new version's instances must be healthy this
+	// long after it was made (default 5m), or, with AutoRollback, the
+	// scheduler rolls back to the version before.
 	HealthyDeadline Duration `json:"healthyDeadline,omitempty" yaml:"healthyDeadline,omitempty"`
-	AutoRollback    bool     `json:"autoRollback,omitempty" yaml:"autoRollback,omitempty"`
+	// AutoRollback: when an instance of a new version fails, or its
+	// instances are not all healthy within HealthyDeadline, roll back to
+	// the version the app ran before (not again from a rollback).
+	AutoRollback bool `json:"autoRollback,omitempty" yaml:"autoRollback,omitempty"`
+}
+
+// DefaultHealthyDeadline is HealthyDeadline's default.
+const DefaultHealthyDeadline = 5 * time.Minute
+
+// EffectiveHealthyDeadline is HealthyDeadline, or its default when unset.
+func (u Update) EffectiveHealthyDeadline() time.Duration {
+	if u.HealthyDeadline > 0 {
+		return time.Duration(u.HealthyDeadline)
+	}
+	return DefaultHealthyDeadline
 }
 
 // EffectiveMaxParallel is MaxParallel, or 1 when unset.
@@ -312,13 +329,42 @@ type App struct {
 	// Promoted is set by promote and cleared by each new version; while
 	// it is false and spec.update.canary > 0, only that many instances
 	// move to the new version.
-	Promoted  bool      `json:"promoted,omitempty" yaml:"promoted,omitempty"`
+	Promoted bool `json:"promoted,omitempty" yaml:"promoted,omitempty"`
+	// Same lists earlier versions that run exactly this version's spec
+	// and image (the version a rollback returned to): their instances are
+	// not outdated, so a rollback replaces only the failed version's.
+	Same []int64 `json:"same,omitempty" yaml:"same,omitempty"`
+	// Rollback says this version is a rollback, and why.
+	Rollback  *Rollback `json:"rollback,omitempty" yaml:"rollback,omitempty"`
 	CreatedAt time.Time `json:"createdAt" yaml:"createdAt"`
 	UpdatedAt time.Time `json:"updatedAt" yaml:"updatedAt"`
 }
 
 // Name is Spec.Name.
 func (a App) Name() string { return a.Spec.Name }
+
+// Current reports whether an instance of version v runs this version's
+// spec: v is the app's version or one of Same.
+func (a App) Current(v int64) bool {
+	if v == a.Version {
+		return true
+	}
+	for _, s := range a.Same {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Rollback records a version made by rolling back.
+type Rollback struct {
+	From   int64     `json:"from" yaml:"from"` // the version rolled back
+	To     int64     `json:"to" yaml:"to"`     // the earlier version whose spec this is
+	Auto   bool      `json:"auto,omitempty" yaml:"auto,omitempty"`
+	Reason string    `json:"reason,omitempty" yaml:"reason,omitempty"`
+	At     time.Time `json:"at" yaml:"at"`
+}
 
 // InstanceState is where an instance is in its life.
 type InstanceState string

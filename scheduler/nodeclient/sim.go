@@ -31,6 +31,13 @@ type Sim struct {
 	// leaves, under the agent's lock: a test's timeline of what ran.
 	Trace    func(at time.Time, running map[string]int64)
 	versions map[string]int64
+	// State, when set, says what an instance desired run does here:
+	// model.Running (the default), another live state it then stays in
+	// (model.Starting: it never becomes healthy), or model.Failed (it
+	// exits 1 at once and is reported failed).
+	State  func(in api.DesiredInstance) model.InstanceState
+	states map[string]model.InstanceState
+	failed map[string]bool
 }
 
 // NewSim returns a simulated agent for the node in o.
@@ -98,12 +105,29 @@ func (s *Sim) apply(set *api.DesiredSet) *api.Report {
 	if s.versions == nil {
 		s.versions = map[string]int64{}
 	}
+	if s.states == nil {
+		s.states, s.failed = map[string]model.InstanceState{}, map[string]bool{}
+	}
 	for _, in := range set.Instances {
 		if in.Desired == model.DesiredRun {
+			if s.failed[in.ID] {
+				continue
+			}
+			st := model.Running
+			if s.State != nil {
+				st = s.State(in)
+			}
+			if st == model.Failed {
+				s.failed[in.ID] = true
+				rep.Instances = append(rep.Instances, api.InstanceReport{ID: in.ID, State: model.Failed, ExitCode: 1, Reason: "exited 1 (simulated)"})
+				changed = true
+				continue
+			}
 			want[in.ID] = true
 			if !s.running[in.ID] {
 				s.running[in.ID] = true
 				s.versions[in.ID] = in.Version
+				s.states[in.ID] = st
 				changed = true
 			}
 		}
@@ -112,6 +136,7 @@ func (s *Sim) apply(set *api.DesiredSet) *api.Report {
 		if !want[id] {
 			delete(s.running, id)
 			delete(s.versions, id)
+			delete(s.states, id)
 			changed = true
 			rep.Instances = append(rep.Instances, api.InstanceReport{ID: id, State: model.Stopped, Reason: "stopped by the scheduler"})
 		}
@@ -136,7 +161,7 @@ func (s *Sim) apply(set *api.DesiredSet) *api.Report {
 		s.Trace(time.Now(), maps.Clone(s.versions))
 	}
 	for id := range s.running {
-		rep.Instances = append(rep.Instances, api.InstanceReport{ID: id, State: model.Running})
+		rep.Instances = append(rep.Instances, api.InstanceReport{ID: id, State: s.states[id]})
 	}
 	return &rep
 }

@@ -3,6 +3,9 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -197,37 +200,92 @@ func (ls *leaderState) setApp(a model.App) {
 // change applies f to a copy of the app and writes it (a new version in
 // the history when newVersion).
 func (s *Server) change(ctx context.Context, name string, newVersion bool, f func(ls *leaderState, a *model.App) error) (*model.App, error) {
-	var out model.App
+	var out *model.App
 	err := s.locked(func(ls *leaderState) error {
-		cur := ls.apps[name]
-		if cur == nil {
-			return api.NotFound("no app %q", name)
-		}
-		a := *cur
-		if err := f(ls, &a); err != nil {
-			return err
-		}
-		a.UpdatedAt = time.Now().UTC()
-		b := &store.Batch{Apps: []model.App{a}}
-		if newVersion {
-			a.Version = cur.Version + 1
-			a.Promoted = false
-			b = &store.Batch{Apps: []model.App{a}, NewVersions: []model.App{a}}
-		}
-		if err := s.write(ctx, ls.term, "app", b); err != nil {
-			return err
-		}
-		if canaryInputs(cur) != canaryInputs(&a) {
-			ls.republishApp(name)
-		}
-		ls.setApp(a)
-		out = a
-		return nil
+		var err error
+		out, err = ls.changeApp(ctx, name, newVersion, func(a *model.App) error { return f(ls, a) })
+		return err
 	})
-	if err != nil {
+	return out, err
+}
+
+// changeApp is change with ls.mu held. A new version starts with the
+// previous one's number + 1, not promoted, and no rollback marks; f sees
+// it that way.
+func (ls *leaderState) changeApp(ctx context.Context, name string, newVersion bool, f func(a *model.App) error) (*model.App, error) {
+	cur := ls.apps[name]
+	if cur == nil {
+		return nil, api.NotFound("no app %q", name)
+	}
+	a := *cur
+	if newVersion {
+		a.Version, a.Promoted, a.Same, a.Rollback = cur.Version+1, false, nil, nil
+	}
+	if err := f(&a); err != nil {
 		return nil, err
 	}
-	return &out, nil
+	a.UpdatedAt = time.Now().UTC()
+	b := &store.Batch{Apps: []model.App{a}}
+	if newVersion {
+		b.NewVersions = []model.App{a}
+	}
+	if err := ls.s.write(ctx, ls.term, "app", b); err != nil {
+		return nil, err
+	}
+	if canaryInputs(cur) != canaryInputs(&a) {
+		ls.republishApp(name)
+	}
+	ls.setApp(a)
+	if newVersion {
+		ls.watchRollout(&a)
+	}
+	return &a, nil
+}
+
+// rollbackTo makes an earlier version's spec and image those of a (the
+// new version being made from cur), keeping the instance count. The
+// instances still on that version (or one it was the same as) are not
+// replaced, and no canary step holds the rollback back.
+func (ls *leaderState) rollbackTo(ctx context.Context, cur, a *model.App, version int64, auto bool, reason string) error {
+	name := cur.Name()
+	if version < 1 || version >= cur.Version {
+		return api.Invalid("version", "%d is not an earlier version of %s (1..%d)", version, name, cur.Version-1)
+	}
+	v, err := ls.s.store.Version(ctx, name, version)
+	if errors.Is(err, store.ErrNotFound) {
+		return api.Invalid("version", "app %s has no version %d", name, version)
+	}
+	if err != nil {
+		return err
+	}
+	instances := a.Spec.Instances
+	a.Spec, a.Digest = v.Spec, v.Digest
+	a.Spec.Instances = instances
+	a.Promoted = true
+	a.Same = []int64{version}
+	// Other versions that ran the same spec (a rollback of a rollback)
+	// are found through the instances still running them.
+	for _, in := range ls.inst {
+		if in.App == name && in.Version != version && in.Version < cur.Version && ls.sameSpec(name, in.Version, v.Spec, v.Digest) {
+			a.Same = append(a.Same, in.Version)
+		}
+	}
+	slices.Sort(a.Same)
+	a.Same = slices.Compact(a.Same)
+	a.Rollback = &model.Rollback{From: cur.Version, To: version, Auto: auto, Reason: reason, At: time.Now().UTC()}
+	return nil
+}
+
+// sameSpec reports whether app's version v ran spec and digest (the
+// instance count aside), from the versions instances run.
+func (ls *leaderState) sameSpec(app string, v int64, spec model.AppSpec, digest string) bool {
+	vs, ok := ls.specs[versionKey{app, v}]
+	if !ok || vs.digest != digest {
+		return false
+	}
+	a, b := vs.spec, spec
+	a.Instances, b.Instances = 0, 0
+	return reflect.DeepEqual(a, b)
 }
 
 // UpdateApp makes the spec the app's next version (image resolved anew).
@@ -294,25 +352,22 @@ func (s *Server) AppAction(ctx context.Context, name, action string) (*model.App
 // RollbackApp makes an earlier version's spec (and digest) the next
 // version; version 0 is the one before the current.
 func (s *Server) RollbackApp(ctx context.Context, name string, version int64) (*model.App, error) {
-	return s.change(ctx, name, true, func(ls *leaderState, a *model.App) error {
+	var out *model.App
+	err := s.locked(func(ls *leaderState) error {
+		cur := ls.apps[name]
+		if cur == nil {
+			return api.NotFound("no app %q", name)
+		}
 		if version == 0 {
-			version = a.Version - 1
+			version = cur.Version - 1
 		}
-		if version < 1 || version >= a.Version {
-			return api.Invalid("version", "%d is not an earlier version of %s (1..%d)", version, name, a.Version-1)
-		}
-		v, err := s.store.Version(ctx, name, version)
-		if errors.Is(err, store.ErrNotFound) {
-			return api.Invalid("version", "app %s has no version %d", name, version)
-		}
-		if err != nil {
-			return err
-		}
-		instances := a.Spec.Instances
-		a.Spec, a.Digest = v.Spec, v.Digest
-		a.Spec.Instances = instances
-		return nil
+		var err error
+		out, err = ls.changeApp(ctx, name, true, func(a *model.App) error {
+			return ls.rollbackTo(ctx, cur, a, version, false, "rolled back by request")
+		})
+		return err
 	})
+	return out, err
 }
 
 // DeleteApp removes the app; its instances are told to stop.
@@ -491,5 +546,108 @@ func (s *Server) Report(ctx context.Context, node string, r *api.Report) error {
 	ls.reports[node] = r
 	ls.rmu.Unlock()
 	ls.poke()
+	return nil
+}
+
+// watchRollout starts watching a new version of a for auto-rollback
+// (update.autoRollback; never a version an auto-rollback made), or stops.
+func (ls *leaderState) watchRollout(a *model.App) {
+	if a.Spec.Update.AutoRollback && a.Version > 1 && (a.Rollback == nil || !a.Rollback.Auto) {
+		ls.rollouts[a.Name()] = a.UpdatedAt
+	} else {
+		delete(ls.rollouts, a.Name())
+	}
+}
+
+// rolloutProgress is where a watched new version stands.
+type rolloutProgress struct {
+	failed    *model.Instance // an instance of the new version that failed
+	unhealthy *model.Instance // one not (yet) healthy
+	current   int             // live instances of the new version
+	previous  int64           // the newest older version still running
+	older     int             // live instances of older versions
+}
+
+// healthy: the instance passes its health check, or runs when it has
+// none.
+func healthy(in *model.Instance, a *model.App) bool {
+	return in.State == model.Healthy || (in.State == model.Running && a.Spec.Health == nil)
+}
+
+// checkRollouts rolls back each watched new version one of whose
+// instances failed, or whose instances are not all healthy within
+// update.healthyDeadline, to the version the app ran before; a version
+// whose instances are all healthy and alone is no longer watched. It runs
+// after the reports were applied and before they are written (a failed
+// instance leaves the live set when written).
+func (ls *leaderState) checkRollouts(ctx context.Context, now time.Time) error {
+	if len(ls.rollouts) == 0 {
+		return nil
+	}
+	prog := make(map[string]*rolloutProgress, len(ls.rollouts))
+	for name := range ls.rollouts {
+		prog[name] = &rolloutProgress{}
+	}
+	for _, in := range ls.inst {
+		p := prog[in.App]
+		if p == nil || in.Stopping() && in.State != model.Failed {
+			continue
+		}
+		a := ls.apps[in.App]
+		switch {
+		case in.Version != a.Version:
+			if !in.State.Terminal() {
+				p.older++
+				p.previous = max(p.previous, in.Version)
+			}
+		case in.State == model.Failed:
+			p.failed = in
+		case !healthy(in, a):
+			p.unhealthy = in
+			p.current++
+		default:
+			p.current++
+		}
+	}
+	for _, name := range sortedKeys(ls.rollouts) {
+		started := ls.rollouts[name]
+		a, p := ls.apps[name], prog[name]
+		if a == nil || a.State != model.AppRunning {
+			delete(ls.rollouts, name)
+			continue
+		}
+		deadline := a.Spec.Update.EffectiveHealthyDeadline()
+		var reason string
+		switch {
+		case p.failed != nil:
+			reason = fmt.Sprintf("instance %s of version %d failed (%s)", p.failed.ID, a.Version, p.failed.Reason)
+		case p.unhealthy != nil && now.Sub(started) > deadline:
+			reason = fmt.Sprintf("instance %s of version %d was still %s %s after the update (healthyDeadline %s)",
+				p.unhealthy.ID, a.Version, p.unhealthy.State, now.Sub(started).Round(time.Second), deadline)
+		case p.unhealthy == nil && p.older == 0 && p.current >= a.Spec.Instances:
+			delete(ls.rollouts, name) // done: every instance on the new version and healthy
+			continue
+		default:
+			continue
+		}
+		to := p.previous
+		if to == 0 {
+			to = a.Version - 1
+		}
+		cur := a
+		_, err := ls.changeApp(ctx, name, true, func(n *model.App) error {
+			return ls.rollbackTo(ctx, cur, n, to, true, reason)
+		})
+		delete(ls.rollouts, name)
+		if errors.Is(err, store.ErrDeposed) {
+			return err
+		}
+		if err != nil {
+			ls.s.log.Error("automatic rollback failed", "app", name, "from", cur.Version, "to", to, "reason", reason, "err", err)
+			continue
+		}
+		ls.s.metrics.autoRollbacks.Inc()
+		ls.s.log.Warn("automatic rollback", "app", name, "from", cur.Version, "to", to, "reason", reason)
+	}
 	return nil
 }

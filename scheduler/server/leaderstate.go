@@ -44,6 +44,8 @@ type leaderState struct {
 	usageNodes map[string]bool
 	lastFlush  time.Time
 	started    time.Time // when this term's state was loaded
+	// rollouts are the new versions watched for auto-rollback, since when.
+	rollouts map[string]time.Time
 
 	// feeds: per node, read by polls without mu.
 	fmu   sync.RWMutex
@@ -112,7 +114,7 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 		nodes: map[string]*model.Node{}, pools: map[string]*model.Pool{}, apps: map[string]*model.App{},
 		inst: map[string]*model.Instance{}, byNode: map[string]map[string]struct{}{}, specs: map[versionKey]versionSpec{},
 		pendingNodes: map[string]bool{}, pendingInst: map[string]bool{}, dirty: map[string]bool{},
-		usageInst: map[string]bool{}, usageNodes: map[string]bool{},
+		usageInst: map[string]bool{}, usageNodes: map[string]bool{}, rollouts: map[string]time.Time{},
 		feeds: map[string]*feed{}, reports: map[string]*api.Report{}, kick: make(chan struct{}, 1), deposed: make(chan struct{}),
 		lastFlush: time.Now(),
 	}
@@ -147,6 +149,9 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 		ls.apps[a.Name()] = &a
 		ls.specs[versionKey{a.Name(), a.Version}] = versionSpec{a.Spec, a.Digest}
 		ls.eng.UpsertApp(a)
+		if now.Sub(a.UpdatedAt) < a.Spec.Update.EffectiveHealthyDeadline() {
+			ls.watchRollout(&a) // a rollout a previous leader watched; done ones are dropped by the first pass
+		}
 	}
 	for i := range st.Instances {
 		in := st.Instances[i]
@@ -250,6 +255,9 @@ func (ls *leaderState) pass(now time.Time) error {
 	ctx := context.WithoutCancel(ls.ctx)
 	ls.applyReports(now)
 	ls.judgeNodes(now)
+	if err := ls.checkRollouts(ctx, now); err != nil {
+		return err
+	}
 	if err := ls.flushPending(ctx); err != nil {
 		return err
 	}

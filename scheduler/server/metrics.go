@@ -12,21 +12,22 @@ import (
 
 // metrics are one scheduler's Prometheus series, on a registry of its own.
 type metrics struct {
-	requests    *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	isLeader    prometheus.Gauge
-	term        prometheus.Gauge
-	deposed     prometheus.Counter
-	placements  prometheus.Counter
-	stops       *prometheus.CounterVec
-	unplaceable prometheus.Gauge
-	loop        prometheus.Histogram
-	writes      *prometheus.CounterVec
-	nodes       *prometheus.GaugeVec
-	nodesDown   prometheus.Counter
-	polls       *prometheus.CounterVec
-	reports     prometheus.Counter
-	poolsFile   *prometheus.CounterVec
+	requests      *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	isLeader      prometheus.Gauge
+	term          prometheus.Gauge
+	deposed       prometheus.Counter
+	placements    prometheus.Counter
+	stops         *prometheus.CounterVec
+	unplaceable   prometheus.Gauge
+	loop          prometheus.Histogram
+	writes        *prometheus.CounterVec
+	nodes         *prometheus.GaugeVec
+	nodesDown     prometheus.Counter
+	autoRollbacks prometheus.Counter
+	polls         *prometheus.CounterVec
+	reports       prometheus.Counter
+	poolsFile     *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -62,13 +63,16 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		nodesDown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gaia_scheduler_nodes_down_total", Help: "Nodes marked down for missing heartbeats.",
 		}),
+		autoRollbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_scheduler_auto_rollbacks_total", Help: "New app versions rolled back automatically (update.autoRollback).",
+		}),
 		polls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gaia_scheduler_node_polls_total", Help: "Desired-set polls by result: changed (a body) or idle (304).",
 		}, []string{"result"}),
 		reports: prometheus.NewCounter(prometheus.CounterOpts{Name: "gaia_scheduler_node_reports_total", Help: "Node reports received."}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.isLeader, m.term, m.deposed, m.placements, m.stops, m.unplaceable,
-		m.loop, m.writes, m.nodes, m.nodesDown, m.polls, m.reports, m.poolsFile,
+		m.loop, m.writes, m.nodes, m.nodesDown, m.autoRollbacks, m.polls, m.reports, m.poolsFile,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -3,14 +3,17 @@ package e2e
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gaia-registry/gaia/scheduler/api"
 	"github.com/gaia-registry/gaia/scheduler/model"
 	"github.com/gaia-registry/gaia/scheduler/nodeclient"
+	"github.com/gaia-registry/gaia/tests/harness"
 )
 
 // timeline records what each simulated agent runs (instance → version),
@@ -285,5 +288,127 @@ func TestSchedulerAppLifecycle(t *testing.T) {
 	}
 	if n := dbCount(t, e.db, `SELECT count(*) FROM instances WHERE app = 'web' AND live`); n != 0 {
 		t.Errorf("%d live instances of the deleted app in the database", n)
+	}
+}
+
+// TestSchedulerAutoRollback: an app with update.autoRollback, on four
+// simulated agents that fail instances whose env says MODE=bad and never
+// get those with MODE=slow past starting. An update whose instances fail
+// is rolled back at once to the version before; one whose instances are
+// not healthy within healthyDeadline is rolled back after it. Each
+// rollback is a new version with the old spec, marked automatic with its
+// reason; the old version's instances keep running (never fewer than
+// instances − maxParallel), only the failed version's are replaced.
+func TestSchedulerAutoRollback(t *testing.T) {
+	e := newSchedEnv(t)
+	s := e.start()
+	waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(s) })
+	tl := &timeline{}
+	startAgentsWith(t, 4, e, []string{s.URL()}, func(i int, sim *nodeclient.Sim) {
+		tl.hook(i, sim)
+		sim.State = func(in api.DesiredInstance) model.InstanceState {
+			switch in.Env["MODE"] {
+			case "bad":
+				return model.Failed
+			case "slow":
+				return model.Starting
+			}
+			return model.Running
+		}
+	})
+	waitFor(t, "4 nodes registered", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 4
+	})
+	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil); code != http.StatusCreated {
+		t.Fatalf("create pool: %d", code)
+	}
+	const n, maxParallel = 6, 2
+	spec := appSpec("roll", "root.e2e", e.image, n)
+	spec["update"] = map[string]any{"maxParallel": maxParallel, "autoRollback": true, "healthyDeadline": "3s"}
+	update := func(mode string) {
+		t.Helper()
+		spec["env"] = map[string]string{"MODE": mode}
+		path, method, want := "/v1/apps/roll/update", "POST", http.StatusOK
+		if mode == "one" {
+			path, method, want = "/v1/apps", "POST", http.StatusCreated
+		}
+		if code := call(t, s.URL(), schedAdmin, method, path, spec, nil); code != want {
+			t.Fatalf("%s with MODE=%s: %d, want %d", path, mode, code, want)
+		}
+	}
+	// runs: the agents run n instances, all of the versions in vs.
+	runs := func(what string, vs ...int64) map[string]int64 {
+		t.Helper()
+		var now map[string]int64
+		waitErr(t, what, time.Minute, func() error {
+			_, _, now = tl.span("roll", tl.mark())
+			for _, v := range now {
+				if !slices.Contains(vs, v) {
+					return fmt.Errorf("agents run versions %v, want %d instances of %v", versionsOf(now), n, vs)
+				}
+			}
+			if len(now) != n {
+				return fmt.Errorf("agents run %d instances (%v), want %d", len(now), versionsOf(now), n)
+			}
+			return nil
+		}, s)
+		return now
+	}
+	rolledBack := func(from, to, version int64, why string) model.App {
+		t.Helper()
+		var app model.App
+		waitErr(t, fmt.Sprintf("version %d rolled back to %d", from, to), time.Minute, func() error {
+			if code := call(t, s.URL(), schedAdmin, "GET", "/v1/apps/roll", nil, &app); code != http.StatusOK {
+				return fmt.Errorf("GET app: %d", code)
+			}
+			if rb := app.Rollback; app.Version != version || rb == nil || !rb.Auto || rb.From != from || rb.To != to || !strings.Contains(rb.Reason, why) {
+				return fmt.Errorf("app at version %d, rollback %+v; want version %d, an automatic rollback %d→%d for %q", app.Version, app.Rollback, version, from, to, why)
+			}
+			return nil
+		}, s)
+		return app
+	}
+
+	update("one")
+	runs("6 instances of version 1", 1)
+	update("two")
+	good := runs("6 instances of version 2", 2)
+	time.Sleep(2 * loopInterval) // the rollout of version 2 is seen complete
+
+	from := tl.mark()
+	update("bad") // version 3: its instances fail
+	app := rolledBack(3, 2, 4, "failed")
+	if app.Spec.Env["MODE"] != "two" || !slices.Contains(app.Same, 2) {
+		t.Errorf("version 4: env %v, same %v; want version 2's spec and version 2 the same", app.Spec.Env, app.Same)
+	}
+	after := runs("6 instances of versions 2 and 4 after the rollback", 2, 4)
+	least, _, _ := tl.span("roll", from)
+	if least < n-maxParallel {
+		t.Errorf("during the failed update and its rollback, %d instances ran at once; want at least %d", least, n-maxParallel)
+	}
+	for id, v := range after {
+		if _, ok := good[id]; v == 2 && !ok {
+			t.Errorf("instance %s of version 2 was started again", id)
+		}
+	}
+	kept := 0
+	for id := range good {
+		if _, ok := after[id]; ok {
+			kept++
+		}
+	}
+	if kept < n-maxParallel {
+		t.Errorf("%d of version 2's instances kept; want at least %d (only the failed version's are replaced)", kept, n-maxParallel)
+	}
+
+	from = tl.mark()
+	update("slow") // version 5: never healthy
+	rolledBack(5, 4, 6, "healthyDeadline")
+	runs("6 instances of versions 2, 4 and 6 after the second rollback", 2, 4, 6)
+	if least, _, _ := tl.span("roll", from); least < n-maxParallel {
+		t.Errorf("during the slow update and its rollback, %d instances ran at once; want at least %d", least, n-maxParallel)
+	}
+	if v := harness.Metric(t, s.URL(), "gaia_scheduler_auto_rollbacks_total"); v != 2 {
+		t.Errorf("gaia_scheduler_auto_rollbacks_total %v, want 2", v)
 	}
 }
