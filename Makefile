@@ -23,7 +23,7 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-gc services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-gc bench-auth services services-stop vet clean
 
 all: build
 
@@ -86,7 +86,7 @@ test-hdfs-full:
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
 # colinmarc client, then gaia-mirror vs skopeo sync, then gaia-scheduler's
 # placement engine. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-gc
+bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-gc bench-auth
 
 # 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
 # own client; manifest GETs at 32 clients; manifest GET latency while 200
@@ -135,6 +135,16 @@ bench-node:
 bench-gc:
 	bash $(SVC) start postgres
 	$(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkGC -benchtime 1x -v ./tests/bench/gc/
+
+# The built-in token auth (issue 15 §5): manifest GET by tag at 32
+# clients with a Bearer token vs no auth, for gaia-registry and for the
+# stock registry (token auth trusting our JWKS), and the token issue rate
+# (one user; 64 users' first logins), in one run (about 1 minute;
+# AUTH_BENCH_DURATION, AUTH_BENCH_ROUNDS, AUTH_BENCH_USERS to change,
+# AUTH_BENCH_BASELINE=<git rev> to add that revision's gaia-registry).
+bench-auth:
+	bash $(SVC) start postgres
+	$(GO) test -count=1 -timeout 20m -run '^$$' -bench BenchmarkAuth -benchtime 1x -v ./tests/bench/auth/
 
 bench-hdfs:
 	bash $(SVC) start hdfs

@@ -2,6 +2,8 @@ package tokenauth
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -415,6 +417,60 @@ func BenchmarkVerify(b *testing.B) {
 	for b.Loop() {
 		if _, err := a.Verify(tok); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestVerifierCache: a token seen before is not parsed and verified again
+// (the signature check is most of a manifest GET's cost), yet a cached
+// token still expires on time, a tampered copy of it is still refused,
+// and the cache stays bounded.
+func TestVerifierCache(t *testing.T) {
+	c := newClock()
+	a := authority(mustKeys(t, ecKey(t)), c)
+	v := &Verifier{Authority: a, Realm: "https://reg.example/auth/token"}
+	tok, _, _ := a.Issue("alice", pullTeam, time.Minute)
+	req := func(tok string) *http.Request {
+		r := httptest.NewRequest(http.MethodGet, "/v2/team/app/manifests/latest", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		return r
+	}
+	r := req(tok)
+	if sub, _, err := v.Authorize(r, pullTeam); err != nil || sub != "alice" {
+		t.Fatalf("first use: %q %v", sub, err)
+	}
+	// Verifying an ES256 JWT allocates about a hundred times (parsing
+	// header and claims); a cache hit only the merged required access.
+	if n := testing.AllocsPerRun(50, func() {
+		if _, _, err := v.Authorize(r, pullTeam); err != nil {
+			t.Fatal(err)
+		}
+	}); n > 10 {
+		t.Errorf("a token seen before: %.0f allocations per request; want it served from the cache (≤ 10)", n)
+	}
+
+	parts := strings.Split(tok, ".")
+	sig := []byte(parts[2])
+	sig[5] = map[bool]byte{true: 'B', false: 'A'}[sig[5] == 'A'] // another base64url digit
+	forged := parts[0] + "." + parts[1] + "." + string(sig)
+	if _, _, err := v.Authorize(req(forged), pullTeam); !errors.Is(err, ErrSignature) {
+		t.Errorf("a tampered copy of a cached token: %v; want %v", err, ErrSignature)
+	}
+
+	c.Add(time.Minute + Leeway + time.Second)
+	if _, _, err := v.Authorize(r, pullTeam); !errors.Is(err, ErrExpired) {
+		t.Errorf("a cached token after its expiry: %v; want %v", err, ErrExpired)
+	}
+
+	defer func(n int) { maxVerified = n }(maxVerified)
+	maxVerified = 3
+	for i := range 10 {
+		tok, _, _ := a.Issue(fmt.Sprint("user-", i), pullTeam, time.Minute)
+		if _, _, err := v.Authorize(req(tok), pullTeam); err != nil {
+			t.Fatal(err)
+		}
+		if len(v.verified) > maxVerified {
+			t.Fatalf("%d tokens cached; want at most %d", len(v.verified), maxVerified)
 		}
 	}
 }

@@ -177,12 +177,20 @@ func (a *Authority) verify(token, typ, aud string) (*Claims, error) {
 		}
 		return nil, ErrAudience
 	}
-	now := a.now()
-	if now.After(time.Unix(c.Expiry, 0).Add(Leeway)) {
-		return nil, ErrExpired
-	}
-	if now.Before(time.Unix(c.NotBefore, 0).Add(-Leeway)) {
-		return nil, ErrNotYetValid
+	if err := a.checkTime(&c); err != nil {
+		return nil, err
 	}
 	return &c, nil
+}
+
+// checkTime checks a verified token's validity time (with Leeway).
+func (a *Authority) checkTime(c *Claims) error {
+	now := a.now()
+	if now.After(time.Unix(c.Expiry, 0).Add(Leeway)) {
+		return ErrExpired
+	}
+	if now.Before(time.Unix(c.NotBefore, 0).Add(-Leeway)) {
+		return ErrNotYetValid
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	dauth "github.com/distribution/distribution/v3/registry/auth"
@@ -14,6 +15,55 @@ import (
 type Verifier struct {
 	Authority *Authority // Keys, Issuer, Service (the audience)
 	Realm     string     // the token service's URL, sent in challenges
+
+	// verified caches what Authority.Verify said of the tokens it
+	// accepted, by the whole token string: a client sends the same token
+	// with every request of its lifetime, and checking its signature
+	// (ES256) costs more than serving a manifest. Only the time checks are
+	// redone on a hit; a token that fails is never cached. Revocation is
+	// not affected: registry/auth rechecks the subject's access on every
+	// request.
+	mu       sync.Mutex
+	verified map[string]*Claims
+}
+
+// maxVerified bounds the cache (tokens are about 1 KiB): when full, the
+// expired entries go, then all of them if that is not enough. A
+// variable for tests.
+var maxVerified = 10000
+
+// verify is Authority.Verify through the cache.
+func (v *Verifier) verify(raw string) (*Claims, error) {
+	v.mu.Lock()
+	c := v.verified[raw]
+	v.mu.Unlock()
+	if c != nil {
+		if err := v.Authority.checkTime(c); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	c, err := v.Authority.Verify(raw)
+	if err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.verified) >= maxVerified {
+		for k, old := range v.verified {
+			if v.Authority.checkTime(old) != nil {
+				delete(v.verified, k)
+			}
+		}
+		if len(v.verified) >= maxVerified {
+			clear(v.verified)
+		}
+	}
+	if v.verified == nil {
+		v.verified = map[string]*Claims{}
+	}
+	v.verified[raw] = c
+	return c, nil
 }
 
 // Authorize checks r's Bearer token and that its access claim covers
@@ -26,7 +76,7 @@ func (v *Verifier) Authorize(r *http.Request, required []Access) (subject string
 		ch.Err = ErrTokenRequired
 		return "", nil, ch
 	}
-	c, err := v.Authority.Verify(raw)
+	c, err := v.verify(raw)
 	if err != nil {
 		ch.Err = err
 		return "", nil, ch
