@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sync/singleflight"
 )
 
 // Actions on a repository.
@@ -126,6 +127,9 @@ type Store struct {
 	profiles map[string]*profile // subject -> what it may do
 	public   *publicSet
 	logins   map[[32]byte]time.Time // hash of user+password -> checked at
+	checking singleflight.Group     // password checks under way, by that hash
+	// checkHook, in tests, runs at the start of each password check.
+	checkHook func()
 }
 
 // New returns a Store over db (migrated to 0010 or later).
@@ -171,6 +175,23 @@ func (s *Store) Authenticate(ctx context.Context, user, password string) (Subjec
 	if ok && now.Sub(at) < s.opts.CacheTTL {
 		return user, nil
 	}
+	// Concurrent checks of the same credentials (a client's parallel
+	// requests when the cached check lapses) share one bcrypt.
+	_, err, _ := s.checking.Do(string(key[:]), func() (any, error) {
+		return nil, s.checkPassword(ctx, user, password, key, now)
+	})
+	if err != nil {
+		return "", err
+	}
+	return user, nil
+}
+
+// checkPassword checks a user's password against the database or the
+// directory and, when right, remembers it.
+func (s *Store) checkPassword(ctx context.Context, user, password string, key [32]byte, now time.Time) error {
+	if s.checkHook != nil {
+		s.checkHook()
+	}
 	var source string
 	var hash *string
 	err := s.db.QueryRow(ctx, `SELECT source, password_hash FROM iam_users WHERE name = $1`, user).Scan(&source, &hash)
@@ -178,31 +199,36 @@ func (s *Store) Authenticate(ctx context.Context, user, password string) (Subjec
 	case errors.Is(err, pgx.ErrNoRows) || (err == nil && source == "ldap"):
 		if s.opts.Directory == nil {
 			// Spend the time a real check would: no user enumeration by timing.
-			bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
-			return "", ErrBadCredentials
+			bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
+			return ErrBadCredentials
 		}
 		groups, err := s.opts.Directory.Authenticate(ctx, user, password)
 		if err != nil {
-			return "", err
+			return err
 		}
 		if _, err := s.db.Exec(ctx, `INSERT INTO iam_users (name, source) VALUES ($1, 'ldap')
 			ON CONFLICT (name) DO NOTHING`, user); err != nil {
-			return "", err
+			return err
 		}
 		s.remember(key, now)
 		s.seedGroups(user, groups)
-		return user, nil
+		return nil
 	case err != nil:
-		return "", err
+		return err
 	}
 	if bcrypt.CompareHashAndPassword([]byte(*hash), []byte(password)) != nil {
-		return "", ErrBadCredentials
+		return ErrBadCredentials
 	}
 	s.remember(key, now)
-	return user, nil
+	return nil
 }
 
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("no such user"), bcrypt.DefaultCost)
+// dummyHash is made on first use (bcrypt at start-up would slow every
+// program that imports this package).
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("no such user"), bcrypt.DefaultCost)
+	return h
+})
 
 func (s *Store) remember(key [32]byte, now time.Time) {
 	s.mu.Lock()

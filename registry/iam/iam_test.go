@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -362,5 +363,49 @@ func TestListsArePaged(t *testing.T) {
 	})
 	if len(users) != 5 || len(members) != 6 || members[0] != "group:g" || len(robots) != 5 || robots[0] != "robot$ns+ra" {
 		t.Fatalf("users %v, members %v, robots %v", users, members, robots)
+	}
+}
+
+// Concurrent logins with the same credentials while none is cached share
+// one password check (bcrypt costs ~50 ms of CPU each).
+func TestConcurrentLoginsShareOneCheck(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t, nil)
+	if _, err := s.CreateUser(ctx, "alice", "correct horse", false); err != nil {
+		t.Fatal(err)
+	}
+	var checks atomic.Int32
+	release := make(chan struct{})
+	s.checkHook = func() {
+		checks.Add(1)
+		<-release
+	}
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.Authenticate(ctx, "alice", "correct horse")
+			errs <- err
+		}()
+	}
+	// Let every caller reach the check (or the wait for it) before it ends.
+	deadline := time.Now().Add(10 * time.Second)
+	for checks.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the others queue behind the one check
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := checks.Load(); c != 1 {
+		t.Fatalf("%d concurrent logins ran %d password checks, want 1", n, c)
 	}
 }
