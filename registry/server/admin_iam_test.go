@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/gaia-registry/gaia/registry/tokenauth"
 	"github.com/gaia-registry/gaia/tests/harness"
 )
@@ -35,6 +37,8 @@ func startIAMServer(t *testing.T) *iamServer {
 	}
 	key := filepath.Join(t.TempDir(), "token.pem")
 	os.WriteFile(key, pem, 0o600)
+	testBcryptCost = bcrypt.MinCost
+	t.Cleanup(func() { testBcryptCost = 0 })
 	addr := harness.FreeAddr(t)
 	cfg, err := LoadConfig(writeConfig(t, fmt.Sprintf(`
 http: {addr: %s}
