@@ -49,11 +49,15 @@ func list[T any](m *registryCLI, u, key string, p *pageFlags, show func([]T)) er
 		if last != "" {
 			q.Set("last", last)
 		}
-		page := map[string]json.RawMessage{}
 		if m.output == "json" && !p.all {
 			return m.do("GET", u+"?"+q.Encode(), nil, nil, func() {})
 		}
-		if err := m.do("GET", u+"?"+q.Encode(), nil, &page, func() {}); err != nil {
+		raw, err := m.call("GET", u+"?"+q.Encode(), nil)
+		if err != nil {
+			return err
+		}
+		page := map[string]json.RawMessage{}
+		if err := json.Unmarshal(raw, &page); err != nil {
 			return err
 		}
 		var items []T

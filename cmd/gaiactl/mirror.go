@@ -200,33 +200,9 @@ func readRule(path string) ([]byte, error) {
 // do calls the API; with -o json it prints the body as it came, else it
 // decodes into v and calls show.
 func (m *mirrorCLI) do(method, url string, body []byte, v any, show func()) error {
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	raw, err := m.call(method, url, body)
 	if err != nil {
 		return err
-	}
-	if m.user != "" && m.token == "" {
-		req.SetBasicAuth(m.user, m.password)
-	} else {
-		req.Header.Set("Authorization", "Bearer "+m.token)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := m.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode >= 300 {
-		var e struct {
-			Error struct{ Field, Message string }
-		}
-		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
-			if e.Error.Field != "" {
-				return fmt.Errorf("%s: %s", e.Error.Field, e.Error.Message)
-			}
-			return errors.New(e.Error.Message)
-		}
-		return fmt.Errorf("%s %s: %s", method, url, resp.Status)
 	}
 	if m.output == "json" {
 		m.stdout.Write(raw)
@@ -239,6 +215,40 @@ func (m *mirrorCLI) do(method, url string, body []byte, v any, show func()) erro
 	}
 	show()
 	return nil
+}
+
+// call makes an admin API request and returns the answer's body, or its
+// error (naming the field, when the API does).
+func (m *mirrorCLI) call(method, url string, body []byte) ([]byte, error) {
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if m.user != "" && m.token == "" {
+		req.SetBasicAuth(m.user, m.password)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+m.token)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := m.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error struct{ Field, Message string }
+		}
+		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
+			if e.Error.Field != "" {
+				return nil, fmt.Errorf("%s: %s", e.Error.Field, e.Error.Message)
+			}
+			return nil, errors.New(e.Error.Message)
+		}
+		return nil, fmt.Errorf("%s %s: %s", method, url, resp.Status)
+	}
+	return raw, err
 }
 
 func when(t *time.Time) string {

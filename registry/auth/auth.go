@@ -142,6 +142,19 @@ func build(cfg Config) (*Authenticator, error) {
 
 type userKey struct{}
 
+// holderKey keys a *string that WithUser and Wrap fill in for a caller
+// further out (the request log), which holds the outer request and so
+// cannot see a context made further in.
+type holderKey struct{}
+
+// TrackUser returns ctx with a holder for the user that auth lets in
+// further down the chain, and a func reading it ("" until then, or for
+// anonymous requests).
+func TrackUser(ctx context.Context) (context.Context, func() string) {
+	h := new(string)
+	return context.WithValue(ctx, holderKey{}, h), func() string { return *h }
+}
+
 // UserFromContext returns the authenticated user name ("" when anonymous),
 // for logs.
 func UserFromContext(ctx context.Context) string {
@@ -152,6 +165,9 @@ func UserFromContext(ctx context.Context) string {
 // WithUser records an authenticated user name in ctx (UserFromContext),
 // for requests authorized otherwise than by Wrap (signed blob URLs).
 func WithUser(ctx context.Context, user string) context.Context {
+	if h, ok := ctx.Value(holderKey{}).(*string); ok {
+		*h = user
+	}
 	return context.WithValue(ctx, userKey{}, user)
 }
 
@@ -190,7 +206,7 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 			slog.ErrorContext(r.Context(), "auth: checking authorization", "method", r.Method, "path", r.URL.Path, "err", err)
 			errcode.ServeJSON(w, errcode.ErrorCodeUnknown)
 		default:
-			ctx := context.WithValue(r.Context(), userKey{}, grant.User.Name)
+			ctx := WithUser(r.Context(), grant.User.Name)
 			switch {
 			case a.builtin != nil:
 				ctx = api.WithPullable(ctx, a.builtin.mayPull(ctx, grant.User.Name))

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gaia-registry/gaia/registry/audit"
@@ -42,6 +43,32 @@ func decodeAdmin(w http.ResponseWriter, r *http.Request, what string, v any) boo
 		return false
 	}
 	return true
+}
+
+// notAllowed answers 405 for a resource that exists but not for this
+// method, naming those it allows.
+func notAllowed(w http.ResponseWriter, allow ...string) {
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	adminFail(w, http.StatusMethodNotAllowed, "", "allowed: "+strings.Join(allow, ", "))
+}
+
+// noSuchResource answers 404 for a path the admin API does not serve.
+func noSuchResource(w http.ResponseWriter, r *http.Request) {
+	adminFail(w, http.StatusNotFound, "", "no such admin resource: "+r.Method+" "+r.URL.Path)
+}
+
+// quotaArg checks a namespace's quota_bytes: N ≥ 0, or -1 (none) where
+// removing is allowed.
+func quotaArg(w http.ResponseWriter, q *int64, mayRemove bool) bool {
+	if q == nil || *q >= 0 || (mayRemove && *q == -1) {
+		return true
+	}
+	msg := "a quota in bytes, ≥ 0"
+	if mayRemove {
+		msg += ", or -1 to remove it"
+	}
+	adminFail(w, http.StatusBadRequest, "quota_bytes", msg)
+	return false
 }
 
 // pageArgs reads ?n= and ?last= of a paged list.
@@ -118,11 +145,17 @@ func (s *Server) adminIAM(w http.ResponseWriter, r *http.Request, parts []string
 		ns := ""
 		if len(parts) >= 2 {
 			rb, err := s.iam.GetRobot(ctx, parts[1])
-			if err != nil {
+			switch {
+			case err == nil:
+				ns = rb.Namespace
+			case errors.Is(err, iam.ErrNotFound) && !c.system:
+				// Only to whom may manage where it would be: no one
+				// learns which robots other namespaces have.
+				ns = robotNamespace(parts[1])
+			default:
 				s.iamFail(w, r, err)
 				return true
 			}
-			ns = rb.Namespace
 		}
 		if ok, err := s.mayManage(r, c, ns); err != nil || !ok || (ns == "" && !c.system) {
 			if err != nil {
@@ -132,8 +165,17 @@ func (s *Server) adminIAM(w http.ResponseWriter, r *http.Request, parts []string
 			}
 			return true
 		}
-		s.adminRobots(w, r, "", parts[1:], c)
+		s.adminRobots(w, r, ns, parts[1:], c, false)
 	case len(parts) == 1:
+		if r.Method != http.MethodGet && r.Method != http.MethodPost {
+			notAllowed(w, "GET", "POST")
+			return true
+		}
+		if !c.system {
+			// Not even the list: private namespaces' names are theirs.
+			denied()
+			return true
+		}
 		switch r.Method {
 		case http.MethodGet:
 			last, n, ok := pageArgs(w, r)
@@ -147,10 +189,6 @@ func (s *Server) adminIAM(w http.ResponseWriter, r *http.Request, parts []string
 			}
 			adminPage(w, r, "namespaces", nss, next)
 		case http.MethodPost:
-			if !c.system {
-				denied()
-				return true
-			}
 			var body struct {
 				Name        string `json:"name"`
 				Public      bool   `json:"public"`
@@ -158,7 +196,7 @@ func (s *Server) adminIAM(w http.ResponseWriter, r *http.Request, parts []string
 				Owner       string `json:"owner"`
 				QuotaBytes  *int64 `json:"quota_bytes"`
 			}
-			if !decodeAdmin(w, r, "namespace", &body) {
+			if !decodeAdmin(w, r, "namespace", &body) || !quotaArg(w, body.QuotaBytes, false) {
 				return true
 			}
 			ns, err := s.iam.CreateNamespace(ctx, body.Name, body.Public, body.Description, body.Owner)
@@ -172,8 +210,6 @@ func (s *Server) adminIAM(w http.ResponseWriter, r *http.Request, parts []string
 			s.recordAdmin(r, c, "namespace_create", ns.Name, map[string]any{"public": ns.Public, "owner": body.Owner})
 			w.WriteHeader(http.StatusCreated)
 			adminJSON(w, ns)
-		default:
-			adminFail(w, http.StatusMethodNotAllowed, "", "GET or POST")
 		}
 	default:
 		ns := parts[1]
@@ -192,9 +228,9 @@ func (s *Server) adminIAM(w http.ResponseWriter, r *http.Request, parts []string
 		case parts[2] == "members":
 			s.adminMembers(w, r, ns, parts[3:], c)
 		case parts[2] == "robots":
-			s.adminRobots(w, r, ns, parts[3:], c)
+			s.adminRobots(w, r, ns, parts[3:], c, true)
 		default:
-			adminFail(w, http.StatusNotFound, "", "no such admin resource: "+r.Method+" "+r.URL.Path)
+			noSuchResource(w, r)
 		}
 	}
 	return true
@@ -260,8 +296,12 @@ func (s *Server) adminUsers(w http.ResponseWriter, r *http.Request, parts []stri
 		}
 		s.recordAdmin(r, c, "user_delete", "", map[string]any{"user": parts[1]})
 		w.WriteHeader(http.StatusNoContent)
+	case len(parts) == 1:
+		notAllowed(w, "GET", "POST")
+	case len(parts) == 2:
+		notAllowed(w, "GET", "PATCH", "DELETE")
 	default:
-		adminFail(w, http.StatusNotFound, "", "no such admin resource: "+r.Method+" "+r.URL.Path)
+		noSuchResource(w, r)
 	}
 }
 
@@ -281,7 +321,7 @@ func (s *Server) adminNamespace(w http.ResponseWriter, r *http.Request, name str
 			Description *string `json:"description"`
 			QuotaBytes  *int64  `json:"quota_bytes"` // -1 removes the quota
 		}
-		if !decodeAdmin(w, r, "namespace", &body) {
+		if !decodeAdmin(w, r, "namespace", &body) || !quotaArg(w, body.QuotaBytes, true) {
 			return
 		}
 		if (body.Public != nil || body.QuotaBytes != nil) && !c.system {
@@ -310,7 +350,7 @@ func (s *Server) adminNamespace(w http.ResponseWriter, r *http.Request, name str
 		s.recordAdmin(r, c, "namespace_delete", name, nil)
 		w.WriteHeader(http.StatusNoContent)
 	default:
-		adminFail(w, http.StatusMethodNotAllowed, "", "GET, PATCH or DELETE")
+		notAllowed(w, "GET", "PATCH", "DELETE")
 	}
 }
 
@@ -355,15 +395,40 @@ func (s *Server) adminMembers(w http.ResponseWriter, r *http.Request, ns string,
 		}
 		s.recordAdmin(r, c, "member_remove", ns, map[string]any{"kind": rest[0], "member": rest[1]})
 		w.WriteHeader(http.StatusNoContent)
+	case len(rest) == 0:
+		notAllowed(w, "GET")
+	case len(rest) == 2:
+		notAllowed(w, "PUT", "DELETE")
 	default:
-		adminFail(w, http.StatusNotFound, "", "no such admin resource: "+r.Method+" "+r.URL.Path)
+		noSuchResource(w, r)
 	}
 }
 
-// adminRobots serves a namespace's robots (ns set: GET and POST on the
-// list) and, by full name, any robot: GET, DELETE, POST .../rotate.
-func (s *Server) adminRobots(w http.ResponseWriter, r *http.Request, ns string, rest []string, c adminCaller) {
+// robotNamespace is the namespace a robot's full name puts it in ("" for
+// a system-wide one).
+func robotNamespace(name string) string {
+	ns, _, found := strings.Cut(strings.TrimPrefix(name, iam.RobotPrefix), "+")
+	if !found {
+		return ""
+	}
+	return ns
+}
+
+// adminRobots serves the robots of namespace ns ("": system-wide ones):
+// GET and POST on the list; GET, DELETE and POST .../rotate on one, by
+// full name (by full or short name under /namespaces/{ns}/robots, which
+// reaches that namespace's robots only: underNS).
+func (s *Server) adminRobots(w http.ResponseWriter, r *http.Request, ns string, rest []string, c adminCaller, underNS bool) {
 	ctx := r.Context()
+	if underNS && len(rest) > 0 {
+		if !iam.IsRobot(rest[0]) {
+			rest[0] = iam.RobotName(ns, rest[0])
+		}
+		if robotNamespace(rest[0]) != ns {
+			adminFail(w, http.StatusNotFound, "", rest[0]+" is not a robot of namespace "+ns)
+			return
+		}
+	}
 	switch {
 	case len(rest) == 0 && r.Method == http.MethodGet:
 		last, n, ok := pageArgs(w, r)
@@ -411,8 +476,14 @@ func (s *Server) adminRobots(w http.ResponseWriter, r *http.Request, ns string, 
 		}
 		s.recordAdmin(r, c, "robot_rotate", ns, map[string]any{"robot": rest[0]})
 		adminJSON(w, map[string]any{"name": rest[0], "secret": secret, "rotated_at": time.Now().UTC()})
+	case len(rest) == 0:
+		notAllowed(w, "GET", "POST")
+	case len(rest) == 1:
+		notAllowed(w, "GET", "DELETE")
+	case len(rest) == 2 && rest[1] == "rotate":
+		notAllowed(w, "POST")
 	default:
-		adminFail(w, http.StatusNotFound, "", "no such admin resource: "+r.Method+" "+r.URL.Path)
+		noSuchResource(w, r)
 	}
 }
 

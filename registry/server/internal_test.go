@@ -219,3 +219,20 @@ func TestClusterExampleConfigsLoad(t *testing.T) {
 		}
 	}
 }
+
+// The request log names the user auth let in (auth sets it deeper in the
+// chain than the log line is written), and none for a refused request.
+func TestRequestLogNamesUser(t *testing.T) {
+	var logs logBuffer
+	h := authedServer(t, "tok", nil, &logs)
+	if rec := serveReq(t, h, http.MethodGet, "/v2/", map[string]string{"Authorization": "Basic YnVpbGRlcjpzM2NyZXQ="}, nil); rec.Code != 200 {
+		t.Fatalf("GET /v2/ as builder: %d", rec.Code)
+	}
+	if rec := serveReq(t, h, http.MethodGet, "/v2/", nil, nil); rec.Code != 401 {
+		t.Fatalf("GET /v2/ anonymously: %d", rec.Code)
+	}
+	lines := logs.requests(t)
+	if len(lines) != 2 || lines[0]["user"] != "builder" || lines[1]["user"] != "" {
+		t.Fatalf("request lines' users: %v, want builder then none", lines)
+	}
+}

@@ -209,7 +209,8 @@ func (b *countingBody) Read(p []byte) (int, error) {
 func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forwarded.Trusted) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		r = api.WithRoute(r) // the one parse auth and the handler use too
+		ctx, user := auth.TrackUser(r.Context()) // auth sets it on a request of its own, further in
+		r = api.WithRoute(r.WithContext(ctx))    // the one parse auth and the handler use too
 		route := api.RouteOf(r).Kind
 		method := r.Method
 		switch method { // a client's made-up method must not mint series
@@ -249,7 +250,7 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forward
 			} else {
 				attrs = append(attrs, slog.String("remote", r.RemoteAddr))
 			}
-			attrs = append(attrs, slog.String("user", auth.UserFromContext(r.Context())))
+			attrs = append(attrs, slog.String("user", user()))
 			log.LogAttrs(r.Context(), level, "request", attrs...)
 		}()
 		next.ServeHTTP(rec, r)

@@ -52,6 +52,10 @@ import (
 	hdfsdriver "github.com/gaia-registry/gaia/storage-hdfs"
 )
 
+// testBcryptCost, when set, is the bcrypt cost of new passwords (tests:
+// bcrypt.MinCost, so that creating and logging in users is fast).
+var testBcryptCost int
+
 // Server is one registry server, ready to Serve.
 type Server struct {
 	cfg          *Config
@@ -192,7 +196,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 
 	var authOpts []auth.Option
 	if b := cfg.Auth.Builtin; b != nil {
-		opts := iam.Options{CacheTTL: b.DecisionCache}
+		opts := iam.Options{CacheTTL: b.DecisionCache, BcryptCost: testBcryptCost}
 		if b.LDAP != nil {
 			dir, err := ldap.New(*b.LDAP)
 			if err != nil {
