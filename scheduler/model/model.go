@@ -253,8 +253,8 @@ type Update struct {
 	MaxParallel int `json:"maxParallel,omitempty" yaml:"maxParallel,omitempty"`
 	// Canary: on a new version, first this many instances move to it and
 	// the rest wait for promote.
-	Canary          int      `json:"canary,omitempty" yaml:"canary,omitempty"`
-	MinHealthyTime  Duration `json:"minHealthyTime,omitempty" yaml:"minHealthyTime,omitempty"`
+	Canary         int      `json:"canary,omitempty" yaml:"canary,omitempty"`
+	MinHealthyTime Duration `json:"minHealthyTime,omitempty" yaml:"minHealthyTime,omitempty"`
 	// HealthyDeadline: a new version's instances must be healthy this
 	// long after it was made (default 5m), or, with AutoRollback, the
 	// scheduler rolls back to the version before.

@@ -41,7 +41,7 @@ func TestGaiactlAccess(t *testing.T) {
 
 	run(true, asAdmin, "user", "create", "root", "--password", "root-pass-1", "--admin")
 	for _, u := range []string{"alice", "bob", "carol", "dave"} {
-		if out := run(true, asAdmin, "user", "create", u, "--password", u+"-pass-1"); !regexp.MustCompile(`(?m)^`+u+`\s+local\s+false\s`).MatchString(out) {
+		if out := run(true, asAdmin, "user", "create", u, "--password", u+"-pass-1"); !regexp.MustCompile(`(?m)^` + u + `\s+local\s+false\s`).MatchString(out) {
 			t.Fatalf("user create %s printed:\n%s", u, out)
 		}
 	}
@@ -82,7 +82,9 @@ func TestGaiactlAccess(t *testing.T) {
 	if out := run(false, asAlice, "member", "set", "team", "dave", "owner"); !strings.Contains(out, "role: ") {
 		t.Fatalf("a bad role: %s", out)
 	}
-	var members struct{ Members []struct{ Kind, Name, Role string } }
+	var members struct {
+		Members []struct{ Kind, Name, Role string }
+	}
 	if err := json.Unmarshal([]byte(run(true, asAlice, "-o", "json", "member", "list", "team", "--limit", "1", "--all")), &members); err != nil {
 		t.Fatal(err)
 	}
