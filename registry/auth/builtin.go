@@ -70,28 +70,39 @@ func newBuiltin(c BuiltinConfig) (*builtin, error) {
 	}}, nil
 }
 
-// recheck asks the access model whether subject still has every access
-// its token granted for this request: a token outlives the membership or
-// robot it was issued for by up to its lifetime, a decision by at most
-// the decision cache.
-func (b *builtin) recheck(r *http.Request, subject string, access []dauth.Access) error {
+// authorize checks r's token for access and asks the access model
+// whether its subject still has it: a token outlives the membership,
+// robot or robot secret it was issued for by up to its lifetime, a
+// decision by at most the decision cache. It returns the subject.
+func (b *builtin) authorize(r *http.Request, access []dauth.Access) (string, error) {
+	var required []tokenauth.Access
+	for _, a := range access {
+		required = append(required, tokenauth.Access{Type: a.Type, Name: a.Name, Actions: []string{a.Action}})
+	}
+	c, err := b.verifier.AuthorizeClaims(r, required)
+	if err != nil {
+		return "", err
+	}
+	if c.Subject == "" {
+		// Anonymous tokens: what public namespaces allow, checked below.
+	} else if err := b.store.Valid(r.Context(), c.Subject, time.Unix(c.IssuedAt, 0)); errors.Is(err, iam.ErrBadCredentials) {
+		return "", b.verifier.Deny(required)
+	} else if err != nil {
+		return "", err
+	}
 	for _, acc := range access {
 		if acc.Type != "repository" {
 			continue
 		}
-		allowed, err := b.store.Actions(r.Context(), subject, acc.Name)
+		allowed, err := b.store.Actions(r.Context(), c.Subject, acc.Name)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if !slices.Contains(allowed, acc.Action) {
-			var required []tokenauth.Access
-			for _, a := range access {
-				required = append(required, tokenauth.Access{Type: a.Type, Name: a.Name, Actions: []string{a.Action}})
-			}
-			return b.verifier.Deny(required)
+			return "", b.verifier.Deny(required)
 		}
 	}
-	return nil
+	return c.Subject, nil
 }
 
 // mayPull is the predicate api.WithPullable wants for subject.
@@ -145,8 +156,8 @@ func (b backend) Authenticate(ctx context.Context, user, password string) (strin
 	return subject, mapErr(err)
 }
 
-func (b backend) Valid(ctx context.Context, subject string) error {
-	return mapErr(b.store.Valid(ctx, subject))
+func (b backend) Valid(ctx context.Context, subject string, issuedAt time.Time) error {
+	return mapErr(b.store.Valid(ctx, subject, issuedAt))
 }
 
 // Grant gives each requested repository access the actions the subject

@@ -265,15 +265,22 @@ func (s *Store) checkRobot(ctx context.Context, name, secret string) error {
 	return nil
 }
 
-// Valid reports whether subject may still get tokens (a refresh token's
-// holder): ErrBadCredentials for a user or robot that is gone or expired.
-func (s *Store) Valid(ctx context.Context, subject Subject) error {
+// Valid reports whether a token subject was issued at may still be used
+// (and a refresh token's holder may still get tokens): ErrBadCredentials
+// for a user or robot that is gone, a robot that expired, and a robot
+// whose secret was rotated after issuedAt (a token's iat, whole seconds).
+func (s *Store) Valid(ctx context.Context, subject Subject, issuedAt time.Time) error {
 	p, err := s.profile(ctx, subject)
 	if err != nil {
 		return err
 	}
-	if !p.exists || (p.robot && p.expires != nil && !s.opts.Now().Before(*p.expires)) {
-		return ErrBadCredentials
+	switch {
+	case !p.exists:
+		return fmt.Errorf("%w: %s no longer exists", ErrBadCredentials, subject)
+	case p.robot && p.expires != nil && !s.opts.Now().Before(*p.expires):
+		return fmt.Errorf("%w: robot %s expired", ErrBadCredentials, subject)
+	case p.robot && issuedAt.Before(p.rotated.Truncate(time.Second)):
+		return fmt.Errorf("%w: robot %s's secret was rotated after the token was issued", ErrBadCredentials, subject)
 	}
 	return nil
 }
@@ -395,6 +402,7 @@ type profile struct {
 	robot   bool
 	perms   []Permission // a robot's
 	expires *time.Time   // a robot's
+	rotated time.Time    // a robot's: when its secret was made
 	groups  []string     // an LDAP user's, when known from a login
 }
 
@@ -462,7 +470,7 @@ func (s *Store) loadProfile(ctx context.Context, subject string, groups []string
 	p := &profile{roles: map[string]string{}}
 	if IsRobot(subject) {
 		var raw []byte
-		err := s.db.QueryRow(ctx, `SELECT permissions, expires_at FROM iam_robots WHERE name = $1`, subject).Scan(&raw, &p.expires)
+		err := s.db.QueryRow(ctx, `SELECT permissions, expires_at, rotated_at FROM iam_robots WHERE name = $1`, subject).Scan(&raw, &p.expires, &p.rotated)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return p, nil
 		} else if err != nil {

@@ -197,21 +197,29 @@ func TestAuthenticate(t *testing.T) {
 	if _, err := s.Authenticate(ctx, rb.Name, newSecret); err != nil {
 		t.Fatalf("new secret: %v", err)
 	}
+	// Tokens issued before the rotation (iat in whole seconds) are no
+	// longer valid; those issued after are.
+	if err := s.Valid(ctx, rb.Name, time.Now().Add(-2*time.Second)); !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("a token issued before the rotation: %v", err)
+	}
+	if err := s.Valid(ctx, rb.Name, time.Now().Truncate(time.Second)); err != nil {
+		t.Fatalf("a token issued after the rotation: %v", err)
+	}
 	c.add(time.Hour)
 	if _, err := s.Authenticate(ctx, rb.Name, newSecret); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("expired robot: %v", err)
 	}
 	mustActions(t, s, rb.Name, "ci/images/app")
-	if err := s.Valid(ctx, rb.Name); !errors.Is(err, ErrBadCredentials) {
+	if err := s.Valid(ctx, rb.Name, c.now()); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("expired robot valid: %v", err)
 	}
-	if err := s.Valid(ctx, "alice"); err != nil {
+	if err := s.Valid(ctx, "alice", c.now()); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeleteUser(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Valid(ctx, "alice"); !errors.Is(err, ErrBadCredentials) {
+	if err := s.Valid(ctx, "alice", c.now()); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("deleted user valid: %v", err)
 	}
 }
@@ -252,7 +260,7 @@ func TestDirectoryUsersAndGroups(t *testing.T) {
 	delete(dir.pass, "erin")
 	dir.mu.Unlock()
 	c.add(5 * time.Second)
-	if err := s.Valid(ctx, "erin"); !errors.Is(err, ErrBadCredentials) {
+	if err := s.Valid(ctx, "erin", c.now()); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("user gone from the directory: %v", err)
 	}
 }

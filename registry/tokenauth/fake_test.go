@@ -37,7 +37,7 @@ func (b *fakeBackend) Authenticate(_ context.Context, user, password string) (st
 	return user, nil
 }
 
-func (b *fakeBackend) Valid(_ context.Context, subject string) error {
+func (b *fakeBackend) Valid(_ context.Context, subject string, _ time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, ok := b.users[subject]; !ok || b.deleted[subject] {

@@ -32,7 +32,8 @@ type Backend interface {
 	Authenticate(ctx context.Context, user, password string) (subject string, err error)
 	// Valid reports whether subject (from a refresh token) may still get tokens
 	// (user still exists / robot not deleted or expired): ErrBadCredentials if not.
-	Valid(ctx context.Context, subject string) error
+	// A robot whose secret was rotated after issuedAt is not.
+	Valid(ctx context.Context, subject string, issuedAt time.Time) error
 	// Grant returns the subset of requested the subject ("" = anonymous) may have now.
 	Grant(ctx context.Context, subject string, requested []Access) ([]Access, error)
 }
@@ -345,7 +346,7 @@ func (h *handler) post(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		subject = c.Subject
-		if err := h.o.Backend.Valid(r.Context(), subject); errors.Is(err, ErrBadCredentials) {
+		if err := h.o.Backend.Valid(r.Context(), subject, time.Unix(c.IssuedAt, 0)); errors.Is(err, ErrBadCredentials) {
 			h.failed.WithLabelValues("subject_invalid").Inc()
 			h.record(LoginEvent{Action: "login_failed", User: subject, RemoteAddr: addr, Reason: "refresh token of a subject no longer valid"})
 			oauthError(w, http.StatusUnauthorized, "invalid_grant", errcode.ErrorCodeUnauthorized, "refresh token no longer valid")

@@ -70,26 +70,36 @@ func (v *Verifier) verify(raw string) (*Claims, error) {
 // every required access ("*" covers any action). It returns the token's
 // subject and grants, or a *Challenge.
 func (v *Verifier) Authorize(r *http.Request, required []Access) (subject string, granted []Access, err error) {
+	c, err := v.AuthorizeClaims(r, required)
+	if err != nil {
+		return "", nil, err
+	}
+	return c.Subject, c.Access, nil
+}
+
+// AuthorizeClaims is Authorize returning the token's claims (shared with
+// the cache: not to be changed).
+func (v *Verifier) AuthorizeClaims(r *http.Request, required []Access) (*Claims, error) {
 	ch := &Challenge{realm: v.Realm, service: v.Authority.Service, required: mergeAccess(required)}
 	prefix, raw, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || raw == "" || !strings.EqualFold(prefix, "bearer") {
 		ch.Err = ErrTokenRequired
-		return "", nil, ch
+		return nil, ch
 	}
 	c, err := v.verify(raw)
 	if err != nil {
 		ch.Err = err
-		return "", nil, ch
+		return nil, ch
 	}
 	for _, req := range required {
 		for _, act := range req.Actions {
 			if !covers(c.Access, req.Type, req.Name, act) {
 				ch.Err = ErrInsufficientScope
-				return "", nil, ch
+				return nil, ch
 			}
 		}
 	}
-	return c.Subject, c.Access, nil
+	return c, nil
 }
 
 // Deny is the challenge for a valid token whose subject may not have
