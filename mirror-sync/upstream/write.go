@@ -191,3 +191,6 @@ func (c *Client) ManifestInfo(ctx context.Context, repo, ref string) (digest.Dig
 
 // URL is the registry's base URL.
 func (c *Client) URL() string { return c.o.URL }
+
+// Username is the credential's user ("" anonymous), for error messages.
+func (c *Client) Username() string { return c.o.Username }

@@ -22,8 +22,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -287,7 +289,7 @@ func (j *job) mirror(ctx context.Context) {
 			defer wg.Done()
 			for t := range todo {
 				if err := j.copyTag(ctx, t.repo, t.tag); err != nil && ctx.Err() == nil {
-					j.fail("%s:%s: %v", t.repo, t.tag, err)
+					j.fail("%s:%s: %v", t.repo, t.tag, j.refused(err, j.r.DestinationOf(t.repo)))
 				}
 			}
 		}()
@@ -309,6 +311,22 @@ func (j *job) mirror(ctx context.Context) {
 	}
 	close(todo)
 	wg.Wait()
+}
+
+// refused explains Gaia refusing the worker's own credential (a 401 or
+// 403 from Gaia, not from the upstream): what to fix is the robot's
+// permissions on the destination, which the bare DENIED does not say.
+func (j *job) refused(err error, dst string) error {
+	var se *upstream.StatusError
+	if !errors.As(err, &se) || (se.Status != http.StatusUnauthorized && se.Status != http.StatusForbidden) ||
+		!strings.HasPrefix(se.URL, j.gaia.URL()+"/") {
+		return err
+	}
+	who := "anonymous (registry.username is not set)"
+	if u := j.gaia.Username(); u != "" {
+		who = fmt.Sprintf("registry.username %q", u)
+	}
+	return fmt.Errorf("Gaia refused the mirror's credential, %s, on %s: it needs pull and push there (%w)", who, dst, err)
 }
 
 // repositories lists the upstream repositories the rule selects: its

@@ -71,8 +71,18 @@ func (r *resolver) Resolve(ctx context.Context, image string) (string, error) {
 	d, err := r.client.ManifestDigest(ctx, repo, ref)
 	if err != nil {
 		var se *upstream.StatusError
-		if upstream.IsNotFound(err) || (asStatus(err, &se) && (se.Status == http.StatusUnauthorized || se.Status == http.StatusForbidden)) {
+		if upstream.IsNotFound(err) {
 			return "", api.Invalid("image", "%s is not in the Gaia registry at %s (no manifest %s:%s)", image, r.client.URL(), repo, ref)
+		}
+		if asStatus(err, &se) && (se.Status == http.StatusUnauthorized || se.Status == http.StatusForbidden) {
+			// Not "absent": the scheduler (and so the nodes, whose robot
+			// should have the same pulls) may not read it.
+			who := "anonymous (registry.username is not set)"
+			if u := r.client.Username(); u != "" {
+				who = fmt.Sprintf("registry.username %q", u)
+			}
+			return "", api.Invalid("image", "the Gaia registry at %s refused the scheduler's credential, %s, a pull of %s:%s (%d): give it pull on %s",
+				r.client.URL(), who, repo, ref, se.Status, repo)
 		}
 		return "", api.Unavailable("resolving image %s at %s: %v", image, r.client.URL(), err)
 	}

@@ -20,15 +20,18 @@ import (
 	"github.com/gaia-registry/gaia/tests/harness"
 )
 
-// accessCluster is a one-IDC cluster (two servers behind a gateway) with
-// the built-in token service, an admin token and an LDAP directory.
+// accessCluster is a cluster (by default one IDC, idc-a; two servers
+// behind a gateway per IDC) with the built-in token service, an admin
+// token and an LDAP directory. Each IDC's servers name their own gateway
+// as the token realm; all share the signing key and the database.
 type accessCluster struct {
 	*cluster
-	gw       string // the gateway's host:port, what clients use
+	idc      string // the first IDC
+	gw       string // its gateway's host:port, what clients use
 	keyFile  string
 	ldap     *ldaptest.Dir
 	env      harness.Env
-	authYAML string // the servers' auth (and admin) sections
+	authYAML string // the first IDC's servers' auth (and admin) sections
 }
 
 const (
@@ -37,7 +40,10 @@ const (
 	decisionCache    = time.Second
 )
 
-func startAccessCluster(t *testing.T) *accessCluster {
+func startAccessCluster(t *testing.T, idcs ...string) *accessCluster {
+	if len(idcs) == 0 {
+		idcs = []string{"idc-a"}
+	}
 	env := harness.Start(t, harness.Dockerd, harness.LDAP)
 	dir := ldaptest.New(t)
 	pem, err := tokenauth.GenerateKeyPEM()
@@ -51,7 +57,9 @@ func startAccessCluster(t *testing.T) *accessCluster {
 	lc := dir.Config
 	var authYAML string
 	c := startClusterWith(t, func(c *cluster, cfg string) string {
-		authYAML = fmt.Sprintf(`admin: {token: %q}
+		idc := cfg[strings.Index(cfg, "\n  idc: ")+len("\n  idc: "):]
+		idc = idc[:strings.Index(idc, "\n")]
+		y := fmt.Sprintf(`admin: {token: %q}
 auth:
   builtin:
     realm: http://%s/auth/token
@@ -61,13 +69,17 @@ auth:
     decisioncache: %s
     loginlimit: {pairfailures: 5, window: 1m}
     ldap: {url: %q, binddn: %q, bindpassword: %q, userbase: %q, groupbase: %q}
-`, accessAdminToken, c.gwAddr["idc-a"], accessService, keyFile, decisionCache, lc.URL, lc.BindDN, lc.BindPassword, lc.UserBase, lc.GroupBase)
-		return cfg + authYAML
-	}, "idc-a")
-	return &accessCluster{cluster: c, gw: c.gwAddr["idc-a"], keyFile: keyFile, ldap: dir, env: env, authYAML: authYAML}
+`, accessAdminToken, c.gwAddr[idc], accessService, keyFile, decisionCache, lc.URL, lc.BindDN, lc.BindPassword, lc.UserBase, lc.GroupBase)
+		if idc == idcs[0] {
+			authYAML = y
+		}
+		return cfg + y
+	}, idcs...)
+	return &accessCluster{cluster: c, idc: idcs[0], gw: c.gwAddr[idcs[0]], keyFile: keyFile, ldap: dir, env: env, authYAML: authYAML}
 }
 
-// admin calls the admin API of the first server with the admin token.
+// admin calls the admin API of the first IDC's first server with the
+// admin token.
 func (a *accessCluster) admin(t *testing.T, method, path string, body any) (int, []byte) {
 	t.Helper()
 	var rd io.Reader
@@ -75,7 +87,7 @@ func (a *accessCluster) admin(t *testing.T, method, path string, body any) (int,
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	req, _ := http.NewRequest(method, a.servers["idc-a"][0].URL()+"/admin/v1"+path, rd)
+	req, _ := http.NewRequest(method, a.servers[a.idc][0].URL()+"/admin/v1"+path, rd)
 	req.Header.Set("Authorization", "Bearer "+accessAdminToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -170,6 +170,8 @@ type mirrorSetup struct {
 	gaiaRobot *upstream.Client
 	token     string
 	gaiaExtra string // more of Gaia's config
+	robotUser string // the mirror's registry credential, when not mirror-robot
+	robotPass string
 }
 
 const robotPassword = "robot-secret-pw"
@@ -215,13 +217,17 @@ func (s *mirrorSetup) startGaia(t *testing.T, n int, auth bool) []string {
 // startMirror runs a gaia-mirror (admin API, and a worker unless disabled).
 func (s *mirrorSetup) startMirror(t *testing.T, id string, worker bool) *harness.Registry {
 	addr := harness.FreeAddr(t)
+	user, pass := "mirror-robot", robotPassword
+	if s.robotUser != "" {
+		user, pass = s.robotUser, s.robotPass
+	}
 	return harness.StartDaemon(t, "./mirror-sync/cmd/gaia-mirror", nil, addr, fmt.Sprintf(`log: {level: info, formatter: json}
 http: {addr: %s}
 database: {url: %q, migrate: true}
 admin: {token: %q}
-registry: {url: %q, username: mirror-robot, password: %q}
+registry: {url: %q, username: %q, password: %q}
 worker: {id: %q, lease: 6s, poll: 300ms, disabled: %v}
-`, addr, s.db, s.token, s.gaia, robotPassword, id, !worker))
+`, addr, s.db, s.token, s.gaia, user, pass, id, !worker))
 }
 
 func (s *mirrorSetup) admin(t *testing.T, m *harness.Registry, method, p string, body any) (int, []byte) {

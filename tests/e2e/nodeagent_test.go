@@ -208,7 +208,8 @@ func httpGet(url string) (string, error) {
 
 // startNodeAgent runs a gaia-nodeagent binary (bin) for node, on address
 // ip and listening on addr, speaking to the scheduler at schedURL, running
-// instances on the dockerd at dockerHost and pulling through gateway; it
+// instances on the dockerd at dockerHost and pulling through gateway
+// (with e's registry credential, if any); it
 // returns once /healthz answers, and stops with the test.
 func startNodeAgent(t *testing.T, e *schedEnv, bin, node, ip, addr, schedURL, dockerHost, gateway string) {
 	t.Helper()
@@ -217,11 +218,11 @@ http: {addr: %q}
 node: {name: %q, idc: idc-a, address: %s, datadir: %q, capacity: {cpu: 4, memory: 4Gi}}
 scheduler: {urls: [%q], token: %s}
 docker: {host: %q}
-registry: {gateway: %q}
+registry: {gateway: %q, username: %q, password: %q}
 consul: {addr: %q}
 instances: {publiship: %s, stoptimeout: 2s}
 agent: {reportinterval: 1s, retryinterval: 200ms}
-`, addr, node, ip, t.TempDir(), schedURL, schedNode, dockerHost, gateway, e.consul, ip)
+`, addr, node, ip, t.TempDir(), schedURL, schedNode, dockerHost, gateway, e.regUser, e.regPass, e.consul, ip)
 	path := filepath.Join(t.TempDir(), node+".yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -46,6 +46,8 @@ type schedEnv struct {
 	consul   string
 	cluster  string
 	registry string // http://host:port
+	regUser  string // the scheduler's and nodes' registry credential (a robot), if any
+	regPass  string
 	image    string // repo:tag pushed there
 	dir      string
 	extra    string // appended to every scheduler's config
@@ -54,9 +56,7 @@ type schedEnv struct {
 
 func newSchedEnv(t *testing.T) *schedEnv {
 	t.Helper()
-	env := harness.Start(t, harness.Consul, harness.Postgres)
-	e := &schedEnv{t: t, db: harness.NewDatabase(t), consul: env.Get(t, "GAIA_TEST_CONSUL_ADDR"),
-		cluster: fmt.Sprintf("e2e-%d", time.Now().UnixNano()), dir: t.TempDir()}
+	e := newSchedEnvAt(t, "")
 	addr := harness.FreeAddr(t)
 	harness.StartRegistry(t, addr, harness.RegistryConfig(addr, harness.NewDatabase(t), t.TempDir()))
 	e.registry = "http://" + addr
@@ -66,6 +66,15 @@ func newSchedEnv(t *testing.T) *schedEnv {
 	}
 	e.image = "e2e/web:v1"
 	return e
+}
+
+// newSchedEnvAt is a scheduler cluster resolving images at registry
+// (http://host:port), which the caller provides.
+func newSchedEnvAt(t *testing.T, registry string) *schedEnv {
+	t.Helper()
+	env := harness.Start(t, harness.Consul, harness.Postgres)
+	return &schedEnv{t: t, db: harness.NewDatabase(t), consul: env.Get(t, "GAIA_TEST_CONSUL_ADDR"),
+		cluster: fmt.Sprintf("e2e-%d", time.Now().UnixNano()), dir: t.TempDir(), registry: registry}
 }
 
 func (e *schedEnv) config(addr string) string {
@@ -84,8 +93,8 @@ auth:
   admintoken: %s
   nodetoken: %s
   submittokens: {team-a: e2e-team-a-token}
-registry: {url: %q}
-%s`, addr, e.db, e.cluster, e.consul, checkInterval, sessionTTL, loopInterval, scoring, schedAdmin, schedNode, e.registry, e.extra)
+registry: {url: %q, username: %q, password: %q}
+%s`, addr, e.db, e.cluster, e.consul, checkInterval, sessionTTL, loopInterval, scoring, schedAdmin, schedNode, e.registry, e.regUser, e.regPass, e.extra)
 }
 
 // start runs a gaia-scheduler process (env: extra variables).
