@@ -111,8 +111,14 @@ func (a *accessCluster) mustAdmin(t *testing.T, method, path string, body any) [
 // (anonymous when user is ""), and returns the token and the status.
 func (a *accessCluster) token(t *testing.T, user, pass string, scopes ...string) (string, int) {
 	t.Helper()
+	return tokenAt(t, a.gw, user, pass, scopes...)
+}
+
+// tokenAt is token from the token service at host:port.
+func tokenAt(t *testing.T, hostport, user, pass string, scopes ...string) (string, int) {
+	t.Helper()
 	q := url.Values{"service": {accessService}, "scope": scopes}
-	req, _ := http.NewRequest("GET", "http://"+a.gw+"/auth/token?"+q.Encode(), nil)
+	req, _ := http.NewRequest("GET", "http://"+hostport+"/auth/token?"+q.Encode(), nil)
 	if user != "" {
 		req.SetBasicAuth(user, pass)
 	}
@@ -403,16 +409,19 @@ func TestBuiltinAuthRefusals(t *testing.T) {
 		}
 	})
 	t.Run("flood is limited per user, not for others", func(t *testing.T) {
-		limited := false
-		for i := 0; i < 20 && !limited; i++ {
-			_, status := a.token(t, "victim", fmt.Sprintf("guess-%d", i), "repository:ns/app:pull")
-			limited = status == 429
-			if !limited && status != 401 {
-				t.Fatalf("guess %d: %d", i, status)
+		// Each server limits on its own: flood each until it answers 429.
+		for _, srv := range a.servers["idc-a"] {
+			limited := false
+			for i := 0; i < 20 && !limited; i++ {
+				_, status := tokenAt(t, srv.Addr, "victim", fmt.Sprintf("guess-%d", i), "repository:ns/app:pull")
+				limited = status == 429
+				if !limited && status != 401 {
+					t.Fatalf("%s: guess %d: %d", srv.Addr, i, status)
+				}
 			}
-		}
-		if !limited {
-			t.Fatal("20 wrong passwords in a row for one user were never answered 429")
+			if !limited {
+				t.Fatalf("%s: 20 wrong passwords in a row for one user were never answered 429", srv.Addr)
+			}
 		}
 		if _, status := a.token(t, "victim", "pw-victim-123", "repository:ns/app:pull"); status != 429 {
 			t.Fatalf("the right password while limited: %d, want 429 (not even checked)", status)
@@ -468,6 +477,29 @@ func TestBuiltinAuthRefusals(t *testing.T) {
 		}
 		if r := regCall(t, "GET", gw+"/v2/ns/app/tags/list", good); r.status != 404 || r.code != "NAME_UNKNOWN" {
 			t.Fatalf("the good token: %d %s", r.status, r.code)
+		}
+	})
+	t.Run("robot rotation ends its old tokens", func(t *testing.T) {
+		var out struct {
+			Robot  struct{ Name string }
+			Secret string
+		}
+		json.Unmarshal(a.mustAdmin(t, "POST", "/namespaces/ns/robots", map[string]any{"name": "rotated",
+			"permissions": []map[string]any{{"namespace": "ns", "actions": []string{"pull"}}}}), &out)
+		old, status := a.token(t, out.Robot.Name, out.Secret, "repository:ns/app:pull")
+		if status != 200 {
+			t.Fatalf("robot token: %d", status)
+		}
+		if r := regCall(t, "GET", gw+"/v2/ns/app/tags/list", old); r.status != 404 {
+			t.Fatalf("robot's token before the rotation: %d %s", r.status, r.code)
+		}
+		time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second))) // rotate in a later second than iat
+		a.mustAdmin(t, "POST", "/robots/"+url.PathEscape(out.Robot.Name)+"/rotate", nil)
+		time.Sleep(decisionCache) // the bound under test
+		for _, srv := range a.servers["idc-a"] {
+			if r := regCall(t, "GET", srv.URL()+"/v2/ns/app/tags/list", old); r.status != 403 || r.code != "DENIED" {
+				t.Fatalf("%s: the token from before the rotation: %d %s", srv.Addr, r.status, r.code)
+			}
 		}
 	})
 	t.Run("robot after expiry", func(t *testing.T) {
@@ -574,7 +606,7 @@ func TestBuiltinAuthRefusals(t *testing.T) {
 		}
 		_, body := a.admin(t, "GET", "/audit?action=robot_create&namespace=ns", nil)
 		json.Unmarshal(body, &got)
-		if len(got.Events) != 1 || got.Events[0].Actor != "(admin token)" {
+		if len(got.Events) != 2 || got.Events[0].Actor != "(admin token)" {
 			t.Fatalf("robot_create events: %s", body)
 		}
 	})
