@@ -318,46 +318,6 @@ func union(a, b []string) []string {
 	return out
 }
 
-// PullScope is which repositories a subject may pull: all of them, or
-// those of the listed namespaces (whole) plus those Match accepts.
-type PullScope struct {
-	All        bool
-	Namespaces []string
-	Match      func(repo string) bool // nil: nothing beyond Namespaces
-}
-
-// Pullable returns subject's PullScope, for the catalog and for blob
-// mounts without `from`.
-func (s *Store) Pullable(ctx context.Context, subject Subject) (PullScope, error) {
-	public, err := s.publicNamespaces(ctx)
-	if err != nil {
-		return PullScope{}, err
-	}
-	var sc PullScope
-	for ns := range public {
-		sc.Namespaces = append(sc.Namespaces, ns)
-	}
-	if subject != "" {
-		p, err := s.profile(ctx, subject)
-		if err != nil {
-			return PullScope{}, err
-		}
-		if p.admin {
-			return PullScope{All: true}, nil
-		}
-		for ns := range p.roles {
-			sc.Namespaces = append(sc.Namespaces, ns)
-		}
-		if len(p.perms) > 0 {
-			now := s.opts.Now()
-			sc.Match = func(repo string) bool { return slices.Contains(p.actions(repo, now), Pull) }
-		}
-	}
-	slices.Sort(sc.Namespaces)
-	sc.Namespaces = slices.Compact(sc.Namespaces)
-	return sc, nil
-}
-
 // IsAdmin reports whether subject is a system admin.
 func (s *Store) IsAdmin(ctx context.Context, subject Subject) (bool, error) {
 	if subject == "" {
