@@ -233,17 +233,22 @@ func TestMountCancelDelete(t *testing.T) {
 	expect(t, "delete again", do(t, "DELETE", a+"/v2/dst/app/blobs/"+d.String(), nil), 404, "BLOB_UNKNOWN")
 }
 
-// A mount without `from` links only from repositories the caller may pull
-// (a token's pull scopes, set by the auth middleware through
-// WithPullable); otherwise it opens an upload, revealing nothing.
-func TestMountWithoutFromNeedsPull(t *testing.T) {
-	url := metadatatest.Database(t)
-	pool := metadatatest.Open(t, url)
+// newHandler is a Handler on a database and a storage directory of its own.
+func newHandler(t *testing.T) *Handler {
+	t.Helper()
+	pool := metadatatest.Open(t, metadatatest.Database(t))
 	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := New(Options{Uploads: uploadsession.New(pool, drv), Blobs: metadata.NewBlobs(pool), Manifests: metadata.NewManifests(pool), Driver: drv})
+	return New(Options{Uploads: uploadsession.New(pool, drv), Blobs: metadata.NewBlobs(pool), Manifests: metadata.NewManifests(pool), Driver: drv})
+}
+
+// A mount without `from` links only from repositories the caller may pull
+// (a token's pull scopes, set by the auth middleware through
+// WithPullable); otherwise it opens an upload, revealing nothing.
+func TestMountWithoutFromNeedsPull(t *testing.T) {
+	h := newHandler(t)
 	// What a token granting pull,push on team/app and pull on team/base
 	// (but only push on team/other) leaves in the context.
 	scoped := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

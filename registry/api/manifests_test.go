@@ -498,13 +498,7 @@ func TestCatalog(t *testing.T) {
 // may pull, paged the same way, also when a page's scan budget runs out
 // before n names were found.
 func TestCatalogOnlyPullable(t *testing.T) {
-	url := metadatatest.Database(t)
-	pool := metadatatest.Open(t, url)
-	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := New(Options{Uploads: uploadsession.New(pool, drv), Blobs: metadata.NewBlobs(pool), Manifests: metadata.NewManifests(pool), Driver: drv})
+	h := newHandler(t)
 	open := httptest.NewServer(h)
 	t.Cleanup(open.Close)
 	scoped := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
