@@ -292,6 +292,13 @@ func (s *schedCLI) showApp(raw []byte, msg string) error {
 	if app.Spec.Update.Canary > 0 {
 		fmt.Fprintf(s.stdout, "promoted:  %v\n", app.Promoted)
 	}
+	if rb := app.Rollback; rb != nil {
+		how := "rolled back"
+		if rb.Auto {
+			how = "rolled back automatically"
+		}
+		fmt.Fprintf(s.stdout, "rollback:  %s from version %d to %d's spec at %s: %s\n", how, rb.From, rb.To, at(rb.At), rb.Reason)
+	}
 	spec, err := yaml.Marshal(app.Spec)
 	if err != nil {
 		return err
