@@ -18,7 +18,7 @@ import (
 
 func enforceInstance(d *DesiredInstance) enforce.Instance {
 	return enforce.Instance{ID: d.ID, Priority: d.Priority, Request: d.Resources,
-		MemoryLimit: int64(d.MemoryLimit), CPULimit: d.CPULimit}
+		MemoryLimit: int64(d.MemoryLimit), CPULimit: d.CPULimit, DiskIOPS: d.DiskIOPS}
 }
 
 // applyEnforce adds what enforcement prepared (volume, cgroup parent,

@@ -57,9 +57,10 @@ type DesiredInstance struct {
 	Env         map[string]string `json:"env,omitempty"`
 	Resources   resource.Vector   `json:"resources"`
 	MemoryLimit resource.Bytes    `json:"memoryLimit,omitempty"`
-	// CPULimit is a CPU ceiling in millicores (a CFS quota); 0: none. Not
-	// in the scheduler's DesiredInstance yet (a seam to add).
-	CPULimit int64         `json:"cpuLimit,omitempty"`
+	// CPULimit is a CPU ceiling in millicores (a CFS quota); 0: none.
+	CPULimit int64 `json:"cpuLimit,omitempty"`
+	// DiskIOPS limits the volume's read and write IOPS (enforcement).
+	DiskIOPS int64         `json:"diskIOPS,omitempty"`
 	Ports    []model.Port  `json:"ports,omitempty"` // hostPort assigned by the scheduler
 	Health   *model.Health `json:"health,omitempty"`
 	Restart  model.Restart `json:"restart,omitzero"`

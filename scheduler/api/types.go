@@ -121,6 +121,8 @@ type DesiredInstance struct {
 	Env         map[string]string `json:"env,omitempty"`
 	Resources   resource.Vector   `json:"resources"`
 	MemoryLimit resource.Bytes    `json:"memoryLimit,omitempty"`
+	CPULimit    int64             `json:"cpuLimit,omitempty"` // millicores: a CFS quota; 0 none
+	DiskIOPS    int64             `json:"diskIOPS,omitempty"`
 	Ports       []model.Port      `json:"ports,omitempty"` // hostPort filled in
 	Health      *model.Health     `json:"health,omitempty"`
 	Restart     model.Restart     `json:"restart,omitzero"`

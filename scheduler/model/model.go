@@ -298,10 +298,16 @@ type AppSpec struct {
 	// MemoryLimit is the elastic memory ceiling (≥ resources.memory); 0
 	// means the request.
 	MemoryLimit resource.Bytes `json:"memoryLimit,omitempty" yaml:"memoryLimit,omitempty"`
-	Ports       []Port         `json:"ports,omitempty" yaml:"ports,omitempty"`
-	Health      *Health        `json:"health,omitempty" yaml:"health,omitempty"`
-	Restart     Restart        `json:"restart,omitzero" yaml:"restart,omitempty"`
-	Constraints Constraints    `json:"constraints,omitzero" yaml:"constraints,omitempty"`
+	// CPULimit is a CPU ceiling (≥ resources.cpu; a CFS quota on the
+	// node); 0: none, the instance may use idle CPU beyond its request.
+	CPULimit resource.Millicores `json:"cpuLimit,omitempty" yaml:"cpuLimit,omitempty"`
+	// DiskIOPS limits read and write operations per second on the
+	// instance's volume (beside resources.diskio's bytes/s); 0: none.
+	DiskIOPS    int64       `json:"diskIOPS,omitempty" yaml:"diskIOPS,omitempty"`
+	Ports       []Port      `json:"ports,omitempty" yaml:"ports,omitempty"`
+	Health      *Health     `json:"health,omitempty" yaml:"health,omitempty"`
+	Restart     Restart     `json:"restart,omitzero" yaml:"restart,omitempty"`
+	Constraints Constraints `json:"constraints,omitzero" yaml:"constraints,omitempty"`
 	// Spread is the most instances of the app on one node; 0 is no limit.
 	Spread int `json:"spread,omitempty" yaml:"spread,omitempty"`
 	// Priority: higher wins, inside a pool and when preempting.

@@ -169,6 +169,12 @@ func (s *AppSpec) Validate() error {
 	if s.Resources[resource.Memory] <= 0 {
 		return fieldErr("resources.memory", "required: every instance asks for some memory (e.g. 512Mi)")
 	}
+	if s.CPULimit < 0 || s.CPULimit != 0 && int64(s.CPULimit) < s.Resources[resource.CPU] {
+		return fieldErr("cpuLimit", "%s is below resources.cpu %s", resource.Format(resource.CPU, int64(s.CPULimit)), resource.Format(resource.CPU, s.Resources[resource.CPU]))
+	}
+	if s.DiskIOPS < 0 {
+		return fieldErr("diskIOPS", "must not be negative")
+	}
 	if s.MemoryLimit != 0 && int64(s.MemoryLimit) < s.Resources[resource.Memory] {
 		return fieldErr("memoryLimit", "%s is below resources.memory %s", resource.Format(resource.Memory, int64(s.MemoryLimit)), resource.Format(resource.Memory, s.Resources[resource.Memory]))
 	}

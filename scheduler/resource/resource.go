@@ -519,3 +519,48 @@ func (b *Bytes) UnmarshalYAML(n *yaml.Node) error {
 	*b = Bytes(x)
 	return nil
 }
+
+// Millicores is a CPU amount that marshals as a human string ("2",
+// "500m"); used for AppSpec.cpuLimit.
+type Millicores int64
+
+// MarshalJSON writes a human string.
+func (m Millicores) MarshalJSON() ([]byte, error) {
+	return strconv.AppendQuote(nil, Format(CPU, int64(m))), nil
+}
+
+// UnmarshalJSON reads a human string or a number of cores.
+func (m *Millicores) UnmarshalJSON(data []byte) error {
+	if string(data) == "null" {
+		*m = 0
+		return nil
+	}
+	s := string(data)
+	if len(data) > 0 && data[0] == '"' {
+		if err := json.Unmarshal(data, &s); err != nil {
+			return err
+		}
+	}
+	x, err := Parse(CPU, s)
+	if err != nil {
+		return err
+	}
+	*m = Millicores(x)
+	return nil
+}
+
+// MarshalYAML writes a human string.
+func (m Millicores) MarshalYAML() (any, error) { return Format(CPU, int64(m)), nil }
+
+// UnmarshalYAML reads a human string or a number of cores.
+func (m *Millicores) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a CPU quantity such as 2 or 500m", n.Line)
+	}
+	x, err := Parse(CPU, n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*m = Millicores(x)
+	return nil
+}
