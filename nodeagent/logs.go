@@ -3,15 +3,19 @@ package nodeagent
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/gaia-registry/gaia/nodeagent/execproto"
 )
 
 // LogsHandler serves GET /v1/instances/{id}/logs: the output (stdout and
@@ -105,18 +109,17 @@ func (a *Agent) instanceContainer(w http.ResponseWriter, r *http.Request, id str
 }
 
 // ExecRequest is POST /v1/instances/{id}/exec's body.
-type ExecRequest struct {
-	Cmd []string `json:"cmd"`
-}
+type ExecRequest = execproto.Request
 
 // ExitCodeTrailer is the trailer carrying an exec's exit code.
-const ExitCodeTrailer = "Gaia-Exit-Code"
+const ExitCodeTrailer = execproto.ExitCodeTrailer
 
 // ExecHandler serves POST /v1/instances/{id}/exec ({"cmd": [...]}, the
 // node token as bearer token): the command is run in the instance's
-// running container on this node without a TTY nor standard input, its
-// output (stdout and stderr) streamed as text, its exit code in the
-// Gaia-Exit-Code trailer.
+// running container on this node. Without stdin its output (stdout and
+// stderr) is streamed as text, its exit code in the Gaia-Exit-Code
+// trailer. With stdin (and a TTY when asked) the connection is upgraded
+// (execproto) and carries its input and output both ways.
 func (a *Agent) ExecHandler(token string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !authorized(w, r, token) {
@@ -125,6 +128,10 @@ func (a *Agent) ExecHandler(token string) http.Handler {
 		var req ExecRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || len(req.Cmd) == 0 {
 			http.Error(w, `the body is {"cmd": ["command", "arg", ...]}`, http.StatusBadRequest)
+			return
+		}
+		if req.Stdin && !strings.EqualFold(r.Header.Get("Upgrade"), execproto.Upgrade) {
+			http.Error(w, "an exec with stdin needs Connection: Upgrade, Upgrade: "+execproto.Upgrade, http.StatusBadRequest)
 			return
 		}
 		c, ok := a.instanceContainer(w, r, r.PathValue("id"))
@@ -136,18 +143,30 @@ func (a *Agent) ExecHandler(token string) http.Handler {
 			return
 		}
 		ctx := r.Context()
-		ex, err := a.o.Docker.ContainerExecCreate(ctx, c.ID, container.ExecOptions{Cmd: req.Cmd, AttachStdout: true, AttachStderr: true})
+		opts := container.ExecOptions{Cmd: req.Cmd, AttachStdout: true, AttachStderr: true, AttachStdin: req.Stdin, Tty: req.TTY}
+		if req.TTY && req.Height > 0 && req.Width > 0 {
+			opts.ConsoleSize = &[2]uint{req.Height, req.Width}
+		}
+		ex, err := a.o.Docker.ContainerExecCreate(ctx, c.ID, opts)
 		if err != nil {
 			http.Error(w, "creating the exec: "+err.Error(), http.StatusBadGateway)
 			return
 		}
-		att, err := a.o.Docker.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{})
+		att, err := a.o.Docker.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{Tty: req.TTY, ConsoleSize: opts.ConsoleSize})
 		if err != nil {
 			http.Error(w, "attaching to the exec: "+err.Error(), http.StatusBadGateway)
 			return
 		}
 		defer att.Close()
-		a.o.Log.Info("exec", "instance", r.PathValue("id"), "cmd", req.Cmd, "remote", r.RemoteAddr)
+		a.o.Log.Info("exec", "instance", r.PathValue("id"), "cmd", req.Cmd, "stdin", req.Stdin, "tty", req.TTY, "remote", r.RemoteAddr)
+		if opts.ConsoleSize != nil {
+			// Also after the start: dockerd before API 1.42 ignores ConsoleSize.
+			a.o.Docker.ContainerExecResize(ctx, ex.ID, container.ResizeOptions{Height: req.Height, Width: req.Width})
+		}
+		if req.Stdin {
+			a.execInteractive(w, att, ex.ID, req.TTY)
+			return
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Trailer", ExitCodeTrailer)
 		w.WriteHeader(http.StatusOK)
@@ -174,4 +193,99 @@ func (a *Agent) ExecHandler(token string) http.Handler {
 			}
 		}
 	})
+}
+
+// execInteractive upgrades the client's connection and joins it to the
+// exec's: the client's bytes go to the command's stdin (closed when the
+// client half-closes), the command's output (raw with a TTY, stdout and
+// stderr together without) to the client, until the command ends.
+func (a *Agent) execInteractive(w http.ResponseWriter, att types.HijackedResponse, execID string, tty bool) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "this server cannot upgrade connections", http.StatusInternalServerError)
+		return
+	}
+	conn, rw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Time{}) // the server's read and write timeouts do not apply to a session
+	fmt.Fprintf(rw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %s\r\n\r\n",
+		execproto.Upgrade, execproto.ExecIDHeader, execID)
+	if err := rw.Flush(); err != nil {
+		return
+	}
+	go func() {
+		io.Copy(att.Conn, rw.Reader) // what the client already sent, then the rest
+		if !tty {
+			// EOF on stdin. (Not on a terminal: dockerd ends a TTY
+			// session's output when its input closes.)
+			att.CloseWrite()
+		}
+	}()
+	if tty {
+		io.Copy(conn, att.Reader)
+	} else {
+		stdcopy.StdCopy(conn, conn, att.Reader)
+	}
+}
+
+// ExecStatusHandler serves GET /v1/instances/{id}/exec/{exec}: whether
+// an exec of the instance's container still runs, and its exit code.
+func (a *Agent) ExecStatusHandler(token string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		execID, ok := a.instanceExec(w, r, token)
+		if !ok {
+			return
+		}
+		in, err := a.o.Docker.ContainerExecInspect(r.Context(), execID)
+		if err != nil {
+			http.Error(w, "inspecting the exec: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(execproto.Status{Running: in.Running, ExitCode: in.ExitCode})
+	})
+}
+
+// ExecResizeHandler serves POST /v1/instances/{id}/exec/{exec}/resize?h=&w=:
+// the exec's terminal size.
+func (a *Agent) ExecResizeHandler(token string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		execID, ok := a.instanceExec(w, r, token)
+		if !ok {
+			return
+		}
+		h, herr := strconv.ParseUint(r.URL.Query().Get("h"), 10, 16)
+		wd, werr := strconv.ParseUint(r.URL.Query().Get("w"), 10, 16)
+		if herr != nil || werr != nil || h == 0 || wd == 0 {
+			http.Error(w, "h and w: the terminal's rows and columns", http.StatusBadRequest)
+			return
+		}
+		if err := a.o.Docker.ContainerExecResize(r.Context(), execID, container.ResizeOptions{Height: uint(h), Width: uint(wd)}); err != nil {
+			http.Error(w, "resizing the exec: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// instanceExec checks the token and that the path's exec runs in the
+// path's instance's container on this node.
+func (a *Agent) instanceExec(w http.ResponseWriter, r *http.Request, token string) (string, bool) {
+	if !authorized(w, r, token) {
+		return "", false
+	}
+	c, ok := a.instanceContainer(w, r, r.PathValue("id"))
+	if !ok {
+		return "", false
+	}
+	execID := r.PathValue("exec")
+	in, err := a.o.Docker.ContainerExecInspect(r.Context(), execID)
+	if err != nil || in.ContainerID != c.ID {
+		http.Error(w, "no exec "+execID+" in instance "+r.PathValue("id"), http.StatusNotFound)
+		return "", false
+	}
+	return execID, true
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,11 +11,15 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
+	"github.com/gaia-registry/gaia/nodeagent/execproto"
 	"github.com/gaia-registry/gaia/scheduler/model"
 )
 
@@ -168,12 +173,16 @@ func nodeAddress(c *cobra.Command, s *schedCLI, in model.Instance) (string, erro
 
 // execCmd is gaiactl app exec: a command run in an instance's container by
 // its node agent, output streamed back, gaiactl exiting with its code.
+// With -i its standard input goes to the command; with -t it runs on a
+// terminal (an interactive shell); both are on when gaiactl's own stdin
+// is a terminal.
 func execCmd(s *schedCLI, names cobra.CompletionFunc) *cobra.Command {
 	var instance, nodeToken string
 	var agentPort int
+	var stdin, tty bool
 	cmd := &cobra.Command{
-		Use:   "exec NAME --instance ID -- CMD [ARG...]",
-		Short: "run a command in an instance's container (no TTY nor stdin); exits with its code",
+		Use:   "exec NAME --instance ID [-i] [-t] -- CMD [ARG...]",
+		Short: "run a command in an instance's container (a shell on a terminal when stdin is one); exits with its code",
 		Args: func(c *cobra.Command, a []string) error {
 			if len(a) < 2 || c.ArgsLenAtDash() != 1 {
 				return usagef("want NAME, then -- and the command")
@@ -191,6 +200,20 @@ func execCmd(s *schedCLI, names cobra.CompletionFunc) *cobra.Command {
 			if nodeToken == "" {
 				return usagef("the node agents want the node token: --node-token or $GAIA_NODE_TOKEN")
 			}
+			fd := int(os.Stdin.Fd())
+			if isTerm := term.IsTerminal(fd); isTerm {
+				if !c.Flags().Changed("stdin") {
+					stdin = true
+				}
+				if !c.Flags().Changed("tty") {
+					tty = true
+				}
+			} else if tty {
+				return usagef("-t: the standard input is not a terminal")
+			}
+			if tty && !stdin {
+				return usagef("-t needs -i (a terminal with no input)")
+			}
 			var in model.Instance
 			if _, err := s.get(c, "/v1/instances/"+pathEsc(instance), &in); err != nil {
 				return err
@@ -202,29 +225,15 @@ func execCmd(s *schedCLI, names cobra.CompletionFunc) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			body, _ := json.Marshal(map[string][]string{"cmd": a[1:]})
 			u := "http://" + net.JoinHostPort(addr, strconv.Itoa(agentPort)) + "/v1/instances/" + pathEsc(in.ID) + "/exec"
-			req, err := http.NewRequestWithContext(c.Context(), "POST", u, bytes.NewReader(body))
+			var code int
+			if stdin {
+				code, err = execInteractive(c.Context(), u, nodeToken, a[1:], tty, s.stdout)
+			} else {
+				code, err = execOutput(c.Context(), u, nodeToken, a[1:], s.stdout)
+			}
 			if err != nil {
 				return err
-			}
-			req.Header.Set("Authorization", "Bearer "+nodeToken)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-				return fmt.Errorf("POST %s: %s: %s", u, resp.Status, bytesTrim(b))
-			}
-			if _, err := io.Copy(s.stdout, resp.Body); err != nil {
-				return err
-			}
-			code, err := strconv.Atoi(resp.Trailer.Get("Gaia-Exit-Code"))
-			if err != nil {
-				return fmt.Errorf("the agent sent no exit code (the command may still run)")
 			}
 			if code != 0 {
 				return &exitError{code}
@@ -236,5 +245,72 @@ func execCmd(s *schedCLI, names cobra.CompletionFunc) *cobra.Command {
 	f.StringVar(&instance, "instance", "", "the instance (required)")
 	f.IntVar(&agentPort, "agent-port", 5300, "the node agents' HTTP port (their http.addr) on the nodes' addresses")
 	f.StringVar(&nodeToken, "node-token", "", "the node token the agents check (default $GAIA_NODE_TOKEN)")
+	f.BoolVarP(&stdin, "stdin", "i", false, "send the standard input to the command (default: when it is a terminal)")
+	f.BoolVarP(&tty, "tty", "t", false, "run the command on a terminal (default: when the standard input is one)")
 	return cmd
+}
+
+// execOutput runs cmd without input: its output streamed, its exit code
+// from the trailer.
+func execOutput(ctx context.Context, u, token string, cmd []string, stdout io.Writer) (int, error) {
+	body, _ := json.Marshal(execproto.Request{Cmd: cmd})
+	req, err := http.NewRequestWithContext(ctx, "POST", u, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return 0, fmt.Errorf("POST %s: %s: %s", u, resp.Status, bytesTrim(b))
+	}
+	if _, err := io.Copy(stdout, resp.Body); err != nil {
+		return 0, err
+	}
+	code, err := strconv.Atoi(resp.Trailer.Get(execproto.ExitCodeTrailer))
+	if err != nil {
+		return 0, fmt.Errorf("the agent sent no exit code (the command may still run)")
+	}
+	return code, nil
+}
+
+// execInteractive runs cmd with gaiactl's standard input, on a terminal
+// when tty (the local terminal in raw mode meanwhile, its size followed).
+func execInteractive(ctx context.Context, u, token string, cmd []string, tty bool, stdout io.Writer) (int, error) {
+	req := execproto.Request{Cmd: cmd, TTY: tty}
+	fd := int(os.Stdin.Fd())
+	var started func(string)
+	if tty {
+		if w, h, err := term.GetSize(fd); err == nil {
+			req.Width, req.Height = uint(w), uint(h)
+		}
+		old, err := term.MakeRaw(fd)
+		if err != nil {
+			return 0, fmt.Errorf("the terminal: %w", err)
+		}
+		defer term.Restore(fd, old)
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		started = func(statusURL string) {
+			go func() {
+				for {
+					select {
+					case <-winch:
+						if w, h, err := term.GetSize(fd); err == nil {
+							execproto.Resize(ctx, statusURL, token, uint(h), uint(w))
+						}
+					case <-ctx.Done():
+						return
+					}
+				}
+			}()
+		}
+	}
+	return execproto.Interactive(ctx, u, token, req, os.Stdin, stdout, started)
 }

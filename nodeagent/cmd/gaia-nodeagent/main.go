@@ -366,6 +366,8 @@ func run(path string) error {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.Handle("GET /v1/instances/{id}/logs", agent.LogsHandler(cfg.Scheduler.Token))
 	mux.Handle("POST /v1/instances/{id}/exec", agent.ExecHandler(cfg.Scheduler.Token))
+	mux.Handle("GET /v1/instances/{id}/exec/{exec}", agent.ExecStatusHandler(cfg.Scheduler.Token))
+	mux.Handle("POST /v1/instances/{id}/exec/{exec}/resize", agent.ExecResizeHandler(cfg.Scheduler.Token))
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !agent.Ready() {
 			http.Error(w, "not ready: no desired set reconciled yet", http.StatusServiceUnavailable)
