@@ -86,8 +86,8 @@ func (s *Store) CreateUser(ctx context.Context, name, password string, admin boo
 }
 
 // UpdateUser changes a user's password (local users; "" keeps it) and/or
-// admin flag (nil keeps it). An LDAP user may be made admin: the row
-// exists from their first login, or is created here.
+// admin flag (nil keeps it). An LDAP user may be made admin once their
+// first login has recorded them.
 func (s *Store) UpdateUser(ctx context.Context, name, password string, admin *bool) (User, error) {
 	if password != "" {
 		if len(password) < 8 || len(password) > 72 {
