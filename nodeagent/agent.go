@@ -222,6 +222,7 @@ func (a *Agent) poll(ctx context.Context, sets chan *DesiredSet) {
 			continue
 		}
 		a.o.Metrics.polls.WithLabelValues("changed").Inc()
+		set.Received = time.Now()
 		version = set.Version
 		select { // only the newest set matters
 		case <-sets:
@@ -372,8 +373,12 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 			}
 		}
 		in := &instance{a: a, d: *d, hash: hash, stop: make(chan struct{}), finished: make(chan struct{}),
-			state: model.Pending, canary: d.Canary}
+			state: model.Pending, canary: d.Canary, assigned: set.Received}
+		if in.assigned.IsZero() {
+			in.assigned = time.Now()
+		}
 		if adopt != nil {
+			in.assigned = time.Time{} // started before: no start latency
 			in.adopt = adopt.ID
 			in.state = model.Starting
 			if adopt.State == "running" {

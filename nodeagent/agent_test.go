@@ -24,7 +24,9 @@ import (
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
 	consul "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/gaia-registry/gaia/scheduler/model"
@@ -176,6 +178,17 @@ func runAgent(t *testing.T, a *Agent) (stop func()) {
 	return stop
 }
 
+// startCount is how many starts gaia_nodeagent_start_seconds observed
+// with the image label.
+func startCount(t *testing.T, m *Metrics, image string) uint64 {
+	t.Helper()
+	var out dto.Metric
+	if err := m.startSecs.WithLabelValues(image).(prometheus.Histogram).Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out.GetHistogram().GetSampleCount()
+}
+
 func freePort(t *testing.T) int {
 	_, p, _ := net.SplitHostPort(harness.FreeAddr(t))
 	n, _ := strconv.Atoi(p)
@@ -325,8 +338,9 @@ func containerEvent(action events.Action, instance string) func(events.Message) 
 // TestAgentRunsAdoptsRemoves: instances start with the right environment,
 // ports, labels and limits, answer on their published ports, are listed
 // in Consul under the app's name; a restarted agent adopts them; ones no
-// longer wanted (and strays) are stopped, removed and deregistered; ten
-// instances of a new image cause one pull; a command that exits at once
+// longer wanted (and strays) are stopped, removed and deregistered; twenty
+// instances of a new image cause one pull (the registry's metrics count
+// it) and twenty start-latency observations; a command that exits at once
 // is restarted with back-off, then failed with its exit code; an image
 // that does not exist fails with the registry's error.
 func TestAgentRunsAdoptsRemoves(t *testing.T) {
@@ -438,6 +452,9 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		if n := testutil.ToFloat64(metrics.containerOp.WithLabelValues("create")); n != 0 {
 			t.Errorf("%v containers created, want 0", n)
 		}
+		if n := startCount(t, metrics, "pulled") + startCount(t, metrics, "present"); n != 0 {
+			t.Errorf("%d adopted instances counted as starts, want 0", n)
+		}
 		// Nothing is being removed either (a removal starts within the
 		// reconcile that adopts).
 		b.mu.Lock()
@@ -521,13 +538,17 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		}
 	})
 
-	t.Run("ten instances of a new image, one pull", func(t *testing.T) {
+	t.Run("twenty instances of a new image, one pull", func(t *testing.T) {
 		ref2, blobs := e.pushImage(t, "batch-"+randHex(3))
+		// The registry's own request metrics (registry/server/metrics.go):
+		// one pull is one manifest GET by digest and one GET per blob.
 		before := e.registry.Metric(t, "gaia_registry_http_requests_total", `route="blob"`, `method="GET"`)
 		manifestsBefore := e.registry.Metric(t, "gaia_registry_http_requests_total", `route="manifest"`, `method="GET"`)
+		pullsBefore := testutil.ToFloat64(b.o.Metrics.pulls.WithLabelValues("ok"))
+		pulledBefore, presentBefore := startCount(t, b.o.Metrics, "pulled"), startCount(t, b.o.Metrics, "present")
 		set := []DesiredInstance{web[0]}
 		var batch []string
-		for i := 0; i < 10; i++ {
+		for i := 0; i < 20; i++ {
 			id := fmt.Sprintf("%s-batch-%d", app, i)
 			batch = append(batch, id)
 			set = append(set, DesiredInstance{ID: id, App: app + "-batch", Version: 1, Image: ref2,
@@ -538,8 +559,25 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 		blobGets := e.registry.Metric(t, "gaia_registry_http_requests_total", `route="blob"`, `method="GET"`) - before
 		manifestGets := e.registry.Metric(t, "gaia_registry_http_requests_total", `route="manifest"`, `method="GET"`) - manifestsBefore
 		if blobGets != float64(blobs) || manifestGets != 1 {
-			t.Errorf("the registry served %v blob GETs and %v manifest GETs for 10 instances; want one pull: %d and 1",
+			t.Errorf("the registry served %v blob GETs and %v manifest GETs for 20 instances; want one pull: %d and 1",
 				blobGets, manifestGets, blobs)
+		}
+		if n := testutil.ToFloat64(b.o.Metrics.pulls.WithLabelValues("ok")) - pullsBefore; n != 1 {
+			t.Errorf("the agent pulled %v times for 20 instances, want 1", n)
+		}
+		// Every start observed once, as one that waited for the pull.
+		if n := startCount(t, b.o.Metrics, "pulled") - pulledBefore; n != 20 {
+			t.Errorf("gaia_nodeagent_start_seconds{image=pulled} counted %d starts, want 20", n)
+		}
+		// One more of the image, now on the node: a start without a pull.
+		sched.Set(append(set, DesiredInstance{ID: app + "-batch-more", App: app + "-batch", Version: 1, Image: ref2,
+			Command: []string{"/bin/busybox", "sleep", "600"}, Desired: model.DesiredRun})...)
+		waitStates(t, sched, model.Healthy, app+"-batch-more")
+		if n := startCount(t, b.o.Metrics, "present") - presentBefore; n != 1 {
+			t.Errorf("gaia_nodeagent_start_seconds{image=present} counted %d starts, want 1", n)
+		}
+		if n := startCount(t, b.o.Metrics, "pulled") - pulledBefore; n != 20 {
+			t.Errorf("gaia_nodeagent_start_seconds{image=pulled} counted %d starts after one more, want 20", n)
 		}
 	})
 

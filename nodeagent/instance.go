@@ -28,6 +28,11 @@ type instance struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	finished chan struct{}
+	// assigned is when the desired set that asked for the instance
+	// arrived (zero for an adopted container): gaia_nodeagent_start_seconds
+	// is observed from it when the instance is first healthy.
+	assigned time.Time
+	pulled   bool // its start waited for a pull (the image was not on the node)
 
 	mu          sync.Mutex
 	state       model.InstanceState
@@ -201,6 +206,7 @@ wait:
 	in.mu.Lock()
 	in.pull = nil
 	in.mu.Unlock()
+	in.pulled = !p.fromDisk
 	if err := p.Err(); err != nil {
 		in.set(model.Failed, fmt.Sprintf("pulling %s: %v", ref, err))
 		return "", false
@@ -379,6 +385,7 @@ func (in *instance) watch(ctx context.Context, id string) (int, watchEnd) {
 	healthy := false
 	if h == nil {
 		in.set(model.Healthy, "")
+		in.started()
 	} else {
 		grace = time.Now().Add(h.Grace.D())
 		// Until it first passes, check often: the instance is healthy as
@@ -413,6 +420,7 @@ func (in *instance) watch(ctx context.Context, id string) (int, watchEnd) {
 					healthy = true
 					in.set(model.Healthy, "")
 					in.ttl(true, "")
+					in.started()
 				case !healthy && time.Now().Before(grace):
 				default:
 					healthy = false
@@ -438,6 +446,23 @@ func (in *instance) watch(ctx context.Context, id string) (int, watchEnd) {
 			return 0, watchShutdown
 		}
 	}
+}
+
+// started observes the instance's start latency the first time it is
+// healthy (registered in Consul already: supervise registers it before
+// watching), never again after a restart or for an adopted container.
+func (in *instance) started() {
+	if in.assigned.IsZero() {
+		return
+	}
+	took := time.Since(in.assigned)
+	in.assigned = time.Time{}
+	image := "present"
+	if in.pulled {
+		image = "pulled"
+	}
+	in.a.o.Metrics.startSecs.WithLabelValues(image).Observe(took.Seconds())
+	in.a.o.Log.Info("instance started", "instance", in.d.ID, "image", image, "seconds", took.Seconds())
 }
 
 // waitFailed handles a ContainerWait that broke off (dockerd restarted,

@@ -44,6 +44,9 @@ type RegisterResponse struct {
 type DesiredSet struct {
 	Version   string            `json:"version"`
 	Instances []DesiredInstance `json:"instances"`
+	// Received is when the agent got the set (the start of its instances'
+	// start latency); zero: when it is reconciled.
+	Received time.Time `json:"-"`
 }
 
 // DesiredInstance is one instance as the node runs it.
