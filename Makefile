@@ -23,7 +23,7 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-gc bench-auth services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-nodeagent bench-gc bench-auth services services-stop vet clean
 
 all: build
 
@@ -86,7 +86,7 @@ test-hdfs-full:
 # proxy), then the HDFS driver vs distribution's filesystem driver vs the raw
 # colinmarc client, then gaia-mirror vs skopeo sync, then gaia-scheduler's
 # placement engine. Results: docs/benchmarks.md.
-bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-gc bench-auth
+bench: bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-nodeagent bench-gc bench-auth
 
 # 1 GiB pushes and pulls with curl, crane, containerd's ctr and regbench's
 # own client; manifest GETs at 32 clients; manifest GET latency while 200
@@ -127,6 +127,15 @@ bench-scheduler-cp:
 # tests/services/enforce-node.sh).
 bench-node:
 	$(GO) test -count=1 -timeout 10m -run '^$$' -bench BenchmarkNode50 -benchtime 1x ./nodeagent/enforce/
+
+# gaia-nodeagent (issue 12 §5): start latency of 30 instances on one node,
+# image present (p50/p99, beside dockerd alone), and a deploy of three
+# 200 MiB, 5-layer images to three agents through the gateway vs three
+# `docker pull`s, in one run on the harness's dockerd (about 3 minutes;
+# NODEAGENT_BENCH_ROUNDS, NODEAGENT_BENCH_INSTANCES, NODEAGENT_BENCH_LAYER_MIB).
+bench-nodeagent:
+	bash $(SVC) start postgres consul dockerd
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench BenchmarkNodeAgent -benchtime 1x -v ./tests/bench/nodeagent/
 
 # Online garbage collection: one `gaia-registry gc run` pass over 100,000
 # unreferenced blobs (filesystem); the stock registry's garbage-collect over
