@@ -236,7 +236,7 @@ type contrib struct {
 type counters struct {
 	live     int // held, on an up node, not stopping
 	outdated int // live, on an older version
-	starting int // live, current version, not yet running
+	starting int // live, current version, not yet running (healthy, with a health check)
 	draining int // live, on a draining node
 	lost     int // on a down or unknown node and not yet asked to stop
 	stopping int // held and stopping
@@ -278,6 +278,11 @@ func classify(i *inst) contrib {
 		switch i.state {
 		case model.Pending, model.Assigned, model.Pulling, model.Starting:
 			k.starting = true
+		case model.Running:
+			// Not yet passing its health check (or failing it): still in
+			// flight, so a rolling update waits for it rather than
+			// replacing the next old instance by one that does not serve.
+			k.starting = i.app.m.Spec.Health != nil
 		}
 	}
 	k.draining = i.node.m.State == model.NodeDraining

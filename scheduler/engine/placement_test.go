@@ -352,3 +352,43 @@ func TestSpreadScoringWithConstraints(t *testing.T) {
 		t.Fatalf("per node %v, want %v", per, want)
 	}
 }
+
+// A rolling update of an app with a health check waits for each new
+// instance to pass it: one running but not (yet) healthy is still in
+// flight, so an update to a version that never passes stops no more than
+// maxParallel old instances (the rest keep serving until a rollback).
+func TestRollingUpdateWaitsForHealthy(t *testing.T) {
+	c := New(Config{})
+	addNode(c, "n1", vec("cpu=16", "memory=16Gi"))
+	upd := func(v int64) func(*model.App) {
+		return func(a *model.App) {
+			a.Version = v
+			a.Promoted = true
+			a.Spec.Update = model.Update{MaxParallel: 1}
+			a.Spec.Health = &model.Health{Type: "tcp", Port: "http"}
+		}
+	}
+	addApp(c, "a", "root.p", 3, vec("cpu=1", "memory=1Gi"), upd(1))
+	step(t, c, t0)
+	agent(c)
+	for _, i := range c.Instances("a") {
+		i.State = model.Healthy
+		c.UpsertInstance(i)
+	}
+	addApp(c, "a", "root.p", 3, vec("cpu=1", "memory=1Gi"), upd(2))
+	now := t0
+	for round := 0; round < 4; round++ {
+		now = now.Add(time.Second)
+		step(t, c, now)
+		agent(c) // version 2's instances run, never healthy
+	}
+	v1 := 0
+	for _, i := range c.Instances("a") {
+		if i.Version == 1 && i.Desired == model.DesiredRun {
+			v1++
+		}
+	}
+	if v1 != 2 {
+		t.Fatalf("%d instances of version 1 left running, want 3 - maxParallel = 2: %+v", v1, c.Instances("a"))
+	}
+}
