@@ -6,7 +6,7 @@
 #   hdfs      a real NameNode + DataNode (Hadoop's MiniDFSCluster, jars from
 #             Maven Central, Java 17), 1 MiB blocks, with a control endpoint
 #   hdfs-faults  a second such cluster, for tests that restart or kill it
-#   consul    `consul agent -dev`, built once from the Go module proxy
+#   consul    `consul agent -dev` (HTTP API and DNS), built once from the Go module proxy
 #   dockerd   Debian's docker.io on a private socket with the vfs driver and
 #             its own bridge (published ports work)
 #   slapd     Debian's OpenLDAP slapd, an instance of its own (slapd.conf,
@@ -33,6 +33,7 @@ HDFS_CONTROL_PORT="${GAIA_HDFS_CONTROL_PORT:-25021}"
 HDFS_FAULTS_NN_PORT="${GAIA_HDFS_FAULTS_PORT:-25030}"
 HDFS_FAULTS_CONTROL_PORT="${GAIA_HDFS_FAULTS_CONTROL_PORT:-25031}"
 CONSUL_HTTP_PORT="${GAIA_CONSUL_PORT:-25500}"
+CONSUL_DNS_PORT="${GAIA_CONSUL_DNS_PORT:-25600}"
 CONSUL_VERSION="1.20.0"
 LDAP_PORT="${GAIA_LDAP_PORT:-25389}"
 HADOOP_VERSION="$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' "$HERE/hdfs/pom.xml")"
@@ -277,23 +278,36 @@ consul_ready() {
   [ -n "$leader" ] && [ "$leader" != '""' ]
 }
 status_consul() { consul_ready; }
+# The flags a consul agent is started with; a running one whose stamp
+# differs (or that has none: started by an older svc.sh, without DNS) is
+# restarted by `start`.
+consul_flags() {
+  echo "-http-port $CONSUL_HTTP_PORT -dns-port $CONSUL_DNS_PORT -grpc-port -1 -grpc-tls-port -1" \
+    "-server-port $((CONSUL_HTTP_PORT + 1)) -serf-lan-port $((CONSUL_HTTP_PORT + 2))" \
+    "-serf-wan-port $((CONSUL_HTTP_PORT + 3))"
+}
 start_consul() {
   install_consul
   local dir="$STATE/consul" logf="$STATE/consul/consul.log"
-  status_consul && return 0
+  if status_consul; then
+    [ "$(cat "$dir/flags" 2>/dev/null)" = "$(consul_flags)" ] && return 0
+    log "consul: running with other flags than: $(consul_flags): restarting it"
+    stop_consul
+  fi
   pid_alive "$dir/pid" && kill "$(cat "$dir/pid")" 2>/dev/null || true
   mkdir -p "$dir"
-  log "consul: starting dev agent on 127.0.0.1:$CONSUL_HTTP_PORT"
+  log "consul: starting dev agent on 127.0.0.1:$CONSUL_HTTP_PORT (DNS on $CONSUL_DNS_PORT)"
+  # shellcheck disable=SC2046
   setsid "$CONSUL_BIN" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -node gaia-test \
-    -http-port "$CONSUL_HTTP_PORT" -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
-    -server-port $((CONSUL_HTTP_PORT + 1)) -serf-lan-port $((CONSUL_HTTP_PORT + 2)) \
-    -serf-wan-port $((CONSUL_HTTP_PORT + 3)) </dev/null >"$logf" 2>&1 9>&- &
+    $(consul_flags) </dev/null >"$logf" 2>&1 9>&- &
   echo $! >"$dir/pid"
+  consul_flags >"$dir/flags"
   wait_started consul "$logf" "$dir/pid" 60 consul_ready
 }
 stop_consul() { stop_pid "$STATE/consul/pid" 20; }
 env_consul() {
   echo "GAIA_TEST_CONSUL_ADDR=127.0.0.1:$CONSUL_HTTP_PORT"
+  echo "GAIA_TEST_CONSUL_DNS=127.0.0.1:$CONSUL_DNS_PORT"
   echo "GAIA_TEST_CONSUL_BIN=$CONSUL_BIN"
 }
 
