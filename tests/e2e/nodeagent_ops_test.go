@@ -2,16 +2,19 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,6 +39,9 @@ type agentCluster struct {
 	// agentPort is every agent's HTTP port (on its node's address).
 	agentPort string
 	app       string
+	bin       string                       // the gaia-nodeagent binary
+	procs     map[string]*harness.Registry // node name → its agent's process
+	configs   map[string]string            // node name → its agent's config file
 }
 
 // opsInstance is an instance as the scheduler's API shows it.
@@ -46,6 +52,8 @@ type opsInstance struct {
 	State     string         `json:"state"`
 	Reason    string         `json:"reason"`
 	HostPorts map[string]int `json:"hostPorts"`
+	ExitCode  int            `json:"exitCode"`
+	Restarts  int            `json:"restarts"`
 }
 
 func (in opsInstance) String() string {
@@ -68,7 +76,8 @@ func newAgentCluster(t *testing.T, ips ...string) *agentCluster {
 
 	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1_000_000)
 	c := &agentCluster{t: t, e: e, henv: henv, sched: sched, cons: consulClient(t, e.consul),
-		image: "agentops/web:v1", nodes: map[string]string{}, agents: map[string]string{}, app: "agentops-" + suffix}
+		image: "agentops/web:v1", nodes: map[string]string{}, agents: map[string]string{}, app: "agentops-" + suffix,
+		procs: map[string]*harness.Registry{}, configs: map[string]string{}}
 	for i, ip := range ips {
 		c.nodes[fmt.Sprintf("agent-%c-%s", 'a'+i, suffix)] = ip
 	}
@@ -85,7 +94,7 @@ func newAgentCluster(t *testing.T, ips ...string) *agentCluster {
 			}
 		}
 	})
-	bin := harness.Binary(t, "./nodeagent/cmd/gaia-nodeagent")
+	c.bin = harness.Binary(t, "./nodeagent/cmd/gaia-nodeagent")
 	// Every agent on the same port of its node's address, as on real
 	// machines (gaiactl app logs finds an agent at node address:port).
 	_, port, _ := strings.Cut(harness.FreeAddr(t), ":")
@@ -93,7 +102,7 @@ func newAgentCluster(t *testing.T, ips ...string) *agentCluster {
 	for node, ip := range c.nodes {
 		addr := ip + ":" + port
 		c.agents[node] = addr
-		startNodeAgent(t, e, bin, node, ip, addr, sched.URL(), henv.Get(t, "GAIA_TEST_DOCKER_HOST"), host)
+		c.procs[node], c.configs[node] = startNodeAgent(t, e, c.bin, node, ip, addr, sched.URL(), henv.Get(t, "GAIA_TEST_DOCKER_HOST"), host)
 	}
 	waitFor(t, "every node registered", time.Minute, func() bool {
 		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready' AND name = ANY($1)`, keysOf(c.nodes)) == len(c.nodes)
@@ -422,6 +431,78 @@ func nodesOf(ins []opsInstance) map[string]int {
 	return out
 }
 
+// checkAutoRollback: an update (maxParallel 1, autoRollback, a short
+// healthyDeadline) to a version whose health check fails (a path the
+// instances answer 404) is rolled back automatically to good (the
+// version the app's 2 instances run, healthy): meanwhile at least
+// 2 - maxParallel of them stay healthy, and afterwards only good's spec
+// runs (good's instances, or the rollback's, which equals it), healthy,
+// in Consul, the failed version's instance gone.
+func (c *agentCluster) checkAutoRollback(good int64) {
+	c.t.Helper()
+	upd := c.spec(2)
+	upd["env"] = map[string]string{"RELEASE": "3"}
+	upd["health"] = map[string]any{"type": "http", "port": "http", "path": "/missing", "interval": "1s", "timeout": "1s"}
+	upd["update"] = map[string]any{"maxParallel": 1, "autoRollback": true, "healthyDeadline": "5s"}
+	c.post("/v1/apps/"+c.app+"/update", upd)
+	bad := c.appVersion()
+	type appView struct {
+		Version  int64   `json:"version"`
+		Same     []int64 `json:"same"`
+		Rollback *struct {
+			From   int64  `json:"from"`
+			To     int64  `json:"to"`
+			Auto   bool   `json:"auto"`
+			Reason string `json:"reason"`
+		} `json:"rollback"`
+	}
+	var a appView
+	sawBad := false
+	waitErr(c.t, "the automatic rollback of the failing version", 90*time.Second, func() error {
+		var states []string
+		goodHealthy := 0
+		for _, in := range c.live() {
+			states = append(states, in.String())
+			if in.Version == good && in.State == "healthy" {
+				goodHealthy++
+			}
+			sawBad = sawBad || in.Version == bad
+		}
+		if goodHealthy < 1 {
+			c.t.Fatalf("%d instances of version %d healthy during the update, want at least 2 - maxParallel = 1: %v", goodHealthy, good, states)
+		}
+		a = appView{}
+		if code := call(c.t, c.sched.URL(), schedAdmin, "GET", "/v1/apps/"+c.app, nil, &a); code != http.StatusOK {
+			return fmt.Errorf("GET app: %d", code)
+		}
+		if a.Rollback == nil {
+			return fmt.Errorf("version %d, no rollback yet: %v", a.Version, states)
+		}
+		return nil
+	}, c.sched)
+	if r := a.Rollback; !r.Auto || r.From != bad || r.To != good || a.Version != bad+1 || !slices.Contains(a.Same, good) || !sawBad {
+		c.t.Errorf("rollback %+v at version %d (same %v), want an automatic one from %d to %d at %d; an instance of %d seen: %v",
+			*r, a.Version, a.Same, bad, good, bad+1, bad, sawBad)
+	}
+	var healthy []opsInstance
+	waitErr(c.t, "only the good version's spec running after the rollback", 90*time.Second, func() error {
+		live := c.live()
+		healthy = nil
+		for _, in := range live {
+			if in.State == "healthy" && (in.Version == good || in.Version == a.Version) {
+				healthy = append(healthy, in)
+			}
+		}
+		if len(live) != 2 || len(healthy) != 2 {
+			return fmt.Errorf("want 2 healthy at version %d or %d: %v", good, a.Version, live)
+		}
+		return nil
+	}, c.sched)
+	c.waitContainers("2 containers after the rollback", 2)
+	c.waitConsul("Consul to list the instances after the rollback", healthy)
+	c.checkServing(healthy)
+}
+
 // TestNodeAgentsAppOperations: issue 12's main flow with a real scheduler
 // and three real agents. An app of 6 instances reaches healthy on the
 // three nodes, each answering on its host port with its GAIA_INSTANCE and
@@ -444,6 +525,7 @@ func TestNodeAgentsAppOperations(t *testing.T) {
 	}
 	c.checkServing(healthy)
 	c.waitConsul("Consul to list the 6 instances", healthy)
+	c.checkDNS(healthy)
 	c.waitContainers("6 containers", 6)
 	c.checkEndpoints(healthy, nil)
 	c.checkLogs(healthy)
@@ -514,6 +596,7 @@ func TestNodeAgentsAppOperations(t *testing.T) {
 	waitErr(t, "no canary tag in Consul after the promote", time.Minute, func() error { return c.consulCanaries(nil) })
 	c.waitConsul("Consul to list the promoted instances", healthy)
 	c.checkServing(healthy)
+	c.checkAutoRollback(v)
 
 	victim := healthy[0]
 	c.post("/v1/instances/"+victim.ID+"/stop", nil)
@@ -550,4 +633,180 @@ func TestNodeAgentsAppOperations(t *testing.T) {
 		t.Fatalf("delete: %d", code)
 	}
 	c.waitContainers("no container nor Consul entry after the delete", 0)
+}
+
+// checkDNS: Consul's DNS answers the app's SRV name with exactly these
+// instances, each at its node's address and host port.
+func (c *agentCluster) checkDNS(ins []opsInstance) {
+	c.t.Helper()
+	dnsAddr := harness.Start(c.t, harness.Consul).Get(c.t, "GAIA_TEST_CONSUL_DNS")
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, dnsAddr)
+	}}
+	want := []string{}
+	for _, in := range ins {
+		want = append(want, fmt.Sprintf("%s:%d", c.nodes[in.Node], in.HostPorts["http"]))
+	}
+	sort.Strings(want)
+	var got []string
+	waitErr(c.t, "Consul DNS to answer "+c.app+".service.consul", time.Minute, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, srvs, err := r.LookupSRV(ctx, c.app, "tcp", "service.consul")
+		if err != nil {
+			return err
+		}
+		got = nil
+		for _, srv := range srvs {
+			// A target is the node's name in Consul; its A record is the
+			// service's address.
+			addrs, err := r.LookupHost(ctx, srv.Target)
+			if err != nil {
+				return fmt.Errorf("resolving %s: %v", srv.Target, err)
+			}
+			for _, a := range addrs {
+				got = append(got, fmt.Sprintf("%s:%d", a, srv.Port))
+			}
+		}
+		sort.Strings(got)
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("SRV %s answers %v, want %v", c.app, got, want)
+		}
+		return nil
+	})
+}
+
+// withApp is the cluster driving another app (its Consul entries removed
+// at the end of the test).
+func (c *agentCluster) withApp(name string) *agentCluster {
+	d := *c
+	d.app = c.app + "-" + name
+	c.t.Cleanup(func() {
+		svcs, _ := c.cons.Agent().Services()
+		for id, s := range svcs {
+			if s.Service == d.app {
+				c.cons.Agent().ServiceDeregister(id)
+			}
+		}
+	})
+	return &d
+}
+
+// running is the IDs of the app's running containers on node.
+func (c *agentCluster) running(node string) []string {
+	c.t.Helper()
+	ids := harness.Docker(c.t, c.henv, "ps", "-q", "--no-trunc", "--filter", "label=gaia.node="+node, "--filter", "label=gaia.app="+c.app)
+	out := strings.Fields(ids)
+	sort.Strings(out)
+	return out
+}
+
+func (c *agentCluster) delete() {
+	c.t.Helper()
+	if code := call(c.t, c.sched.URL(), schedAdmin, "DELETE", "/v1/apps/"+c.app, nil, nil); code/100 != 2 {
+		c.t.Fatalf("delete %s: %d", c.app, code)
+	}
+	c.waitContainers("no container nor Consul entry after the delete of "+c.app, 0)
+}
+
+func ids(ins []opsInstance) []string {
+	var out []string
+	for _, in := range ins {
+		out = append(out, in.ID)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestNodeAgentsFailures: issue 12's agent failures with a real scheduler
+// and three real agents (one cluster, one app per case).
+//   - kill -9 of an agent while its instance runs: the container keeps
+//     running; the restarted agent adopts it (same container, none
+//     created), the scheduler's view and Consul unchanged.
+//   - an agent stopped (SIGSTOP) longer than the node timeout: its
+//     instance is replaced on the other nodes; when it resumes, its stale
+//     container is removed and Consul no longer lists it.
+func TestNodeAgentsFailures(t *testing.T) {
+	c := newAgentCluster(t, "127.0.0.5", "127.0.0.6", "127.0.0.7")
+
+	// kill -9 and adoption
+	d := c.withApp("adopt")
+	d.post("/v1/apps", d.spec(3))
+	healthy := d.waitHealthy("3 instances healthy", 3, 0)
+	if on := nodesOf(healthy); len(on) != 3 {
+		t.Fatalf("3 instances on nodes %v, want one on each", on)
+	}
+	d.waitConsul("Consul to list the 3 instances", healthy)
+	all := d.containers()
+	node := healthy[0].Node
+	mine := d.running(node)
+	if len(mine) != 1 {
+		t.Fatalf("running containers on %s: %v, want 1", node, mine)
+	}
+	c.procs[node].Kill()
+	if got := d.running(node); !slices.Equal(got, mine) {
+		t.Fatalf("after kill -9 of its agent, %s runs %v, want %v", node, got, mine)
+	}
+	c.procs[node] = runNodeAgent(t, c.bin, c.configs[node], c.agents[node])
+	agentURL := "http://" + c.agents[node]
+	waitErr(t, "the restarted agent to adopt its container", time.Minute, func() error {
+		if n := harness.Metric(t, agentURL, "gaia_nodeagent_container_operations_total", `op="adopt"`); n != 1 {
+			return fmt.Errorf("%v adopted", n)
+		}
+		return nil
+	}, c.procs[node])
+	if n := harness.Metric(t, agentURL, "gaia_nodeagent_container_operations_total", `op="create"`); n != 0 {
+		t.Errorf("the restarted agent created %v containers, want 0", n)
+	}
+	after := d.waitHealthy("3 instances healthy after the agent's restart", 3, 0)
+	if !slices.Equal(ids(after), ids(healthy)) || !slices.Equal(d.containers(), all) || !slices.Equal(d.running(node), mine) {
+		t.Errorf("after the restart: instances %v containers %v (%v on %s), want %v, %v, %v",
+			ids(after), d.containers(), d.running(node), node, ids(healthy), all, mine)
+	}
+	d.waitConsul("Consul to list the same 3 instances", healthy)
+
+	// an agent stopped longer than the node timeout
+	node = healthy[1].Node
+	stale := d.running(node)
+	if err := c.procs[node].Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			c.procs[node].Signal(syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	var moved []opsInstance
+	waitErr(t, "the stopped agent's instance replaced on the other nodes", 90*time.Second, func() error {
+		moved = nil
+		var states []string
+		for _, in := range d.live() {
+			states = append(states, in.String())
+			if in.State == "healthy" && in.Node != node {
+				moved = append(moved, in)
+			}
+		}
+		if len(moved) != 3 || len(states) != 3 {
+			return fmt.Errorf("want 3 healthy off %s: %v", node, states)
+		}
+		return nil
+	}, c.sched)
+	if got := d.running(node); !slices.Equal(got, stale) {
+		t.Fatalf("while its agent is stopped, %s runs %v, want %v", node, got, stale)
+	}
+	resume()
+	waitErr(t, "the resumed agent to remove its stale container", time.Minute, func() error {
+		if ids := harness.Docker(t, c.henv, "ps", "-aq", "--filter", "label=gaia.node="+node, "--filter", "label=gaia.app="+d.app); ids != "" {
+			return fmt.Errorf("%s still has %s", node, ids)
+		}
+		return nil
+	}, c.procs[node])
+	d.waitConsul("Consul to list the 3 replacements, not the stale instance", moved)
+	d.waitContainers("3 containers", 3)
+	d.delete()
+
 }

@@ -210,8 +210,9 @@ func httpGet(url string) (string, error) {
 // ip and listening on addr, speaking to the scheduler at schedURL, running
 // instances on the dockerd at dockerHost and pulling through gateway
 // (with e's registry credential, if any); it
-// returns once /healthz answers, and stops with the test.
-func startNodeAgent(t *testing.T, e *schedEnv, bin, node, ip, addr, schedURL, dockerHost, gateway string) {
+// returns the process once /healthz answers (it stops with the test) and
+// its config file.
+func startNodeAgent(t *testing.T, e *schedEnv, bin, node, ip, addr, schedURL, dockerHost, gateway string) (*harness.Registry, string) {
 	t.Helper()
 	cfg := fmt.Sprintf(`log: {level: info, formatter: json}
 http: {addr: %q}
@@ -227,6 +228,13 @@ agent: {reportinterval: 1s, retryinterval: 200ms}
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	harness.StartProcess(t, bin, []string{"--config", path}, nil, addr, "/healthz",
+	return runNodeAgent(t, bin, path, addr), path
+}
+
+// runNodeAgent starts the agent bin with the config at path, listening on
+// addr; it returns once /healthz answers.
+func runNodeAgent(t *testing.T, bin, path, addr string) *harness.Registry {
+	t.Helper()
+	return harness.StartProcess(t, bin, []string{"--config", path}, nil, addr, "/healthz",
 		func(code int) bool { return code == http.StatusOK })
 }
