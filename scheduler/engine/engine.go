@@ -77,11 +77,13 @@ type Stop struct {
 }
 
 // Unplaceable says why Count of an app's missing instances were not
-// placed by this plan.
+// placed by this plan. Held: the app's replacements are held back after
+// failures (HoldApp), not refused by the cluster.
 type Unplaceable struct {
 	App    string
 	Count  int
 	Reason string
+	Held   bool `json:",omitempty"`
 }
 
 // Plan is what one scheduling pass decided.
@@ -201,7 +203,12 @@ type app struct {
 
 	cnt counters
 
+	// hold: no placement before it (the back-off after failures), why
+	hold    time.Time
+	holdWhy string
+
 	// plan-time
+	held     int // missing instances not placed because of the hold
 	missing  int
 	scanFrom int
 	blocked  string
@@ -506,6 +513,7 @@ func (c *Cluster) UpsertApp(m model.App) {
 	}
 	a.m = m
 	a.stub = false
+	a.hold, a.holdWhy = m.Status.HeldUntil, m.Status.LastFailure
 	a.sk.priority = m.Spec.Priority
 	a.sk.created = m.CreatedAt
 	a.pool = c.ensurePool(m.Spec.Pool)
@@ -515,6 +523,18 @@ func (c *Cluster) UpsertApp(m model.App) {
 			i.res = m.Spec.Resources
 		}
 		c.attach(i)
+	}
+}
+
+// HoldApp places no instance of the app before until (zero: no hold);
+// why is said in the plans' Unplaceable meanwhile. Scale-downs, stops and
+// rolling-update steps go on; a rolling update waits, as its missing
+// instances count as in flight. UpsertApp sets the hold from
+// Status.HeldUntil and Status.LastFailure.
+func (c *Cluster) HoldApp(name string, until time.Time, why string) {
+	if a := c.apps[name]; a != nil {
+		a.hold, a.holdWhy = until, why
+		a.m.Status.HeldUntil, a.m.Status.LastFailure = until, why
 	}
 }
 

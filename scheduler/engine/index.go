@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/gaia-registry/gaia/scheduler/model"
@@ -296,4 +298,62 @@ func (c *Cluster) assignPorts(a *app, n *node) []hostPort {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
+}
+
+// unfit says why no node took an instance of a. The generic answer costs
+// nothing; an app with fixed host ports or a spread limit gets one scan
+// of the nodes its constraints allow (once per plan, as pick failed) to
+// tell a port clash or the spread limit from a lack of room.
+func (c *Cluster) unfit(a *app, req resource.Vector) string {
+	generic := fmt.Sprintf("no node has room for %s", describe(a))
+	s := &a.m.Spec
+	var fixed []int
+	for _, p := range s.Ports {
+		if p.HostPort != 0 {
+			fixed = append(fixed, p.HostPort)
+		}
+	}
+	if len(fixed) == 0 && s.Spread == 0 {
+		return generic
+	}
+	// nodes with room; of those, under the spread limit; of those, with
+	// every fixed port free
+	roomy, spreadOK, portsFree := 0, 0, 0
+	taken := map[int]bool{}
+	for _, n := range c.nodeList {
+		if !n.ready() || !matches(s.Constraints, n) || !req.Fits(n.free()) {
+			continue
+		}
+		roomy++
+		if s.Spread > 0 && n.appCount[a] >= s.Spread {
+			continue
+		}
+		spreadOK++
+		free := true
+		for _, p := range fixed {
+			if _, used := n.ports[p]; used {
+				taken[p], free = true, false
+			}
+		}
+		if free {
+			portsFree++
+		}
+	}
+	switch {
+	case spreadOK > 0 && portsFree == 0:
+		ports := make([]string, 0, len(taken))
+		for _, p := range fixed {
+			if taken[p] {
+				ports = append(ports, strconv.Itoa(p))
+				delete(taken, p)
+			}
+		}
+		if len(ports) == 1 {
+			return fmt.Sprintf("host port %s is taken on every node that fits %s", ports[0], describe(a))
+		}
+		return fmt.Sprintf("host ports %s are taken on every node that fits %s", strings.Join(ports, ", "), describe(a))
+	case roomy > 0 && spreadOK == 0:
+		return fmt.Sprintf("every node with room for %s already runs %d of its instances (spread)", a.m.Spec.Resources, s.Spread)
+	}
+	return generic
 }

@@ -44,9 +44,13 @@ func (c *Cluster) Plan(now time.Time) *Plan {
 
 	apps := c.sortedApps()
 	for _, a := range apps {
-		a.missing, a.blocked, a.scanFrom = 0, "", 0
+		a.missing, a.blocked, a.scanFrom, a.held = 0, "", 0, 0
 		a.sk.hidx = -1
 		pl.housekeep(a)
+		if a.missing > 0 && now.Before(a.hold) {
+			// held after failures: nothing placed, nothing preempted for it
+			a.held, a.missing = a.missing, 0
+		}
 	}
 	for _, p := range c.pools {
 		p.heap = p.heap[:0]
@@ -60,6 +64,9 @@ func (c *Cluster) Plan(now time.Time) *Plan {
 	pl.preempt()
 
 	for _, a := range apps {
+		if a.held > 0 {
+			pl.plan.Unplaceable = append(pl.plan.Unplaceable, Unplaceable{App: a.sk.name, Count: a.held, Held: true, Reason: HeldReason(a.hold, a.holdWhy)})
+		}
 		if a.missing > 0 {
 			reason := a.blocked
 			if reason == "" {
@@ -70,6 +77,15 @@ func (c *Cluster) Plan(now time.Time) *Plan {
 	}
 	pl.plan.seq = pl.seq
 	return pl.plan
+}
+
+// HeldReason says why an app held after failures is not placed.
+func HeldReason(until time.Time, why string) string {
+	s := "replacements held until " + until.UTC().Format(time.RFC3339)
+	if why != "" {
+		s += ": " + why
+	}
+	return s
 }
 
 // Apply installs a plan the store has committed: new instances (state
@@ -307,7 +323,7 @@ func (pl *planner) placeAll() {
 		}
 		n := c.pick(a, req, pl.cursor)
 		if n == nil {
-			a.blocked = fmt.Sprintf("no node has room for %s", describe(a))
+			a.blocked = c.unfit(a, req)
 			pl.deactivate(&a.sk)
 			continue
 		}

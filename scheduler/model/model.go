@@ -344,6 +344,27 @@ type App struct {
 	Rollback  *Rollback `json:"rollback,omitempty" yaml:"rollback,omitempty"`
 	CreatedAt time.Time `json:"createdAt" yaml:"createdAt"`
 	UpdatedAt time.Time `json:"updatedAt" yaml:"updatedAt"`
+	// Status is the leader's word on the app, written when it changes.
+	Status AppStatus `json:"status,omitzero" yaml:"status,omitempty"`
+}
+
+// AppStatus says why an app's missing instances are not placed, and the
+// back-off its replacements are under after instances failed.
+type AppStatus struct {
+	// Unplaced: how many missing instances the last plan could not place
+	// and why ("1 instance not placed: host port 19090 is taken on every
+	// node that fits"); "" when none wait.
+	Unplaced string `json:"unplaced,omitempty" yaml:"unplaced,omitempty"`
+	// Failures counts the instances that failed (exited for good on
+	// their node, not stopped by the scheduler) since the last reset: an
+	// instance healthy for a while, or a user's change of the app.
+	Failures int `json:"failures,omitempty" yaml:"failures,omitempty"`
+	// HeldUntil: no instance of the app is placed before this time (the
+	// back-off after the last failure, doubling with each).
+	HeldUntil time.Time `json:"heldUntil,omitzero" yaml:"heldUntil,omitempty"`
+	// LastFailure names the last failed instance and how it ended.
+	LastFailure string    `json:"lastFailure,omitempty" yaml:"lastFailure,omitempty"`
+	FailedAt    time.Time `json:"failedAt,omitzero" yaml:"failedAt,omitempty"`
 }
 
 // Name is Spec.Name.
