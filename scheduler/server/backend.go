@@ -224,6 +224,9 @@ func (ls *leaderState) changeApp(ctx context.Context, name string, newVersion bo
 	if err := f(&a); err != nil {
 		return nil, err
 	}
+	// any change by the app's users (or a rollback) ends a back-off
+	resetBackoff(&a)
+	delete(ls.healthy, name)
 	a.UpdatedAt = time.Now().UTC()
 	b := &store.Batch{Apps: []model.App{a}}
 	if newVersion {
@@ -395,6 +398,9 @@ func (s *Server) DeleteApp(ctx context.Context, name string) error {
 			ls.dirty[in.Node] = true
 		}
 		delete(ls.apps, name)
+		delete(ls.unplaced, name)
+		delete(ls.healthy, name)
+		delete(ls.pendingApps, name)
 		ls.eng.RemoveApp(name)
 		return nil
 	})

@@ -86,6 +86,14 @@ type SchedulerConfig struct {
 	HeartbeatFlush time.Duration `yaml:"heartbeatflush"`
 	Scoring        string        `yaml:"scoring"`    // binpack (default) or spread
 	Candidates     int           `yaml:"candidates"` // nodes sampled per placement; 0: the engine's default
+	// ReplaceBackoff: after an instance of an app fails, the app's
+	// replacements wait this long, doubled with each further failure up
+	// to ReplaceBackoffMax. Defaults 5s and 5m.
+	ReplaceBackoff    time.Duration `yaml:"replacebackoff"`
+	ReplaceBackoffMax time.Duration `yaml:"replacebackoffmax"`
+	// ReplaceBackoffReset: an instance of the app healthy (running,
+	// without a health check) this long ends the back-off. Default 10m.
+	ReplaceBackoffReset time.Duration `yaml:"replacebackoffreset"`
 }
 
 // AuthConfig holds the API's tokens.
@@ -167,6 +175,15 @@ func (c *Config) applyDefaults() {
 	if s.Scoring == "" {
 		s.Scoring = "binpack"
 	}
+	if s.ReplaceBackoff == 0 {
+		s.ReplaceBackoff = 5 * time.Second
+	}
+	if s.ReplaceBackoffMax == 0 {
+		s.ReplaceBackoffMax = 5 * time.Minute
+	}
+	if s.ReplaceBackoffReset == 0 {
+		s.ReplaceBackoffReset = 10 * time.Minute
+	}
 	if c.Pools.Reload == 0 {
 		c.Pools.Reload = 10 * time.Second
 	}
@@ -212,6 +229,12 @@ func (c *Config) validate() error {
 	}
 	if s.Candidates < 0 {
 		return errors.New("scheduler.candidates: must not be negative")
+	}
+	if s.ReplaceBackoff < 0 || s.ReplaceBackoffReset < 0 {
+		return errors.New("scheduler.replacebackoff, scheduler.replacebackoffreset: must not be negative")
+	}
+	if s.ReplaceBackoffMax < s.ReplaceBackoff {
+		return fmt.Errorf("scheduler.replacebackoffmax: %s is shorter than scheduler.replacebackoff (%s)", s.ReplaceBackoffMax, s.ReplaceBackoff)
 	}
 	if c.Auth.AdminToken == "" {
 		return errors.New("auth.admintoken: required")

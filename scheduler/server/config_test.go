@@ -30,11 +30,12 @@ auth: {admintoken: a, nodetoken: n}
 registry: {url: "http://127.0.0.1:5000"}
 `
 	for extra, key := range map[string]string{
-		"scheduler: {pollinterval: 40s}\n": "scheduler.pollinterval",
-		"scheduler: {scoring: random}\n":   "scheduler.scoring",
-		"http: {addr: \"0.0.0.0:7000\"}\n": "cluster.advertise",
-		"scheduler: {nodetimeout: -1s}\n":  "scheduler.nodetimeout",
-		"pools: {reload: -1s}\n":           "pools.reload",
+		"scheduler: {pollinterval: 40s}\n":     "scheduler.pollinterval",
+		"scheduler: {scoring: random}\n":       "scheduler.scoring",
+		"http: {addr: \"0.0.0.0:7000\"}\n":     "cluster.advertise",
+		"scheduler: {nodetimeout: -1s}\n":      "scheduler.nodetimeout",
+		"pools: {reload: -1s}\n":               "pools.reload",
+		"scheduler: {replacebackoffmax: 1s}\n": "scheduler.replacebackoffmax",
 	} {
 		p := filepath.Join(t.TempDir(), "c.yml")
 		os.WriteFile(p, []byte(base+extra), 0o644)

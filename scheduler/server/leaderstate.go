@@ -38,7 +38,10 @@ type leaderState struct {
 	// write is retried by the next pass).
 	pendingNodes map[string]bool
 	pendingInst  map[string]bool
-	dirty        map[string]bool // nodes whose desired set changed
+	pendingApps  map[string]bool         // apps whose status changed (backoff.go)
+	unplaced     map[string]bool         // apps whose status says instances wait
+	healthy      map[string]healthyWatch // apps under back-off: the reset clock
+	dirty        map[string]bool         // nodes whose desired set changed
 	// usage that changed since the last flush (written with heartbeats)
 	usageInst  map[string]bool
 	usageNodes map[string]bool
@@ -114,6 +117,7 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 		nodes: map[string]*model.Node{}, pools: map[string]*model.Pool{}, apps: map[string]*model.App{},
 		inst: map[string]*model.Instance{}, byNode: map[string]map[string]struct{}{}, specs: map[versionKey]versionSpec{},
 		pendingNodes: map[string]bool{}, pendingInst: map[string]bool{}, dirty: map[string]bool{},
+		pendingApps: map[string]bool{}, unplaced: map[string]bool{}, healthy: map[string]healthyWatch{},
 		usageInst: map[string]bool{}, usageNodes: map[string]bool{}, rollouts: map[string]time.Time{},
 		feeds: map[string]*feed{}, reports: map[string]*api.Report{}, kick: make(chan struct{}, 1), deposed: make(chan struct{}),
 		lastFlush: time.Now(),
@@ -148,7 +152,10 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 		a := st.Apps[i]
 		ls.apps[a.Name()] = &a
 		ls.specs[versionKey{a.Name(), a.Version}] = versionSpec{a.Spec, a.Digest}
-		ls.eng.UpsertApp(a)
+		ls.eng.UpsertApp(a) // with its hold, if a back-off was under way
+		if a.Status.Unplaced != "" {
+			ls.unplaced[a.Name()] = true
+		}
 		if now.Sub(a.UpdatedAt) < a.Spec.Update.EffectiveHealthyDeadline() {
 			ls.watchRollout(&a) // a rollout a previous leader watched; done ones are dropped by the first pass
 		}
@@ -156,6 +163,13 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 	for i := range st.Instances {
 		in := st.Instances[i]
 		ls.addInstance(&in)
+		// an app under back-off: its reset clock runs from when an
+		// instance became healthy after the last failure
+		if a := ls.apps[in.App]; a != nil && a.Status.Failures > 0 && healthy(&in, a) && len(in.Transitions) > 0 {
+			if since := in.Transitions[len(in.Transitions)-1].At; since.After(a.Status.FailedAt) {
+				ls.noteHealthy(ls.inst[in.ID], since)
+			}
+		}
 	}
 	return ls, nil
 }
@@ -254,6 +268,7 @@ func (ls *leaderState) pass(now time.Time) error {
 	// the term check decides, and a refused write ends the term here.
 	ctx := context.WithoutCancel(ls.ctx)
 	ls.applyReports(now)
+	ls.checkBackoffResets(now)
 	ls.judgeNodes(now)
 	if err := ls.checkRollouts(ctx, now); err != nil {
 		return err
@@ -262,11 +277,14 @@ func (ls *leaderState) pass(now time.Time) error {
 		return err
 	}
 	plan := ls.eng.Plan(now)
-	ls.s.metrics.unplaceable.Set(float64(len(plan.Unplaceable)))
 	if len(plan.Place)+len(plan.Stop) > 0 {
 		if err := ls.commitPlan(ctx, plan, now); err != nil {
 			return err
 		}
+	}
+	ls.noteUnplaced(plan)
+	if err := ls.flushPending(ctx); err != nil { // the apps whose status changed
+		return err
 	}
 	ls.publish()
 	if now.Sub(ls.lastFlush) >= ls.s.cfg.Scheduler.HeartbeatFlush {
@@ -313,6 +331,7 @@ func (ls *leaderState) applyReports(now time.Time) {
 				continue // not (or no longer) this node's: not in its set, so it stops it
 			}
 			changed := false
+			was := in.State
 			state := r.State
 			if in.State == model.Lost && !state.Terminal() {
 				// the scheduler gave it up: it stays lost until stopped
@@ -328,6 +347,13 @@ func (ls *leaderState) applyReports(now time.Time) {
 			if r.ExitCode != in.ExitCode || r.Restarts != in.Restarts {
 				in.ExitCode, in.Restarts = r.ExitCode, r.Restarts
 				changed = true
+			}
+			if in.State != was {
+				if in.State == model.Failed && in.Desired != model.DesiredStop {
+					ls.recordFailure(in, now)
+				} else {
+					ls.noteHealthy(in, now)
+				}
 			}
 			if r.Usage != in.Usage || r.Net != in.Net {
 				// Written with the next heartbeat flush (or with a state
@@ -404,10 +430,15 @@ func (ls *leaderState) judgeNodes(now time.Time) {
 // flushPending writes the pending node and instance changes in one
 // transaction under the term.
 func (ls *leaderState) flushPending(ctx context.Context) error {
-	if len(ls.pendingNodes)+len(ls.pendingInst) == 0 {
+	if len(ls.pendingNodes)+len(ls.pendingInst)+len(ls.pendingApps) == 0 {
 		return nil
 	}
 	b := &store.Batch{}
+	for name := range ls.pendingApps {
+		if a := ls.apps[name]; a != nil {
+			b.Apps = append(b.Apps, *a)
+		}
+	}
 	for name := range ls.pendingNodes {
 		if n := ls.nodes[name]; n != nil {
 			b.Nodes = append(b.Nodes, *n)
@@ -438,6 +469,7 @@ func (ls *leaderState) flushPending(ctx context.Context) error {
 	}
 	clear(ls.pendingNodes)
 	clear(ls.pendingInst)
+	clear(ls.pendingApps)
 	for _, in := range finished {
 		ls.dropInstance(in)
 	}

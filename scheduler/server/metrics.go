@@ -20,6 +20,8 @@ type metrics struct {
 	placements    prometheus.Counter
 	stops         *prometheus.CounterVec
 	unplaceable   prometheus.Gauge
+	held          prometheus.Gauge
+	failures      prometheus.Counter
 	loop          prometheus.Histogram
 	writes        *prometheus.CounterVec
 	nodes         *prometheus.GaugeVec
@@ -49,6 +51,12 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "gaia_scheduler_stops_total", Help: "Instances told to stop, by reason.",
 		}, []string{"reason"}),
 		unplaceable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gaia_scheduler_unplaceable_apps", Help: "Apps with instances no node has room for, at the last plan."}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gaia_scheduler_held_apps", Help: "Apps whose replacements are held back after instances failed (the back-off), at the last plan.",
+		}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gaia_scheduler_instance_failures_total", Help: "Instances reported failed by their node while desired run (each starts or lengthens its app's back-off).",
+		}),
 		loop: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "gaia_scheduler_loop_seconds", Help: "One pass of the leader's loop: reports, liveness, plan and its write.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
@@ -71,7 +79,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		}, []string{"result"}),
 		reports: prometheus.NewCounter(prometheus.CounterOpts{Name: "gaia_scheduler_node_reports_total", Help: "Node reports received."}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.isLeader, m.term, m.deposed, m.placements, m.stops, m.unplaceable,
+	reg.MustRegister(m.requests, m.duration, m.isLeader, m.term, m.deposed, m.placements, m.stops, m.unplaceable, m.held, m.failures,
 		m.loop, m.writes, m.nodes, m.nodesDown, m.autoRollbacks, m.polls, m.reports, m.poolsFile,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
