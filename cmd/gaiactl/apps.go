@@ -146,10 +146,15 @@ keeps the current spec with a new image.`,
 			return nil
 		},
 	}
+	var all bool
 	instances := &cobra.Command{
-		Use: "instances NAME", Short: "the app's instances", Args: nargs("NAME"), ValidArgsFunction: names,
+		Use: "instances NAME", Short: "the app's instances (--all: the stopped and failed ones too)", Args: nargs("NAME"), ValidArgsFunction: names,
 		RunE: func(c *cobra.Command, a []string) error {
-			items, err := s.list(c, "/v1/apps/"+pathEsc(a[0])+"/instances", limit)
+			path := "/v1/apps/" + pathEsc(a[0]) + "/instances"
+			if all {
+				path += "?all=true"
+			}
+			items, err := s.list(c, path, limit)
 			if err != nil {
 				return err
 			}
@@ -186,6 +191,7 @@ keeps the current spec with a new image.`,
 			return tw.Flush()
 		},
 	}
+	instances.Flags().BoolVar(&all, "all", false, "also the instances that stopped or failed")
 	for _, c := range []*cobra.Command{list, instances, versions} {
 		c.Flags().IntVar(&limit, "limit", 0, "at most this many (0: all, following the list's pages)")
 	}
@@ -299,6 +305,12 @@ func (s *schedCLI) showApp(raw []byte, msg string) error {
 		}
 		fmt.Fprintf(s.stdout, "rollback:  %s from version %d to %d's spec at %s: %s\n", how, rb.From, rb.To, at(rb.At), rb.Reason)
 	}
+	if st := app.Status; st.Unplaced != "" {
+		fmt.Fprintf(s.stdout, "waiting:   %s\n", st.Unplaced)
+	}
+	if st := app.Status; st.Failures > 0 {
+		fmt.Fprintf(s.stdout, "failures:  %d, the last at %s: %s; replacements held until %s\n", st.Failures, at(st.FailedAt), st.LastFailure, at(st.HeldUntil))
+	}
 	spec, err := yaml.Marshal(app.Spec)
 	if err != nil {
 		return err
@@ -309,10 +321,10 @@ func (s *schedCLI) showApp(raw []byte, msg string) error {
 
 func (s *schedCLI) printApps(apps []model.App) {
 	tw := tabwriter.NewWriter(s.stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPOOL\tINSTANCES\tVERSION\tSTATE\tIMAGE\tRESOURCES\tUPDATED")
+	fmt.Fprintln(tw, "NAME\tPOOL\tINSTANCES\tVERSION\tSTATE\tIMAGE\tRESOURCES\tUPDATED\tWAITING")
 	for _, a := range apps {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", a.Spec.Name, a.Spec.Pool, a.Spec.Instances, a.Version,
-			a.State, a.Spec.Image, vec(a.Spec.Resources), at(a.UpdatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", a.Spec.Name, a.Spec.Pool, a.Spec.Instances, a.Version,
+			a.State, a.Spec.Image, vec(a.Spec.Resources), at(a.UpdatedAt), dash(a.Status.Unplaced))
 	}
 	tw.Flush()
 }

@@ -166,7 +166,11 @@ func (s *schedCLI) list(c *cobra.Command, path string, limit int) ([]json.RawMes
 		}
 		p := path
 		if len(q) > 0 {
-			p += "?" + q.Encode()
+			sep := "?"
+			if strings.Contains(p, "?") {
+				sep = "&"
+			}
+			p += sep + q.Encode()
 		}
 		var page struct {
 			Items []json.RawMessage `json:"items"`

@@ -407,3 +407,29 @@ func TestCompletion(t *testing.T) {
 		t.Fatalf("completion: %d\n%s%s", code, out, errs)
 	}
 }
+
+// The app's status (why instances wait, the back-off after failures) is
+// in app show and app list; app instances --all asks for the finished
+// instances too.
+func TestAppStatusAndAllInstances(t *testing.T) {
+	f := newFakeSched(t)
+	held := `{"spec":{"name":"crash","pool":"root.a","image":"x","instances":1,"resources":{"cpu":"1"}},"version":1,"state":"running",` +
+		`"status":{"unplaced":"1 instance not placed: replacements held until 2026-11-30T12:00:40Z: instance crash-1 failed: exited with code 3; 2 restarts",` +
+		`"failures":4,"heldUntil":"2026-11-30T12:00:40Z","lastFailure":"instance crash-1 failed: exited with code 3; 2 restarts","failedAt":"2026-11-30T12:00:00Z"}}`
+	f.on("GET /v1/apps/crash", 200, held)
+	f.on("GET /v1/apps", 200, `{"items":[`+held+`],"next":""}`)
+	f.on("GET /v1/apps/crash/instances", 200, `{"items":[{"id":"crash-1","app":"crash","version":1,"node":"n1","state":"failed","exitCode":3,"restarts":2,"reason":"exited with code 3; 2 restarts","desired":"run"}],"next":""}`)
+	code, out, errs := f.gaiactl("app", "show", "crash")
+	if code != 0 || !strings.Contains(out, "waiting:   1 instance not placed: replacements held until 2026-11-30T12:00:40Z: instance crash-1 failed") ||
+		!strings.Contains(out, "failures:  4, the last at 2026-11-30T12:00:00Z: instance crash-1 failed: exited with code 3; 2 restarts; replacements held until 2026-11-30T12:00:40Z") {
+		t.Errorf("app show: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs := f.gaiactl("app", "list"); code != 0 || !strings.Contains(out, "WAITING") || !strings.Contains(out, "1 instance not placed: replacements held") {
+		t.Errorf("app list: exit %d\n%s%s", code, out, errs)
+	}
+	f.take()
+	code, out, errs = f.gaiactl("app", "instances", "crash", "--all", "--limit", "5")
+	if reqs := f.take(); code != 0 || len(reqs) != 1 || reqs[0].URI != "/v1/apps/crash/instances?all=true&limit=5" || !strings.Contains(out, "failed") {
+		t.Errorf("app instances --all: exit %d, requests %+v\n%s%s", code, reqs, out, errs)
+	}
+}
