@@ -727,6 +727,8 @@ func ids(ins []opsInstance) []string {
 //   - an agent stopped (SIGSTOP) longer than the node timeout: its
 //     instance is replaced on the other nodes; when it resumes, its stale
 //     container is removed and Consul no longer lists it.
+//   - a command that exits at once: restarted with back-off, then failed
+//     with its exit code, listed so, counted in the app's status.
 func TestNodeAgentsFailures(t *testing.T) {
 	c := newAgentCluster(t, "127.0.0.5", "127.0.0.6", "127.0.0.7")
 
@@ -809,4 +811,60 @@ func TestNodeAgentsFailures(t *testing.T) {
 	d.waitContainers("3 containers", 3)
 	d.delete()
 
+	// a command that exits at once: restarted with back-off by its agent,
+	// then failed with its exit code, listed as such (gaiactl app
+	// instances --all), its replacements held by the scheduler's back-off
+	d = c.withApp("exits")
+	spec := d.spec(1)
+	spec["command"] = []string{"/bin/busybox", "sh", "-c", "echo bye; exit 3"}
+	delete(spec, "health")
+	spec["restart"] = map[string]any{"attempts": 2, "delay": "1s", "backoff": 2}
+	d.post("/v1/apps", spec)
+	var failed opsInstance
+	backoff := ""
+	waitErr(t, "an instance failed after its restarts", time.Minute, func() error {
+		var page struct {
+			Items []opsInstance `json:"items"`
+		}
+		call(t, c.sched.URL(), schedAdmin, "GET", "/v1/apps/"+d.app+"/instances?all=true&limit=100", nil, &page)
+		for _, in := range page.Items {
+			if in.State == "starting" && strings.Contains(in.Reason, "restart") {
+				backoff = in.Reason
+			}
+			if in.State == "failed" {
+				failed = in
+				return nil
+			}
+		}
+		return fmt.Errorf("instances: %v", page.Items)
+	}, c.sched)
+	if failed.ExitCode != 3 || failed.Restarts != 2 || !strings.Contains(failed.Reason, "exited with code 3") {
+		t.Errorf("failed instance %v: exit code %d, %d restarts; want exit code 3 after 2 restarts, the reason naming it", failed, failed.ExitCode, failed.Restarts)
+	}
+	t.Logf("a restart's back-off as reported: %q", backoff)
+	out, err := d.gaiactl("app", "instances", d.app, "--all").CombinedOutput()
+	if line := lineWith(string(out), failed.ID); err != nil || !strings.Contains(line, "failed") {
+		t.Errorf("gaiactl app instances --all: %v, the failed instance's line %q in:\n%s", err, line, out)
+	}
+	var app struct {
+		Status struct {
+			Failures    int    `json:"failures"`
+			LastFailure string `json:"lastFailure"`
+		} `json:"status"`
+	}
+	call(t, c.sched.URL(), schedAdmin, "GET", "/v1/apps/"+d.app, nil, &app)
+	if app.Status.Failures < 1 || !strings.Contains(app.Status.LastFailure, failed.ID) {
+		t.Errorf("app status %+v: want the failure of %s counted and named", app.Status, failed.ID)
+	}
+	d.delete()
+}
+
+// lineWith is the first line of out containing s.
+func lineWith(out, s string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
 }
