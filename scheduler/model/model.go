@@ -254,6 +254,9 @@ type Update struct {
 	// Canary: on a new version, first this many instances move to it and
 	// the rest wait for promote.
 	Canary         int      `json:"canary,omitempty" yaml:"canary,omitempty"`
+	// MinHealthyTime: a new instance counts as updated only after it has
+	// been healthy (running, without a health check) this long; until
+	// then the rolling update waits for it.
 	MinHealthyTime Duration `json:"minHealthyTime,omitempty" yaml:"minHealthyTime,omitempty"`
 	// HealthyDeadline: a new version's instances must be healthy this
 	// long after it was made (default 5m), or, with AutoRollback, the

@@ -49,6 +49,10 @@ type leaderState struct {
 	started    time.Time // when this term's state was loaded
 	// rollouts are the new versions watched for auto-rollback, since when.
 	rollouts map[string]time.Time
+	// ripening are instances healthy for less than their app's
+	// update.minHealthyTime (the engine sees them starting), and when
+	// they will have been healthy that long.
+	ripening map[string]time.Time
 
 	// feeds: per node, read by polls without mu.
 	fmu   sync.RWMutex
@@ -118,7 +122,7 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 		inst: map[string]*model.Instance{}, byNode: map[string]map[string]struct{}{}, specs: map[versionKey]versionSpec{},
 		pendingNodes: map[string]bool{}, pendingInst: map[string]bool{}, dirty: map[string]bool{},
 		pendingApps: map[string]bool{}, unplaced: map[string]bool{}, healthy: map[string]healthyWatch{},
-		usageInst: map[string]bool{}, usageNodes: map[string]bool{}, rollouts: map[string]time.Time{},
+		usageInst: map[string]bool{}, usageNodes: map[string]bool{}, rollouts: map[string]time.Time{}, ripening: map[string]time.Time{},
 		feeds: map[string]*feed{}, reports: map[string]*api.Report{}, kick: make(chan struct{}, 1), deposed: make(chan struct{}),
 		lastFlush: time.Now(),
 	}
@@ -270,6 +274,7 @@ func (ls *leaderState) pass(now time.Time) error {
 	ls.applyReports(now)
 	ls.checkBackoffResets(now)
 	ls.judgeNodes(now)
+	ls.ripen(now)
 	if err := ls.checkRollouts(ctx, now); err != nil {
 		return err
 	}
@@ -380,12 +385,43 @@ func (ls *leaderState) applyReports(now time.Time) {
 func (ls *leaderState) instanceChanged(in *model.Instance) {
 	ls.pendingInst[in.ID] = true
 	if store.Live(*in) && !in.State.Terminal() {
-		ls.eng.UpsertInstance(*in)
+		ls.eng.UpsertInstance(ls.engineView(in, time.Now()))
 	} else {
 		ls.eng.RemoveInstance(in.ID)
 	}
 	if in.State == model.Stopped || in.State == model.Failed {
 		ls.dirty[in.Node] = true
+	}
+}
+
+// engineView is the instance as the engine should see it. With
+// update.minHealthyTime, an instance healthy (or running, without a
+// health check) for less than that still counts as starting, so a rolling
+// update waits for it; ripen shows it to the engine as it is once the time
+// has passed.
+func (ls *leaderState) engineView(in *model.Instance, now time.Time) model.Instance {
+	v := *in
+	a := ls.apps[in.App]
+	if a == nil || a.Spec.Update.MinHealthyTime <= 0 || !healthy(in, a) || len(in.Transitions) == 0 {
+		return v
+	}
+	if ready := in.Transitions[len(in.Transitions)-1].At.Add(a.Spec.Update.MinHealthyTime.D()); now.Before(ready) {
+		v.State = model.Starting
+		ls.ripening[in.ID] = ready
+	}
+	return v
+}
+
+// ripen shows the engine the instances whose minHealthyTime has passed.
+func (ls *leaderState) ripen(now time.Time) {
+	for id, ready := range ls.ripening {
+		if now.Before(ready) {
+			continue
+		}
+		delete(ls.ripening, id)
+		if in := ls.inst[id]; in != nil && store.Live(*in) && !in.State.Terminal() {
+			ls.eng.UpsertInstance(ls.engineView(in, now))
+		}
 	}
 }
 

@@ -412,3 +412,65 @@ func TestSchedulerAutoRollback(t *testing.T) {
 		t.Errorf("gaia_scheduler_auto_rollbacks_total %v, want 2", v)
 	}
 }
+
+// TestSchedulerMinHealthyTime: with update.minHealthyTime, a rolling
+// restart (maxParallel 1) starts each next replacement only after the
+// previous one has run that long, as the agents see it.
+func TestSchedulerMinHealthyTime(t *testing.T) {
+	e := newSchedEnv(t)
+	s := e.start()
+	waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(s) })
+	type start struct {
+		id string
+		at time.Time
+	}
+	var mu sync.Mutex
+	var starts []start
+	seen := map[string]bool{}
+	startAgentsWith(t, 3, e, []string{s.URL()}, func(i int, sim *nodeclient.Sim) {
+		sim.Trace = func(at time.Time, running map[string]int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			for id, v := range running {
+				if v == 2 && !seen[id] {
+					seen[id] = true
+					starts = append(starts, start{id, at})
+				}
+			}
+		}
+	})
+	waitFor(t, "3 nodes registered", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 3
+	})
+	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil); code != http.StatusCreated {
+		t.Fatalf("create pool: %d", code)
+	}
+	const n, minHealthy = 3, 2 * time.Second
+	spec := appSpec("ripe", "root.e2e", e.image, n)
+	spec["update"] = map[string]any{"maxParallel": 1, "minHealthyTime": minHealthy.String()}
+	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/apps", spec, nil); code != http.StatusCreated {
+		t.Fatalf("submit: %d", code)
+	}
+	waitFor(t, "3 instances placed", time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM instances WHERE app = 'ripe' AND live AND state = 'running'`) == n
+	})
+	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/apps/ripe/restart", nil, nil); code != http.StatusOK {
+		t.Fatalf("restart: %d", code)
+	}
+	waitErr(t, "3 instances of version 2 started", time.Minute, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(starts) < n {
+			return fmt.Errorf("%d of version 2 started", len(starts))
+		}
+		return nil
+	}, s)
+	mu.Lock()
+	defer mu.Unlock()
+	sort.Slice(starts, func(i, j int) bool { return starts[i].at.Before(starts[j].at) })
+	for i := 1; i < len(starts); i++ {
+		if gap := starts[i].at.Sub(starts[i-1].at); gap < minHealthy {
+			t.Errorf("replacement %s started %v after %s, want at least minHealthyTime %v", starts[i].id, gap, starts[i-1].id, minHealthy)
+		}
+	}
+}
