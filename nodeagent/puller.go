@@ -161,13 +161,22 @@ var errStalled = errors.New("no progress")
 func (pl *Puller) once(ctx context.Context, p *Pull) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	// Armed before the call: dockerd answers it only once it has the
+	// manifest, so a registry that accepts connections and never answers
+	// would hold the call (and the instance) for good.
+	stall := time.AfterFunc(pl.Stall, func() { cancel(fmt.Errorf("%w for %s", errStalled, pl.Stall)) })
+	defer stall.Stop()
 	rc, err := pl.Docker.ImagePull(ctx, p.Ref, image.PullOptions{RegistryAuth: pl.Auth})
 	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+			return cause
+		}
 		return err
 	}
 	defer rc.Close()
-	stall := time.AfterFunc(pl.Stall, func() { cancel(fmt.Errorf("%w for %s", errStalled, pl.Stall)); rc.Close() })
-	defer stall.Stop()
+	stop := context.AfterFunc(ctx, func() { rc.Close() })
+	defer stop()
+	stall.Reset(pl.Stall)
 	dec := json.NewDecoder(rc)
 	for {
 		var m jsonmessage.JSONMessage

@@ -16,7 +16,8 @@ import (
 )
 
 // fakePullDocker is a dockerd with no images whose pulls the test drives:
-// each ImagePull gets the next stream of streams.
+// each ImagePull gets the next stream of streams; a nil one is a dockerd
+// that never answers the call (it waits for a registry that hangs).
 type fakePullDocker struct {
 	client.APIClient // any other call panics
 	mu               sync.Mutex
@@ -34,7 +35,11 @@ func (f *fakePullDocker) ImagePull(ctx context.Context, ref string, _ image.Pull
 	f.mu.Unlock()
 	select {
 	case s := <-f.streams:
-		return s, nil
+		if s != nil {
+			return s, nil
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -110,9 +115,10 @@ func TestPullSingleFlightAndProgress(t *testing.T) {
 }
 
 // A pull that stops making progress is cut after the stall timeout and
-// tried again.
+// tried again, whether dockerd's call never answers (it waits for the
+// manifest from a registry that hangs) or its stream stops.
 func TestPullStallRetried(t *testing.T) {
-	d := &fakePullDocker{streams: make(chan io.ReadCloser, 2)}
+	d := &fakePullDocker{streams: make(chan io.ReadCloser, 3)}
 	pl := newTestPuller(d)
 	pl.Stall = 100 * time.Millisecond
 	stalled, w := io.Pipe()
@@ -120,6 +126,7 @@ func TestPullStallRetried(t *testing.T) {
 	w2 := func() io.ReadCloser {
 		return io.NopCloser(strings.NewReader(downloading("l1", 10, 10) + msg(jsonmessage.JSONMessage{Status: "Status: Downloaded newer image"})))
 	}
+	d.streams <- nil
 	d.streams <- stalled
 	d.streams <- w2()
 	p := pl.Start(t.Context(), "gw/app@sha256:bb")
@@ -128,8 +135,8 @@ func TestPullStallRetried(t *testing.T) {
 	if err := p.Err(); err != nil {
 		t.Fatalf("pull failed after a stall: %v", err)
 	}
-	if n := d.count(); n != 2 {
-		t.Fatalf("%d pulls from dockerd, want 2 (the stalled one, then the retry)", n)
+	if n := d.count(); n != 3 {
+		t.Fatalf("%d pulls from dockerd, want 3 (the unanswered one, the stalled one, then the retry)", n)
 	}
 }
 
