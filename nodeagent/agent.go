@@ -335,6 +335,13 @@ func (a *Agent) Reconcile(ctx context.Context, set *DesiredSet) error {
 			in.requestStop()
 		}()
 	}
+	// A pull no desired instance waits for any more ends (after the stop
+	// requests above: a supervisor whose pull ends so finds itself stopped).
+	refs := map[string]bool{}
+	for _, d := range want {
+		refs[PullRef(d.Image, a.o.Gateway)] = true
+	}
+	a.o.Puller.Retain(refs)
 	for id := range a.final {
 		if !inSet[id] && a.sent[id] {
 			delete(a.final, id)

@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -80,11 +81,12 @@ func (in *instance) report() InstanceReport {
 	}
 	if in.state == model.Pulling && in.pull != nil {
 		done, total, attempt, lastErr := in.pull.Progress()
-		pct := 0
+		// Nothing to count before dockerd has the manifest (or while the
+		// registry is unreachable).
+		r.Reason = "pulling"
 		if total > 0 {
-			pct = int(done * 100 / total)
+			r.Reason = fmt.Sprintf("pulling %d%% (%s of %s)", done*100/total, human(done), human(total))
 		}
-		r.Reason = fmt.Sprintf("pulling %d%% (%s of %s)", pct, human(done), human(total))
 		if attempt > 1 && lastErr != nil {
 			r.Reason += fmt.Sprintf(", attempt %d after: %v", attempt, lastErr)
 		}
@@ -207,7 +209,9 @@ wait:
 	in.pull = nil
 	in.mu.Unlock()
 	in.pulled = !p.fromDisk
-	if err := p.Err(); err != nil {
+	if err := p.Err(); errors.Is(err, errUnwanted) {
+		return "", false // the reconcile that cancelled it stops the instance
+	} else if err != nil {
 		in.set(model.Failed, fmt.Sprintf("pulling %s: %v", ref, err))
 		return "", false
 	}

@@ -21,7 +21,7 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		pulls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gaia_nodeagent_pulls_total",
-			Help: "Image pull attempts, by result (ok, error)."}, []string{"result"}),
+			Help: "Image pull attempts, by result (ok; error: the registry refused; unreachable: no answer, retried until it is back)."}, []string{"result"}),
 		pullSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gaia_nodeagent_pull_seconds",
 			Help: "Duration of successful image pull attempts.", Buckets: prometheus.ExponentialBuckets(0.1, 2, 12)}),
 		pullBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "gaia_nodeagent_pull_bytes_total",

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,7 +19,10 @@ import (
 // Puller pulls images into dockerd, one pull per reference at a time
 // however many instances wait for it (single flight). A pull that makes
 // no progress for Stall is cut and retried, waiting Backoff, then twice
-// that, and so on up to MaxBackoff, at most Attempts times.
+// that, and so on up to MaxBackoff. A pull the registry refuses (manifest
+// unknown, unauthorized) fails after Attempts; one that cannot reach the
+// registry is retried until the registry is back, or until Retain says no
+// instance wants the image any more.
 type Puller struct {
 	Docker     client.APIClient
 	Auth       string // encoded registry.AuthConfig (X-Registry-Auth), "" for none
@@ -57,6 +61,7 @@ type Pull struct {
 	lastErr  error
 	retryAt  time.Time
 	fromDisk bool // the image was present: nothing pulled
+	cancel   context.CancelCauseFunc
 }
 
 // Progress is the pull's bytes done and total (over the layers whose size
@@ -90,16 +95,34 @@ func (pl *Puller) Start(ctx context.Context, ref string) *Pull {
 	if pl.inflight == nil {
 		pl.inflight = map[string]*Pull{}
 	}
-	p := &Pull{Ref: ref, done: make(chan struct{}), layers: map[string][2]int64{}}
+	ctx, cancel := context.WithCancelCause(ctx)
+	p := &Pull{Ref: ref, done: make(chan struct{}), layers: map[string][2]int64{}, cancel: cancel}
 	pl.inflight[ref] = p
 	go func() {
 		p.err = pl.run(ctx, p)
+		cancel(nil)
 		pl.mu.Lock()
 		delete(pl.inflight, ref)
 		pl.mu.Unlock()
 		close(p.done)
 	}()
 	return p
+}
+
+// errUnwanted ends a pull no instance wants any more.
+var errUnwanted = errors.New("pull cancelled: no instance wants the image any more")
+
+// Retain cancels the pulls in flight of references not in refs: without
+// it, a pull from a registry that stays unreachable would retry for as
+// long as the agent runs.
+func (pl *Puller) Retain(refs map[string]bool) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for ref, p := range pl.inflight {
+		if !refs[ref] {
+			p.cancel(errUnwanted)
+		}
+	}
 }
 
 func (pl *Puller) run(ctx context.Context, p *Pull) error {
@@ -109,14 +132,14 @@ func (pl *Puller) run(ctx context.Context, p *Pull) error {
 	}
 	attempts := max(pl.Attempts, 1)
 	wait := pl.Backoff
-	var err error
-	for i := 1; i <= attempts; i++ {
+	refused := 0 // attempts the registry answered with an error
+	for i := 1; ; i++ {
 		p.mu.Lock()
 		p.attempt = i
 		p.layers = map[string][2]int64{}
 		p.mu.Unlock()
 		start := time.Now()
-		err = pl.once(ctx, p)
+		err := pl.once(ctx, p)
 		if err == nil {
 			pl.mu.Lock()
 			if pl.pulled == nil {
@@ -132,12 +155,18 @@ func (pl *Puller) run(ctx context.Context, p *Pull) error {
 			return nil
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return context.Cause(ctx)
 		}
-		pl.Metrics.pulls.WithLabelValues("error").Inc()
-		pl.Log.Warn("pull failed", "image", p.Ref, "attempt", i, "of", attempts, "err", err)
-		if i == attempts {
-			break
+		result := "error"
+		if unreachable(err) {
+			result = "unreachable"
+		} else {
+			refused++
+		}
+		pl.Metrics.pulls.WithLabelValues(result).Inc()
+		pl.Log.Warn("pull failed", "image", p.Ref, "attempt", i, "refused", refused, "of", attempts, "err", err)
+		if refused == attempts {
+			return err
 		}
 		p.mu.Lock()
 		p.lastErr, p.retryAt = err, time.Now().Add(wait)
@@ -145,15 +174,38 @@ func (pl *Puller) run(ctx context.Context, p *Pull) error {
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return ctx.Err()
+			return context.Cause(ctx)
 		}
 		wait = min(2*wait, pl.MaxBackoff)
 	}
-	return err
 }
 
-// errStalled is a pull cut for making no progress.
-var errStalled = errors.New("no progress")
+// unreachable tells a registry that could not be reached, or did not
+// answer in time, from the registry's answers: dockerd hands both over as
+// text, so it goes by the text of network failures (and the registry's
+// "try later" statuses).
+func unreachable(err error) bool {
+	if errors.Is(err, errStalled) || errors.Is(err, errStream) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	for _, m := range []string{": eof", "unexpected eof", "connection reset", "connection refused", "broken pipe",
+		"server closed idle connection", "transport connection broken", "use of closed network connection",
+		"no route to host", "network is unreachable", "no such host", "timeout", "deadline exceeded",
+		"cannot connect to the docker daemon", "unexpected http status: 5", "service unavailable", "toomanyrequests"} {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	// errStalled is a pull cut for making no progress.
+	errStalled = errors.New("no progress")
+	// errStream is dockerd's pull stream broken (dockerd restarting).
+	errStream = errors.New("reading dockerd's pull stream")
+)
 
 // once is one attempt: dockerd's pull, its progress stream read to the end
 // (an error in it is the registry's answer), cut when no message arrives
@@ -187,7 +239,7 @@ func (pl *Puller) once(ctx context.Context, p *Pull) error {
 			if err == io.EOF {
 				return nil
 			}
-			return fmt.Errorf("reading dockerd's pull stream: %w", err)
+			return fmt.Errorf("%w: %w", errStream, err)
 		}
 		stall.Reset(pl.Stall)
 		if m.Error != nil {

@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"strings"
 	"sync"
@@ -17,7 +18,8 @@ import (
 
 // fakePullDocker is a dockerd with no images whose pulls the test drives:
 // each ImagePull gets the next stream of streams; a nil one is a dockerd
-// that never answers the call (it waits for a registry that hangs).
+// that never answers the call (it waits for a registry that hangs), a
+// pullError the call's error (dockerd could not reach the registry).
 type fakePullDocker struct {
 	client.APIClient // any other call panics
 	mu               sync.Mutex
@@ -35,6 +37,9 @@ func (f *fakePullDocker) ImagePull(ctx context.Context, ref string, _ image.Pull
 	f.mu.Unlock()
 	select {
 	case s := <-f.streams:
+		if e, ok := s.(pullError); ok {
+			return nil, e.error
+		}
 		if s != nil {
 			return s, nil
 		}
@@ -43,6 +48,11 @@ func (f *fakePullDocker) ImagePull(ctx context.Context, ref string, _ image.Pull
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+type pullError struct {
+	io.ReadCloser
+	error
 }
 
 func (f *fakePullDocker) count() int {
@@ -141,7 +151,8 @@ func TestPullStallRetried(t *testing.T) {
 }
 
 // A registry's error in the stream is the pull's error, after the
-// configured attempts.
+// configured attempts; a registry that cannot be reached is retried past
+// them, its error shown, until it is back or no instance wants the image.
 func TestPullRegistryErrorReported(t *testing.T) {
 	d := &fakePullDocker{streams: make(chan io.ReadCloser, 2)}
 	pl := newTestPuller(d)
@@ -166,6 +177,72 @@ func TestPullRegistryErrorReported(t *testing.T) {
 	waitDone(t, p2)
 	if p2.Err() != nil {
 		t.Fatal(p2.Err())
+	}
+
+	// Unreachable, twice the attempts (as dockerd words it, and its pull
+	// stream broken), then back.
+	d = &fakePullDocker{streams: make(chan io.ReadCloser)}
+	pl.Docker = d
+	p3 := pl.Start(t.Context(), "gw/app@sha256:dd")
+	down := []error{
+		errors.New(`Error response from daemon: Get "http://gw/v2/": EOF`),
+		errors.New(`Error response from daemon: Get "http://gw/v2/": dial tcp 10.0.0.1:443: connect: connection refused`),
+		errors.New(`Error response from daemon: Get "http://gw/v2/": read tcp 10.0.0.2:5->10.0.0.1:443: read: connection reset by peer`),
+		errors.New(`Error response from daemon: Get "http://gw/v2/": http: server closed idle connection`),
+	}
+	for i, err := range down {
+		d.streams <- pullError{error: err}
+		waitProgress(t, p3, func(attempt int, lastErr error) bool { return attempt == i+2 && lastErr == err })
+	}
+	r, w := io.Pipe()
+	d.streams <- r
+	w.CloseWithError(io.ErrUnexpectedEOF) // dockerd gone mid-stream
+	waitProgress(t, p3, func(attempt int, lastErr error) bool {
+		return attempt == len(down)+2 && lastErr != nil && strings.Contains(lastErr.Error(), "unexpected EOF")
+	})
+	d.streams <- io.NopCloser(strings.NewReader(downloading("l1", 10, 10)))
+	waitDone(t, p3)
+	if p3.Err() != nil {
+		t.Fatalf("the pull failed once the registry was back: %v", p3.Err())
+	}
+
+	// Unreachable until no instance wants the image: the pull ends then.
+	p4 := pl.Start(t.Context(), "gw/app@sha256:ee")
+	d.streams <- pullError{error: down[0]}
+	waitProgress(t, p4, func(attempt int, lastErr error) bool { return attempt == 2 })
+	keep := pl.Start(t.Context(), "gw/app@sha256:ff")
+	pl.Retain(map[string]bool{keep.Ref: true})
+	waitDone(t, p4)
+	if !errors.Is(p4.Err(), errUnwanted) {
+		t.Errorf("an unwanted pull ended with %v, want %v", p4.Err(), errUnwanted)
+	}
+	select {
+	case <-keep.Done():
+		t.Errorf("a pull Retain keeps ended: %v", keep.Err())
+	default:
+	}
+	d.streams <- io.NopCloser(strings.NewReader(""))
+	waitDone(t, keep)
+}
+
+// waitProgress waits until the pull's attempt and last error satisfy ok.
+func waitProgress(t *testing.T, p *Pull, ok func(attempt int, lastErr error) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, _, attempt, lastErr := p.Progress()
+		if ok(attempt, lastErr) {
+			return
+		}
+		select {
+		case <-p.Done():
+			t.Fatalf("pull ended (%v) at attempt %d, last error %v", p.Err(), attempt, lastErr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pull at attempt %d, last error %v", attempt, lastErr)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -194,5 +271,11 @@ func TestPullingReported(t *testing.T) {
 	p.attempt, p.lastErr = 2, io.ErrUnexpectedEOF
 	if r := in.report(); !strings.HasSuffix(r.Reason, "attempt 2 after: unexpected EOF") {
 		t.Errorf("retry reported as %q", r.Reason)
+	}
+	// Before dockerd has the manifest (or while the registry is
+	// unreachable) there is nothing to count.
+	p.layers = map[string][2]int64{}
+	if r := in.report(); r.Reason != "pulling, attempt 2 after: unexpected EOF" {
+		t.Errorf("retry with no size known reported as %q", r.Reason)
 	}
 }
