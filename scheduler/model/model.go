@@ -253,7 +253,7 @@ type Update struct {
 	MaxParallel int `json:"maxParallel,omitempty" yaml:"maxParallel,omitempty"`
 	// Canary: on a new version, first this many instances move to it and
 	// the rest wait for promote.
-	Canary         int      `json:"canary,omitempty" yaml:"canary,omitempty"`
+	Canary int `json:"canary,omitempty" yaml:"canary,omitempty"`
 	// MinHealthyTime: a new instance counts as updated only after it has
 	// been healthy (running, without a health check) this long; until
 	// then the rolling update waits for it.

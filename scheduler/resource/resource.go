@@ -480,44 +480,17 @@ func MustVector(pairs ...string) Vector {
 type Bytes int64
 
 // MarshalJSON writes a human string.
-func (b Bytes) MarshalJSON() ([]byte, error) {
-	return strconv.AppendQuote(nil, Format(Memory, int64(b))), nil
-}
+func (b Bytes) MarshalJSON() ([]byte, error) { return quantityJSON(Memory, int64(b)) }
 
 // UnmarshalJSON reads a human string or a number of bytes.
-func (b *Bytes) UnmarshalJSON(data []byte) error {
-	if string(data) == "null" {
-		*b = 0
-		return nil
-	}
-	s := string(data)
-	if len(data) > 0 && data[0] == '"' {
-		if err := json.Unmarshal(data, &s); err != nil {
-			return err
-		}
-	}
-	x, err := Parse(Memory, s)
-	if err != nil {
-		return err
-	}
-	*b = Bytes(x)
-	return nil
-}
+func (b *Bytes) UnmarshalJSON(data []byte) error { return quantityFromJSON(Memory, data, (*int64)(b)) }
 
 // MarshalYAML writes a human string.
 func (b Bytes) MarshalYAML() (any, error) { return Format(Memory, int64(b)), nil }
 
 // UnmarshalYAML reads a human string or a number of bytes.
 func (b *Bytes) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a memory quantity such as 8Gi", n.Line)
-	}
-	x, err := Parse(Memory, n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
-	}
-	*b = Bytes(x)
-	return nil
+	return quantityFromYAML(Memory, n, "a memory quantity such as 8Gi", (*int64)(b))
 }
 
 // Millicores is a CPU amount that marshals as a human string ("2",
@@ -525,14 +498,28 @@ func (b *Bytes) UnmarshalYAML(n *yaml.Node) error {
 type Millicores int64
 
 // MarshalJSON writes a human string.
-func (m Millicores) MarshalJSON() ([]byte, error) {
-	return strconv.AppendQuote(nil, Format(CPU, int64(m))), nil
-}
+func (m Millicores) MarshalJSON() ([]byte, error) { return quantityJSON(CPU, int64(m)) }
 
 // UnmarshalJSON reads a human string or a number of cores.
 func (m *Millicores) UnmarshalJSON(data []byte) error {
+	return quantityFromJSON(CPU, data, (*int64)(m))
+}
+
+// MarshalYAML writes a human string.
+func (m Millicores) MarshalYAML() (any, error) { return Format(CPU, int64(m)), nil }
+
+// UnmarshalYAML reads a human string or a number of cores.
+func (m *Millicores) UnmarshalYAML(n *yaml.Node) error {
+	return quantityFromYAML(CPU, n, "a CPU quantity such as 2 or 500m", (*int64)(m))
+}
+
+func quantityJSON(d Dim, x int64) ([]byte, error) { return strconv.AppendQuote(nil, Format(d, x)), nil }
+
+// quantityFromJSON reads a quantity of d, a human string or a bare number,
+// into x (null: 0).
+func quantityFromJSON(d Dim, data []byte, x *int64) error {
 	if string(data) == "null" {
-		*m = 0
+		*x = 0
 		return nil
 	}
 	s := string(data)
@@ -541,26 +528,23 @@ func (m *Millicores) UnmarshalJSON(data []byte) error {
 			return err
 		}
 	}
-	x, err := Parse(CPU, s)
+	v, err := Parse(d, s)
 	if err != nil {
 		return err
 	}
-	*m = Millicores(x)
+	*x = v
 	return nil
 }
 
-// MarshalYAML writes a human string.
-func (m Millicores) MarshalYAML() (any, error) { return Format(CPU, int64(m)), nil }
-
-// UnmarshalYAML reads a human string or a number of cores.
-func (m *Millicores) UnmarshalYAML(n *yaml.Node) error {
+// quantityFromYAML reads a scalar quantity of d into x.
+func quantityFromYAML(d Dim, n *yaml.Node, want string, x *int64) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a CPU quantity such as 2 or 500m", n.Line)
+		return fmt.Errorf("line %d: want %s", n.Line, want)
 	}
-	x, err := Parse(CPU, n.Value)
+	v, err := Parse(d, n.Value)
 	if err != nil {
 		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
-	*m = Millicores(x)
+	*x = v
 	return nil
 }
