@@ -36,6 +36,7 @@ type builtin struct {
 	cfg      BuiltinConfig
 	verifier *tokenauth.Verifier
 	store    *iam.Store
+	logins   *tokenauth.Limiter // failed logins, shared by the token service and the admin API
 }
 
 func newBuiltin(c BuiltinConfig) (*builtin, error) {
@@ -67,7 +68,7 @@ func newBuiltin(c BuiltinConfig) (*builtin, error) {
 	return &builtin{cfg: c, verifier: &tokenauth.Verifier{
 		Authority: &tokenauth.Authority{Keys: keys, Issuer: c.Issuer, Service: c.Service},
 		Realm:     c.Realm,
-	}}, nil
+	}, logins: tokenauth.NewLimiter(c.LoginLimit, nil)}, nil
 }
 
 // authorize checks r's token for access and asks the access model
@@ -128,9 +129,18 @@ func (a *Authenticator) TokenHandler(record func(tokenauth.LoginEvent), trusted 
 		Keys: b.verifier.Authority.Keys, Issuer: b.cfg.Issuer, Service: b.cfg.Service,
 		TTL: b.cfg.TokenTTL, RefreshTTL: b.cfg.RefreshTTL,
 		Backend:  backend{b.store},
-		Limiter:  tokenauth.NewLimiter(b.cfg.LoginLimit, nil),
+		Limiter:  b.logins,
 		Recorder: record, Trusted: trusted, Registerer: reg,
 	})
+}
+
+// LoginLimiter is auth.builtin's failed-login limiter (nil without it):
+// every place that checks a password uses it.
+func (a *Authenticator) LoginLimiter() *tokenauth.Limiter {
+	if a.builtin == nil {
+		return nil
+	}
+	return a.builtin.logins
 }
 
 // backend is iam.Store as the token service's Backend.

@@ -206,8 +206,8 @@ func (s *Store) checkPassword(ctx context.Context, user, password string, key [3
 		if err != nil {
 			return err
 		}
-		if _, err := s.db.Exec(ctx, `INSERT INTO iam_users (name, source) VALUES ($1, 'ldap')
-			ON CONFLICT (name) DO NOTHING`, user); err != nil {
+		if _, err := s.db.Exec(ctx, `INSERT INTO iam_users (name, source, created_at) VALUES ($1, 'ldap', $2)
+			ON CONFLICT (name) DO NOTHING`, user, s.opts.Now()); err != nil {
 			return err
 		}
 		s.remember(key, now)
@@ -281,6 +281,10 @@ func (s *Store) Valid(ctx context.Context, subject Subject, issuedAt time.Time) 
 		return fmt.Errorf("%w: robot %s expired", ErrBadCredentials, subject)
 	case p.robot && issuedAt.Before(p.rotated.Truncate(time.Second)):
 		return fmt.Errorf("%w: robot %s's secret was rotated after the token was issued", ErrBadCredentials, subject)
+	case !p.robot && issuedAt.Before(p.created.Truncate(time.Second)):
+		// A user deleted and made again under the same name is not the
+		// one the token was issued to.
+		return fmt.Errorf("%w: user %s was created after the token was issued", ErrBadCredentials, subject)
 	}
 	return nil
 }
@@ -324,7 +328,10 @@ func (s *Store) IsAdmin(ctx context.Context, subject Subject) (bool, error) {
 		return false, nil
 	}
 	p, err := s.profile(ctx, subject)
-	return p.admin, err
+	if err != nil {
+		return false, err
+	}
+	return p.admin, nil
 }
 
 // NamespaceRole returns subject's role in namespace ns ("" for none),
@@ -363,6 +370,7 @@ type profile struct {
 	perms   []Permission // a robot's
 	expires *time.Time   // a robot's
 	rotated time.Time    // a robot's: when its secret was made
+	created time.Time    // a user's: when the account was made
 	groups  []string     // an LDAP user's, when known from a login
 }
 
@@ -443,7 +451,7 @@ func (s *Store) loadProfile(ctx context.Context, subject string, groups []string
 		return p, nil
 	}
 	var source string
-	err := s.db.QueryRow(ctx, `SELECT source, admin FROM iam_users WHERE name = $1`, subject).Scan(&source, &p.admin)
+	err := s.db.QueryRow(ctx, `SELECT source, admin, created_at FROM iam_users WHERE name = $1`, subject).Scan(&source, &p.admin, &p.created)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return p, nil
 	} else if err != nil {

@@ -189,10 +189,10 @@ func TestAuthenticate(t *testing.T) {
 	}
 	// Tokens issued before the rotation (iat in whole seconds) are no
 	// longer valid; those issued after are.
-	if err := s.Valid(ctx, rb.Name, time.Now().Add(-2*time.Second)); !errors.Is(err, ErrBadCredentials) {
+	if err := s.Valid(ctx, rb.Name, c.now().Add(-2*time.Second)); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("a token issued before the rotation: %v", err)
 	}
-	if err := s.Valid(ctx, rb.Name, time.Now().Truncate(time.Second)); err != nil {
+	if err := s.Valid(ctx, rb.Name, c.now().Truncate(time.Second)); err != nil {
 		t.Fatalf("a token issued after the rotation: %v", err)
 	}
 	c.add(time.Hour)
@@ -206,11 +206,23 @@ func TestAuthenticate(t *testing.T) {
 	if err := s.Valid(ctx, "alice", c.now()); err != nil {
 		t.Fatal(err)
 	}
+	issued := c.now()
 	if err := s.DeleteUser(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Valid(ctx, "alice", c.now()); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("deleted user valid: %v", err)
+	}
+	// Made again under the same name: the old alice's tokens are not hers.
+	c.add(2 * time.Second)
+	if _, err := s.CreateUser(ctx, "alice", "another one", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Valid(ctx, "alice", issued); !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("a token of the deleted alice, for the new one: %v", err)
+	}
+	if err := s.Valid(ctx, "alice", c.now()); err != nil {
+		t.Fatalf("the new alice's token: %v", err)
 	}
 }
 

@@ -76,8 +76,8 @@ func (s *Store) CreateUser(ctx context.Context, name, password string, admin boo
 		return User{}, err
 	}
 	u := User{Name: name, Source: "local", Admin: admin}
-	err = s.db.QueryRow(ctx, `INSERT INTO iam_users (name, source, password_hash, admin) VALUES ($1, 'local', $2, $3)
-		RETURNING created_at`, name, string(hash), admin).Scan(&u.CreatedAt)
+	err = s.db.QueryRow(ctx, `INSERT INTO iam_users (name, source, password_hash, admin, created_at) VALUES ($1, 'local', $2, $3, $4)
+		RETURNING created_at`, name, string(hash), admin, s.opts.Now()).Scan(&u.CreatedAt)
 	if uniqueViolation(err) {
 		return User{}, &FieldError{Field: "name", Reason: "user " + name + " exists already", Conflict: true}
 	}
@@ -400,9 +400,9 @@ func (s *Store) CreateRobot(ctx context.Context, ns string, spec RobotSpec) (Rob
 	if ns != "" {
 		nsArg = &ns
 	}
-	err := s.db.QueryRow(ctx, `INSERT INTO iam_robots (name, namespace, secret_hash, permissions, description, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at, rotated_at`,
-		r.Name, nsArg, hash, perms, spec.Description, spec.ExpiresAt).Scan(&r.CreatedAt, &r.RotatedAt)
+	err := s.db.QueryRow(ctx, `INSERT INTO iam_robots (name, namespace, secret_hash, permissions, description, expires_at, rotated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at, rotated_at`,
+		r.Name, nsArg, hash, perms, spec.Description, spec.ExpiresAt, s.opts.Now()).Scan(&r.CreatedAt, &r.RotatedAt)
 	switch {
 	case uniqueViolation(err):
 		return Robot{}, "", &FieldError{Field: "name", Reason: "robot " + r.Name + " exists already", Conflict: true}
@@ -419,7 +419,8 @@ func (s *Store) CreateRobot(ctx context.Context, ns string, spec RobotSpec) (Rob
 // once on this server, within the cache bound elsewhere) and returns it.
 func (s *Store) RotateRobot(ctx context.Context, name string) (string, error) {
 	secret, hash := newSecret()
-	tag, err := s.db.Exec(ctx, `UPDATE iam_robots SET secret_hash = $2, rotated_at = now() WHERE name = $1`, name, hash)
+	// The servers' clock, as the tokens' iat Valid compares it with.
+	tag, err := s.db.Exec(ctx, `UPDATE iam_robots SET secret_hash = $2, rotated_at = $3 WHERE name = $1`, name, hash, s.opts.Now())
 	if err == nil && tag.RowsAffected() == 0 {
 		return "", ErrNotFound
 	}

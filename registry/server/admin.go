@@ -20,6 +20,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/iam"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/retention"
+	"github.com/gaia-registry/gaia/registry/tokenauth"
 )
 
 // AdminPrefix is where the registry's admin API lives (JSON, bearer token
@@ -66,9 +67,18 @@ func (s *Server) adminCaller(r *http.Request) (c adminCaller, ok bool) {
 	if !isBasic || s.iam == nil {
 		return c, false
 	}
+	// As the token service does: limited failures per user and address,
+	// each failure audited.
+	addr, _ := s.trusted.Client(r)
+	if _, ok := s.logins.Allow(user, addr); !ok {
+		return c, false
+	}
 	subject, err := s.iam.Authenticate(r.Context(), user, pass)
 	if err != nil {
-		if !errors.Is(err, iam.ErrBadCredentials) {
+		if errors.Is(err, iam.ErrBadCredentials) {
+			s.logins.Fail(user, addr)
+			s.recordLogin(tokenauth.LoginEvent{Time: time.Now(), Action: "login_failed", User: user, RemoteAddr: addr, Reason: "admin API: bad credentials"})
+		} else {
 			s.log.Error("admin API: authenticating", "user", user, "err", err)
 		}
 		return c, false

@@ -448,3 +448,30 @@ func TestAdminIAM(t *testing.T) {
 		}
 	})
 }
+
+// Password guesses through the admin API meet the token service's
+// limiter (default 10 failures per user and address per minute) and are
+// audited as failed logins; another user is not slowed.
+func TestAdminAPILoginsLimited(t *testing.T) {
+	s := startIAMServer(t)
+	s.must("", "POST", "/admin/v1/users", map[string]any{"name": "root", "password": "root-pass-1", "admin": true}, http.StatusCreated)
+	s.must("", "POST", "/admin/v1/users", map[string]any{"name": "other", "password": "other-pass", "admin": true}, http.StatusCreated)
+	for i := range 10 {
+		s.must(fmt.Sprintf("root:guess-%d", i), "GET", "/admin/v1/users", nil, http.StatusUnauthorized)
+	}
+	s.must("root:root-pass-1", "GET", "/admin/v1/users", nil, http.StatusUnauthorized) // limited: not even checked
+	s.must("other:other-pass", "GET", "/admin/v1/users", nil, http.StatusOK)
+	waitErr := func() string {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			a := s.must("", "GET", "/admin/v1/audit?action=login_failed&actor=root", nil, http.StatusOK)
+			if evs, _ := a.body["events"].([]any); len(evs) == 10 || time.Now().After(deadline) {
+				return fmt.Sprint(len(evs))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if n := waitErr(); n != "10" {
+		t.Fatalf("%s failed logins of root audited, want 10 (the limited one is not checked)", n)
+	}
+}

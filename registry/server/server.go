@@ -43,6 +43,7 @@ import (
 	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/retention"
 	"github.com/gaia-registry/gaia/registry/tlsfiles"
+	"github.com/gaia-registry/gaia/registry/tokenauth"
 	"github.com/gaia-registry/gaia/registry/uploadsession"
 
 	// Storage drivers selectable in `storage:`.
@@ -74,7 +75,8 @@ type Server struct {
 	consul       *consul.Client          // nil without cluster.consul.addr
 	gc           *gc.Collector
 	retention    *retention.Store
-	iam          *iam.Store // nil without auth.builtin
+	iam          *iam.Store         // nil without auth.builtin
+	logins       *tokenauth.Limiter // auth.builtin's failed-login limiter (nil without it)
 	// audit takes the audit log's events (Record never blocks): the
 	// API's pushes, pulls and deletes, logins, changes to access.
 	audit   *audit.Writer
@@ -255,6 +257,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("/readyz", s.readyz)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle(AdminPrefix, s.adminHandler())
+	s.logins = authn.LoginLimiter()
 	if h := authn.TokenHandler(s.recordLogin, trusted, reg); h != nil {
 		mux.Handle("/auth/", h)
 	}
