@@ -343,6 +343,9 @@ type App struct {
 	// and image (the version a rollback returned to): their instances are
 	// not outdated, so a rollback replaces only the failed version's.
 	Same []int64 `json:"same,omitempty" yaml:"same,omitempty"`
+	// VersionAt is when this version was made (UpdatedAt also moves
+	// with scales, promotes, stops and starts).
+	VersionAt time.Time `json:"versionAt,omitzero" yaml:"versionAt,omitempty"`
 	// Rollback says this version is a rollback, and why.
 	Rollback  *Rollback `json:"rollback,omitempty" yaml:"rollback,omitempty"`
 	CreatedAt time.Time `json:"createdAt" yaml:"createdAt"`

@@ -230,7 +230,8 @@ func (ls *leaderState) changeApp(ctx context.Context, name string, newVersion bo
 	a.UpdatedAt = time.Now().UTC()
 	b := &store.Batch{Apps: []model.App{a}}
 	if newVersion {
-		b.NewVersions = []model.App{a}
+		a.VersionAt = a.UpdatedAt
+		b = &store.Batch{Apps: []model.App{a}, NewVersions: []model.App{a}}
 	}
 	if err := ls.s.write(ctx, ls.term, "app", b); err != nil {
 		return nil, err
@@ -556,10 +557,11 @@ func (s *Server) Report(ctx context.Context, node string, r *api.Report) error {
 }
 
 // watchRollout starts watching a new version of a for auto-rollback
-// (update.autoRollback; never a version an auto-rollback made), or stops.
+// (update.autoRollback; never a rollback's version: rolling it back would
+// return to the version that was rolled back), or stops.
 func (ls *leaderState) watchRollout(a *model.App) {
-	if a.Spec.Update.AutoRollback && a.Version > 1 && (a.Rollback == nil || !a.Rollback.Auto) {
-		ls.rollouts[a.Name()] = a.UpdatedAt
+	if a.Spec.Update.AutoRollback && a.Version > 1 && a.Rollback == nil && !a.VersionAt.IsZero() {
+		ls.rollouts[a.Name()] = a.VersionAt
 	} else {
 		delete(ls.rollouts, a.Name())
 	}
@@ -570,6 +572,7 @@ type rolloutProgress struct {
 	failed    *model.Instance // an instance of the new version that failed
 	unhealthy *model.Instance // one not (yet) healthy
 	current   int             // live instances of the new version
+	healthy   int             // of which healthy
 	previous  int64           // the newest older version still running
 	older     int             // live instances of older versions
 }
@@ -578,6 +581,23 @@ type rolloutProgress struct {
 // none.
 func healthy(in *model.Instance, a *model.App) bool {
 	return in.State == model.Healthy || (in.State == model.Running && a.Spec.Health == nil)
+}
+
+// rolloutVerdict says why a watched version must be rolled back ("":
+// not now), or that its rollout is done.
+func rolloutVerdict(a *model.App, p *rolloutProgress, started, now time.Time) (reason string, done bool) {
+	deadline := a.Spec.Update.EffectiveHealthyDeadline()
+	switch {
+	case p.failed != nil:
+		return fmt.Sprintf("instance %s of version %d failed (%s)", p.failed.ID, a.Version, p.failed.Reason), false
+	case p.unhealthy != nil:
+		return fmt.Sprintf("instance %s of version %d was still %s %s after it was placed (healthyDeadline %s)",
+			p.unhealthy.ID, a.Version, p.unhealthy.State, now.Sub(p.unhealthy.Transitions[0].At).Round(time.Second), deadline), false
+	case a.Status.Unplaced != "" && now.Sub(started) > deadline:
+		return fmt.Sprintf("version %d's instances not placed %s after the update (healthyDeadline %s): %s",
+			a.Version, now.Sub(started).Round(time.Second), deadline, a.Status.Unplaced), false
+	}
+	return "", p.older == 0 && p.current >= a.Spec.Instances && p.healthy == p.current
 }
 
 // checkRollouts rolls back each watched new version one of whose
@@ -601,7 +621,7 @@ func (ls *leaderState) checkRollouts(ctx context.Context, now time.Time) error {
 		}
 		a := ls.apps[in.App]
 		switch {
-		case in.Version != a.Version:
+		case !a.Current(in.Version):
 			if !in.State.Terminal() {
 				p.older++
 				p.previous = max(p.previous, in.Version)
@@ -609,10 +629,15 @@ func (ls *leaderState) checkRollouts(ctx context.Context, now time.Time) error {
 		case in.State == model.Failed:
 			p.failed = in
 		case !healthy(in, a):
-			p.unhealthy = in
+			// Unhealthy longer than the deadline since it was placed (each
+			// instance its own: a long rolling update is not late).
+			if len(in.Transitions) > 0 && now.Sub(in.Transitions[0].At) > a.Spec.Update.EffectiveHealthyDeadline() {
+				p.unhealthy = in
+			}
 			p.current++
 		default:
 			p.current++
+			p.healthy++
 		}
 	}
 	for _, name := range sortedKeys(ls.rollouts) {
@@ -622,18 +647,12 @@ func (ls *leaderState) checkRollouts(ctx context.Context, now time.Time) error {
 			delete(ls.rollouts, name)
 			continue
 		}
-		deadline := a.Spec.Update.EffectiveHealthyDeadline()
-		var reason string
-		switch {
-		case p.failed != nil:
-			reason = fmt.Sprintf("instance %s of version %d failed (%s)", p.failed.ID, a.Version, p.failed.Reason)
-		case p.unhealthy != nil && now.Sub(started) > deadline:
-			reason = fmt.Sprintf("instance %s of version %d was still %s %s after the update (healthyDeadline %s)",
-				p.unhealthy.ID, a.Version, p.unhealthy.State, now.Sub(started).Round(time.Second), deadline)
-		case p.unhealthy == nil && p.older == 0 && p.current >= a.Spec.Instances:
-			delete(ls.rollouts, name) // done: every instance on the new version and healthy
+		reason, done := rolloutVerdict(a, p, started, now)
+		if done {
+			delete(ls.rollouts, name) // every instance on the new version and healthy
 			continue
-		default:
+		}
+		if reason == "" {
 			continue
 		}
 		to := p.previous

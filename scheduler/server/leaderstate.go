@@ -160,7 +160,7 @@ func (s *Server) newLeaderState(ctx context.Context, term int64) (*leaderState, 
 		if a.Status.Unplaced != "" {
 			ls.unplaced[a.Name()] = true
 		}
-		if now.Sub(a.UpdatedAt) < a.Spec.Update.EffectiveHealthyDeadline() {
+		if now.Sub(a.VersionAt) < a.Spec.Update.EffectiveHealthyDeadline() {
 			ls.watchRollout(&a) // a rollout a previous leader watched; done ones are dropped by the first pass
 		}
 	}
@@ -201,7 +201,7 @@ func (ls *leaderState) addInstance(in *model.Instance) {
 		ls.dirty[in.Node] = true
 	}
 	if !in.State.Terminal() {
-		ls.eng.UpsertInstance(*in)
+		ls.eng.UpsertInstance(ls.engineView(in, time.Now()))
 	}
 }
 
