@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -89,6 +90,40 @@ func TestExecInteractive(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusNotFound {
 			t.Fatalf("the exec's status under another instance: %d, want 404", resp.StatusCode)
+		}
+	})
+	t.Run("a terminal session whose client goes ends", func(t *testing.T) {
+		cctx, ccancel := context.WithCancel(ctx)
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		urls := make(chan string, 1)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			execproto.Interactive(cctx, url, token, execproto.Request{Cmd: []string{"/bin/busybox", "sh"}, TTY: true, Height: 24, Width: 80},
+				pr, io.Discard, func(u string) { urls <- u })
+		}()
+		statusURL := <-urls
+		ccancel() // the client goes; the shell waits for input
+		<-done
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			req, _ := http.NewRequest("GET", statusURL, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st execproto.Status
+			json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if !st.Running {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the shell of a session whose client went still runs after 20s")
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	})
 	t.Run("refusals", func(t *testing.T) {

@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/docker/docker/api/types"
@@ -218,16 +220,41 @@ func (a *Agent) execInteractive(w http.ResponseWriter, att types.HijackedRespons
 	}
 	go func() {
 		io.Copy(att.Conn, rw.Reader) // what the client already sent, then the rest
-		if !tty {
-			// EOF on stdin. (Not on a terminal: dockerd ends a TTY
-			// session's output when its input closes.)
-			att.CloseWrite()
+		if tty {
+			// The client went (a terminal's client never half-closes):
+			// hang the session up, as a terminal closing would, or an idle
+			// shell would hold it and its process for good.
+			att.Close()
+			a.hangUp(execID)
+			return
 		}
+		att.CloseWrite() // EOF on the command's stdin
 	}()
 	if tty {
 		io.Copy(conn, att.Reader)
 	} else {
 		stdcopy.StdCopy(conn, conn, att.Reader)
+	}
+}
+
+// hangUp sends an exec's process SIGHUP, then SIGKILL if it is still
+// there 2 s later: dockerd has no call to end an exec, and keeps a TTY
+// exec's process when its attachment closes.
+func (a *Agent) hangUp(execID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	in, err := a.o.Docker.ContainerExecInspect(ctx, execID)
+	if err != nil || !in.Running || in.Pid <= 0 {
+		return
+	}
+	syscall.Kill(in.Pid, syscall.SIGHUP)
+	select {
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+		return
+	}
+	if in, err := a.o.Docker.ContainerExecInspect(ctx, execID); err == nil && in.Running && in.Pid > 0 {
+		syscall.Kill(in.Pid, syscall.SIGKILL)
 	}
 }
 

@@ -102,7 +102,9 @@ func (pl *Puller) Start(ctx context.Context, ref string) *Pull {
 		p.err = pl.run(ctx, p)
 		cancel(nil)
 		pl.mu.Lock()
-		delete(pl.inflight, ref)
+		if pl.inflight[ref] == p { // Retain may have let a new one start
+			delete(pl.inflight, ref)
+		}
 		pl.mu.Unlock()
 		close(p.done)
 	}()
@@ -121,6 +123,9 @@ func (pl *Puller) Retain(refs map[string]bool) {
 	for ref, p := range pl.inflight {
 		if !refs[ref] {
 			p.cancel(errUnwanted)
+			// Not handed out again while it winds down: an instance
+			// wanting the image anew gets a new pull.
+			delete(pl.inflight, ref)
 		}
 	}
 }
@@ -191,7 +196,8 @@ func unreachable(err error) bool {
 	s := strings.ToLower(err.Error())
 	for _, m := range []string{": eof", "unexpected eof", "connection reset", "connection refused", "broken pipe",
 		"server closed idle connection", "transport connection broken", "use of closed network connection",
-		"no route to host", "network is unreachable", "no such host", "timeout", "deadline exceeded",
+		"no route to host", "network is unreachable", "no such host", "i/o timeout", "handshake timeout",
+		"client.timeout", "timeout awaiting", "deadline exceeded",
 		"cannot connect to the docker daemon", "unexpected http status: 5", "service unavailable", "toomanyrequests"} {
 		if strings.Contains(s, m) {
 			return true

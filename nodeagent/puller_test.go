@@ -212,6 +212,16 @@ func TestPullRegistryErrorReported(t *testing.T) {
 	waitProgress(t, p4, func(attempt int, lastErr error) bool { return attempt == 2 })
 	keep := pl.Start(t.Context(), "gw/app@sha256:ff")
 	pl.Retain(map[string]bool{keep.Ref: true})
+	// Wanted again at once: a new pull, not the cancelled one winding down.
+	if again := pl.Start(t.Context(), "gw/app@sha256:ee"); again == p4 {
+		t.Error("Start handed out the pull Retain had cancelled")
+	} else {
+		d.streams <- io.NopCloser(strings.NewReader(""))
+		waitDone(t, again)
+		if again.Err() != nil {
+			t.Errorf("the new pull: %v", again.Err())
+		}
+	}
 	waitDone(t, p4)
 	if !errors.Is(p4.Err(), errUnwanted) {
 		t.Errorf("an unwanted pull ended with %v, want %v", p4.Err(), errUnwanted)
@@ -277,5 +287,23 @@ func TestPullingReported(t *testing.T) {
 	p.layers = map[string][2]int64{}
 	if r := in.report(); r.Reason != "pulling, attempt 2 after: unexpected EOF" {
 		t.Errorf("retry with no size known reported as %q", r.Reason)
+	}
+}
+
+// A registry not reached is told from its answers by dockerd's text,
+// which also holds the image reference: a name with "timeout" in it is
+// no network failure.
+func TestUnreachable(t *testing.T) {
+	for msg, want := range map[string]bool{
+		`Get "http://gw/v2/": dial tcp 127.0.0.1:1: i/o timeout`:                                          true,
+		`Get "https://gw/v2/": net/http: TLS handshake timeout`:                                           true,
+		`Get "http://gw/v2/": context deadline exceeded (Client.Timeout exceeded while awaiting headers)`: true,
+		`Get "http://gw/v2/": EOF`:                                          true,
+		`manifest for gw/team/timeout-svc:v1 not found: manifest unknown`:   false,
+		`pull access denied for gw/team/timeout, repository does not exist`: false,
+	} {
+		if got := unreachable(errors.New(msg)); got != want {
+			t.Errorf("unreachable(%q) = %v, want %v", msg, got, want)
+		}
 	}
 }
