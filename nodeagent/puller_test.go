@@ -213,14 +213,9 @@ func TestPullRegistryErrorReported(t *testing.T) {
 	keep := pl.Start(t.Context(), "gw/app@sha256:ff")
 	pl.Retain(map[string]bool{keep.Ref: true})
 	// Wanted again at once: a new pull, not the cancelled one winding down.
-	if again := pl.Start(t.Context(), "gw/app@sha256:ee"); again == p4 {
-		t.Error("Start handed out the pull Retain had cancelled")
-	} else {
-		d.streams <- io.NopCloser(strings.NewReader(""))
-		waitDone(t, again)
-		if again.Err() != nil {
-			t.Errorf("the new pull: %v", again.Err())
-		}
+	again := pl.Start(t.Context(), "gw/app@sha256:ee")
+	if again == p4 {
+		t.Fatal("Start handed out the pull Retain had cancelled")
 	}
 	waitDone(t, p4)
 	if !errors.Is(p4.Err(), errUnwanted) {
@@ -231,8 +226,14 @@ func TestPullRegistryErrorReported(t *testing.T) {
 		t.Errorf("a pull Retain keeps ended: %v", keep.Err())
 	default:
 	}
+	// keep and again both wait for the fake's next stream: one each.
+	d.streams <- io.NopCloser(strings.NewReader(""))
 	d.streams <- io.NopCloser(strings.NewReader(""))
 	waitDone(t, keep)
+	waitDone(t, again)
+	if again.Err() != nil || keep.Err() != nil {
+		t.Errorf("the pulls wanted: %v, %v", again.Err(), keep.Err())
+	}
 }
 
 // waitProgress waits until the pull's attempt and last error satisfy ok.
