@@ -68,7 +68,7 @@ func dockerUnderHDFSFault(t *testing.T, daemon string) {
 	// request got the 503.
 	f.run([]string{"push", ref}, []string{`route="upload"`}, func() bool {
 		return f.metric("gaia_registry_http_requests_in_flight", `method="PATCH"`, `route="upload"`) > 0
-	})
+	}, false)
 	pushed := harness.Docker(t, env, "image", "inspect", "-f", "{{index .RepoDigests 0}}", ref)
 	harness.Docker(t, env, "rmi", ref)
 
@@ -76,11 +76,20 @@ func dockerUnderHDFSFault(t *testing.T, daemon string) {
 	// asked for (with the NameNode alone down, a download already under
 	// way goes on from the DataNode: the fault reaches docker through the
 	// layers after it); landed once a blob GET got the 503.
-	f.run([]string{"pull", ref}, []string{`route="blob"`, `method="GET"`}, func() bool {
-		inFlight := f.metric("gaia_registry_http_requests_in_flight", `method="GET"`, `route="blob"`)
-		answered := f.metric("gaia_registry_http_requests_total", `method="GET"`, `route="blob"`)
-		return inFlight > 0 && answered+inFlight < faultImageBlobs
-	})
+	// The stop can come just after docker asked for its last layer: then
+	// every download goes on from the DataNode and the fault never reaches
+	// docker. That run shows nothing either way; pull again (at most 3).
+	for attempt := 1; ; attempt++ {
+		base := f.metric("gaia_registry_http_requests_total", `method="GET"`, `route="blob"`)
+		if f.run([]string{"pull", ref}, []string{`route="blob"`, `method="GET"`}, func() bool {
+			inFlight := f.metric("gaia_registry_http_requests_in_flight", `method="GET"`, `route="blob"`)
+			answered := f.metric("gaia_registry_http_requests_total", `method="GET"`, `route="blob"`) - base
+			return inFlight > 0 && answered+inFlight < faultImageBlobs
+		}, attempt < 3) {
+			break
+		}
+		harness.Docker(t, env, "rmi", ref)
+	}
 	pulled := harness.Docker(t, env, "image", "inspect", "-f", "{{index .RepoDigests 0}}", ref)
 	if pulled != pushed || !strings.Contains(pushed, "@sha256:") {
 		t.Errorf("pushed %s, pulled %s", pushed, pulled)
@@ -127,8 +136,9 @@ type dockerResult struct {
 // a request matching landed (route and method labels). The fault has to
 // reach it: docker finishing without one fails the test. If docker gives
 // up, its error must say what was unavailable, and the same command must
-// then succeed.
-func (f hdfsFaultRun) run(args []string, landed []string, inFlight func() bool) {
+// then succeed. With mayMiss, docker finishing without meeting the fault
+// is logged and reported (false) instead of failing the test.
+func (f hdfsFaultRun) run(args []string, landed []string, inFlight func() bool, mayMiss bool) bool {
 	t := f.t
 	t.Helper()
 	what := "docker " + strings.Join(args, " ")
@@ -189,6 +199,10 @@ func (f hdfsFaultRun) run(args []string, landed []string, inFlight func() bool) 
 		what, f.daemon, down.Round(time.Millisecond), met.Round(time.Millisecond), up.Round(time.Millisecond),
 		time.Since(start).Round(time.Millisecond), res.err)
 	if !hit() {
+		if mayMiss && res.err == nil {
+			t.Logf("%s finished without meeting the %s's stop (no 503): again", what, f.daemon)
+			return false
+		}
 		t.Fatalf("%s finished without meeting the %s's stop (no 503):\n%s", what, f.daemon, res.out)
 	}
 	if res.err != nil {
@@ -197,4 +211,5 @@ func (f hdfsFaultRun) run(args []string, landed []string, inFlight func() bool) 
 		}
 		harness.Docker(t, f.env, args...) // HDFS is back: the retry succeeds
 	}
+	return true
 }
