@@ -573,7 +573,6 @@ type rolloutProgress struct {
 	unhealthy *model.Instance // one not (yet) healthy
 	current   int             // live instances of the new version
 	healthy   int             // of which healthy
-	previous  int64           // the newest older version still running
 	older     int             // live instances of older versions
 }
 
@@ -602,7 +601,7 @@ func rolloutVerdict(a *model.App, p *rolloutProgress, started, now time.Time) (r
 
 // checkRollouts rolls back each watched new version one of whose
 // instances failed, or whose instances are not all healthy within
-// update.healthyDeadline, to the version the app ran before; a version
+// update.healthyDeadline, to the version before it; a version
 // whose instances are all healthy and alone is no longer watched. It runs
 // after the reports were applied and before they are written (a failed
 // instance leaves the live set when written).
@@ -624,7 +623,6 @@ func (ls *leaderState) checkRollouts(ctx context.Context, now time.Time) error {
 		case !a.Current(in.Version):
 			if !in.State.Terminal() {
 				p.older++
-				p.previous = max(p.previous, in.Version)
 			}
 		case in.State == model.Failed:
 			p.failed = in
@@ -655,10 +653,7 @@ func (ls *leaderState) checkRollouts(ctx context.Context, now time.Time) error {
 		if reason == "" {
 			continue
 		}
-		to := p.previous
-		if to == 0 {
-			to = a.Version - 1
-		}
+		to := a.Version - 1 // the version before (which instances still run may depend on the rollout's order)
 		cur := a
 		_, err := ls.changeApp(ctx, name, true, func(n *model.App) error {
 			return ls.rollbackTo(ctx, cur, n, to, true, reason)
