@@ -10,6 +10,7 @@ import (
 	"time"
 
 	dauth "github.com/distribution/distribution/v3/registry/auth"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gaia-registry/gaia/registry/forwarded"
@@ -30,6 +31,24 @@ type BuiltinConfig struct {
 	DecisionCache time.Duration           `yaml:"decisioncache"` // the bound on a revocation taking effect
 	LoginLimit    tokenauth.LimiterConfig `yaml:"loginlimit"`
 	LDAP          *ldap.Config            `yaml:"ldap"` // users and groups from a directory
+}
+
+// NewStore is the access model auth.builtin reads, over db (the
+// registry's database), with its LDAP directory when configured (its
+// metrics registered on reg). bcryptCost 0 is bcrypt's default.
+func (c BuiltinConfig) NewStore(db *pgxpool.Pool, reg prometheus.Registerer, bcryptCost int) (*iam.Store, error) {
+	opts := iam.Options{CacheTTL: c.DecisionCache, BcryptCost: bcryptCost}
+	if c.LDAP != nil {
+		dir, err := ldap.New(*c.LDAP)
+		if err != nil {
+			return nil, err
+		}
+		if reg != nil {
+			reg.MustRegister(dir)
+		}
+		opts.Directory = iam.LDAP(dir)
+	}
+	return iam.New(db, opts), nil
 }
 
 type builtin struct {

@@ -19,8 +19,6 @@ import (
 	"github.com/gaia-registry/gaia/registry/auth"
 	"github.com/gaia-registry/gaia/registry/blobsign"
 	"github.com/gaia-registry/gaia/registry/grammar"
-	"github.com/gaia-registry/gaia/registry/iam"
-	"github.com/gaia-registry/gaia/registry/iam/ldap"
 	"github.com/gaia-registry/gaia/registry/internaltoken"
 )
 
@@ -54,15 +52,11 @@ func (g *Gateway) initFront() error {
 		if err != nil {
 			return fmt.Errorf("database.url: %w", err)
 		}
-		iopts := iam.Options{CacheTTL: b.DecisionCache}
-		if b.LDAP != nil { // LDAP users' groups, as the servers see them
-			dir, err := ldap.New(*b.LDAP)
-			if err != nil {
-				return err
-			}
-			iopts.Directory = iam.LDAP(dir)
+		store, err := b.NewStore(pool, g.reg, 0) // LDAP users' groups too, as the servers see them
+		if err != nil {
+			return err
 		}
-		opts = append(opts, auth.WithStore(iam.New(pool, iopts)))
+		opts = append(opts, auth.WithStore(store))
 	}
 	var err error
 	if authn, err = auth.New(g.cfg.Auth.Config, opts...); err != nil {

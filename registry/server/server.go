@@ -38,7 +38,6 @@ import (
 	"github.com/gaia-registry/gaia/registry/forwarded"
 	"github.com/gaia-registry/gaia/registry/gc"
 	"github.com/gaia-registry/gaia/registry/iam"
-	"github.com/gaia-registry/gaia/registry/iam/ldap"
 	"github.com/gaia-registry/gaia/registry/metadata"
 	"github.com/gaia-registry/gaia/registry/replication"
 	"github.com/gaia-registry/gaia/registry/retention"
@@ -198,17 +197,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 
 	var authOpts []auth.Option
 	if b := cfg.Auth.Builtin; b != nil {
-		opts := iam.Options{CacheTTL: b.DecisionCache, BcryptCost: testBcryptCost}
-		if b.LDAP != nil {
-			dir, err := ldap.New(*b.LDAP)
-			if err != nil {
-				s.pool.Close()
-				return nil, err
-			}
-			reg.MustRegister(dir)
-			opts.Directory = iam.LDAP(dir)
+		if s.iam, err = b.NewStore(s.pool, reg, testBcryptCost); err != nil {
+			s.pool.Close()
+			return nil, err
 		}
-		s.iam = iam.New(s.pool, opts)
 		authOpts = append(authOpts, auth.WithStore(s.iam))
 	}
 	authn, err := auth.New(cfg.Auth, authOpts...)

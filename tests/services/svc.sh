@@ -344,9 +344,13 @@ dockerd_bridge() {
   if ! ip link show dev "$DOCKER_BRIDGE" >/dev/null 2>&1; then
     ip link add "$DOCKER_BRIDGE" type bridge || die "dockerd: cannot create bridge $DOCKER_BRIDGE"
   fi
+  # (checked again after a failed add: a dockerd stopping at the same
+  # moment may have been taking it off or putting it back)
   ip addr show dev "$DOCKER_BRIDGE" | grep -q "inet ${DOCKER_BRIDGE_CIDR} " \
     || ip addr add "$DOCKER_BRIDGE_CIDR" dev "$DOCKER_BRIDGE" \
-    || die "dockerd: cannot give $DOCKER_BRIDGE the address $DOCKER_BRIDGE_CIDR"
+    || { sleep 1; ip addr show dev "$DOCKER_BRIDGE" | grep -q "inet ${DOCKER_BRIDGE_CIDR} "; } \
+    || ip addr add "$DOCKER_BRIDGE_CIDR" dev "$DOCKER_BRIDGE" \
+    || die "dockerd: cannot give $DOCKER_BRIDGE the address $DOCKER_BRIDGE_CIDR ($(ip -br addr show dev "$DOCKER_BRIDGE" 2>&1))"
   ip link set "$DOCKER_BRIDGE" up || die "dockerd: cannot bring $DOCKER_BRIDGE up"
 }
 start_dockerd() {
