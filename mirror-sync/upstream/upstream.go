@@ -394,6 +394,14 @@ func parseChallenge(h string) (string, map[string]string) {
 
 func pullScope(repo string) string { return "repository:" + repo + ":pull" }
 
+// Get sends a GET of path (under the upstream's URL) with header added,
+// authenticated for pull on repo, and returns its 2xx response (anything
+// else is a *StatusError). The caller closes the body, which is cut if it
+// stalls for IdleTimeout.
+func (c *Client) Get(ctx context.Context, repo, path string, header http.Header) (*http.Response, error) {
+	return c.do(ctx, http.MethodGet, path, pullScope(repo), header)
+}
+
 // Tags lists a repository's tags, following Link pages.
 func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
 	var all []string

@@ -253,7 +253,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, name string, d
 	size := info.Size
 	// A blob this IDC's storage lacks is copied from an IDC that has it,
 	// once, before the first byte goes out. A peer's own fill request
-	// (NoFillHeader, honoured only with the internal token) never chains.
+	// (NoFillHeader) never chains.
 	if !info.Local && h.Replicator != nil && r.Method == http.MethodGet {
 		if r.Header.Get(replication.NoFillHeader) != "" {
 			h.fail(w, r, errcode.ErrorCodeBlobUnknown.WithMessage("blob not held in this IDC").WithDetail(d))

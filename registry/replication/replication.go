@@ -32,6 +32,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gaia-registry/gaia/mirror-sync/upstream"
 	"github.com/gaia-registry/gaia/registry/coalesce"
 	"github.com/gaia-registry/gaia/registry/internaltoken"
 	"github.com/gaia-registry/gaia/registry/metadata"
@@ -63,11 +64,16 @@ var ErrUnavailable = errors.New("blob not available from any other IDC")
 
 // Options configure a Replicator.
 type Options struct {
-	IDC      string            // this server's IDC
-	Peers    map[string]string // other IDCs: name → gateway base URL
-	Token    string            // the cluster's internal token
-	Prefixes []string          // repositories pushed eagerly to every peer IDC (prefix match)
-	DB       *pgxpool.Pool
+	IDC   string            // this server's IDC
+	Peers map[string]string // other IDCs: name → gateway base URL
+	Token string            // the cluster's internal token
+	// Username and Password are a robot credential (auth.builtin: a
+	// system robot with pull on every namespace). Set, copies send it to
+	// the peers' gateways (a token from the realm their challenge names)
+	// instead of Token.
+	Username, Password string
+	Prefixes           []string // repositories pushed eagerly to every peer IDC (prefix match)
+	DB                 *pgxpool.Pool
 	// LockDB holds the connections of copies in progress (each keeps one
 	// for its advisory lock while it transfers), apart from DB so a burst
 	// of fills cannot starve the API's queries; nil: DB.
@@ -89,6 +95,9 @@ type Options struct {
 type Replicator struct {
 	o     Options
 	fills coalesce.Group[string, struct{}]
+	// robot: a client per peer that authenticates as Options.Username
+	// (tokens cached per repository), when one is configured.
+	robot map[string]*upstream.Client
 }
 
 // New returns a Replicator.
@@ -118,7 +127,24 @@ func New(o Options) *Replicator {
 	if o.LockDB == nil {
 		o.LockDB = o.DB
 	}
-	return &Replicator{o: o}
+	r := &Replicator{o: o}
+	if o.Username != "" {
+		// A robot's requests go through the peers' gateways like any
+		// client's, redirects to signed blob URLs included (those carry
+		// no credential: the signature is the authorization).
+		follow := *o.Client
+		follow.CheckRedirect = nil
+		r.robot = map[string]*upstream.Client{}
+		for peer, base := range o.Peers {
+			r.robot[peer] = upstream.New(upstream.Options{
+				URL: base, Username: o.Username, Password: o.Password, HTTP: &follow,
+				Concurrency: 1 << 16, // bounded by the fills themselves (one per blob and IDC)
+				MaxRetries:  1,       // a copy that fails tries the next IDC holding the blob
+				IdleTimeout: o.IdleTimeout,
+			})
+		}
+	}
+	return r
 }
 
 // IDC is the server's IDC.
@@ -232,6 +258,29 @@ func (r *Replicator) copyOnce(ctx context.Context, repo string, d digest.Digest,
 	return fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(errs...))
 }
 
+// get asks a peer's gateway for blob URL u: as the robot when one is
+// configured, with the internal token otherwise. Either way the peer is
+// told who asks and why (counted there) and not to fill it in turn.
+func (r *Replicator) get(ctx context.Context, peer, base, repo, u, cause string) (*http.Response, error) {
+	header := http.Header{}
+	header.Set(NoFillHeader, "1")
+	header.Set(IDCHeader, r.o.IDC)
+	header.Set(CauseHeader, cause)
+	if c := r.robot[peer]; c != nil {
+		return c.Get(ctx, repo, strings.TrimPrefix(u, strings.TrimRight(base, "/")), header)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	if !internaltoken.Safe(req.URL.Scheme, req.URL.Host) { // the config refuses such peers; never send it regardless
+		return nil, fmt.Errorf("peer %s at %s: %w", peer, base, internaltoken.ErrPlainHTTP)
+	}
+	req.Header = header
+	req.Header.Set(TokenHeader, r.o.Token)
+	return r.o.Client.Do(req)
+}
+
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // copyFrom streams the blob from a peer IDC's gateway into this IDC's
@@ -243,18 +292,7 @@ func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d di
 	// lock for d: every pull of d in this IDC waits on it.
 	wd, rctx := watchdog.New(ctx, r.o.IdleTimeout, fmt.Errorf("GET %s: no progress for %s", u, r.o.IdleTimeout))
 	defer wd.Done()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	if !internaltoken.Safe(req.URL.Scheme, req.URL.Host) { // the config refuses such peers; never send it regardless
-		return fmt.Errorf("peer %s at %s: %w", peer, base, internaltoken.ErrPlainHTTP)
-	}
-	req.Header.Set(TokenHeader, r.o.Token)
-	req.Header.Set(NoFillHeader, "1")
-	req.Header.Set(IDCHeader, r.o.IDC)
-	req.Header.Set(CauseHeader, cause)
-	resp, err := r.o.Client.Do(req)
+	resp, err := r.get(rctx, peer, base, repo, u, cause)
 	if err != nil {
 		return wd.Err(err)
 	}

@@ -92,6 +92,13 @@ type ClusterConfig struct {
 	// the auth configuration. Two while rotating: the first is sent, both
 	// are accepted.
 	InternalToken internaltoken.Tokens `yaml:"internaltoken"`
+	// Robot is the credential fills and replication present to the peer
+	// IDCs' gateways instead of InternalToken (auth.builtin: a system
+	// robot with pull on every namespace, docs/operations.md).
+	Robot struct {
+		Username string `yaml:"username"`
+		Password string `yaml:"password"`
+	} `yaml:"robot"`
 	// SigningKeys are shared with the IDC's gateways: a blob GET or HEAD
 	// whose URL a gateway signed with one of them (redirect: blobs) is
 	// served without credentials (registry/blobsign). Two while
@@ -307,8 +314,11 @@ func (cl *ClusterConfig) validate() error {
 	if err := blobsign.Check(cl.SigningKeys, "cluster.signingkeys"); err != nil {
 		return err
 	}
-	if len(cl.Peers) > 0 && len(cl.InternalToken) == 0 {
-		return errors.New("cluster.internaltoken: required with cluster.peers (the other IDCs' servers check it)")
+	if (cl.Robot.Username == "") != (cl.Robot.Password == "") {
+		return errors.New("cluster.robot: give both username and password, or neither")
+	}
+	if len(cl.Peers) > 0 && len(cl.InternalToken) == 0 && cl.Robot.Username == "" {
+		return errors.New("cluster.internaltoken: required with cluster.peers unless cluster.robot is given (copies from the other IDCs present one of them)")
 	}
 	if cl.TLS.CA != "" {
 		if _, err := tlsfiles.ClientConfig(cl.TLS.CA, "cluster.tls.ca"); err != nil {

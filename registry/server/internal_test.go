@@ -39,12 +39,19 @@ func TestClusterConfig(t *testing.T) {
 	if err != nil || cfg.Cluster.InternalToken.Current() != "next-token" || len(cfg.Cluster.InternalToken) != 2 {
 		t.Fatalf("two tokens from the environment: %v %q", err, cfg.Cluster.InternalToken)
 	}
+	// A robot instead of the token; the password from the environment.
+	cfg, err = LoadConfig(writeConfig(t, fmt.Sprintf(base, "https://gw-b.example", "[]")+"  robot: {username: robot$fill}\n"),
+		[]string{"GAIA_CLUSTER_ROBOT_PASSWORD=s3cret"})
+	if err != nil || cfg.Cluster.Robot.Username != "robot$fill" || cfg.Cluster.Robot.Password != "s3cret" {
+		t.Fatalf("a robot for the copies: %v %+v", err, cfg.Cluster.Robot)
+	}
 	for _, tc := range []struct{ text, want string }{
 		{fmt.Sprintf(base, "http://gw-b.example:6001", "tok"), "cluster.peers.b: "},
 		{fmt.Sprintf(base, "http://10.0.0.5", "tok"), "over https only"},
 		{fmt.Sprintf(base, "https://gw-b.example", "[a, b, c]"), "cluster.internaltoken: 3 tokens"},
 		{fmt.Sprintf(base, "https://gw-b.example", "[a, a]"), "cluster.internaltoken: the two tokens are the same"},
 		{fmt.Sprintf(base, "https://gw-b.example", "[]"), "cluster.internaltoken: required"},
+		{fmt.Sprintf(base, "https://gw-b.example", "[]") + "  robot: {username: robot$fill}\n", "cluster.robot: give both"},
 		{fmt.Sprintf(base, "https://gw-b.example", "tok") + "  tls: {ca: /nonexistent/ca.pem}\n", "cluster.tls.ca: "},
 		{minimal + "http: {trustedproxies: [10.0.0.0/8, gateway-1]}\n", "http.trustedproxies[1]"},
 	} {

@@ -181,6 +181,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		}
 		s.repl = replication.New(replication.Options{
 			IDC: cfg.Cluster.IDC, Peers: cfg.Cluster.Peers, Token: cfg.Cluster.InternalToken.Current(), TLS: peerTLS,
+			Username: cfg.Cluster.Robot.Username, Password: cfg.Cluster.Robot.Password,
 			Prefixes: cfg.Cluster.Replicate, DB: s.pool, LockDB: s.lockPool, Driver: s.driver, Log: log,
 			Bytes: s.metrics.crossIDCBytes,
 		})
@@ -258,10 +259,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 }
 
 // internal lets a peer IDC's server read blobs with the cluster's internal
-// token, past auth, and counts the bytes it takes. The token is good for
-// what fills and replication do, a GET or HEAD of a blob, and nothing
-// else (not manifests, tags or the catalog). Every other request goes
-// through auth, stripped of the internal headers.
+// token, past auth. The token is good for what fills and replication do,
+// a GET or HEAD of a blob, and nothing else (not manifests, tags or the
+// catalog). Every other request goes through auth, stripped of the token:
+// a peer that fills as a robot does too.
 func (s *Server) internal(direct, authed http.Handler) http.Handler {
 	tokens := s.cfg.Cluster.InternalToken
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -272,26 +273,40 @@ func (s *Server) internal(direct, authed http.Handler) http.Handler {
 		got := r.Header.Get(replication.TokenHeader)
 		if got != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
 			api.RouteOf(r).Kind == "blob" && tokens.Match(got) {
-			rec := &recorder{ResponseWriter: w}
-			direct.ServeHTTP(rec, r)
-			cause := r.Header.Get(replication.CauseHeader)
-			if cause != replication.CauseReplication {
-				cause = replication.CauseFill
-			}
-			peer := r.Header.Get(replication.IDCHeader)
-			if _, ok := s.cfg.Cluster.Peers[peer]; !ok {
-				peer = "unknown"
-			}
-			s.metrics.crossIDCBytes.WithLabelValues("out", cause, peer).Add(float64(rec.bytes))
+			s.toPeer(w, r, direct)
 			return
 		}
 		if got != "" {
 			s.metrics.internalRefused.Inc()
 		}
 		r.Header.Del(replication.TokenHeader)
-		r.Header.Del(replication.NoFillHeader)
-		authed.ServeHTTP(w, r)
+		s.toPeer(w, r, authed)
 	})
+}
+
+// toPeer serves r with h and, for a blob GET a peer IDC's copy sent
+// (replication.IDCHeader), counts the blob bytes that went out by cause
+// and peer. The copy's NoFillHeader is honoured from anyone: it only keeps
+// this server from filling (or pulling through) for the request.
+func (s *Server) toPeer(w http.ResponseWriter, r *http.Request, h http.Handler) {
+	peer := r.Header.Get(replication.IDCHeader)
+	if peer == "" || r.Method != http.MethodGet || api.RouteOf(r).Kind != "blob" {
+		h.ServeHTTP(w, r)
+		return
+	}
+	rec := &recorder{ResponseWriter: w}
+	h.ServeHTTP(rec, r)
+	if rec.status >= 300 { // a refusal's body is not the blob
+		return
+	}
+	cause := r.Header.Get(replication.CauseHeader)
+	if cause != replication.CauseReplication {
+		cause = replication.CauseFill
+	}
+	if _, ok := s.cfg.Cluster.Peers[peer]; !ok {
+		peer = "unknown"
+	}
+	s.metrics.crossIDCBytes.WithLabelValues("out", cause, peer).Add(float64(rec.bytes))
 }
 
 // signed serves a blob GET or HEAD whose URL a gateway signed
@@ -327,8 +342,7 @@ func (s *Server) signed(w http.ResponseWriter, r *http.Request, q url.Values, di
 	s.metrics.signedRequests.WithLabelValues("accepted").Inc()
 	r.Header.Del("Authorization")
 	r.Header.Del(replication.TokenHeader)
-	r.Header.Del(replication.NoFillHeader)
-	direct.ServeHTTP(w, r.WithContext(auth.WithUser(r.Context(), id)))
+	s.toPeer(w, r.WithContext(auth.WithUser(r.Context(), id)), direct)
 }
 
 // signedLocation signs the Location of a signed upload request's answer

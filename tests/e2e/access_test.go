@@ -32,6 +32,8 @@ type accessCluster struct {
 	ldap     *ldaptest.Dir
 	env      harness.Env
 	authYAML string // the first IDC's servers' auth (and admin) sections
+	// config is a server's whole config text, as it was started with.
+	config func(idc, addr string) string
 }
 
 const (
@@ -56,7 +58,7 @@ func startAccessCluster(t *testing.T, idcs ...string) *accessCluster {
 	}
 	lc := dir.Config
 	var authYAML string
-	c := startClusterWith(t, func(c *cluster, cfg string) string {
+	tweak := func(c *cluster, cfg string) string {
 		idc := cfg[strings.Index(cfg, "\n  idc: ")+len("\n  idc: "):]
 		idc = idc[:strings.Index(idc, "\n")]
 		y := fmt.Sprintf(`admin: {token: %q}
@@ -74,8 +76,37 @@ auth:
 			authYAML = y
 		}
 		return cfg + y
-	}, idcs...)
-	return &accessCluster{cluster: c, idc: idcs[0], gw: c.gwAddr[idcs[0]], keyFile: keyFile, ldap: dir, env: env, authYAML: authYAML}
+	}
+	c := startClusterWith(t, tweak, idcs...)
+	return &accessCluster{cluster: c, idc: idcs[0], gw: c.gwAddr[idcs[0]], keyFile: keyFile, ldap: dir, env: env, authYAML: authYAML,
+		config: func(idc, addr string) string { return tweak(c, serverConfig(c, idc, addr)) }}
+}
+
+// restartServers stops every server of idc and starts it again, on the
+// same address, with its config text passed through edit; it returns once
+// idc's gateway answers /v2/ through them again.
+func (a *accessCluster) restartServers(t *testing.T, idc string, edit func(string) string) {
+	t.Helper()
+	for i, r := range a.servers[idc] {
+		if err := r.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		a.servers[idc][i] = harness.StartRegistry(t, r.Addr, edit(a.config(idc, r.Addr)))
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := http.Get("http://" + a.gwAddr[idc] + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's gateway does not reach its restarted servers: %v", idc, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // admin calls the admin API of the first IDC's first server with the

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -204,6 +205,72 @@ func TestRobotCredentials(t *testing.T) {
 		in := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`) - before
 		if in != float64(total) {
 			t.Fatalf("idc-b filled %v bytes from idc-a; the image's blobs are %d bytes", in, total)
+		}
+	})
+
+	t.Run("cross-IDC fills copy as the cluster's robot", func(t *testing.T) {
+		fillBot, fillSecret := a.createRobot(t, "", "fill", map[string][]string{"*": {"pull"}})
+		// idc-b's servers copy as the robot, and hold an internal token
+		// idc-a does not take: a fill succeeds through the robot or not
+		// at all.
+		tokenLine := fmt.Sprintf("internaltoken: %q", a.cluster.token)
+		a.restartServers(t, "idc-b", func(cfg string) string {
+			if !strings.Contains(cfg, tokenLine) {
+				t.Fatalf("no %s in the server's config:\n%s", tokenLine, cfg)
+			}
+			return strings.Replace(cfg, tokenLine, fmt.Sprintf("internaltoken: not-the-clusters-token\n  robot: {username: %q, password: %q}", fillBot, fillSecret), 1)
+		})
+		img := image("linux/amd64", 931, 932)
+		pusher := upstream.New(upstream.Options{URL: "http://" + gwA, Username: appsBot, Password: appsSecret})
+		if err := img.Push(ctx, pusher, "apps/filled", "1"); err != nil {
+			t.Fatal(err)
+		}
+		var total int64
+		for _, b := range img.Blobs {
+			total += b.Size
+		}
+		in0 := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`)
+		out0 := a.sum(t, "idc-a", "gaia_registry_cross_idc_bytes_total", `direction="out"`, `cause="fill"`, `peer="idc-b"`)
+		refused0 := a.sum(t, "idc-a", "gaia_registry_internal_token_refused_total")
+		puller := upstream.New(upstream.Options{URL: "http://" + gwB, Username: readBot, Password: readSecret})
+		for _, b := range img.Blobs {
+			rc, err := puller.Blob(ctx, "apps/filled", b.Digest, b.Size)
+			if err != nil {
+				t.Fatalf("blob %s through idc-b: %v\n%s", b.Digest, err, a.servers["idc-b"][0].Log())
+			}
+			if _, err := io.Copy(io.Discard, rc); err != nil { // the reader checks size and digest
+				t.Fatalf("blob %s through idc-b: %v", b.Digest, err)
+			}
+			rc.Close()
+		}
+		if in := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`) - in0; in != float64(total) {
+			t.Fatalf("idc-b filled %v bytes from idc-a; the image's blobs are %d bytes", in, total)
+		}
+		// idc-a counted what went to idc-b's robot, and refused no token.
+		if out := a.sum(t, "idc-a", "gaia_registry_cross_idc_bytes_total", `direction="out"`, `cause="fill"`, `peer="idc-b"`) - out0; out != float64(total) {
+			t.Errorf("idc-a counts %v bytes out to idc-b's fills, want %d", out, total)
+		}
+		if n := a.sum(t, "idc-a", "gaia_registry_internal_token_refused_total") - refused0; n != 0 {
+			t.Errorf("idc-a refused %v internal tokens: the fills sent one", n)
+		}
+
+		// The robot deleted: the next fill is refused by idc-a, the client
+		// gets 503 UNAVAILABLE, and nothing is copied.
+		other := image("linux/amd64", 933)
+		if err := other.Push(ctx, pusher, "apps/unfilled", "1"); err != nil {
+			t.Fatal(err)
+		}
+		a.mustAdmin(t, "DELETE", "/robots/"+url.PathEscape(fillBot), nil)
+		in0 = a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`)
+		tok, code := tokenAt(t, gwB, readBot, readSecret, "repository:apps/unfilled:pull")
+		if code != http.StatusOK {
+			t.Fatalf("token for %s: %d", readBot, code)
+		}
+		if r := regCall(t, "GET", "http://"+gwB+"/v2/apps/unfilled/blobs/"+other.Blobs[1].Digest.String(), tok); r.status != 503 || r.code != "UNAVAILABLE" {
+			t.Fatalf("a blob through idc-b after the fill robot's deletion: %d %s, want 503 UNAVAILABLE", r.status, r.code)
+		}
+		if n := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`) - in0; n != 0 {
+			t.Fatalf("idc-b filled %v bytes with a deleted robot", n)
 		}
 	})
 
