@@ -143,3 +143,30 @@ func TestBackoffResetByHealthyInstance(t *testing.T) {
 		t.Fatalf("a failure after the reset: %+v, want held 5s", st)
 	}
 }
+
+// A report with the same state and a new reason (a pull's progress, its
+// retries' error) updates the instance's reason without a transition, and
+// is written with the next flush (usageInst), not as a state change.
+func TestReportReasonWithoutStateChange(t *testing.T) {
+	ls := memLeader(t)
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	_, ids := ls.placeMem(now)
+	id := ids[0]
+	ls.reportMem(now, api.InstanceReport{ID: id, State: model.Pulling, Reason: "pulling"})
+	transitions := len(ls.inst[id].Transitions)
+	clear(ls.usageInst)
+	for i, reason := range []string{"pulling 37% (3.7 MiB of 10 MiB)", "pulling, attempt 3 after: Get \"http://gw/v2/\": EOF"} {
+		ls.reportMem(now.Add(time.Duration(i+1)*time.Second), api.InstanceReport{ID: id, State: model.Pulling, Reason: reason})
+		in := ls.inst[id]
+		if in.State != model.Pulling || in.Reason != reason {
+			t.Fatalf("after a report of %q: %s %q", reason, in.State, in.Reason)
+		}
+		if len(in.Transitions) != transitions {
+			t.Errorf("a reason-only report added transitions: %v", in.Transitions[transitions:])
+		}
+		if !ls.usageInst[id] {
+			t.Errorf("the new reason %q is not due for the next flush", reason)
+		}
+		clear(ls.usageInst)
+	}
+}

@@ -348,6 +348,12 @@ func (ls *leaderState) applyReports(now time.Time) {
 					reason = in.Reason
 				}
 				changed = setState(in, state, reason, now) || changed
+			} else if r.Reason != in.Reason && state != model.Lost {
+				// The same state with news (a pull's progress, a retry's
+				// error, a restart's back-off): no transition, and
+				// written with the next flush like usage, not per report.
+				in.Reason = r.Reason
+				ls.usageInst[in.ID] = true
 			}
 			if r.ExitCode != in.ExitCode || r.Restarts != in.Restarts {
 				in.ExitCode, in.Restarts = r.ExitCode, r.Restarts

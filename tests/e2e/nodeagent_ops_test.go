@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -42,6 +44,9 @@ type agentCluster struct {
 	bin       string                       // the gaia-nodeagent binary
 	procs     map[string]*harness.Registry // node name → its agent's process
 	configs   map[string]string            // node name → its agent's config file
+	// relay is what the agents know as the registry's gateway: a relay to
+	// it that a test can cut or hang.
+	relay *harness.Relay
 }
 
 // opsInstance is an instance as the scheduler's API shows it.
@@ -99,10 +104,11 @@ func newAgentCluster(t *testing.T, ips ...string) *agentCluster {
 	// machines (gaiactl app logs finds an agent at node address:port).
 	_, port, _ := strings.Cut(harness.FreeAddr(t), ":")
 	c.agentPort = port
+	c.relay = harness.StartRelay(t, host)
 	for node, ip := range c.nodes {
 		addr := ip + ":" + port
 		c.agents[node] = addr
-		c.procs[node], c.configs[node] = startNodeAgent(t, e, c.bin, node, ip, addr, sched.URL(), henv.Get(t, "GAIA_TEST_DOCKER_HOST"), host)
+		c.procs[node], c.configs[node] = startNodeAgent(t, e, c.bin, node, ip, addr, sched.URL(), henv.Get(t, "GAIA_TEST_DOCKER_HOST"), c.relay.Addr)
 	}
 	waitFor(t, "every node registered", time.Minute, func() bool {
 		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready' AND name = ANY($1)`, keysOf(c.nodes)) == len(c.nodes)
@@ -857,7 +863,77 @@ func TestNodeAgentsFailures(t *testing.T) {
 		t.Errorf("app status %+v: want the failure of %s counted and named", app.Status, failed.ID)
 	}
 	d.delete()
+
+	c.registryOutage()
 }
+
+// registryOutage: the registry unreachable while two instances' image is
+// pulled, first down (connections closed), then behind a black hole
+// (connections accepted, never answered: each attempt cut by the agents'
+// stall timeout). The instances stay pulling, past the pull's attempts,
+// with the error in their reason and no container made; once the
+// registry is back they start by themselves, each image pulled once per
+// agent.
+func (c *agentCluster) registryOutage() {
+	t := c.t
+	for _, mode := range []struct {
+		name string
+		mode harness.RelayMode
+		errs []string // one of them in the instances' reason
+	}{{"down", harness.RelayCut, []string{"EOF", "connection reset"}}, {"hanging", harness.RelayHang, []string{"no progress"}}} {
+		d := c.withApp("outage-" + mode.name)
+		host := strings.TrimPrefix(c.e.registry, "http://")
+		tag := host + "/agentops/" + d.app + ":v1"
+		harness.BuildImage(t, c.henv, tag, 1024)
+		harness.Docker(t, c.henv, "push", tag)
+		harness.Docker(t, c.henv, "rmi", tag)
+		c.relay.Set(mode.mode)
+		spec := d.spec(2)
+		spec["image"] = "agentops/" + d.app + ":v1"
+		d.post("/v1/apps", spec)
+		var seen []opsInstance
+		waitErr(t, fmt.Sprintf("2 instances pulling and retrying while the registry is %s", mode.name), 2*time.Minute, func() error {
+			seen = d.live()
+			retried := 0
+			for _, in := range seen {
+				if in.State != "pending" && in.State != "assigned" && in.State != "pulling" {
+					t.Fatalf("an instance %v while the registry is %s, want pulling", in, mode.name)
+				}
+				// Past the pull's attempts (pull.attempts 2 below): an
+				// unreachable registry is retried for as long as it lasts.
+				if m := retryReason.FindStringSubmatch(in.Reason); m != nil && atoi(m[1]) > 2 &&
+					slices.ContainsFunc(mode.errs, func(e string) bool { return strings.Contains(in.Reason, e) }) {
+					retried++
+				}
+			}
+			if retried != 2 {
+				return fmt.Errorf("want 2 instances retrying past attempt 2 with one of %q in the reason: %v", mode.errs, seen)
+			}
+			return nil
+		}, c.agentProcs()...)
+		t.Logf("while the registry is %s: %v", mode.name, seen)
+		if ids := harness.Docker(t, c.henv, "ps", "-aq", "--filter", "label=gaia.app="+d.app); ids != "" {
+			t.Fatalf("containers %s made while the image could not be pulled", ids)
+		}
+		c.relay.Set(harness.RelayOpen)
+		d.checkServing(d.waitHealthy(fmt.Sprintf("2 instances healthy once the registry is back (was %s)", mode.name), 2, 0))
+		d.delete()
+	}
+}
+
+// agentProcs are the agents' processes (for their logs), by node name.
+func (c *agentCluster) agentProcs() []*harness.Registry {
+	var out []*harness.Registry
+	for _, node := range slices.Sorted(maps.Keys(c.procs)) {
+		out = append(out, c.procs[node])
+	}
+	return out
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// retryReason is a pulling instance's reason while its pull is retried.
+var retryReason = regexp.MustCompile(`attempt (\d+) after: `)
 
 // lineWith is the first line of out containing s.
 func lineWith(out, s string) string {
