@@ -18,13 +18,14 @@ var retryReason = regexp.MustCompile(`attempt (\d+) after: (.*)`)
 
 // waitRetrying waits until id is reported pulling, retrying after more
 // attempts than the puller's Attempts with an error that holds want; any
-// other state than pulling on the way fails the test.
+// other state than pending or pulling on the way fails the test.
 func waitRetrying(t *testing.T, s *fakeScheduler, pl *Puller, id, want string) InstanceReport {
 	t.Helper()
 	var r InstanceReport
 	waitFor(t, fmt.Sprintf("%s retrying its pull after %q", id, want), func() (bool, string) {
 		r = s.Reports()[id]
-		if r.State != "" && r.State != model.Pulling {
+		// (pending: made, its pull not yet started)
+		if r.State != "" && r.State != model.Pending && r.State != model.Pulling {
 			t.Fatalf("%s reported %s (%q) while the registry is unreachable, want pulling", id, r.State, r.Reason)
 		}
 		m := retryReason.FindStringSubmatch(r.Reason)
