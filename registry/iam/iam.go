@@ -128,8 +128,11 @@ type Store struct {
 	public   *publicSet
 	logins   map[[32]byte]time.Time // hash of user+password -> checked at
 	checking singleflight.Group     // password checks under way, by that hash
+	loading  singleflight.Group     // profile loads under way, by subject
 	// checkHook, in tests, runs at the start of each password check.
 	checkHook func()
+	// loadHook, in tests, runs at the start of each profile load.
+	loadHook func()
 }
 
 // New returns a Store over db (migrated to 0010 or later).
@@ -178,6 +181,8 @@ func (s *Store) Authenticate(ctx context.Context, user, password string) (Subjec
 	// Concurrent checks of the same credentials (a client's parallel
 	// requests when the cached check lapses) share one bcrypt.
 	_, err, _ := s.checking.Do(string(key[:]), func() (any, error) {
+		ctx, cancel := shared(ctx)
+		defer cancel()
 		return nil, s.checkPassword(ctx, user, password, key, now)
 	})
 	if err != nil {
@@ -408,6 +413,14 @@ func (s *Store) seedGroups(subject string, groups []string) {
 	s.profiles[subject] = &profile{groups: groups} // zero time: reloaded on next use
 }
 
+// shared is the context of work that concurrent callers share (a
+// single-flight load or check): the first caller's values, not its
+// cancellation (its client going away must not fail the others), and a
+// bound of its own.
+func shared(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+}
+
 func (s *Store) profile(ctx context.Context, subject string) (*profile, error) {
 	now := s.opts.Now()
 	s.mu.Lock()
@@ -420,18 +433,31 @@ func (s *Store) profile(ctx context.Context, subject string) (*profile, error) {
 	if cached != nil && cached.at.IsZero() {
 		seedGroups = cached.groups
 	}
-	p, err := s.loadProfile(ctx, subject, seedGroups)
+	// A busy subject's concurrent requests all find the entry lapsed at
+	// once: one of them reloads it, the others wait for that.
+	v, err, _ := s.loading.Do(subject, func() (any, error) {
+		if s.loadHook != nil {
+			s.loadHook()
+		}
+		ctx, cancel := shared(ctx)
+		defer cancel()
+		p, err := s.loadProfile(ctx, subject, seedGroups)
+		if err != nil {
+			return nil, err
+		}
+		p.at = now
+		s.mu.Lock()
+		if len(s.profiles) > 100000 {
+			clear(s.profiles)
+		}
+		s.profiles[subject] = p
+		s.mu.Unlock()
+		return p, nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	p.at = now
-	s.mu.Lock()
-	if len(s.profiles) > 100000 {
-		clear(s.profiles)
-	}
-	s.profiles[subject] = p
-	s.mu.Unlock()
-	return p, nil
+	return v.(*profile), nil
 }
 
 func (s *Store) loadProfile(ctx context.Context, subject string, groups []string) (*profile, error) {

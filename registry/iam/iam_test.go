@@ -419,3 +419,48 @@ func TestConcurrentLoginsShareOneCheck(t *testing.T) {
 		t.Fatalf("%d concurrent logins ran %d password checks, want 1", n, c)
 	}
 }
+
+// A busy subject's requests that all find its cached profile lapsed share
+// one load from the database.
+func TestConcurrentRequestsShareOneProfileLoad(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, nil)
+	if _, err := s.CreateUser(ctx, "alice", "correct horse", false); err != nil {
+		t.Fatal(err)
+	}
+	mustActions(t, s, "alice", "team/app") // loaded and cached
+	c.add(6 * time.Second)                 // past CacheTTL
+	var loads atomic.Int32
+	release := make(chan struct{})
+	s.loadHook = func() {
+		loads.Add(1)
+		<-release
+	}
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.Actions(ctx, "alice", "team/app")
+			errs <- err
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for loads.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the others queue behind the one load
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := loads.Load(); l != 1 {
+		t.Fatalf("%d concurrent requests loaded alice's profile %d times, want 1", n, l)
+	}
+}
