@@ -361,10 +361,16 @@ func (c *Client) login(ctx context.Context, challenge, scope string) error {
 		return errors.New("token endpoint returned no token")
 	}
 	c.mu.Lock()
+	if len(c.tokens) >= maxTokens {
+		clear(c.tokens) // a long-lived client of many repositories (a server's fills): start over
+	}
 	c.tokens[scope] = t.Token
 	c.mu.Unlock()
 	return nil
 }
+
+// maxTokens bounds the tokens a Client keeps (one per scope).
+const maxTokens = 4096
 
 // parseChallenge splits `Bearer realm="...",service="...",scope="..."`.
 func parseChallenge(h string) (string, map[string]string) {

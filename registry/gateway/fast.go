@@ -73,9 +73,11 @@ func (g *Gateway) initFront() error {
 
 // serve routes a request to the gateway's own answers or to proxy.
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
-	if g.front == nil || r.Header.Get(internaltoken.Header) != "" {
-		// A peer IDC's fill or replication read carries the internal
-		// token, not a user's credentials: the servers check it.
+	if g.front == nil || r.Header.Get(internaltoken.Header) != "" || r.Header.Get(internaltoken.NoFillHeader) != "" {
+		// A peer IDC's fill or replication read (the internal token, or
+		// a robot's token and NoFillHeader) goes to a server: the servers
+		// check the token, and a redirect would point another IDC at a
+		// server inside this one.
 		g.proxy(w, r)
 		return
 	}

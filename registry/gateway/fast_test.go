@@ -244,3 +244,25 @@ func TestInternalTokenProxied(t *testing.T) {
 		t.Fatalf("%d %q, server got token %v", resp.StatusCode, body, got.Load())
 	}
 }
+
+// A peer IDC's copy as a robot (a Bearer token and the no-fill header) is
+// proxied, not redirected: a redirect would point another IDC at a server
+// inside this one.
+func TestPeerCopyProxied(t *testing.T) {
+	var got atomic.Value
+	u := upstreamOf(t, "s1", "idc-a", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Header.Get(internaltoken.NoFillHeader) + " " + r.Header.Get("Authorization"))
+		w.Write([]byte("bytes"))
+	}))
+	cfg := testConfig("local")
+	cfg.Redirect = "blobs"
+	cfg.Signing.Keys = blobsign.Keys{testKey}
+	cfg.Auth.None = true
+	g := New(cfg, quiet())
+	g.SetUpstreams([]*Upstream{u})
+	resp, body := do(t, http.MethodGet, serve(t, g)+"/v2/lib/app/blobs/"+digest.FromString("x").String(),
+		internaltoken.NoFillHeader, "1", "Authorization", "Bearer robot-token")
+	if resp.StatusCode != 200 || body != "bytes" || got.Load() != "1 Bearer robot-token" {
+		t.Fatalf("%d %q, server got %v", resp.StatusCode, body, got.Load())
+	}
+}

@@ -17,6 +17,13 @@ import (
 // Header carries the token.
 const Header = "X-Gaia-Internal-Token"
 
+// NoFillHeader marks a peer IDC's copy (sent with the token or a robot's
+// credential): the server answers from its own storage only, so two IDCs
+// lacking a blob never ask each other in a loop, and a gateway proxies
+// the request to a server instead of answering it itself (a redirect
+// would point another IDC at a server inside this one).
+const NoFillHeader = "X-Gaia-No-Fill"
+
 // Tokens is `cluster.internaltoken`: one token, or a list of two while
 // rotating. The first is the one sent; each is accepted.
 type Tokens []string

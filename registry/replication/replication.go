@@ -47,7 +47,7 @@ const (
 	TokenHeader = internaltoken.Header
 	// NoFillHeader asks a server to answer from its own storage only, so
 	// two IDCs lacking a blob never ask each other in a loop.
-	NoFillHeader = "X-Gaia-No-Fill"
+	NoFillHeader = internaltoken.NoFillHeader
 	// IDCHeader and CauseHeader say who asks and why (for the metrics).
 	IDCHeader   = "X-Gaia-IDC"
 	CauseHeader = "X-Gaia-Cause"
@@ -129,17 +129,19 @@ func New(o Options) *Replicator {
 	}
 	r := &Replicator{o: o}
 	if o.Username != "" {
-		// A robot's requests go through the peers' gateways like any
-		// client's, redirects to signed blob URLs included (those carry
-		// no credential: the signature is the authorization).
-		follow := *o.Client
-		follow.CheckRedirect = nil
+		// The robot's requests go to the peers' gateways like any
+		// client's, and no further: a gateway proxies a copy (it carries
+		// NoFillHeader) instead of redirecting it, and a redirect is not
+		// followed (the client above answers it as an error).
+		header := http.Header{}
+		header.Set(NoFillHeader, "1")
+		header.Set(IDCHeader, o.IDC)
 		r.robot = map[string]*upstream.Client{}
 		for peer, base := range o.Peers {
 			r.robot[peer] = upstream.New(upstream.Options{
-				URL: base, Username: o.Username, Password: o.Password, HTTP: &follow,
+				URL: base, Username: o.Username, Password: o.Password, HTTP: o.Client, Header: header,
 				Concurrency: 1 << 16, // bounded by the fills themselves (one per blob and IDC)
-				MaxRetries:  1,       // a copy that fails tries the next IDC holding the blob
+				MaxRetries:  -1,      // none: a copy that fails tries the next IDC holding the blob, not this one later
 				IdleTimeout: o.IdleTimeout,
 			})
 		}
@@ -258,26 +260,25 @@ func (r *Replicator) copyOnce(ctx context.Context, repo string, d digest.Digest,
 	return fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(errs...))
 }
 
-// get asks a peer's gateway for blob URL u: as the robot when one is
-// configured, with the internal token otherwise. Either way the peer is
-// told who asks and why (counted there) and not to fill it in turn.
-func (r *Replicator) get(ctx context.Context, peer, base, repo, u, cause string) (*http.Response, error) {
-	header := http.Header{}
-	header.Set(NoFillHeader, "1")
-	header.Set(IDCHeader, r.o.IDC)
-	header.Set(CauseHeader, cause)
+// get asks a peer's gateway for the blob at path (u in full): as the
+// robot when one is configured, with the internal token otherwise. Either
+// way the peer is told who asks and why (counted there) and not to fill
+// it in turn.
+func (r *Replicator) get(ctx context.Context, peer, u, repo, path, cause string) (*http.Response, error) {
 	if c := r.robot[peer]; c != nil {
-		return c.Get(ctx, repo, strings.TrimPrefix(u, strings.TrimRight(base, "/")), header)
+		return c.Get(ctx, repo, path, http.Header{CauseHeader: {cause}})
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
 	}
 	if !internaltoken.Safe(req.URL.Scheme, req.URL.Host) { // the config refuses such peers; never send it regardless
-		return nil, fmt.Errorf("peer %s at %s: %w", peer, base, internaltoken.ErrPlainHTTP)
+		return nil, fmt.Errorf("peer %s at %s: %w", peer, r.o.Peers[peer], internaltoken.ErrPlainHTTP)
 	}
-	req.Header = header
 	req.Header.Set(TokenHeader, r.o.Token)
+	req.Header.Set(NoFillHeader, "1")
+	req.Header.Set(IDCHeader, r.o.IDC)
+	req.Header.Set(CauseHeader, cause)
 	return r.o.Client.Do(req)
 }
 
@@ -286,13 +287,14 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &
 // copyFrom streams the blob from a peer IDC's gateway into this IDC's
 // storage, checking size and digest before it becomes visible.
 func (r *Replicator) copyFrom(ctx context.Context, peer, base, repo string, d digest.Digest, size int64, cause string) error {
-	u := strings.TrimRight(base, "/") + "/v2/" + repo + "/blobs/" + url.PathEscape(d.String())
+	path := "/v2/" + repo + "/blobs/" + url.PathEscape(d.String())
+	u := strings.TrimRight(base, "/") + path
 	// No overall timeout (a large layer takes as long as it takes), but a
 	// peer that stops sending fails the copy, which holds the IDC-wide
 	// lock for d: every pull of d in this IDC waits on it.
 	wd, rctx := watchdog.New(ctx, r.o.IdleTimeout, fmt.Errorf("GET %s: no progress for %s", u, r.o.IdleTimeout))
 	defer wd.Done()
-	resp, err := r.get(rctx, peer, base, repo, u, cause)
+	resp, err := r.get(rctx, peer, u, repo, path, cause)
 	if err != nil {
 		return wd.Err(err)
 	}

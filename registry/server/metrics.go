@@ -205,8 +205,10 @@ func (b *countingBody) Read(p []byte) (int, error) {
 // instrument logs one structured line per request and records metrics.
 // Health and metrics endpoints are not logged. The line names the client
 // (remote): behind a trusted proxy, whom it forwarded for (with the
-// proxy's own address as proxy).
-func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forwarded.Trusted) http.Handler {
+// proxy's own address as proxy). copied gets every blob GET answered 2xx,
+// with the user auth found and the bytes sent.
+func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forwarded.Trusted,
+	copied func(r *http.Request, user string, bytes int64)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ctx, user := auth.TrackUser(r.Context()) // auth sets it on a request of its own, further in
@@ -238,6 +240,9 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forward
 			m.duration.WithLabelValues(route, method).Observe(elapsed.Seconds())
 			m.bytesIn.WithLabelValues(route).Add(float64(body.n))
 			m.bytesOut.WithLabelValues(route).Add(float64(rec.bytes))
+			if route == "blob" && r.Method == http.MethodGet && rec.status < 300 {
+				copied(r, user(), rec.bytes)
+			}
 			level := slog.LevelInfo
 			if rec.status >= 500 {
 				level = slog.LevelError

@@ -242,7 +242,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 			NegativeTTL: cfg.PullThrough.NegativeTTL, NegativeMax: cfg.PullThrough.NegativeMax,
 		}),
 	})
-	v2 := instrument(s.internal(apiHandler, authn.Wrap(auditRequests(apiHandler, s.audit, trusted))), s.metrics, log, trusted)
+	v2 := instrument(s.internal(apiHandler, authn.Wrap(auditRequests(apiHandler, s.audit, trusted))), s.metrics, log, trusted, s.copied)
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
@@ -262,7 +262,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 // token, past auth. The token is good for what fills and replication do,
 // a GET or HEAD of a blob, and nothing else (not manifests, tags or the
 // catalog). Every other request goes through auth, stripped of the token:
-// a peer that fills as a robot does too.
+// a peer that copies as a robot does too.
 func (s *Server) internal(direct, authed http.Handler) http.Handler {
 	tokens := s.cfg.Cluster.InternalToken
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -273,30 +273,28 @@ func (s *Server) internal(direct, authed http.Handler) http.Handler {
 		got := r.Header.Get(replication.TokenHeader)
 		if got != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
 			api.RouteOf(r).Kind == "blob" && tokens.Match(got) {
-			s.toPeer(w, r, direct)
+			direct.ServeHTTP(w, r.WithContext(auth.WithUser(r.Context(), internalTokenUser)))
 			return
 		}
 		if got != "" {
 			s.metrics.internalRefused.Inc()
 		}
 		r.Header.Del(replication.TokenHeader)
-		s.toPeer(w, r, authed)
+		authed.ServeHTTP(w, r)
 	})
 }
 
-// toPeer serves r with h and, for a blob GET a peer IDC's copy sent
-// (replication.IDCHeader), counts the blob bytes that went out by cause
-// and peer. The copy's NoFillHeader is honoured from anyone: it only keeps
-// this server from filling (or pulling through) for the request.
-func (s *Server) toPeer(w http.ResponseWriter, r *http.Request, h http.Handler) {
+// internalTokenUser is the user of a request the internal token let in
+// (in the request log, and for copied).
+const internalTokenUser = "(internal token)"
+
+// copied counts the bytes of a blob GET answered to a peer IDC's copy:
+// one that came with the internal token, or as the robot the copies use
+// (cluster.robot, the same on every server), and named its IDC and
+// cause. Anyone else's headers count nothing.
+func (s *Server) copied(r *http.Request, user string, bytes int64) {
 	peer := r.Header.Get(replication.IDCHeader)
-	if peer == "" || r.Method != http.MethodGet || api.RouteOf(r).Kind != "blob" {
-		h.ServeHTTP(w, r)
-		return
-	}
-	rec := &recorder{ResponseWriter: w}
-	h.ServeHTTP(rec, r)
-	if rec.status >= 300 { // a refusal's body is not the blob
+	if peer == "" || (user != internalTokenUser && (user == "" || user != s.cfg.Cluster.Robot.Username)) {
 		return
 	}
 	cause := r.Header.Get(replication.CauseHeader)
@@ -306,7 +304,7 @@ func (s *Server) toPeer(w http.ResponseWriter, r *http.Request, h http.Handler) 
 	if _, ok := s.cfg.Cluster.Peers[peer]; !ok {
 		peer = "unknown"
 	}
-	s.metrics.crossIDCBytes.WithLabelValues("out", cause, peer).Add(float64(rec.bytes))
+	s.metrics.crossIDCBytes.WithLabelValues("out", cause, peer).Add(float64(bytes))
 }
 
 // signed serves a blob GET or HEAD whose URL a gateway signed
@@ -342,7 +340,7 @@ func (s *Server) signed(w http.ResponseWriter, r *http.Request, q url.Values, di
 	s.metrics.signedRequests.WithLabelValues("accepted").Inc()
 	r.Header.Del("Authorization")
 	r.Header.Del(replication.TokenHeader)
-	s.toPeer(w, r.WithContext(auth.WithUser(r.Context(), id)), direct)
+	direct.ServeHTTP(w, r.WithContext(auth.WithUser(r.Context(), id)))
 }
 
 // signedLocation signs the Location of a signed upload request's answer

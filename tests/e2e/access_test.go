@@ -84,7 +84,8 @@ auth:
 
 // restartServers stops every server of idc and starts it again, on the
 // same address, with its config text passed through edit; it returns once
-// idc's gateway answers /v2/ through them again.
+// idc's gateway answers /v2/ through them again, 20 times in a row (it
+// ejects a server that failed while it was down, for a while).
 func (a *accessCluster) restartServers(t *testing.T, idc string, edit func(string) string) {
 	t.Helper()
 	for i, r := range a.servers[idc] {
@@ -94,13 +95,14 @@ func (a *accessCluster) restartServers(t *testing.T, idc string, edit func(strin
 		a.servers[idc][i] = harness.StartRegistry(t, r.Addr, edit(a.config(idc, r.Addr)))
 	}
 	deadline := time.Now().Add(time.Minute)
-	for {
+	for ok := 0; ok < 20; {
 		resp, err := http.Get("http://" + a.gwAddr[idc] + "/v2/")
+		ok++
+		if err != nil || resp.StatusCode != http.StatusUnauthorized {
+			ok = 0
+		}
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusUnauthorized {
-				return
-			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s's gateway does not reach its restarted servers: %v", idc, err)

@@ -208,17 +208,28 @@ func TestRobotCredentials(t *testing.T) {
 		}
 	})
 
+	outer := t
 	t.Run("cross-IDC fills copy as the cluster's robot", func(t *testing.T) {
 		fillBot, fillSecret := a.createRobot(t, "", "fill", map[string][]string{"*": {"pull"}})
-		// idc-b's servers copy as the robot, and hold an internal token
-		// idc-a does not take: a fill succeeds through the robot or not
-		// at all.
+		// Every server gets the robot (idc-a counts what it sends to it);
+		// idc-b's hold an internal token idc-a does not take, so a fill
+		// succeeds through the robot or not at all. Restored at the end.
 		tokenLine := fmt.Sprintf("internaltoken: %q", a.cluster.token)
-		a.restartServers(t, "idc-b", func(cfg string) string {
-			if !strings.Contains(cfg, tokenLine) {
-				t.Fatalf("no %s in the server's config:\n%s", tokenLine, cfg)
+		withRobot := func(token string) func(string) string {
+			return func(cfg string) string {
+				if !strings.Contains(cfg, tokenLine) {
+					t.Fatalf("no %s in the server's config:\n%s", tokenLine, cfg)
+				}
+				return strings.Replace(cfg, tokenLine, fmt.Sprintf("internaltoken: %q\n  robot: {username: %q, password: %q}", token, fillBot, fillSecret), 1)
 			}
-			return strings.Replace(cfg, tokenLine, fmt.Sprintf("internaltoken: not-the-clusters-token\n  robot: {username: %q, password: %q}", fillBot, fillSecret), 1)
+		}
+		// (The processes belong to the whole test, not this subtest.)
+		a.restartServers(outer, "idc-a", withRobot(a.cluster.token))
+		a.restartServers(outer, "idc-b", withRobot("not-the-clusters-token"))
+		t.Cleanup(func() {
+			for _, idc := range []string{"idc-a", "idc-b"} {
+				a.restartServers(outer, idc, func(cfg string) string { return cfg })
+			}
 		})
 		img := image("linux/amd64", 931, 932)
 		pusher := upstream.New(upstream.Options{URL: "http://" + gwA, Username: appsBot, Password: appsSecret})
@@ -254,19 +265,22 @@ func TestRobotCredentials(t *testing.T) {
 			t.Errorf("idc-a refused %v internal tokens: the fills sent one", n)
 		}
 
-		// The robot deleted: the next fill is refused by idc-a, the client
-		// gets 503 UNAVAILABLE, and nothing is copied.
+		// The robot deleted: within the decision cache's bound, the next
+		// fill in the same repository (whose token idc-b's servers hold)
+		// is refused by idc-a, the client gets 503 UNAVAILABLE, and
+		// nothing is copied.
 		other := image("linux/amd64", 933)
-		if err := other.Push(ctx, pusher, "apps/unfilled", "1"); err != nil {
+		if err := other.Push(ctx, pusher, "apps/filled", "2"); err != nil {
 			t.Fatal(err)
 		}
 		a.mustAdmin(t, "DELETE", "/robots/"+url.PathEscape(fillBot), nil)
+		time.Sleep(decisionCache + 500*time.Millisecond)
 		in0 = a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`)
-		tok, code := tokenAt(t, gwB, readBot, readSecret, "repository:apps/unfilled:pull")
+		tok, code := tokenAt(t, gwB, readBot, readSecret, "repository:apps/filled:pull")
 		if code != http.StatusOK {
 			t.Fatalf("token for %s: %d", readBot, code)
 		}
-		if r := regCall(t, "GET", "http://"+gwB+"/v2/apps/unfilled/blobs/"+other.Blobs[1].Digest.String(), tok); r.status != 503 || r.code != "UNAVAILABLE" {
+		if r := regCall(t, "GET", "http://"+gwB+"/v2/apps/filled/blobs/"+other.Blobs[1].Digest.String(), tok); r.status != 503 || r.code != "UNAVAILABLE" {
 			t.Fatalf("a blob through idc-b after the fill robot's deletion: %d %s, want 503 UNAVAILABLE", r.status, r.code)
 		}
 		if n := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`) - in0; n != 0 {
