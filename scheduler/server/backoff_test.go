@@ -169,4 +169,12 @@ func TestReportReasonWithoutStateChange(t *testing.T) {
 		}
 		clear(ls.usageInst)
 	}
+	// Told to stop: the scheduler's reason stays while the node still
+	// reports the instance in the same state.
+	in := ls.inst[id]
+	in.Desired, in.Reason = model.DesiredStop, "scaled down"
+	ls.reportMem(now.Add(time.Minute), api.InstanceReport{ID: id, State: model.Pulling, Reason: "pulling 40% (4.0 MiB of 10 MiB)"})
+	if in := ls.inst[id]; in.Reason != "scaled down" {
+		t.Errorf("an instance told to stop: reason %q after a report, want the scheduler's %q", in.Reason, "scaled down")
+	}
 }

@@ -348,10 +348,12 @@ func (ls *leaderState) applyReports(now time.Time) {
 					reason = in.Reason
 				}
 				changed = setState(in, state, reason, now) || changed
-			} else if r.Reason != in.Reason && state != model.Lost {
+			} else if r.Reason != in.Reason && state != model.Lost && in.Desired != model.DesiredStop {
 				// The same state with news (a pull's progress, a retry's
 				// error, a restart's back-off): no transition, and
 				// written with the next flush like usage, not per report.
+				// An instance being stopped keeps the scheduler's reason
+				// ("scaled down", "app deleted") until its state changes.
 				in.Reason = r.Reason
 				ls.usageInst[in.ID] = true
 			}
