@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -128,11 +129,16 @@ type Store struct {
 	public   *publicSet
 	logins   map[[32]byte]time.Time // hash of user+password -> checked at
 	checking singleflight.Group     // password checks under way, by that hash
-	loading  singleflight.Group     // profile loads under way, by subject
+	loading  singleflight.Group     // profile loads under way, by subject and gen
+	// gen counts the changes that make a load under way stale (Forget,
+	// seedGroups): a load joins only one started since the last, and
+	// stores its result only if none came meanwhile.
+	gen uint64
 	// checkHook, in tests, runs at the start of each password check.
 	checkHook func()
-	// loadHook, in tests, runs at the start of each profile load.
-	loadHook func()
+	// loadHook, in tests, runs at the start of each profile load;
+	// lapsedHook before each caller asks for one.
+	loadHook, lapsedHook func()
 }
 
 // New returns a Store over db (migrated to 0010 or later).
@@ -180,15 +186,20 @@ func (s *Store) Authenticate(ctx context.Context, user, password string) (Subjec
 	}
 	// Concurrent checks of the same credentials (a client's parallel
 	// requests when the cached check lapses) share one bcrypt.
-	_, err, _ := s.checking.Do(string(key[:]), func() (any, error) {
+	ch := s.checking.DoChan(string(key[:]), func() (any, error) {
 		ctx, cancel := shared(ctx)
 		defer cancel()
 		return nil, s.checkPassword(ctx, user, password, key, now)
 	})
-	if err != nil {
-		return "", err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return "", res.Err
+		}
+		return user, nil
+	case <-ctx.Done():
+		return "", context.Cause(ctx)
 	}
-	return user, nil
 }
 
 // checkPassword checks a user's password against the database or the
@@ -363,6 +374,7 @@ func (s *Store) Forget() {
 	clear(s.profiles)
 	clear(s.logins)
 	s.public = nil
+	s.gen++
 }
 
 // profile is what a subject may do, as loaded at one time.
@@ -411,6 +423,7 @@ func (s *Store) seedGroups(subject string, groups []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.profiles[subject] = &profile{groups: groups} // zero time: reloaded on next use
+	s.gen++
 }
 
 // shared is the context of work that concurrent callers share (a
@@ -424,7 +437,7 @@ func shared(ctx context.Context) (context.Context, context.CancelFunc) {
 func (s *Store) profile(ctx context.Context, subject string) (*profile, error) {
 	now := s.opts.Now()
 	s.mu.Lock()
-	cached := s.profiles[subject]
+	cached, gen := s.profiles[subject], s.gen
 	s.mu.Unlock()
 	if cached != nil && !cached.at.IsZero() && now.Sub(cached.at) < s.opts.CacheTTL {
 		return cached, nil
@@ -435,7 +448,10 @@ func (s *Store) profile(ctx context.Context, subject string) (*profile, error) {
 	}
 	// A busy subject's concurrent requests all find the entry lapsed at
 	// once: one of them reloads it, the others wait for that.
-	v, err, _ := s.loading.Do(subject, func() (any, error) {
+	if s.lapsedHook != nil {
+		s.lapsedHook()
+	}
+	ch := s.loading.DoChan(subject+"\x00"+strconv.FormatUint(gen, 10), func() (any, error) {
 		if s.loadHook != nil {
 			s.loadHook()
 		}
@@ -450,14 +466,21 @@ func (s *Store) profile(ctx context.Context, subject string) (*profile, error) {
 		if len(s.profiles) > 100000 {
 			clear(s.profiles)
 		}
-		s.profiles[subject] = p
+		if s.gen == gen {
+			s.profiles[subject] = p
+		}
 		s.mu.Unlock()
 		return p, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*profile), nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
 	}
-	return v.(*profile), nil
 }
 
 func (s *Store) loadProfile(ctx context.Context, subject string, groups []string) (*profile, error) {

@@ -430,12 +430,13 @@ func TestConcurrentRequestsShareOneProfileLoad(t *testing.T) {
 	}
 	mustActions(t, s, "alice", "team/app") // loaded and cached
 	c.add(6 * time.Second)                 // past CacheTTL
-	var loads atomic.Int32
+	var loads, callers atomic.Int32
 	release := make(chan struct{})
 	s.loadHook = func() {
 		loads.Add(1)
 		<-release
 	}
+	s.lapsedHook = func() { callers.Add(1) }
 	const n = 16
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -447,11 +448,12 @@ func TestConcurrentRequestsShareOneProfileLoad(t *testing.T) {
 			errs <- err
 		}()
 	}
+	// Every caller past the cache and at the load (which waits on release).
 	deadline := time.Now().Add(10 * time.Second)
-	for loads.Load() == 0 && time.Now().Before(deadline) {
+	for (loads.Load() == 0 || callers.Load() < n) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond) // the others queue behind the one load
+	time.Sleep(50 * time.Millisecond)
 	close(release)
 	wg.Wait()
 	close(errs)
