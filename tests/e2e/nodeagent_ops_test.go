@@ -872,8 +872,7 @@ func TestNodeAgentsFailures(t *testing.T) {
 // (connections accepted, never answered: each attempt cut by the agents'
 // stall timeout). The instances stay pulling, past the pull's attempts,
 // with the error in their reason and no container made; once the
-// registry is back they start by themselves, each image pulled once per
-// agent.
+// registry is back they start by themselves.
 func (c *agentCluster) registryOutage() {
 	t := c.t
 	for _, mode := range []struct {

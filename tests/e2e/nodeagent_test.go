@@ -223,7 +223,7 @@ registry: {gateway: %q, username: %q, password: %q}
 consul: {addr: %q}
 instances: {publiship: %s, stoptimeout: 2s}
 agent: {reportinterval: 1s, retryinterval: 200ms}
-pull: {stalltimeout: 5s, attempts: 2, backoff: 200ms, maxbackoff: 1s}
+pull: {stalltimeout: 10s, attempts: 2, backoff: 200ms, maxbackoff: 1s}
 `, addr, node, ip, t.TempDir(), schedURL, schedNode, dockerHost, gateway, e.regUser, e.regPass, e.consul, ip)
 	path := filepath.Join(t.TempDir(), node+".yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
