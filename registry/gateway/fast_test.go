@@ -225,6 +225,17 @@ func TestRedirectSigned(t *testing.T) {
 	}
 }
 
+// redirectingGateway serves a gateway with redirect: blobs in front of u.
+func redirectingGateway(t *testing.T, u *Upstream) string {
+	cfg := testConfig("local")
+	cfg.Redirect = "blobs"
+	cfg.Signing.Keys = blobsign.Keys{testKey}
+	cfg.Auth.None = true
+	g := New(cfg, quiet())
+	g.SetUpstreams([]*Upstream{u})
+	return serve(t, g)
+}
+
 // A peer IDC's read with the internal token is proxied, not redirected:
 // the servers check the token.
 func TestInternalTokenProxied(t *testing.T) {
@@ -233,13 +244,7 @@ func TestInternalTokenProxied(t *testing.T) {
 		got.Store(r.Header.Get(internaltoken.Header))
 		w.Write([]byte("bytes"))
 	}))
-	cfg := testConfig("local")
-	cfg.Redirect = "blobs"
-	cfg.Signing.Keys = blobsign.Keys{testKey}
-	cfg.Auth.None = true
-	g := New(cfg, quiet())
-	g.SetUpstreams([]*Upstream{u})
-	resp, body := do(t, http.MethodGet, serve(t, g)+"/v2/lib/app/blobs/"+digest.FromString("x").String(), internaltoken.Header, "tok")
+	resp, body := do(t, http.MethodGet, redirectingGateway(t, u)+"/v2/lib/app/blobs/"+digest.FromString("x").String(), internaltoken.Header, "tok")
 	if resp.StatusCode != 200 || body != "bytes" || got.Load() != "tok" {
 		t.Fatalf("%d %q, server got token %v", resp.StatusCode, body, got.Load())
 	}
@@ -254,13 +259,7 @@ func TestPeerCopyProxied(t *testing.T) {
 		got.Store(r.Header.Get(internaltoken.NoFillHeader) + " " + r.Header.Get("Authorization"))
 		w.Write([]byte("bytes"))
 	}))
-	cfg := testConfig("local")
-	cfg.Redirect = "blobs"
-	cfg.Signing.Keys = blobsign.Keys{testKey}
-	cfg.Auth.None = true
-	g := New(cfg, quiet())
-	g.SetUpstreams([]*Upstream{u})
-	resp, body := do(t, http.MethodGet, serve(t, g)+"/v2/lib/app/blobs/"+digest.FromString("x").String(),
+	resp, body := do(t, http.MethodGet, redirectingGateway(t, u)+"/v2/lib/app/blobs/"+digest.FromString("x").String(),
 		internaltoken.NoFillHeader, "1", "Authorization", "Bearer robot-token")
 	if resp.StatusCode != 200 || body != "bytes" || got.Load() != "1 Bearer robot-token" {
 		t.Fatalf("%d %q, server got %v", resp.StatusCode, body, got.Load())

@@ -384,29 +384,42 @@ func TestConcurrentLoginsShareOneCheck(t *testing.T) {
 	if _, err := s.CreateUser(ctx, "alice", "correct horse", false); err != nil {
 		t.Fatal(err)
 	}
-	var checks atomic.Int32
-	release := make(chan struct{})
-	s.checkHook = func() {
-		checks.Add(1)
-		<-release
-	}
 	const n = 16
+	checks := sharedRuns(t, n, func(hook func()) { s.checkHook = hook }, nil, func() error {
+		_, err := s.Authenticate(ctx, "alice", "correct horse")
+		return err
+	})
+	if checks != 1 {
+		t.Fatalf("%d concurrent logins ran %d password checks, want 1", n, checks)
+	}
+}
+
+// sharedRuns calls call n times at once, and returns how many times the
+// work they should share ran: setHook installs a hook at its start that
+// blocks it until every caller has arrived (arrived, when not nil) and a
+// little more, so that each caller either joins it or finds its result.
+func sharedRuns(t *testing.T, n int, setHook func(func()), arrived func() bool, call func() error) int32 {
+	t.Helper()
+	var runs atomic.Int32
+	release := make(chan struct{})
+	setHook(func() {
+		runs.Add(1)
+		<-release
+	})
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.Authenticate(ctx, "alice", "correct horse")
-			errs <- err
+			errs <- call()
 		}()
 	}
-	// Let every caller reach the check (or the wait for it) before it ends.
 	deadline := time.Now().Add(10 * time.Second)
-	for checks.Load() == 0 && time.Now().Before(deadline) {
+	for (runs.Load() == 0 || (arrived != nil && !arrived())) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond) // the others queue behind the one check
+	time.Sleep(100 * time.Millisecond) // the others queue behind the one run
 	close(release)
 	wg.Wait()
 	close(errs)
@@ -415,9 +428,7 @@ func TestConcurrentLoginsShareOneCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if c := checks.Load(); c != 1 {
-		t.Fatalf("%d concurrent logins ran %d password checks, want 1", n, c)
-	}
+	return runs.Load()
 }
 
 // A busy subject's requests that all find its cached profile lapsed share
@@ -430,39 +441,14 @@ func TestConcurrentRequestsShareOneProfileLoad(t *testing.T) {
 	}
 	mustActions(t, s, "alice", "team/app") // loaded and cached
 	c.add(6 * time.Second)                 // past CacheTTL
-	var loads, callers atomic.Int32
-	release := make(chan struct{})
-	s.loadHook = func() {
-		loads.Add(1)
-		<-release
-	}
+	var callers atomic.Int32
 	s.lapsedHook = func() { callers.Add(1) }
 	const n = 16
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := s.Actions(ctx, "alice", "team/app")
-			errs <- err
-		}()
-	}
-	// Every caller past the cache and at the load (which waits on release).
-	deadline := time.Now().Add(10 * time.Second)
-	for (loads.Load() == 0 || callers.Load() < n) && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond)
-	close(release)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if l := loads.Load(); l != 1 {
-		t.Fatalf("%d concurrent requests loaded alice's profile %d times, want 1", n, l)
+	loads := sharedRuns(t, n, func(hook func()) { s.loadHook = hook }, func() bool { return callers.Load() == n }, func() error {
+		_, err := s.Actions(ctx, "alice", "team/app")
+		return err
+	})
+	if loads != 1 {
+		t.Fatalf("%d concurrent requests loaded alice's profile %d times, want 1", n, loads)
 	}
 }

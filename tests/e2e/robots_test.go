@@ -43,6 +43,30 @@ func (a *accessCluster) createRobot(t *testing.T, ns, name string, perms map[str
 	return out.Robot.Name, out.Secret
 }
 
+// readBlobs reads every blob of img in repo through c (whose reader
+// checks each one's size and digest).
+func readBlobs(t *testing.T, c *upstream.Client, repo string, img harness.TestImage) {
+	t.Helper()
+	for _, b := range img.Blobs {
+		rc, err := c.Blob(context.Background(), repo, b.Digest, b.Size)
+		if err == nil {
+			_, err = io.Copy(io.Discard, rc)
+			rc.Close()
+		}
+		if err != nil {
+			t.Fatalf("blob %s of %s: %v", b.Digest, repo, err)
+		}
+	}
+}
+
+// imageBytes is the size of img's blobs.
+func imageBytes(img harness.TestImage) (n int64) {
+	for _, b := range img.Blobs {
+		n += b.Size
+	}
+	return n
+}
+
 // TestRobotCredentials: Gaia's own components work under the built-in
 // auth with robot credentials, in a two-IDC cluster. The mirror worker
 // mirrors an upstream repository through the gateway as a system robot
@@ -175,10 +199,7 @@ func TestRobotCredentials(t *testing.T) {
 		if err := img.Push(ctx, pusher, "apps/svc", "1"); err != nil {
 			t.Fatal(err)
 		}
-		var total int64
-		for _, b := range img.Blobs {
-			total += b.Size
-		}
+		total := imageBytes(img)
 		before := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`)
 		// Refused in B like in A: nothing crosses for a caller without pull.
 		noPull := upstream.New(upstream.Options{URL: "http://" + gwB, Username: mirrorBot, Password: mirrorSecret})
@@ -192,16 +213,7 @@ func TestRobotCredentials(t *testing.T) {
 		if d, err := puller.ManifestDigest(ctx, "apps/svc", "1"); err != nil || d != img.Digest {
 			t.Fatalf("manifest through idc-b: %s %v, want %s", d, err, img.Digest)
 		}
-		for _, b := range img.Blobs {
-			rc, err := puller.Blob(ctx, "apps/svc", b.Digest, b.Size)
-			if err != nil {
-				t.Fatalf("blob %s through idc-b: %v", b.Digest, err)
-			}
-			if _, err := io.Copy(io.Discard, rc); err != nil { // the reader checks size and digest
-				t.Fatalf("blob %s through idc-b: %v", b.Digest, err)
-			}
-			rc.Close()
-		}
+		readBlobs(t, puller, "apps/svc", img)
 		in := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`) - before
 		if in != float64(total) {
 			t.Fatalf("idc-b filled %v bytes from idc-a; the image's blobs are %d bytes", in, total)
@@ -236,24 +248,12 @@ func TestRobotCredentials(t *testing.T) {
 		if err := img.Push(ctx, pusher, "apps/filled", "1"); err != nil {
 			t.Fatal(err)
 		}
-		var total int64
-		for _, b := range img.Blobs {
-			total += b.Size
-		}
+		total := imageBytes(img)
 		in0 := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`)
 		out0 := a.sum(t, "idc-a", "gaia_registry_cross_idc_bytes_total", `direction="out"`, `cause="fill"`, `peer="idc-b"`)
 		refused0 := a.sum(t, "idc-a", "gaia_registry_internal_token_refused_total")
 		puller := upstream.New(upstream.Options{URL: "http://" + gwB, Username: readBot, Password: readSecret})
-		for _, b := range img.Blobs {
-			rc, err := puller.Blob(ctx, "apps/filled", b.Digest, b.Size)
-			if err != nil {
-				t.Fatalf("blob %s through idc-b: %v\n%s", b.Digest, err, a.servers["idc-b"][0].Log())
-			}
-			if _, err := io.Copy(io.Discard, rc); err != nil { // the reader checks size and digest
-				t.Fatalf("blob %s through idc-b: %v", b.Digest, err)
-			}
-			rc.Close()
-		}
+		readBlobs(t, puller, "apps/filled", img)
 		if in := a.sum(t, "idc-b", "gaia_registry_cross_idc_bytes_total", `direction="in"`, `cause="fill"`, `peer="idc-a"`) - in0; in != float64(total) {
 			t.Fatalf("idc-b filled %v bytes from idc-a; the image's blobs are %d bytes", in, total)
 		}
