@@ -447,6 +447,12 @@ func TestAdminIAM(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	})
+
+	// The admin API's requests are in the request metrics, as route admin.
+	if code, body := harness.Get(t, s.base+"/metrics"); code != 200 ||
+		!strings.Contains(body, `gaia_registry_http_requests_total{code="201",method="POST",route="admin"}`) {
+		t.Errorf("/metrics: %d, no admin POSTs counted:\n%s", code, body)
+	}
 }
 
 // Password guesses through the admin API meet the token service's

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -205,8 +206,8 @@ func (b *countingBody) Read(p []byte) (int, error) {
 // instrument logs one structured line per request and records metrics.
 // Health and metrics endpoints are not logged. The line names the client
 // (remote): behind a trusted proxy, whom it forwarded for (with the
-// proxy's own address as proxy). copied gets every blob GET answered 2xx,
-// with the user auth found and the bytes sent.
+// proxy's own address as proxy). copied (if not nil) gets every blob GET
+// answered 2xx, with the user auth found and the bytes sent.
 func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forwarded.Trusted,
 	copied func(r *http.Request, user string, bytes int64)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -222,6 +223,9 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forward
 		}
 		if route == "" {
 			route = "other"
+			if strings.HasPrefix(r.URL.Path, AdminPrefix) {
+				route = "admin"
+			}
 		}
 		// On every /v2 answer, auth refusals included: clients look for it.
 		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
@@ -240,7 +244,7 @@ func instrument(next http.Handler, m *metrics, log *slog.Logger, trusted forward
 			m.duration.WithLabelValues(route, method).Observe(elapsed.Seconds())
 			m.bytesIn.WithLabelValues(route).Add(float64(body.n))
 			m.bytesOut.WithLabelValues(route).Add(float64(rec.bytes))
-			if route == "blob" && r.Method == http.MethodGet && rec.status < 300 {
+			if copied != nil && route == "blob" && r.Method == http.MethodGet && rec.status < 300 {
 				copied(r, user(), rec.bytes)
 			}
 			level := slog.LevelInfo

@@ -249,7 +249,8 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", s.readyz)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle(AdminPrefix, s.adminHandler())
+	// The admin API in the request log and metrics too (route "admin").
+	mux.Handle(AdminPrefix, instrument(s.adminHandler(), s.metrics, log, trusted, nil))
 	s.logins = authn.LoginLimiter()
 	if h := authn.TokenHandler(s.recordLogin, trusted, reg); h != nil {
 		mux.Handle("/auth/", h)
