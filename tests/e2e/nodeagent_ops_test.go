@@ -113,9 +113,7 @@ func newAgentCluster(t *testing.T, ips ...string) *agentCluster {
 	waitFor(t, "every node registered", time.Minute, func() bool {
 		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready' AND name = ANY($1)`, keysOf(c.nodes)) == len(c.nodes)
 	})
-	if code := call(t, sched.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.agents"}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	createPool(t, sched.URL(), map[string]any{"name": "root.agents"})
 	return c
 }
 

@@ -62,9 +62,7 @@ func TestNodeAgentsWithScheduler(t *testing.T) {
 		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready' AND name = ANY($1)`, keysOf(nodes)) == 2
 	})
 
-	if code := call(t, sched.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.agents"}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	createPool(t, sched.URL(), map[string]any{"name": "root.agents"})
 	spec := map[string]any{"name": app, "pool": "root.agents", "image": "agente2e/web:v1", "instances": 4,
 		"command":   []string{"/bin/busybox", "sh", "-c", `mkdir -p /www && echo "$GAIA_INSTANCE $GAIA_PORT_HTTP" > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www`},
 		"resources": map[string]string{"cpu": "100m", "memory": "32Mi"},

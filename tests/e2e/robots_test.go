@@ -305,9 +305,7 @@ func TestRobotCredentials(t *testing.T) {
 		e.regUser, e.regPass = readBot, readSecret
 		sched := e.start()
 		waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(sched) })
-		if code := call(t, sched.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.robots"}, nil); code != http.StatusCreated {
-			t.Fatalf("create pool: %d", code)
-		}
+		createPool(t, sched.URL(), map[string]any{"name": "root.robots"})
 		suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1_000_000)
 		app, node := "robots-"+suffix, "robot-node-"+suffix
 		spec := map[string]any{"name": app, "pool": "root.robots", "image": "apps/web:v1", "instances": 1,

@@ -137,12 +137,8 @@ func TestSchedulerAppLifecycle(t *testing.T) {
 	waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(s) })
 	tl := &timeline{}
 	fleet := startAgentsWith(t, 4, e, []string{s.URL()}, tl.hook)
-	waitFor(t, "4 nodes registered", time.Minute, func() bool {
-		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 4
-	})
-	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	e.waitReadyNodes(t, 4)
+	createPool(t, s.URL(), map[string]any{"name": "root.e2e"})
 	const n, maxParallel = 6, 2
 	spec := appSpec("web", "root.e2e", e.image, n)
 	spec["update"] = map[string]any{"maxParallel": maxParallel}
@@ -316,12 +312,8 @@ func TestSchedulerAutoRollback(t *testing.T) {
 			return model.Running
 		}
 	})
-	waitFor(t, "4 nodes registered", time.Minute, func() bool {
-		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 4
-	})
-	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	e.waitReadyNodes(t, 4)
+	createPool(t, s.URL(), map[string]any{"name": "root.e2e"})
 	const n, maxParallel = 6, 2
 	spec := appSpec("roll", "root.e2e", e.image, n)
 	spec["update"] = map[string]any{"maxParallel": maxParallel, "autoRollback": true, "healthyDeadline": "3s"}
@@ -439,12 +431,8 @@ func TestSchedulerMinHealthyTime(t *testing.T) {
 			}
 		}
 	})
-	waitFor(t, "3 nodes registered", time.Minute, func() bool {
-		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 3
-	})
-	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	e.waitReadyNodes(t, 3)
+	createPool(t, s.URL(), map[string]any{"name": "root.e2e"})
 	const n, minHealthy = 3, 2 * time.Second
 	spec := appSpec("ripe", "root.e2e", e.image, n)
 	spec["update"] = map[string]any{"maxParallel": 1, "minHealthyTime": minHealthy.String()}

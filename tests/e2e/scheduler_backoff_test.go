@@ -40,12 +40,8 @@ func TestSchedulerBackoffAndPortClash(t *testing.T) {
 			return model.Running
 		}
 	})
-	waitFor(t, "2 nodes registered", time.Minute, func() bool {
-		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 2
-	})
-	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	e.waitReadyNodes(t, 2)
+	createPool(t, s.URL(), map[string]any{"name": "root.e2e"})
 	getApp := func(name string) model.App {
 		t.Helper()
 		var app model.App

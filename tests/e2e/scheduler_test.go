@@ -38,6 +38,22 @@ const (
 	loopInterval  = 300 * time.Millisecond
 )
 
+// waitReadyNodes waits for n nodes in state ready.
+func (e *schedEnv) waitReadyNodes(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d nodes registered", n), time.Minute, func() bool {
+		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == n
+	})
+}
+
+// createPool makes a pool through the scheduler's API at base.
+func createPool(t *testing.T, base string, pool map[string]any) {
+	t.Helper()
+	if code := call(t, base, schedAdmin, "POST", "/v1/pools", pool, nil); code != http.StatusCreated {
+		t.Fatalf("create pool %v: %d", pool["name"], code)
+	}
+}
+
 // schedEnv is a scheduler cluster under test: its database, Consul, a real
 // gaia-registry holding a pushed image, and gaia-scheduler processes.
 type schedEnv struct {
@@ -337,17 +353,13 @@ func TestSchedulerFailover(t *testing.T) {
 	b := e.start(hook)
 	fleet := startAgents(t, 50, e, []string{a.URL(), b.URL()})
 
-	if code := call(t, a.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	createPool(t, a.URL(), map[string]any{"name": "root.e2e"})
 	// Submitted through the follower: forwarded to the leader.
 	var app map[string]any
 	if code := call(t, b.URL(), schedAdmin, "POST", "/v1/apps", appSpec("web", "root.e2e", e.image, 0), &app); code != http.StatusCreated {
 		t.Fatalf("submit via the follower: %d %v\nleader's log:\n%s\nfollower's log:\n%s", code, app, a.Log(), b.Log())
 	}
-	waitFor(t, "50 nodes registered", time.Minute, func() bool {
-		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 50
-	})
+	e.waitReadyNodes(t, 50)
 	if code := call(t, a.URL(), schedAdmin, "POST", "/v1/apps/web/scale", map[string]int{"instances": 500}, nil); code != http.StatusOK {
 		t.Fatalf("scale: %d", code)
 	}
@@ -473,12 +485,8 @@ func TestSchedulerSubmitErrors(t *testing.T) {
 	s := e.start()
 	waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(s) })
 	startAgents(t, 3, e, []string{s.URL()})
-	waitFor(t, "3 nodes registered", time.Minute, func() bool {
-		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 3
-	})
-	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.team", "submitters": []string{"team-a"}}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	e.waitReadyNodes(t, 3)
+	createPool(t, s.URL(), map[string]any{"name": "root.team", "submitters": []string{"team-a"}})
 	var app struct {
 		Spec    map[string]any
 		Version int
@@ -592,10 +600,8 @@ func TestSchedulerNodeDownAndBack(t *testing.T) {
 	}
 	stopFlaky := run()
 	defer func() { stopFlaky() }()
-	waitFor(t, "4 nodes registered", time.Minute, func() bool {
-		return dbCount(t, e.db, `SELECT count(*) FROM nodes WHERE state = 'ready'`) == 4
-	})
-	call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil)
+	e.waitReadyNodes(t, 4)
+	createPool(t, s.URL(), map[string]any{"name": "root.e2e"})
 	spec := appSpec("web", "root.e2e", e.image, 40)
 	spec["spread"] = 10 // 10 per node: every node gets its share
 	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/apps", spec, nil); code != http.StatusCreated {

@@ -25,9 +25,7 @@ func TestSchedulerUsage(t *testing.T) {
 	s := e.start()
 	waitFor(t, "the scheduler to lead", time.Minute, func() bool { return isLeader(s) })
 	fleet := startAgents(t, 2, e, []string{s.URL()})
-	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/pools", map[string]any{"name": "root.e2e"}, nil); code != http.StatusCreated {
-		t.Fatalf("create pool: %d", code)
-	}
+	createPool(t, s.URL(), map[string]any{"name": "root.e2e"})
 	if code := call(t, s.URL(), schedAdmin, "POST", "/v1/apps", appSpec("web", "root.e2e", e.image, 3), nil); code != http.StatusCreated {
 		t.Fatalf("submit: %d", code)
 	}
