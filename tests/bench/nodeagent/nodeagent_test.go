@@ -225,13 +225,8 @@ images: {gcdisabled: true}
 		p.nodes = append(p.nodes, node)
 	}
 	b.Cleanup(func() {
-		ctx := context.Background()
 		for i, node := range p.nodes {
-			dc := p.dockers[i]
-			list, _ := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "gaia.node="+node))})
-			for _, c := range list {
-				dc.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
-			}
+			p.removeContainers(i, "gaia.node="+node)
 		}
 	})
 	if code := call(b, p.sched, "POST", "/v1/pools", map[string]any{"name": "root.bench"}, nil); code != http.StatusCreated {
@@ -312,6 +307,18 @@ func (p *platform) deleteApp(app string, node int) {
 			Filters: filters.NewArgs(filters.Arg("label", "gaia.app="+app))})
 		return err == nil && len(list) == 0, fmt.Sprint(len(list), err)
 	})
+}
+
+// removeContainers removes node i's containers with label (key=value).
+func (p *platform) removeContainers(i int, label string) {
+	ctx := context.Background()
+	dc := p.dockers[i]
+	list, _ := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", label))})
+	for _, c := range list {
+		if err := dc.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil {
+			p.b.Logf("removing container %s of dockerd %d: %v", c.ID, i, err)
+		}
+	}
 }
 
 // rmi removes refs[i] from node i's dockerd.
@@ -578,13 +585,8 @@ func (p *platform) dockerPulls(repos, digests []string, thenRun bool) time.Durat
 	}
 	wg.Wait()
 	took := slices.Max(pulled)
-	for i, dc := range p.dockers {
-		list, _ := dc.ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "gaia.bench=run"))})
-		for _, c := range list {
-			if err := dc.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true}); err != nil {
-				p.b.Logf("removing container %s of dockerd %d: %v", c.ID, i, err)
-			}
-		}
+	for i := range p.dockers {
+		p.removeContainers(i, "gaia.bench=run")
 	}
 	for _, err := range errs {
 		if err != nil {
