@@ -28,7 +28,7 @@ FUZZTIME        ?= 2m
 all: build
 
 build:
-	$(GO) build -o bin/ ./registry/cmd/... ./mirror-sync/cmd/... ./scheduler/cmd/... ./nodeagent/cmd/... ./cmd/...   # gaia-registry, gaia-gateway, gaia-mirror, gaia-scheduler, gaia-nodeagent, gaiactl
+	$(GO) build -o bin/ ./registry/cmd/... ./mirror-sync/cmd/... ./scheduler/cmd/... ./nodeagent/cmd/... ./cmd/...   # gaia-registry, gaia-gateway, gaia-mirror, gaia-scheduler, gaia-nodeagent, gaia-gate (static), gaiactl
 
 # A registry on 127.0.0.1:5000 with filesystem storage (configs/registry-local.yml)
 # and the local PostgreSQL (installed and started here if needed), in the

@@ -47,8 +47,33 @@ func applyEnforce(hc *container.HostConfig, c enforce.Container) {
 	r.BlkioDeviceReadBps, r.BlkioDeviceWriteBps = conv(c.BlkioDeviceReadBps), conv(c.BlkioDeviceWriteBps)
 	r.BlkioDeviceReadIOps, r.BlkioDeviceWriteIOps = conv(c.BlkioDeviceReadIOps), conv(c.BlkioDeviceWriteIOps)
 	for _, m := range c.Mounts {
-		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target})
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
+}
+
+// gateCommand puts the container behind the gate (enforce/gate.go): its
+// entrypoint becomes the gate, and the gate's arguments are the command
+// docker would have run: the app's command and args over the image's
+// entrypoint and cmd (an app command drops the image's cmd, as docker's
+// --entrypoint does).
+func gateCommand(cfg *container.Config, imgEntrypoint, imgCmd []string) {
+	ep, cmd := cfg.Entrypoint, cfg.Cmd
+	if len(ep) == 0 {
+		ep = imgEntrypoint
+		if len(cmd) == 0 {
+			cmd = imgCmd
+		}
+	}
+	cfg.Entrypoint = []string{enforce.GateEntrypoint}
+	cfg.Cmd = append(append([]string{}, ep...), cmd...)
+}
+
+// enforceStarting closes the instance's gate before its container starts.
+func (in *instance) enforceStarting() error {
+	if e := in.a.o.Enforcer; e != nil {
+		return e.Starting(in.d.ID)
+	}
+	return nil
 }
 
 // enforceStarted attaches the running container (its network classes).

@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 
 	"github.com/gaia-registry/gaia/nodeagent/enforce"
@@ -23,7 +25,9 @@ import (
 // hog: the containers get the parent cgroup, the volume, the IO throttle
 // and their HTB classes, rebuilt after an agent restart; when A bursts until the node's memory is full,
 // EMC picks it and the agent stops it, reported failed as oom-reclaimed
-// with the numbers, and B runs on; C, writing 40 MiB into its writable
+// with the numbers, and B runs on; D, whose first act is to send,
+// has every packet of it in its class, at its first start and at a
+// restart (the gate holds its command until the classes exist); C, writing 40 MiB into its writable
 // layer past the node's 16 MiB limit, is evicted; deleting them removes
 // their volumes and classes. (EMC's, the volumes' and the trees' own tests are in
 // nodeagent/enforce.)
@@ -44,10 +48,11 @@ func TestAgentEnforce(t *testing.T) {
 	defer dc.Close()
 
 	parent := "gaia-agent-enforce-" + randHex(3)
-	volumes := t.TempDir()
+	volumes, gates := t.TempDir(), t.TempDir()
+	gate := buildGate(t)
 	newEnforcer := func() *enforce.Node {
 		enf, err := enforce.New(enforce.Config{CgroupParent: parent, AllocatableMemory: 200 << 20, CheckInterval: 200 * time.Millisecond,
-			VolumeDir: volumes, LinkOut: 100_000_000, LinkIn: 100_000_000, IFBOut: "gxag-out", IFBIn: "gxag-in", Log: testLogger()})
+			VolumeDir: volumes, Gate: gate, GateDir: gates, LinkOut: 100_000_000, LinkIn: 100_000_000, IFBOut: "gxag-out", IFBIn: "gxag-in", Log: testLogger()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -77,6 +82,11 @@ func TestAgentEnforce(t *testing.T) {
 	a := inst("enf-a-"+randHex(2), "", 400<<20, "mem", "300")
 	b := inst("enf-b-"+randHex(2), "", 400<<20, "mem", "30")
 	cw := inst("enf-c-"+randHex(2), "", 400<<20, "write", "/tmp/x", "40")
+	// D sends 300 datagrams to the bridge's host side the moment its
+	// command runs.
+	const sent = 300
+	d := inst("enf-d-"+randHex(2), "", 400<<20, "udp", "10.213.0.1:9", fmt.Sprint(sent))
+	d.Restart = model.Restart{Attempts: 1, Interval: model.Duration(time.Hour), Delay: model.Duration(100 * time.Millisecond)}
 	sched := newFakeScheduler()
 	sched.Set(b)
 	agent := func() *Agent {
@@ -88,7 +98,7 @@ func TestAgentEnforce(t *testing.T) {
 	stop := runAgent(t, agent())
 	t.Cleanup(func() {
 		stop()
-		for _, id := range []string{a.ID, b.ID, cw.ID} {
+		for _, id := range []string{a.ID, b.ID, cw.ID, d.ID} {
 			exec.Command("docker", "-H", host, "rm", "-f", ContainerName(id)).Run()
 			enf.Stopped(id)
 		}
@@ -99,14 +109,47 @@ func TestAgentEnforce(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := c.HostConfig.Resources
+	var mounts []string
+	for _, m := range c.HostConfig.Mounts {
+		mounts = append(mounts, fmt.Sprintf("%s ro=%v", m.Target, m.ReadOnly))
+	}
 	if r.CgroupParent != "/"+parent || r.MemoryReservation != 64<<20 || r.Memory != 400<<20 || len(r.BlkioDeviceWriteBps) != 1 ||
-		len(c.HostConfig.Mounts) != 1 || c.HostConfig.Mounts[0].Target != "/data" {
-		t.Fatalf("B's HostConfig: parent %q reservation %d memory %d blkio %v mounts %+v", r.CgroupParent, r.MemoryReservation, r.Memory, r.BlkioDeviceWriteBps, c.HostConfig.Mounts)
+		!slices.Equal(mounts, []string{"/data ro=false", enforce.GateEntrypoint + " ro=true", "/.gaia-gate.d ro=true"}) {
+		t.Fatalf("B's HostConfig: parent %q reservation %d memory %d blkio %v mounts %q", r.CgroupParent, r.MemoryReservation, r.Memory, r.BlkioDeviceWriteBps, mounts)
+	}
+	if want := append([]string{enforce.GateEntrypoint}, b.Command...); !slices.Equal(append(c.Config.Entrypoint, c.Config.Cmd...), want) {
+		t.Fatalf("B runs %q %q, want %q", c.Config.Entrypoint, c.Config.Cmd, want)
 	}
 	waitFor(t, "B's HTB classes", func() (bool, string) {
 		out, _ := exec.Command("tc", "class", "show", "dev", "gxag-out").CombinedOutput()
 		return strings.Contains(string(out), "rate 30Mbit ceil 100Mbit"), string(out)
 	})
+	// Every datagram D sent went through its class: none left before the
+	// class existed. Again after a restart (a new veth, a new class).
+	sched.Set(b, d)
+	waitStates(t, sched, model.Healthy, d.ID)
+	classBytes := func(what string) {
+		t.Helper()
+		waitFor(t, what, func() (bool, string) {
+			u := enf.Usage()[d.ID]
+			return u.NetOutBytes >= sent*1000, fmt.Sprintf("D's egress class counted %d bytes, want ≥ %d", u.NetOutBytes, sent*1000)
+		})
+	}
+	classBytes("D's first datagrams in its class")
+	if err := dc.ContainerKill(t.Context(), ContainerName(d.ID), "KILL"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "D restarted", func() (bool, string) {
+		r := sched.Reports()[d.ID]
+		return r.Restarts == 1 && r.State == model.Healthy, fmt.Sprintf("%s %q, %d restarts", r.State, r.Reason, r.Restarts)
+	})
+	classBytes("D's datagrams after its restart in its new class")
+	sched.Set(b)
+	waitFor(t, "D gone", func() (bool, string) {
+		_, err := dc.ContainerInspect(t.Context(), ContainerName(d.ID))
+		return client.IsErrNotFound(err), fmt.Sprint(err)
+	})
+
 	waitFor(t, "B's disk usage reported", func() (bool, string) {
 		u := sched.Reports()[b.ID].Usage
 		return u[resource.Disk] > 0, fmt.Sprintf("usage %v", u)
@@ -152,11 +195,24 @@ func TestAgentEnforce(t *testing.T) {
 	}
 
 	sched.Set()
-	waitFor(t, "B's volume and classes gone", func() (bool, string) {
+	waitFor(t, "B's volume, gate and classes gone", func() (bool, string) {
 		ents, _ := os.ReadDir(volumes)
+		gs, _ := os.ReadDir(gates)
 		out, _ := exec.Command("tc", "class", "show", "dev", "gxag-out").CombinedOutput()
-		return len(ents) == 0 && strings.Count(string(out), "class htb") == 1, fmt.Sprintf("%d volumes, classes:\n%s", len(ents), out)
+		return len(ents) == 0 && len(gs) == 0 && strings.Count(string(out), "class htb") == 1,
+			fmt.Sprintf("%d volumes, %d gate directories, classes:\n%s", len(ents), len(gs), out)
 	})
+}
+
+// buildGate builds gaia-gate, static, as make build does.
+func buildGate(t *testing.T) string {
+	out := filepath.Join(t.TempDir(), "gaia-gate")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/gaia-gate")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building gaia-gate: %v\n%s", err, b)
+	}
+	return out
 }
 
 // buildHogImage imports an image holding nodeagent/enforce's test hog.
@@ -184,5 +240,25 @@ func buildHogImage(t *testing.T, host, image string) {
 	}
 	if err := imp.Wait(); err != nil {
 		t.Fatalf("docker import: %v: %s", err, out.String())
+	}
+}
+
+// gateCommand runs what docker would have run: the app's command and
+// args over the image's entrypoint and cmd.
+func TestGateCommand(t *testing.T) {
+	for _, c := range []struct {
+		appEP, appCmd, imgEP, imgCmd, want []string
+	}{
+		{nil, nil, []string{"/ep", "-x"}, []string{"serve"}, []string{"/ep", "-x", "serve"}},
+		{nil, []string{"run"}, []string{"/ep"}, []string{"serve"}, []string{"/ep", "run"}},
+		{[]string{"/app"}, nil, []string{"/ep"}, []string{"serve"}, []string{"/app"}},
+		{[]string{"/app"}, []string{"a"}, []string{"/ep"}, []string{"serve"}, []string{"/app", "a"}},
+		{nil, nil, nil, []string{"sh", "-c", "x"}, []string{"sh", "-c", "x"}},
+	} {
+		cfg := &container.Config{Entrypoint: c.appEP, Cmd: c.appCmd}
+		gateCommand(cfg, c.imgEP, c.imgCmd)
+		if !slices.Equal(cfg.Entrypoint, []string{enforce.GateEntrypoint}) || !slices.Equal(cfg.Cmd, c.want) {
+			t.Errorf("app %q %q, image %q %q: entrypoint %q cmd %q, want cmd %q", c.appEP, c.appCmd, c.imgEP, c.imgCmd, cfg.Entrypoint, cfg.Cmd, c.want)
+		}
 	}
 }

@@ -227,6 +227,18 @@ wait:
 			return "", false
 		}
 		applyEnforce(hc, c)
+		if c.Gate {
+			img, err := o.Docker.ImageInspect(ctx, ref)
+			if err != nil {
+				in.set(model.Failed, fmt.Sprintf("reading the image's command: %v", err))
+				return "", false
+			}
+			var ep, cmd []string
+			if img.Config != nil { // nil for an imported rootfs
+				ep, cmd = img.Config.Entrypoint, img.Config.Cmd
+			}
+			gateCommand(cfg, ep, cmd)
+		}
 	}
 	in.set(model.Starting, "")
 	name := ContainerName(in.d.ID)
@@ -288,7 +300,11 @@ func (in *instance) supervise(ctx context.Context, id string) {
 		}
 		if c.State == nil || !c.State.Running {
 			in.set(model.Starting, "")
-			if err := o.Docker.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+			err := in.enforceStarting()
+			if err == nil {
+				err = o.Docker.ContainerStart(ctx, id, container.StartOptions{})
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}

@@ -6,8 +6,11 @@
 //	Init                     parent cgroups, the IFB devices and their HTB trees
 //	Prepare(instance)        before the container is created: the volume, and
 //	                         what to add to the container's HostConfig
+//	Starting(id)             before every start of its container: its gate
+//	                         closed (gate.go)
 //	Started(instance, ...)   after it started: its HTB classes and the redirect
-//	                         of its veth to the shared trees
+//	                         of its veth to the shared trees, then its gate
+//	                         opened
 //	Stopped(id)              classes, redirect and volume removed
 //	Rebuild(running)         after an agent restart: the trees rebuilt from
 //	                         the running instances, orphan volumes removed
@@ -62,6 +65,12 @@ type Config struct {
 	LinkOut, LinkIn int64
 	// IFBOut and IFBIn name the IFB devices the agent creates and owns.
 	IFBOut, IFBIn string
+	// Gate is the static gaia-gate binary (gate.go): with network shaping
+	// on, every container waits in it until its classes exist. "": no
+	// gate, an instance may send before its classes exist.
+	Gate string
+	// GateDir holds the per-instance gate directories.
+	GateDir string
 	// CgroupVersion forces 1 or 2; 0 detects.
 	CgroupVersion int
 	Log           *slog.Logger
@@ -79,6 +88,9 @@ func (c *Config) defaults() {
 	}
 	if c.VolumeDir == "" {
 		c.VolumeDir = "/var/lib/gaia/volumes"
+	}
+	if c.GateDir == "" {
+		c.GateDir = "/var/lib/gaia/gates"
 	}
 	if c.VolumeTarget == "" {
 		c.VolumeTarget = "/data"
@@ -126,6 +138,7 @@ type ThrottleDevice struct {
 // Mount is a bind mount of a host path into the container.
 type Mount struct {
 	Source, Target string
+	ReadOnly       bool
 }
 
 // Container is what Prepare adds to the container's HostConfig; field
@@ -143,6 +156,10 @@ type Container struct {
 	BlkioDeviceReadIOps  []ThrottleDevice
 	BlkioDeviceWriteIOps []ThrottleDevice
 	Mounts               []Mount
+	// Gate: the container's entrypoint must be GateEntrypoint, followed
+	// by the instance's whole command (its image's entrypoint and command
+	// as docker would run them) as arguments.
+	Gate bool
 }
 
 // Running is an instance the agent found running (Rebuild).
@@ -188,6 +205,7 @@ type Victim struct {
 type Enforcer interface {
 	Init() error
 	Prepare(in Instance) (Container, error)
+	Starting(id string) error
 	Started(in Instance, containerID, netns string) error
 	Stopped(id string) error
 	Rebuild(running []Running) error

@@ -94,6 +94,11 @@ func (n *Node) Init() error {
 			return err
 		}
 	}
+	if n.gated() {
+		if err := checkGate(n.cfg.Gate); err != nil {
+			return err
+		}
+	}
 	n.wg.Add(1)
 	go n.watch()
 	return nil
@@ -159,6 +164,16 @@ func (n *Node) Prepare(in Instance) (Container, error) {
 		}
 		c.Mounts = append(c.Mounts, Mount{Source: vol.mnt, Target: target})
 	}
+	if n.gated() {
+		m, err := n.prepareGate(in.ID)
+		if err != nil {
+			if vol != nil {
+				vol.remove()
+			}
+			return Container{}, err
+		}
+		c.Mounts, c.Gate = append(c.Mounts, m...), true
+	}
 	var devs []string
 	if vol != nil {
 		devs = append(devs, vol.dev)
@@ -182,10 +197,21 @@ func (n *Node) Prepare(in Instance) (Container, error) {
 	return c, nil
 }
 
+// Starting closes the instance's gate: the container about to start
+// waits in it until Started.
+func (n *Node) Starting(id string) error {
+	if !n.gated() {
+		return nil
+	}
+	return n.closeGate(id)
+}
+
 // Started attaches the running container: its HTB classes (rate = its
 // netout/netin, ceil = the link, its app priority) and the redirect of its
-// host-side veth to the shared trees. netns is the container's network
-// namespace (/proc/PID/ns/net); "" when it has none to shape.
+// host-side veth to the shared trees; then it opens the instance's gate
+// (also when attaching failed: the error is the agent's to report, the
+// instance runs unshaped rather than not at all). netns is the container's
+// network namespace (/proc/PID/ns/net); "" when it has none to shape.
 func (n *Node) Started(in Instance, containerID, netns string) error {
 	n.mu.Lock()
 	st := n.inst[in.ID]
@@ -198,10 +224,14 @@ func (n *Node) Started(in Instance, containerID, netns string) error {
 		st.vol, _ = openVolume(n.cfg.VolumeDir, in.ID) // adopted after an agent restart
 	}
 	n.mu.Unlock()
+	var errs []error
 	if n.net != nil && netns != "" {
-		return n.net.add(in, netns)
+		errs = append(errs, n.net.add(in, netns))
 	}
-	return nil
+	if n.gated() {
+		errs = append(errs, n.openGate(in.ID))
+	}
+	return joinErrs(errs)
 }
 
 // Stopped removes what the instance had: classes, the veth redirect (if
@@ -220,6 +250,9 @@ func (n *Node) Stopped(id string) error {
 	} else {
 		errs = append(errs, removeVolume(n.cfg.VolumeDir, id))
 	}
+	if n.gated() {
+		errs = append(errs, os.RemoveAll(n.gateDir(id)))
+	}
 	return joinErrs(errs)
 }
 
@@ -233,6 +266,9 @@ func (n *Node) Rebuild(running []Running) error {
 		keep[volName(r.ID)] = true
 	}
 	errs = append(errs, removeOrphanVolumes(n.cfg.VolumeDir, keep))
+	if n.gated() {
+		errs = append(errs, n.removeGates(func(name string) bool { return keep[name] }))
+	}
 	if n.net != nil {
 		errs = append(errs, n.net.reset(n.cfg))
 	}
@@ -264,7 +300,11 @@ func (n *Node) Sweep(keep map[string]bool) error {
 	for id := range keep {
 		k[volName(id)] = true
 	}
-	return removeOrphanVolumes(n.cfg.VolumeDir, k)
+	err := removeOrphanVolumes(n.cfg.VolumeDir, k)
+	if n.gated() {
+		err = joinErrs([]error{err, n.removeGates(func(name string) bool { return k[name] })})
+	}
+	return err
 }
 
 // Usage is every started instance's usage.

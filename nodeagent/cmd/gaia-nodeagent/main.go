@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -113,6 +114,11 @@ type config struct {
 		IFBOut            string         `yaml:"ifbout"`             // default gaia-out
 		IFBIn             string         `yaml:"ifbin"`              // default gaia-in
 		CgroupVersion     int            `yaml:"cgroupversion"`      // 1 or 2; default detected
+		// Gate is the static gaia-gate binary every container starts in
+		// while network shaping is on, so that its classes exist before
+		// its first packet; default gaia-gate beside gaia-nodeagent.
+		Gate    string `yaml:"gate"`
+		GateDir string `yaml:"gatedir"` // per-instance gate directories; default /var/lib/gaia/gates
 	} `yaml:"enforce"`
 }
 
@@ -317,6 +323,13 @@ func run(path string) error {
 		Capacity: capa, Reserved: cfg.Node.Reserved})
 	var enf enforce.Enforcer
 	if e := cfg.Enforce; e.Enabled {
+		if e.Gate == "" {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("enforce.gate: not set, and gaia-nodeagent's own path is unknown: %w", err)
+			}
+			e.Gate = filepath.Join(filepath.Dir(exe), "gaia-gate")
+		}
 		// The parent's limit is what the scheduler allocates; the link
 		// rates are the node's netout/netin capacity.
 		n, err := enforce.New(enforce.Config{CgroupParent: e.CgroupParent,
@@ -324,7 +337,7 @@ func run(path string) error {
 			PressureThreshold: e.PressureThreshold, CheckInterval: e.CheckInterval,
 			VolumeDir: e.VolumeDir, VolumeTarget: e.VolumeTarget, WritableLayerDevice: e.WritableLayerDev,
 			LinkOut: capa[resource.NetOut], LinkIn: capa[resource.NetIn], IFBOut: e.IFBOut, IFBIn: e.IFBIn,
-			CgroupVersion: e.CgroupVersion, Log: log})
+			Gate: e.Gate, GateDir: e.GateDir, CgroupVersion: e.CgroupVersion, Log: log})
 		if err != nil {
 			return err
 		}

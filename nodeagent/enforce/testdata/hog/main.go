@@ -1,9 +1,11 @@
 // hog is the node-enforcement tests' workload, built static into the test
-// image: hog mem MIB | spin | direct PATH MIB | fill PATH | write PATH MIB | sleep.
+// image: hog mem MIB | spin | direct PATH MIB | fill PATH | write PATH MIB |
+// udp ADDR N | sleep.
 package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"syscall"
@@ -91,6 +93,29 @@ func main() {
 		}
 		f.Sync()
 		fmt.Printf("wrote %d\n", mib)
+		for {
+			time.Sleep(time.Hour)
+		}
+	case "udp": // send N 1000-byte datagrams to ADDR (ip:port) the moment it starts, then hold
+		n, _ := strconv.Atoi(os.Args[3])
+		to, err := net.ResolveUDPAddr("udp", os.Args[2])
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		c, err := net.ListenPacket("udp", ":0") // unconnected: no ICMP errors on later writes
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		b := make([]byte, 1000)
+		for i := 0; i < n; i++ {
+			if _, err := c.WriteTo(b, to); err != nil {
+				fmt.Println(err)
+				os.Exit(1)
+			}
+		}
+		fmt.Printf("sent %d\n", n)
 		for {
 			time.Sleep(time.Hour)
 		}

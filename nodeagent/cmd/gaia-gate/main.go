@@ -1,0 +1,79 @@
+// gaia-gate is an instance container's first process when the node agent
+// shapes its network (nodeagent/enforce): it holds the instance's own
+// command until the agent has given the container's veth its HTB classes,
+// then execs that command in its place (same PID, environment and
+// working directory), so the instance's first packet is already shaped.
+//
+// The agent bind-mounts this binary (static: CGO_ENABLED=0, it runs in
+// any image) at /.gaia-gate and the instance's gate directory, read-only,
+// at /.gaia-gate.d, and releases the gate by creating
+// /.gaia-gate.d/released after the classes exist; it removes the file
+// before every start of the container, so a restart waits again.
+//
+//	gaia-gate COMMAND [ARG...]
+//
+// COMMAND is looked up in $PATH when it has no slash, as docker does.
+// Exit status: 127 when COMMAND cannot be run, 125 when the gate is not
+// released within 10 minutes (the agent is away: the container exits and
+// the agent restarts it when it is back), 143 on SIGTERM while waiting.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+const timeout = 10 * time.Minute
+
+// dirEnv overrides the gate directory (the binary's own test); it is
+// removed from the environment the command gets.
+const dirEnv = "GAIA_GATE_DIR"
+
+func main() {
+	if len(os.Args) < 2 {
+		fail(127, "no command to run (the image has neither an entrypoint nor a command, and the app sets none)")
+	}
+	// PID 1 ignores signals it has no handler for: without this a docker
+	// stop while waiting would take the whole stop timeout.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	dir := "/.gaia-gate.d"
+	if d, ok := os.LookupEnv(dirEnv); ok {
+		dir = d
+		os.Unsetenv(dirEnv)
+	}
+	released := filepath.Join(dir, "released")
+	deadline := time.Now().Add(timeout)
+	wait := time.Millisecond
+	for {
+		if _, err := os.Stat(released); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail(125, "not released within %s: the node agent did not finish setting the instance's network up", timeout)
+		}
+		select {
+		case s := <-sig:
+			fail(128+int(s.(syscall.Signal)), "stopped (%v) before the node agent released it", s)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+	signal.Reset()
+	path := os.Args[1]
+	if lp, err := exec.LookPath(path); err == nil {
+		path = lp
+	}
+	err := syscall.Exec(path, os.Args[1:], os.Environ())
+	fail(127, "exec %s: %v", os.Args[1], err)
+}
+
+func fail(code int, format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "gaia-gate: "+format+"\n", a...)
+	os.Exit(code)
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func build(t *testing.T) string {
+	out := filepath.Join(t.TempDir(), "gaia-gate")
+	cmd := exec.Command("go", "build", "-o", out, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	return out
+}
+
+// The gate holds the command until "released" appears, then execs it (a
+// command without a slash found in $PATH, the test's variable gone from
+// its environment); SIGTERM while waiting ends it at once with 143; a
+// command that cannot run is 127.
+func TestGate(t *testing.T) {
+	bin := build(t)
+	dir := t.TempDir()
+	var out bytes.Buffer
+	cmd := exec.Command(bin, "sh", "-c", "echo ran $0 \"$GAIA_GATE_DIR\"", "x")
+	cmd.Env = append(os.Environ(), "GAIA_GATE_DIR="+dir)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("ran before the release: %v %q", err, out.String())
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := os.WriteFile(filepath.Join(dir, "released"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil || strings.TrimSpace(out.String()) != "ran x" {
+			t.Fatalf("after the release: %v %q", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("not run 30 s after the release")
+	}
+
+	stopped := exec.Command(bin, "true")
+	stopped.Env = append(os.Environ(), "GAIA_GATE_DIR="+t.TempDir())
+	if err := stopped.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	stopped.Process.Signal(syscall.SIGTERM)
+	if err := stopped.Wait(); stopped.ProcessState.ExitCode() != 143 {
+		t.Fatalf("SIGTERM while waiting: %v, exit %d", err, stopped.ProcessState.ExitCode())
+	}
+
+	missing := exec.Command(bin, "/no/such/command")
+	missing.Env = append(os.Environ(), "GAIA_GATE_DIR="+dir)
+	if b, _ := missing.CombinedOutput(); missing.ProcessState.ExitCode() != 127 || !strings.Contains(string(b), "/no/such/command") {
+		t.Fatalf("a command that cannot run: exit %d %q", missing.ProcessState.ExitCode(), b)
+	}
+}

@@ -1,0 +1,95 @@
+package enforce
+
+import (
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// The gate: an instance's classes exist before its first packet. Docker
+// makes a container's network namespace and veth only when it starts the
+// container, and the classes hang off the veth, so the agent cannot make
+// them earlier. Instead the container's first process is gaia-gate
+// (nodeagent/cmd/gaia-gate), which waits for its gate directory to hold
+// "released" before it execs the instance's command. The agent removes
+// the file before every start (Starting) and creates it once Started has
+// attached the classes.
+
+// GateEntrypoint is where the gate binary is mounted in the container:
+// the container's entrypoint when Container.Gate is set, the instance's
+// own command its arguments.
+const GateEntrypoint = "/.gaia-gate"
+
+const (
+	gateDirTarget = "/.gaia-gate.d" // gaia-gate waits for <this>/released
+	gateReleased  = "released"
+)
+
+// gated: containers are started behind the gate.
+func (n *Node) gated() bool { return n.net != nil && n.cfg.Gate != "" }
+
+// checkGate: the gate binary exists and is static (it runs in the
+// instance's image, which may have no C library).
+func checkGate(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("enforce: the gate binary (gate: %s): %v (make build puts gaia-gate beside gaia-nodeagent)", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("enforce: the gate binary %s is dynamically linked: build it with CGO_ENABLED=0", path)
+		}
+	}
+	return nil
+}
+
+func (n *Node) gateDir(id string) string { return filepath.Join(n.cfg.GateDir, volName(id)) }
+
+// prepareGate makes the instance's gate directory (closed) and answers the
+// container's two read-only mounts: the binary and the directory.
+func (n *Node) prepareGate(id string) ([]Mount, error) {
+	dir := n.gateDir(id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("enforce: gate directory: %w", err)
+	}
+	if err := n.closeGate(id); err != nil {
+		return nil, err
+	}
+	return []Mount{{Source: n.cfg.Gate, Target: GateEntrypoint, ReadOnly: true},
+		{Source: dir, Target: gateDirTarget, ReadOnly: true}}, nil
+}
+
+func (n *Node) closeGate(id string) error {
+	if err := os.Remove(filepath.Join(n.gateDir(id), gateReleased)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("enforce: closing the gate: %w", err)
+	}
+	return nil
+}
+
+func (n *Node) openGate(id string) error {
+	if err := os.WriteFile(filepath.Join(n.gateDir(id), gateReleased), nil, 0o644); err != nil {
+		return fmt.Errorf("enforce: releasing the gate: %w", err)
+	}
+	return nil
+}
+
+// removeGates removes the gate directories of instances not in keep.
+func (n *Node) removeGates(keep func(id string) bool) error {
+	ents, err := os.ReadDir(n.cfg.GateDir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if !keep(e.Name()) {
+			errs = append(errs, os.RemoveAll(filepath.Join(n.cfg.GateDir, e.Name())))
+		}
+	}
+	return joinErrs(errs)
+}

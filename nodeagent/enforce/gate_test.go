@@ -1,0 +1,83 @@
+package enforce
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The gate's directory: closed when prepared and before every start, open
+// after Started, removed with the instance or when orphaned; no gate
+// without network shaping.
+func TestGateLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	n := newNode(Config{LinkOut: 1, Gate: "/usr/local/bin/gaia-gate", GateDir: dir}, &cgroupV1{})
+	n.cfg.defaults()
+	released := filepath.Join(dir, "g-1", gateReleased)
+	isOpen := func() bool { _, err := os.Stat(released); return err == nil }
+	c, err := n.Prepare(Instance{ID: "g-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Mount{{Source: "/usr/local/bin/gaia-gate", Target: GateEntrypoint, ReadOnly: true},
+		{Source: filepath.Join(dir, "g-1"), Target: gateDirTarget, ReadOnly: true}}
+	if !c.Gate || len(c.Mounts) != 2 || c.Mounts[0] != want[0] || c.Mounts[1] != want[1] {
+		t.Fatalf("Prepare: gate %v mounts %+v, want %+v", c.Gate, c.Mounts, want)
+	}
+	if isOpen() {
+		t.Fatal("open before the start")
+	}
+	if err := n.Started(Instance{ID: "g-1"}, "c1", ""); err != nil || !isOpen() {
+		t.Fatalf("after Started: open %v, err %v", isOpen(), err)
+	}
+	if err := n.Starting("g-1"); err != nil || isOpen() {
+		t.Fatalf("after Starting (a restart): open %v, err %v", isOpen(), err)
+	}
+	if err := n.Started(Instance{ID: "g-1"}, "c1", ""); err != nil || !isOpen() {
+		t.Fatalf("after the restart's Started: open %v, err %v", isOpen(), err)
+	}
+	if err := n.Stopped("g-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "g-1")); !os.IsNotExist(err) {
+		t.Fatalf("gate directory after Stopped: %v", err)
+	}
+	// Orphans (an agent that died before Stopped) go with Sweep.
+	os.MkdirAll(filepath.Join(dir, "orphan"), 0o755)
+	os.MkdirAll(filepath.Join(dir, "kept"), 0o755)
+	if err := n.Sweep(map[string]bool{"kept": true}); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 || ents[0].Name() != "kept" {
+		t.Fatalf("after Sweep: %v", ents)
+	}
+	// Without network shaping there is nothing to wait for.
+	plain := newNode(Config{Gate: "/usr/local/bin/gaia-gate", GateDir: dir}, &cgroupV1{})
+	plain.cfg.defaults()
+	if c, err := plain.Prepare(Instance{ID: "g-2"}); err != nil || c.Gate || len(c.Mounts) != 0 {
+		t.Fatalf("without shaping: %+v %v", c, err)
+	}
+}
+
+// The gate binary must exist and be static (it runs in any image).
+func TestCheckGate(t *testing.T) {
+	if err := checkGate(filepath.Join(t.TempDir(), "none")); err == nil || !strings.Contains(err.Error(), "make build") {
+		t.Fatalf("missing binary: %v", err)
+	}
+	sh, _ := exec.LookPath("sh") // dynamically linked on Debian
+	if err := checkGate(sh); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		t.Fatalf("%s: %v", sh, err)
+	}
+	out := filepath.Join(t.TempDir(), "gaia-gate")
+	cmd := exec.Command("go", "build", "-o", out, "../cmd/gaia-gate")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	if err := checkGate(out); err != nil {
+		t.Fatal(err)
+	}
+}
