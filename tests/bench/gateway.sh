@@ -6,7 +6,9 @@
 # (redirect: blobs+uploads, cache of manifests and blob HEADs by digest).
 # regbench drives the server directly and through both gateways in the
 # same run, interleaved, and prints ratios against direct (> 1 would mean
-# the gateway is faster).
+# the gateway is faster). A fourth target, "relay", is a plain TCP relay
+# (tests/bench/tcprelay) in front of the server: what moving the bytes
+# through any second process costs on this machine, gw-off's floor.
 #
 #   bash tests/bench/gateway.sh [--quick]
 #
@@ -90,9 +92,13 @@ if [ ! -x "$CRANE_BIN" ]; then
   CRANE_BIN="$CACHE/bin/crane-$CRANE_VERSION"
 fi
 mkdir -p "$WORK/clients"
-(cd "$REPO" && go build -o "$WORK/regbench" ./tests/bench/regbench)
-targets=(-target "direct=http://127.0.0.1:$SP" -target "gw-off=http://127.0.0.1:$GP" -target "gw-on=http://127.0.0.1:$RP")
-note="one gaia-registry (filesystem, PostgreSQL) and two gaia-gateways on loopback (gw-off: redirect off, no cache; gw-on: redirect: blobs+uploads, cache.maxbytes 64 MiB); 2 cores shared with the clients"
+(cd "$REPO" && go build -o "$WORK/regbench" ./tests/bench/regbench && go build -o "$WORK/tcprelay" ./tests/bench/tcprelay)
+# The floor of any relay: a plain TCP splice relay in front of the server.
+TP="$(free_port)"
+"$WORK/tcprelay" "127.0.0.1:$TP" "127.0.0.1:$SP" 2>"$WORK/tcprelay.log" & pids+=($!)
+for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$TP/readyz" 2>/dev/null && break; sleep 0.1; done
+targets=(-target "direct=http://127.0.0.1:$SP" -target "gw-off=http://127.0.0.1:$GP" -target "gw-on=http://127.0.0.1:$RP" -target "relay=http://127.0.0.1:$TP")
+note="one gaia-registry (filesystem, PostgreSQL) and two gaia-gateways on loopback (gw-off: redirect off, no cache; gw-on: redirect: blobs+uploads, cache.maxbytes 64 MiB), and relay: a plain TCP splice relay (tests/bench/tcprelay), the floor of any relay; 2 cores shared with the clients"
 log "throughput: push, pull (curl -L, crane, regbench), manifest GETs by digest at 32 clients"
 "$WORK/regbench" "${targets[@]}" -scenarios push,pull,manifest -push-clients regbench -pull-clients curl,crane,regbench \
   -crane "$CRANE_BIN" -work-dir "$WORK/clients" -manifest-ref digest \
