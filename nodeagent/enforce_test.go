@@ -17,6 +17,7 @@ import (
 	"github.com/gaia-registry/gaia/nodeagent/enforce"
 	"github.com/gaia-registry/gaia/scheduler/model"
 	"github.com/gaia-registry/gaia/scheduler/resource"
+	"github.com/gaia-registry/gaia/tests/harness"
 )
 
 // TestAgentEnforce runs the agent with node enforcement against the
@@ -49,7 +50,7 @@ func TestAgentEnforce(t *testing.T) {
 
 	parent := "gaia-agent-enforce-" + randHex(3)
 	volumes, gates := t.TempDir(), t.TempDir()
-	gate := buildGate(t)
+	gate := harness.BuildStatic(t, "./cmd/gaia-gate")
 	newEnforcer := func() *enforce.Node {
 		enf, err := enforce.New(enforce.Config{CgroupParent: parent, AllocatableMemory: 200 << 20, CheckInterval: 200 * time.Millisecond,
 			VolumeDir: volumes, Gate: gate, GateDir: gates, LinkOut: 100_000_000, LinkIn: 100_000_000, IFBOut: "gxag-out", IFBIn: "gxag-in", Log: testLogger()})
@@ -204,24 +205,12 @@ func TestAgentEnforce(t *testing.T) {
 	})
 }
 
-// buildGate builds gaia-gate, static, as make build does.
-func buildGate(t *testing.T) string {
-	out := filepath.Join(t.TempDir(), "gaia-gate")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/gaia-gate")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building gaia-gate: %v\n%s", err, b)
-	}
-	return out
-}
-
 // buildHogImage imports an image holding nodeagent/enforce's test hog.
 func buildHogImage(t *testing.T, host, image string) {
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "rootfs", "hog"), "./enforce/testdata/hog")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building hog: %v\n%s", err, out)
+	os.MkdirAll(filepath.Join(dir, "rootfs"), 0o755)
+	if err := os.Rename(harness.BuildStatic(t, "./enforce/testdata/hog"), filepath.Join(dir, "rootfs", "hog")); err != nil {
+		t.Fatal(err)
 	}
 	for _, d := range []string{"tmp", "data", "proc", "sys", "dev", "etc"} {
 		os.MkdirAll(filepath.Join(dir, "rootfs", d), 0o755)

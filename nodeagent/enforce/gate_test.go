@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gaia-registry/gaia/tests/harness"
 )
 
 // The gate's directory: closed when prepared and before every start, open
@@ -71,13 +73,7 @@ func TestCheckGate(t *testing.T) {
 	if err := checkGate(sh); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
 		t.Fatalf("%s: %v", sh, err)
 	}
-	out := filepath.Join(t.TempDir(), "gaia-gate")
-	cmd := exec.Command("go", "build", "-o", out, "../cmd/gaia-gate")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, b)
-	}
-	if err := checkGate(out); err != nil {
+	if err := checkGate(harness.BuildStatic(t, "../cmd/gaia-gate")); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,24 +9,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-func build(t *testing.T) string {
-	out := filepath.Join(t.TempDir(), "gaia-gate")
-	cmd := exec.Command("go", "build", "-o", out, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, b)
-	}
-	return out
-}
+	"github.com/gaia-registry/gaia/tests/harness"
+)
 
 // The gate holds the command until "released" appears, then execs it (a
 // command without a slash found in $PATH, the test's variable gone from
 // its environment); SIGTERM while waiting ends it at once with 143; a
 // command that cannot run is 127.
 func TestGate(t *testing.T) {
-	bin := build(t)
+	bin := harness.BuildStatic(t, ".")
 	dir := t.TempDir()
 	var out bytes.Buffer
 	cmd := exec.Command(bin, "sh", "-c", "echo ran $0 \"$GAIA_GATE_DIR\"", "x")
