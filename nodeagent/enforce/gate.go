@@ -70,7 +70,11 @@ func (n *Node) closeGate(id string) error {
 }
 
 func (n *Node) openGate(id string) error {
-	if err := os.WriteFile(filepath.Join(n.gateDir(id), gateReleased), nil, 0o644); err != nil {
+	dir := n.gateDir(id) // made here too for a container adopted from an agent without gates
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("enforce: releasing the gate: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, gateReleased), nil, 0o644); err != nil {
 		return fmt.Errorf("enforce: releasing the gate: %w", err)
 	}
 	return nil
