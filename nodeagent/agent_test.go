@@ -205,6 +205,7 @@ func webInstance(t *testing.T, app, id, ref string) DesiredInstance {
 		Resources:   resource.Vector{resource.CPU: 250, resource.Memory: 64 << 20},
 		MemoryLimit: 128 << 20,
 		CPULimit:    500,
+		CPUSet:      "0",
 		Ports:       []model.Port{{Name: "http", ContainerPort: 8080, Protocol: "tcp", HostPort: freePort(t)}},
 		Health:      &model.Health{Type: model.HealthHTTP, Port: "http", Path: "/", Interval: model.Duration(time.Second), Timeout: model.Duration(time.Second)},
 		Restart:     model.Restart{Attempts: 3, Interval: model.Duration(time.Minute), Delay: model.Duration(100 * time.Millisecond), Backoff: 2},
@@ -381,9 +382,9 @@ func TestAgentRunsAdoptsRemoves(t *testing.T) {
 				}
 			}
 			r := c.HostConfig.Resources
-			if r.CPUShares != 256 || r.CPUQuota != 50000 || r.CPUPeriod != 100000 || r.MemoryReservation != 64<<20 || r.Memory != 128<<20 {
-				t.Errorf("%s: resources shares %d quota %d/%d reservation %d limit %d; want 256, 50000/100000, 64Mi, 128Mi",
-					d.ID, r.CPUShares, r.CPUQuota, r.CPUPeriod, r.MemoryReservation, r.Memory)
+			if r.CPUShares != 256 || r.CPUQuota != 50000 || r.CPUPeriod != 100000 || r.MemoryReservation != 64<<20 || r.Memory != 128<<20 || r.CpusetCpus != "0" {
+				t.Errorf("%s: resources shares %d quota %d/%d reservation %d limit %d cpuset %q; want 256, 50000/100000, 64Mi, 128Mi, 0",
+					d.ID, r.CPUShares, r.CPUQuota, r.CPUPeriod, r.MemoryReservation, r.Memory, r.CpusetCpus)
 			}
 			if c.HostConfig.NetworkMode != "bridge" || c.NetworkSettings.Networks["bridge"] == nil {
 				t.Errorf("%s: network mode %q, networks %v; want bridge", d.ID, c.HostConfig.NetworkMode, keys(c.NetworkSettings.Networks))

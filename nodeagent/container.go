@@ -136,7 +136,7 @@ func containerSpec(d *DesiredInstance, ref, node, hostIP, publishIP string) (*co
 // resources: CPU shares from the request (1024 per core), a CFS quota when
 // a CPU ceiling is set; the memory request as the reservation (soft
 // limit), the ceiling (memoryLimit, else the request) as the hard limit,
-// without swap.
+// without swap; the app's cpuset when it asks for one.
 func resources(d *DesiredInstance) container.Resources {
 	var r container.Resources
 	if cpu := d.Resources[resource.CPU]; cpu > 0 {
@@ -146,6 +146,7 @@ func resources(d *DesiredInstance) container.Resources {
 		r.CPUPeriod = 100000
 		r.CPUQuota = max(d.CPULimit*100, 1000)
 	}
+	r.CpusetCpus = d.CPUSet
 	if mem := d.Resources[resource.Memory]; mem > 0 {
 		r.MemoryReservation = mem
 		r.Memory = max(mem, int64(d.MemoryLimit))

@@ -18,7 +18,8 @@ import (
 
 func enforceInstance(d *DesiredInstance) enforce.Instance {
 	return enforce.Instance{ID: d.ID, Priority: d.Priority, Request: d.Resources,
-		MemoryLimit: int64(d.MemoryLimit), CPULimit: d.CPULimit, DiskIOPS: d.DiskIOPS}
+		MemoryLimit: int64(d.MemoryLimit), CPULimit: d.CPULimit, DiskIOPS: d.DiskIOPS, CPUSet: d.CPUSet,
+		VolumeTarget: d.VolumePath}
 }
 
 // applyEnforce adds what enforcement prepared (volume, cgroup parent,

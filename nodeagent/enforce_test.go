@@ -82,6 +82,7 @@ func TestAgentEnforce(t *testing.T) {
 	}
 	a := inst("enf-a-"+randHex(2), "", 400<<20, "mem", "300")
 	b := inst("enf-b-"+randHex(2), "", 400<<20, "mem", "30")
+	b.VolumePath, b.CPUSet = "/srv/data", "0" // the app's own mount point and pinning
 	cw := inst("enf-c-"+randHex(2), "", 400<<20, "write", "/tmp/x", "40")
 	// D sends 300 datagrams to the bridge's host side the moment its
 	// command runs.
@@ -114,9 +115,9 @@ func TestAgentEnforce(t *testing.T) {
 	for _, m := range c.HostConfig.Mounts {
 		mounts = append(mounts, fmt.Sprintf("%s ro=%v", m.Target, m.ReadOnly))
 	}
-	if r.CgroupParent != "/"+parent || r.MemoryReservation != 64<<20 || r.Memory != 400<<20 || len(r.BlkioDeviceWriteBps) != 1 ||
-		!slices.Equal(mounts, []string{"/data ro=false", enforce.GateEntrypoint + " ro=true", "/.gaia-gate.d ro=true"}) {
-		t.Fatalf("B's HostConfig: parent %q reservation %d memory %d blkio %v mounts %q", r.CgroupParent, r.MemoryReservation, r.Memory, r.BlkioDeviceWriteBps, mounts)
+	if r.CgroupParent != "/"+parent || r.MemoryReservation != 64<<20 || r.Memory != 400<<20 || len(r.BlkioDeviceWriteBps) != 1 || r.CpusetCpus != "0" ||
+		!slices.Equal(mounts, []string{"/srv/data ro=false", enforce.GateEntrypoint + " ro=true", "/.gaia-gate.d ro=true"}) {
+		t.Fatalf("B's HostConfig: parent %q reservation %d memory %d blkio %v cpuset %q mounts %q", r.CgroupParent, r.MemoryReservation, r.Memory, r.BlkioDeviceWriteBps, r.CpusetCpus, mounts)
 	}
 	if want := append([]string{enforce.GateEntrypoint}, b.Command...); !slices.Equal(append(c.Config.Entrypoint, c.Config.Cmd...), want) {
 		t.Fatalf("B runs %q %q, want %q", c.Config.Entrypoint, c.Config.Cmd, want)

@@ -19,7 +19,7 @@ func TestDesiredFromAPICarriesEveryField(t *testing.T) {
 		ID: "web-1a2b3c4d", App: "web", Version: 3, Image: "127.0.0.1:6000/team/web@sha256:" + strings.Repeat("a", 64),
 		Command: []string{"/bin/httpd"}, Args: []string{"-f"}, Env: map[string]string{"A": "1"},
 		Resources: resource.Vector{resource.CPU: 500, resource.Memory: 64 << 20}, MemoryLimit: 128 << 20,
-		CPULimit: 1500, DiskIOPS: 300,
+		CPULimit: 1500, DiskIOPS: 300, CPUSet: "0-1", VolumePath: "/srv",
 		Ports:   []model.Port{{Name: "http", ContainerPort: 8080, Protocol: "tcp", HostPort: 20001}},
 		Health:  &model.Health{Type: "tcp", Port: "http"},
 		Restart: model.Restart{Attempts: 3}, Priority: 7, Desired: model.DesiredRun,

@@ -63,11 +63,16 @@ type DesiredInstance struct {
 	// CPULimit is a CPU ceiling in millicores (a CFS quota); 0: none.
 	CPULimit int64 `json:"cpuLimit,omitempty"`
 	// DiskIOPS limits the volume's read and write IOPS (enforcement).
-	DiskIOPS int64         `json:"diskIOPS,omitempty"`
-	Ports    []model.Port  `json:"ports,omitempty"` // hostPort assigned by the scheduler
-	Health   *model.Health `json:"health,omitempty"`
-	Restart  model.Restart `json:"restart,omitzero"`
-	Desired  model.Desired `json:"desired"`
+	DiskIOPS int64 `json:"diskIOPS,omitempty"`
+	// CPUSet pins the container to these CPUs ("0-3"); "": not pinned.
+	CPUSet string `json:"cpuSet,omitempty"`
+	// VolumePath is where the disk volume is mounted (enforcement); "":
+	// the node's enforce.volumetarget.
+	VolumePath string        `json:"volumePath,omitempty"`
+	Ports      []model.Port  `json:"ports,omitempty"` // hostPort assigned by the scheduler
+	Health     *model.Health `json:"health,omitempty"`
+	Restart    model.Restart `json:"restart,omitzero"`
+	Desired    model.Desired `json:"desired"`
 	// Canary instances are tagged "canary" in Consul. A change of it
 	// alone (a promote) re-tags the running instance, never replaces it.
 	Canary bool `json:"canary,omitempty"`

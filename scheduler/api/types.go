@@ -123,6 +123,8 @@ type DesiredInstance struct {
 	MemoryLimit resource.Bytes    `json:"memoryLimit,omitempty"`
 	CPULimit    int64             `json:"cpuLimit,omitempty"` // millicores: a CFS quota; 0 none
 	DiskIOPS    int64             `json:"diskIOPS,omitempty"`
+	CPUSet      string            `json:"cpuSet,omitempty"`
+	VolumePath  string            `json:"volumePath,omitempty"`
 	Ports       []model.Port      `json:"ports,omitempty"` // hostPort filled in
 	Health      *model.Health     `json:"health,omitempty"`
 	Restart     model.Restart     `json:"restart,omitzero"`

@@ -306,7 +306,13 @@ type AppSpec struct {
 	CPULimit resource.Millicores `json:"cpuLimit,omitempty" yaml:"cpuLimit,omitempty"`
 	// DiskIOPS limits read and write operations per second on the
 	// instance's volume (beside resources.diskio's bytes/s); 0: none.
-	DiskIOPS    int64       `json:"diskIOPS,omitempty" yaml:"diskIOPS,omitempty"`
+	DiskIOPS int64 `json:"diskIOPS,omitempty" yaml:"diskIOPS,omitempty"`
+	// CPUSet pins every instance to these CPUs of its node ("0-3,6", as
+	// cpuset.cpus); "": not pinned.
+	CPUSet string `json:"cpuSet,omitempty" yaml:"cpuSet,omitempty"`
+	// VolumePath is where the instance's disk volume (resources.disk) is
+	// mounted in its container; "": the node's enforce.volumetarget.
+	VolumePath  string      `json:"volumePath,omitempty" yaml:"volumePath,omitempty"`
 	Ports       []Port      `json:"ports,omitempty" yaml:"ports,omitempty"`
 	Health      *Health     `json:"health,omitempty" yaml:"health,omitempty"`
 	Restart     Restart     `json:"restart,omitzero" yaml:"restart,omitempty"`

@@ -23,6 +23,8 @@ resources: {cpu: 500m, memory: 1Gi, disk: 10Gi, diskio: 50MiB/s, netin: 100Mbit,
 memoryLimit: 2Gi
 cpuLimit: "1.5"
 diskIOPS: 400
+cpuSet: "0-1,3"
+volumePath: /var/lib/web
 ports:
   - {name: http, containerPort: 8080}
   - {name: admin, containerPort: 9090, protocol: tcp, hostPort: 19090}
@@ -55,7 +57,7 @@ func TestAppSpecYAMLAndJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"memory":"1Gi"`, `"memoryLimit":"2Gi"`, `"cpuLimit":"1500m"`, `"diskIOPS":400`, `"diskio":"50MiB/s"`, `"interval":"10s"`, `"containerPort":8080`, `"maxParallel":2`} {
+	for _, want := range []string{`"memory":"1Gi"`, `"memoryLimit":"2Gi"`, `"cpuLimit":"1500m"`, `"diskIOPS":400`, `"cpuSet":"0-1,3"`, `"volumePath":"/var/lib/web"`, `"diskio":"50MiB/s"`, `"interval":"10s"`, `"containerPort":8080`, `"maxParallel":2`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("JSON lacks %s: %s", want, b)
 		}
@@ -104,6 +106,12 @@ func TestAppSpecValidateNamesField(t *testing.T) {
 		{"memoryLimit", func(s *AppSpec) { s.MemoryLimit = 1 << 20 }},
 		{"cpuLimit", func(s *AppSpec) { s.CPULimit = 100 }},
 		{"diskIOPS", func(s *AppSpec) { s.DiskIOPS = -1 }},
+		{"cpuSet", func(s *AppSpec) { s.CPUSet = "0-a" }},
+		{"cpuSet", func(s *AppSpec) { s.CPUSet = "3-1" }},
+		{"cpuSet", func(s *AppSpec) { s.CPUSet = "0,,1" }},
+		{"volumePath", func(s *AppSpec) { s.VolumePath = "data" }},
+		{"volumePath", func(s *AppSpec) { s.VolumePath = "/a/../b" }},
+		{"volumePath", func(s *AppSpec) { s.VolumePath = "/" }},
 		{"ports[1].containerPort", func(s *AppSpec) { s.Ports[1].ContainerPort = 70000 }},
 		{"ports[1].name", func(s *AppSpec) { s.Ports[1].Name = "http" }},
 		{"ports[0].protocol", func(s *AppSpec) { s.Ports[0].Protocol = "sctp" }},

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"path"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/gaia-registry/gaia/scheduler/resource"
@@ -175,6 +177,12 @@ func (s *AppSpec) Validate() error {
 	if s.DiskIOPS < 0 {
 		return fieldErr("diskIOPS", "must not be negative")
 	}
+	if s.CPUSet != "" && !validCPUSet(s.CPUSet) {
+		return fieldErr("cpuSet", "%q is not a CPU list (e.g. 0-3,6)", s.CPUSet)
+	}
+	if p := s.VolumePath; p != "" && (!path.IsAbs(p) || path.Clean(p) != p || p == "/") {
+		return fieldErr("volumePath", "%q is not an absolute, clean path below / (e.g. /data)", p)
+	}
 	if s.MemoryLimit != 0 && int64(s.MemoryLimit) < s.Resources[resource.Memory] {
 		return fieldErr("memoryLimit", "%s is below resources.memory %s", resource.Format(resource.Memory, int64(s.MemoryLimit)), resource.Format(resource.Memory, s.Resources[resource.Memory]))
 	}
@@ -290,4 +298,23 @@ func (n *Node) Validate() error {
 		return fieldErr("state", "%q: want ready, draining or down", n.State)
 	}
 	return nil
+}
+
+// validCPUSet: a cpuset.cpus list, "N" or "N-M" (N ≤ M) items separated
+// by commas.
+func validCPUSet(s string) bool {
+	for _, item := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(item, "-")
+		a, err := strconv.ParseUint(lo, 10, 16)
+		if err != nil {
+			return false
+		}
+		if isRange {
+			b, err := strconv.ParseUint(hi, 10, 16)
+			if err != nil || b < a {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -31,17 +31,17 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-// The spec's CPU ceiling and IOPS limit reach the agent (its CFS quota
-// and blkio IOPS throttles).
+// The spec's CPU ceiling, IOPS limit, cpuset and volume path reach the
+// agent (its CFS quota, blkio IOPS throttles, cpuset and volume mount).
 func TestDesiredInstanceCarriesLimits(t *testing.T) {
 	ls := &leaderState{s: &Server{images: newResolver(RegistryConfig{URL: "http://127.0.0.1:5000"})}}
 	in := &model.Instance{ID: "web-1", App: "web", Version: 1}
 	var spec model.AppSpec
-	if err := json.Unmarshal([]byte(`{"image":"team/web:v1","cpuLimit":"1500m","diskIOPS":300}`), &spec); err != nil {
+	if err := json.Unmarshal([]byte(`{"image":"team/web:v1","cpuLimit":"1500m","diskIOPS":300,"cpuSet":"2-3","volumePath":"/srv"}`), &spec); err != nil {
 		t.Fatal(err)
 	}
 	d := ls.desiredInstance(in, versionSpec{spec: spec, digest: "sha256:00"})
-	if d.CPULimit != 1500 || d.DiskIOPS != 300 {
-		t.Fatalf("desired instance: cpuLimit %d, diskIOPS %d; want 1500, 300", d.CPULimit, d.DiskIOPS)
+	if d.CPULimit != 1500 || d.DiskIOPS != 300 || d.CPUSet != "2-3" || d.VolumePath != "/srv" {
+		t.Fatalf("desired instance: cpuLimit %d, diskIOPS %d, cpuSet %q, volumePath %q; want 1500, 300, 2-3, /srv", d.CPULimit, d.DiskIOPS, d.CPUSet, d.VolumePath)
 	}
 }

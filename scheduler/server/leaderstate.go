@@ -676,7 +676,7 @@ func (ls *leaderState) desiredInstance(in *model.Instance, vs versionSpec) api.D
 	d := api.DesiredInstance{
 		ID: in.ID, App: in.App, Version: in.Version, Image: ls.s.images.Pinned(sp.Image, vs.digest),
 		Command: sp.Command, Args: sp.Args, Env: sp.Env, Resources: sp.Resources, MemoryLimit: sp.MemoryLimit,
-		CPULimit: int64(sp.CPULimit), DiskIOPS: sp.DiskIOPS,
+		CPULimit: int64(sp.CPULimit), DiskIOPS: sp.DiskIOPS, CPUSet: sp.CPUSet, VolumePath: sp.VolumePath,
 		Health: sp.Health, Restart: sp.Restart, Priority: sp.Priority, Desired: in.Desired,
 		Canary: isCanary(ls.apps[in.App], in),
 	}
