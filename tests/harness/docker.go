@@ -99,14 +99,15 @@ func BuildImage(t testing.TB, env Env, ref string, layerSizes ...int) {
 // BuildStatic builds the Go command in pkg (an import path, or a
 // directory relative to the calling test's package) with CGO_ENABLED=0,
 // so that it runs in any container image, and answers the binary's path.
-func BuildStatic(t testing.TB, pkg string) string {
+// flags go to go build before the package.
+func BuildStatic(t testing.TB, pkg string, flags ...string) string {
 	t.Helper()
 	name := filepath.Base(pkg)
 	if abs, err := filepath.Abs(pkg); err == nil && strings.HasPrefix(pkg, ".") {
 		name = filepath.Base(abs) // "." names the test's own directory
 	}
 	out := filepath.Join(t.TempDir(), name)
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd := exec.Command("go", append(append([]string{"build", "-o", out}, flags...), pkg)...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building %s: %v\n%s", pkg, err, b)

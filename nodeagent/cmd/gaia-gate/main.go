@@ -30,9 +30,10 @@ import (
 
 const timeout = 10 * time.Minute
 
-// dirEnv overrides the gate directory (the binary's own test); it is
-// removed from the environment the command gets.
-const dirEnv = "GAIA_GATE_DIR"
+// gateDir is where the agent mounts the instance's gate directory; only
+// the binary's own test builds it with another (-ldflags -X), so that
+// nothing an app or image sets can move it.
+var gateDir = "/.gaia-gate.d"
 
 func main() {
 	if len(os.Args) < 2 {
@@ -42,12 +43,7 @@ func main() {
 	// stop while waiting would take the whole stop timeout.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	dir := "/.gaia-gate.d"
-	if d, ok := os.LookupEnv(dirEnv); ok {
-		dir = d
-		os.Unsetenv(dirEnv)
-	}
-	released := filepath.Join(dir, "released")
+	released := filepath.Join(gateDir, "released")
 	deadline := time.Now().Add(timeout)
 	wait := time.Millisecond
 	for {

@@ -14,15 +14,15 @@ import (
 )
 
 // The gate holds the command until "released" appears, then execs it (a
-// command without a slash found in $PATH, the test's variable gone from
-// its environment); SIGTERM while waiting ends it at once with 143; a
-// command that cannot run is 127.
+// command without a slash found in $PATH, with its environment); SIGTERM
+// while waiting ends it at once with 143; a command that cannot run is
+// 127.
 func TestGate(t *testing.T) {
-	bin := harness.BuildStatic(t, ".")
 	dir := t.TempDir()
+	bin := harness.BuildStatic(t, ".", "-ldflags=-X main.gateDir="+dir)
 	var out bytes.Buffer
-	cmd := exec.Command(bin, "sh", "-c", "echo ran $0 \"$GAIA_GATE_DIR\"", "x")
-	cmd.Env = append(os.Environ(), "GAIA_GATE_DIR="+dir)
+	cmd := exec.Command(bin, "sh", "-c", "echo ran $0 $GREETING", "x")
+	cmd.Env = append(os.Environ(), "GREETING=hello")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -39,15 +39,17 @@ func TestGate(t *testing.T) {
 	}
 	select {
 	case err := <-done:
-		if err != nil || strings.TrimSpace(out.String()) != "ran x" {
+		if err != nil || strings.TrimSpace(out.String()) != "ran x hello" {
 			t.Fatalf("after the release: %v %q", err, out.String())
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("not run 30 s after the release")
 	}
 
+	if err := os.Remove(filepath.Join(dir, "released")); err != nil {
+		t.Fatal(err)
+	}
 	stopped := exec.Command(bin, "true")
-	stopped.Env = append(os.Environ(), "GAIA_GATE_DIR="+t.TempDir())
 	if err := stopped.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -57,8 +59,8 @@ func TestGate(t *testing.T) {
 		t.Fatalf("SIGTERM while waiting: %v, exit %d", err, stopped.ProcessState.ExitCode())
 	}
 
+	os.WriteFile(filepath.Join(dir, "released"), nil, 0o644)
 	missing := exec.Command(bin, "/no/such/command")
-	missing.Env = append(os.Environ(), "GAIA_GATE_DIR="+dir)
 	if b, _ := missing.CombinedOutput(); missing.ProcessState.ExitCode() != 127 || !strings.Contains(string(b), "/no/such/command") {
 		t.Fatalf("a command that cannot run: exit %d %q", missing.ProcessState.ExitCode(), b)
 	}
