@@ -77,18 +77,20 @@ func (in *instance) enforceStarting() error {
 	return nil
 }
 
-// enforceStarted attaches the running container (its network classes).
+// enforceStarted attaches the running container (its network classes)
+// and releases its gate; a container that cannot be inspected is released
+// unshaped (logged) rather than left waiting in its gate.
 func (in *instance) enforceStarted(ctx context.Context, id string) {
 	e := in.a.o.Enforcer
 	if e == nil {
 		return
 	}
-	c, err := in.a.o.Docker.ContainerInspect(ctx, id)
-	if err != nil || c.State == nil || c.State.Pid == 0 {
-		return
-	}
 	ns := ""
-	if c.HostConfig == nil || !c.HostConfig.NetworkMode.IsHost() {
+	c, err := in.a.o.Docker.ContainerInspect(ctx, id)
+	switch {
+	case err != nil || c.State == nil || c.State.Pid == 0:
+		in.a.o.Log.Warn("enforcement: the started container cannot be inspected: its traffic is not shaped", "instance", in.d.ID, "err", err)
+	case c.HostConfig == nil || !c.HostConfig.NetworkMode.IsHost():
 		ns = fmt.Sprintf("/proc/%d/ns/net", c.State.Pid)
 	}
 	if err := e.Started(enforceInstance(&in.d), id, ns); err != nil {

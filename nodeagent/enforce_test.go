@@ -133,8 +133,9 @@ func TestAgentEnforce(t *testing.T) {
 	classBytes := func(what string) {
 		t.Helper()
 		waitFor(t, what, func() (bool, string) {
+			// a datagram is 1042 bytes in the class: 1000 + UDP, IPv4 and Ethernet headers
 			u := enf.Usage()[d.ID]
-			return u.NetOutBytes >= sent*1000, fmt.Sprintf("D's egress class counted %d bytes, want ≥ %d", u.NetOutBytes, sent*1000)
+			return u.NetOutBytes >= sent*1042, fmt.Sprintf("D's egress class counted %d bytes, want ≥ %d (%d datagrams)", u.NetOutBytes, sent*1042, sent)
 		})
 	}
 	classBytes("D's first datagrams in its class")

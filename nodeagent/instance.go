@@ -238,6 +238,10 @@ wait:
 				ep, cmd = img.Config.Entrypoint, img.Config.Cmd
 			}
 			gateCommand(cfg, ep, cmd)
+			if len(cfg.Cmd) == 0 { // as dockerd refuses it without the gate
+				in.set(model.Failed, "no command specified: the image has neither an entrypoint nor a cmd, and the app sets no command")
+				return "", false
+			}
 		}
 	}
 	in.set(model.Starting, "")

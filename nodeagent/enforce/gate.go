@@ -51,30 +51,34 @@ func (n *Node) gateDir(id string) string { return filepath.Join(n.cfg.GateDir, v
 // prepareGate makes the instance's gate directory (closed) and answers the
 // container's two read-only mounts: the binary and the directory.
 func (n *Node) prepareGate(id string) ([]Mount, error) {
-	dir := n.gateDir(id)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("enforce: gate directory: %w", err)
-	}
 	if err := n.closeGate(id); err != nil {
 		return nil, err
 	}
 	return []Mount{{Source: n.cfg.Gate, Target: GateEntrypoint, ReadOnly: true},
-		{Source: dir, Target: gateDirTarget, ReadOnly: true}}, nil
+		{Source: n.gateDir(id), Target: gateDirTarget, ReadOnly: true}}, nil
 }
 
+// closeGate makes sure the directory exists (the bind mount's source, at
+// every start) and holds no release. The modes are set explicitly, not
+// left to the agent's umask: the instance may run as any user.
 func (n *Node) closeGate(id string) error {
-	if err := os.Remove(filepath.Join(n.gateDir(id), gateReleased)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	dir := n.gateDir(id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("enforce: gate directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return fmt.Errorf("enforce: gate directory: %w", err)
+	}
+	if err := os.Remove(filepath.Join(dir, gateReleased)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("enforce: closing the gate: %w", err)
 	}
 	return nil
 }
 
+// openGate releases the gate. No directory: no gate to open (a container
+// made by an agent without gates).
 func (n *Node) openGate(id string) error {
-	dir := n.gateDir(id) // made here too for a container adopted from an agent without gates
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("enforce: releasing the gate: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, gateReleased), nil, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(n.gateDir(id), gateReleased), nil, 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("enforce: releasing the gate: %w", err)
 	}
 	return nil

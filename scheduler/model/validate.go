@@ -180,8 +180,18 @@ func (s *AppSpec) Validate() error {
 	if s.CPUSet != "" && !validCPUSet(s.CPUSet) {
 		return fieldErr("cpuSet", "%q is not a CPU list (e.g. 0-3,6)", s.CPUSet)
 	}
-	if p := s.VolumePath; p != "" && (!path.IsAbs(p) || path.Clean(p) != p || p == "/") {
-		return fieldErr("volumePath", "%q is not an absolute, clean path below / (e.g. /data)", p)
+	if p := s.VolumePath; p != "" {
+		if !path.IsAbs(p) || path.Clean(p) != p || p == "/" {
+			return fieldErr("volumePath", "%q is not an absolute, clean path below / (e.g. /data)", p)
+		}
+		for _, r := range []string{"/proc", "/sys", "/dev", "/.gaia-gate", "/.gaia-gate.d"} {
+			if p == r || strings.HasPrefix(p, r+"/") {
+				return fieldErr("volumePath", "%q is under %s, which the container runtime or the node agent owns", p, r)
+			}
+		}
+		if s.Resources[resource.Disk] <= 0 {
+			return fieldErr("volumePath", "set, but resources.disk is 0: there is no volume to mount")
+		}
 	}
 	if s.MemoryLimit != 0 && int64(s.MemoryLimit) < s.Resources[resource.Memory] {
 		return fieldErr("memoryLimit", "%s is below resources.memory %s", resource.Format(resource.Memory, int64(s.MemoryLimit)), resource.Format(resource.Memory, s.Resources[resource.Memory]))

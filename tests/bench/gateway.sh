@@ -96,7 +96,9 @@ mkdir -p "$WORK/clients"
 # The floor of any relay: a plain TCP splice relay in front of the server.
 TP="$(free_port)"
 "$WORK/tcprelay" "127.0.0.1:$TP" "127.0.0.1:$SP" 2>"$WORK/tcprelay.log" & pids+=($!)
-for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$TP/readyz" 2>/dev/null && break; sleep 0.1; done
+up=0
+for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$TP/readyz" 2>/dev/null && { up=1; break; }; sleep 0.1; done
+[ "$up" = 1 ] || { cat "$WORK/tcprelay.log" >&2; die "the relay on 127.0.0.1:$TP does not answer"; }
 targets=(-target "direct=http://127.0.0.1:$SP" -target "gw-off=http://127.0.0.1:$GP" -target "gw-on=http://127.0.0.1:$RP" -target "relay=http://127.0.0.1:$TP")
 note="one gaia-registry (filesystem, PostgreSQL) and two gaia-gateways on loopback (gw-off: redirect off, no cache; gw-on: redirect: blobs+uploads, cache.maxbytes 64 MiB), and relay: a plain TCP splice relay (tests/bench/tcprelay), the floor of any relay; 2 cores shared with the clients"
 log "throughput: push, pull (curl -L, crane, regbench), manifest GETs by digest at 32 clients"

@@ -15,10 +15,12 @@
 // COMMAND is looked up in $PATH when it has no slash, as docker does.
 // Exit status: 127 when COMMAND cannot be run, 125 when the gate is not
 // released within 10 minutes (the agent is away: the container exits and
-// the agent restarts it when it is back), 143 on SIGTERM while waiting.
+// the agent restarts it when it is back), 126 when the gate directory
+// cannot be read, 128+n on signal n while waiting (143: SIGTERM).
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,26 +41,46 @@ func main() {
 	if len(os.Args) < 2 {
 		fail(127, "no command to run (the image has neither an entrypoint nor a command, and the app sets none)")
 	}
-	// PID 1 ignores signals it has no handler for: without this a docker
-	// stop while waiting would take the whole stop timeout.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	// Any stop signal (the image's STOPSIGNAL may be SIGWINCH or SIGUSR1,
+	// which Go would otherwise ignore) ends the wait at once, 128+n.
+	sig := make(chan os.Signal, 8)
+	signal.Notify(sig)
 	released := filepath.Join(gateDir, "released")
 	deadline := time.Now().Add(timeout)
 	wait := time.Millisecond
+	stopped := func(s os.Signal) {
+		switch s {
+		case syscall.SIGURG, syscall.SIGCHLD, syscall.SIGPIPE: // the runtime's, or harmless
+			return
+		}
+		fail(128+int(s.(syscall.Signal)), "stopped (%v) before the node agent released it", s)
+	}
 	for {
-		if _, err := os.Stat(released); err == nil {
+		_, err := os.Stat(released)
+		if err == nil {
 			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			fail(126, "cannot see the gate's release (%v): the gate directory must be readable by the instance's user", err)
 		}
 		if time.Now().After(deadline) {
 			fail(125, "not released within %s: the node agent did not finish setting the instance's network up", timeout)
 		}
 		select {
 		case s := <-sig:
-			fail(128+int(s.(syscall.Signal)), "stopped (%v) before the node agent released it", s)
+			stopped(s)
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Millisecond) // a stat every 5 ms: the start waits at most that long past the release
+	}
+drain: // a stop signal that came with the release still stops it
+	for {
+		select {
+		case s := <-sig:
+			stopped(s)
+		default:
+			break drain
+		}
 	}
 	signal.Reset()
 	path := os.Args[1]

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"time"
 )
 
 func main() {
@@ -27,9 +28,10 @@ func main() {
 	}
 	for {
 		c, err := ln.Accept()
-		if err != nil {
+		if err != nil { // EMFILE and the like: wait, do not end the run
 			fmt.Fprintln(os.Stderr, "tcprelay:", err)
-			os.Exit(1)
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
 		go relay(c.(*net.TCPConn), os.Args[2])
 	}
