@@ -2,7 +2,10 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/docker/docker/api/types/blkiodev"
 	"github.com/docker/docker/api/types/container"
@@ -69,17 +72,50 @@ func gateCommand(cfg *container.Config, imgEntrypoint, imgCmd []string) {
 	cfg.Cmd = append(append([]string{}, ep...), cmd...)
 }
 
-// enforceStarting closes the instance's gate before its container starts.
-func (in *instance) enforceStarting() error {
-	if e := in.a.o.Enforcer; e != nil {
-		return e.Starting(in.d.ID)
+// gateDir is the host directory of the container's gate (enforce/gate.go),
+// "" when it was not made behind one: read from the container itself, so
+// that an agent releases the gates of containers it finds whatever its
+// own enforcement configuration.
+func gateDir(c container.InspectResponse) string {
+	if c.Config == nil || len(c.Config.Entrypoint) == 0 || c.Config.Entrypoint[0] != enforce.GateEntrypoint {
+		return ""
+	}
+	for _, m := range c.Mounts {
+		if m.Destination == enforce.GateDirTarget {
+			return m.Source
+		}
+	}
+	return ""
+}
+
+// closeGate, before every start of a gated container: its gate directory
+// there (the bind mount's source) and holding no release.
+func closeGate(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("the gate's directory: %w", err)
+	}
+	if err := os.Remove(filepath.Join(dir, enforce.GateReleased)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("closing the gate: %w", err)
 	}
 	return nil
 }
 
-// enforceStarted attaches the running container (its network classes)
-// and releases its gate; a container that cannot be inspected is released
-// unshaped (logged) rather than left waiting in its gate.
+// openGate, once the container's classes exist (enforceStarted): its
+// command runs.
+func (in *instance) openGate(dir string) {
+	if dir == "" {
+		return
+	}
+	if err := os.WriteFile(filepath.Join(dir, enforce.GateReleased), nil, 0o644); err != nil {
+		in.a.o.Log.Error("releasing the gate failed: the instance's command waits in it (10 minutes, then the container exits 125)",
+			"instance", in.d.ID, "err", err)
+	}
+}
+
+// enforceStarted attaches the running container (its network classes).
 func (in *instance) enforceStarted(ctx context.Context, id string) {
 	e := in.a.o.Enforcer
 	if e == nil {
@@ -90,6 +126,7 @@ func (in *instance) enforceStarted(ctx context.Context, id string) {
 	switch {
 	case err != nil || c.State == nil || c.State.Pid == 0:
 		in.a.o.Log.Warn("enforcement: the started container cannot be inspected: its traffic is not shaped", "instance", in.d.ID, "err", err)
+		return
 	case c.HostConfig == nil || !c.HostConfig.NetworkMode.IsHost():
 		ns = fmt.Sprintf("/proc/%d/ns/net", c.State.Pid)
 	}

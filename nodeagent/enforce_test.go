@@ -253,3 +253,29 @@ func TestGateCommand(t *testing.T) {
 		}
 	}
 }
+
+// A gated container is found from its own entrypoint and mounts (any
+// agent releases it); closing makes the directory and removes a release.
+func TestGateDirFromContainer(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "g")
+	c := container.InspectResponse{Config: &container.Config{Entrypoint: []string{enforce.GateEntrypoint}, Cmd: []string{"/app"}}}
+	c.ContainerJSONBase = &container.ContainerJSONBase{}
+	c.Mounts = []container.MountPoint{{Source: "/srv/v", Destination: "/data"}, {Source: dir, Destination: enforce.GateDirTarget}}
+	if got := gateDir(c); got != dir {
+		t.Fatalf("gateDir %q, want %q", got, dir)
+	}
+	if err := closeGate(dir); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, enforce.GateReleased), nil, 0o644)
+	if err := closeGate(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, enforce.GateReleased)); !os.IsNotExist(err) {
+		t.Fatalf("released after closeGate: %v", err)
+	}
+	c.Config.Entrypoint = []string{"/app"}
+	if got := gateDir(c); got != "" {
+		t.Fatalf("an ungated container's gate: %q", got)
+	}
+}

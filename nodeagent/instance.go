@@ -302,9 +302,10 @@ func (in *instance) supervise(ctx context.Context, id string) {
 			in.end(ctx, id)
 			return
 		}
+		gate := gateDir(c)
 		if c.State == nil || !c.State.Running {
 			in.set(model.Starting, "")
-			err := in.enforceStarting()
+			err := closeGate(gate)
 			if err == nil {
 				err = o.Docker.ContainerStart(ctx, id, container.StartOptions{})
 			}
@@ -319,6 +320,7 @@ func (in *instance) supervise(ctx context.Context, id string) {
 			o.Metrics.containerOp.WithLabelValues("start").Inc()
 		}
 		in.enforceStarted(ctx, id)
+		in.openGate(gate) // also for an adopted container an agent left in its gate
 		in.set(model.Running, "")
 		in.register()
 		code, how := in.watch(ctx, id)

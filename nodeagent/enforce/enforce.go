@@ -6,11 +6,9 @@
 //	Init                     parent cgroups, the IFB devices and their HTB trees
 //	Prepare(instance)        before the container is created: the volume, and
 //	                         what to add to the container's HostConfig
-//	Starting(id)             before every start of its container: its gate
-//	                         closed (gate.go)
 //	Started(instance, ...)   after it started: its HTB classes and the redirect
-//	                         of its veth to the shared trees, then its gate
-//	                         opened
+//	                         of its veth to the shared trees (the agent then
+//	                         releases the container's gate, gate.go)
 //	Stopped(id)              classes, redirect and volume removed
 //	Rebuild(running)         after an agent restart: the trees rebuilt from
 //	                         the running instances, orphan volumes removed
@@ -205,7 +203,6 @@ type Victim struct {
 type Enforcer interface {
 	Init() error
 	Prepare(in Instance) (Container, error)
-	Starting(id string) error
 	Started(in Instance, containerID, netns string) error
 	Stopped(id string) error
 	Rebuild(running []Running) error

@@ -13,9 +13,12 @@ import (
 // container, and the classes hang off the veth, so the agent cannot make
 // them earlier. Instead the container's first process is gaia-gate
 // (nodeagent/cmd/gaia-gate), which waits for its gate directory to hold
-// "released" before it execs the instance's command. The agent removes
-// the file before every start (Starting) and creates it once Started has
-// attached the classes.
+// "released" before it execs the instance's command. Enforcement makes
+// the directory and the container's mounts (Prepare) and removes them
+// (Stopped, Sweep); the agent, which starts the container, removes the
+// file before every start and creates it once Started has attached the
+// classes, deciding from the container's own entrypoint and mounts, so a
+// gated container is released by any agent, with or without shaping.
 
 // GateEntrypoint is where the gate binary is mounted in the container:
 // the container's entrypoint when Container.Gate is set, the instance's
@@ -23,8 +26,8 @@ import (
 const GateEntrypoint = "/.gaia-gate"
 
 const (
-	gateDirTarget = "/.gaia-gate.d" // gaia-gate waits for <this>/released
-	gateReleased  = "released"
+	GateDirTarget = "/.gaia-gate.d" // gaia-gate waits for <this>/released
+	GateReleased  = "released"
 )
 
 // gated: containers are started behind the gate.
@@ -55,7 +58,7 @@ func (n *Node) prepareGate(id string) ([]Mount, error) {
 		return nil, err
 	}
 	return []Mount{{Source: n.cfg.Gate, Target: GateEntrypoint, ReadOnly: true},
-		{Source: n.gateDir(id), Target: gateDirTarget, ReadOnly: true}}, nil
+		{Source: n.gateDir(id), Target: GateDirTarget, ReadOnly: true}}, nil
 }
 
 // closeGate makes sure the directory exists (the bind mount's source, at
@@ -69,17 +72,8 @@ func (n *Node) closeGate(id string) error {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return fmt.Errorf("enforce: gate directory: %w", err)
 	}
-	if err := os.Remove(filepath.Join(dir, gateReleased)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(filepath.Join(dir, GateReleased)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("enforce: closing the gate: %w", err)
-	}
-	return nil
-}
-
-// openGate releases the gate. No directory: no gate to open (a container
-// made by an agent without gates).
-func (n *Node) openGate(id string) error {
-	if err := os.WriteFile(filepath.Join(n.gateDir(id), gateReleased), nil, 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("enforce: releasing the gate: %w", err)
 	}
 	return nil
 }

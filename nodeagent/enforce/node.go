@@ -197,21 +197,11 @@ func (n *Node) Prepare(in Instance) (Container, error) {
 	return c, nil
 }
 
-// Starting closes the instance's gate: the container about to start
-// waits in it until Started.
-func (n *Node) Starting(id string) error {
-	if !n.gated() {
-		return nil
-	}
-	return n.closeGate(id)
-}
-
 // Started attaches the running container: its HTB classes (rate = its
 // netout/netin, ceil = the link, its app priority) and the redirect of its
-// host-side veth to the shared trees; then it opens the instance's gate
-// (also when attaching failed: the error is the agent's to report, the
-// instance runs unshaped rather than not at all). netns is the container's
-// network namespace (/proc/PID/ns/net); "" when it has none to shape.
+// host-side veth to the shared trees (the agent then releases the
+// container's gate). netns is the container's network namespace
+// (/proc/PID/ns/net); "" when it has none to shape.
 func (n *Node) Started(in Instance, containerID, netns string) error {
 	n.mu.Lock()
 	st := n.inst[in.ID]
@@ -224,14 +214,10 @@ func (n *Node) Started(in Instance, containerID, netns string) error {
 		st.vol, _ = openVolume(n.cfg.VolumeDir, in.ID) // adopted after an agent restart
 	}
 	n.mu.Unlock()
-	var errs []error
 	if n.net != nil && netns != "" {
-		errs = append(errs, n.net.add(in, netns))
+		return n.net.add(in, netns)
 	}
-	if n.gated() {
-		errs = append(errs, n.openGate(in.ID))
-	}
-	return joinErrs(errs)
+	return nil
 }
 
 // Stopped removes what the instance had: classes, the veth redirect (if
