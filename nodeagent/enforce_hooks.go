@@ -104,12 +104,32 @@ func closeGate(dir string) error {
 }
 
 // openGate, once the container's classes exist (enforceStarted): its
-// command runs.
-func (in *instance) openGate(dir string) {
+// command runs. The release names the running container's network
+// namespace (gaia-gate execs only for its own), written whole (renamed
+// into place).
+func (in *instance) openGate(ctx context.Context, id, dir string) {
 	if dir == "" {
 		return
 	}
-	if err := os.WriteFile(filepath.Join(dir, enforce.GateReleased), nil, 0o644); err != nil {
+	err := func() error {
+		c, err := in.a.o.Docker.ContainerInspect(ctx, id)
+		if err != nil {
+			return err
+		}
+		if c.State == nil || c.State.Pid == 0 {
+			return nil // not running: nothing waits
+		}
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", c.State.Pid))
+		if err != nil {
+			return err
+		}
+		tmp := filepath.Join(dir, "."+enforce.GateReleased)
+		if err := os.WriteFile(tmp, []byte(ns+"\n"), 0o644); err != nil {
+			return err
+		}
+		return os.Rename(tmp, filepath.Join(dir, enforce.GateReleased))
+	}()
+	if err != nil {
 		in.a.o.Log.Error("releasing the gate failed: the instance's command waits in it (10 minutes, then the container exits 125)",
 			"instance", in.d.ID, "err", err)
 	}

@@ -320,7 +320,7 @@ func (in *instance) supervise(ctx context.Context, id string) {
 			o.Metrics.containerOp.WithLabelValues("start").Inc()
 		}
 		in.enforceStarted(ctx, id)
-		in.openGate(gate) // also for an adopted container an agent left in its gate
+		in.openGate(ctx, id, gate) // also for an adopted container an agent left in its gate
 		in.set(model.Running, "")
 		in.register()
 		code, how := in.watch(ctx, id)

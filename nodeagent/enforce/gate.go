@@ -13,7 +13,8 @@ import (
 // container, and the classes hang off the veth, so the agent cannot make
 // them earlier. Instead the container's first process is gaia-gate
 // (nodeagent/cmd/gaia-gate), which waits for its gate directory to hold
-// "released" before it execs the instance's command. Enforcement makes
+// "released" naming its own network namespace before it execs the
+// instance's command. Enforcement makes
 // the directory and the container's mounts (Prepare) and removes them
 // (Stopped, Sweep); the agent, which starts the container, removes the
 // file before every start and creates it once Started has attached the

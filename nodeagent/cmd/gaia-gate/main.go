@@ -6,9 +6,12 @@
 //
 // The agent bind-mounts this binary (static: CGO_ENABLED=0, it runs in
 // any image) at /.gaia-gate and the instance's gate directory, read-only,
-// at /.gaia-gate.d, and releases the gate by creating
-// /.gaia-gate.d/released after the classes exist; it removes the file
-// before every start of the container, so a restart waits again.
+// at /.gaia-gate.d, and releases the gate by writing the container's
+// network namespace ("net:[4026532...]", as /proc/PID/ns/net reads) into
+// /.gaia-gate.d/released after the classes exist. The gate execs only
+// when that names its own namespace: a release left from an earlier start
+// (a new start is a new namespace) never opens a later one, whoever
+// starts the container.
 //
 //	gaia-gate COMMAND [ARG...]
 //
@@ -26,6 +29,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -46,6 +50,10 @@ func main() {
 	sig := make(chan os.Signal, 8)
 	signal.Notify(sig)
 	released := filepath.Join(gateDir, "released")
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		fail(126, "cannot read its own network namespace: %v", err)
+	}
 	deadline := time.Now().Add(timeout)
 	wait := time.Millisecond
 	stopped := func(s os.Signal) {
@@ -56,11 +64,11 @@ func main() {
 		fail(128+int(s.(syscall.Signal)), "stopped (%v) before the node agent released it", s)
 	}
 	for {
-		_, err := os.Stat(released)
-		if err == nil {
+		b, err := os.ReadFile(released)
+		if err == nil && strings.TrimSpace(string(b)) == self {
 			break
 		}
-		if !errors.Is(err, os.ErrNotExist) {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			fail(126, "cannot see the gate's release (%v): the gate directory must be readable by the instance's user", err)
 		}
 		if time.Now().After(deadline) {
@@ -71,7 +79,7 @@ func main() {
 			stopped(s)
 		case <-time.After(wait):
 		}
-		wait = min(2*wait, 5*time.Millisecond) // a stat every 5 ms: the start waits at most that long past the release
+		wait = min(2*wait, 5*time.Millisecond) // a read every 5 ms: the start waits at most that long past the release
 	}
 drain: // a stop signal that came with the release still stops it
 	for {
@@ -87,7 +95,7 @@ drain: // a stop signal that came with the release still stops it
 	if lp, err := exec.LookPath(path); err == nil {
 		path = lp
 	}
-	err := syscall.Exec(path, os.Args[1:], os.Environ())
+	err = syscall.Exec(path, os.Args[1:], os.Environ())
 	fail(127, "exec %s: %v", os.Args[1], err)
 }
 

@@ -13,12 +13,23 @@ import (
 	"github.com/gaia-registry/gaia/tests/harness"
 )
 
-// The gate holds the command until "released" appears, then execs it (a
-// command without a slash found in $PATH, with its environment); SIGTERM
-// while waiting ends it at once with 143; a command that cannot run is
-// 127.
+// The gate holds the command until "released" names its own network
+// namespace (one naming another, left from an earlier start, does not
+// open it), then execs it (a command without a slash found in $PATH, with
+// its environment); SIGTERM while waiting ends it at once with 143; a
+// command that cannot run is 127.
 func TestGate(t *testing.T) {
 	dir := t.TempDir()
+	ns, err := os.Readlink("/proc/self/ns/net") // the gate's too: same namespace
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := func(token string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, "released"), []byte(token+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	bin := harness.BuildStatic(t, ".", "-ldflags=-X main.gateDir="+dir)
 	var out bytes.Buffer
 	cmd := exec.Command(bin, "sh", "-c", "echo ran $0 $GREETING", "x")
@@ -34,9 +45,13 @@ func TestGate(t *testing.T) {
 		t.Fatalf("ran before the release: %v %q", err, out.String())
 	case <-time.After(300 * time.Millisecond):
 	}
-	if err := os.WriteFile(filepath.Join(dir, "released"), nil, 0o644); err != nil {
-		t.Fatal(err)
+	release("net:[1]") // an earlier start's
+	select {
+	case err := <-done:
+		t.Fatalf("ran on another namespace's release: %v %q", err, out.String())
+	case <-time.After(300 * time.Millisecond):
 	}
+	release(ns)
 	select {
 	case err := <-done:
 		if err != nil || strings.TrimSpace(out.String()) != "ran x hello" {
@@ -59,7 +74,7 @@ func TestGate(t *testing.T) {
 		t.Fatalf("SIGTERM while waiting: %v, exit %d", err, stopped.ProcessState.ExitCode())
 	}
 
-	os.WriteFile(filepath.Join(dir, "released"), nil, 0o644)
+	release(ns)
 	missing := exec.Command(bin, "/no/such/command")
 	if b, _ := missing.CombinedOutput(); missing.ProcessState.ExitCode() != 127 || !strings.Contains(string(b), "/no/such/command") {
 		t.Fatalf("a command that cannot run: exit %d %q", missing.ProcessState.ExitCode(), b)
