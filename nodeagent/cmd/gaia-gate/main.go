@@ -54,8 +54,10 @@ func main() {
 	if err != nil {
 		fail(126, "cannot read its own network namespace: %v", err)
 	}
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	wait := time.Millisecond
+	said := false
 	stopped := func(s os.Signal) {
 		switch s {
 		case syscall.SIGURG, syscall.SIGCHLD, syscall.SIGPIPE: // the runtime's, or harmless
@@ -70,6 +72,10 @@ func main() {
 		}
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			fail(126, "cannot see the gate's release (%v): the gate directory must be readable by the instance's user", err)
+		}
+		if !said && time.Since(start) >= time.Second { // in the container's log: why it has not started
+			fmt.Fprintln(os.Stderr, "gaia-gate: waiting for the node agent to set up the instance's network")
+			said = true
 		}
 		if time.Now().After(deadline) {
 			fail(125, "not released within %s: the node agent did not finish setting the instance's network up", timeout)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"os"
 	"os/exec"
@@ -34,7 +35,7 @@ func TestGate(t *testing.T) {
 	var out bytes.Buffer
 	cmd := exec.Command(bin, "sh", "-c", "echo ran $0 $GREETING", "x")
 	cmd.Env = append(os.Environ(), "GREETING=hello")
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout = &out // (stderr may say it is waiting, under load)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -64,11 +65,20 @@ func TestGate(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, "released")); err != nil {
 		t.Fatal(err)
 	}
+	// Waiting a second, it says so in the container's log; a stop then
+	// ends it.
 	stopped := exec.Command(bin, "true")
+	stderr, err := stopped.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := stopped.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	line, err := bufio.NewReader(stderr).ReadString('\n')
+	if err != nil || !strings.Contains(line, "waiting for the node agent") {
+		t.Fatalf("the gate's first words: %q %v", line, err)
+	}
 	stopped.Process.Signal(syscall.SIGTERM)
 	if err := stopped.Wait(); stopped.ProcessState.ExitCode() != 143 {
 		t.Fatalf("SIGTERM while waiting: %v, exit %d", err, stopped.ProcessState.ExitCode())
