@@ -2,7 +2,6 @@ package nodeagent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -88,19 +87,12 @@ func gateDir(c container.InspectResponse) string {
 	return ""
 }
 
-// closeGate, before every start of a gated container: its gate directory
-// there (the bind mount's source) and holding no release.
+// closeGate, before every start of a gated container (dir ""; none).
 func closeGate(dir string) error {
 	if dir == "" {
 		return nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("the gate's directory: %w", err)
-	}
-	if err := os.Remove(filepath.Join(dir, enforce.GateReleased)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("closing the gate: %w", err)
-	}
-	return nil
+	return enforce.CloseGate(dir)
 }
 
 // openGate, once the container's classes exist (enforceStarted): its

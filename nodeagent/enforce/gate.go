@@ -14,12 +14,12 @@ import (
 // them earlier. Instead the container's first process is gaia-gate
 // (nodeagent/cmd/gaia-gate), which waits for its gate directory to hold
 // "released" naming its own network namespace before it execs the
-// instance's command. Enforcement makes
-// the directory and the container's mounts (Prepare) and removes them
-// (Stopped, Sweep); the agent, which starts the container, removes the
-// file before every start and creates it once Started has attached the
-// classes, deciding from the container's own entrypoint and mounts, so a
-// gated container is released by any agent, with or without shaping.
+// instance's command. Enforcement makes the directory and the container's
+// mounts (Prepare) and removes them (Stopped, Sweep); the agent, which
+// starts the container, closes the gate (CloseGate) before every start
+// and writes the release once Started has attached the classes, deciding
+// from the container's own entrypoint and mounts, so a gated container is
+// released by any agent, with or without shaping.
 
 // GateEntrypoint is where the gate binary is mounted in the container:
 // the container's entrypoint when Container.Gate is set, the instance's
@@ -62,19 +62,20 @@ func (n *Node) prepareGate(id string) ([]Mount, error) {
 		{Source: n.gateDir(id), Target: GateDirTarget, ReadOnly: true}}, nil
 }
 
-// closeGate makes sure the directory exists (the bind mount's source, at
-// every start) and holds no release. The modes are set explicitly, not
-// left to the agent's umask: the instance may run as any user.
-func (n *Node) closeGate(id string) error {
-	dir := n.gateDir(id)
+func (n *Node) closeGate(id string) error { return CloseGate(n.gateDir(id)) }
+
+// CloseGate makes sure a gate directory exists (the bind mount's source,
+// at every start) and holds no release. The mode is set explicitly, not
+// left to the umask: the instance may run as any user.
+func CloseGate(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("enforce: gate directory: %w", err)
+		return fmt.Errorf("the gate's directory: %w", err)
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
-		return fmt.Errorf("enforce: gate directory: %w", err)
+		return fmt.Errorf("the gate's directory: %w", err)
 	}
 	if err := os.Remove(filepath.Join(dir, GateReleased)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("enforce: closing the gate: %w", err)
+		return fmt.Errorf("closing the gate: %w", err)
 	}
 	return nil
 }
