@@ -95,23 +95,47 @@ func closeGate(dir string) error {
 	return enforce.CloseGate(dir)
 }
 
-// openGate, once the container's classes exist (enforceStarted): its
-// command runs. The release names the running container's network
-// namespace (gaia-gate execs only for its own), written whole (renamed
-// into place).
-func (in *instance) openGate(ctx context.Context, id, dir string) {
+// afterStart, once the container runs (every start, and every adoption):
+// its enforcement attached (enforceStarted), then its gate released, both
+// from one inspection of the running container.
+func (in *instance) afterStart(ctx context.Context, id, gate string) {
+	if in.a.o.Enforcer == nil && gate == "" {
+		return
+	}
+	c, err := in.a.o.Docker.ContainerInspect(ctx, id)
+	if err != nil || c.State == nil || c.State.Pid == 0 {
+		in.a.o.Log.Warn("the started container cannot be inspected: its traffic is not shaped, its gate (if any) not released",
+			"instance", in.d.ID, "err", err)
+		return
+	}
+	in.enforceStarted(c)
+	in.openGate(c.State.Pid, gate)
+}
+
+// enforceStarted attaches the running container (its network classes).
+func (in *instance) enforceStarted(c container.InspectResponse) {
+	e := in.a.o.Enforcer
+	if e == nil {
+		return
+	}
+	ns := ""
+	if c.HostConfig == nil || !c.HostConfig.NetworkMode.IsHost() {
+		ns = fmt.Sprintf("/proc/%d/ns/net", c.State.Pid)
+	}
+	if err := e.Started(enforceInstance(&in.d), c.ID, ns); err != nil {
+		in.a.o.Log.Warn("enforcement: attaching the instance failed", "instance", in.d.ID, "err", err)
+	}
+}
+
+// openGate, once the container's classes exist: its command runs. The
+// release names the running container's network namespace (gaia-gate
+// execs only for its own), written whole (renamed into place).
+func (in *instance) openGate(pid int, dir string) {
 	if dir == "" {
 		return
 	}
 	err := func() error {
-		c, err := in.a.o.Docker.ContainerInspect(ctx, id)
-		if err != nil {
-			return err
-		}
-		if c.State == nil || c.State.Pid == 0 {
-			return nil // not running: nothing waits
-		}
-		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", c.State.Pid))
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
 		if err != nil {
 			return err
 		}
@@ -124,26 +148,6 @@ func (in *instance) openGate(ctx context.Context, id, dir string) {
 	if err != nil {
 		in.a.o.Log.Error("releasing the gate failed: the instance's command waits in it (10 minutes, then the container exits 125)",
 			"instance", in.d.ID, "err", err)
-	}
-}
-
-// enforceStarted attaches the running container (its network classes).
-func (in *instance) enforceStarted(ctx context.Context, id string) {
-	e := in.a.o.Enforcer
-	if e == nil {
-		return
-	}
-	ns := ""
-	c, err := in.a.o.Docker.ContainerInspect(ctx, id)
-	switch {
-	case err != nil || c.State == nil || c.State.Pid == 0:
-		in.a.o.Log.Warn("enforcement: the started container cannot be inspected: its traffic is not shaped", "instance", in.d.ID, "err", err)
-		return
-	case c.HostConfig == nil || !c.HostConfig.NetworkMode.IsHost():
-		ns = fmt.Sprintf("/proc/%d/ns/net", c.State.Pid)
-	}
-	if err := e.Started(enforceInstance(&in.d), id, ns); err != nil {
-		in.a.o.Log.Warn("enforcement: attaching the instance failed", "instance", in.d.ID, "err", err)
 	}
 }
 

@@ -319,8 +319,7 @@ func (in *instance) supervise(ctx context.Context, id string) {
 			}
 			o.Metrics.containerOp.WithLabelValues("start").Inc()
 		}
-		in.enforceStarted(ctx, id)
-		in.openGate(ctx, id, gate) // also for an adopted container an agent left in its gate
+		in.afterStart(ctx, id, gate) // also for an adopted container an agent left in its gate
 		in.set(model.Running, "")
 		in.register()
 		code, how := in.watch(ctx, id)
