@@ -80,8 +80,21 @@ func CloseGate(dir string) error {
 	return nil
 }
 
+// removeGate and removeGates clean the gate directory whether this agent
+// gates containers or not: a container made by one that did may go at any
+// time. (No GateDir: a Node built without defaults, in tests.)
+func (n *Node) removeGate(id string) error {
+	if n.cfg.GateDir == "" {
+		return nil
+	}
+	return os.RemoveAll(n.gateDir(id))
+}
+
 // removeGates removes the gate directories of instances not in keep.
 func (n *Node) removeGates(keep func(id string) bool) error {
+	if n.cfg.GateDir == "" {
+		return nil
+	}
 	ents, err := os.ReadDir(n.cfg.GateDir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {

@@ -57,6 +57,15 @@ func TestGateLifecycle(t *testing.T) {
 	if c, err := plain.Prepare(Instance{ID: "g-2"}); err != nil || c.Gate || len(c.Mounts) != 0 {
 		t.Fatalf("without shaping: %+v %v", c, err)
 	}
+	// but a gated container's directory (left by an agent that shaped) is
+	// still removed with it.
+	os.MkdirAll(filepath.Join(dir, "g-3"), 0o755)
+	if err := plain.Stopped("g-3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "g-3")); !os.IsNotExist(err) {
+		t.Fatalf("a gate directory after Stopped on a node without shaping: %v", err)
+	}
 }
 
 // The gate binary must exist and be static (it runs in any image).

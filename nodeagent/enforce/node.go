@@ -236,9 +236,7 @@ func (n *Node) Stopped(id string) error {
 	} else {
 		errs = append(errs, removeVolume(n.cfg.VolumeDir, id))
 	}
-	if n.gated() {
-		errs = append(errs, os.RemoveAll(n.gateDir(id)))
-	}
+	errs = append(errs, n.removeGate(id))
 	return joinErrs(errs)
 }
 
@@ -252,9 +250,7 @@ func (n *Node) Rebuild(running []Running) error {
 		keep[volName(r.ID)] = true
 	}
 	errs = append(errs, removeOrphanVolumes(n.cfg.VolumeDir, keep))
-	if n.gated() {
-		errs = append(errs, n.removeGates(func(name string) bool { return keep[name] }))
-	}
+	errs = append(errs, n.removeGates(func(name string) bool { return keep[name] }))
 	if n.net != nil {
 		errs = append(errs, n.net.reset(n.cfg))
 	}
@@ -286,11 +282,7 @@ func (n *Node) Sweep(keep map[string]bool) error {
 	for id := range keep {
 		k[volName(id)] = true
 	}
-	err := removeOrphanVolumes(n.cfg.VolumeDir, k)
-	if n.gated() {
-		err = joinErrs([]error{err, n.removeGates(func(name string) bool { return k[name] })})
-	}
-	return err
+	return joinErrs([]error{removeOrphanVolumes(n.cfg.VolumeDir, k), n.removeGates(func(name string) bool { return k[name] })})
 }
 
 // Usage is every started instance's usage.
