@@ -792,3 +792,148 @@ func TestWalk(t *testing.T) {
 		})
 	}
 }
+
+// TestUploadRecordedWhileReviewDeletes: an upload of blob X finishes
+// while a review deletes X. The upload's record is held (by a trigger the
+// test installs) after its placement insert found this IDC's old
+// placement and before its link and blob row are written; the review
+// deletes X meanwhile. Whatever order the two end in, an upload that
+// succeeded must leave X complete: its row, its link and this IDC's
+// placement, so the byte deletion the review queued keeps the bytes a
+// manifest then names. (Before the upload locked X's row first, it left
+// the row and the link without the placement, and the collector deleted
+// the bytes under a manifest.)
+func TestUploadRecordedWhileReviewDeletes(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, "filesystem")
+	x := layer(7, 3000)
+	d, err := c.pushBlob(ctx, 0, "race/x", x) // recorded, placed, reviewed when due (now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Inserts into repository_blobs wait while the test holds advisory
+	// lock 4242.
+	if _, err := c.db.Exec(ctx, `
+		CREATE FUNCTION test_hold_links() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN PERFORM pg_advisory_lock_shared(4242); PERFORM pg_advisory_unlock_shared(4242); RETURN NEW; END $$;
+		CREATE TRIGGER test_hold_links BEFORE INSERT ON repository_blobs FOR EACH ROW EXECUTE FUNCTION test_hold_links();`); err != nil {
+		t.Fatal(err)
+	}
+	hold, err := c.db.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Release()
+	if _, err := hold.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			if _, err := hold.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer release()
+	// waiting: how many backends wait for lock 4242 (the upload held at
+	// its link) or for another transaction's rows (the review held by the
+	// upload's lock on X's row).
+	waiting := func(kind string) int {
+		var n int
+		q := `SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory' AND objid = 4242`
+		if kind == "rows" {
+			q = `SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype IN ('transactionid', 'tuple')`
+		}
+		if err := c.db.QueryRow(ctx, q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	uploaded := make(chan error, 1)
+	go func() {
+		_, err := c.pushBlob(ctx, 0, "race/x", x)
+		uploaded <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for waiting("advisory") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the upload never reached its link insert")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The review runs now: it deletes X unless the upload holds X's row,
+	// in which case it waits for the upload.
+	reviewed := make(chan error, 1)
+	go func() {
+		_, err := c.idcs[0].gc.Pass(ctx)
+		reviewed <- err
+	}()
+	var reviewErr error
+	reviewDone := false
+	for !reviewDone && waiting("rows") == 0 {
+		select {
+		case reviewErr = <-reviewed:
+			reviewDone = true
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the review neither ended nor waited for the upload")
+		}
+	}
+	release()
+	if err := <-uploaded; err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	if !reviewDone {
+		reviewErr = <-reviewed
+	}
+	if reviewErr != nil {
+		t.Fatalf("review: %v", reviewErr)
+	}
+	// The upload succeeded, so X is either whole (row, link and this
+	// IDC's placement) or gone with all three, the review having won
+	// after it. A manifest naming X is then refused, or its bytes outlive
+	// every byte deletion queued meanwhile.
+	var row, linked, placed bool
+	if err := c.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = $1),
+		EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1),
+		EXISTS (SELECT 1 FROM blob_placements WHERE digest = $1 AND idc = 'a')`, d.String()).Scan(&row, &linked, &placed); err != nil {
+		t.Fatal(err)
+	}
+	if row != linked || row != placed {
+		t.Errorf("blob %s after the upload and the review: row %v, link %v, placement in a %v; want all or none", d, row, linked, placed)
+	}
+	mf, blobs := image(x)
+	var ds []digest.Digest
+	for bd, content := range blobs {
+		ds = append(ds, bd)
+		if bd != d {
+			if _, err := c.pushBlob(ctx, 0, "race/x", content); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	err = c.manifests.Put(ctx, "race/x", metadata.NewManifest{
+		Manifest: metadata.Manifest{Digest: digest.FromBytes(mf), MediaType: "application/vnd.oci.image.manifest.v1+json", Content: mf},
+		Blobs:    ds, Tags: []string{"v1"},
+	})
+	var missing *metadata.MissingError
+	if errors.As(err, &missing) {
+		if row {
+			t.Errorf("manifest PUT refused (%v) with blob %s recorded", err, d)
+		}
+		return // the client lost the race and would upload X again
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.db.Exec(ctx, `UPDATE gc_blob_deletions SET lease_until = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	c.pass(t)
+	if content, err := c.idcs[0].drv.GetContent(ctx, uploadsession.BlobPath(d)); err != nil || digest.FromBytes(content) != d {
+		t.Errorf("blob %s named by a manifest is gone from storage after a pass: %v", d, err)
+	}
+}

@@ -606,6 +606,17 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 				}
 			}
 			s.step(StepMoved)
+			// The blob's row, if there is one, is held first, as a review
+			// holds it: a review deciding to delete it has done so (the
+			// statement below then records the blob anew, all of it) or
+			// waits for this transaction (and then removes all of it). The
+			// statement's inserts alone take no lock on the rows they find:
+			// one could find this IDC's old placement, the others insert
+			// after the review's delete, leaving a row and a link without
+			// the placement, whose bytes the review's deletion then removes.
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM blobs WHERE digest = $1 FOR KEY SHARE`, want.String()); err != nil {
+				return err
+			}
 			// One statement: end the session if the claim is still ours,
 			// record the blob, its link to the repository and this IDC's
 			// copy. A crash before it leaves bytes without a row (the
