@@ -161,19 +161,30 @@ func image(layers ...[]byte) (manifest []byte, blobs map[digest.Digest][]byte) {
 }
 
 // pushImage pushes an image as a client does: the blobs the repository
-// lacks, then the manifest under tag. A *metadata.MissingError is the
-// answer MANIFEST_BLOB_UNKNOWN (a race lost to the collector).
+// lacks, uploaded in parallel (as docker does), then the manifest under
+// tag. A *metadata.MissingError is the answer MANIFEST_BLOB_UNKNOWN (a
+// race lost to the collector).
 func (c *cluster) pushImage(ctx context.Context, i int, repo, tag string, layers ...[]byte) (digest.Digest, error) {
 	mf, blobs := image(layers...)
 	var ds []digest.Digest
+	var wg sync.WaitGroup
+	errs := make(chan error, len(blobs))
 	for d, content := range blobs {
 		ds = append(ds, d)
-		if _, err := c.blobs.Lookup(ctx, repo, d, c.idcs[i].name); err == nil {
-			continue
-		} else if !errors.Is(err, metadata.ErrNotFound) {
-			return "", err
-		}
-		if _, err := c.pushBlob(ctx, i, repo, content); err != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.blobs.Lookup(ctx, repo, d, c.idcs[i].name)
+			if errors.Is(err, metadata.ErrNotFound) {
+				_, err = c.pushBlob(ctx, i, repo, content)
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
 			return "", err
 		}
 	}
