@@ -67,6 +67,11 @@ type Options struct {
 	// per second (0: no bound), so a large backlog does not compete with
 	// clients for CPU and PostgreSQL.
 	Rate float64
+	// Nice is the CPU niceness (1-19; 0: the process's) of the threads
+	// Run and its review workers run on, so that a collector running flat
+	// out takes the CPU the server's clients leave, not a share of what
+	// they need (as compaction threads run in databases).
+	Nice int
 	// Lease is how long a claim lasts (default 5m): a worker that dies
 	// loses its entries to others when it passes.
 	Lease   time.Duration
@@ -198,8 +203,20 @@ func (c *Collector) Pass(ctx context.Context) (Stats, error) {
 }
 
 // Run runs passes until ctx ends, sleeping idle between passes that
-// found nothing to do.
+// found nothing to do, on a thread of niceness Options.Nice.
 func (c *Collector) Run(ctx context.Context, idle time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := yieldCPU(c.o.Nice); err != nil {
+			c.o.Log.Warn("garbage collection: cannot lower the collector's CPU priority", "nice", c.o.Nice, "err", err)
+		}
+		c.run(ctx, idle)
+	}()
+	<-done
+}
+
+func (c *Collector) run(ctx context.Context, idle time.Duration) {
 	for ctx.Err() == nil {
 		st, err := c.Pass(ctx)
 		if err != nil && ctx.Err() == nil {
@@ -244,7 +261,8 @@ func retry(f func() error) error {
 	}
 }
 
-// each runs f(0..n-1) on up to Workers goroutines.
+// each runs f(0..n-1) on up to Workers goroutines, on threads of
+// niceness Options.Nice (each goroutine ends with its thread).
 func (c *Collector) each(n int, f func(i int)) {
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -252,6 +270,7 @@ func (c *Collector) each(n int, f func(i int)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			yieldCPU(c.o.Nice) // Run has said so if it cannot
 			for i := range next {
 				f(i)
 			}

@@ -143,7 +143,11 @@ type GCConfig struct {
 	Batch    int           `yaml:"batch"`    // entries claimed at a time (default 100)
 	Workers  int           `yaml:"workers"`  // reviews of a batch run concurrently (default 4)
 	Rate     float64       `yaml:"rate"`     // reviews and byte deletions started per second at most (default 0: no bound)
-	Walk     struct {
+	// Nice is the CPU niceness of the collector's threads (default 19, the
+	// lowest priority; 0: the server's own): flat out, it takes the CPU
+	// the clients leave.
+	Nice *int `yaml:"nice"`
+	Walk struct {
 		Every    time.Duration `yaml:"every"`    // storage walk of the IDC at most this often, cluster-wide (default 24h; set disabled: true to never walk)
 		Grace    time.Duration `yaml:"grace"`    // unrecorded objects younger than this stay (default 24h)
 		Rate     float64       `yaml:"rate"`     // storage entries examined per second at most (default 200)
@@ -159,6 +163,14 @@ func (g GCConfig) ReviewDelay() time.Duration {
 	return *g.ReviewAfter
 }
 
+// Niceness is gc.nice with its default.
+func (g GCConfig) Niceness() int {
+	if g.Nice == nil {
+		return 19
+	}
+	return *g.Nice
+}
+
 func (g GCConfig) validate() error {
 	switch g.Manifests.Untagged {
 	case "", "delete", "keep":
@@ -167,6 +179,9 @@ func (g GCConfig) validate() error {
 	}
 	if g.Batch < 0 {
 		return errors.New("gc.batch: must be positive")
+	}
+	if n := g.Niceness(); n < 0 || n > 19 {
+		return fmt.Errorf("gc.nice: %d is not between 0 and 19 (19: lowest priority)", n)
 	}
 	if g.Workers < 0 {
 		return errors.New("gc.workers: must be positive")

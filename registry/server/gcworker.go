@@ -60,7 +60,7 @@ func NewGCWorker(ctx context.Context, cfg *Config, log *slog.Logger) (*GCWorker,
 		DB: pool, Cfg: cfg, Metrics: reg, close: pool.Close,
 		Collector: gc.New(gc.Options{
 			DB: pool, IDC: cfg.Cluster.IDC, Driver: drv, ReviewAfter: cfg.GC.ReviewDelay(),
-			KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Workers: cfg.GC.Workers, Rate: cfg.GC.Rate, Log: log,
+			KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Workers: cfg.GC.Workers, Rate: cfg.GC.Rate, Nice: cfg.GC.Niceness(), Log: log,
 			Metrics: gc.NewMetrics(reg),
 		}),
 		Walk: gc.WalkOptions{Every: cfg.GC.Walk.Every, Grace: cfg.GC.Walk.Grace, Rate: cfg.GC.Walk.Rate},

@@ -211,7 +211,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 	}
 	s.gc = gc.New(gc.Options{
 		DB: s.pool, IDC: cfg.Cluster.IDC, Driver: s.driver, ReviewAfter: cfg.GC.ReviewDelay(),
-		KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Workers: cfg.GC.Workers, Rate: cfg.GC.Rate, Log: log,
+		KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Workers: cfg.GC.Workers, Rate: cfg.GC.Rate, Nice: cfg.GC.Niceness(), Log: log,
 		Metrics: gc.NewMetrics(reg),
 	})
 	s.retention = &retention.Store{DB: s.pool, Holder: cfg.Cluster.Advertise}

@@ -78,6 +78,13 @@ func TestLoadConfigEnvOverrides(t *testing.T) {
 	if sc.UploadAge != 168*time.Hour || sc.UploadScan != time.Hour {
 		t.Fatalf("upload purging defaults: %+v", sc)
 	}
+	if cfg.GC.Niceness() != 19 {
+		t.Errorf("gc.nice defaults to %d, want 19", cfg.GC.Niceness())
+	}
+	cfg, err = LoadConfig(p, []string{"GAIA_GC_NICE=0"})
+	if err != nil || cfg.GC.Niceness() != 0 {
+		t.Errorf("GAIA_GC_NICE=0: niceness %d, err %v; want 0", cfg.GC.Niceness(), err)
+	}
 }
 
 func TestLoadConfigErrorsNameTheKey(t *testing.T) {
@@ -95,6 +102,8 @@ func TestLoadConfigErrorsNameTheKey(t *testing.T) {
 		{minimal + "http: {draintimeout: soon}\n", "line 5: cannot unmarshal !!str `soon` into time.Duration"},
 		{"database: {url: x}\nstorage: {filesystem: {}, maintenance: {uploadpurging: {age: never}}}\n", "storage.maintenance.uploadpurging.age"},
 		{minimal + "pullthrough: {maxwaiting: -1}\n", "pullthrough.maxwaiting"},
+		{minimal + "gc: {nice: 20}\n", "gc.nice: 20 is not between 0 and 19"},
+		{minimal + "gc: {nice: -5}\n", "gc.nice: -5 is not between 0 and 19"},
 		{minimal + "pullthrough: {negativettl: -1s}\n", "pullthrough.negativettl"},
 		{minimal + "cluster: {signingkeys: [short]}\n", "cluster.signingkeys: key 1 is 5 bytes"},
 		{minimal + "cluster: {signingkeys: [0123456789abcdef, 0123456789abcdef]}\n", "cluster.signingkeys: the two tokens are the same"},

@@ -5,7 +5,8 @@
 //     and deleted (rows, then bytes);
 //   - the cost to clients: manifest GET p99 (8 clients) and a
 //     GC_BENCH_PUSH (default 1 GiB) blob push, with no collector, one
-//     flat out (a `gc run --loop` worker, no review delay) and one
+//     flat out (a `gc run --loop` worker, no review delay, at its default
+//     gc.nice 19), one flat out at nice 0 (the server's priority) and one
 //     paced (gc.rate, GC_BENCH_RATE, default 200/s), interleaved over
 //     GC_BENCH_ROUNDS (3) rounds, medians;
 //   - for the record, the stock registry's `garbage-collect` (which needs
@@ -276,9 +277,10 @@ func BenchmarkGC(b *testing.B) {
 	}
 
 	// 3. The cost to clients. One server, one backlog of n unreferenced
-	// blobs. Each round measures the clients three times, interleaved:
+	// blobs. Each round measures the clients four times, interleaved:
 	// with no collector, with a `gc run --loop` worker flat out (no review
-	// delay, no pacing), and with one paced at gc.rate; a worker starts
+	// delay, no pacing) at its default niceness and at nice 0, and with one
+	// paced at gc.rate; a worker starts
 	// before its measurement (measured once it has reviewed 100) and is
 	// killed after it. Before each measurement the page cache's dirty data
 	// (the previous 1 GiB push, the backlog's files) is written back
@@ -319,7 +321,8 @@ func BenchmarkGC(b *testing.B) {
 			push  []float64
 			done  []float64 // reviews per second meanwhile
 		}
-		conds := []*cond{{name: "off", extra: "-"}, {name: "flat out"}, {name: fmt.Sprintf("paced at %d/s", rate), extra: fmt.Sprintf(", rate: %d", rate)}}
+		conds := []*cond{{name: "off", extra: "-"}, {name: "flat out"}, {name: "flat out at nice 0", extra: ", nice: 0"},
+			{name: fmt.Sprintf("paced at %d/s", rate), extra: fmt.Sprintf(", rate: %d", rate)}}
 		for r := range rounds {
 			for k, c := range conds {
 				exec.Command("sync").Run()
