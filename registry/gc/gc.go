@@ -88,6 +88,9 @@ const (
 	// StepBlobDecided: a blob review decided to delete, its row locks
 	// are held, nothing is deleted yet.
 	StepBlobDecided = "blob-decided"
+	// StepBlobDeleted: a blob review's deletions are written, its
+	// transaction not yet committed.
+	StepBlobDeleted = "blob-deleted"
 	// StepBytesChecked: a byte deletion found no placement in its IDC and
 	// is about to delete the object (under the IDC's lock on the digest).
 	StepBytesChecked = "bytes-checked"
@@ -229,6 +232,9 @@ func (c *Collector) run(ctx context.Context, idle time.Duration) {
 		c.observeQueues(ctx)
 		if _, err := metadata.FoldUsage(ctx, c.o.DB); err != nil && ctx.Err() == nil {
 			c.o.Log.Warn("folding storage usage", "err", err)
+		}
+		if _, err := c.o.DB.Exec(ctx, `SELECT gc_totals_fold()`); err != nil && ctx.Err() == nil {
+			c.o.Log.Warn("folding garbage collection totals", "err", err)
 		}
 		if err == nil && !st.idle() {
 			continue
@@ -504,9 +510,12 @@ func (c *Collector) reviewBlob(ctx context.Context, dg string, queuedAt time.Tim
 			_, err = tx.Exec(ctx, `
 			WITH blob AS (DELETE FROM blobs WHERE digest = $1),  -- placements and replication jobs cascade
 			review AS (DELETE FROM gc_blob_reviews WHERE digest = $1)
-			INSERT INTO gc_totals (idc, blobs_deleted) VALUES ('', 1)
-			ON CONFLICT (idc) DO UPDATE SET blobs_deleted = gc_totals.blobs_deleted + 1, updated_at = now()`, dg)
-			return err
+			INSERT INTO gc_totals_deltas (idc, blobs_deleted) VALUES ('', 1)`, dg)
+			if err != nil {
+				return err
+			}
+			c.hook(StepBlobDeleted)
+			return nil
 		})
 	})
 	if errors.Is(err, errDryRun) {
@@ -523,12 +532,11 @@ func (c *Collector) dropBlobReview(ctx context.Context, tx pgx.Tx, dg string, qu
 	return err
 }
 
+// addTotals appends to the running totals (gc_totals_deltas: appends
+// never wait on each other; Run folds them into gc_totals).
 func (c *Collector) addTotals(ctx context.Context, tx pgx.Tx, idc string, manifests, blobs, bytes int64) error {
-	_, err := tx.Exec(ctx, `
-		INSERT INTO gc_totals (idc, manifests_deleted, blobs_deleted, bytes_reclaimed) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (idc) DO UPDATE SET manifests_deleted = gc_totals.manifests_deleted + $2,
-			blobs_deleted = gc_totals.blobs_deleted + $3, bytes_reclaimed = gc_totals.bytes_reclaimed + $4,
-			updated_at = now()`, idc, manifests, blobs, bytes)
+	_, err := tx.Exec(ctx, `INSERT INTO gc_totals_deltas (idc, manifests_deleted, blobs_deleted, bytes_reclaimed) VALUES ($1, $2, $3, $4)`,
+		idc, manifests, blobs, bytes)
 	return err
 }
 
@@ -625,8 +633,7 @@ func (c *Collector) deleteBytes(ctx context.Context, dg string, size int64, queu
 		}
 		_, err := tx.Exec(ctx, `
 			WITH done AS (DELETE FROM gc_blob_deletions WHERE idc = $1 AND digest = $2 AND queued_at = $3)
-			INSERT INTO gc_totals (idc, bytes_reclaimed) SELECT $1, $4::bigint WHERE $4::bigint > 0
-			ON CONFLICT (idc) DO UPDATE SET bytes_reclaimed = gc_totals.bytes_reclaimed + EXCLUDED.bytes_reclaimed, updated_at = now()`,
+			INSERT INTO gc_totals_deltas (idc, bytes_reclaimed) SELECT $1, $4::bigint WHERE $4::bigint > 0`,
 			c.o.IDC, dg, queuedAt, reclaimed)
 		return err
 	})

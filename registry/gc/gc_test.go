@@ -948,3 +948,103 @@ func TestUploadRecordedWhileReviewDeletes(t *testing.T) {
 		t.Errorf("blob %s named by a manifest is gone from storage after a pass: %v", d, err)
 	}
 }
+
+// TestStalledCollectorHoldsNoOneUp: a collector stalled inside a
+// deletion's transaction (a paused process, a connection not yet known to
+// be lost) must not hold up another collector's deletions. Their running
+// totals once shared one row, which the stalled transaction held.
+func TestStalledCollectorHoldsNoOneUp(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, "filesystem")
+	x, err := c.pushBlob(ctx, 0, "stall/x", layer(8, 100)) // unreferenced, due at once
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := c.pushBlob(ctx, 0, "stall/y", layer(9, 100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	a := gc.New(gc.Options{DB: c.db, IDC: "a", Driver: c.idcs[0].drv, Batch: 1, Workers: 1, Hook: func(step string) {
+		if step == gc.StepBlobDeleted {
+			once.Do(func() { close(held) })
+			<-release
+		}
+	}})
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := a.Pass(ctx)
+		aDone <- err
+	}()
+	defer func() {
+		close(release)
+		if err := <-aDone; err != nil {
+			t.Errorf("the stalled collector, released: %v", err)
+		}
+	}()
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first collector never reached its deletion")
+	}
+	b := gc.New(gc.Options{DB: c.db, IDC: "a", Driver: c.idcs[0].drv, Batch: 1, Workers: 1})
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := b.Pass(ctx)
+		bDone <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		select {
+		case err := <-bDone:
+			if err != nil {
+				t.Fatal(err)
+			}
+			// b deleted the other blob, rows and bytes, and its counts are
+			// in the totals already.
+			var rows int
+			if err := c.db.QueryRow(ctx, `SELECT count(*) FROM blobs WHERE digest IN ($1, $2)`, x.String(), y.String()).Scan(&rows); err != nil {
+				t.Fatal(err)
+			}
+			if rows != 1 {
+				t.Errorf("%d of the two blobs' rows left while one review is stalled, want 1", rows)
+			}
+			st, err := gc.ReadStatus(ctx, c.db, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var blobs, bytes int64
+			for _, tot := range st.Totals {
+				blobs += tot.BlobsDeleted
+				bytes += tot.BytesReclaimed
+			}
+			if blobs != 1 || bytes != 100 {
+				t.Errorf("totals %+v: %d blobs deleted and %d bytes reclaimed, want 1 and 100", st.Totals, blobs, bytes)
+			}
+			// Folded (as Run does between passes), the totals read the same.
+			var folded int64
+			if err := c.db.QueryRow(ctx, `SELECT gc_totals_fold()`).Scan(&folded); err != nil {
+				t.Fatal(err)
+			}
+			again, err := gc.ReadStatus(ctx, c.db, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if folded != 2 || fmt.Sprint(again.Totals) != fmt.Sprint(st.Totals) {
+				t.Errorf("fold took %d deltas (want 2: a blob, its bytes); totals %+v after, %+v before", folded, again.Totals, st.Totals)
+			}
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		var waiting int
+		if err := c.db.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype IN ('transactionid', 'tuple')`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			t.Fatal("the second collector waits for the stalled one's transaction")
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second collector neither finished nor waited on a lock in 10s")
+		}
+	}
+}

@@ -76,7 +76,12 @@ func ReadStatus(ctx context.Context, db *pgxpool.Pool, reviewAfter time.Duration
 	if err := rows.Err(); err != nil {
 		return st, err
 	}
-	rows, _ = db.Query(ctx, `SELECT idc, manifests_deleted, blobs_deleted, bytes_reclaimed FROM gc_totals ORDER BY idc`)
+	rows, _ = db.Query(ctx, `
+		SELECT idc, sum(manifests_deleted)::bigint, sum(blobs_deleted)::bigint, sum(bytes_reclaimed)::bigint FROM (
+			SELECT idc, manifests_deleted, blobs_deleted, bytes_reclaimed FROM gc_totals
+			UNION ALL
+			SELECT idc, manifests_deleted, blobs_deleted, bytes_reclaimed FROM gc_totals_deltas) t
+		GROUP BY idc ORDER BY idc`)
 	tot, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Totals, error) {
 		var t Totals
 		err := r.Scan(&t.IDC, &t.ManifestsDeleted, &t.BlobsDeleted, &t.BytesReclaimed)

@@ -60,7 +60,7 @@ func TestMigrateUpDownUp(t *testing.T) {
 	if err != nil || from != 0 || to != Latest() {
 		t.Fatalf("Migrate: %d -> %d, %v", from, to, err)
 	}
-	want := "audit_events audit_events_default blob_placements blobs gc_blob_deletions gc_blob_reviews gc_leases gc_manifest_reviews gc_totals iam_members iam_namespaces iam_robots iam_users manifest_blobs manifest_pending_references manifest_references manifests mirror_rules mirror_runs namespace_blobs namespace_quotas namespace_usage replication_jobs repositories repository_blobs repository_usage retention_policies schema_migrations storage_usage_deltas tags upload_sessions"
+	want := "audit_events audit_events_default blob_placements blobs gc_blob_deletions gc_blob_reviews gc_leases gc_manifest_reviews gc_totals gc_totals_deltas iam_members iam_namespaces iam_robots iam_users manifest_blobs manifest_pending_references manifest_references manifests mirror_rules mirror_runs namespace_blobs namespace_quotas namespace_usage replication_jobs repositories repository_blobs repository_usage retention_policies schema_migrations storage_usage_deltas tags upload_sessions"
 	if got := strings.Join(tables(t, pool), " "); got != want {
 		t.Fatalf("tables after migrate:\n got %s\nwant %s", got, want)
 	}
