@@ -180,6 +180,7 @@ var errDryRun = errors.New("dry run")
 // the same pass when ReviewAfter is 0.
 func (c *Collector) Pass(ctx context.Context) (Stats, error) {
 	var total Stats
+	defer c.foldTotals(ctx)
 	for {
 		var st Stats
 		var errs []error
@@ -232,9 +233,6 @@ func (c *Collector) run(ctx context.Context, idle time.Duration) {
 		c.observeQueues(ctx)
 		if _, err := metadata.FoldUsage(ctx, c.o.DB); err != nil && ctx.Err() == nil {
 			c.o.Log.Warn("folding storage usage", "err", err)
-		}
-		if _, err := c.o.DB.Exec(ctx, `SELECT gc_totals_fold()`); err != nil && ctx.Err() == nil {
-			c.o.Log.Warn("folding garbage collection totals", "err", err)
 		}
 		if err == nil && !st.idle() {
 			continue
@@ -532,8 +530,16 @@ func (c *Collector) dropBlobReview(ctx context.Context, tx pgx.Tx, dg string, qu
 	return err
 }
 
+// foldTotals folds the appended totals into gc_totals (one fold at a
+// time cluster-wide; a busy fold is left to the next pass).
+func (c *Collector) foldTotals(ctx context.Context) {
+	if _, err := c.o.DB.Exec(ctx, `SELECT gc_totals_fold()`); err != nil && ctx.Err() == nil {
+		c.o.Log.Warn("folding garbage collection totals", "err", err)
+	}
+}
+
 // addTotals appends to the running totals (gc_totals_deltas: appends
-// never wait on each other; Run folds them into gc_totals).
+// never wait on each other; each pass ends by folding them).
 func (c *Collector) addTotals(ctx context.Context, tx pgx.Tx, idc string, manifests, blobs, bytes int64) error {
 	_, err := tx.Exec(ctx, `INSERT INTO gc_totals_deltas (idc, manifests_deleted, blobs_deleted, bytes_reclaimed) VALUES ($1, $2, $3, $4)`,
 		idc, manifests, blobs, bytes)

@@ -5,7 +5,7 @@
 -- stalled in its transaction (a paused process, a lost connection not yet
 -- noticed) held up every other deletion. Deletions now append deltas;
 -- `gc status` adds the pending deltas to gc_totals, and the collector
--- folds them now and then (gc_totals_fold), as storage usage does.
+-- folds them at the end of every pass (gc_totals_fold), as storage usage is.
 
 CREATE TABLE gc_totals_deltas (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
