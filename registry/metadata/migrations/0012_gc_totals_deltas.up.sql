@@ -1,11 +1,11 @@
 -- The collector's running totals without a hot row. Every review that
--- deletes and every byte deletion appended to nothing but updated its
--- IDC's one gc_totals row ('' for the cluster-wide counts) in its own
--- transaction, so concurrent collectors queued on that row, and one
--- stalled in its transaction (a paused process, a lost connection not yet
--- noticed) held up every other deletion. Deletions now append deltas;
--- `gc status` adds the pending deltas to gc_totals, and the collector
--- folds them at the end of every pass (gc_totals_fold), as storage usage is.
+-- deleted and every byte deletion updated its IDC's one gc_totals row
+-- ('' for the cluster-wide counts) in its own transaction, so concurrent
+-- collectors queued on that row, and one stalled in its transaction (a
+-- paused process, a lost connection not yet noticed) held up every other
+-- deletion. Deletions now append deltas; `gc status` adds the pending
+-- deltas to gc_totals, and every collector pass ends by folding them
+-- (gc_totals_fold), as storage usage's deltas are folded.
 
 CREATE TABLE gc_totals_deltas (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
