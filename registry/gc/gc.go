@@ -67,7 +67,7 @@ type Options struct {
 	// per second (0: no bound), so a large backlog does not compete with
 	// clients for CPU and PostgreSQL.
 	Rate float64
-	// Nice is the CPU niceness (1-19; 0: the process's) of the threads
+	// Nice is the CPU niceness (0-19; 0: the process's) of the threads
 	// Run and its review workers run on, so that a collector running flat
 	// out takes the CPU the server's clients leave, not a share of what
 	// they need (as compaction threads run in databases).
@@ -180,7 +180,6 @@ var errDryRun = errors.New("dry run")
 // the same pass when ReviewAfter is 0.
 func (c *Collector) Pass(ctx context.Context) (Stats, error) {
 	var total Stats
-	defer c.foldTotals(ctx)
 	for {
 		var st Stats
 		var errs []error
@@ -197,6 +196,9 @@ func (c *Collector) Pass(ctx context.Context) (Stats, error) {
 			errs = append(errs, err)
 		}
 		total.add(st)
+		// Each round folds the totals it appended (a pass over a large
+		// backlog runs for long).
+		c.foldTotals(ctx)
 		if err := errors.Join(errs...); err != nil {
 			return total, err
 		}
@@ -531,7 +533,7 @@ func (c *Collector) dropBlobReview(ctx context.Context, tx pgx.Tx, dg string, qu
 }
 
 // foldTotals folds the appended totals into gc_totals (one fold at a
-// time cluster-wide; a busy fold is left to the next pass).
+// time cluster-wide; a busy fold is left to the next round).
 func (c *Collector) foldTotals(ctx context.Context) {
 	if _, err := c.o.DB.Exec(ctx, `SELECT gc_totals_fold()`); err != nil && ctx.Err() == nil {
 		c.o.Log.Warn("folding garbage collection totals", "err", err)
@@ -539,7 +541,7 @@ func (c *Collector) foldTotals(ctx context.Context) {
 }
 
 // addTotals appends to the running totals (gc_totals_deltas: appends
-// never wait on each other; each pass ends by folding them).
+// never wait on each other; every round of a pass folds them).
 func (c *Collector) addTotals(ctx context.Context, tx pgx.Tx, idc string, manifests, blobs, bytes int64) error {
 	_, err := tx.Exec(ctx, `INSERT INTO gc_totals_deltas (idc, manifests_deleted, blobs_deleted, bytes_reclaimed) VALUES ($1, $2, $3, $4)`,
 		idc, manifests, blobs, bytes)

@@ -11,11 +11,16 @@ import (
 // work on it runs only on CPU the server's requests leave. The caller
 // must end the goroutine when done (a goroutine that ends locked takes
 // its thread with it), so no other goroutine inherits the niceness.
+// A thread already nicer than n (a server started under nice) keeps its
+// niceness: this only ever lowers a priority.
 func yieldCPU(n int) error {
 	if n <= 0 {
 		return nil
 	}
 	runtime.LockOSThread()
+	if cur, err := threadNice(); err != nil || cur >= n {
+		return err
+	}
 	return unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), n)
 }
 

@@ -86,6 +86,12 @@ func NewManifests(db *pgxpool.Pool) *Manifests {
 // insert, the row it refers to is gone (garbage collection won the race).
 func IsFKViolation(err error) bool { return isFKViolation(err) }
 
+// IsLockNotAvailable: a NOWAIT lock found the row locked (55P03).
+func IsLockNotAvailable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
+}
+
 func isFKViolation(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "23503"

@@ -80,6 +80,33 @@ func TestMigrateUpDownUp(t *testing.T) {
 	}
 }
 
+// Undoing 0012 keeps the collector's counts: pending deltas are folded
+// into gc_totals before their table goes.
+func TestGCTotalsDeltasRollbackKeepsCounts(t *testing.T) {
+	ctx := context.Background()
+	pool := testDB(t)
+	if _, _, err := Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `
+		INSERT INTO gc_totals (idc, blobs_deleted, bytes_reclaimed) VALUES ('a', 1, 10);
+		INSERT INTO gc_totals_deltas (idc, manifests_deleted, blobs_deleted, bytes_reclaimed)
+		VALUES ('a', 0, 2, 20), ('a', 0, 0, 5), ('', 3, 4, 0), ('b', 0, 0, 7)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, to, err := Rollback(ctx, pool, Latest()-11); err != nil || to != 11 {
+		t.Fatalf("Rollback to 11: %d, %v", to, err)
+	}
+	rows, _ := pool.Query(ctx, `SELECT idc || ':' || manifests_deleted || '/' || blobs_deleted || '/' || bytes_reclaimed FROM gc_totals ORDER BY idc`)
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := ":3/4/0 a:0/3/35 b:0/0/7"; strings.Join(got, " ") != want {
+		t.Errorf("gc_totals after undoing 0012: %q, want %q", strings.Join(got, " "), want)
+	}
+}
+
 // TestConcurrentMigrate: servers starting together apply each migration
 // once (the advisory lock), and none fails.
 func TestConcurrentMigrate(t *testing.T) {

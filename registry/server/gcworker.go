@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,16 @@ type GCWorker struct {
 	Cfg     *Config
 	Metrics *prometheus.Registry
 	close   func()
+}
+
+// collectorOptions: the collector a server runs and the one a worker
+// runs, from the same configuration.
+func collectorOptions(cfg *Config, db *pgxpool.Pool, drv storagedriver.StorageDriver, log *slog.Logger, reg prometheus.Registerer) gc.Options {
+	return gc.Options{
+		DB: db, IDC: cfg.Cluster.IDC, Driver: drv, ReviewAfter: cfg.GC.ReviewDelay(),
+		KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Workers: cfg.GC.Workers,
+		Rate: cfg.GC.Rate, Nice: cfg.GC.Niceness(), Log: log, Metrics: gc.NewMetrics(reg),
+	}
 }
 
 // Close releases the worker's database pool.
@@ -58,12 +69,8 @@ func NewGCWorker(ctx context.Context, cfg *Config, log *slog.Logger) (*GCWorker,
 	reg := prometheus.NewRegistry()
 	w := &GCWorker{
 		DB: pool, Cfg: cfg, Metrics: reg, close: pool.Close,
-		Collector: gc.New(gc.Options{
-			DB: pool, IDC: cfg.Cluster.IDC, Driver: drv, ReviewAfter: cfg.GC.ReviewDelay(),
-			KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Workers: cfg.GC.Workers, Rate: cfg.GC.Rate, Nice: cfg.GC.Niceness(), Log: log,
-			Metrics: gc.NewMetrics(reg),
-		}),
-		Walk: gc.WalkOptions{Every: cfg.GC.Walk.Every, Grace: cfg.GC.Walk.Grace, Rate: cfg.GC.Walk.Rate},
+		Collector: gc.New(collectorOptions(cfg, pool, drv, log, reg)),
+		Walk:      gc.WalkOptions{Every: cfg.GC.Walk.Every, Grace: cfg.GC.Walk.Grace, Rate: cfg.GC.Walk.Rate},
 	}
 	if hd, ok := drv.(*hdfsdriver.Driver); ok {
 		w.Walk.Staging = hd

@@ -209,11 +209,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Server, error) {
 		s.pool.Close()
 		return nil, err
 	}
-	s.gc = gc.New(gc.Options{
-		DB: s.pool, IDC: cfg.Cluster.IDC, Driver: s.driver, ReviewAfter: cfg.GC.ReviewDelay(),
-		KeepUntagged: cfg.GC.Manifests.Untagged == "keep", Batch: cfg.GC.Batch, Workers: cfg.GC.Workers, Rate: cfg.GC.Rate, Nice: cfg.GC.Niceness(), Log: log,
-		Metrics: gc.NewMetrics(reg),
-	})
+	s.gc = gc.New(collectorOptions(cfg, s.pool, s.driver, log, reg))
 	s.retention = &retention.Store{DB: s.pool, Holder: cfg.Cluster.Advertise}
 	reg.MustRegister(newUsageCollector(s.pool))
 	s.audit = audit.NewWriter(s.pool, audit.Options{Buffer: cfg.Audit.Buffer, Retention: cfg.Audit.Retention, Log: log}, reg)

@@ -593,6 +593,24 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 			if !got {
 				return errBlobBusy
 			}
+			// The blob's row, if there is one, is held next, before the
+			// bytes move, as a review holds it first: a review deciding to
+			// delete the blob has done so (the statement below then records
+			// it anew, all of it) or waits for this transaction (and then
+			// removes all of it). The statement's inserts alone take no lock
+			// on the rows they find: one could find this IDC's old placement
+			// while the others inserted after the review's delete, leaving
+			// a row and a link without the placement, whose bytes the
+			// review's deletion then removed. A review holding the row now
+			// is waited for as a busy IDC lock is: outside the transaction
+			// (the review's threads run at low CPU priority; waiting here
+			// would hold this connection and the IDC lock behind them).
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM blobs WHERE digest = $1 FOR KEY SHARE NOWAIT`, want.String()); err != nil {
+				if metadata.IsLockNotAvailable(err) {
+					return errBlobBusy
+				}
+				return err
+			}
 			if err := metadata.CheckQuota(ctx, tx, c.repo, want.String(), c.size); err != nil {
 				return err
 			}
@@ -606,17 +624,6 @@ func (s *Store) finish(ctx context.Context, c *claim, offset int64, last io.Read
 				}
 			}
 			s.step(StepMoved)
-			// The blob's row, if there is one, is held first, as a review
-			// holds it: a review deciding to delete it has done so (the
-			// statement below then records the blob anew, all of it) or
-			// waits for this transaction (and then removes all of it). The
-			// statement's inserts alone take no lock on the rows they find:
-			// one could find this IDC's old placement, the others insert
-			// after the review's delete, leaving a row and a link without
-			// the placement, whose bytes the review's deletion then removes.
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM blobs WHERE digest = $1 FOR KEY SHARE`, want.String()); err != nil {
-				return err
-			}
 			// One statement: end the session if the claim is still ours,
 			// record the blob, its link to the repository and this IDC's
 			// copy. A crash before it leaves bytes without a row (the
@@ -802,7 +809,8 @@ func canonicalID(id string) bool {
 }
 
 // errBlobBusy: another holder (a cross-IDC fill copying the blob, or the
-// collector deleting it) has the IDC's lock on the blob's bytes.
+// collector deleting it) has the IDC's lock on the blob's bytes, or a
+// collector's review holds the blob's row.
 var errBlobBusy = errors.New("the blob's bytes are locked in this IDC")
 
 func marshalHash(h hash.Hash) ([]byte, error) {
