@@ -1,7 +1,6 @@
 package nodeagent
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -209,28 +208,8 @@ func TestAgentEnforce(t *testing.T) {
 
 // buildHogImage imports an image holding nodeagent/enforce's test hog.
 func buildHogImage(t *testing.T, host, image string) {
-	dir := t.TempDir()
-	os.MkdirAll(filepath.Join(dir, "rootfs"), 0o755)
-	if err := os.Rename(harness.BuildStatic(t, "./enforce/testdata/hog"), filepath.Join(dir, "rootfs", "hog")); err != nil {
+	if err := harness.ImportRootfs(host, image, map[string]string{"hog": harness.BuildStatic(t, "./enforce/testdata/hog")}); err != nil {
 		t.Fatal(err)
-	}
-	for _, d := range []string{"tmp", "data", "proc", "sys", "dev", "etc"} {
-		os.MkdirAll(filepath.Join(dir, "rootfs", d), 0o755)
-	}
-	tarc := exec.Command("tar", "-C", filepath.Join(dir, "rootfs"), "-c", ".")
-	imp := exec.Command("docker", "-H", host, "import", "-", image)
-	pipe, _ := tarc.StdoutPipe()
-	imp.Stdin = pipe
-	var out bytes.Buffer
-	imp.Stdout, imp.Stderr = &out, &out
-	if err := imp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := tarc.Run(); err != nil {
-		t.Fatal(err)
-	}
-	if err := imp.Wait(); err != nil {
-		t.Fatalf("docker import: %v: %s", err, out.String())
 	}
 }
 

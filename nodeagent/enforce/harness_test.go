@@ -1,7 +1,6 @@
 package enforce
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gaia-registry/gaia/tests/harness"
 )
 
 // The tests run against the real kernel: cgroups, loop devices, tc, and
@@ -59,30 +60,13 @@ func buildImage() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "rootfs", "hog"), "./testdata/hog")
+	hog := filepath.Join(dir, "hog")
+	cmd := exec.Command("go", "build", "-o", hog, "./testdata/hog")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("building hog: %v\n%s", err, out)
 	}
-	for _, d := range []string{"tmp", "data", "proc", "sys", "dev", "etc"} {
-		_ = os.MkdirAll(filepath.Join(dir, "rootfs", d), 0o755)
-	}
-	tarc := exec.Command("tar", "-C", filepath.Join(dir, "rootfs"), "-c", ".")
-	imp := exec.Command("docker", "-H", dockerHost, "import", "-", testImage)
-	pipe, _ := tarc.StdoutPipe()
-	imp.Stdin = pipe
-	var out bytes.Buffer
-	imp.Stdout, imp.Stderr = &out, &out
-	if err := imp.Start(); err != nil {
-		return err
-	}
-	if err := tarc.Run(); err != nil {
-		return err
-	}
-	if err := imp.Wait(); err != nil {
-		return fmt.Errorf("docker import: %v: %s", err, out.String())
-	}
-	return nil
+	return harness.ImportRootfs(dockerHost, testImage, map[string]string{"hog": hog})
 }
 
 func docker(t testing.TB, args ...string) string {

@@ -114,3 +114,32 @@ func BuildStatic(t testing.TB, pkg string, flags ...string) string {
 	}
 	return out
 }
+
+// ImportRootfs imports into the dockerd at host (a -H address) an image
+// named image whose one layer holds the files given (path in the image →
+// file on this machine, mode 0755) and the empty directories a container
+// expects (tmp, data, proc, sys, dev, etc). Nothing is pulled.
+func ImportRootfs(host, image string, files map[string]string) error {
+	var rootfs bytes.Buffer
+	tw := tar.NewWriter(&rootfs)
+	for _, d := range []string{"tmp/", "data/", "proc/", "sys/", "dev/", "etc/"} {
+		tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	for name, src := range files {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(name, "/"), Mode: 0o755, Size: int64(len(b))})
+		tw.Write(b)
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	cmd := exec.Command("docker", "-H", host, "import", "-", image)
+	cmd.Stdin = &rootfs
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("docker import %s: %v\n%s", image, err, out)
+	}
+	return nil
+}
