@@ -467,22 +467,26 @@ func (c *Collector) reviewBlob(ctx context.Context, dg string, queuedAt time.Tim
 	err := retry(func() error {
 		d = Decision{Kind: "blob", Digest: dg}
 		return pgx.BeginFunc(ctx, c.o.DB, func(tx pgx.Tx) error {
-			err := tx.QueryRow(ctx, `SELECT size FROM blobs WHERE digest = $1 FOR UPDATE`, dg).Scan(&d.Size)
+			// The locks and the check go in one round trip (pipelined):
+			// PostgreSQL still runs them one after another, each statement
+			// with its own snapshot, so the check sees what committed
+			// before the locks were granted.
+			var refs int
+			var repo *string
+			b := &pgx.Batch{}
+			b.Queue(`SELECT size FROM blobs WHERE digest = $1 FOR UPDATE`, dg).QueryRow(func(r pgx.Row) error {
+				return r.Scan(&d.Size)
+			})
+			b.Queue(`SELECT 1 FROM repository_blobs WHERE digest = $1 FOR UPDATE`, dg).Exec(func(pgconn.CommandTag) error { return nil })
+			b.Queue(`
+			SELECT count(*), min(r.name) FROM manifest_blobs mb JOIN repositories r ON r.id = mb.repository_id
+			WHERE mb.digest = $1`, dg).QueryRow(func(r pgx.Row) error { return r.Scan(&refs, &repo) })
+			err := tx.SendBatch(ctx, b).Close()
 			if errors.Is(err, pgx.ErrNoRows) {
 				d.Reason = "already deleted"
 				return c.dropBlobReview(ctx, tx, dg, queuedAt, dry)
 			}
 			if err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM repository_blobs WHERE digest = $1 FOR UPDATE`, dg); err != nil {
-				return err
-			}
-			var refs int
-			var repo *string
-			if err := tx.QueryRow(ctx, `
-			SELECT count(*), min(r.name) FROM manifest_blobs mb JOIN repositories r ON r.id = mb.repository_id
-			WHERE mb.digest = $1`, dg).Scan(&refs, &repo); err != nil {
 				return err
 			}
 			if refs > 0 {

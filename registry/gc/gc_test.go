@@ -1061,3 +1061,52 @@ func TestStalledCollectorHoldsNoOneUp(t *testing.T) {
 		}
 	}
 }
+
+// TestBlobReviewDecisions: what a blob review decides, and why, for a blob
+// a manifest references, one nothing references, and one already gone.
+func TestBlobReviewDecisions(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, "filesystem")
+	kept := layer(10, 300)
+	if _, err := c.pushImage(ctx, 0, "dec/app", "v1", kept); err != nil {
+		t.Fatal(err)
+	}
+	loose, err := c.pushBlob(ctx, 0, "dec/app", layer(11, 200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := digest.FromBytes(layer(12, 100))
+	if _, err := c.db.Exec(ctx, `SELECT gc_queue_blob($1)`, gone.String()); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := c.idcs[0].gc.DryRun(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[digest.Digest]string{}
+	for _, d := range ds {
+		if d.Kind == "blob" {
+			got[digest.Digest(d.Digest)] = fmt.Sprintf("%v %s", d.Delete, d.Reason)
+		}
+	}
+	want := map[digest.Digest]string{
+		digest.FromBytes(kept): "false referenced by 1 manifest(s), in dec/app among others",
+		loose:                  "true no manifest references it",
+		gone:                   "", // already deleted: a dry run does not list it
+	}
+	for d, w := range want {
+		if got[d] != w {
+			t.Errorf("review of %s: %q, want %q", d, got[d], w)
+		}
+	}
+	// The pass acts on them: the loose blob goes, the others' reviews end
+	// (the one already gone included).
+	c.pass(t)
+	var reviews, rows int
+	if err := c.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM gc_blob_reviews), (SELECT count(*) FROM blobs WHERE digest = $1)`, loose.String()).Scan(&reviews, &rows); err != nil {
+		t.Fatal(err)
+	}
+	if reviews != 0 || rows != 0 {
+		t.Errorf("after a pass: %d blob reviews queued, loose blob's row %d; want 0 and 0", reviews, rows)
+	}
+}
