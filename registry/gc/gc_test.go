@@ -804,6 +804,26 @@ func TestWalk(t *testing.T) {
 	}
 }
 
+// Locks a test may wait to see waited for (SQL over pg_locks l): another
+// transaction's rows, or the advisory lock 4242 that
+// TestUploadRecordedWhileReviewDeletes holds an upload's link insert on.
+const (
+	rowLock  = `l.locktype IN ('transactionid', 'tuple')`
+	heldLink = `l.locktype = 'advisory' AND l.objid = 4242`
+)
+
+// lockWaits counts the backends of this test's database (other packages'
+// tests share the server) waiting for a lock of kind.
+func (c *cluster) lockWaits(t *testing.T, kind string) int {
+	t.Helper()
+	var n int
+	if err := c.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE NOT l.granted AND a.datname = current_database() AND `+kind).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // TestUploadRecordedWhileReviewDeletes: an upload of blob X finishes
 // while a review deletes X. The upload's record is held (by a trigger the
 // test installs) after its placement insert found this IDC's old
@@ -848,30 +868,13 @@ func TestUploadRecordedWhileReviewDeletes(t *testing.T) {
 		}
 	}
 	defer release()
-	// waiting: how many backends wait for lock 4242 (the upload held at
-	// its link) or for another transaction's rows (the review held by the
-	// upload's lock on X's row).
-	waiting := func(kind string) int {
-		var n int
-		// This test's database only: other packages' tests share the server.
-		q := `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-			WHERE NOT l.granted AND a.datname = current_database() AND l.locktype = 'advisory' AND l.objid = 4242`
-		if kind == "rows" {
-			q = `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-				WHERE NOT l.granted AND a.datname = current_database() AND l.locktype IN ('transactionid', 'tuple')`
-		}
-		if err := c.db.QueryRow(ctx, q).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
 	uploaded := make(chan error, 1)
 	go func() {
 		_, err := c.pushBlob(ctx, 0, "race/x", x)
 		uploaded <- err
 	}()
 	deadline := time.Now().Add(10 * time.Second)
-	for waiting("advisory") == 0 {
+	for c.lockWaits(t, heldLink) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the upload never reached its link insert")
 		}
@@ -886,7 +889,7 @@ func TestUploadRecordedWhileReviewDeletes(t *testing.T) {
 	}()
 	var reviewErr error
 	reviewDone := false
-	for !reviewDone && waiting("rows") == 0 {
+	for !reviewDone && c.lockWaits(t, rowLock) == 0 {
 		select {
 		case reviewErr = <-reviewed:
 			reviewDone = true
@@ -1048,12 +1051,7 @@ func TestStalledCollectorHoldsNoOneUp(t *testing.T) {
 			return
 		case <-time.After(5 * time.Millisecond):
 		}
-		var waiting int
-		if err := c.db.QueryRow(ctx, `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-			WHERE NOT l.granted AND a.datname = current_database() AND l.locktype IN ('transactionid', 'tuple')`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting > 0 {
+		if c.lockWaits(t, rowLock) > 0 {
 			t.Fatal("the second collector waits for the stalled one's transaction")
 		}
 		if time.Now().After(deadline) {
