@@ -213,6 +213,8 @@ type app struct {
 	scanFrom int
 	blocked  string
 	fairLeft int
+	fair     resource.Vector // its share of its pool's, by the pool's policy
+	fsSince  time.Time       // since when starved for that share
 }
 
 type inst struct {

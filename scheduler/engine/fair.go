@@ -284,6 +284,7 @@ func (c *Cluster) computeFair() {
 		p.sk.usage, p.sk.count, p.sk.hidx = p.sk.saveU, p.sk.saveN, -1
 	}
 	for _, a := range apps {
+		a.fair = a.sk.usage
 		a.sk.usage, a.sk.count, a.sk.hidx = a.sk.saveU, a.sk.saveN, -1
 	}
 }

@@ -21,8 +21,11 @@ type planner struct {
 	seq    uint64
 	pools  []*pool // by depth, once per plan when preemption needs it
 
-	preemptions int    // victim searches so far
-	gen         uint64 // the cluster's generation when the plan began
+	preemptions int // victim searches so far
+	// what this plan's preemptions stop, by pool (and its ancestors) and
+	// by app: victims must leave their givers where their rule allows
+	removed removal
+	gen     uint64 // the cluster's generation when the plan began
 }
 
 type undoStop struct {

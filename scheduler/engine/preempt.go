@@ -4,6 +4,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/gaia-registry/gaia/scheduler/model"
 	"github.com/gaia-registry/gaia/scheduler/resource"
 )
 
@@ -67,9 +68,30 @@ const ReservationTTL = 10 * time.Minute
 // counting as in flight.
 const MaxPreemptionsPerPlan = 64
 
+// victimRule says whose instances may make room.
+type victimRule int
+
+const (
+	// fromOtherPools: for a starved pool, instances of pools above their
+	// fair share that stay at or above it.
+	fromOtherPools victimRule = iota
+	// lowerPriority: instances of lower priority in the app's own pool.
+	lowerPriority
+	// aboveAppShare: for an app starved for its fair share inside its
+	// pool, instances of the pool's apps of no higher priority that are
+	// above their own fair share and stay at or above it, first; then, on
+	// the same node, other pools' as for fromOtherPools, so long as the
+	// pool's dominant share does not grow past both what it is and its
+	// fair share (the swap changes the pool's mix towards its share; it
+	// does not take the pool above it).
+	aboveAppShare
+)
+
 // preempt runs after placement. Pools starved past their timeouts take
-// instances from pools above their fair share; apps that could not be
-// placed take instances of lower priority in their own pool.
+// instances from pools above their fair share; inside a pool, apps
+// starved past its fair-share timeout take instances from its apps above
+// their share, and apps that could not be placed take instances of lower
+// priority.
 func (pl *planner) preempt() {
 	c := pl.c
 	timeouts := false
@@ -79,7 +101,7 @@ func (pl *planner) preempt() {
 			break
 		}
 	}
-	removed := map[*pool]resource.Vector{}
+	pl.removed = removal{pool: map[*pool]resource.Vector{}, app: map[*app]resource.Vector{}}
 	pending := false
 	for _, a := range c.sortedApps() {
 		if a.missing > 0 && !a.stub {
@@ -92,6 +114,9 @@ func (pl *planner) preempt() {
 		for _, p := range c.pools {
 			p.minSince, p.fsSince = time.Time{}, time.Time{}
 		}
+		for _, a := range c.apps {
+			a.fsSince = time.Time{}
+		}
 	}
 	if timeouts && pending {
 		c.fairShares()
@@ -99,7 +124,10 @@ func (pl *planner) preempt() {
 			if p.parent == nil {
 				continue
 			}
-			pl.starvation(p, removed)
+			pl.starvation(p)
+		}
+		for _, a := range c.sortedApps() {
+			pl.appStarvation(a)
 		}
 	}
 	// priority inside a pool
@@ -121,7 +149,7 @@ func (pl *planner) preempt() {
 			continue
 		}
 		for a.missing-pl.reservedFor(a) > 0 {
-			if !pl.preemptFor(a, a.pool, false, removed) {
+			if !pl.preemptFor(a, a.pool, lowerPriority) {
 				break
 			}
 		}
@@ -140,7 +168,7 @@ func (pl *planner) reservedFor(a *app) int {
 
 // starvation updates a pool's starvation clocks and, past a timeout,
 // preempts for it.
-func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
+func (pl *planner) starvation(p *pool) {
 	c := pl.c
 	m := allDims
 	minStarved := needy(p.sk.usage, p.sk.minT, c.total, &m)
@@ -193,10 +221,54 @@ func (pl *planner) starvation(p *pool, removed map[*pool]resource.Vector) {
 	need -= c.inflight(p.sk.name, pl.plan.reservations)
 	for _, a := range apps {
 		for need > 0 && a.missing-pl.reservedFor(a) > 0 {
-			if !pl.preemptFor(a, p, true, removed) {
+			if !pl.preemptFor(a, p, fromOtherPools) {
 				break
 			}
 			need--
+		}
+	}
+}
+
+// appStarvation is YARN's fair-share starvation of an app inside its pool
+// (drf and fair policies): below threshold × its fair share, with room in
+// that share for a whole instance more, for longer than the pool's
+// fair-share timeout. Past it the app takes instances from its pool's
+// apps above their own share. Without it a pool whose large instances
+// fit no node's leftover fills its share with its small ones instead,
+// and is then above its share in their dimension while siblings wait.
+func (pl *planner) appStarvation(a *app) {
+	p := a.pool
+	if a.stub || p == nil || a.missing <= 0 || p.m.Policy == model.PolicyFIFO || p.m.FairSharePreemptionTimeout <= 0 {
+		a.fsSince = time.Time{}
+		return
+	}
+	c := pl.c
+	m := maskOf(p.m.Policy)
+	fairS := share(a.fair, c.total, &m)
+	req := a.m.Spec.Resources
+	starved := share(a.sk.usage, c.total, &m) < p.m.EffectiveThreshold()*fairS-eps &&
+		share(a.sk.usage.Add(req), c.total, &m) <= fairS+eps
+	if !starved {
+		a.fsSince = time.Time{}
+		return
+	}
+	if a.fsSince.IsZero() {
+		a.fsSince = pl.now
+	}
+	if pl.now.Sub(a.fsSince) < p.m.FairSharePreemptionTimeout.D() {
+		return
+	}
+	if _, reason := pl.limit(a, req); reason != "" {
+		return
+	}
+	// as many as fit in its share, less those whose room is being made
+	need := -pl.reservedFor(a)
+	for u := a.sk.usage.Add(req); need < a.missing && share(u, c.total, &m) <= fairS+eps; u = u.Add(req) {
+		need++
+	}
+	for ; need > 0; need-- {
+		if !pl.preemptFor(a, p, aboveAppShare) {
+			return
 		}
 	}
 }
@@ -230,7 +302,7 @@ func (p *pool) pendingApps() []*app {
 // the lowest index; on a node it takes the lowest-priority victims first,
 // largest first. The freed node is reserved for a until the victims are
 // gone.
-func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*pool]resource.Vector) bool {
+func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 	c := pl.c
 	if pl.preemptions >= MaxPreemptionsPerPlan {
 		return false
@@ -260,10 +332,10 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 	m := allDims
 	// Gather the eligible victims by node, visiting only the pools that
 	// could give anything (above their fair share, or the starved pool
-	// itself for priority preemption).
+	// itself inside a pool).
 	byNode := map[*node][]*inst{}
 	givers := []*pool{starved}
-	if cross {
+	if rule != lowerPriority {
 		if pl.pools == nil {
 			pl.pools = c.poolsByDepth()
 		}
@@ -273,16 +345,16 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 		if len(vp.apps) == 0 {
 			continue
 		}
-		if cross {
-			if vp == starved || share(vp.sk.usage.Sub(removed[vp]), c.total, &m) <= share(vp.fair, c.total, &m)+eps {
+		if vp == starved {
+			if rule == fromOtherPools {
 				continue
 			}
-		} else if vp != starved {
+		} else if share(vp.sk.usage.Sub(pl.removed.pool[vp]), c.total, &m) <= share(vp.fair, c.total, &m)+eps {
 			continue
 		}
 		for _, va := range sortedAppsOf(vp) {
 			for _, v := range va.insts {
-				if v.node != nil && pl.eligible(v, a, starved, cross, removed) {
+				if v.node != nil && pl.eligible(v, a, starved, rule, nil) {
 					byNode[v.node] = append(byNode[v.node], v)
 				}
 			}
@@ -326,6 +398,9 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 		}
 		sort.Slice(cands, func(x, y int) bool {
 			vx, vy := cands[x], cands[y]
+			if ix, iy := vx.app.pool == starved, vy.app.pool == starved; ix != iy {
+				return ix // only aboveAppShare has both
+			}
 			if vx.app.sk.priority != vy.app.sk.priority {
 				return vx.app.sk.priority < vy.app.sk.priority
 			}
@@ -337,6 +412,15 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 		f := n.free().Add(pendingFree[n.m.Name])
 		var chosen []*inst
 		prio := 0
+		// what the victims chosen so far on this node take, so that
+		// several from one pool leave it where the rule allows
+		taken := &removal{pool: map[*pool]resource.Vector{}, app: map[*app]resource.Vector{}}
+		take := func(v *inst) {
+			for x := v.app.pool; x != nil; x = x.parent {
+				taken.pool[x] = taken.pool[x].Add(v.res)
+			}
+			taken.app[v.app] = taken.app[v.app].Add(v.res)
+		}
 		isForced := func(v *inst) bool {
 			for _, x := range forced {
 				if x == v {
@@ -347,6 +431,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 		}
 		for _, v := range forced {
 			chosen = append(chosen, v)
+			take(v)
 			f = f.Add(v.res)
 			if len(chosen) == 1 || v.app.sk.priority > prio {
 				prio = v.app.sk.priority
@@ -356,16 +441,20 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 			if req.Fits(f) {
 				break
 			}
-			if isForced(v) {
+			if isForced(v) || !pl.eligible(v, a, starved, rule, taken) {
 				continue
 			}
 			chosen = append(chosen, v)
+			take(v)
 			f = f.Add(v.res)
 			if len(chosen) == 1 || v.app.sk.priority > prio {
 				prio = v.app.sk.priority
 			}
 		}
 		if !req.Fits(f) || len(chosen) == 0 {
+			continue
+		}
+		if rule == aboveAppShare && !pl.swapKeepsShare(starved, req, chosen) {
 			continue
 		}
 		if best == nil || prio < bestPrio || (prio == bestPrio && len(chosen) < bestCnt) {
@@ -379,8 +468,9 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 	for _, v := range bestVictims {
 		pl.stop(v, ReasonPreempted, starved.sk.name)
 		for x := v.app.pool; x != nil; x = x.parent {
-			removed[x] = removed[x].Add(v.res)
+			pl.removed.pool[x] = pl.removed.pool[x].Add(v.res)
 		}
+		pl.removed.app[v.app] = pl.removed.app[v.app].Add(v.res)
 		r.victims = append(r.victims, v.id)
 	}
 	pl.plan.reservations = append(pl.plan.reservations, r)
@@ -390,24 +480,69 @@ func (pl *planner) preemptFor(a *app, starved *pool, cross bool, removed map[*po
 	return true
 }
 
-func (pl *planner) eligible(v *inst, a *app, starved *pool, cross bool, removed map[*pool]resource.Vector) bool {
+// swapKeepsShare: pool p, placing req after losing those of victims that
+// are its own, is at or below the larger of its dominant share now and
+// its fair share.
+func (pl *planner) swapKeepsShare(p *pool, req resource.Vector, victims []*inst) bool {
+	c := pl.c
+	m := allDims
+	now := p.sk.usage.Sub(pl.removed.pool[p])
+	after := now.Add(req)
+	for _, v := range victims {
+		if v.app.pool == p {
+			after = after.Sub(v.res)
+		}
+	}
+	limit := max(share(now, c.total, &m), share(p.fair, c.total, &m))
+	return share(after, c.total, &m) <= limit+eps
+}
+
+// removal is what victims take from pools (each up to the root) and apps.
+type removal struct {
+	pool map[*pool]resource.Vector
+	app  map[*app]resource.Vector
+}
+
+// eligible: may v be stopped to make room for one instance of a, by the
+// rule, after this plan's victims so far and those in also (nil: none)?
+func (pl *planner) eligible(v *inst, a *app, starved *pool, rule victimRule, also *removal) bool {
 	if !v.k.live || v.fresh || v.app == a || v.app.stub || v.app.pool == nil {
 		return false
 	}
-	if !cross {
+	c := pl.c
+	gone := func(x *pool) resource.Vector {
+		r := pl.removed.pool[x].Add(v.res)
+		if also != nil {
+			r = r.Add(also.pool[x])
+		}
+		return r
+	}
+	switch rule {
+	case lowerPriority:
 		return v.app.pool == starved && v.app.sk.priority < a.sk.priority
+	case aboveAppShare:
+		if v.app.pool == starved {
+			if v.app.sk.priority > a.sk.priority {
+				return false
+			}
+			m := maskOf(starved.m.Policy)
+			after := v.app.sk.usage.Sub(pl.removed.app[v.app]).Sub(v.res)
+			if also != nil {
+				after = after.Sub(also.app[v.app])
+			}
+			return share(after, c.total, &m) >= share(v.app.fair, c.total, &m)-eps
+		}
 	}
 	if v.app.pool == starved {
 		return false
 	}
-	c := pl.c
 	m := allDims
 	top := lca(v.app.pool, starved)
 	for x := v.app.pool; x != top; x = x.parent {
 		if !x.m.PreemptableFrom() {
 			return false
 		}
-		after := x.sk.usage.Sub(removed[x]).Sub(v.res)
+		after := x.sk.usage.Sub(gone(x))
 		if share(after, c.total, &m) < share(x.fair, c.total, &m)-eps {
 			return false
 		}

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"fmt"
+	"sort"
 	"testing"
 	"time"
 
@@ -270,5 +272,102 @@ func TestPreemptionCappedPerPlan(t *testing.T) {
 	step(t, c, t0.Add(6*time.Second))
 	if n := counts(c); n["a"] != 100 || n["b"] != 100 {
 		t.Fatalf("live %v, want a:100 b:100", n)
+	}
+}
+
+// Inside a pool, an app held below its fair share (its instances fit no
+// node's leftover while a sibling's smaller ones do) takes instances of
+// siblings above their share once the pool's fair-share timeout passes.
+func TestFairSharePreemptionInPool(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		pool  model.Pool
+		stops int
+	}{
+		{"drf with a timeout", model.Pool{Name: "root.p", FairSharePreemptionTimeout: model.Duration(30 * time.Second)}, 4},
+		{"no fair-share timeout", model.Pool{Name: "root.p", MinSharePreemptionTimeout: model.Duration(30 * time.Second)}, 0},
+		{"fifo", model.Pool{Name: "root.p", Policy: model.PolicyFIFO, FairSharePreemptionTimeout: model.Duration(30 * time.Second)}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := New(Config{})
+			addNode(c, "n1", vec("cpu=4", "memory=64Gi"))
+			addNode(c, "n2", vec("cpu=4", "memory=64Gi"))
+			c.UpsertPool(tc.pool)
+			addApp(c, "small", "root.p", 8, vec("cpu=1", "memory=1Gi"))
+			step(t, c, t0.Add(-time.Hour))
+			agent(c)
+			addApp(c, "big", "root.p", 4, vec("cpu=2", "memory=2Gi"))
+			// drf between the two: 4 cpu each, big 2 instances, small 4
+			if p := step(t, c, t0); len(p.Stop) != 0 || len(p.Place) != 0 {
+				t.Fatalf("at once: %+v", p)
+			}
+			if p := step(t, c, t0.Add(29*time.Second)); len(p.Stop) != 0 {
+				t.Fatalf("before the timeout: %+v", p.Stop)
+			}
+			p := step(t, c, t0.Add(30*time.Second))
+			if got := preemptedFor(p, "root.p"); got != tc.stops || len(p.Stop) != tc.stops {
+				t.Fatalf("at the timeout: %d preempted for root.p of %d stops, want %d", got, len(p.Stop), tc.stops)
+			}
+			if tc.stops == 0 {
+				return
+			}
+			// both of big's instances get their room on n1 (fewest victims,
+			// then the lowest index), taken from small only
+			for _, st := range p.Stop {
+				if i := c.insts[st.ID]; i.app.sk.name != "small" || i.nodeNm != "n1" {
+					t.Fatalf("victim %s of %s on %s, want small's on n1", st.ID, i.app.sk.name, i.nodeNm)
+				}
+			}
+			agent(c)
+			p = step(t, c, t0.Add(31*time.Second))
+			if got := placedPer(p); got["big"] != 2 || len(p.Place) != 2 {
+				t.Fatalf("after the victims stopped: placed %v, want big:2", got)
+			}
+			for _, pl := range p.Place {
+				if pl.Instance.Node != "n1" {
+					t.Fatalf("big placed on %s, want n1", pl.Instance.Node)
+				}
+			}
+			agent(c)
+			if n := counts(c); n["big"] != 2 || n["small"] != 4 {
+				t.Fatalf("live %v, want big:2 small:4", n)
+			}
+			// at its fair share big is not starved: nothing more moves
+			if p := step(t, c, t0.Add(time.Hour)); len(p.Stop) != 0 || len(p.Place) != 0 {
+				t.Fatalf("at the fair shares: %+v", p)
+			}
+		})
+	}
+}
+
+// Several victims from one pool on one node together leave it at or
+// above its fair share, not only each on its own.
+func TestPreemptionVictimsTogetherKeepShare(t *testing.T) {
+	c := New(Config{})
+	addNode(c, "n1", vec("cpu=4", "memory=40Gi"))
+	addNode(c, "n2", vec("cpu=4", "memory=40Gi"))
+	c.UpsertPool(model.Pool{Name: "root.a", FairSharePreemptionTimeout: model.Duration(time.Second), FairSharePreemptionThreshold: 1})
+	addApp(c, "b2", "root.b", 3, vec("cpu=2", "memory=1Gi")) // n1: 2, n2: 1
+	step(t, c, t0.Add(-2*time.Hour))
+	agent(c)
+	addApp(c, "b1", "root.b", 3, vec("cpu=1", "memory=1Gi")) // n2: 2, one waits
+	step(t, c, t0.Add(-time.Hour))
+	agent(c)
+	addApp(c, "a", "root.a", 1, vec("cpu=3", "memory=1Gi"))
+	step(t, c, t0)
+	if fs := c.FairShares(); fs["root.a"][0] != 3000 || fs["root.b"][0] != 5000 {
+		t.Fatalf("fair shares a %v b %v, want cpu 3 and 5", fs["root.a"], fs["root.b"])
+	}
+	// n1's two 2-cpu instances would each leave root.b at 6 of its 5, but
+	// both leave it at 4: the room is made on n2 (one of each, 5 left)
+	p := step(t, c, t0.Add(time.Second))
+	var victims []string
+	for _, st := range p.Stop {
+		i := c.insts[st.ID]
+		victims = append(victims, i.app.sk.name+"@"+i.nodeNm)
+	}
+	sort.Strings(victims)
+	if fmt.Sprint(victims) != "[b1@n2 b2@n2]" {
+		t.Fatalf("victims %v, want [b1@n2 b2@n2]", victims)
 	}
 }

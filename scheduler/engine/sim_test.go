@@ -125,14 +125,13 @@ func (s *simCluster) checkFairness(t testing.TB) {
 	c := s.c
 	fs := c.FairShares()
 	m := allDims
-	// A pool below its share can only gain by preempting an instance from
-	// a pool above its share that stays at or above its own, and every
-	// pool on the victim's side up to the common ancestor must stay at or
-	// above its own share too. So the granularity is the largest instance
-	// in the cluster (the shapes here differ by up to 8×), once per level
-	// of the pool tree a move has to cross: a leaf here is two levels
-	// below root, so it may be off by up to two such instances (and is
-	// usually within one: the test logs the worst case).
+	// The unit is the largest instance in the cluster, not the pool's
+	// own: with whole instances no allocation need be within one of each
+	// pool's own. Two pools of equal weight on 11 cpus, one asking for
+	// 4-cpu instances and one for 1-cpu ones, have fair shares of 5.5
+	// each; the first holds 4 or 8, so the second holds 7 or 3, 1.5 or
+	// 2.5 of its own instances away. Within one largest instance is what
+	// whole instances allow.
 	var largest float64
 	for _, a := range c.apps {
 		largest = math.Max(largest, share(a.m.Spec.Resources, c.total, &m))
@@ -143,15 +142,14 @@ func (s *simCluster) checkFairness(t testing.TB) {
 		if p.sk.demand.IsZero() {
 			continue
 		}
-		biggest := largest * float64(p.depth)
 		got := share(p.sk.usage, c.total, &m)
 		want := share(fs[pm.Name], c.total, &m)
 		if dev := math.Abs(got-want) / largest; dev > worst {
 			worst = dev
 		}
-		if math.Abs(got-want) > biggest+1e-9 {
+		if math.Abs(got-want) > largest+1e-9 {
 			t.Errorf("pool %s: dominant share %.5f, fair share %.5f, allowed %.5f (usage %v, fair %v)",
-				pm.Name, got, want, biggest, p.sk.usage, fs[pm.Name])
+				pm.Name, got, want, largest, p.sk.usage, fs[pm.Name])
 		}
 		minT := pm.Min.Min(p.sk.demand)
 		if needy(p.sk.usage, minT, c.total, &m) {
@@ -161,14 +159,31 @@ func (s *simCluster) checkFairness(t testing.TB) {
 	t.Logf("worst deviation from fair share: %.2f of the largest instance", worst)
 }
 
+// TestSimulationConverges: with binpack scoring (the default) on eight
+// clusters, and with spread on one, every pool ends within one instance
+// of its fair share, before and after a tenth of the nodes go down.
+// Spread scoring is not within one on every cluster: it scatters the
+// instances a large one would have to displace over many nodes, so that
+// after nodes are lost a pool of large instances can stay up to a few
+// instances short (3 of 40 clusters of 600 nodes, 5 of 40 of 200; see
+// docs/architecture.md).
 func TestSimulationConverges(t *testing.T) {
 	nodes, groups, leaves := 200, 6, 8
 	if !testing.Short() {
 		nodes, groups, leaves = 600, 8, 15
 	}
-	for _, scoring := range []Scoring{Binpack, Spread} {
-		t.Run(fmt.Sprint("scoring=", scoring), func(t *testing.T) {
-			s := buildSim(t, nodes, groups, leaves, 42, Config{Scoring: scoring})
+	type run struct {
+		scoring Scoring
+		seed    int64
+	}
+	runs := []run{{Spread, 42}, {Spread, 1}, {Spread, 2}}
+	for _, seed := range []int64{42, 1, 2, 3, 4, 5, 6, 7} {
+		runs = append(runs, run{Binpack, seed})
+	}
+	for _, r := range runs {
+		scoring := r.scoring
+		t.Run(fmt.Sprintf("scoring=%v/seed=%d", scoring, r.seed), func(t *testing.T) {
+			s := buildSim(t, nodes, groups, leaves, r.seed, Config{Scoring: scoring})
 			// everything arrives at once
 			for _, a := range s.apps {
 				s.c.UpsertApp(a)
