@@ -518,6 +518,9 @@ func (c *Cluster) UpsertApp(m model.App) {
 	a.hold, a.holdWhy = m.Status.HeldUntil, m.Status.LastFailure
 	a.sk.priority = m.Spec.Priority
 	a.sk.created = m.CreatedAt
+	if prev := a.pool; prev == nil || prev.sk.name != m.Spec.Pool {
+		a.fsSince = time.Time{} // starved in another pool is not starved here
+	}
 	a.pool = c.ensurePool(m.Spec.Pool)
 	a.pool.apps[name] = a
 	for _, i := range held {

@@ -101,7 +101,16 @@ func (pl *planner) preempt() {
 			break
 		}
 	}
-	pl.removed = removal{pool: map[*pool]resource.Vector{}, app: map[*app]resource.Vector{}}
+	// Victims of earlier plans still stopping still count in their
+	// givers' usage: a giver is judged on what it keeps.
+	pl.removed = newRemoval()
+	for _, r := range pl.plan.reservations {
+		for _, id := range r.victims {
+			if v := c.insts[id]; v != nil && v.counted && v.app.pool != nil {
+				pl.removed.add(v)
+			}
+		}
+	}
 	pending := false
 	for _, a := range c.sortedApps() {
 		if a.missing > 0 && !a.stub {
@@ -109,8 +118,8 @@ func (pl *planner) preempt() {
 			break
 		}
 	}
-	if timeouts && !pending {
-		// nothing waits: nobody is starved, every clock stops
+	if !timeouts || !pending {
+		// nothing waits, or nothing may preempt: every clock stops
 		for _, p := range c.pools {
 			p.minSince, p.fsSince = time.Time{}, time.Time{}
 		}
@@ -261,12 +270,13 @@ func (pl *planner) appStarvation(a *app) {
 	if _, reason := pl.limit(a, req); reason != "" {
 		return
 	}
-	// as many as fit in its share, less those whose room is being made
-	need := -pl.reservedFor(a)
-	for u := a.sk.usage.Add(req); need < a.missing && share(u, c.total, &m) <= fairS+eps; u = u.Add(req) {
-		need++
+	// as many of its missing as fit in its share, less those whose room
+	// is being made
+	k := 0
+	for u := a.sk.usage.Add(req); k < a.missing && share(u, c.total, &m) <= fairS+eps; u = u.Add(req) {
+		k++
 	}
-	for ; need > 0; need-- {
+	for need := k - pl.reservedFor(a); need > 0; need-- {
 		if !pl.preemptFor(a, p, aboveAppShare) {
 			return
 		}
@@ -365,6 +375,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 		nodes = append(nodes, n)
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].idx < nodes[j].idx })
+	taken := newRemoval()
 	for _, n := range nodes {
 		cands := byNode[n]
 		if !n.ready() || !req.Fits(n.alloc) || !matches(s.Constraints, n) {
@@ -414,13 +425,8 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 		prio := 0
 		// what the victims chosen so far on this node take, so that
 		// several from one pool leave it where the rule allows
-		taken := &removal{pool: map[*pool]resource.Vector{}, app: map[*app]resource.Vector{}}
-		take := func(v *inst) {
-			for x := v.app.pool; x != nil; x = x.parent {
-				taken.pool[x] = taken.pool[x].Add(v.res)
-			}
-			taken.app[v.app] = taken.app[v.app].Add(v.res)
-		}
+		clear(taken.pool)
+		clear(taken.app)
 		isForced := func(v *inst) bool {
 			for _, x := range forced {
 				if x == v {
@@ -429,23 +435,32 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 			}
 			return false
 		}
+		forcedOK := true
 		for _, v := range forced {
+			// eligible alone when gathered; together with the others too?
+			if !pl.eligible(v, a, starved, rule, &taken) {
+				forcedOK = false
+				break
+			}
 			chosen = append(chosen, v)
-			take(v)
+			taken.add(v)
 			f = f.Add(v.res)
 			if len(chosen) == 1 || v.app.sk.priority > prio {
 				prio = v.app.sk.priority
 			}
 		}
+		if !forcedOK {
+			continue
+		}
 		for _, v := range cands {
 			if req.Fits(f) {
 				break
 			}
-			if isForced(v) || !pl.eligible(v, a, starved, rule, taken) {
+			if isForced(v) || !pl.eligible(v, a, starved, rule, &taken) {
 				continue
 			}
 			chosen = append(chosen, v)
-			take(v)
+			taken.add(v)
 			f = f.Add(v.res)
 			if len(chosen) == 1 || v.app.sk.priority > prio {
 				prio = v.app.sk.priority
@@ -467,10 +482,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 	r := &reservation{app: a.sk.name, pool: starved.sk.name, node: best.m.Name, made: pl.now}
 	for _, v := range bestVictims {
 		pl.stop(v, ReasonPreempted, starved.sk.name)
-		for x := v.app.pool; x != nil; x = x.parent {
-			pl.removed.pool[x] = pl.removed.pool[x].Add(v.res)
-		}
-		pl.removed.app[v.app] = pl.removed.app[v.app].Add(v.res)
+		pl.removed.add(v)
 		r.victims = append(r.victims, v.id)
 	}
 	pl.plan.reservations = append(pl.plan.reservations, r)
@@ -482,7 +494,14 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 
 // swapKeepsShare: pool p, placing req after losing those of victims that
 // are its own, is at or below the larger of its dominant share now and
-// its fair share.
+// its fair share. Swaps already under way are not added in: what one
+// app's swaps can add to its pool is bounded by that app's way to its
+// own share (appStarvation asks for no more), every giver stays at or
+// above its share, and a pool that ends above its share is a giver to
+// the pools that then starve. Counting them in (and p's ancestors) was
+// tried: it stopped swaps that made pools fairer (the seed sweep of
+// scheduler/DESIGN.md: 6 of 40 spread clusters off by more than one
+// instance at 600 nodes, against 2).
 func (pl *planner) swapKeepsShare(p *pool, req resource.Vector, victims []*inst) bool {
 	c := pl.c
 	m := allDims
@@ -501,6 +520,17 @@ func (pl *planner) swapKeepsShare(p *pool, req resource.Vector, victims []*inst)
 type removal struct {
 	pool map[*pool]resource.Vector
 	app  map[*app]resource.Vector
+}
+
+func newRemoval() removal {
+	return removal{pool: map[*pool]resource.Vector{}, app: map[*app]resource.Vector{}}
+}
+
+func (r removal) add(v *inst) {
+	for x := v.app.pool; x != nil; x = x.parent {
+		r.pool[x] = r.pool[x].Add(v.res)
+	}
+	r.app[v.app] = r.app[v.app].Add(v.res)
 }
 
 // eligible: may v be stopped to make room for one instance of a, by the

@@ -371,3 +371,69 @@ func TestPreemptionVictimsTogetherKeepShare(t *testing.T) {
 		t.Fatalf("victims %v, want [b1@n2 b2@n2]", victims)
 	}
 }
+
+// A pool that gave instances in an earlier plan is judged on what it
+// keeps while they stop: a second starved pool takes only what leaves it
+// at its fair share.
+func TestPreemptionCountsVictimsStillStopping(t *testing.T) {
+	c := New(Config{})
+	for _, n := range []string{"n1", "n2", "n3"} {
+		addNode(c, n, vec("cpu=4", "memory=40Gi"))
+	}
+	fair := func(name string) model.Pool {
+		return model.Pool{Name: name, FairSharePreemptionTimeout: model.Duration(time.Second), FairSharePreemptionThreshold: 1}
+	}
+	c.UpsertPool(fair("root.a"))
+	c.UpsertPool(model.Pool{Name: "root.b", Weight: 2})
+	c.UpsertPool(fair("root.c"))
+	addApp(c, "b", "root.b", 12, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0.Add(-time.Hour))
+	agent(c)
+	addApp(c, "a", "root.a", 4, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0)
+	// a's fair share is 4 (its demand), b's 8: a takes 4
+	if p := step(t, c, t0.Add(time.Second)); preemptedFor(p, "root.a") != 4 {
+		t.Fatalf("for root.a: %+v", p.Stop)
+	}
+	// they are still stopping when c arrives: a 3, b 6, c 3
+	addApp(c, "c", "root.c", 4, vec("cpu=1", "memory=1Gi"))
+	if fs := c.FairShares(); fs["root.a"][0] != 3000 || fs["root.b"][0] != 6000 || fs["root.c"][0] != 3000 {
+		t.Fatalf("fair shares a %v b %v c %v", fs["root.a"], fs["root.b"], fs["root.c"])
+	}
+	step(t, c, t0.Add(2*time.Second))
+	// b keeps 8 of its 12: it can give c 2, not 3
+	p := step(t, c, t0.Add(3*time.Second))
+	if got := preemptedFor(p, "root.c"); got != 2 {
+		t.Fatalf("for root.c: %d preempted, want 2 (b keeps 8 once a's victims are gone; its share is 6)", got)
+	}
+}
+
+// The holders of the host ports an instance needs are victims together:
+// a giver that can spare one of them spares none of a pair.
+func TestPreemptionForcedVictimsTogether(t *testing.T) {
+	c := New(Config{})
+	addNode(c, "n1", vec("cpu=8", "memory=80Gi"))
+	c.UpsertPool(model.Pool{Name: "root.a", Min: vec("cpu=1"), MinSharePreemptionTimeout: model.Duration(time.Second)})
+	port := func(ps ...int) func(*model.App) {
+		return func(a *model.App) {
+			for _, p := range ps {
+				a.Spec.Ports = append(a.Spec.Ports, model.Port{Name: fmt.Sprint("p", p), ContainerPort: 80, HostPort: p})
+			}
+		}
+	}
+	addApp(c, "b1", "root.b", 1, vec("cpu=1", "memory=1Gi"), port(8080))
+	addApp(c, "b2", "root.b", 1, vec("cpu=1", "memory=1Gi"), port(8081))
+	addApp(c, "fill", "root.b", 6, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0)
+	agent(c)
+	addApp(c, "a", "root.a", 1, vec("cpu=1", "memory=1Gi"), port(8080, 8081))
+	if fs := c.FairShares(); fs["root.b"][0] != 7000 {
+		t.Fatalf("root.b's fair share %v, want cpu 7", fs["root.b"])
+	}
+	step(t, c, t0.Add(time.Second))
+	// root.b at 8 of its 7 can give one instance, but a needs both
+	// holders: giving them would leave it at 6
+	if p := step(t, c, t0.Add(3*time.Second)); len(p.Stop) != 0 {
+		t.Fatalf("stops %+v, want none", p.Stop)
+	}
+}

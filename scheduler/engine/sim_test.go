@@ -160,7 +160,7 @@ func (s *simCluster) checkFairness(t testing.TB) {
 }
 
 // TestSimulationConverges: with binpack scoring (the default) on eight
-// clusters, and with spread on one, every pool ends within one instance
+// clusters, and with spread on three, every pool ends within one instance
 // of its fair share, before and after a tenth of the nodes go down.
 // Spread scoring is not within one on every cluster: it scatters the
 // instances a large one would have to displace over many nodes, so that
