@@ -23,7 +23,7 @@ FUZZ_ALL   := $(FUZZ_SMOKE) ./registry/server:FuzzLoadConfig ./registry/gateway:
 FUZZ_SMOKE_TIME ?= 3s
 FUZZTIME        ?= 2m
 
-.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-cp bench-node bench-nodeagent bench-gc bench-auth services services-stop vet clean
+.PHONY: all build run cluster test test-long fuzz-smoke fuzz test-hdfs-full bench bench-registry bench-gateway bench-hdfs bench-mirror bench-scheduler bench-scheduler-fairness bench-scheduler-cp bench-node bench-nodeagent bench-gc bench-auth services services-stop vet clean
 
 all: build
 
@@ -113,6 +113,14 @@ bench-mirror:
 # of a steady scheduling pass at that size (about 15 seconds in all).
 bench-scheduler:
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench 'BenchmarkPlacement|BenchmarkPlanSteady' -benchtime 1x -benchmem ./scheduler/engine/
+
+# How close the scheduler's fairness comes to "every pool within one
+# instance of its fair share" over many simulated clusters (seeds 1 to
+# FAIRNESS_SEEDS, default 40; both scorings; 600 nodes, then 200): about
+# 5 minutes. Not in `make bench` (a property, not a speed).
+bench-scheduler-fairness:
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkFairnessSweep -benchtime 1x -v ./scheduler/engine/
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkFairnessSweep -benchtime 1x -v -short ./scheduler/engine/
 
 # gaia-scheduler's control plane: 10,000 simulated node agents (one process,
 # real HTTP, nodeclient) long-polling one leader on the real PostgreSQL and
