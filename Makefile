@@ -117,7 +117,7 @@ bench-scheduler:
 # How close the scheduler's fairness comes to "every pool within one
 # instance of its fair share" over many simulated clusters (seeds 1 to
 # FAIRNESS_SEEDS, default 40; both scorings; 600 nodes, then 200): about
-# 5 minutes. Not in `make bench` (a property, not a speed).
+# 2 minutes. Not in `make bench` (a property, not a speed).
 bench-scheduler-fairness:
 	$(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkFairnessSweep -benchtime 1x -v ./scheduler/engine/
 	$(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkFairnessSweep -benchtime 1x -v -short ./scheduler/engine/
