@@ -499,9 +499,9 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 // own share (appStarvation asks for no more), every giver stays at or
 // above its share, and a pool that ends above its share is a giver to
 // the pools that then starve. Counting them in (and p's ancestors) was
-// tried: it stopped swaps that made pools fairer (the seed sweep of
-// scheduler/DESIGN.md: 6 of 40 spread clusters off by more than one
-// instance at 600 nodes, against 2).
+// tried: it stopped swaps that made pools fairer (BenchmarkFairnessSweep:
+// 6 of 40 spread clusters off by more than one instance at 600 nodes,
+// against 2).
 func (pl *planner) swapKeepsShare(p *pool, req resource.Vector, victims []*inst) bool {
 	c := pl.c
 	m := allDims
