@@ -38,6 +38,14 @@ const (
 	Spread
 )
 
+// String is the scoring's name in the scheduler's config.
+func (s Scoring) String() string {
+	if s == Spread {
+		return "spread"
+	}
+	return "binpack"
+}
+
 // Config tunes the engine; the zero value is usable.
 type Config struct {
 	Scoring Scoring
@@ -54,7 +62,10 @@ type Config struct {
 
 // Stop reasons.
 const (
-	ReasonPreempted  = "preempted"
+	ReasonPreempted = "preempted"
+	// ReasonMoved: stopped to make room for a starved pool's instance,
+	// with a node emptied for its replacement.
+	ReasonMoved      = "moved"
 	ReasonScaledDown = "scaled down"
 	ReasonReplaced   = "replaced"
 	ReasonNodeDown   = "node down"
@@ -95,7 +106,16 @@ type Plan struct {
 	// reservations after this plan: nodes being emptied by preemption for
 	// an app, placed on once the victims are gone.
 	reservations []*reservation
-	seq          uint64
+	// fair-share preemptions between pools this plan made (see
+	// GiveBackAfter)
+	gave []gift
+	seq  uint64
+}
+
+// gift: giver's instances were preempted for receiver's fair share at at.
+type gift struct {
+	giver, receiver string
+	at              time.Time
 }
 
 // Empty reports whether the plan changes nothing.
@@ -128,8 +148,11 @@ type Cluster struct {
 	insts map[string]*inst
 
 	reservations []*reservation
-	seq          uint64                      // instance-id sequence
-	orphans      map[string]map[string]*inst // node name → instances on a node not (or no longer) known
+	// when a pool's instances were last preempted for another's fair
+	// share, by {giver, receiver}; entries older than GiveBackAfter go
+	gave    map[[2]string]time.Time
+	seq     uint64                      // instance-id sequence
+	orphans map[string]map[string]*inst // node name → instances on a node not (or no longer) known
 
 	// gen counts changes to anything the fair shares depend on; the pools'
 	// fair shares were computed at fairAt when fairValid.
@@ -326,6 +349,7 @@ func New(cfg Config) *Cluster {
 		insts:    map[string]*inst{},
 		conCache: map[string]*conEntry{},
 		orphans:  map[string]map[string]*inst{},
+		gave:     map[[2]string]time.Time{},
 	}
 	c.root = c.ensurePool(model.RootPool)
 	return c

@@ -22,7 +22,6 @@ func BenchmarkFairnessSweep(b *testing.B) {
 		}
 	}
 	nodes, _, _ := simSize()
-	names := map[Scoring]string{Binpack: "binpack", Spread: "spread"}
 	for k := 0; k < b.N; k++ {
 		for _, scoring := range []Scoring{Binpack, Spread} {
 			off, worst := 0, 0.0
@@ -35,16 +34,16 @@ func BenchmarkFairnessSweep(b *testing.B) {
 					if w > 1+1e-9 {
 						clusterOff = true
 						b.Logf("%d nodes, %s, seed %d, phase %d: %s is %.2f largest instances from its fair share",
-							nodes, names[scoring], seed, phase, pool, w)
+							nodes, scoring, seed, phase, pool, w)
 					}
 				})
 				if clusterOff {
 					off++
 				}
 			}
-			b.ReportMetric(float64(off), "off-clusters-"+names[scoring])
-			b.ReportMetric(worst, "worst-instances-"+names[scoring])
-			b.Logf("%d nodes, %s: %d of %d clusters more than one instance off; worst %.2f", nodes, names[scoring], off, seeds, worst)
+			b.ReportMetric(float64(off), "off-clusters-"+scoring.String())
+			b.ReportMetric(worst, "worst-instances-"+scoring.String())
+			b.Logf("%d nodes, %s: %d of %d clusters more than one instance off; worst %.2f", nodes, scoring, off, seeds, worst)
 		}
 	}
 }

@@ -22,6 +22,9 @@ type planner struct {
 	pools  []*pool // by depth, once per plan when preemption needs it
 
 	preemptions int // victim searches so far
+	// the preemptions being made are for a fair share (not a min, not a
+	// priority): they may not take back what the starved pool gave
+	fairShare bool
 	// what this plan's preemptions stop, by pool (and its ancestors) and
 	// by app: victims must leave their givers where their rule allows
 	removed removal
@@ -110,6 +113,16 @@ func (c *Cluster) Apply(p *Plan) {
 		c.attach(i)
 	}
 	c.reservations = p.reservations
+	for _, g := range p.gave {
+		c.gave[[2]string{g.giver, g.receiver}] = g.at
+	}
+	if len(p.gave) > 0 {
+		for k, at := range c.gave {
+			if p.gave[0].at.Sub(at) >= GiveBackAfter {
+				delete(c.gave, k)
+			}
+		}
+	}
 	if p.seq > c.seq {
 		c.seq = p.seq
 	}

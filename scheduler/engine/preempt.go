@@ -62,6 +62,16 @@ const eps = 1e-9
 // may choose again).
 const ReservationTTL = 10 * time.Minute
 
+// GiveBackAfter: a pool whose instances were preempted for another's
+// fair share does not take instances of that pool for its own fair share
+// for this long. The fair shares move a little with the cluster's
+// fragments (usable: a node's leftover counts only while some waiting
+// instance fits in it), so the instance that brought one pool up to its
+// share can leave the other below its own; without this the two would
+// trade that room back and forth for ever. Preemption for a min share
+// is not held back.
+const GiveBackAfter = 10 * time.Minute
+
 // MaxPreemptionsPerPlan bounds the victim searches of one plan (each looks
 // at every instance of the pools that could give); a deficit larger than
 // that is worked off over the next plans, the reservations already made
@@ -185,7 +195,7 @@ func (pl *planner) starvation(p *pool) {
 	// share with instances waiting. Victims must stay at or above their
 	// own fair share, so a pool just below its share takes an instance
 	// only from one that is more than an instance above its own.
-	apps := p.pendingApps()
+	apps := c.pendingApps(p)
 	fairT := p.m.EffectiveThreshold() * share(p.fair, c.total, &m)
 	fairStarved := len(apps) > 0 && share(p.sk.usage, c.total, &m) < fairT-eps
 	if minStarved {
@@ -207,35 +217,91 @@ func (pl *planner) starvation(p *pool) {
 	if !minDue && !fairDue {
 		return
 	}
-	// how many more instances bring the pool to its min (and, when fair
-	// share starvation is due, to its fair share)?
-	u := p.sk.usage
+	// Room is made for the instances the pool's policy would place next,
+	// up to its min or fair share, less those whose room is being made.
+	inflight := c.inflight(p.sk.name, pl.plan.reservations)
+	seq := pl.starvedFor(p, apps, minDue, fairDue, inflight+MaxPreemptionsPerPlan)
+	pl.fairShare = !(minDue && needy(p.sk.usage, p.sk.minT, c.total, &m))
+	defer func() { pl.fairShare = false }()
+	need := len(seq) - inflight
+	made := map[*app]int{}
+	failed := map[*app]bool{}
+	for _, a := range seq {
+		if need <= 0 {
+			break
+		}
+		// an app's first entries are those its reservations serve
+		if made[a]++; failed[a] || made[a] <= pl.reservedFor(a) {
+			continue
+		}
+		if !pl.preemptFor(a, p, fromOtherPools) {
+			failed[a] = true
+			continue
+		}
+		need--
+	}
+}
+
+// starvedFor lists the apps a starved pool's preemptions are for, one
+// entry per instance, in the order the pool's policy would place them
+// (for drf and fair: each next instance to the app of smallest dominant
+// share over weight), until the pool is no longer below its min (when
+// that is due) or its fair share (when that is due), at most limit.
+// Served in creation order instead, an app above its share inside the
+// pool could take the room its sibling below then swaps for
+// (appStarvation), and the two preemptions together take the pool past
+// its share: the pool it took from then takes the room back, and so on
+// for ever (seen in the simulation under spread scoring).
+func (pl *planner) starvedFor(p *pool, apps []*app, minDue, fairDue bool, limit int) []*app {
+	c := pl.c
+	m := allDims
+	pol := p.m.EffectivePolicy()
+	am := maskOf(pol)
 	fairS := share(p.fair, c.total, &m)
-	satisfied := func() bool {
-		if minDue && needy(u, p.sk.minT, c.total, &m) {
-			return false
-		}
-		if fairDue && share(u, c.total, &m) < fairS-eps {
-			return false
-		}
-		return true
+	u := p.sk.usage
+	left := make([]int, len(apps))
+	au := make([]resource.Vector, len(apps))
+	for j, a := range apps {
+		left[j], au[j] = a.missing, a.sk.usage
 	}
-	need := 0
-	for _, a := range apps {
-		for k := 0; k < a.missing && !satisfied(); k++ {
-			u = u.Add(a.m.Spec.Resources)
-			need++
+	var out []*app
+	for len(out) < limit {
+		if !(minDue && needy(u, p.sk.minT, c.total, &m)) && !(fairDue && share(u, c.total, &m) < fairS-eps) {
+			return out
 		}
-	}
-	need -= c.inflight(p.sk.name, pl.plan.reservations)
-	for _, a := range apps {
-		for need > 0 && a.missing-pl.reservedFor(a) > 0 {
-			if !pl.preemptFor(a, p, fromOtherPools) {
-				break
+		best := -1
+		for j, a := range apps {
+			if left[j] == 0 {
+				continue
 			}
-			need--
+			if best < 0 {
+				best = j
+				continue
+			}
+			if pol == model.PolicyFIFO {
+				continue // apps are in creation order
+			}
+			b := apps[best]
+			if a.sk.priority != b.sk.priority {
+				if a.sk.priority > b.sk.priority {
+					best = j
+				}
+				continue
+			}
+			if share(au[j], c.total, &am)/a.sk.weight < share(au[best], c.total, &am)/b.sk.weight-eps {
+				best = j
+			}
 		}
+		if best < 0 {
+			return out
+		}
+		a := apps[best]
+		u = u.Add(a.m.Spec.Resources)
+		au[best] = au[best].Add(a.m.Spec.Resources)
+		left[best]--
+		out = append(out, a)
 	}
+	return out
 }
 
 // appStarvation is YARN's fair-share starvation of an app inside its pool
@@ -276,6 +342,8 @@ func (pl *planner) appStarvation(a *app) {
 	for u := a.sk.usage.Add(req); k < a.missing && share(u, c.total, &m) <= fairS+eps; u = u.Add(req) {
 		k++
 	}
+	pl.fairShare = true
+	defer func() { pl.fairShare = false }()
 	for need := k - pl.reservedFor(a); need > 0; need-- {
 		if !pl.preemptFor(a, p, aboveAppShare) {
 			return
@@ -283,22 +351,18 @@ func (pl *planner) appStarvation(a *app) {
 	}
 }
 
-func (p *pool) pendingApps() []*app {
+// pendingApps is a pool's apps with instances missing, in the order its
+// policy serves them now.
+func (c *Cluster) pendingApps(p *pool) []*app {
 	var out []*app
+	pol := p.m.EffectivePolicy()
 	for _, a := range p.apps {
 		if a.missing > 0 && !a.stub {
+			c.refresh(pol, &a.sk)
 			out = append(out, a)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].sk.priority != out[j].sk.priority {
-			return out[i].sk.priority > out[j].sk.priority
-		}
-		if !out[i].sk.created.Equal(out[j].sk.created) {
-			return out[i].sk.created.Before(out[j].sk.created)
-		}
-		return out[i].sk.name < out[j].sk.name
-	})
+	sort.Slice(out, func(i, j int) bool { return c.less(pol, &out[i].sk, &out[j].sk) })
 	return out
 }
 
@@ -319,20 +383,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 	}
 	pl.preemptions++
 	req := a.m.Spec.Resources
-	// what earlier reservations on a node will free and claim
-	pendingFree := map[string]resource.Vector{}
-	for _, r := range pl.plan.reservations {
-		v := pendingFree[r.node]
-		for _, id := range r.victims {
-			if i := c.insts[id]; i != nil && i.onNode {
-				v = v.Add(i.res)
-			}
-		}
-		if ra := c.apps[r.app]; ra != nil {
-			v = v.Sub(ra.m.Spec.Resources)
-		}
-		pendingFree[r.node] = v
-	}
+	pendingFree := pl.pendingFree()
 	s := &a.m.Spec
 	var (
 		best              *node
@@ -407,19 +458,7 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 		if portClash {
 			continue
 		}
-		sort.Slice(cands, func(x, y int) bool {
-			vx, vy := cands[x], cands[y]
-			if ix, iy := vx.app.pool == starved, vy.app.pool == starved; ix != iy {
-				return ix // only aboveAppShare has both
-			}
-			if vx.app.sk.priority != vy.app.sk.priority {
-				return vx.app.sk.priority < vy.app.sk.priority
-			}
-			if sx, sy := share(vx.res, c.total, &m), share(vy.res, c.total, &m); sx != sy {
-				return sx > sy
-			}
-			return vx.id < vy.id
-		})
+		pl.sortVictims(cands, starved)
 		f := n.free().Add(pendingFree[n.m.Name])
 		var chosen []*inst
 		prio := 0
@@ -477,13 +516,14 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 		}
 	}
 	if best == nil {
-		return false
+		if rule == lowerPriority {
+			return false
+		}
+		return pl.exchange(a, starved, rule, byNode, nodes, pendingFree)
 	}
 	r := &reservation{app: a.sk.name, pool: starved.sk.name, node: best.m.Name, made: pl.now}
 	for _, v := range bestVictims {
-		pl.stop(v, ReasonPreempted, starved.sk.name)
-		pl.removed.add(v)
-		r.victims = append(r.victims, v.id)
+		pl.preempt1(v, starved, r)
 	}
 	pl.plan.reservations = append(pl.plan.reservations, r)
 	if a.blocked == "" || a.blocked[0] != 'w' {
@@ -492,20 +532,300 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 	return true
 }
 
+// preempt1 stops victim v for the starved pool, as one of r's victims,
+// and records a fair-share gift between pools.
+func (pl *planner) preempt1(v *inst, starved *pool, r *reservation) {
+	pl.stop(v, ReasonPreempted, starved.sk.name)
+	pl.removed.add(v)
+	r.victims = append(r.victims, v.id)
+	if pl.fairShare && v.app.pool != starved {
+		pl.plan.gave = append(pl.plan.gave, gift{giver: v.app.pool.sk.name, receiver: starved.sk.name, at: pl.now})
+	}
+}
+
+// pendingFree is, by node, what the reservations made so far will free
+// (their victims still on it) less what they will claim.
+func (pl *planner) pendingFree() map[string]resource.Vector {
+	c := pl.c
+	out := map[string]resource.Vector{}
+	for _, r := range pl.plan.reservations {
+		v := out[r.node]
+		for _, id := range r.victims {
+			if i := c.insts[id]; i != nil && i.onNode {
+				v = v.Add(i.res)
+			}
+		}
+		if ra := c.apps[r.app]; ra != nil {
+			v = v.Sub(ra.m.Spec.Resources)
+		}
+		out[r.node] = v
+	}
+	return out
+}
+
+// sortVictims orders one node's victims for a starved pool: its own
+// apps' first (only aboveAppShare has both), lowest priority first, then
+// largest first.
+func (pl *planner) sortVictims(vs []*inst, starved *pool) {
+	c := pl.c
+	m := allDims
+	sort.Slice(vs, func(x, y int) bool {
+		vx, vy := vs[x], vs[y]
+		if ix, iy := vx.app.pool == starved, vy.app.pool == starved; ix != iy {
+			return ix
+		}
+		if vx.app.sk.priority != vy.app.sk.priority {
+			return vx.app.sk.priority < vy.app.sk.priority
+		}
+		if sx, sy := share(vx.res, c.total, &m), share(vy.res, c.total, &m); sx != sy {
+			return sx > sy
+		}
+		return vx.id < vy.id
+	})
+}
+
+// maxExchangeNodes bounds the nodes one exchange tries to empty for the
+// starved app, and those it tries for each instance it moves;
+// maxExchangeVisits the nodes it tries for moves in all (at 10,000
+// nodes a search stays within milliseconds).
+const (
+	maxExchangeNodes  = 64
+	maxExchangeVisits = 2048
+)
+
+// exchange is preemptFor's second way, for when no node has room for a
+// even after every victim the rule allows on it is gone: instances the
+// rule does not allow to be taken (their pool or app at its share) may
+// be moved instead. On a node x, victims and moved instances make room
+// for a; each moved instance gets a node of its own where victims make
+// room for it, reserved for its app. The moved instances' pools hold as
+// much as before once the moves are done; the givers lose what the rule
+// allows (checked over all the nodes together); a gains an instance.
+// Under spread scoring a pool's large instances otherwise wait for ever:
+// the givers' instances are scattered one or two to a node, and no node
+// frees enough for them.
+func (pl *planner) exchange(a *app, starved *pool, rule victimRule, byNode map[*node][]*inst, nodes []*node, pendingFree map[string]resource.Vector) bool {
+	c := pl.c
+	s := &a.m.Spec
+	req := s.Resources
+	m := allDims
+	x := &exchangeSearch{pl: pl, a: a, starved: starved, rule: rule, byNode: byNode, nodes: nodes,
+		pendingFree: pendingFree, room: map[*node]resource.Vector{}, failed: map[*app]bool{}}
+	// at most what a node can give: free, what reservations free, and
+	// every victim
+	for _, n := range nodes {
+		r := n.free().Add(pendingFree[n.m.Name])
+		for _, v := range byNode[n] {
+			r = r.Add(v.res)
+		}
+		x.room[n] = r
+	}
+	type move struct {
+		v       *inst
+		to      *node
+		victims []*inst
+	}
+	tries := 0
+	for _, n := range nodes {
+		if tries >= maxExchangeNodes {
+			break
+		}
+		if !n.ready() || !req.Fits(n.alloc) || !matches(s.Constraints, n) ||
+			(s.Spread > 0 && n.appCount[a] >= s.Spread) || portsTaken(n, s.Ports) {
+			continue
+		}
+		tries++
+		taken := newRemoval()
+		f := n.free().Add(pendingFree[n.m.Name])
+		var victims []*inst
+		chosen := map[*inst]bool{}
+		pl.sortVictims(byNode[n], starved)
+		for _, v := range byNode[n] {
+			if req.Fits(f) {
+				break
+			}
+			if pl.eligible(v, a, starved, rule, &taken) {
+				victims = append(victims, v)
+				chosen[v] = true
+				taken.add(v)
+				f = f.Add(v.res)
+			}
+		}
+		// the instances to move: smallest first (they are the easiest
+		// to find room for)
+		var movable []*inst
+		most := f
+		for _, v := range n.insts {
+			if !chosen[v] && pl.movable(v, a, starved) {
+				movable = append(movable, v)
+				most = most.Add(v.res)
+			}
+		}
+		if !req.Fits(most) {
+			continue
+		}
+		sort.Slice(movable, func(i, j int) bool {
+			si, sj := share(movable[i].res, c.total, &m), share(movable[j].res, c.total, &m)
+			if si != sj {
+				return si < sj
+			}
+			return movable[i].id < movable[j].id
+		})
+		var moves []move
+		used := map[*node]bool{n: true}
+		for _, v := range movable {
+			if req.Fits(f) {
+				break
+			}
+			y, yv := x.rehome(v, used, &taken)
+			if y == nil {
+				continue
+			}
+			used[y] = true
+			moves = append(moves, move{v, y, yv})
+			f = f.Add(v.res)
+		}
+		if !req.Fits(f) || len(moves) == 0 {
+			continue
+		}
+		if rule == aboveAppShare {
+			all := victims
+			for _, mv := range moves {
+				all = append(all, mv.victims...)
+			}
+			if !pl.swapKeepsShare(starved, req, all) {
+				continue
+			}
+		}
+		r := &reservation{app: a.sk.name, pool: starved.sk.name, node: n.m.Name, made: pl.now}
+		for _, v := range victims {
+			pl.preempt1(v, starved, r)
+		}
+		for _, mv := range moves {
+			pl.stop(mv.v, ReasonMoved, starved.sk.name)
+			pl.removed.add(mv.v)
+			r.victims = append(r.victims, mv.v.id)
+			ry := &reservation{app: mv.v.app.sk.name, pool: mv.v.app.pool.sk.name, node: mv.to.m.Name, made: pl.now}
+			for _, w := range mv.victims {
+				pl.preempt1(w, starved, ry)
+			}
+			pl.plan.reservations = append(pl.plan.reservations, ry)
+		}
+		pl.plan.reservations = append(pl.plan.reservations, r)
+		if a.blocked == "" || a.blocked[0] != 'w' {
+			a.blocked = "waiting for preempted instances to stop"
+		}
+		return true
+	}
+	return false
+}
+
+// exchangeSearch is one exchange's scratch state.
+type exchangeSearch struct {
+	pl          *planner
+	a           *app
+	starved     *pool
+	rule        victimRule
+	byNode      map[*node][]*inst
+	nodes       []*node
+	pendingFree map[string]resource.Vector
+	room        map[*node]resource.Vector // at most what each node can give
+	failed      map[*app]bool             // apps no node was found for
+	visits      int                       // nodes tried for moves
+}
+
+// movable: may v be moved to another node to make room for a? It is live
+// and settled, of another app of no higher priority whose replacements
+// are not held back, and every pool from its own up to the one it shares
+// with the starved pool allows preemption.
+func (pl *planner) movable(v *inst, a *app, starved *pool) bool {
+	if !v.k.live || v.fresh || v.app == a || v.app.stub || v.app.pool == nil || v.app.sk.priority > a.sk.priority ||
+		pl.now.Before(v.app.hold) {
+		return false
+	}
+	top := lca(v.app.pool, starved)
+	for x := v.app.pool; x != top; x = x.parent {
+		if !x.m.PreemptableFrom() {
+			return false
+		}
+	}
+	return true
+}
+
+// rehome finds a node, other than those used, where victims the rule
+// allows (together with those in taken, to which it adds them) make room
+// for v's app to place the instance that replaces v. An app no node was
+// found for is not tried again in this exchange: the victims taken only
+// grow.
+func (x *exchangeSearch) rehome(v *inst, used map[*node]bool, taken *removal) (*node, []*inst) {
+	va := v.app
+	if x.failed[va] {
+		return nil, nil
+	}
+	vs := &va.m.Spec
+	tries := 0
+	for _, y := range x.nodes {
+		if tries >= maxExchangeNodes {
+			break
+		}
+		if used[y] || !v.res.Fits(x.room[y]) || !y.ready() || !v.res.Fits(y.alloc) || !matches(vs.Constraints, y) ||
+			(vs.Spread > 0 && y.appCount[va] >= vs.Spread) || portsTaken(y, vs.Ports) {
+			continue
+		}
+		if x.visits++; x.visits > maxExchangeVisits {
+			return nil, nil
+		}
+		tries++
+		f := y.free().Add(x.pendingFree[y.m.Name])
+		var yv []*inst
+		for _, w := range x.byNode[y] {
+			if v.res.Fits(f) {
+				break
+			}
+			if w.app != va && x.pl.eligible(w, x.a, x.starved, x.rule, taken) {
+				yv = append(yv, w)
+				taken.add(w)
+				f = f.Add(w.res)
+			}
+		}
+		if v.res.Fits(f) && len(yv) > 0 {
+			return y, yv
+		}
+		for _, w := range yv {
+			taken.sub(w)
+		}
+	}
+	x.failed[va] = true
+	return nil, nil
+}
+
+// portsTaken: is a fixed host port of ports in use on n?
+func portsTaken(n *node, ports []model.Port) bool {
+	for _, p := range ports {
+		if _, used := n.ports[p.HostPort]; p.HostPort != 0 && used {
+			return true
+		}
+	}
+	return false
+}
+
 // swapKeepsShare: pool p, placing req after losing those of victims that
 // are its own, is at or below the larger of its dominant share now and
-// its fair share. Swaps already under way are not added in: what one
-// app's swaps can add to its pool is bounded by that app's way to its
-// own share (appStarvation asks for no more), every giver stays at or
-// above its share, and a pool that ends above its share is a giver to
-// the pools that then starve. Counting them in (and p's ancestors) was
-// tried: it stopped swaps that made pools fairer (BenchmarkFairnessSweep:
-// 6 of 40 spread clusters off by more than one instance at 600 nodes,
-// against 2).
+// its fair share. Now counts what p is already getting: the instances
+// its reservations will place (its own starvation's, this plan's and
+// earlier ones'). Without them, p's starvation could make room for one
+// app's instance and the swap, in the same plan, trade that instance's
+// room for a larger one: p would end above its share, the pool it took
+// from below, and the two would trade the room back and forth for ever.
 func (pl *planner) swapKeepsShare(p *pool, req resource.Vector, victims []*inst) bool {
 	c := pl.c
 	m := allDims
 	now := p.sk.usage.Sub(pl.removed.pool[p])
+	for _, r := range pl.plan.reservations {
+		if ra := c.apps[r.app]; ra != nil && ra.pool == p {
+			now = now.Add(ra.m.Spec.Resources)
+		}
+	}
 	after := now.Add(req)
 	for _, v := range victims {
 		if v.app.pool == p {
@@ -531,6 +851,13 @@ func (r removal) add(v *inst) {
 		r.pool[x] = r.pool[x].Add(v.res)
 	}
 	r.app[v.app] = r.app[v.app].Add(v.res)
+}
+
+func (r removal) sub(v *inst) {
+	for x := v.app.pool; x != nil; x = x.parent {
+		r.pool[x] = r.pool[x].Sub(v.res)
+	}
+	r.app[v.app] = r.app[v.app].Sub(v.res)
 }
 
 // eligible: may v be stopped to make room for one instance of a, by the
@@ -565,6 +892,11 @@ func (pl *planner) eligible(v *inst, a *app, starved *pool, rule victimRule, als
 	}
 	if v.app.pool == starved {
 		return false
+	}
+	if pl.fairShare {
+		if at, ok := c.gave[[2]string{starved.sk.name, v.app.pool.sk.name}]; ok && pl.now.Sub(at) < GiveBackAfter {
+			return false
+		}
 	}
 	m := allDims
 	top := lca(v.app.pool, starved)

@@ -437,3 +437,190 @@ func TestPreemptionForcedVictimsTogether(t *testing.T) {
 		t.Fatalf("stops %+v, want none", p.Stop)
 	}
 }
+
+// A starved pool's instance needs a whole node, and no node frees enough
+// from the pool above its share (its instances are spread three to a
+// node): an instance of a pool at its share is moved out of the way, to
+// a node where the giver's instance makes room for it.
+func TestPreemptionMovesInstanceAtShare(t *testing.T) {
+	c := New(Config{})
+	for j := 1; j <= 3; j++ {
+		addNode(c, fmt.Sprintf("n%d", j), vec("cpu=4", "memory=64Gi"), fmt.Sprintf("slot=%d", j))
+	}
+	c.UpsertPool(model.Pool{Name: "root.s", FairSharePreemptionTimeout: model.Duration(30 * time.Second)})
+	c.UpsertPool(model.Pool{Name: "root.g"})
+	c.UpsertPool(model.Pool{Name: "root.q"})
+	// g holds 3 + 3 + 2 cpus (pinned), q the rest: 1 + 1 + 2
+	for j, k := range []int{3, 3, 2} {
+		slot := fmt.Sprint(j + 1)
+		addApp(c, "g"+slot, "root.g", k, vec("cpu=1", "memory=1Gi"), func(a *model.App) {
+			a.Spec.Constraints.Labels = map[string]string{"slot": slot}
+		})
+	}
+	step(t, c, t0.Add(-2*time.Hour))
+	agent(c)
+	addApp(c, "q", "root.q", 4, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0.Add(-time.Hour))
+	agent(c)
+	on := func() map[string][]string {
+		out := map[string][]string{}
+		for _, i := range c.insts {
+			if i.k.live {
+				out[i.nodeNm] = append(out[i.nodeNm], i.app.sk.name)
+			}
+		}
+		for _, v := range out {
+			sort.Strings(v)
+		}
+		return out
+	}
+	if got := fmt.Sprint(on()); got != "map[n1:[g1 g1 g1 q] n2:[g2 g2 g2 q] n3:[g3 g3 q q]]" {
+		t.Fatalf("before: %s", got)
+	}
+	addApp(c, "s", "root.s", 1, vec("cpu=4", "memory=4Gi"))
+	if fs := c.FairShares(); fs["root.s"][0] != 4000 || fs["root.g"][0] != 4000 || fs["root.q"][0] != 4000 {
+		t.Fatalf("fair shares s %v g %v q %v", fs["root.s"], fs["root.g"], fs["root.q"])
+	}
+	step(t, c, t0)
+	p := step(t, c, t0.Add(30*time.Second))
+	stopped := map[string]int{}
+	for _, st := range p.Stop {
+		i := c.insts[st.ID]
+		stopped[st.Reason+" "+i.app.sk.name+"@"+i.nodeNm]++
+	}
+	// n1: g's three and q's one make room for s; q's gets n2, where one
+	// of g's makes room; g ends at its share
+	if got := fmt.Sprint(stopped); got != "map[moved q@n1:1 preempted g1@n1:3 preempted g2@n2:1]" {
+		t.Fatalf("at the timeout: %s", got)
+	}
+	agent(c)
+	p = step(t, c, t0.Add(31*time.Second))
+	placed := map[string]string{}
+	for _, pl := range p.Place {
+		placed[pl.Instance.App] = pl.Instance.Node
+	}
+	if got := fmt.Sprint(placed); got != "map[q:n2 s:n1]" {
+		t.Fatalf("after the victims stopped: placed %s", got)
+	}
+	agent(c)
+	if got := fmt.Sprint(on()); got != "map[n1:[s] n2:[g2 g2 q q] n3:[g3 g3 q q]]" {
+		t.Fatalf("after: %s", got)
+	}
+	// every pool at its share: nothing more moves
+	if p := step(t, c, t0.Add(time.Hour)); len(p.Stop) != 0 || len(p.Place) != 0 {
+		t.Fatalf("at the fair shares: %+v", p)
+	}
+}
+
+// A starved pool makes room for the instances its policy would place
+// next: with drf, each next one to its app of smallest share, not all
+// to the app created first (which would end above its share inside the
+// pool, and its sibling below would later swap it out).
+func TestStarvedPoolServesAppsInPolicyOrder(t *testing.T) {
+	c := New(Config{})
+	for j := 1; j <= 3; j++ {
+		addNode(c, fmt.Sprintf("n%d", j), vec("cpu=4", "memory=64Gi"))
+	}
+	c.UpsertPool(model.Pool{Name: "root.s", FairSharePreemptionTimeout: model.Duration(30 * time.Second)})
+	c.UpsertPool(model.Pool{Name: "root.g"})
+	addApp(c, "s1", "root.s", 2, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0.Add(-2*time.Hour))
+	agent(c)
+	addApp(c, "g", "root.g", 12, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0.Add(-time.Hour))
+	agent(c)
+	addApp(c, "s1", "root.s", 4, vec("cpu=1", "memory=1Gi"))
+	addApp(c, "s2", "root.s", 4, vec("cpu=1", "memory=1Gi"))
+	// fair shares: s and g 6 cpu each; inside s, s1 and s2 3 each
+	step(t, c, t0)
+	p := step(t, c, t0.Add(30*time.Second))
+	if got := preemptedFor(p, "root.s"); got != 4 {
+		t.Fatalf("at the timeout: %d preempted for root.s, want 4", got)
+	}
+	agent(c)
+	p = step(t, c, t0.Add(31*time.Second))
+	if got := placedPer(p); got["s1"] != 1 || got["s2"] != 3 || len(p.Place) != 4 {
+		t.Fatalf("after the victims stopped: placed %v, want s1:1 s2:3", got)
+	}
+	agent(c)
+	if n := counts(c); n["s1"] != 3 || n["s2"] != 3 || n["g"] != 6 {
+		t.Fatalf("live %v, want s1:3 s2:3 g:6", n)
+	}
+	// every pool and app at its share: nothing more moves
+	if p := step(t, c, t0.Add(time.Hour)); len(p.Stop) != 0 || len(p.Place) != 0 {
+		t.Fatalf("at the fair shares: %+v", p)
+	}
+}
+
+// The swap an app starved inside its pool makes counts the instances
+// its pool is already getting (reservations under way): without them
+// the pool's own preemption and the swap together could take the pool
+// past its share.
+func TestSwapCountsGrantsUnderWay(t *testing.T) {
+	c := New(Config{})
+	addNode(c, "n1", vec("cpu=8", "memory=64Gi"))
+	c.UpsertPool(model.Pool{Name: "root.p", FairSharePreemptionTimeout: model.Duration(30 * time.Second)})
+	c.UpsertPool(model.Pool{Name: "root.q"})
+	addApp(c, "x", "root.p", 3, vec("cpu=1", "memory=1Gi"))
+	addApp(c, "q", "root.q", 5, vec("cpu=1", "memory=1Gi"))
+	step(t, c, t0)
+	agent(c)
+	addApp(c, "x", "root.p", 8, vec("cpu=1", "memory=1Gi"))
+	addApp(c, "q", "root.q", 8, vec("cpu=1", "memory=1Gi"))
+	if fs := c.FairShares(); fs["root.p"][0] != 4000 {
+		t.Fatalf("fair share of root.p %v, want 4 cpu", fs["root.p"])
+	}
+	p := c.pools["root.p"]
+	pl := &planner{c: c, now: t0, plan: &Plan{}, removed: newRemoval()}
+	req := vec("cpu=1", "memory=1Gi")
+	// 3 of 4: one more fits its share
+	if !pl.swapKeepsShare(p, req, nil) {
+		t.Fatal("3 of a share of 4, nothing under way: the swap was refused")
+	}
+	// an instance of x is on its way: one more would be the fifth
+	pl.plan.reservations = []*reservation{{app: "x", pool: "root.p", node: "n1", made: t0}}
+	if pl.swapKeepsShare(p, req, nil) {
+		t.Fatal("3 of a share of 4 and one under way: the swap was allowed")
+	}
+}
+
+// A pool does not take back, for its fair share, what it gave another's
+// fair share less than GiveBackAfter ago; for its min it does.
+func TestNoGiveBackWithinWindow(t *testing.T) {
+	t.Run("fair share", func(t *testing.T) {
+		c := fullCluster(t,
+			model.Pool{Name: "root.a", FairSharePreemptionTimeout: model.Duration(time.Minute), FairSharePreemptionThreshold: 0.5},
+			model.Pool{Name: "root.b"})
+		c.gave[[2]string{"root.a", "root.b"}] = t0 // a's instances went to b at t0
+		step(t, c, t0)
+		if p := step(t, c, t0.Add(time.Minute)); len(p.Stop) != 0 {
+			t.Fatalf("a minute after giving to root.b: %+v", p.Stop)
+		}
+		if p := step(t, c, t0.Add(GiveBackAfter-time.Second)); len(p.Stop) != 0 {
+			t.Fatalf("just before GiveBackAfter: %+v", p.Stop)
+		}
+		if p := step(t, c, t0.Add(GiveBackAfter)); preemptedFor(p, "root.a") != 5 {
+			t.Fatalf("after GiveBackAfter: %d preempted for root.a, want 5", preemptedFor(p, "root.a"))
+		}
+	})
+	t.Run("min share", func(t *testing.T) {
+		c := fullCluster(t,
+			model.Pool{Name: "root.a", Min: vec("cpu=4"), MinSharePreemptionTimeout: model.Duration(30 * time.Second)},
+			model.Pool{Name: "root.b"})
+		c.gave[[2]string{"root.a", "root.b"}] = t0
+		step(t, c, t0)
+		if p := step(t, c, t0.Add(30*time.Second)); preemptedFor(p, "root.a") != 4 {
+			t.Fatalf("at the min-share timeout: %d preempted for root.a, want 4", preemptedFor(p, "root.a"))
+		}
+	})
+	t.Run("recorded", func(t *testing.T) {
+		c := fullCluster(t,
+			model.Pool{Name: "root.a", FairSharePreemptionTimeout: model.Duration(time.Minute), FairSharePreemptionThreshold: 0.5},
+			model.Pool{Name: "root.b"})
+		step(t, c, t0)
+		step(t, c, t0.Add(time.Minute))
+		if at, ok := c.gave[[2]string{"root.b", "root.a"}]; !ok || !at.Equal(t0.Add(time.Minute)) {
+			t.Fatalf("root.b's gift to root.a not recorded: %v", c.gave)
+		}
+	})
+}
