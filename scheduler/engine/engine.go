@@ -106,16 +106,11 @@ type Plan struct {
 	// reservations after this plan: nodes being emptied by preemption for
 	// an app, placed on once the victims are gone.
 	reservations []*reservation
-	// fair-share preemptions between pools this plan made (see
-	// GiveBackAfter)
-	gave []gift
+	// {giver, receiver} of this plan's fair-share preemptions between
+	// pools (see GiveBackAfter), made at at
+	gave map[[2]string]bool
+	at   time.Time
 	seq  uint64
-}
-
-// gift: giver's instances were preempted for receiver's fair share at at.
-type gift struct {
-	giver, receiver string
-	at              time.Time
 }
 
 // Empty reports whether the plan changes nothing.
@@ -149,7 +144,8 @@ type Cluster struct {
 
 	reservations []*reservation
 	// when a pool's instances were last preempted for another's fair
-	// share, by {giver, receiver}; entries older than GiveBackAfter go
+	// share, by {giver, receiver}; Apply drops entries older than
+	// GiveBackAfter
 	gave    map[[2]string]time.Time
 	seq     uint64                      // instance-id sequence
 	orphans map[string]map[string]*inst // node name → instances on a node not (or no longer) known

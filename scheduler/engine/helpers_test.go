@@ -52,6 +52,15 @@ func step(t *testing.T, c *Cluster, now time.Time) *Plan {
 	return p
 }
 
+// settled: the plan at at changes nothing (what says when, for the
+// message).
+func settled(t *testing.T, c *Cluster, at time.Time, what string) {
+	t.Helper()
+	if p := step(t, c, at); len(p.Stop) != 0 || len(p.Place) != 0 {
+		t.Fatalf("%s: %+v", what, p)
+	}
+}
+
 // checkFairCache: the fair shares the engine reuses equal a fresh
 // computation.
 func checkFairCache(t testing.TB, c *Cluster) {

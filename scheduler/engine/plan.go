@@ -44,7 +44,7 @@ type undoStop struct {
 // started being starved (preemption timeouts count from the now of the
 // plan that first saw it). Apply the plan once the store has committed it.
 func (c *Cluster) Plan(now time.Time) *Plan {
-	pl := &planner{c: c, now: now, plan: &Plan{}, seq: c.seq, gen: c.gen}
+	pl := &planner{c: c, now: now, plan: &Plan{at: now}, seq: c.seq, gen: c.gen}
 	pl.cursor = int(mix(uint64(now.UnixNano())^c.seq) % uint64(len(c.nodeList)+1))
 	defer pl.undo()
 
@@ -113,15 +113,13 @@ func (c *Cluster) Apply(p *Plan) {
 		c.attach(i)
 	}
 	c.reservations = p.reservations
-	for _, g := range p.gave {
-		c.gave[[2]string{g.giver, g.receiver}] = g.at
-	}
-	if len(p.gave) > 0 {
-		for k, at := range c.gave {
-			if p.gave[0].at.Sub(at) >= GiveBackAfter {
-				delete(c.gave, k)
-			}
+	for k, at := range c.gave {
+		if p.at.Sub(at) >= GiveBackAfter {
+			delete(c.gave, k)
 		}
+	}
+	for k := range p.gave {
+		c.gave[k] = p.at
 	}
 	if p.seq > c.seq {
 		c.seq = p.seq
@@ -307,9 +305,19 @@ func (pl *planner) deactivate(sk *schedKey) {
 
 func (pl *planner) placeAll() {
 	c := pl.c
+	// instances whose room preemption is making wait for it: placed
+	// elsewhere, they would leave the victims stopped for nothing
+	waiting := map[*app]int{}
+	for _, r := range pl.plan.reservations {
+		if a := c.apps[r.app]; a != nil {
+			waiting[a]++
+		}
+	}
 	for _, a := range c.sortedApps() {
-		if a.missing > 0 {
+		if a.missing > waiting[a] {
 			pl.activate(&a.sk)
+		} else if a.missing > 0 {
+			a.blocked = "waiting for preempted instances to stop"
 		}
 	}
 	for len(c.root.heap) > 0 {
@@ -347,7 +355,10 @@ func (pl *planner) placeAll() {
 		if c.cfg.Scoring == Spread {
 			pl.cursor = n.idx + 1
 		}
-		if a.missing == 0 {
+		if a.missing <= waiting[a] {
+			if a.missing > 0 {
+				a.blocked = "waiting for preempted instances to stop"
+			}
 			pl.deactivate(&a.sk)
 		} else {
 			pl.fixUp(&a.sk)

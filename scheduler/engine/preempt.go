@@ -221,12 +221,12 @@ func (pl *planner) starvation(p *pool) {
 	// up to its min or fair share, less those whose room is being made.
 	inflight := c.inflight(p.sk.name, pl.plan.reservations)
 	seq := pl.starvedFor(p, apps, minDue, fairDue, inflight+MaxPreemptionsPerPlan)
-	pl.fairShare = !(minDue && needy(p.sk.usage, p.sk.minT, c.total, &m))
-	defer func() { pl.fairShare = false }()
 	need := len(seq) - inflight
 	made := map[*app]int{}
 	failed := map[*app]bool{}
-	for _, a := range seq {
+	defer func() { pl.fairShare = false }()
+	for _, e := range seq {
+		a := e.app
 		if need <= 0 {
 			break
 		}
@@ -234,12 +234,20 @@ func (pl *planner) starvation(p *pool) {
 		if made[a]++; failed[a] || made[a] <= pl.reservedFor(a) {
 			continue
 		}
+		pl.fairShare = !e.forMin
 		if !pl.preemptFor(a, p, fromOtherPools) {
 			failed[a] = true
 			continue
 		}
 		need--
 	}
+}
+
+// starvedEntry is one instance a starved pool's preemptions make room
+// for, and whether it is for the pool's min (else for its fair share).
+type starvedEntry struct {
+	app    *app
+	forMin bool
 }
 
 // starvedFor lists the apps a starved pool's preemptions are for, one
@@ -252,7 +260,7 @@ func (pl *planner) starvation(p *pool) {
 // (appStarvation), and the two preemptions together take the pool past
 // its share: the pool it took from then takes the room back, and so on
 // for ever (seen in the simulation under spread scoring).
-func (pl *planner) starvedFor(p *pool, apps []*app, minDue, fairDue bool, limit int) []*app {
+func (pl *planner) starvedFor(p *pool, apps []*app, minDue, fairDue bool, limit int) []starvedEntry {
 	c := pl.c
 	m := allDims
 	pol := p.m.EffectivePolicy()
@@ -264,9 +272,10 @@ func (pl *planner) starvedFor(p *pool, apps []*app, minDue, fairDue bool, limit 
 	for j, a := range apps {
 		left[j], au[j] = a.missing, a.sk.usage
 	}
-	var out []*app
+	var out []starvedEntry
 	for len(out) < limit {
-		if !(minDue && needy(u, p.sk.minT, c.total, &m)) && !(fairDue && share(u, c.total, &m) < fairS-eps) {
+		forMin := minDue && needy(u, p.sk.minT, c.total, &m)
+		if !forMin && !(fairDue && share(u, c.total, &m) < fairS-eps) {
 			return out
 		}
 		best := -1
@@ -299,7 +308,7 @@ func (pl *planner) starvedFor(p *pool, apps []*app, minDue, fairDue bool, limit 
 		u = u.Add(a.m.Spec.Resources)
 		au[best] = au[best].Add(a.m.Spec.Resources)
 		left[best]--
-		out = append(out, a)
+		out = append(out, starvedEntry{a, forMin})
 	}
 	return out
 }
@@ -375,7 +384,7 @@ func (c *Cluster) pendingApps(p *pool) []*app {
 // victims have the lowest highest priority, then the fewest victims, then
 // the lowest index; on a node it takes the lowest-priority victims first,
 // largest first. The freed node is reserved for a until the victims are
-// gone.
+// gone. When no node frees enough, it tries an exchange (moves).
 func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 	c := pl.c
 	if pl.preemptions >= MaxPreemptionsPerPlan {
@@ -521,25 +530,52 @@ func (pl *planner) preemptFor(a *app, starved *pool, rule victimRule) bool {
 		}
 		return pl.exchange(a, starved, rule, byNode, nodes, pendingFree)
 	}
-	r := &reservation{app: a.sk.name, pool: starved.sk.name, node: best.m.Name, made: pl.now}
-	for _, v := range bestVictims {
+	pl.reserve(a, starved, best, bestVictims, nil)
+	return true
+}
+
+// reserve stops victims for the starved pool and moved for moves (each
+// of those getting its own reserved node), and reserves n for one
+// instance of a.
+func (pl *planner) reserve(a *app, starved *pool, n *node, victims []*inst, moves []move) {
+	r := &reservation{app: a.sk.name, pool: starved.sk.name, node: n.m.Name, made: pl.now}
+	for _, v := range victims {
 		pl.preempt1(v, starved, r)
+	}
+	for _, mv := range moves {
+		pl.stop(mv.v, ReasonMoved, starved.sk.name)
+		pl.removed.add(mv.v)
+		r.victims = append(r.victims, mv.v.id)
+		ry := &reservation{app: mv.v.app.sk.name, pool: mv.v.app.pool.sk.name, node: mv.to.m.Name, made: pl.now}
+		for _, w := range mv.victims {
+			pl.preempt1(w, starved, ry)
+		}
+		pl.plan.reservations = append(pl.plan.reservations, ry)
 	}
 	pl.plan.reservations = append(pl.plan.reservations, r)
 	if a.blocked == "" || a.blocked[0] != 'w' {
 		a.blocked = "waiting for preempted instances to stop"
 	}
-	return true
+}
+
+// move: instance v goes to node to, where victims make room for it.
+type move struct {
+	v       *inst
+	to      *node
+	victims []*inst
 }
 
 // preempt1 stops victim v for the starved pool, as one of r's victims,
-// and records a fair-share gift between pools.
+// and records who gave to whom for a fair share.
 func (pl *planner) preempt1(v *inst, starved *pool, r *reservation) {
 	pl.stop(v, ReasonPreempted, starved.sk.name)
 	pl.removed.add(v)
 	r.victims = append(r.victims, v.id)
 	if pl.fairShare && v.app.pool != starved {
-		pl.plan.gave = append(pl.plan.gave, gift{giver: v.app.pool.sk.name, receiver: starved.sk.name, at: pl.now})
+		if pl.plan.gave == nil {
+			pl.plan.gave = map[[2]string]bool{}
+		}
+		pl.plan.gave[[2]string{v.app.pool.sk.name, starved.sk.name}] = true
 	}
 }
 
@@ -586,11 +622,13 @@ func (pl *planner) sortVictims(vs []*inst, starved *pool) {
 
 // maxExchangeNodes bounds the nodes one exchange tries to empty for the
 // starved app, and those it tries for each instance it moves;
-// maxExchangeVisits the nodes it tries for moves in all (at 10,000
-// nodes a search stays within milliseconds).
+// maxExchangeVisits the nodes it tries for moves in all, and
+// maxExchangeScan those it looks at (at 10,000 nodes a search stays
+// within milliseconds).
 const (
 	maxExchangeNodes  = 64
 	maxExchangeVisits = 2048
+	maxExchangeScan   = 16 * maxExchangeVisits
 )
 
 // exchange is preemptFor's second way, for when no node has room for a
@@ -612,22 +650,18 @@ func (pl *planner) exchange(a *app, starved *pool, rule victimRule, byNode map[*
 	x := &exchangeSearch{pl: pl, a: a, starved: starved, rule: rule, byNode: byNode, nodes: nodes,
 		pendingFree: pendingFree, room: map[*node]resource.Vector{}, failed: map[*app]bool{}}
 	// at most what a node can give: free, what reservations free, and
-	// every victim
+	// every victim; victims in the order they are taken
 	for _, n := range nodes {
+		pl.sortVictims(byNode[n], starved)
 		r := n.free().Add(pendingFree[n.m.Name])
 		for _, v := range byNode[n] {
 			r = r.Add(v.res)
 		}
 		x.room[n] = r
 	}
-	type move struct {
-		v       *inst
-		to      *node
-		victims []*inst
-	}
 	tries := 0
 	for _, n := range nodes {
-		if tries >= maxExchangeNodes {
+		if tries >= maxExchangeNodes || x.visits >= maxExchangeVisits || x.scanned >= maxExchangeScan {
 			break
 		}
 		if !n.ready() || !req.Fits(n.alloc) || !matches(s.Constraints, n) ||
@@ -639,7 +673,6 @@ func (pl *planner) exchange(a *app, starved *pool, rule victimRule, byNode map[*
 		f := n.free().Add(pendingFree[n.m.Name])
 		var victims []*inst
 		chosen := map[*inst]bool{}
-		pl.sortVictims(byNode[n], starved)
 		for _, v := range byNode[n] {
 			if req.Fits(f) {
 				break
@@ -697,24 +730,7 @@ func (pl *planner) exchange(a *app, starved *pool, rule victimRule, byNode map[*
 				continue
 			}
 		}
-		r := &reservation{app: a.sk.name, pool: starved.sk.name, node: n.m.Name, made: pl.now}
-		for _, v := range victims {
-			pl.preempt1(v, starved, r)
-		}
-		for _, mv := range moves {
-			pl.stop(mv.v, ReasonMoved, starved.sk.name)
-			pl.removed.add(mv.v)
-			r.victims = append(r.victims, mv.v.id)
-			ry := &reservation{app: mv.v.app.sk.name, pool: mv.v.app.pool.sk.name, node: mv.to.m.Name, made: pl.now}
-			for _, w := range mv.victims {
-				pl.preempt1(w, starved, ry)
-			}
-			pl.plan.reservations = append(pl.plan.reservations, ry)
-		}
-		pl.plan.reservations = append(pl.plan.reservations, r)
-		if a.blocked == "" || a.blocked[0] != 'w' {
-			a.blocked = "waiting for preempted instances to stop"
-		}
+		pl.reserve(a, starved, n, victims, moves)
 		return true
 	}
 	return false
@@ -732,12 +748,13 @@ type exchangeSearch struct {
 	room        map[*node]resource.Vector // at most what each node can give
 	failed      map[*app]bool             // apps no node was found for
 	visits      int                       // nodes tried for moves
+	scanned     int                       // nodes looked at for moves
 }
 
 // movable: may v be moved to another node to make room for a? It is live
-// and settled, of another app of no higher priority whose replacements
-// are not held back, and every pool from its own up to the one it shares
-// with the starved pool allows preemption.
+// and not placed by this plan, of another app of no higher priority whose
+// replacements are not held back, and every pool from its own up to the
+// one it shares with the starved pool allows preemption.
 func (pl *planner) movable(v *inst, a *app, starved *pool) bool {
 	if !v.k.live || v.fresh || v.app == a || v.app.stub || v.app.pool == nil || v.app.sk.priority > a.sk.priority ||
 		pl.now.Before(v.app.hold) {
@@ -752,11 +769,12 @@ func (pl *planner) movable(v *inst, a *app, starved *pool) bool {
 	return true
 }
 
-// rehome finds a node, other than those used, where victims the rule
-// allows (together with those in taken, to which it adds them) make room
-// for v's app to place the instance that replaces v. An app no node was
-// found for is not tried again in this exchange: the victims taken only
-// grow.
+// rehome finds a node, other than those used, where free room and
+// victims the rule allows (together with those in taken, to which it adds
+// them) make room for v's app to place the instance that replaces v. An
+// app no node was found for is not tried again in this exchange (for
+// another node to empty it might be found: a bound on the work, not a
+// certainty).
 func (x *exchangeSearch) rehome(v *inst, used map[*node]bool, taken *removal) (*node, []*inst) {
 	va := v.app
 	if x.failed[va] {
@@ -765,17 +783,16 @@ func (x *exchangeSearch) rehome(v *inst, used map[*node]bool, taken *removal) (*
 	vs := &va.m.Spec
 	tries := 0
 	for _, y := range x.nodes {
-		if tries >= maxExchangeNodes {
+		if tries >= maxExchangeNodes || x.visits >= maxExchangeVisits || x.scanned >= maxExchangeScan {
 			break
 		}
+		x.scanned++
 		if used[y] || !v.res.Fits(x.room[y]) || !y.ready() || !v.res.Fits(y.alloc) || !matches(vs.Constraints, y) ||
 			(vs.Spread > 0 && y.appCount[va] >= vs.Spread) || portsTaken(y, vs.Ports) {
 			continue
 		}
-		if x.visits++; x.visits > maxExchangeVisits {
-			return nil, nil
-		}
 		tries++
+		x.visits++
 		f := y.free().Add(x.pendingFree[y.m.Name])
 		var yv []*inst
 		for _, w := range x.byNode[y] {
@@ -788,7 +805,7 @@ func (x *exchangeSearch) rehome(v *inst, used map[*node]bool, taken *removal) (*
 				f = f.Add(w.res)
 			}
 		}
-		if v.res.Fits(f) && len(yv) > 0 {
+		if v.res.Fits(f) {
 			return y, yv
 		}
 		for _, w := range yv {

@@ -49,9 +49,7 @@ func TestMinSharePreemption(t *testing.T) {
 		t.Fatalf("at timeout: %d preempted for root.a (want 4), %d placed", got, len(p.Place))
 	}
 	// the victims are still stopping: no more preemption, nothing placed
-	if p := step(t, c, t0.Add(31*time.Second)); len(p.Stop) != 0 || len(p.Place) != 0 {
-		t.Fatalf("while stopping: %+v", p)
-	}
+	settled(t, c, t0.Add(31*time.Second), "while stopping")
 	agent(c) // the victims stop
 	p = step(t, c, t0.Add(32*time.Second))
 	if got := placedPer(p)["a"]; got != 4 {
@@ -298,9 +296,7 @@ func TestFairSharePreemptionInPool(t *testing.T) {
 			agent(c)
 			addApp(c, "big", "root.p", 4, vec("cpu=2", "memory=2Gi"))
 			// drf between the two: 4 cpu each, big 2 instances, small 4
-			if p := step(t, c, t0); len(p.Stop) != 0 || len(p.Place) != 0 {
-				t.Fatalf("at once: %+v", p)
-			}
+			settled(t, c, t0, "at once")
 			if p := step(t, c, t0.Add(29*time.Second)); len(p.Stop) != 0 {
 				t.Fatalf("before the timeout: %+v", p.Stop)
 			}
@@ -333,9 +329,7 @@ func TestFairSharePreemptionInPool(t *testing.T) {
 				t.Fatalf("live %v, want big:2 small:4", n)
 			}
 			// at its fair share big is not starved: nothing more moves
-			if p := step(t, c, t0.Add(time.Hour)); len(p.Stop) != 0 || len(p.Place) != 0 {
-				t.Fatalf("at the fair shares: %+v", p)
-			}
+			settled(t, c, t0.Add(time.Hour), "at the fair shares")
 		})
 	}
 }
@@ -507,9 +501,7 @@ func TestPreemptionMovesInstanceAtShare(t *testing.T) {
 		t.Fatalf("after: %s", got)
 	}
 	// every pool at its share: nothing more moves
-	if p := step(t, c, t0.Add(time.Hour)); len(p.Stop) != 0 || len(p.Place) != 0 {
-		t.Fatalf("at the fair shares: %+v", p)
-	}
+	settled(t, c, t0.Add(time.Hour), "at the fair shares")
 }
 
 // A starved pool makes room for the instances its policy would place
@@ -547,9 +539,7 @@ func TestStarvedPoolServesAppsInPolicyOrder(t *testing.T) {
 		t.Fatalf("live %v, want s1:3 s2:3 g:6", n)
 	}
 	// every pool and app at its share: nothing more moves
-	if p := step(t, c, t0.Add(time.Hour)); len(p.Stop) != 0 || len(p.Place) != 0 {
-		t.Fatalf("at the fair shares: %+v", p)
-	}
+	settled(t, c, t0.Add(time.Hour), "at the fair shares")
 }
 
 // The swap an app starved inside its pool makes counts the instances
@@ -613,6 +603,18 @@ func TestNoGiveBackWithinWindow(t *testing.T) {
 			t.Fatalf("at the min-share timeout: %d preempted for root.a, want 4", preemptedFor(p, "root.a"))
 		}
 	})
+	t.Run("min and fair share due", func(t *testing.T) {
+		// up to its min (2) a takes back; past it, for its fair share (5), not
+		c := fullCluster(t,
+			model.Pool{Name: "root.a", Min: vec("cpu=2"), MinSharePreemptionTimeout: model.Duration(30 * time.Second),
+				FairSharePreemptionTimeout: model.Duration(30 * time.Second), FairSharePreemptionThreshold: 1},
+			model.Pool{Name: "root.b"})
+		c.gave[[2]string{"root.a", "root.b"}] = t0
+		step(t, c, t0)
+		if p := step(t, c, t0.Add(30*time.Second)); preemptedFor(p, "root.a") != 2 {
+			t.Fatalf("at the timeouts: %d preempted for root.a, want 2 (its min)", preemptedFor(p, "root.a"))
+		}
+	})
 	t.Run("recorded", func(t *testing.T) {
 		c := fullCluster(t,
 			model.Pool{Name: "root.a", FairSharePreemptionTimeout: model.Duration(time.Minute), FairSharePreemptionThreshold: 0.5},
@@ -623,4 +625,34 @@ func TestNoGiveBackWithinWindow(t *testing.T) {
 			t.Fatalf("root.b's gift to root.a not recorded: %v", c.gave)
 		}
 	})
+}
+
+// Instances whose room preemption is making wait for it: when room
+// appears elsewhere while the victims stop, only the app's other missing
+// instances go there (placed there too, the reserved ones would leave
+// their victims stopped for nothing).
+func TestReservedInstancesWaitForTheirNode(t *testing.T) {
+	c := fullCluster(t,
+		model.Pool{Name: "root.a", Min: vec("cpu=4"), MinSharePreemptionTimeout: model.Duration(30 * time.Second)},
+		model.Pool{Name: "root.b"})
+	step(t, c, t0)
+	if p := step(t, c, t0.Add(30*time.Second)); preemptedFor(p, "root.a") != 4 {
+		t.Fatalf("at the timeout: %d preempted for root.a, want 4", preemptedFor(p, "root.a"))
+	}
+	// the victims are still stopping; a roomy node arrives
+	addNode(c, "n3", vec("cpu=20", "memory=200Gi"))
+	p := step(t, c, t0.Add(31*time.Second))
+	if got := placedPer(p)["a"]; got != 6 {
+		t.Fatalf("while the victims stop: placed %v, want a:6 on n3 (10 missing, 4 waiting for their room)", placedPer(p))
+	}
+	agent(c) // the victims stop
+	p = step(t, c, t0.Add(32*time.Second))
+	if got := placedPer(p)["a"]; got != 4 {
+		t.Fatalf("after the victims stopped: placed %v, want a:4 on the emptied nodes", placedPer(p))
+	}
+	for _, pl := range p.Place {
+		if pl.Instance.Node == "n3" {
+			t.Fatalf("a reserved instance went to n3: %+v", pl.Instance)
+		}
+	}
 }
