@@ -7,7 +7,9 @@
 //     GC_BENCH_PUSH (default 1 GiB) blob push, with no collector, one
 //     flat out (a `gc run --loop` worker, no review delay, at its default
 //     gc.nice 19), one flat out at nice 0 (the server's priority) and one
-//     paced (gc.rate, GC_BENCH_RATE, default 200/s), interleaved over
+//     paced (gc.rate, GC_BENCH_RATE, default 200/s), and for reference no
+//     collector but a SCHED_IDLE busy loop on every core (what any work
+//     beside the clients costs them here), interleaved over
 //     GC_BENCH_ROUNDS (3) rounds, medians;
 //   - for the record, the stock registry's `garbage-collect` (which needs
 //     the registry read-only) over the same number of unreferenced blobs.
@@ -26,6 +28,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -277,10 +280,11 @@ func BenchmarkGC(b *testing.B) {
 	}
 
 	// 3. The cost to clients. One server, one backlog of n unreferenced
-	// blobs. Each round measures the clients four times, interleaved:
+	// blobs. Each round measures the clients five times, interleaved:
 	// with no collector, with a `gc run --loop` worker flat out (no review
-	// delay, no pacing) at its default niceness and at nice 0, and with one
-	// paced at gc.rate; a worker starts
+	// delay, no pacing) at its default niceness and at nice 0, with one
+	// paced at gc.rate, and with no collector but a busy loop per core at
+	// SCHED_IDLE (the floor, see spin); a worker starts
 	// before its measurement (measured once it has reviewed 100) and is
 	// killed after it. Before each measurement the page cache's dirty data
 	// (the previous 1 GiB push, the backlog's files) is written back
@@ -314,20 +318,44 @@ func BenchmarkGC(b *testing.B) {
 			}
 		}
 		rounds := int(envInt("GC_BENCH_ROUNDS", 3))
+		// The floor, for reference: what any work beside the clients
+		// costs them on this machine, whatever its priority. A busy loop
+		// per core under SCHED_IDLE (the lowest there is: it runs only
+		// when nothing else wants the core) and no collector.
+		spin := func() func() {
+			var ps []*exec.Cmd
+			for range runtime.NumCPU() {
+				p := exec.Command("chrt", "--idle", "0", "sh", "-c", "while :; do :; done")
+				if err := p.Start(); err != nil {
+					b.Fatalf("chrt --idle (util-linux): %v", err)
+				}
+				ps = append(ps, p)
+			}
+			return func() {
+				for _, p := range ps {
+					p.Process.Kill()
+					p.Wait()
+				}
+			}
+		}
 		type cond struct {
 			name  string
 			extra string // the worker's gc config; "-": none
+			spin  bool
 			p99   []time.Duration
 			push  []float64
 			done  []float64 // reviews per second meanwhile
 		}
 		conds := []*cond{{name: "off", extra: "-"}, {name: "flat out"}, {name: "flat out at nice 0", extra: ", nice: 0"},
-			{name: fmt.Sprintf("paced at %d/s", rate), extra: fmt.Sprintf(", rate: %d", rate)}}
+			{name: fmt.Sprintf("paced at %d/s", rate), extra: fmt.Sprintf(", rate: %d", rate)},
+			{name: "off, a SCHED_IDLE busy loop per core instead", extra: "-", spin: true}}
 		for r := range rounds {
 			for k, c := range conds {
 				exec.Command("sync").Run()
 				stop := func() {}
-				if c.extra != "-" {
+				if c.spin {
+					stop = spin()
+				} else if c.extra != "-" {
 					stop = collector(c.extra)
 				}
 				before, _ := queued(b, db)
