@@ -150,7 +150,8 @@ bench-nodeagent:
 # Online garbage collection: one `gaia-registry gc run` pass over 100,000
 # unreferenced blobs (filesystem); the stock registry's garbage-collect over
 # as many; manifest GET p99 and a 1 GiB push with no collector, one flat out
-# and one paced, interleaved over rounds (GC_BENCH_BLOBS, GC_BENCH_PUSH, GC_BENCH_ROUNDS, GC_BENCH_RATE).
+# and one paced, and for reference a SCHED_IDLE busy loop per core,
+# interleaved over rounds (GC_BENCH_BLOBS, GC_BENCH_PUSH, GC_BENCH_ROUNDS, GC_BENCH_RATE).
 bench-gc:
 	bash $(SVC) start postgres
 	$(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkGC -benchtime 1x -v ./tests/bench/gc/
