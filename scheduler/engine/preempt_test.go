@@ -593,28 +593,25 @@ func TestNoGiveBackWithinWindow(t *testing.T) {
 			t.Fatalf("after GiveBackAfter: %d preempted for root.a, want 5", preemptedFor(p, "root.a"))
 		}
 	})
-	t.Run("min share", func(t *testing.T) {
-		c := fullCluster(t,
-			model.Pool{Name: "root.a", Min: vec("cpu=4"), MinSharePreemptionTimeout: model.Duration(30 * time.Second)},
-			model.Pool{Name: "root.b"})
-		c.gave[[2]string{"root.a", "root.b"}] = t0
-		step(t, c, t0)
-		if p := step(t, c, t0.Add(30*time.Second)); preemptedFor(p, "root.a") != 4 {
-			t.Fatalf("at the min-share timeout: %d preempted for root.a, want 4", preemptedFor(p, "root.a"))
-		}
-	})
-	t.Run("min and fair share due", func(t *testing.T) {
-		// up to its min (2) a takes back; past it, for its fair share (5), not
-		c := fullCluster(t,
-			model.Pool{Name: "root.a", Min: vec("cpu=2"), MinSharePreemptionTimeout: model.Duration(30 * time.Second),
-				FairSharePreemptionTimeout: model.Duration(30 * time.Second), FairSharePreemptionThreshold: 1},
-			model.Pool{Name: "root.b"})
-		c.gave[[2]string{"root.a", "root.b"}] = t0
-		step(t, c, t0)
-		if p := step(t, c, t0.Add(30*time.Second)); preemptedFor(p, "root.a") != 2 {
-			t.Fatalf("at the timeouts: %d preempted for root.a, want 2 (its min)", preemptedFor(p, "root.a"))
-		}
-	})
+	// for its min a takes back; past its min, for its fair share, not
+	for _, tc := range []struct {
+		name string
+		pool model.Pool
+		want int
+	}{
+		{"min share", model.Pool{Name: "root.a", Min: vec("cpu=4"), MinSharePreemptionTimeout: model.Duration(30 * time.Second)}, 4},
+		{"min and fair share due", model.Pool{Name: "root.a", Min: vec("cpu=2"), MinSharePreemptionTimeout: model.Duration(30 * time.Second),
+			FairSharePreemptionTimeout: model.Duration(30 * time.Second), FairSharePreemptionThreshold: 1}, 2}, // fair share 5
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := fullCluster(t, tc.pool, model.Pool{Name: "root.b"})
+			c.gave[[2]string{"root.a", "root.b"}] = t0
+			step(t, c, t0)
+			if p := step(t, c, t0.Add(30*time.Second)); preemptedFor(p, "root.a") != tc.want {
+				t.Fatalf("at the timeouts: %d preempted for root.a, want %d (its min)", preemptedFor(p, "root.a"), tc.want)
+			}
+		})
+	}
 	t.Run("recorded", func(t *testing.T) {
 		c := fullCluster(t,
 			model.Pool{Name: "root.a", FairSharePreemptionTimeout: model.Duration(time.Minute), FairSharePreemptionThreshold: 0.5},
