@@ -144,9 +144,12 @@ func (c *Cluster) constrained(a *app) *conEntry {
 // feasible is exact: all six dimensions, state, constraints, spread and
 // host ports.
 func (c *Cluster) feasible(a *app, n *node, req resource.Vector) bool {
-	if !n.ready() || !req.Fits(n.free()) {
-		return false
-	}
+	return n.ready() && req.Fits(n.free()) && c.admits(a, n)
+}
+
+// admits: n allows one more instance of a by a's constraints, spread and
+// host ports (feasible but for state and room).
+func (c *Cluster) admits(a *app, n *node) bool {
 	s := &a.m.Spec
 	if s.Spread > 0 && n.appCount[a] >= s.Spread {
 		return false

@@ -264,13 +264,14 @@ func (pl *planner) starvedFor(p *pool, apps []*app, minDue, fairDue bool, limit 
 	c := pl.c
 	m := allDims
 	pol := p.m.EffectivePolicy()
-	am := maskOf(pol)
 	fairS := share(p.fair, c.total, &m)
 	u := p.sk.usage
+	// the apps' keys as the entries so far would leave them, compared as
+	// the pool's policy compares them (Cluster.less)
+	keys := make([]schedKey, len(apps))
 	left := make([]int, len(apps))
-	au := make([]resource.Vector, len(apps))
 	for j, a := range apps {
-		left[j], au[j] = a.missing, a.sk.usage
+		keys[j], left[j] = a.sk, a.missing
 	}
 	var out []starvedEntry
 	for len(out) < limit {
@@ -279,36 +280,20 @@ func (pl *planner) starvedFor(p *pool, apps []*app, minDue, fairDue bool, limit 
 			return out
 		}
 		best := -1
-		for j, a := range apps {
-			if left[j] == 0 {
-				continue
-			}
-			if best < 0 {
-				best = j
-				continue
-			}
-			if pol == model.PolicyFIFO {
-				continue // apps are in creation order
-			}
-			b := apps[best]
-			if a.sk.priority != b.sk.priority {
-				if a.sk.priority > b.sk.priority {
-					best = j
-				}
-				continue
-			}
-			if share(au[j], c.total, &am)/a.sk.weight < share(au[best], c.total, &am)/b.sk.weight-eps {
+		for j := range apps {
+			if left[j] > 0 && (best < 0 || c.less(pol, &keys[j], &keys[best])) {
 				best = j
 			}
 		}
 		if best < 0 {
 			return out
 		}
-		a := apps[best]
-		u = u.Add(a.m.Spec.Resources)
-		au[best] = au[best].Add(a.m.Spec.Resources)
+		req := apps[best].m.Spec.Resources
+		u = u.Add(req)
+		keys[best].usage = keys[best].usage.Add(req)
+		c.refresh(pol, &keys[best])
 		left[best]--
-		out = append(out, starvedEntry{a, forMin})
+		out = append(out, starvedEntry{apps[best], forMin})
 	}
 	return out
 }
@@ -644,8 +629,7 @@ const (
 // frees enough for them.
 func (pl *planner) exchange(a *app, starved *pool, rule victimRule, byNode map[*node][]*inst, nodes []*node, pendingFree map[string]resource.Vector) bool {
 	c := pl.c
-	s := &a.m.Spec
-	req := s.Resources
+	req := a.m.Spec.Resources
 	m := allDims
 	x := &exchangeSearch{pl: pl, a: a, starved: starved, rule: rule, byNode: byNode, nodes: nodes,
 		pendingFree: pendingFree, room: map[*node]resource.Vector{}, failed: map[*app]bool{}}
@@ -664,8 +648,7 @@ func (pl *planner) exchange(a *app, starved *pool, rule victimRule, byNode map[*
 		if tries >= maxExchangeNodes || x.visits >= maxExchangeVisits || x.scanned >= maxExchangeScan {
 			break
 		}
-		if !n.ready() || !req.Fits(n.alloc) || !matches(s.Constraints, n) ||
-			(s.Spread > 0 && n.appCount[a] >= s.Spread) || portsTaken(n, s.Ports) {
+		if !n.ready() || !req.Fits(n.alloc) || !c.admits(a, n) {
 			continue
 		}
 		tries++
@@ -780,15 +763,13 @@ func (x *exchangeSearch) rehome(v *inst, used map[*node]bool, taken *removal) (*
 	if x.failed[va] {
 		return nil, nil
 	}
-	vs := &va.m.Spec
 	tries := 0
 	for _, y := range x.nodes {
 		if tries >= maxExchangeNodes || x.visits >= maxExchangeVisits || x.scanned >= maxExchangeScan {
 			break
 		}
 		x.scanned++
-		if used[y] || !v.res.Fits(x.room[y]) || !y.ready() || !v.res.Fits(y.alloc) || !matches(vs.Constraints, y) ||
-			(vs.Spread > 0 && y.appCount[va] >= vs.Spread) || portsTaken(y, vs.Ports) {
+		if used[y] || !v.res.Fits(x.room[y]) || !y.ready() || !v.res.Fits(y.alloc) || !x.pl.c.admits(va, y) {
 			continue
 		}
 		tries++
@@ -814,16 +795,6 @@ func (x *exchangeSearch) rehome(v *inst, used map[*node]bool, taken *removal) (*
 	}
 	x.failed[va] = true
 	return nil, nil
-}
-
-// portsTaken: is a fixed host port of ports in use on n?
-func portsTaken(n *node, ports []model.Port) bool {
-	for _, p := range ports {
-		if _, used := n.ports[p.HostPort]; p.HostPort != 0 && used {
-			return true
-		}
-	}
-	return false
 }
 
 // swapKeepsShare: pool p, placing req after losing those of victims that
